@@ -1,0 +1,192 @@
+//! Conversions between socketioxide-core types and wire types, at the edge of the adapter.
+
+use std::{collections::VecDeque, str::FromStr};
+
+use socketioxide_core::{
+    Sid, Str, Uid, Value,
+    adapter::{BroadcastFlags, BroadcastOptions, RemoteSocketData, Room},
+    packet::{Packet, PacketData},
+};
+
+use crate::wire::{self, Id};
+
+/// A wire value that does not map back to a core value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {0} in frame")]
+pub(crate) struct Invalid(&'static str);
+
+pub(crate) fn id(sid: Sid) -> Id {
+    let mut out = [0u8; 16];
+    let s = sid.as_str().as_bytes();
+    let n = s.len().min(16);
+    out[..n].copy_from_slice(&s[..n]);
+    Id(out)
+}
+
+pub(crate) fn uid_id(uid: Uid) -> Id {
+    id(*uid)
+}
+
+pub(crate) fn sid(id: &Id) -> Result<Sid, Invalid> {
+    std::str::from_utf8(&id.0)
+        .ok()
+        .and_then(|s| Sid::from_str(s).ok())
+        .ok_or(Invalid("socket id"))
+}
+
+pub(crate) fn uid(id: &Id) -> Result<Uid, Invalid> {
+    std::str::from_utf8(&id.0)
+        .ok()
+        .and_then(|s| Uid::from_str(s).ok())
+        .ok_or(Invalid("server id"))
+}
+
+const FLAGS: [BroadcastFlags; 3] = [
+    BroadcastFlags::Local,
+    BroadcastFlags::Broadcast,
+    BroadcastFlags::Volatile,
+];
+
+pub(crate) fn opts(o: &BroadcastOptions) -> wire::Opts {
+    wire::Opts {
+        flags: o.flags(),
+        rooms: o.rooms.iter().map(|r| r.to_string()).collect(),
+        except: o.except.iter().map(|r| r.to_string()).collect(),
+        sid: o.sid.map(id),
+        server_id: o.server_id.map(uid_id),
+    }
+}
+
+pub(crate) fn opts_from(o: wire::Opts) -> Result<BroadcastOptions, Invalid> {
+    let mut out = BroadcastOptions::default();
+    for flag in FLAGS {
+        if o.flags & flag as u8 != 0 {
+            out.add_flag(flag);
+        }
+    }
+    out.rooms = o.rooms.into_iter().map(Room::from).collect();
+    out.except = o.except.into_iter().map(Room::from).collect();
+    out.sid = o.sid.as_ref().map(sid).transpose()?;
+    out.server_id = o.server_id.as_ref().map(uid).transpose()?;
+    Ok(out)
+}
+
+pub(crate) fn rooms_from(rooms: Vec<String>) -> Vec<Room> {
+    rooms.into_iter().map(Room::from).collect()
+}
+
+pub(crate) fn value(v: &Value) -> wire::Value {
+    match v {
+        Value::Str(s, bins) => wire::Value::Str(
+            s.as_str().to_string(),
+            bins.as_ref().map(|b| b.iter().cloned().collect()),
+        ),
+        Value::Bytes(b) => wire::Value::Bytes(b.clone()),
+    }
+}
+
+pub(crate) fn value_from(v: wire::Value) -> Value {
+    match v {
+        wire::Value::Str(s, bins) => Value::Str(Str::from(s), bins.map(VecDeque::from)),
+        wire::Value::Bytes(b) => Value::Bytes(b),
+    }
+}
+
+pub(crate) fn packet(p: &Packet) -> wire::WirePacket {
+    use wire::PacketData as W;
+    let data = match &p.inner {
+        PacketData::Connect(v) => W::Connect(v.as_ref().map(value)),
+        PacketData::Disconnect => W::Disconnect,
+        PacketData::Event(v, a) => W::Event(value(v), *a),
+        PacketData::EventAck(v, a) => W::EventAck(value(v), *a),
+        PacketData::ConnectError(e) => W::ConnectError(e.clone()),
+        PacketData::BinaryEvent(v, a) => W::BinaryEvent(value(v), *a),
+        PacketData::BinaryAck(v, a) => W::BinaryAck(value(v), *a),
+    };
+    wire::WirePacket {
+        ns: p.ns.as_str().to_string(),
+        data,
+    }
+}
+
+pub(crate) fn packet_from(p: wire::WirePacket) -> Packet {
+    use wire::PacketData as W;
+    let inner = match p.data {
+        W::Connect(v) => PacketData::Connect(v.map(value_from)),
+        W::Disconnect => PacketData::Disconnect,
+        W::Event(v, a) => PacketData::Event(value_from(v), a),
+        W::EventAck(v, a) => PacketData::EventAck(value_from(v), a),
+        W::ConnectError(e) => PacketData::ConnectError(e),
+        W::BinaryEvent(v, a) => PacketData::BinaryEvent(value_from(v), a),
+        W::BinaryAck(v, a) => PacketData::BinaryAck(value_from(v), a),
+    };
+    Packet {
+        inner,
+        ns: Str::from(p.ns),
+    }
+}
+
+pub(crate) fn socket(s: &RemoteSocketData) -> (Id, Id) {
+    (id(s.id), uid_id(s.server_id))
+}
+
+pub(crate) fn socket_from(
+    ns: &Str,
+    (sid_, server): &(Id, Id),
+) -> Result<RemoteSocketData, Invalid> {
+    Ok(RemoteSocketData {
+        id: sid(sid_)?,
+        server_id: uid(server)?,
+        ns: ns.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn options_round_trip_with_every_flag() {
+        let mut o = BroadcastOptions::new(Sid::new());
+        o.add_flag(BroadcastFlags::Broadcast);
+        o.add_flag(BroadcastFlags::Volatile);
+        o.rooms.push("a".into());
+        o.except.push("b".into());
+        o.server_id = Some(Uid::new());
+        assert_eq!(opts_from(opts(&o)).unwrap(), o);
+        let mut local = BroadcastOptions::default();
+        local.add_flag(BroadcastFlags::Local);
+        assert_eq!(opts_from(opts(&local)).unwrap(), local);
+    }
+
+    #[test]
+    fn packets_round_trip_including_binary_attachments() {
+        let bin = Value::Str(
+            "[\"e\",{\"_placeholder\":true,\"num\":0}]".into(),
+            Some(vec![Bytes::from_static(&[1, 2, 3])].into()),
+        );
+        for p in [
+            Packet::event("/chat", Value::Str("[\"e\",1]".into(), None)),
+            Packet::event("/", bin.clone()),
+            Packet::ack("/", bin, 4),
+            Packet::event("/", Value::Bytes(Bytes::from_static(&[0x92, 0xa1, 0x65]))),
+            Packet::disconnect("/"),
+            Packet::connect_error("/", "nope"),
+        ] {
+            assert_eq!(packet_from(packet(&p)), p);
+        }
+    }
+
+    #[test]
+    fn bad_ids_are_rejected_not_panicked_on() {
+        assert!(sid(&Id([0xff; 16])).is_err());
+        let o = wire::Opts {
+            sid: Some(Id([0; 16])),
+            ..Default::default()
+        };
+        assert!(opts_from(o).is_err());
+        let s = Sid::new();
+        assert_eq!(sid(&id(s)).unwrap(), s);
+    }
+}

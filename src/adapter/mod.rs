@@ -1,0 +1,498 @@
+//! The socketioxide adapter of the gossip backend: turns socketioxide calls into requests to
+//! the other nodes, and applies their requests to the local sockets. One instance per
+//! namespace; all share the node held by [`GossipAdapterCtr`].
+
+mod convert;
+mod tracker;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Weak},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_core::{future::BoxFuture, stream::BoxStream};
+use futures_util::{StreamExt, stream::Fuse};
+use serde::de::DeserializeOwned;
+use socketioxide_core::{
+    Sid, Uid, Value,
+    adapter::{
+        AckStreamItem, BroadcastFlags, BroadcastOptions, CoreAdapter, CoreLocalAdapter,
+        DefinedAdapter, RemoteSocketData, Room, RoomParam, SocketEmitter, Spawnable,
+        errors::{AdapterError, BroadcastError},
+    },
+    packet::Packet,
+};
+
+use crate::{
+    cluster::{Cluster, NamespaceHandler, Node, Pending},
+    config::GossipAdapterConfig,
+    error::{Error, RequestError},
+    mesh::PeerId,
+    wire::{self, AckResult, Frame, Id, RequestKind, Response, ResponseBody},
+};
+use tracker::Tracker;
+
+/// The adapter constructor: the running cluster node, shared by the adapter of every
+/// namespace. Build it once, then hand it to
+/// `SocketIo::builder().with_adapter::<GossipAdapter<_>>(ctr)`.
+pub struct GossipAdapterCtr {
+    node: Arc<Node>,
+    request_timeout: Duration,
+    ack_response_buffer: usize,
+}
+
+impl std::fmt::Debug for GossipAdapterCtr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipAdapterCtr")
+            .field("node", self.node.me())
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl GossipAdapterCtr {
+    /// Bind the gossip and mesh ports, join the cluster through the seeds, and start serving
+    /// peers.
+    ///
+    /// Fails with a clear [`Error`] when a port is in use, a seed is malformed, or no secret
+    /// is configured (and [`GossipAdapterConfig::insecure_no_auth`] was not called).
+    pub async fn new(config: GossipAdapterConfig) -> Result<Self, Error> {
+        let node = Node::start(&config).await?;
+        Ok(Self {
+            node,
+            request_timeout: config.request_timeout,
+            ack_response_buffer: config.ack_response_buffer,
+        })
+    }
+
+    /// The handle of the cluster: members, membership events, graceful shutdown.
+    pub fn cluster(&self) -> Cluster {
+        Cluster::new(self.node.clone())
+    }
+}
+
+/// The gossip cluster adapter. Use it as
+/// `SocketIo::builder().with_adapter::<GossipAdapter<_>>(ctr)`.
+pub struct GossipAdapter<E> {
+    local: CoreLocalAdapter<E>,
+    node: Arc<Node>,
+    uid: Uid,
+    origin: Id,
+    request_timeout: Duration,
+    ack_response_buffer: usize,
+}
+
+impl<E> DefinedAdapter for GossipAdapter<E> {}
+
+/// The initialisation of a namespace's adapter; await it (or let socketioxide spawn it).
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct InitRes(BoxFuture<'static, Result<(), RequestError>>);
+
+impl Future for InitRes {
+    type Output = Result<(), RequestError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl Spawnable for InitRes {
+    fn spawn(self) {
+        tokio::spawn(async move {
+            if let Err(e) = self.0.await {
+                tracing::error!("error initializing the cluster adapter: {e}");
+            }
+        });
+    }
+}
+
+impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
+    type Error = RequestError;
+    type State = GossipAdapterCtr;
+    type AckStream = Fuse<BoxStream<'static, AckStreamItem<E::AckError>>>;
+    type InitRes = InitRes;
+
+    fn new(state: &Self::State, local: CoreLocalAdapter<E>) -> Self {
+        let uid = local.server_id();
+        Self {
+            local,
+            node: state.node.clone(),
+            uid,
+            origin: convert::uid_id(uid),
+            request_timeout: state.request_timeout,
+            ack_response_buffer: state.ack_response_buffer,
+        }
+    }
+
+    fn init(self: Arc<Self>, on_success: impl FnOnce() + Send + 'static) -> Self::InitRes {
+        InitRes(Box::pin(async move {
+            let handler: Weak<dyn NamespaceHandler> = Arc::downgrade(&self) as Weak<_>;
+            self.node
+                .register(self.local.path(), &self.uid.to_string(), handler)
+                .await;
+            on_success();
+            Ok(())
+        }))
+    }
+
+    async fn close(&self) -> Result<(), Self::Error> {
+        self.node.unregister(self.local.path()).await;
+        Ok(())
+    }
+
+    async fn server_count(&self) -> Result<u16, Self::Error> {
+        Ok(self.node.server_count(self.local.path()))
+    }
+
+    async fn broadcast(
+        &self,
+        packet: Packet,
+        opts: BroadcastOptions,
+    ) -> Result<(), BroadcastError> {
+        if !opts.is_local(self.uid) {
+            let kind = RequestKind::Broadcast(convert::packet(&packet));
+            self.send(kind, &opts, None)
+                .await
+                .map_err(AdapterError::from)?;
+        }
+        self.local.broadcast(packet, opts)?;
+        Ok(())
+    }
+
+    async fn broadcast_with_ack(
+        &self,
+        packet: Packet,
+        opts: BroadcastOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Self::AckStream, Self::Error> {
+        if opts.is_local(self.uid) {
+            let (local, _) = self.local.broadcast_with_ack(packet, opts, timeout);
+            return Ok(local.boxed().fuse());
+        }
+        let kind = RequestKind::BroadcastWithAck(convert::packet(&packet));
+        let pending = self.request(kind, &opts, timeout).await?;
+        let (local, _) = self.local.broadcast_with_ack(packet, opts, timeout);
+        // Remote sockets get the ack timeout, plus the request timeout for the round trip.
+        let wait = self
+            .request_timeout
+            .saturating_add(timeout.unwrap_or(self.local.ack_timeout()));
+        let remote = remote_acks::<E::AckError>(pending, wait);
+        Ok(futures_util::stream::select(local, remote).boxed().fuse())
+    }
+
+    async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
+        if !opts.is_local(self.uid) {
+            self.send(RequestKind::DisconnectSockets, &opts, None)
+                .await
+                .map_err(AdapterError::from)?;
+        }
+        self.local
+            .disconnect_socket(opts)
+            .map_err(BroadcastError::Socket)
+    }
+
+    async fn rooms(&self, opts: BroadcastOptions) -> Result<Vec<Room>, Self::Error> {
+        if opts.is_local(self.uid) {
+            return Ok(self.local.rooms(opts).into_iter().collect());
+        }
+        let pending = self.request(RequestKind::AllRooms, &opts, None).await?;
+        let mut rooms = self.local.rooms(opts);
+        for body in gather(pending, self.request_timeout).await {
+            if let ResponseBody::Rooms(r) = body {
+                rooms.extend(convert::rooms_from(r));
+            }
+        }
+        Ok(rooms.into_iter().collect())
+    }
+
+    async fn add_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: impl RoomParam,
+    ) -> Result<(), Self::Error> {
+        let rooms: Vec<Room> = rooms.into_room_iter().collect();
+        if !opts.is_local(self.uid) {
+            let names = rooms.iter().map(|r| r.to_string()).collect();
+            self.send(RequestKind::AddSockets(names), &opts, None)
+                .await?;
+        }
+        self.local.add_sockets(opts, rooms);
+        Ok(())
+    }
+
+    async fn del_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: impl RoomParam,
+    ) -> Result<(), Self::Error> {
+        let rooms: Vec<Room> = rooms.into_room_iter().collect();
+        if !opts.is_local(self.uid) {
+            let names = rooms.iter().map(|r| r.to_string()).collect();
+            self.send(RequestKind::DelSockets(names), &opts, None)
+                .await?;
+        }
+        self.local.del_sockets(opts, rooms);
+        Ok(())
+    }
+
+    async fn fetch_sockets(
+        &self,
+        opts: BroadcastOptions,
+    ) -> Result<Vec<RemoteSocketData>, Self::Error> {
+        if opts.is_local(self.uid) {
+            return Ok(self.local.fetch_sockets(opts));
+        }
+        let pending = self.request(RequestKind::FetchSockets, &opts, None).await?;
+        let mut sockets = self.local.fetch_sockets(opts);
+        let ns = self.local.path();
+        for body in gather(pending, self.request_timeout).await {
+            if let ResponseBody::Sockets(list) = body {
+                for s in &list {
+                    match convert::socket_from(ns, s) {
+                        Ok(s) => sockets.push(s),
+                        Err(e) => tracing::warn!(%ns, "remote socket skipped: {e}"),
+                    }
+                }
+            }
+        }
+        Ok(sockets)
+    }
+
+    fn get_local(&self) -> &CoreLocalAdapter<E> {
+        &self.local
+    }
+}
+
+impl<E: SocketEmitter> GossipAdapter<E> {
+    fn frame(
+        &self,
+        id: Id,
+        kind: RequestKind,
+        opts: &BroadcastOptions,
+        ack_timeout: Option<Duration>,
+    ) -> Frame {
+        Frame::Request(wire::Request {
+            ns: self.local.path().to_string(),
+            id,
+            origin: self.origin,
+            kind,
+            opts: convert::opts(opts),
+            ack_timeout_ms: ack_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        })
+    }
+
+    /// Send a request that expects no response.
+    async fn send(
+        &self,
+        kind: RequestKind,
+        opts: &BroadcastOptions,
+        ack_timeout: Option<Duration>,
+    ) -> Result<(), RequestError> {
+        let targets = self.node.targets(opts.server_id.map(convert::uid_id));
+        let frame = self.frame(convert::id(Sid::new()), kind, opts, ack_timeout);
+        let volatile = opts.has_flag(BroadcastFlags::Volatile);
+        self.node.send(&targets, &frame, volatile).await?;
+        Ok(())
+    }
+
+    /// Send a request and start waiting for its responses.
+    async fn request(
+        &self,
+        kind: RequestKind,
+        opts: &BroadcastOptions,
+        ack_timeout: Option<Duration>,
+    ) -> Result<Pending, RequestError> {
+        let targets = self.node.targets(opts.server_id.map(convert::uid_id));
+        let id = convert::id(Sid::new());
+        let frame = self.frame(id, kind, opts, ack_timeout);
+        // Registered before sending: a response can arrive before `send` returns.
+        let pending = self
+            .node
+            .expect(id, targets.clone(), self.ack_response_buffer);
+        self.node.send(&targets, &frame, false).await?;
+        Ok(pending)
+    }
+
+    fn respond_later(&self, to: &PeerId, id: Id, body: ResponseBody) {
+        let node = self.node.clone();
+        let to = to.clone();
+        tokio::spawn(async move { node.respond(&to, Response { id, body }).await });
+    }
+}
+
+impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
+    fn on_request(&self, from: &PeerId, req: wire::Request) {
+        let ns = self.local.path();
+        let opts = match convert::opts_from(req.opts) {
+            Ok(opts) => opts,
+            Err(e) => {
+                tracing::warn!(peer = %from, %ns, "request dropped: {e}");
+                if req.kind.expects_response() {
+                    self.respond_later(from, req.id, ResponseBody::NotHosted);
+                }
+                return;
+            }
+        };
+        match req.kind {
+            RequestKind::Broadcast(p) => {
+                if let Err(e) = self.local.broadcast(convert::packet_from(p), opts) {
+                    tracing::warn!(peer = %from, %ns, "remote broadcast: {e:?}");
+                }
+            }
+            RequestKind::BroadcastWithAck(p) => {
+                let timeout = req.ack_timeout_ms.map(Duration::from_millis);
+                let (acks, count) =
+                    self.local
+                        .broadcast_with_ack(convert::packet_from(p), opts, timeout);
+                let node = self.node.clone();
+                let to = from.clone();
+                let id = req.id;
+                tokio::spawn(async move {
+                    // The count first: the requester then knows how many acks to wait for.
+                    node.respond(
+                        &to,
+                        Response {
+                            id,
+                            body: ResponseBody::AckCount(count),
+                        },
+                    )
+                    .await;
+                    let mut acks = std::pin::pin!(acks);
+                    while let Some((sid, res)) = acks.next().await {
+                        let body = ResponseBody::Ack(convert::id(sid), ack_result(res));
+                        node.respond(&to, Response { id, body }).await;
+                    }
+                });
+            }
+            RequestKind::DisconnectSockets => {
+                if let Err(e) = self.local.disconnect_socket(opts) {
+                    tracing::warn!(peer = %from, %ns, "remote disconnect: {e:?}");
+                }
+            }
+            RequestKind::AllRooms => {
+                let rooms = self
+                    .local
+                    .rooms(opts)
+                    .into_iter()
+                    .map(|r| r.to_string())
+                    .collect();
+                self.respond_later(from, req.id, ResponseBody::Rooms(rooms));
+            }
+            RequestKind::AddSockets(rooms) => {
+                self.local.add_sockets(opts, convert::rooms_from(rooms))
+            }
+            RequestKind::DelSockets(rooms) => {
+                self.local.del_sockets(opts, convert::rooms_from(rooms))
+            }
+            RequestKind::FetchSockets => {
+                let sockets = self
+                    .local
+                    .fetch_sockets(opts)
+                    .iter()
+                    .map(convert::socket)
+                    .collect();
+                self.respond_later(from, req.id, ResponseBody::Sockets(sockets));
+            }
+        }
+    }
+}
+
+fn ack_result<Err: serde::Serialize>(res: Result<Value, Err>) -> AckResult {
+    match res {
+        Ok(v) => AckResult::Ok(convert::value(&v)),
+        Err(e) => AckResult::Err(match postcard::to_stdvec(&e) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(err) => {
+                tracing::warn!("ack error cannot be encoded, sent empty: {err}");
+                Bytes::new()
+            }
+        }),
+    }
+}
+
+/// The next response worth keeping, or `None` once nothing more is expected or time is up.
+async fn next_response(
+    pending: &mut Pending,
+    tracker: &mut Tracker<PeerId>,
+    deadline: &mut Pin<Box<tokio::time::Sleep>>,
+) -> Option<ResponseBody> {
+    while !tracker.is_done() {
+        tokio::select! {
+            res = pending.responses.recv() => {
+                let (peer, body) = res?;
+                if tracker.on_response(&peer, &body) {
+                    return Some(body);
+                }
+            }
+            Some(peer) = pending.gone.recv() => {
+                if let Some(owed) = tracker.on_gone(&peer) {
+                    tracing::info!(%peer, owed_acks = owed, "request stops waiting for a peer that is gone");
+                }
+            }
+            () = deadline.as_mut() => {
+                tracing::warn!(waiting = ?tracker.waiting(), "request timed out waiting for peers");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Every kept response of a request.
+async fn gather(mut pending: Pending, timeout: Duration) -> Vec<ResponseBody> {
+    let mut tracker = Tracker::new(pending.targets.clone());
+    let mut deadline = Box::pin(tokio::time::sleep(timeout));
+    let mut out = Vec::new();
+    while let Some(body) = next_response(&mut pending, &mut tracker, &mut deadline).await {
+        out.push(body);
+    }
+    out
+}
+
+/// The acks of remote sockets, as they arrive.
+fn remote_acks<Err: DeserializeOwned + Send + 'static>(
+    pending: Pending,
+    timeout: Duration,
+) -> BoxStream<'static, AckStreamItem<Err>> {
+    let tracker = Tracker::new(pending.targets.clone());
+    let deadline = Box::pin(tokio::time::sleep(timeout));
+    futures_util::stream::unfold(
+        (pending, tracker, deadline),
+        |(mut pending, mut tracker, mut deadline)| async move {
+            loop {
+                let body = next_response(&mut pending, &mut tracker, &mut deadline).await?;
+                if let ResponseBody::Ack(sid, res) = body {
+                    match decode_ack::<Err>(&sid, res) {
+                        Some(item) => return Some((item, (pending, tracker, deadline))),
+                        None => continue,
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+fn decode_ack<Err: DeserializeOwned>(sid: &Id, res: AckResult) -> Option<AckStreamItem<Err>> {
+    let sid = match convert::sid(sid) {
+        Ok(sid) => sid,
+        Err(e) => {
+            tracing::warn!("ack dropped: {e}");
+            return None;
+        }
+    };
+    let res = match res {
+        AckResult::Ok(v) => Ok(convert::value_from(v)),
+        AckResult::Err(bytes) => match postcard::from_bytes::<Err>(&bytes) {
+            Ok(e) => Err(e),
+            Err(e) => {
+                tracing::warn!(%sid, "ack error dropped, cannot decode it: {e}");
+                return None;
+            }
+        },
+    };
+    Some((sid, res))
+}

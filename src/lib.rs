@@ -1,0 +1,87 @@
+#![warn(missing_docs)]
+//! # socketioxide-cluster
+//!
+//! Run many [`socketioxide`] (Socket.IO) server processes as one, without a broker.
+//!
+//! Nodes find each other by gossip ([`chitchat`]) and send broadcasts and requests straight to
+//! each other over an authenticated QUIC mesh ([`quinn`]). The API has the shape of
+//! `socketioxide-redis`: whatever a handler does — `io.emit`, rooms, `except`, `volatile`,
+//! `emit_with_ack`, `fetch_sockets` and every operation on a remote socket, `join`/`leave`
+//! on other nodes, `disconnect`, binary payloads, the msgpack parser — works across nodes.
+//!
+//! ```no_run
+//! use socketioxide::{SocketIo, extract::SocketRef};
+//! use socketioxide_cluster::{GossipAdapter, GossipAdapterConfig, GossipAdapterCtr};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = GossipAdapterConfig::new()
+//!     .with_cluster_id("chat")
+//!     .with_gossip_addr("0.0.0.0:7946".parse()?)
+//!     .with_mesh_addr("0.0.0.0:7947".parse()?)
+//!     .with_seeds(["chat-0.chat.svc:7946"])
+//!     .with_secret(std::env::var("CLUSTER_SECRET")?);
+//! let ctr = GossipAdapterCtr::new(config).await?;
+//! let cluster = ctr.cluster();
+//! let (layer, io) = SocketIo::builder()
+//!     .with_adapter::<GossipAdapter<_>>(ctr)
+//!     .build_layer();
+//! io.ns("/", async |s: SocketRef<GossipAdapter<_>>| {
+//!     s.broadcast().emit("joined", s.id.as_str()).await.ok();
+//! })
+//! .await?;
+//! // ... serve `layer` with axum or hyper; on SIGTERM:
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## How it works
+//!
+//! Each node gossips its mesh address, its socketioxide server id and the namespaces it
+//! hosts. Each node opens one QUIC connection to each peer for what it sends that peer, and
+//! proves the cluster secret on it before anything else is read. Frames travel in order on
+//! one stream, so two emits from a node reach a client on another node in the order made.
+//!
+//! A request that expects answers (`fetch_sockets`, `rooms`, acks) goes to every live member
+//! (or the one member hosting a targeted socket) and waits for exactly those: a member that
+//! does not host the namespace says so at once, and a member found dead — its connection
+//! closed, its QUIC keep-alives silent for the peer timeout, gossip declaring it dead, or a
+//! graceful leave — is no longer waited for. The request returns what it has, never later
+//! than the request timeout.
+//!
+//! ```text
+//!  node A                      node B                       node C
+//!    |---- Request(FetchSockets) --->|                           |
+//!    |---- Request(FetchSockets) ------------------------------->|
+//!    |<--- Response(Sockets[..]) ----|                           |
+//!    |                               |                      (killed)
+//!    |   ... C's connection idles out after the peer timeout ...
+//!    |   A stops waiting for C, returns local + B's sockets
+//!
+//!  emit_with_ack:
+//!    |---- Request(BroadcastWithAck) -->|
+//!    |<--- Response(AckCount(2)) -------|   then exactly 2 acks, in order
+//!    |<--- Response(Ack(sid1, ..)) -----|
+//!    |<--- Response(Ack(sid2, ..)) -----|
+//! ```
+//!
+//! ## Security
+//!
+//! Mesh traffic is TLS 1.3 (QUIC) with an ephemeral certificate per node; both sides then
+//! prove the shared secret with an HMAC bound to the TLS session's exporter secret, so a
+//! relay in the middle fails. A peer that fails is refused, and logged, before any of its
+//! frames is read. Rotate secrets with [`GossipAdapterConfig::with_secrets`]. Gossip (UDP)
+//! is not encrypted: it carries only addresses, server ids and namespace names, and nothing
+//! it says is trusted without the mesh proof.
+
+mod adapter;
+mod cluster;
+mod config;
+mod error;
+mod membership;
+mod mesh;
+pub mod wire;
+
+pub use adapter::{GossipAdapter, GossipAdapterCtr, InitRes};
+pub use cluster::{Cluster, MembershipEvent};
+pub use config::{ConfigError, GossipAdapterConfig, Secret};
+pub use error::{Error, RequestError};
+pub use membership::Member;

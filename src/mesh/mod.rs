@@ -1,0 +1,455 @@
+//! The QUIC mesh: one endpoint per node, an authenticated connection per peer and direction,
+//! and length-prefixed [`Frame`]s on one unidirectional stream per connection (so frames from
+//! one node to another arrive in the order they were sent).
+//!
+//! A node sends everything it has for a peer (requests, responses, broadcasts) on its own
+//! outgoing connection to that peer ([`Link`]), and reads what the peer sends on the
+//! connection the peer opened. Nothing of a connection is read before its [`Hello`] verified.
+
+pub(crate) mod auth;
+mod tls;
+
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use tokio::sync::mpsc;
+
+use crate::wire::{self, DecodeError, Frame, FrameDecoder, Hello};
+use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
+
+/// Close code: the peer left the cluster on purpose.
+pub(crate) const CLOSE_LEAVING: u32 = 0;
+/// Close code: authentication failed.
+pub(crate) const CLOSE_AUTH: u32 = 1;
+/// Close code: the peer sent something that is not a valid frame.
+pub(crate) const CLOSE_PROTOCOL: u32 = 2;
+/// Close code: the connection is replaced or no longer needed.
+pub(crate) const CLOSE_UNUSED: u32 = 3;
+
+/// Largest [`Hello`] accepted.
+const MAX_HELLO: usize = 4096;
+
+/// A node's identity in the mesh: its name and generation (a restarted node is a new peer).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct PeerId {
+    /// Node name.
+    pub(crate) name: Arc<str>,
+    /// Generation: start time of the process, in ms since the Unix epoch.
+    pub(crate) generation: u64,
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.name, self.generation)
+    }
+}
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What the mesh tells the layer above.
+pub(crate) trait Inbound: Send + Sync + 'static {
+    /// A frame arrived from an authenticated peer.
+    fn on_frame(&self, from: &PeerId, frame: Frame);
+    /// A peer authenticated an incoming connection; it can be reached at `mesh_addr`.
+    fn on_peer_connected(&self, peer: &PeerId, mesh_addr: SocketAddr);
+    /// A connection to or from `peer` closed.
+    fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError);
+}
+
+/// Errors of the mesh.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MeshError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the mesh to {addr}/UDP: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS set-up failed.
+    #[error("TLS set-up failed: {0}")]
+    Tls(tls::TlsError),
+    /// Connecting failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        reason: String,
+    },
+    /// The peer failed authentication.
+    #[error("peer at {addr} refused: {source}")]
+    Auth {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: AuthError,
+    },
+}
+
+/// This node's side of the mesh.
+pub(crate) struct Mesh {
+    endpoint: Endpoint,
+    client: quinn::ClientConfig,
+    keyring: Keyring,
+    me: Hello,
+    max_frame_size: usize,
+    peer_timeout: Duration,
+    queue: usize,
+}
+
+impl Mesh {
+    /// Bind the mesh endpoint.
+    pub(crate) fn bind(
+        addr: SocketAddr,
+        keyring: Keyring,
+        max_frame_size: usize,
+        peer_timeout: Duration,
+        queue: usize,
+    ) -> Result<Self, MeshError> {
+        let (server_crypto, client_crypto) = tls::configs().map_err(MeshError::Tls)?;
+        let transport = Arc::new(transport_config(peer_timeout));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport);
+        let endpoint =
+            Endpoint::server(server, addr).map_err(|source| MeshError::Bind { addr, source })?;
+        Ok(Self {
+            endpoint,
+            client,
+            keyring,
+            me: Hello {
+                node_name: String::new(),
+                generation: 0,
+                mesh_addr: String::new(),
+                mac: None,
+            },
+            max_frame_size,
+            peer_timeout,
+            queue,
+        })
+    }
+
+    /// Set who this node is, as told to peers.
+    pub(crate) fn set_identity(&mut self, me: &PeerId, advertise: SocketAddr) {
+        self.me = Hello {
+            node_name: me.name.to_string(),
+            generation: me.generation,
+            mesh_addr: advertise.to_string(),
+            mac: None,
+        };
+    }
+
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Accept connections until the endpoint closes.
+    pub(crate) fn serve(self: &Arc<Self>, inbound: Arc<dyn Inbound>) {
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = mesh.endpoint.accept().await {
+                let mesh = mesh.clone();
+                let inbound = inbound.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => mesh.serve_connection(conn, inbound).await,
+                        Err(e) => tracing::debug!(%remote, "incoming mesh connection failed: {e}"),
+                    }
+                });
+            }
+        });
+    }
+
+    async fn serve_connection(&self, conn: Connection, inbound: Arc<dyn Inbound>) {
+        let remote = conn.remote_address();
+        let peer = match tokio::time::timeout(self.peer_timeout * 2, self.accept_hello(&conn)).await
+        {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(reason)) => {
+                tracing::warn!(%remote, "refused mesh connection: {reason}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%remote, "refused mesh connection: no authentication in time");
+                conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication timeout");
+                return;
+            }
+        };
+        let (peer, mesh_addr) = peer;
+        tracing::debug!(%peer, %remote, "mesh peer authenticated (incoming)");
+        inbound.on_peer_connected(&peer, mesh_addr);
+        loop {
+            let stream = tokio::select! {
+                s = conn.accept_uni() => s,
+                reason = conn.closed() => {
+                    inbound.on_connection_closed(&peer, &reason);
+                    return;
+                }
+            };
+            match stream {
+                Ok(stream) => {
+                    let conn = conn.clone();
+                    let peer = peer.clone();
+                    let inbound = inbound.clone();
+                    let max = self.max_frame_size;
+                    tokio::spawn(read_frames(conn, stream, peer, inbound, max));
+                }
+                Err(reason) => {
+                    inbound.on_connection_closed(&peer, &reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Server side of the handshake: read and check the client's [`Hello`], answer with ours.
+    async fn accept_hello(&self, conn: &Connection) -> Result<(PeerId, SocketAddr), String> {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let refuse = |msg: String| {
+            conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
+            msg
+        };
+        let bytes = recv
+            .read_to_end(MAX_HELLO)
+            .await
+            .map_err(|e| refuse(format!("reading hello: {e}")))?;
+        let hello = wire::decode_hello(&bytes).map_err(|e| refuse(format!("bad hello: {e}")))?;
+        let exporter = exporter(conn).map_err(&refuse)?;
+        self.keyring
+            .verify(Role::Client, &exporter, &hello)
+            .map_err(|e| refuse(format!("node {:?}: {e}", hello.node_name)))?;
+        let mesh_addr: SocketAddr = hello
+            .mesh_addr
+            .parse()
+            .map_err(|e| refuse(format!("bad mesh address {:?}: {e}", hello.mesh_addr)))?;
+        let reply = self.signed_hello(Role::Server, &exporter);
+        send.write_all(&reply).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        Ok((
+            PeerId {
+                name: hello.node_name.into(),
+                generation: hello.generation,
+            },
+            mesh_addr,
+        ))
+    }
+
+    fn signed_hello(&self, role: Role, exporter: &[u8]) -> Vec<u8> {
+        let mut hello = self.me.clone();
+        hello.mac = self.keyring.sign(role, exporter, &hello);
+        wire::encode_hello(&hello).unwrap_or_else(|_| unreachable!("a hello always fits in a Vec"))
+    }
+
+    /// Open an authenticated connection to the node at `addr`, and its outgoing [`Link`].
+    /// With `expect`, the node there must be that peer.
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+        expect: Option<&PeerId>,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<(PeerId, Link), MeshError> {
+        let fail = |reason: String| MeshError::Connect { addr, reason };
+        let conn = tokio::time::timeout(self.peer_timeout * 2, async {
+            let connecting = self
+                .endpoint
+                .connect_with(self.client.clone(), addr, tls::SERVER_NAME)
+                .map_err(|e| fail(e.to_string()))?;
+            let conn = connecting.await.map_err(|e| fail(e.to_string()))?;
+            let exporter = exporter(&conn).map_err(fail)?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
+            send.write_all(&self.signed_hello(Role::Client, &exporter))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            send.finish().map_err(|e| fail(e.to_string()))?;
+            let bytes = recv
+                .read_to_end(MAX_HELLO)
+                .await
+                .map_err(|e| fail(format!("no hello from peer: {e}")))?;
+            let hello = wire::decode_hello(&bytes).map_err(|e| fail(format!("bad hello: {e}")))?;
+            if let Err(source) = self.keyring.verify(Role::Server, &exporter, &hello) {
+                conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
+                return Err(MeshError::Auth { addr, source });
+            }
+            Ok((conn, hello))
+        })
+        .await
+        .map_err(|_| fail("timed out".into()))??;
+        let (conn, hello) = conn;
+        let peer = PeerId {
+            name: hello.node_name.into(),
+            generation: hello.generation,
+        };
+        if let Some(expect) = expect
+            && expect != &peer
+        {
+            conn.close(VarInt::from_u32(CLOSE_UNUSED), b"unexpected peer");
+            return Err(fail(format!("expected {expect}, found {peer}")));
+        }
+        let stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(self.queue);
+        tokio::spawn(write_frames(
+            conn.clone(),
+            stream,
+            rx,
+            peer.clone(),
+            inbound,
+        ));
+        Ok((peer, Link { conn, tx }))
+    }
+
+    /// Close every connection with `code`, then wait (bounded) for peers to be told.
+    pub(crate) async fn close(&self, code: u32, reason: &[u8]) {
+        self.endpoint.close(VarInt::from_u32(code), reason);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn transport_config(peer_timeout: Duration) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    // A peer silent for `peer_timeout` is gone; keep-alives keep healthy idle links open.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(peer_timeout).ok());
+    t.keep_alive_interval(Some(peer_timeout / 4));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.max_concurrent_uni_streams(VarInt::from_u32(2));
+    t
+}
+
+fn exporter(conn: &Connection) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .map_err(|_| "TLS exporter unavailable".to_string())?;
+    Ok(out)
+}
+
+/// This node's outgoing connection to one peer, with its bounded send queue.
+#[derive(Clone)]
+pub(crate) struct Link {
+    conn: Connection,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// The queue stayed full.
+    #[error("send queue full")]
+    Full,
+}
+
+impl Link {
+    /// Queue an encoded frame, waiting at most `wait` for room.
+    pub(crate) async fn send(&self, frame: Bytes, wait: Duration) -> Result<(), SendError> {
+        match self.tx.send_timeout(frame, wait).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::Full),
+        }
+    }
+
+    /// Queue an encoded frame if there is room now.
+    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+        })
+    }
+
+    /// Whether the connection is still open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none() && !self.tx.is_closed()
+    }
+
+    /// Close the connection.
+    pub(crate) fn close(&self, code: u32, reason: &[u8]) {
+        self.conn.close(VarInt::from_u32(code), reason);
+    }
+}
+
+async fn write_frames(
+    conn: Connection,
+    mut stream: quinn::SendStream,
+    mut rx: mpsc::Receiver<Bytes>,
+    peer: PeerId,
+    inbound: Arc<dyn Inbound>,
+) {
+    loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                let Some(frame) = frame else {
+                    // Link dropped: nothing more to send.
+                    let _ = stream.finish();
+                    return;
+                };
+                if let Err(e) = stream.write_all(&frame).await {
+                    tracing::warn!(%peer, "mesh write failed, closing link: {e}");
+                    conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
+                    let reason = conn.closed().await;
+                    inbound.on_connection_closed(&peer, &reason);
+                    return;
+                }
+            }
+            reason = conn.closed() => {
+                let dropped = rx.len();
+                if dropped > 0 {
+                    tracing::warn!(%peer, dropped, "mesh link closed with frames still queued: {reason}");
+                }
+                rx.close();
+                inbound.on_connection_closed(&peer, &reason);
+                return;
+            }
+        }
+    }
+}
+
+async fn read_frames(
+    conn: Connection,
+    mut stream: quinn::RecvStream,
+    peer: PeerId,
+    inbound: Arc<dyn Inbound>,
+    max_frame_size: usize,
+) {
+    let mut decoder = FrameDecoder::new(max_frame_size);
+    loop {
+        match stream.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => {
+                decoder.extend(&chunk.bytes);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) => inbound.on_frame(&peer, frame),
+                        Ok(None) => break,
+                        Err(e) => {
+                            protocol_violation(&conn, &peer, &e);
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%peer, "mesh stream ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn protocol_violation(conn: &Connection, peer: &PeerId, err: &DecodeError) {
+    tracing::warn!(%peer, remote = %conn.remote_address(), "closing mesh connection: {err}");
+    let reason = err.to_string();
+    conn.close(
+        VarInt::from_u32(CLOSE_PROTOCOL),
+        &reason.as_bytes()[..reason.len().min(100)],
+    );
+}

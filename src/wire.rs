@@ -1,0 +1,617 @@
+//! Versioned frame types exchanged between nodes, and their encoding.
+//!
+//! Pure: no I/O. Every frame on the mesh is `MAGIC ‖ VERSION ‖ postcard(Frame)`, carried in a
+//! length-prefixed envelope (see [`FrameDecoder`]). The wire types here are our own — they are
+//! converted to and from `socketioxide-core` types by the adapter — so that a change in core's
+//! serde implementations can never silently change what crosses the network.
+//!
+//! Rules for every type in this module: no `untagged`, `flatten` or `skip_serializing_if`
+//! (postcard is not self-describing), and every type has a round-trip and a golden-bytes test.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// The first two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"SX";
+/// The protocol version carried by every frame. Bumped on any incompatible change.
+pub const VERSION: u8 = 1;
+/// The ALPN protocol identifier of the QUIC mesh.
+pub const ALPN: &[u8] = b"socketioxide-cluster/1";
+/// Size of the length prefix of each frame on a stream.
+pub const LEN_PREFIX: usize = 4;
+/// Default largest frame accepted, in bytes (16 MiB).
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
+
+/// A 16-byte identifier: a socket id, a socketioxide server id or a request id, as the
+/// 16 ASCII characters socketioxide uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Id(pub [u8; 16]);
+
+/// Everything one node sends another over the mesh.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// A request addressed to one namespace of the receiving node.
+    Request(Request),
+    /// A response to a request the receiving node made.
+    Response(Response),
+    /// The sender leaves the cluster gracefully; drop it now.
+    Leave,
+}
+
+/// A request from one node to the others, for one namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Namespace path.
+    pub ns: String,
+    /// Request id; responses carry it back.
+    pub id: Id,
+    /// socketioxide server id of the requesting node.
+    pub origin: Id,
+    /// What to do.
+    pub kind: RequestKind,
+    /// Which sockets it applies to.
+    pub opts: Opts,
+    /// Ack timeout chosen by the caller, in milliseconds.
+    pub ack_timeout_ms: Option<u64>,
+}
+
+/// The operations a node can ask of another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RequestKind {
+    /// Send a packet to the matching sockets.
+    Broadcast(WirePacket),
+    /// Send a packet to the matching sockets and stream their acks back.
+    BroadcastWithAck(WirePacket),
+    /// Disconnect the matching sockets.
+    DisconnectSockets,
+    /// Answer with the rooms of the matching sockets.
+    AllRooms,
+    /// Make the matching sockets join rooms.
+    AddSockets(Vec<String>),
+    /// Make the matching sockets leave rooms.
+    DelSockets(Vec<String>),
+    /// Answer with the matching sockets.
+    FetchSockets,
+}
+
+impl RequestKind {
+    /// Whether the requester waits for responses to this request.
+    pub fn expects_response(&self) -> bool {
+        matches!(
+            self,
+            Self::BroadcastWithAck(_) | Self::AllRooms | Self::FetchSockets
+        )
+    }
+}
+
+/// Broadcast options: which sockets a request applies to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Opts {
+    /// Flag bits (local, broadcast, volatile).
+    pub flags: u8,
+    /// Target rooms; empty means every socket.
+    pub rooms: Vec<String>,
+    /// Rooms whose sockets are excluded.
+    pub except: Vec<String>,
+    /// The sender socket, excluded from broadcasts or targeted alone.
+    pub sid: Option<Id>,
+    /// The server that hosts the targeted socket.
+    pub server_id: Option<Id>,
+}
+
+/// A socket.io packet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WirePacket {
+    /// Namespace path.
+    pub ns: String,
+    /// Type and payload.
+    pub data: PacketData,
+}
+
+/// The socket.io packet types an adapter forwards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PacketData {
+    /// CONNECT with an optional payload.
+    Connect(Option<Value>),
+    /// DISCONNECT.
+    Disconnect,
+    /// EVENT with an optional ack id.
+    Event(Value, Option<i64>),
+    /// ACK.
+    EventAck(Value, i64),
+    /// CONNECT_ERROR with its message.
+    ConnectError(String),
+    /// BINARY_EVENT with an optional ack id.
+    BinaryEvent(Value, Option<i64>),
+    /// BINARY_ACK.
+    BinaryAck(Value, i64),
+}
+
+/// A payload already encoded by the socket.io parser.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// A text payload with optional binary attachments.
+    Str(String, Option<Vec<Bytes>>),
+    /// A binary payload (msgpack parser).
+    Bytes(Bytes),
+}
+
+/// A response to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The id of the request answered.
+    pub id: Id,
+    /// What the responder says.
+    pub body: ResponseBody,
+}
+
+/// The content of a [`Response`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    /// The responder does not host the namespace: expect nothing more from it.
+    NotHosted,
+    /// How many acks will follow from the responder.
+    AckCount(u32),
+    /// One ack from one socket.
+    Ack(Id, AckResult),
+    /// Rooms of the matching sockets.
+    Rooms(Vec<String>),
+    /// The matching sockets, by socket id and socketioxide server id.
+    Sockets(Vec<(Id, Id)>),
+}
+
+/// The result of one ack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AckResult {
+    /// The socket answered.
+    Ok(Value),
+    /// The ack failed; the error, postcard-encoded.
+    Err(Bytes),
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The frame is shorter than its header.
+    #[error("frame too short ({0} bytes)")]
+    TooShort(usize),
+    /// The magic bytes do not match.
+    #[error("bad magic bytes")]
+    BadMagic,
+    /// The frame was made by an incompatible protocol version.
+    #[error("unsupported protocol version {0} (this node speaks {VERSION})")]
+    Version(u8),
+    /// The length prefix announces more than the configured maximum.
+    #[error("frame of {size} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The body is not a valid frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Encode a frame with its header and length prefix, ready to write on a stream.
+pub fn encode(frame: &Frame) -> Result<Bytes, postcard::Error> {
+    let mut out = vec![0u8; LEN_PREFIX];
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    let mut out = postcard::to_extend(frame, out)?;
+    let len =
+        u32::try_from(out.len() - LEN_PREFIX).map_err(|_| postcard::Error::SerializeBufferFull)?;
+    out[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(Bytes::from(out))
+}
+
+/// Decode one frame body (without the length prefix).
+pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
+    decode_versioned(body)
+}
+
+/// The first message each side sends on a new mesh connection: who it is, and its proof that
+/// it holds the cluster secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Node name.
+    pub node_name: String,
+    /// Node generation (start time); a restarted node has a new one.
+    pub generation: u64,
+    /// Mesh address the sender can be reached at.
+    pub mesh_addr: String,
+    /// HMAC proof of the secret; `None` from a node running without authentication.
+    pub mac: Option<[u8; 32]>,
+}
+
+/// Encode a [`Hello`] with the frame header (no length prefix: it travels alone on its
+/// stream).
+pub fn encode_hello(hello: &Hello) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(hello, vec![MAGIC[0], MAGIC[1], VERSION])
+}
+
+/// Decode a [`Hello`].
+pub fn decode_hello(body: &[u8]) -> Result<Hello, DecodeError> {
+    decode_versioned(body)
+}
+
+fn decode_versioned<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    if body.len() < MAGIC.len() + 1 {
+        return Err(DecodeError::TooShort(body.len()));
+    }
+    if body[..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if body[2] != VERSION {
+        return Err(DecodeError::Version(body[2]));
+    }
+    let (value, rest) = postcard::take_from_bytes::<T>(&body[3..])
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// Splits a byte stream into frames, refusing any frame larger than its limit before
+/// buffering it.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frames larger than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// Append bytes read from the stream.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if self.buf.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; LEN_PREFIX];
+        prefix.copy_from_slice(&self.buf[..LEN_PREFIX]);
+        let size = u32::from_be_bytes(prefix) as usize;
+        if size > self.max {
+            return Err(DecodeError::TooLarge {
+                size,
+                max: self.max,
+            });
+        }
+        if self.buf.len() < LEN_PREFIX + size {
+            return Ok(None);
+        }
+        self.buf.advance(LEN_PREFIX);
+        let body = self.buf.split_to(size);
+        decode(&body).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(c: u8) -> Id {
+        Id([c; 16])
+    }
+
+    fn body(frame: &Frame) -> Vec<u8> {
+        encode(frame).unwrap()[LEN_PREFIX..].to_vec()
+    }
+
+    fn arb_bytes() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from)
+    }
+    fn arb_id() -> impl Strategy<Value = Id> {
+        any::<[u8; 16]>().prop_map(Id)
+    }
+    fn arb_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (
+                ".{0,8}",
+                proptest::option::of(proptest::collection::vec(arb_bytes(), 0..3))
+            )
+                .prop_map(|(s, b)| Value::Str(s, b)),
+            arb_bytes().prop_map(Value::Bytes),
+        ]
+    }
+    fn arb_packet() -> impl Strategy<Value = WirePacket> {
+        let data = prop_oneof![
+            proptest::option::of(arb_value()).prop_map(PacketData::Connect),
+            Just(PacketData::Disconnect),
+            (arb_value(), any::<Option<i64>>()).prop_map(|(v, a)| PacketData::Event(v, a)),
+            (arb_value(), any::<i64>()).prop_map(|(v, a)| PacketData::EventAck(v, a)),
+            ".{0,8}".prop_map(PacketData::ConnectError),
+            (arb_value(), any::<Option<i64>>()).prop_map(|(v, a)| PacketData::BinaryEvent(v, a)),
+            (arb_value(), any::<i64>()).prop_map(|(v, a)| PacketData::BinaryAck(v, a)),
+        ];
+        (".{0,8}", data).prop_map(|(ns, data)| WirePacket { ns, data })
+    }
+    fn arb_rooms() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec(".{0,6}", 0..4)
+    }
+    fn arb_opts() -> impl Strategy<Value = Opts> {
+        (
+            any::<u8>(),
+            arb_rooms(),
+            arb_rooms(),
+            proptest::option::of(arb_id()),
+            proptest::option::of(arb_id()),
+        )
+            .prop_map(|(flags, rooms, except, sid, server_id)| Opts {
+                flags,
+                rooms,
+                except,
+                sid,
+                server_id,
+            })
+    }
+    fn arb_kind() -> impl Strategy<Value = RequestKind> {
+        prop_oneof![
+            arb_packet().prop_map(RequestKind::Broadcast),
+            arb_packet().prop_map(RequestKind::BroadcastWithAck),
+            Just(RequestKind::DisconnectSockets),
+            Just(RequestKind::AllRooms),
+            arb_rooms().prop_map(RequestKind::AddSockets),
+            arb_rooms().prop_map(RequestKind::DelSockets),
+            Just(RequestKind::FetchSockets),
+        ]
+    }
+    fn arb_body() -> impl Strategy<Value = ResponseBody> {
+        prop_oneof![
+            Just(ResponseBody::NotHosted),
+            any::<u32>().prop_map(ResponseBody::AckCount),
+            (arb_id(), arb_value()).prop_map(|(i, v)| ResponseBody::Ack(i, AckResult::Ok(v))),
+            (arb_id(), arb_bytes()).prop_map(|(i, e)| ResponseBody::Ack(i, AckResult::Err(e))),
+            arb_rooms().prop_map(ResponseBody::Rooms),
+            proptest::collection::vec((arb_id(), arb_id()), 0..3).prop_map(ResponseBody::Sockets),
+        ]
+    }
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (
+                ".{0,8}",
+                arb_id(),
+                arb_id(),
+                arb_kind(),
+                arb_opts(),
+                any::<Option<u64>>()
+            )
+                .prop_map(|(ns, id, origin, kind, opts, ack_timeout_ms)| {
+                    Frame::Request(Request {
+                        ns,
+                        id,
+                        origin,
+                        kind,
+                        opts,
+                        ack_timeout_ms,
+                    })
+                }),
+            (arb_id(), arb_body()).prop_map(|(id, body)| Frame::Response(Response { id, body })),
+            Just(Frame::Leave),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_frame_round_trips(frame in arb_frame()) {
+            prop_assert_eq!(decode(&body(&frame)).unwrap(), frame);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode(&data);
+            let mut with_header = vec![MAGIC[0], MAGIC[1], VERSION];
+            with_header.extend_from_slice(&data);
+            let _ = decode(&with_header);
+            let mut dec = FrameDecoder::new(1024);
+            dec.extend(&data);
+            let _ = dec.next_frame();
+        }
+
+        #[test]
+        fn decoder_reassembles_split_streams(frames in proptest::collection::vec(arb_frame(), 1..4), cut in 1usize..7) {
+            let stream: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap().to_vec()).collect();
+            let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE);
+            let mut out = Vec::new();
+            for chunk in stream.chunks(cut) {
+                dec.extend(chunk);
+                while let Some(f) = dec.next_frame().unwrap() {
+                    out.push(f);
+                }
+            }
+            prop_assert_eq!(out, frames);
+        }
+    }
+
+    /// The exact bytes of each frame type. A change here is a wire protocol change: bump
+    /// [`VERSION`].
+    #[test]
+    fn golden_bytes() {
+        let packet = WirePacket {
+            ns: "/".into(),
+            data: PacketData::Event(Value::Str("[\"a\"]".into(), None), Some(3)),
+        };
+        let cases: Vec<(Frame, &str)> = vec![
+            (Frame::Leave, "535801 02"),
+            (
+                Frame::Request(Request {
+                    ns: "/".into(),
+                    id: id(b'r'),
+                    origin: id(b'o'),
+                    kind: RequestKind::Broadcast(packet.clone()),
+                    opts: Opts {
+                        flags: 2,
+                        rooms: vec!["x".into()],
+                        except: vec![],
+                        sid: None,
+                        server_id: Some(id(b's')),
+                    },
+                    ack_timeout_ms: None,
+                }),
+                "535801 00 012f 72727272727272727272727272727272 6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f \
+                 00 012f 02 00 055b2261225d 00 01 06 \
+                 02 01 0178 00 00 01 73737373737373737373737373737373 00",
+            ),
+            (
+                Frame::Request(Request {
+                    ns: "/n".into(),
+                    id: id(1),
+                    origin: id(2),
+                    kind: RequestKind::AddSockets(vec!["r".into()]),
+                    opts: Opts::default(),
+                    ack_timeout_ms: Some(300),
+                }),
+                "535801 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
+                 04 01 0172 00 00 00 00 00 01 ac02",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::NotHosted,
+                }),
+                "535801 01 01010101010101010101010101010101 00",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::AckCount(300),
+                }),
+                "535801 01 01010101010101010101010101010101 01 ac02",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Ack(
+                        id(2),
+                        AckResult::Ok(Value::Str("1".into(), Some(vec![Bytes::from_static(&[9])]))),
+                    ),
+                }),
+                "535801 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                 00 00 0131 01 01 0109",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Ack(id(2), AckResult::Err(Bytes::from_static(&[7]))),
+                }),
+                "535801 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                 01 0107",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Rooms(vec!["a".into()]),
+                }),
+                "535801 01 01010101010101010101010101010101 03 01 0161",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Sockets(vec![(id(3), id(4))]),
+                }),
+                "535801 01 01010101010101010101010101010101 04 01 \
+                 03030303030303030303030303030303 04040404040404040404040404040404",
+            ),
+        ];
+        for (frame, hex) in cases {
+            let want: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+            let got: String = body(&frame).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(got, want, "{frame:?}");
+            assert_eq!(decode(&body(&frame)).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn hello_round_trips_with_golden_bytes() {
+        let hello = Hello {
+            node_name: "a".into(),
+            generation: 300,
+            mesh_addr: "b".into(),
+            mac: Some([7; 32]),
+        };
+        let bytes = encode_hello(&hello).unwrap();
+        let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            got,
+            format!("535801 0161 ac02 0162 01{}", "07".repeat(32)).replace(' ', "")
+        );
+        assert_eq!(decode_hello(&bytes).unwrap(), hello);
+        let insecure = Hello { mac: None, ..hello };
+        assert_eq!(
+            decode_hello(&encode_hello(&insecure).unwrap()).unwrap(),
+            insecure
+        );
+    }
+
+    #[test]
+    fn binary_value_golden_bytes() {
+        let frame = Frame::Request(Request {
+            ns: "/".into(),
+            id: id(0),
+            origin: id(0),
+            kind: RequestKind::BroadcastWithAck(WirePacket {
+                ns: "/".into(),
+                data: PacketData::BinaryEvent(Value::Bytes(Bytes::from_static(&[1, 2])), None),
+            }),
+            opts: Opts::default(),
+            ack_timeout_ms: None,
+        });
+        let got: String = body(&frame).iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            got.ends_with(
+                "01 012f 05 01 020102 00 00 00 00 00 00 00"
+                    .replace(' ', "")
+                    .as_str()
+            ),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_header_version_and_garbage() {
+        let good = body(&Frame::Leave);
+        assert_eq!(decode(&good[..2]), Err(DecodeError::TooShort(2)));
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        assert_eq!(decode(&bad_magic), Err(DecodeError::BadMagic));
+        let mut bad_version = good.clone();
+        bad_version[2] = VERSION + 1;
+        assert_eq!(decode(&bad_version), Err(DecodeError::Version(VERSION + 1)));
+        let mut garbage = good.clone();
+        garbage[3] = 0xee;
+        assert!(matches!(decode(&garbage), Err(DecodeError::Malformed(_))));
+        let mut trailing = good;
+        trailing.push(0);
+        assert!(matches!(decode(&trailing), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn decoder_refuses_oversized_frames_before_buffering_them() {
+        let mut dec = FrameDecoder::new(10);
+        dec.extend(&1000u32.to_be_bytes());
+        assert_eq!(
+            dec.next_frame(),
+            Err(DecodeError::TooLarge {
+                size: 1000,
+                max: 10
+            })
+        );
+    }
+}
