@@ -13,6 +13,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use chitchat::{ChitchatId, NodeState};
 use futures_core::Stream;
@@ -71,6 +73,38 @@ struct PendingEntry {
 
 type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
 
+/// First delay before connecting again to a live peer that could not be verified.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest delay between such attempts.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Who is in the cluster, as this node sees it. A member is a node that gossip shows live
+/// **and** that proved the cluster secret on a mesh connection: gossip alone is never trusted.
+#[derive(Default)]
+struct View {
+    /// Nodes gossip shows live, minus those that left.
+    live: HashMap<PeerId, Member>,
+    /// Peers that proved the cluster secret on a mesh connection.
+    verified: HashSet<PeerId>,
+    /// Peers that left gracefully: ignored even while gossip still shows them.
+    left: HashSet<PeerId>,
+    /// When to try again to connect to a live peer not verified yet, and the next backoff.
+    retry: HashMap<PeerId, (Instant, Duration)>,
+}
+
+impl View {
+    fn members(&self) -> impl Iterator<Item = &Member> {
+        self.live
+            .iter()
+            .filter(|(p, _)| self.verified.contains(*p))
+            .map(|(_, m)| m)
+    }
+
+    fn member_map(&self) -> HashMap<PeerId, Member> {
+        self.members().map(|m| (m.peer_id(), m.clone())).collect()
+    }
+}
+
 /// The running node, shared by the cluster handle and every namespace adapter.
 pub(crate) struct Node {
     me: PeerId,
@@ -79,8 +113,7 @@ pub(crate) struct Node {
     request_timeout: Duration,
     mesh: Arc<Mesh>,
     membership: Membership,
-    members: RwLock<HashMap<PeerId, Member>>,
-    left: Mutex<HashSet<PeerId>>,
+    view: RwLock<View>,
     /// Mesh addresses learned from incoming connections, for peers gossip has not shown yet.
     addrs: Mutex<HashMap<PeerId, SocketAddr>>,
     links: Mutex<HashMap<PeerId, LinkSlot>>,
@@ -117,6 +150,7 @@ impl Inbound for WeakInbound {
     fn on_peer_connected(&self, peer: &PeerId, mesh_addr: SocketAddr) {
         if let Some(node) = self.0.upgrade() {
             lock(&node.addrs).insert(peer.clone(), mesh_addr);
+            node.verified(peer);
         }
     }
     fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError) {
@@ -202,8 +236,7 @@ impl Node {
             request_timeout: config.request_timeout,
             mesh: Arc::new(mesh),
             membership,
-            members: RwLock::default(),
-            left: Mutex::default(),
+            view: RwLock::default(),
             addrs: Mutex::default(),
             links: Mutex::default(),
             handlers: RwLock::default(),
@@ -234,7 +267,7 @@ impl Node {
 
     /// The live members, other than this node.
     pub(crate) fn members(&self) -> Vec<Member> {
-        let mut m: Vec<Member> = read(&self.members).values().cloned().collect();
+        let mut m: Vec<Member> = read(&self.view).members().cloned().collect();
         m.sort_by(|a, b| a.node_name.cmp(&b.node_name));
         m
     }
@@ -260,7 +293,7 @@ impl Node {
 
     /// How many nodes, this one included, host the namespace `ns`.
     pub(crate) fn server_count(&self, ns: &str) -> u16 {
-        let others = read(&self.members).values().filter(|m| m.hosts(ns)).count();
+        let others = read(&self.view).members().filter(|m| m.hosts(ns)).count();
         u16::try_from(others + 1).unwrap_or(u16::MAX)
     }
 
@@ -288,12 +321,12 @@ impl Node {
 
     /// The peers a request goes to: the one hosting `server` if given, else every live member.
     pub(crate) fn targets(&self, server: Option<Id>) -> Vec<PeerId> {
-        let members = read(&self.members);
+        let view = read(&self.view);
         match server {
-            None => members.keys().cloned().collect(),
+            None => view.members().map(Member::peer_id).collect(),
             Some(id) => {
                 let uid = std::str::from_utf8(&id.0).ok();
-                let by_gossip = members.values().find(|m| {
+                let by_gossip = view.members().find(|m| {
                     m.server_id
                         .map(|s| Some(s.to_string()) == uid.map(String::from))
                         == Some(true)
@@ -401,7 +434,8 @@ impl Node {
         if let Some(link) = slot.as_ref().filter(|l| l.is_open()) {
             return Ok(link.clone());
         }
-        let addr = read(&self.members)
+        let addr = read(&self.view)
+            .live
             .get(peer)
             .map(|m| m.mesh_addr)
             .or_else(|| lock(&self.addrs).get(peer).copied())
@@ -414,6 +448,8 @@ impl Node {
             .map_err(|e| e.to_string())?;
         tracing::debug!(%peer, %addr, "mesh link up");
         *slot = Some(link.clone());
+        drop(slot);
+        self.verified(peer);
         Ok(link)
     }
 
@@ -509,66 +545,122 @@ impl Node {
         }
     }
 
-    fn mark_left(&self, peer: &PeerId, why: &str) {
-        lock(&self.left).insert(peer.clone());
-        let removed = write(&self.members).remove(peer);
-        self.stop_waiting_for(peer);
-        self.drop_link(peer);
-        if let Some(member) = removed {
-            tracing::info!(%peer, "member left: {why}");
-            let _ = self.events.send(MembershipEvent::Left(member));
-        }
-    }
-
-    /// Apply a new gossip view of the live nodes.
-    fn apply_view(self: &Arc<Self>, live: &BTreeMap<ChitchatId, NodeState>) {
-        let mut left = lock(&self.left);
-        left.retain(|p| {
-            live.keys()
-                .any(|id| &*id.node_id == &*p.name && id.generation_id == p.generation)
-        });
-        let next: HashMap<PeerId, Member> = live
-            .iter()
-            .filter(|(id, _)| {
-                !(&*id.node_id == &*self.me.name && id.generation_id == self.me.generation)
-            })
-            .filter_map(|(id, state)| membership::parse_member(id, state.key_values()))
-            .map(|m| (m.peer_id(), m))
-            .filter(|(p, _)| !left.contains(p))
-            .collect();
-        drop(left);
+    /// Change the view; report who joined and who left the members.
+    fn change_view(&self, why: &str, change: impl FnOnce(&mut View)) {
         let (joined, gone) = {
-            let mut members = write(&self.members);
-            let joined: Vec<Member> = next
+            let mut view = write(&self.view);
+            let before = view.member_map();
+            change(&mut view);
+            let after = view.member_map();
+            let joined: Vec<Member> = after
                 .iter()
-                .filter(|(p, _)| !members.contains_key(*p))
+                .filter(|(p, _)| !before.contains_key(*p))
                 .map(|(_, m)| m.clone())
                 .collect();
-            let gone: Vec<Member> = members
-                .iter()
-                .filter(|(p, _)| !next.contains_key(*p))
-                .map(|(_, m)| m.clone())
+            let gone: Vec<Member> = before
+                .into_iter()
+                .filter(|(p, _)| !after.contains_key(p))
+                .map(|(_, m)| m)
                 .collect();
-            *members = next;
             (joined, gone)
         };
         for member in gone {
             let peer = member.peer_id();
-            tracing::info!(%peer, "member no longer live (gossip)");
+            tracing::info!(%peer, "member left: {why}");
             self.stop_waiting_for(&peer);
             self.drop_link(&peer);
             lock(&self.addrs).remove(&peer);
             let _ = self.events.send(MembershipEvent::Left(member));
         }
         for member in joined {
-            let peer = member.peer_id();
-            tracing::info!(%peer, mesh = %member.mesh_addr, "member joined");
+            tracing::info!(peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
             let _ = self.events.send(MembershipEvent::Joined(member));
-            // Connect ahead of the first message.
+        }
+    }
+
+    /// `peer` proved the cluster secret.
+    fn verified(&self, peer: &PeerId) {
+        self.change_view("verified", |v| {
+            if !v.left.contains(peer) {
+                v.verified.insert(peer.clone());
+                v.retry.remove(peer);
+            }
+        });
+    }
+
+    fn mark_left(&self, peer: &PeerId, why: &str) {
+        self.change_view(why, |v| {
+            v.left.insert(peer.clone());
+            v.live.remove(peer);
+            v.verified.remove(peer);
+        });
+        self.stop_waiting_for(peer);
+        self.drop_link(peer);
+    }
+
+    /// Apply a new gossip view of the live nodes.
+    fn apply_view(self: &Arc<Self>, live: &BTreeMap<ChitchatId, NodeState>) {
+        let is_me = |id: &ChitchatId| {
+            *id.node_id == *self.me.name && id.generation_id == self.me.generation
+        };
+        let listed = |p: &PeerId| {
+            live.keys()
+                .any(|id| *id.node_id == *p.name && id.generation_id == p.generation)
+        };
+        let next: HashMap<PeerId, Member> = live
+            .iter()
+            .filter(|(id, _)| !is_me(id))
+            .filter_map(|(id, state)| membership::parse_member(id, state.key_values()))
+            .map(|m| (m.peer_id(), m))
+            .collect();
+        self.change_view("no longer live in gossip", |v| {
+            v.left.retain(|p| listed(p));
+            let before: HashSet<PeerId> = v.live.keys().cloned().collect();
+            v.live = next
+                .into_iter()
+                .filter(|(p, _)| !v.left.contains(p))
+                .collect();
+            // A peer found dead must prove itself again if it comes back.
+            v.verified
+                .retain(|p| v.live.contains_key(p) || !before.contains(p));
+            v.retry.retain(|p, _| v.live.contains_key(p));
+        });
+        self.connect_unverified();
+    }
+
+    /// Try to connect to live peers that have not proved the secret yet, with backoff.
+    fn connect_unverified(self: &Arc<Self>) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, bool)> = {
+            let mut view = write(&self.view);
+            let View {
+                live,
+                verified,
+                retry,
+                ..
+            } = &mut *view;
+            live.keys()
+                .filter(|p| !verified.contains(*p))
+                .filter_map(|p| {
+                    let entry = retry.entry(p.clone()).or_insert((now, RETRY_MIN));
+                    if entry.0 > now {
+                        return None;
+                    }
+                    let first = entry.1 == RETRY_MIN;
+                    *entry = (now + entry.1, (entry.1 * 2).min(RETRY_MAX));
+                    Some((p.clone(), first))
+                })
+                .collect()
+        };
+        for (peer, first) in due {
             let node = self.clone();
             tokio::spawn(async move {
                 if let Err(reason) = node.link(&peer).await {
-                    tracing::warn!(%peer, "cannot open mesh link to new member: {reason}");
+                    if first {
+                        tracing::warn!(%peer, "cannot verify gossip member over the mesh (will retry): {reason}");
+                    } else {
+                        tracing::debug!(%peer, "still cannot verify gossip member: {reason}");
+                    }
                 }
             });
         }
@@ -620,18 +712,30 @@ async fn watch_membership(
     node: Weak<Node>,
     mut watcher: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
 ) {
+    let mut tick = tokio::time::interval(RETRY_MIN);
+    let mut changed = true;
     loop {
         {
             let Some(node) = node.upgrade() else { return };
             if node.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
-            let live = watcher.borrow_and_update().clone();
-            node.apply_view(&live);
+            if changed {
+                let live = watcher.borrow_and_update().clone();
+                node.apply_view(&live);
+            } else {
+                node.connect_unverified();
+            }
         }
-        if watcher.changed().await.is_err() {
-            return;
-        }
+        changed = tokio::select! {
+            res = watcher.changed() => {
+                if res.is_err() {
+                    return;
+                }
+                true
+            }
+            _ = tick.tick() => false,
+        };
     }
 }
 

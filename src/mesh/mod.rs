@@ -453,3 +453,208 @@ fn protocol_violation(conn: &Connection, peer: &PeerId, err: &DecodeError) {
         &reason.as_bytes()[..reason.len().min(100)],
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::wire::{Frame, LEN_PREFIX, MAGIC, VERSION};
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+    #[derive(Debug)]
+    enum Event {
+        Frame(PeerId, Frame),
+        Connected(PeerId),
+        Closed(PeerId, quinn::ConnectionError),
+    }
+
+    struct Recorder(UnboundedSender<Event>);
+
+    impl Inbound for Recorder {
+        fn on_frame(&self, from: &PeerId, frame: Frame) {
+            let _ = self.0.send(Event::Frame(from.clone(), frame));
+        }
+        fn on_peer_connected(&self, peer: &PeerId, _: SocketAddr) {
+            let _ = self.0.send(Event::Connected(peer.clone()));
+        }
+        fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError) {
+            let _ = self.0.send(Event::Closed(peer.clone(), reason.clone()));
+        }
+    }
+
+    fn peer(name: &str) -> PeerId {
+        PeerId {
+            name: name.into(),
+            generation: 1,
+        }
+    }
+
+    /// A mesh on loopback with an event recorder.
+    fn node(
+        name: &str,
+        secret: Option<&str>,
+    ) -> (Arc<Mesh>, Arc<Recorder>, UnboundedReceiver<Event>) {
+        let keyring = Keyring::new("c".into(), secret.map(|s| vec![Secret::from(s)]));
+        let mut mesh = Mesh::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            keyring,
+            1024,
+            Duration::from_secs(2),
+            16,
+        )
+        .unwrap();
+        let addr = mesh.local_addr().unwrap();
+        mesh.set_identity(&peer(name), addr);
+        let (tx, rx) = unbounded_channel();
+        (Arc::new(mesh), Arc::new(Recorder(tx)), rx)
+    }
+
+    async fn next(rx: &mut UnboundedReceiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("event in time")
+            .expect("recorder open")
+    }
+
+    /// The next event that is not a connection notice.
+    async fn next_frame_or_close(rx: &mut UnboundedReceiver<Event>) -> Event {
+        loop {
+            match next(rx).await {
+                Event::Connected(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn raw(body: &[u8]) -> Bytes {
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        Bytes::from(out)
+    }
+
+    #[tokio::test]
+    async fn authenticated_peers_exchange_frames_in_order() {
+        let (server, server_in, mut server_rx) = node("server", Some("s3cret"));
+        server.serve(server_in);
+        let (client, client_in, _client_rx) = node("client", Some("s3cret"));
+        let (who, link) = client
+            .connect(
+                server.local_addr().unwrap(),
+                Some(&peer("server")),
+                client_in,
+            )
+            .await
+            .unwrap();
+        assert_eq!(who, peer("server"));
+        assert!(matches!(next(&mut server_rx).await, Event::Connected(p) if p == peer("client")));
+        for _ in 0..50 {
+            link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        for _ in 0..50 {
+            assert!(
+                matches!(next(&mut server_rx).await, Event::Frame(p, Frame::Leave) if p == peer("client"))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_or_missing_secret_is_refused_before_any_frame() {
+        let (server, server_in, mut server_rx) = node("server", Some("right"));
+        server.serve(server_in);
+        let addr = server.local_addr().unwrap();
+
+        let (wrong, wrong_in, _) = node("wrong", Some("wrong"));
+        let err = wrong
+            .connect(addr, None, wrong_in)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                MeshError::Auth {
+                    source: AuthError::BadProof,
+                    ..
+                } | MeshError::Connect { .. }
+            ),
+            "{err}"
+        );
+
+        let (insecure, insecure_in, _) = node("insecure", None);
+        assert!(insecure.connect(addr, None, insecure_in).await.is_err());
+
+        // The server saw neither as a peer, and no frame of theirs.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), server_rx.recv())
+                .await
+                .is_err()
+        );
+
+        // A client that expects another node name refuses the server.
+        let (good, good_in, _) = node("good", Some("right"));
+        assert!(
+            good.connect(addr, Some(&peer("someone-else")), good_in)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_oversized_and_wrong_version_close_only_that_connection() {
+        let (server, server_in, mut server_rx) = node("server", Some("k"));
+        server.serve(server_in);
+        let addr = server.local_addr().unwrap();
+
+        // Raw UDP garbage at the QUIC port is ignored.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.send_to(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3], addr)
+            .unwrap();
+
+        let mut wrong_version = wire::encode(&Frame::Leave).unwrap().to_vec();
+        wrong_version[LEN_PREFIX + 2] = VERSION + 1;
+        let cases: Vec<(&str, Bytes, &str)> = vec![
+            (
+                "garbage",
+                raw(&[MAGIC[0], MAGIC[1], VERSION, 0xff, 0xff, 0xff]),
+                "malformed",
+            ),
+            ("bad magic", raw(b"hello world"), "magic"),
+            (
+                "oversized",
+                Bytes::from(100_000u32.to_be_bytes().to_vec()),
+                "exceeds",
+            ),
+            ("wrong version", Bytes::from(wrong_version), "version"),
+        ];
+        for (what, bytes, expect) in cases {
+            let (client, client_in, mut client_rx) = node(what, Some("k"));
+            let (_, link) = client.connect(addr, None, client_in).await.unwrap();
+            link.send(bytes, Duration::from_secs(1)).await.unwrap();
+            // The server closes that connection with a protocol error and its reason.
+            match next_frame_or_close(&mut client_rx).await {
+                Event::Closed(_, quinn::ConnectionError::ApplicationClosed(c)) => {
+                    assert_eq!(c.error_code, VarInt::from_u32(CLOSE_PROTOCOL), "{what}");
+                    let reason = String::from_utf8_lossy(&c.reason).to_string();
+                    assert!(reason.contains(expect), "{what}: {reason}");
+                }
+                other => panic!("{what}: expected the connection closed, got {other:?}"),
+            }
+            match next_frame_or_close(&mut server_rx).await {
+                Event::Closed(p, _) => assert_eq!(p, peer(what)),
+                other => panic!("{what}: expected the server to drop the peer, got {other:?}"),
+            }
+        }
+
+        // The node still serves a well-behaved peer.
+        let (good, good_in, _) = node("good", Some("k"));
+        let (_, link) = good.connect(addr, None, good_in).await.unwrap();
+        link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            matches!(next_frame_or_close(&mut server_rx).await, Event::Frame(p, Frame::Leave) if p == peer("good"))
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! Faults: a node killed while a request is pending, a node restarted, a graceful leave, and
+//! a node that does not host the namespace. Real nodes on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use socketioxide::extract::SocketRef;
+use socketioxide_cluster::{GossipAdapterConfig, MembershipEvent};
+use tokio::sync::mpsc::Receiver;
+
+/// A request timeout long enough that returning "well before" it cannot be an accident.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Rx = Receiver<engineioxide::Packet>;
+
+/// A node on its own runtime, so that the test can kill it the way SIGKILL does: every task
+/// stops at once and nothing is said to the peers.
+struct Victim {
+    rt: tokio::runtime::Runtime,
+    node: TestNode,
+    _tx: tokio::sync::mpsc::Sender<engineioxide::Packet>,
+    rx: Rx,
+}
+
+fn spawn_victim(config: GossipAdapterConfig) -> Victim {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (node, tx, rx) = rt.block_on(async move {
+            let node = start(config).await;
+            node.io
+                .ns("/", async |_: SocketRef<Adapter>| {})
+                .await
+                .unwrap();
+            let (tx, mut rx) = node.io.new_dummy_sock("/", ()).await;
+            recv(&mut rx, 2000).await;
+            (node, tx, rx)
+        });
+        Victim {
+            rt,
+            node,
+            _tx: tx,
+            rx,
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+impl Victim {
+    /// Stop every task of the node without a word to its peers, like SIGKILL.
+    fn kill(self) {
+        let Victim { rt, node, .. } = self;
+        rt.shutdown_background();
+        // Its sockets died with the runtime; the handles are inert now.
+        std::mem::forget(node);
+    }
+}
+
+async fn node_with_socket(
+    config: GossipAdapterConfig,
+) -> (
+    TestNode,
+    tokio::sync::mpsc::Sender<engineioxide::Packet>,
+    Rx,
+) {
+    let node = start(config).await;
+    node.io
+        .ns("/", async |_: SocketRef<Adapter>| {})
+        .await
+        .unwrap();
+    let (tx, mut rx) = node.io.new_dummy_sock("/", ()).await;
+    recv(&mut rx, 2000).await;
+    (node, tx, rx)
+}
+
+async fn wait_members(nodes: &[&TestNode], n: usize) -> bool {
+    wait_until(Duration::from_secs(15), || {
+        nodes.iter().all(|node| {
+            node.cluster
+                .members()
+                .iter()
+                .filter(|m| m.hosts("/") && m.server_id.is_some())
+                .count()
+                == n
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_does_not_hold_up_requests_and_a_restarted_node_rejoins() {
+    init_tracing();
+    let id = cluster_id();
+    let cfg = |seed| config(&id, seed).with_request_timeout(REQUEST_TIMEOUT);
+    let (a, _ta, mut ra) = node_with_socket(cfg(None)).await;
+    let seed = Some(a.cluster.gossip_addr());
+    let (b, _tb, mut rb) = node_with_socket(cfg(seed)).await;
+    let c = spawn_victim(cfg(seed));
+    assert!(wait_members(&[&a, &b, &c.node], 2).await, "cluster formed");
+    assert_eq!(a.io.fetch_sockets().await.unwrap().len(), 3);
+
+    c.kill();
+    // Let its runtime's threads wind down: from now on it answers nothing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let sockets = a.io.fetch_sockets().await.unwrap();
+    let took = started.elapsed();
+    println!(
+        "fetch_sockets with a killed peer took {took:?} (request timeout {REQUEST_TIMEOUT:?})"
+    );
+    assert_eq!(sockets.len(), 2, "the sockets of the live nodes");
+    assert!(
+        took < REQUEST_TIMEOUT / 2,
+        "returned well before the request timeout: {took:?}"
+    );
+
+    // An ack request made while the node is dead completes with the live nodes' acks.
+    let acks = a.io.emit_with_ack::<_, String>("ping", "x").await.unwrap();
+    let answer = async |rx: &mut Rx, tx: &tokio::sync::mpsc::Sender<engineioxide::Packet>| {
+        let msg = recv(rx, 2000).await;
+        let ack_id: String = msg
+            .trim_start_matches("42")
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        tx.send(engineioxide::Packet::Message(
+            format!("3{ack_id}[\"pong\"]").into(),
+        ))
+        .await
+        .unwrap();
+    };
+    answer(&mut ra, &_ta).await;
+    answer(&mut rb, &_tb).await;
+    let started = Instant::now();
+    let got: Vec<_> = acks.collect().await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|(_, r)| r.as_ref().is_ok_and(|s| s == "pong")),
+        "{got:?}"
+    );
+    assert!(started.elapsed() < REQUEST_TIMEOUT / 2);
+
+    // The dead node is dropped from the view, and a restarted node rejoins by itself.
+    assert!(
+        wait_members(&[&a, &b], 1).await,
+        "the killed node is no longer a member"
+    );
+    let mut c2 = spawn_victim(cfg(seed));
+    assert!(
+        wait_members(&[&a, &b, &c2.node], 2).await,
+        "restarted node rejoined"
+    );
+    a.io.emit("again", &1).await.unwrap();
+    assert_eq!(recv(&mut c2.rx, 2000).await, r#"42["again",1]"#);
+    assert_eq!(recv(&mut rb, 2000).await, r#"42["again",1]"#);
+    c2.node.cluster.shutdown().await;
+    c2.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_is_seen_at_once() {
+    init_tracing();
+    let id = cluster_id();
+    // Slow gossip: failure detection would take many seconds, so a quick drop can only come
+    // from the leave itself.
+    let cfg = |seed| config(&id, seed).with_gossip_interval(Duration::from_millis(1000));
+    let (a, _ta, _ra) = node_with_socket(cfg(None)).await;
+    let seed = Some(a.cluster.gossip_addr());
+    let (b, _tb, _rb) = node_with_socket(cfg(seed)).await;
+    let (c, _tc, _rc) = node_with_socket(cfg(seed)).await;
+    assert!(wait_members(&[&a, &b, &c], 2).await);
+    let mut events = a.cluster.membership_events();
+
+    let leaving = c.cluster.node_name().to_string();
+    c.cluster.shutdown().await;
+    let dropped = wait_until(Duration::from_millis(500), || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.cluster.members().iter().all(|m| m.node_name != leaving))
+    })
+    .await;
+    assert!(dropped, "peers dropped the leaving node at once");
+    let ev = tokio::time::timeout(Duration::from_secs(1), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, MembershipEvent::Left(m) if m.node_name == leaving));
+    assert_eq!(a.io.fetch_sockets().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_only_for_nodes_hosting_the_namespace() {
+    init_tracing();
+    let id = cluster_id();
+    let cfg = |seed| config(&id, seed).with_request_timeout(REQUEST_TIMEOUT);
+    let (a, _ta, _ra) = node_with_socket(cfg(None)).await;
+    let seed = Some(a.cluster.gossip_addr());
+    let (b, _tb, _rb) = node_with_socket(cfg(seed)).await;
+    let (c, _tc, _rc) = node_with_socket(cfg(seed)).await;
+    assert!(wait_members(&[&a, &b, &c], 2).await);
+    for n in [&a, &b] {
+        n.io.ns("/partial", async |_: SocketRef<Adapter>| {})
+            .await
+            .unwrap();
+    }
+    let (_t, mut r) = b.io.new_dummy_sock("/partial", ()).await;
+    recv(&mut r, 2000).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            a.cluster
+                .members()
+                .iter()
+                .filter(|m| m.hosts("/partial"))
+                .count()
+                == 1
+        })
+        .await
+    );
+    let started = Instant::now();
+    let sockets = a.io.of("/partial").unwrap().fetch_sockets().await.unwrap();
+    assert_eq!(sockets.len(), 1);
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT / 2,
+        "C said at once that it does not host /partial"
+    );
+}
