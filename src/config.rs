@@ -2,7 +2,7 @@
 
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::wire::DEFAULT_MAX_FRAME_SIZE;
+use crate::{error::ConfigError, wire::DEFAULT_MAX_FRAME_SIZE};
 
 /// A cluster secret. Its bytes never appear in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -352,19 +352,6 @@ where
         var,
         reason: format!("{v:?}: {e}"),
     })
-}
-
-/// A configuration value that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// An environment variable holds a value that does not parse.
-    #[error("invalid {var}: {reason}")]
-    Invalid {
-        /// The variable.
-        var: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
 }
 
 #[cfg(test)]

@@ -41,10 +41,30 @@ pub enum Error {
     Tls(String),
     /// The configuration is invalid.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
+    /// The configuration asks for a backend this binary was built without.
+    #[error(
+        "the {backend} backend was requested, but this binary was built without the \
+         `{feature}` feature of socketioxide-cluster"
+    )]
+    FeatureDisabled {
+        /// The backend asked for.
+        backend: &'static str,
+        /// The cargo feature that provides it.
+        feature: &'static str,
+    },
+    /// Redis could not be reached at start.
+    #[error("cannot connect to Redis at {url}: {reason}")]
+    Redis {
+        /// The URL, credentials redacted.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Why a cluster operation failed.
+#[cfg(feature = "cluster-gossip")]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -53,8 +73,22 @@ pub enum RequestError {
     Encode(#[from] postcard::Error),
 }
 
+#[cfg(feature = "cluster-gossip")]
 impl From<RequestError> for socketioxide_core::adapter::errors::AdapterError {
     fn from(e: RequestError) -> Self {
         Self(Box::new(e))
     }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An environment variable holds a value that does not parse.
+    #[error("invalid {var}: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

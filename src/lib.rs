@@ -72,16 +72,35 @@
 //! is not encrypted: it carries only addresses, server ids and namespace names, and nothing
 //! it says is trusted without the mesh proof.
 
+#[cfg(not(any(feature = "cluster-gossip", feature = "redis")))]
+compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");
+
+#[cfg(feature = "cluster-gossip")]
 mod adapter;
+mod backend;
+#[cfg(feature = "cluster-gossip")]
 mod cluster;
+#[cfg(feature = "cluster-gossip")]
 mod config;
 mod error;
+#[cfg(feature = "cluster-gossip")]
 mod membership;
+#[cfg(feature = "cluster-gossip")]
 mod mesh;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "cluster-gossip")]
 pub mod wire;
 
+#[cfg(feature = "cluster-gossip")]
 pub use adapter::{GossipAdapter, GossipAdapterCtr, InitRes};
+pub use backend::{BACKEND_VAR, ClusterAdapter, ClusterAdapterCtr, ClusterError, ClusterInitRes};
+#[cfg(feature = "cluster-gossip")]
 pub use cluster::{Cluster, MembershipEvent};
-pub use config::{ConfigError, GossipAdapterConfig, Secret};
-pub use error::{Error, RequestError};
+#[cfg(feature = "cluster-gossip")]
+pub use config::{GossipAdapterConfig, Secret};
+#[cfg(feature = "cluster-gossip")]
+pub use error::RequestError;
+pub use error::{ConfigError, Error};
+#[cfg(feature = "cluster-gossip")]
 pub use membership::Member;

@@ -463,7 +463,7 @@ mod tests {
 
     #[derive(Debug)]
     enum Event {
-        Frame(PeerId, Frame),
+        Frame(PeerId, Box<Frame>),
         Connected(PeerId),
         Closed(PeerId, quinn::ConnectionError),
     }
@@ -472,7 +472,7 @@ mod tests {
 
     impl Inbound for Recorder {
         fn on_frame(&self, from: &PeerId, frame: Frame) {
-            let _ = self.0.send(Event::Frame(from.clone(), frame));
+            let _ = self.0.send(Event::Frame(from.clone(), Box::new(frame)));
         }
         fn on_peer_connected(&self, peer: &PeerId, _: SocketAddr) {
             let _ = self.0.send(Event::Connected(peer.clone()));
@@ -554,7 +554,7 @@ mod tests {
         }
         for _ in 0..50 {
             assert!(
-                matches!(next(&mut server_rx).await, Event::Frame(p, Frame::Leave) if p == peer("client"))
+                matches!(next(&mut server_rx).await, Event::Frame(p, f) if p == peer("client") && *f == Frame::Leave)
             );
         }
     }
@@ -654,7 +654,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            matches!(next_frame_or_close(&mut server_rx).await, Event::Frame(p, Frame::Leave) if p == peer("good"))
+            matches!(next_frame_or_close(&mut server_rx).await, Event::Frame(p, f) if p == peer("good") && *f == Frame::Leave)
         );
     }
 }

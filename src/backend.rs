@@ -1,0 +1,341 @@
+//! One adapter type whose backend — gossip or Redis — is chosen at run time, so that the same
+//! binary deploys either way: [`ClusterAdapter`] and [`ClusterAdapterCtr`].
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_core::{future::BoxFuture, stream::BoxStream};
+use futures_util::{FutureExt, StreamExt, stream::Fuse};
+use socketioxide_core::adapter::{
+    AckStreamItem, BroadcastOptions, CoreAdapter, CoreLocalAdapter, DefinedAdapter,
+    RemoteSocketData, Room, RoomParam, SocketEmitter, Spawnable,
+    errors::{AdapterError, BroadcastError},
+};
+use socketioxide_core::packet::Packet;
+
+use crate::error::Error;
+#[cfg(feature = "cluster-gossip")]
+use crate::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr, RequestError};
+
+/// The environment variable choosing the backend: `gossip` (the default) or a Redis URL
+/// (`redis://…`, `rediss://…`).
+pub const BACKEND_VAR: &str = "SOCKETIO_CLUSTER_BACKEND";
+
+/// The constructor of a [`ClusterAdapter`]: the running backend.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClusterAdapterCtr {
+    /// Gossip discovery and the QUIC mesh.
+    #[cfg(feature = "cluster-gossip")]
+    Gossip(GossipAdapterCtr),
+    /// Redis pub/sub.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisAdapterCtr),
+}
+
+impl ClusterAdapterCtr {
+    /// Choose and start the backend from the environment: [`BACKEND_VAR`] is `gossip` (or
+    /// unset) for gossip, configured by the `SOCKETIO_CLUSTER_*` variables of
+    /// [`GossipAdapterConfig::from_env`]; or a Redis URL. With Redis,
+    /// `SOCKETIO_CLUSTER_ID` is the channel prefix (so clusters sharing a Redis stay apart),
+    /// and the request timeout and buffers come from the same variables as for gossip.
+    pub async fn from_env() -> Result<Self, Error> {
+        let backend = std::env::var(BACKEND_VAR).unwrap_or_default();
+        match backend.trim() {
+            "" | "gossip" => Self::gossip_from_env().await,
+            url if is_redis_url(url) => Self::redis_from_env(url).await,
+            other => Err(Error::Config(crate::ConfigError::Invalid {
+                var: BACKEND_VAR,
+                reason: format!(
+                    "expected `gossip` or a redis:// URL, got {:?}",
+                    redact(other)
+                ),
+            })),
+        }
+    }
+
+    #[cfg(feature = "cluster-gossip")]
+    async fn gossip_from_env() -> Result<Self, Error> {
+        Self::gossip(GossipAdapterConfig::from_env()?).await
+    }
+    #[cfg(not(feature = "cluster-gossip"))]
+    async fn gossip_from_env() -> Result<Self, Error> {
+        Err(Error::FeatureDisabled {
+            backend: "gossip",
+            feature: "cluster-gossip",
+        })
+    }
+
+    #[cfg(feature = "redis")]
+    async fn redis_from_env(url: &str) -> Result<Self, Error> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let num = |k: &'static str| -> Result<Option<u64>, Error> {
+            get(k)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|e| {
+                        Error::Config(crate::ConfigError::Invalid {
+                            var: k,
+                            reason: format!("{v:?}: {e}"),
+                        })
+                    })
+                })
+                .transpose()
+        };
+        let mut config = crate::redis::RedisAdapterConfig::new();
+        if let Some(id) = get("SOCKETIO_CLUSTER_ID") {
+            config = config.with_prefix(id);
+        }
+        if let Some(ms) = num("SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS")? {
+            config = config.with_request_timeout(Duration::from_millis(ms));
+        }
+        if let Some(n) = num("SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER")? {
+            config = config.with_ack_response_buffer(n.max(1) as usize);
+        }
+        if let Some(n) = num("SOCKETIO_CLUSTER_STREAM_BUFFER")? {
+            config = config.with_stream_buffer(n.max(1) as usize);
+        }
+        Self::redis(url, config).await
+    }
+    #[cfg(not(feature = "redis"))]
+    async fn redis_from_env(_url: &str) -> Result<Self, Error> {
+        Err(Error::FeatureDisabled {
+            backend: "redis",
+            feature: "redis",
+        })
+    }
+
+    /// Start the gossip backend.
+    #[cfg(feature = "cluster-gossip")]
+    pub async fn gossip(config: GossipAdapterConfig) -> Result<Self, Error> {
+        Ok(Self::Gossip(GossipAdapterCtr::new(config).await?))
+    }
+
+    /// Connect to Redis at `url`. Fails at once, naming the (password-redacted) URL, when
+    /// Redis cannot be reached.
+    #[cfg(feature = "redis")]
+    pub async fn redis(url: &str, config: crate::redis::RedisAdapterConfig) -> Result<Self, Error> {
+        crate::redis::connect(url, config)
+            .await
+            .map(Self::Redis)
+            .map_err(|e| Error::Redis {
+                url: redact(url),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The gossip cluster handle, when running the gossip backend.
+    #[cfg(feature = "cluster-gossip")]
+    pub fn cluster(&self) -> Option<Cluster> {
+        match self {
+            Self::Gossip(ctr) => Some(ctr.cluster()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// `"gossip"` or `"redis"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(_) => "gossip",
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+fn is_redis_url(s: &str) -> bool {
+    ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|p| s.starts_with(p))
+}
+
+/// A URL with its credentials replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// An adapter whose backend is chosen at run time by its [`ClusterAdapterCtr`]. Use it as
+/// `SocketIo::builder().with_adapter::<ClusterAdapter<_>>(ctr)`.
+#[non_exhaustive]
+pub enum ClusterAdapter<E> {
+    /// The gossip backend.
+    #[cfg(feature = "cluster-gossip")]
+    Gossip(Arc<GossipAdapter<E>>),
+    /// The Redis backend.
+    #[cfg(feature = "redis")]
+    Redis(Arc<crate::redis::RedisAdapter<E>>),
+}
+
+impl<E> DefinedAdapter for ClusterAdapter<E> {}
+
+/// An error of a [`ClusterAdapter`] operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// From the gossip backend.
+    #[cfg(feature = "cluster-gossip")]
+    #[error(transparent)]
+    Gossip(#[from] RequestError),
+    /// From the Redis backend (Redis unreachable, or a message that does not decode).
+    #[cfg(feature = "redis")]
+    #[error("redis backend: {0}")]
+    Redis(#[from] socketioxide_redis::Error<crate::redis::RedisDriver>),
+    /// The namespace could not be initialised on Redis.
+    #[cfg(feature = "redis")]
+    #[error("redis backend: cannot initialise the namespace: {0}")]
+    RedisInit(String),
+}
+
+impl From<ClusterError> for AdapterError {
+    fn from(e: ClusterError) -> Self {
+        Self(Box::new(e))
+    }
+}
+
+/// The initialisation of a namespace's [`ClusterAdapter`].
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct ClusterInitRes(BoxFuture<'static, Result<(), ClusterError>>);
+
+impl Future for ClusterInitRes {
+    type Output = Result<(), ClusterError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl Spawnable for ClusterInitRes {
+    fn spawn(self) {
+        tokio::spawn(async move {
+            if let Err(e) = self.0.await {
+                tracing::error!("error initializing the cluster adapter: {e}");
+            }
+        });
+    }
+}
+
+/// Run the same expression on whichever backend the adapter holds.
+macro_rules! each {
+    ($self:expr, $a:ident => $body:expr) => {
+        match $self {
+            #[cfg(feature = "cluster-gossip")]
+            ClusterAdapter::Gossip($a) => $body,
+            #[cfg(feature = "redis")]
+            ClusterAdapter::Redis($a) => $body,
+        }
+    };
+}
+
+impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
+    type Error = ClusterError;
+    type State = ClusterAdapterCtr;
+    type AckStream = Fuse<BoxStream<'static, AckStreamItem<E::AckError>>>;
+    type InitRes = ClusterInitRes;
+
+    fn new(state: &Self::State, local: CoreLocalAdapter<E>) -> Self {
+        match state {
+            #[cfg(feature = "cluster-gossip")]
+            ClusterAdapterCtr::Gossip(ctr) => Self::Gossip(Arc::new(CoreAdapter::new(ctr, local))),
+            #[cfg(feature = "redis")]
+            ClusterAdapterCtr::Redis(ctr) => Self::Redis(Arc::new(CoreAdapter::new(ctr, local))),
+        }
+    }
+
+    fn init(self: Arc<Self>, on_success: impl FnOnce() + Send + 'static) -> Self::InitRes {
+        ClusterInitRes(match &*self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(a) => a.clone().init(on_success).map(|r| Ok(r?)).boxed(),
+            #[cfg(feature = "redis")]
+            Self::Redis(a) => a
+                .clone()
+                .init(on_success)
+                .map(|r| r.map_err(|e| ClusterError::RedisInit(e.to_string())))
+                .boxed(),
+        })
+    }
+
+    async fn close(&self) -> Result<(), Self::Error> {
+        each!(self, a => Ok(a.close().await?))
+    }
+
+    async fn server_count(&self) -> Result<u16, Self::Error> {
+        each!(self, a => Ok(a.server_count().await?))
+    }
+
+    async fn broadcast(
+        &self,
+        packet: Packet,
+        opts: BroadcastOptions,
+    ) -> Result<(), BroadcastError> {
+        each!(self, a => a.broadcast(packet, opts).await)
+    }
+
+    async fn broadcast_with_ack(
+        &self,
+        packet: Packet,
+        opts: BroadcastOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Self::AckStream, Self::Error> {
+        each!(self, a => Ok(a.broadcast_with_ack(packet, opts, timeout).await?.boxed().fuse()))
+    }
+
+    async fn add_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: impl RoomParam,
+    ) -> Result<(), Self::Error> {
+        each!(self, a => Ok(a.add_sockets(opts, rooms).await?))
+    }
+
+    async fn del_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: impl RoomParam,
+    ) -> Result<(), Self::Error> {
+        each!(self, a => Ok(a.del_sockets(opts, rooms).await?))
+    }
+
+    async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
+        each!(self, a => a.disconnect_socket(opts).await)
+    }
+
+    async fn rooms(&self, opts: BroadcastOptions) -> Result<Vec<Room>, Self::Error> {
+        each!(self, a => Ok(a.rooms(opts).await?))
+    }
+
+    async fn fetch_sockets(
+        &self,
+        opts: BroadcastOptions,
+    ) -> Result<Vec<RemoteSocketData>, Self::Error> {
+        each!(self, a => Ok(a.fetch_sockets(opts).await?))
+    }
+
+    fn get_local(&self) -> &CoreLocalAdapter<E> {
+        each!(self, a => a.get_local())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_appear_in_messages() {
+        assert_eq!(
+            redact("redis://user:pw@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert!(is_redis_url("rediss://h") && !is_redis_url("gossip") && !is_redis_url("http://x"));
+    }
+}

@@ -1,0 +1,267 @@
+//! The Redis fallback backend (feature `redis`), for deployments where gossip cannot reach:
+//! several datacenters, no UDP between hosts, or a platform that already runs Redis.
+//!
+//! The protocol is `socketioxide-redis`'s, unchanged: this module only provides the
+//! connection under it, [`RedisDriver`], built on the `redis` crate's `ConnectionManager` so
+//! that a lost Redis is reconnected to and every subscription restored, by itself.
+//!
+//! ## When Redis is lost while running
+//!
+//! - **Emits** (`emit`, `to(..).emit`, `join`/`leave` on other nodes, `disconnect`) still
+//!   reach the local sockets; the part for other nodes fails: the call returns an
+//!   `Adapter` error after at most the response timeout (never hangs), and the failure is
+//!   logged. Nothing is queued for later: messages sent during the outage are not replayed.
+//! - **Requests** (`fetch_sockets`, `rooms`, `emit_with_ack`) return an adapter error, after
+//!   at most the response timeout.
+//! - **Reconnection**: a health check pings Redis every second; the connection is re-opened
+//!   with exponential backoff (up to 2 s between attempts) and every channel is subscribed
+//!   again, so cross-node traffic resumes by itself once Redis is back. Loss and recovery are
+//!   logged (`warn` and `info`).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use redis::{AsyncCommands, FromRedisValue, PushInfo, PushKind, aio::ConnectionManager};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::mpsc;
+
+pub use socketioxide_redis::RedisAdapterConfig;
+
+/// The Redis adapter type (socketioxide-redis's adapter over [`RedisDriver`]).
+pub type RedisAdapter<E> = socketioxide_redis::CustomRedisAdapter<E, RedisDriver>;
+/// The Redis adapter constructor.
+pub type RedisAdapterCtr = socketioxide_redis::RedisAdapterCtr<RedisDriver>;
+
+/// How long one Redis command may take before it fails.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Interval of the health check that notices a lost Redis and triggers reconnection.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An error of the Redis connection.
+#[derive(Debug)]
+pub struct RedisError(redis::RedisError);
+
+impl fmt::Display for RedisError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis: {}", self.0)
+    }
+}
+impl std::error::Error for RedisError {}
+impl From<redis::RedisError> for RedisError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e)
+    }
+}
+
+type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
+
+/// A `socketioxide-redis` driver that survives a Redis restart: it reconnects with backoff
+/// and subscribes to every channel again.
+#[derive(Clone)]
+pub struct RedisDriver {
+    conn: ConnectionManager,
+    handlers: Handlers,
+}
+
+impl fmt::Debug for RedisDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisDriver").finish_non_exhaustive()
+    }
+}
+
+impl RedisDriver {
+    /// Connect to Redis (RESP3 is required: Redis 7 or later; `?protocol=resp3` is added to
+    /// the URL when missing). Fails at once if Redis cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(with_resp3(url))?;
+        let handlers: Handlers = Arc::default();
+        let push_handlers = handlers.clone();
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2))
+            .set_push_sender(move |msg: PushInfo| {
+                deliver(msg, &push_handlers);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription();
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let driver = Self { conn, handlers };
+        tokio::spawn(health_check(
+            driver.conn.clone(),
+            Arc::downgrade(&driver.handlers),
+        ));
+        Ok(driver)
+    }
+}
+
+/// Build the Redis adapter constructor: connect, then wrap in socketioxide-redis's
+/// constructor with `config`.
+pub async fn connect(url: &str, config: RedisAdapterConfig) -> Result<RedisAdapterCtr, RedisError> {
+    let driver = RedisDriver::connect(url).await?;
+    Ok(RedisAdapterCtr::new_with_driver(driver, config))
+}
+
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+/// Ping Redis while the driver lives, so that a lost connection is noticed, re-opened and
+/// resubscribed even when the application sends nothing; log loss and recovery.
+async fn health_check(
+    mut conn: ConnectionManager,
+    handlers: std::sync::Weak<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>,
+) {
+    let mut healthy = true;
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        tick.tick().await;
+        if handlers.strong_count() == 0 {
+            return;
+        }
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        match (ping, healthy) {
+            (Err(e), true) => {
+                tracing::warn!("redis connection lost, reconnecting: {e}");
+                healthy = false;
+            }
+            (Ok(_), false) => {
+                tracing::info!("redis connection restored; channels resubscribed");
+                healthy = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn deliver(msg: PushInfo, handlers: &Handlers) {
+    if !matches!(msg.kind, PushKind::Message | PushKind::SMessage) {
+        return;
+    }
+    let mut data = msg.data.into_iter();
+    let (Some(chan), Some(payload)) = (data.next(), data.next()) else {
+        tracing::warn!("redis message without channel or payload dropped");
+        return;
+    };
+    let (Ok(chan), Ok(payload)) = (
+        String::from_redis_value(chan),
+        Vec::<u8>::from_redis_value(payload),
+    ) else {
+        tracing::warn!("redis message of unexpected shape dropped");
+        return;
+    };
+    let handlers = handlers.read().unwrap_or_else(|p| p.into_inner());
+    match handlers.get(&chan) {
+        Some(tx) => {
+            if let Err(e) = tx.try_send((chan, payload)) {
+                tracing::warn!("redis message dropped, subscriber queue full: {e}");
+            }
+        }
+        None => tracing::debug!(%chan, "redis message for a channel no longer subscribed"),
+    }
+}
+
+impl Driver for RedisDriver {
+    type Error = RedisError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        let res: redis::RedisResult<redis::Value> = self.conn.clone().publish(&chan, val).await;
+        res.map(drop).map_err(|e| {
+            tracing::warn!(%chan, "redis publish failed, message not delivered to other nodes: {e}");
+            e.into()
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        let (tx, rx) = mpsc::channel(size);
+        self.handlers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(chan.clone(), tx);
+        if let Err(e) = self.conn.clone().subscribe(&chan).await {
+            self.handlers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&chan);
+            return Err(e.into());
+        }
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        self.handlers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&chan);
+        self.conn.clone().unsubscribe(&chan).await?;
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        let (_, count): (String, u16) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(chan)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp3_is_requested_unless_set() {
+        assert_eq!(with_resp3("redis://h:1"), "redis://h:1?protocol=resp3");
+        assert_eq!(
+            with_resp3("redis://h:1/?db=2"),
+            "redis://h:1/?db=2&protocol=resp3"
+        );
+        assert_eq!(
+            with_resp3("redis://h?protocol=resp2"),
+            "redis://h?protocol=resp2"
+        );
+    }
+
+    #[test]
+    fn messages_are_routed_to_their_channel_and_never_block() {
+        let handlers: Handlers = Arc::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        handlers.write().unwrap().insert("c".into(), tx);
+        let msg = |chan: &str| PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                redis::Value::BulkString(chan.as_bytes().to_vec()),
+                redis::Value::BulkString(b"x".to_vec()),
+            ],
+        };
+        deliver(msg("c"), &handlers);
+        deliver(msg("c"), &handlers); // queue full: dropped, logged
+        deliver(msg("other"), &handlers);
+        deliver(
+            PushInfo {
+                kind: PushKind::Message,
+                data: vec![],
+            },
+            &handlers,
+        );
+        assert_eq!(rx.try_recv().unwrap(), ("c".to_string(), b"x".to_vec()));
+        assert!(rx.try_recv().is_err());
+    }
+}
