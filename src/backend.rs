@@ -277,7 +277,17 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
         packet: Packet,
         opts: BroadcastOptions,
     ) -> Result<(), BroadcastError> {
-        each!(self, a => a.broadcast(packet, opts).await)
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(a) => a.broadcast(packet, opts).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(a) => {
+                let res = a.broadcast(packet.clone(), opts.clone()).await;
+                also_local(res, is_remote_failure, || {
+                    log_local(a.get_local().broadcast(packet, opts))
+                })
+            }
+        }
     }
 
     async fn broadcast_with_ack(
@@ -288,13 +298,25 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
     ) -> Result<Self::AckStream, Self::Error> {
         each!(self, a => Ok(a.broadcast_with_ack(packet, opts, timeout).await?.boxed().fuse()))
     }
-
     async fn add_sockets(
         &self,
         opts: BroadcastOptions,
         rooms: impl RoomParam,
     ) -> Result<(), Self::Error> {
-        each!(self, a => Ok(a.add_sockets(opts, rooms).await?))
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(a) => Ok(a.add_sockets(opts, rooms).await?),
+            #[cfg(feature = "redis")]
+            Self::Redis(a) => {
+                let rooms: Vec<Room> = rooms.into_room_iter().collect();
+                let res = a.add_sockets(opts.clone(), rooms.clone()).await;
+                also_local(
+                    res.map_err(ClusterError::from),
+                    |_| true,
+                    || a.get_local().add_sockets(opts, rooms),
+                )
+            }
+        }
     }
 
     async fn del_sockets(
@@ -302,11 +324,34 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
         opts: BroadcastOptions,
         rooms: impl RoomParam,
     ) -> Result<(), Self::Error> {
-        each!(self, a => Ok(a.del_sockets(opts, rooms).await?))
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(a) => Ok(a.del_sockets(opts, rooms).await?),
+            #[cfg(feature = "redis")]
+            Self::Redis(a) => {
+                let rooms: Vec<Room> = rooms.into_room_iter().collect();
+                let res = a.del_sockets(opts.clone(), rooms.clone()).await;
+                also_local(
+                    res.map_err(ClusterError::from),
+                    |_| true,
+                    || a.get_local().del_sockets(opts, rooms),
+                )
+            }
+        }
     }
 
     async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
-        each!(self, a => a.disconnect_socket(opts).await)
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(a) => a.disconnect_socket(opts).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(a) => {
+                let res = a.disconnect_socket(opts.clone()).await;
+                also_local(res, is_remote_failure, || {
+                    log_local(a.get_local().disconnect_socket(opts))
+                })
+            }
+        }
     }
 
     async fn rooms(&self, opts: BroadcastOptions) -> Result<Vec<Room>, Self::Error> {
@@ -322,6 +367,35 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
 
     fn get_local(&self) -> &CoreLocalAdapter<E> {
         each!(self, a => a.get_local())
+    }
+}
+
+/// socketioxide-redis returns before touching the local sockets when Redis fails: apply the
+/// operation locally anyway (local clients keep working during an outage), then report the
+/// failure to the caller.
+#[cfg(feature = "redis")]
+fn also_local<T, Err>(
+    res: Result<T, Err>,
+    remote_failed: impl FnOnce(&Err) -> bool,
+    local: impl FnOnce(),
+) -> Result<T, Err> {
+    if let Err(e) = &res
+        && remote_failed(e)
+    {
+        local();
+    }
+    res
+}
+
+#[cfg(feature = "redis")]
+fn is_remote_failure(e: &BroadcastError) -> bool {
+    matches!(e, BroadcastError::Adapter(_))
+}
+
+#[cfg(feature = "redis")]
+fn log_local(res: Result<(), Vec<socketioxide_core::adapter::errors::SocketError>>) {
+    if let Err(e) = res {
+        tracing::warn!("local part of an operation during a Redis outage: {e:?}");
     }
 }
 

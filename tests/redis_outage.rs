@@ -1,0 +1,120 @@
+//! The Redis backend when Redis dies and comes back mid-run: what happens to emits,
+//! requests and the reconnection (documented in the crate's `redis` module).
+#![cfg(feature = "redis")]
+
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::time::Duration;
+
+use socketioxide::{SocketIo, adapter::Emitter, extract::SocketRef};
+use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr, redis::RedisAdapterConfig};
+use tokio::sync::mpsc::Receiver;
+
+type Adapter = ClusterAdapter<Emitter>;
+type Rx = Receiver<engineioxide::Packet>;
+
+async fn node(url: &str) -> SocketIo<Adapter> {
+    let config = RedisAdapterConfig::new().with_request_timeout(Duration::from_secs(1));
+    let ctr = ClusterAdapterCtr::redis(url, config)
+        .await
+        .expect("redis reachable");
+    let (_svc, io) = SocketIo::builder().with_adapter::<Adapter>(ctr).build_svc();
+    io.ns("/", async |_: SocketRef<Adapter>| {}).await.unwrap();
+    io
+}
+
+async fn next(rx: &mut Rx, ms: u64) -> Option<String> {
+    match tokio::time::timeout(Duration::from_millis(ms), rx.recv()).await {
+        Ok(Some(p)) => Some(String::from(p)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_is_a_clear_error_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = ClusterAdapterCtr::redis(
+        &format!("redis://user:hunter2@127.0.0.1:{port}"),
+        RedisAdapterConfig::new(),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("cannot connect to Redis"), "{msg}");
+    assert!(msg.contains(&port.to_string()), "{msg}");
+    assert!(!msg.contains("hunter2"), "credentials leaked: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_and_restarted_mid_run() {
+    let Some(mut redis) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = node(&url).await;
+    let b = node(&url).await;
+    let (_ta, mut ra) = a.new_dummy_sock("/", ()).await;
+    let (_tb, mut rb) = b.new_dummy_sock("/", ()).await;
+    next(&mut ra, 2000).await.expect("connect packet");
+    next(&mut rb, 2000).await.expect("connect packet");
+
+    a.emit("before", &1).await.unwrap();
+    assert_eq!(
+        next(&mut rb, 2000).await.as_deref(),
+        Some(r#"42["before",1]"#)
+    );
+    assert_eq!(
+        next(&mut ra, 2000).await.as_deref(),
+        Some(r#"42["before",1]"#)
+    );
+
+    redis.kill();
+
+    // Emits: an error for the other nodes, within a bound; local sockets still get them.
+    let res = tokio::time::timeout(Duration::from_secs(15), a.emit("during", &2))
+        .await
+        .expect("emit does not hang while Redis is down");
+    assert!(
+        res.is_err(),
+        "the caller learns other nodes were not reached"
+    );
+    assert_eq!(
+        next(&mut ra, 2000).await.as_deref(),
+        Some(r#"42["during",2]"#)
+    );
+    assert_eq!(
+        next(&mut rb, 300).await,
+        None,
+        "nothing crossed while Redis was down"
+    );
+
+    // Requests: an error within a bound, no hang.
+    let res = tokio::time::timeout(Duration::from_secs(15), a.fetch_sockets())
+        .await
+        .expect("fetch_sockets does not hang while Redis is down");
+    assert!(res.is_err());
+
+    // Redis comes back: the nodes reconnect and resubscribe by themselves.
+    redis.restart();
+    let mut delivered = false;
+    for i in 0..60 {
+        let _ = a.emit("after", &i).await;
+        if let Some(msg) = next(&mut rb, 250).await {
+            assert!(msg.starts_with(r#"42["after","#), "{msg}");
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "cross-node emits resumed after Redis restarted");
+    while next(&mut ra, 50).await.is_some() {}
+    assert_eq!(
+        a.fetch_sockets().await.unwrap().len(),
+        2,
+        "requests work again"
+    );
+}
