@@ -50,7 +50,7 @@ pub(crate) struct Pending {
     /// The peers the request was sent to.
     pub(crate) targets: Vec<PeerId>,
     /// Responses, in the order each peer sent them.
-    pub(crate) responses: mpsc::Receiver<(PeerId, ResponseBody)>,
+    pub(crate) responses: mpsc::UnboundedReceiver<(PeerId, ResponseBody)>,
     /// Peers found gone (dead, left, or unreachable) while the request is pending.
     pub(crate) gone: mpsc::UnboundedReceiver<PeerId>,
     id: Id,
@@ -66,9 +66,14 @@ impl Drop for Pending {
 }
 
 struct PendingEntry {
-    responses: mpsc::Sender<(PeerId, ResponseBody)>,
+    /// Unbounded, but never holds more than `allowance` allows.
+    responses: mpsc::UnboundedSender<(PeerId, ResponseBody)>,
     gone: mpsc::UnboundedSender<PeerId>,
     waiting: HashSet<PeerId>,
+    /// How many more responses the request may buffer: one answer per target plus some
+    /// slack, raised by each announced ack count. A slow reader of the responses never
+    /// loses one; a peer sending more than it announced is cut off.
+    allowance: u64,
 }
 
 type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
@@ -344,7 +349,7 @@ impl Node {
 
     /// Wait for responses to request `id` from `targets`.
     pub(crate) fn expect(self: &Arc<Self>, id: Id, targets: Vec<PeerId>, buffer: usize) -> Pending {
-        let (tx, rx) = mpsc::channel(buffer.max(1) + targets.len());
+        let (tx, rx) = mpsc::unbounded_channel();
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
         lock(&self.pending).insert(
             id,
@@ -352,6 +357,7 @@ impl Node {
                 responses: tx,
                 gone: gone_tx,
                 waiting: targets.iter().cloned().collect(),
+                allowance: (targets.len() + buffer) as u64,
             },
         );
         Pending {
@@ -506,12 +512,18 @@ impl Node {
                 }
             }
             Frame::Response(res) => {
-                let pending = lock(&self.pending);
-                match pending.get(&res.id) {
+                let mut pending = lock(&self.pending);
+                match pending.get_mut(&res.id) {
+                    Some(entry) if entry.allowance == 0 => {
+                        tracing::warn!(peer = %from, "response dropped: more responses than the peer announced");
+                    }
                     Some(entry) => {
-                        if let Err(e) = entry.responses.try_send((from.clone(), res.body)) {
-                            tracing::warn!(peer = %from, "response dropped, the request's buffer is full: {e}");
+                        entry.allowance -= 1;
+                        if let ResponseBody::AckCount(n) = res.body {
+                            entry.allowance = entry.allowance.saturating_add(u64::from(n));
                         }
+                        // Fails only when the request was just dropped: nothing to deliver.
+                        let _ = entry.responses.send((from.clone(), res.body));
                     }
                     None => {
                         tracing::debug!(peer = %from, "response to a request no longer pending")

@@ -427,7 +427,12 @@ async fn read_frames(
                 decoder.extend(&chunk.bytes);
                 loop {
                     match decoder.next_frame() {
-                        Ok(Some(frame)) => inbound.on_frame(&peer, frame),
+                        Ok(Some(frame)) => {
+                            inbound.on_frame(&peer, frame);
+                            // Let the tasks that drain local sockets run between frames: a
+                            // burst from a peer must not overflow their buffers.
+                            tokio::task::yield_now().await;
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             protocol_violation(&conn, &peer, &e);

@@ -112,8 +112,7 @@ pub async fn recv(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet>, ms
         .await
         .expect("packet in time")
         .expect("socket open");
-    let dbg = format!("{p:?}");
-    TryInto::<String>::try_into(p).unwrap_or(dbg)
+    String::from(p)
 }
 
 /// Assert nothing arrives within `ms`.
@@ -121,4 +120,211 @@ pub async fn recv_none(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet
     if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(ms), rx.recv()).await {
         panic!("unexpected packet {p:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Additions for the adapter-operation tests: nodes served over HTTP, builder and config
+// variants (msgpack parser, timeouts), and client helpers.
+// ---------------------------------------------------------------------------------------------
+
+pub mod msgpack;
+pub mod polling;
+
+use engineioxide::Packet as EioPacket;
+use socketioxide::{SocketIoBuilder, socket::Sid};
+use tokio::sync::mpsc;
+
+/// The sending half of a test client: engine.io packets to the server.
+pub type ClientTx = mpsc::Sender<EioPacket>;
+/// The receiving half of a test client: engine.io packets from the server.
+pub type ClientRx = mpsc::Receiver<EioPacket>;
+
+/// Start one node from a config and a customised socket.io builder, and serve its socket.io
+/// service over HTTP on an ephemeral port of 127.0.0.1.
+pub async fn start_served(
+    config: GossipAdapterConfig,
+    build: impl FnOnce(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> (TestNode, std::net::SocketAddr) {
+    let ctr = GossipAdapterCtr::new(config).await.expect("node starts");
+    let cluster = ctr.cluster();
+    let (svc, io) = build(SocketIo::builder().with_adapter::<Adapter>(ctr)).build_svc();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind http");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback_service(svc);
+        let _ = axum::serve(listener, app).await;
+    });
+    (TestNode { io, cluster }, addr)
+}
+
+/// Like [`spawn_cluster`], with each node's config and socket.io builder customised, and
+/// each node served over HTTP (addresses returned in node order).
+pub async fn spawn_served_cluster<const N: usize>(
+    cfg: impl Fn(GossipAdapterConfig) -> GossipAdapterConfig,
+    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> ([TestNode; N], [std::net::SocketAddr; N]) {
+    init_tracing();
+    let id = cluster_id();
+    let (first, first_addr) = start_served(cfg(config(&id, None)), &build).await;
+    let seed = first.cluster.gossip_addr();
+    let mut nodes = vec![first];
+    let mut addrs = vec![first_addr];
+    for _ in 1..N {
+        let (node, addr) = start_served(cfg(config(&id, Some(seed))), &build).await;
+        nodes.push(node);
+        addrs.push(addr);
+    }
+    (
+        nodes.try_into().unwrap_or_else(|_| unreachable!()),
+        addrs.try_into().unwrap_or_else(|_| unreachable!()),
+    )
+}
+
+/// Like [`spawn_cluster`], with each node's config and socket.io builder customised.
+pub async fn spawn_cluster_with<const N: usize>(
+    cfg: impl Fn(GossipAdapterConfig) -> GossipAdapterConfig,
+    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> [TestNode; N] {
+    spawn_served_cluster::<N>(cfg, build).await.0
+}
+
+/// A cluster whose nodes use the msgpack parser, served over HTTP (dummy sockets cannot
+/// speak msgpack: connect clients with [`msgpack_client`]).
+pub async fn spawn_msgpack_cluster<const N: usize>() -> ([TestNode; N], [std::net::SocketAddr; N]) {
+    spawn_served_cluster::<N>(
+        |c| c,
+        |b| b.with_parser(socketioxide::ParserConfig::msgpack()),
+    )
+    .await
+}
+
+/// Register namespace `ns` with `handler` on every node, then wait until all see each other
+/// hosting it.
+pub async fn ns_everywhere<C, T>(nodes: &[&TestNode], ns: &'static str, handler: C)
+where
+    C: socketioxide::handler::ConnectHandler<Adapter, T> + Clone,
+    T: Send + Sync + 'static,
+{
+    for n in nodes {
+        n.io.ns(ns, handler.clone()).await.expect("namespace init");
+    }
+    wait_for_namespace(nodes, ns).await;
+}
+
+/// The socket id in a text CONNECT packet (`40{"sid":"..."}` or `40/ns,{"sid":"..."}`).
+pub fn sid_of(connect: &str) -> Sid {
+    let sid = connect
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {connect}"));
+    sid.parse()
+        .unwrap_or_else(|_| panic!("bad sid in {connect}"))
+}
+
+/// Connect a dummy socket to `ns` of `io`; returns its halves and its socket id once the
+/// CONNECT packet has arrived.
+pub async fn dummy(io: &SocketIo<Adapter>, ns: &'static str) -> (ClientTx, ClientRx, Sid) {
+    let (tx, mut rx) = io.new_dummy_sock(ns, ()).await;
+    let connect = recv(&mut rx, 2000).await;
+    assert!(connect.starts_with("40"), "expected CONNECT, got {connect}");
+    (tx, rx, sid_of(&connect))
+}
+
+/// Receive the next engine.io packet of a client within `ms`.
+pub async fn recv_packet(rx: &mut ClientRx, ms: u64) -> EioPacket {
+    tokio::time::timeout(Duration::from_millis(ms), rx.recv())
+        .await
+        .expect("packet in time")
+        .expect("socket open")
+}
+
+/// Receive the next binary engine.io packet (a msgpack packet or an attachment) within `ms`.
+pub async fn recv_bin(rx: &mut ClientRx, ms: u64) -> bytes::Bytes {
+    match recv_packet(rx, ms).await {
+        EioPacket::Binary(b) => b,
+        other => panic!("expected a binary packet, got {other:?}"),
+    }
+}
+
+/// Receive the next msgpack socket.io packet within `ms`, decoded to JSON.
+pub async fn recv_msgpack(rx: &mut ClientRx, ms: u64) -> serde_json::Value {
+    msgpack::decode(&recv_bin(rx, ms).await)
+}
+
+/// `"/chat,"` for a namespace other than `/`, as text packets spell it.
+fn ns_prefix(ns: &str) -> String {
+    if ns == "/" {
+        String::new()
+    } else {
+        format!("{ns},")
+    }
+}
+
+/// The ack id of a text EVENT or BINARY_EVENT packet that asks for one (`421["ev",..]`,
+/// `42/ns,7["ev",..]`, `451-3["ev",{"_placeholder":true,"num":0}]`).
+pub fn ack_id(packet: &str) -> i64 {
+    let rest = packet
+        .strip_prefix("42")
+        .or_else(|| {
+            let bin = packet.strip_prefix("45")?;
+            Some(bin.split_once('-')?.1)
+        })
+        .unwrap_or_else(|| panic!("not an event: {packet}"));
+    let rest = match rest.split_once(',') {
+        Some((ns, tail)) if ns.starts_with('/') => tail,
+        _ => rest,
+    };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no ack id in {packet}"))
+}
+
+/// Answer ack `id` on namespace `ns` with the JSON array `args` (e.g. `["ok"]`).
+pub async fn answer(tx: &ClientTx, ns: &str, id: i64, args: &str) {
+    let p = EioPacket::Message(format!("3{}{id}{args}", ns_prefix(ns)).into());
+    tx.send(p).await.expect("client open");
+}
+
+/// Send an EVENT from a client on namespace `ns`; `args` is the JSON array
+/// `["event", ...]`.
+pub async fn client_emit(tx: &ClientTx, ns: &str, args: &str) {
+    let p = EioPacket::Message(format!("2{}{args}", ns_prefix(ns)).into());
+    tx.send(p).await.expect("client open");
+}
+
+/// Connect a text-parser client over HTTP long-polling to `ns` of the node at `addr`;
+/// returns its halves and socket id once the CONNECT packet has arrived.
+pub async fn polling_client(addr: std::net::SocketAddr, ns: &str) -> (ClientTx, ClientRx, Sid) {
+    let connect = EioPacket::Message(format!("0{}", ns_prefix(ns)).into());
+    let (tx, mut rx) = polling::connect(addr, connect).await;
+    let connect = recv(&mut rx, 5000).await;
+    assert!(connect.starts_with("40"), "expected CONNECT, got {connect}");
+    (tx, rx, sid_of(&connect))
+}
+
+/// Connect a msgpack-parser client over HTTP long-polling to `ns` of the node at `addr`;
+/// returns its halves and socket id once the CONNECT packet has arrived.
+pub async fn msgpack_client(addr: std::net::SocketAddr, ns: &str) -> (ClientTx, ClientRx, Sid) {
+    let connect = msgpack::encode(&serde_json::json!({ "type": 0, "nsp": ns }));
+    let (tx, mut rx) = polling::connect(addr, EioPacket::Binary(connect.into())).await;
+    let p = recv_msgpack(&mut rx, 5000).await;
+    assert_eq!(p["type"], 0, "expected CONNECT, got {p}");
+    let sid = p["data"]["sid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sid in {p}"))
+        .parse()
+        .unwrap();
+    (tx, rx, sid)
+}
+
+/// Send a msgpack socket.io packet (given as JSON) from a msgpack client.
+pub async fn msgpack_send(tx: &ClientTx, packet: serde_json::Value) {
+    let bin = msgpack::encode(&packet);
+    tx.send(EioPacket::Binary(bin.into()))
+        .await
+        .expect("client open");
 }

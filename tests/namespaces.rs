@@ -1,0 +1,314 @@
+//! Several namespaces on an in-process cluster, static and dynamic, hosted by every node or
+//! only some: every operation stays within its namespace.
+mod common;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use socketioxide::{extract::SocketRef, socket::Sid};
+
+/// Bound for a packet that must arrive.
+const ARRIVES: u64 = 3000;
+/// How long a client is watched for a packet that must not arrive.
+const NOTHING: u64 = 300;
+/// Bound for an ack stream to end, or remote state to settle.
+const ENDS: Duration = Duration::from_secs(10);
+
+type Client = (ClientTx, ClientRx, Sid);
+
+fn sorted_ids(it: impl IntoIterator<Item = Sid>) -> Vec<Sid> {
+    let mut v: Vec<Sid> = it.into_iter().collect();
+    v.sort();
+    v
+}
+
+fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
+    let mut r: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
+    r.sort();
+    r
+}
+
+/// `/` and `/chat` on every node; on each node one client per namespace. Sockets of `/`
+/// join `r` and `main`, sockets of `/chat` join `r` and `chat`.
+async fn two_namespaces() -> ([TestNode; 3], [Client; 3], [Client; 3]) {
+    let [a, b, c] = spawn_cluster::<3>().await;
+    let nodes = [&a, &b, &c];
+    ns_everywhere(&nodes, "/", async |s: SocketRef<Adapter>| {
+        s.join(["r", "main"])
+    })
+    .await;
+    ns_everywhere(&nodes, "/chat", async |s: SocketRef<Adapter>| {
+        s.join(["r", "chat"])
+    })
+    .await;
+    let main = [
+        dummy(&a.io, "/").await,
+        dummy(&b.io, "/").await,
+        dummy(&c.io, "/").await,
+    ];
+    let chat = [
+        dummy(&a.io, "/chat").await,
+        dummy(&b.io, "/chat").await,
+        dummy(&c.io, "/chat").await,
+    ];
+    ([a, b, c], main, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_never_cross_namespaces() {
+    let ([a, b, c], mut main, mut chat) = two_namespaces().await;
+
+    a.io.of("/chat").unwrap().emit("m", "chat").await.unwrap();
+    for (_, rx, _) in &mut chat {
+        assert_eq!(recv(rx, ARRIVES).await, r#"42/chat,["m","chat"]"#);
+    }
+    for (_, rx, _) in &mut main {
+        recv_none(rx, NOTHING).await;
+    }
+
+    b.io.emit("m", "main").await.unwrap();
+    for (_, rx, _) in &mut main {
+        assert_eq!(recv(rx, ARRIVES).await, r#"42["m","main"]"#);
+    }
+    for (_, rx, _) in &mut chat {
+        recv_none(rx, NOTHING).await;
+    }
+
+    // A room of the same name in both namespaces.
+    c.io.of("/chat")
+        .unwrap()
+        .to("r")
+        .emit("m", "chat r")
+        .await
+        .unwrap();
+    for (_, rx, _) in &mut chat {
+        assert_eq!(recv(rx, ARRIVES).await, r#"42/chat,["m","chat r"]"#);
+    }
+    a.io.to("r")
+        .except("chat")
+        .emit("m", "main r")
+        .await
+        .unwrap();
+    for (_, rx, _) in &mut main {
+        assert_eq!(recv(rx, ARRIVES).await, r#"42["m","main r"]"#);
+    }
+    for (_, rx, _) in main.iter_mut().chain(&mut chat) {
+        recv_none(rx, NOTHING).await;
+    }
+}
+
+/// `fetch_sockets`, `rooms`, `join`, `disconnect` and acks on one namespace never see or
+/// touch the sockets of another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_stays_in_its_namespace() {
+    let ([a, b, c], mut main, mut chat) = two_namespaces().await;
+    let chat_op = |n: &TestNode| n.io.of("/chat").unwrap();
+
+    let fetched = chat_op(&a).fetch_sockets().await.unwrap();
+    assert_eq!(
+        sorted_ids(fetched.iter().map(|s| s.data().id)),
+        sorted_ids(chat.iter().map(|c| c.2))
+    );
+    assert!(fetched.iter().all(|s| s.data().ns == "/chat"));
+    assert_eq!(sorted(chat_op(&b).rooms().await.unwrap()), ["chat", "r"]);
+    assert_eq!(sorted(c.io.rooms().await.unwrap()), ["main", "r"]);
+
+    chat_op(&b).join("only-chat").await.unwrap();
+    let ok = wait_until(ENDS, || {
+        [&a, &b, &c].iter().zip(&chat).all(|(n, (_, _, sid))| {
+            let s = n.io.of("/chat").unwrap().get_socket(*sid).unwrap();
+            s.rooms().contains(&"only-chat".into())
+        })
+    })
+    .await;
+    assert!(ok, "every /chat socket joined");
+    assert_eq!(sorted(a.io.rooms().await.unwrap()), ["main", "r"]);
+
+    // Acks in /chat: the request and the answer carry the namespace.
+    let stream = chat_op(&c)
+        .timeout(Duration::from_secs(60))
+        .emit_with_ack::<_, String>("q", &1)
+        .await
+        .unwrap();
+    for (i, (tx, rx, _)) in chat.iter_mut().enumerate() {
+        let p = recv(rx, ARRIVES).await;
+        let id = ack_id(&p);
+        assert_eq!(p, format!(r#"42/chat,{id}["q",1]"#));
+        answer(tx, "/chat", id, &format!(r#"["chat{i}"]"#)).await;
+    }
+    let acks: Vec<_> = tokio::time::timeout(ENDS, stream.collect())
+        .await
+        .expect("the ack stream ends");
+    assert_eq!(acks.len(), 3, "{acks:?}");
+
+    // Disconnecting every /chat socket leaves the / sockets connected.
+    chat_op(&a).disconnect().await.unwrap();
+    for (_, rx, _) in &mut chat {
+        assert_eq!(recv(rx, ARRIVES).await, "41/chat,");
+    }
+    for (_, rx, _) in &mut main {
+        recv_none(rx, NOTHING).await;
+    }
+    assert_eq!(a.io.fetch_sockets().await.unwrap().len(), 3);
+    let ok = wait_until(ENDS, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| n.io.of("/chat").unwrap().sockets().is_empty())
+    })
+    .await;
+    assert!(ok, "every /chat socket is gone");
+    assert!(chat_op(&b).fetch_sockets().await.unwrap().is_empty());
+}
+
+/// A namespace hosted by two nodes of three: operations on it reach the nodes that host it,
+/// and requests expecting answers complete (the third node says it does not host it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_hosted_by_some_nodes_only() {
+    let [a, b, c] = spawn_cluster::<3>().await;
+    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    ns_everywhere(&[&a, &b], "/admin", async |_: SocketRef<Adapter>| {}).await;
+    let (ta, mut ra, sa) = dummy(&a.io, "/admin").await;
+    let (tb, mut rb, sb) = dummy(&b.io, "/admin").await;
+    let (_, mut rc, _) = dummy(&c.io, "/").await;
+
+    let admin = a.io.of("/admin").unwrap();
+    admin.clone().emit("m", "admins").await.unwrap();
+    assert_eq!(recv(&mut ra, ARRIVES).await, r#"42/admin,["m","admins"]"#);
+    assert_eq!(recv(&mut rb, ARRIVES).await, r#"42/admin,["m","admins"]"#);
+    recv_none(&mut rc, NOTHING).await;
+
+    let fetched = tokio::time::timeout(ENDS, admin.clone().fetch_sockets())
+        .await
+        .expect("fetch_sockets completes")
+        .unwrap();
+    assert_eq!(
+        sorted_ids(fetched.iter().map(|s| s.data().id)),
+        sorted_ids([sa, sb])
+    );
+    let rooms = tokio::time::timeout(ENDS, admin.clone().rooms())
+        .await
+        .expect("rooms completes")
+        .unwrap();
+    assert!(rooms.is_empty());
+
+    // c does not host /admin: the ack stream still ends once a and b have answered.
+    let stream = admin
+        .timeout(Duration::from_secs(60))
+        .emit_with_ack::<_, String>("q", &1)
+        .await
+        .unwrap();
+    for (tx, rx, name) in [(&ta, &mut ra, "a"), (&tb, &mut rb, "b")] {
+        let p = recv(rx, ARRIVES).await;
+        let id = ack_id(&p);
+        assert_eq!(p, format!(r#"42/admin,{id}["q",1]"#));
+        answer(tx, "/admin", id, &format!(r#"["{name}"]"#)).await;
+    }
+    let acks: std::collections::HashMap<_, _> = tokio::time::timeout(ENDS, stream.collect())
+        .await
+        .expect("the ack stream ends");
+    assert_eq!(acks.len(), 2, "{acks:?}");
+    assert_eq!(acks[&sa].as_ref().unwrap(), "a");
+    assert_eq!(acks[&sb].as_ref().unwrap(), "b");
+    recv_none(&mut rc, NOTHING).await;
+}
+
+/// A dynamic namespace: every node creates `/dyn/x` when a client connects to it. Its
+/// broadcasts, fetches and acks span the nodes, and never reach `/dyn/y` nor `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_namespace_spans_nodes_and_is_isolated() {
+    let [a, b, c] = spawn_cluster::<3>().await;
+    let nodes = [&a, &b, &c];
+    ns_everywhere(&nodes, "/", async |_: SocketRef<Adapter>| {}).await;
+    for n in nodes {
+        n.io.dyn_ns("/dyn/{id}", async |s: SocketRef<Adapter>| {
+            s.join("dyn-room")
+        })
+        .unwrap();
+    }
+    let mut x = Vec::new();
+    for n in nodes {
+        x.push(dummy(&n.io, "/dyn/x").await);
+    }
+    let (_, mut ya, _) = dummy(&a.io, "/dyn/y").await;
+    let (_, mut yb, _) = dummy(&b.io, "/dyn/y").await;
+    let (_, mut root_c, _) = dummy(&c.io, "/").await;
+    wait_for_namespace(&nodes, "/dyn/x").await;
+    wait_for_namespace(&[&a, &b], "/dyn/y").await;
+
+    b.io.of("/dyn/x").unwrap().emit("m", "x").await.unwrap();
+    for (_, rx, _) in &mut x {
+        assert_eq!(recv(rx, ARRIVES).await, r#"42/dyn/x,["m","x"]"#);
+    }
+    recv_none(&mut ya, NOTHING).await;
+    recv_none(&mut yb, NOTHING).await;
+    recv_none(&mut root_c, NOTHING).await;
+
+    a.io.of("/dyn/y")
+        .unwrap()
+        .to("dyn-room")
+        .emit("m", "y")
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut ya, ARRIVES).await, r#"42/dyn/y,["m","y"]"#);
+    assert_eq!(recv(&mut yb, ARRIVES).await, r#"42/dyn/y,["m","y"]"#);
+    for (_, rx, _) in &mut x {
+        recv_none(rx, NOTHING).await;
+    }
+
+    let fetched = c.io.of("/dyn/x").unwrap().fetch_sockets().await.unwrap();
+    assert_eq!(
+        sorted_ids(fetched.iter().map(|s| s.data().id)),
+        sorted_ids(x.iter().map(|c| c.2))
+    );
+    assert!(fetched.iter().all(|s| s.data().ns == "/dyn/x"));
+
+    let stream =
+        a.io.of("/dyn/x")
+            .unwrap()
+            .timeout(Duration::from_secs(60))
+            .emit_with_ack::<_, String>("q", &1)
+            .await
+            .unwrap();
+    for (tx, rx, _) in &mut x {
+        let p = recv(rx, ARRIVES).await;
+        let id = ack_id(&p);
+        assert_eq!(p, format!(r#"42/dyn/x,{id}["q",1]"#));
+        answer(tx, "/dyn/x", id, r#"["ok"]"#).await;
+    }
+    let acks: Vec<_> = tokio::time::timeout(ENDS, stream.collect())
+        .await
+        .expect("the ack stream ends");
+    assert_eq!(acks.len(), 3, "{acks:?}");
+    assert!(acks.iter().all(|(_, r)| r.as_ref().unwrap() == "ok"));
+}
+
+/// A namespace deleted on one node no longer gets the cluster's broadcasts there, and the
+/// other nodes stop counting on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_namespace_leaves_the_cluster() {
+    let ([a, b, c], _main, mut chat) = two_namespaces().await;
+    c.io.delete_ns("/chat");
+    let [(_, ca, _), (_, cb, _), (_, _, sc)] = &mut chat;
+    assert!(c.io.of("/chat").is_none());
+    let ok = wait_until(ENDS, || {
+        [&a, &b].iter().all(|n| {
+            n.cluster
+                .members()
+                .iter()
+                .filter(|m| m.hosts("/chat"))
+                .count()
+                == 1
+        })
+    })
+    .await;
+    assert!(ok, "a and b see c no longer hosting /chat");
+    a.io.of("/chat").unwrap().emit("m", "after").await.unwrap();
+    assert_eq!(recv(ca, ARRIVES).await, r#"42/chat,["m","after"]"#);
+    assert_eq!(recv(cb, ARRIVES).await, r#"42/chat,["m","after"]"#);
+    let fetched = tokio::time::timeout(ENDS, b.io.of("/chat").unwrap().fetch_sockets())
+        .await
+        .expect("fetch_sockets completes")
+        .unwrap();
+    assert_eq!(fetched.len(), 2);
+    assert!(fetched.iter().all(|s| s.data().id != *sc));
+}

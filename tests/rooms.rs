@@ -1,0 +1,235 @@
+//! Rooms across an in-process cluster: `rooms()` as the union of every node, `join`/`leave`
+//! of sockets on other nodes, and `disconnect` of sockets on other nodes.
+mod common;
+use std::time::Duration;
+
+use common::*;
+use socketioxide::{
+    extract::SocketRef,
+    socket::{DisconnectReason, Sid},
+};
+use tokio::sync::mpsc;
+
+/// Bound for a packet that must arrive.
+const ARRIVES: u64 = 3000;
+/// How long a client is watched for a packet that must not arrive.
+const NOTHING: u64 = 300;
+/// Bound for remote state to settle.
+const SETTLES: Duration = Duration::from_secs(5);
+
+type Client = (ClientTx, ClientRx, Sid);
+
+/// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
+/// `c` joins `rc` and `common`. One client per node.
+async fn rooms_cluster() -> ([TestNode; 3], [Client; 3]) {
+    let [a, b, c] = spawn_cluster::<3>().await;
+    let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
+    for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
+        n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
+            .await
+            .unwrap();
+    }
+    wait_for_namespace(&[&a, &b, &c], "/").await;
+    let ca = dummy(&a.io, "/").await;
+    let cb = dummy(&b.io, "/").await;
+    let cc = dummy(&c.io, "/").await;
+    ([a, b, c], [ca, cb, cc])
+}
+
+fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
+    let mut r: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
+    r.sort();
+    r
+}
+
+/// The rooms of the socket `sid` living on `node`, as that node sees them.
+fn local_rooms(node: &TestNode, sid: Sid) -> Vec<String> {
+    let s = node.io.get_socket(sid).expect("socket lives on this node");
+    sorted(s.rooms())
+}
+
+/// Wait until the socket `sid` on `node` is in exactly `rooms`.
+async fn wait_rooms(node: &TestNode, sid: Sid, rooms: &[&str]) {
+    let ok = wait_until(SETTLES, || local_rooms(node, sid) == rooms).await;
+    assert!(
+        ok,
+        "rooms of {sid}: {:?}, expected {rooms:?}",
+        local_rooms(node, sid)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_is_the_union_of_every_node() {
+    let ([a, b, c], _clients) = rooms_cluster().await;
+    for n in [&a, &b, &c] {
+        assert_eq!(
+            sorted(n.io.rooms().await.unwrap()),
+            ["common", "ra", "rb", "rc"]
+        );
+    }
+    // The rooms of the sockets a broadcast would reach.
+    assert_eq!(
+        sorted(b.io.to("common").rooms().await.unwrap()),
+        ["common", "ra", "rc"]
+    );
+    assert_eq!(sorted(a.io.except("common").rooms().await.unwrap()), ["rb"]);
+    assert_eq!(sorted(c.io.to("rb").rooms().await.unwrap()), ["rb"]);
+    assert!(a.io.to("nobody").rooms().await.unwrap().is_empty());
+    // `local` keeps to the node.
+    assert_eq!(
+        sorted(c.io.local().rooms().await.unwrap()),
+        ["common", "rc"]
+    );
+}
+
+/// `io.to(room).join(..)` makes the sockets of other nodes join, and a broadcast sent right
+/// after reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_applies_to_sockets_on_other_nodes() {
+    let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
+        rooms_cluster().await;
+
+    // From a node whose own socket does not match.
+    a.io.to("rb").join("new").await.unwrap();
+    a.io.to("new").emit("m", "to new").await.unwrap();
+    assert_eq!(recv(&mut rb, ARRIVES).await, r#"42["m","to new"]"#);
+    recv_none(&mut ra, NOTHING).await;
+    recv_none(&mut rc, NOTHING).await;
+    wait_rooms(&b, sb, &["new", "rb"]).await;
+    assert_eq!(local_rooms(&a, sa), ["common", "ra"]);
+    assert_eq!(local_rooms(&c, sc), ["common", "rc"]);
+
+    // A room with members on the sender's node and another.
+    b.io.to("common").join(["x", "y"]).await.unwrap();
+    wait_rooms(&a, sa, &["common", "ra", "x", "y"]).await;
+    wait_rooms(&c, sc, &["common", "rc", "x", "y"]).await;
+    assert_eq!(local_rooms(&b, sb), ["new", "rb"]);
+    c.io.to("y").emit("m", "to y").await.unwrap();
+    assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","to y"]"#);
+    assert_eq!(recv(&mut rc, ARRIVES).await, r#"42["m","to y"]"#);
+    recv_none(&mut rb, NOTHING).await;
+
+    // Every socket.
+    c.io.clone().join("everyone").await.unwrap();
+    for (n, sid) in [(&a, sa), (&b, sb), (&c, sc)] {
+        let ok = wait_until(SETTLES, || local_rooms(n, sid).contains(&"everyone".into())).await;
+        assert!(ok, "{sid} joined everyone");
+    }
+    assert_eq!(
+        sorted(a.io.rooms().await.unwrap()),
+        ["common", "everyone", "new", "ra", "rb", "rc", "x", "y"]
+    );
+}
+
+/// `io.to(room).leave(..)` makes the sockets of other nodes leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_applies_to_sockets_on_other_nodes() {
+    let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
+        rooms_cluster().await;
+
+    // Every socket of `common` (on a and c) leaves it, asked by b which has none.
+    b.io.to("common").leave("common").await.unwrap();
+    b.io.to("common").emit("m", "lost").await.unwrap();
+    wait_rooms(&a, sa, &["ra"]).await;
+    wait_rooms(&c, sc, &["rc"]).await;
+    assert_eq!(sorted(b.io.rooms().await.unwrap()), ["ra", "rb", "rc"]);
+    for r in [&mut ra, &mut rb, &mut rc] {
+        recv_none(r, NOTHING).await;
+    }
+
+    // Leaving a room selected by another.
+    a.io.to("rb").leave(["rb", "not-joined"]).await.unwrap();
+    wait_rooms(&b, sb, &[]).await;
+    assert_eq!(sorted(c.io.rooms().await.unwrap()), ["ra", "rc"]);
+
+    // Every socket leaves its rooms: nothing left anywhere.
+    c.io.clone().leave(["ra", "rc"]).await.unwrap();
+    wait_rooms(&a, sa, &[]).await;
+    wait_rooms(&c, sc, &[]).await;
+    for n in [&a, &b, &c] {
+        assert!(n.io.rooms().await.unwrap().is_empty());
+    }
+    // The sockets are still connected: a broadcast to all reaches them.
+    a.io.emit("m", "all").await.unwrap();
+    for r in [&mut ra, &mut rb, &mut rc] {
+        assert_eq!(recv(r, ARRIVES).await, r#"42["m","all"]"#);
+    }
+}
+
+/// `io.to(room).disconnect()` disconnects the matching sockets of every node, and only them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_applies_to_sockets_on_other_nodes() {
+    let [a, b, c] = spawn_cluster::<3>().await;
+    let (dtx, mut drx) = mpsc::unbounded_channel::<(Sid, DisconnectReason)>();
+    let rooms: [&'static str; 3] = ["ra", "rb", "rc"];
+    for (n, room) in [&a, &b, &c].into_iter().zip(rooms) {
+        let dtx = dtx.clone();
+        n.io.ns("/", async move |s: SocketRef<Adapter>| {
+            s.join(["all", room]);
+            let dtx = dtx.clone();
+            s.on_disconnect(
+                async move |s: SocketRef<Adapter>, reason: DisconnectReason| {
+                    dtx.send((s.id, reason)).unwrap();
+                },
+            );
+        })
+        .await
+        .unwrap();
+    }
+    wait_for_namespace(&[&a, &b, &c], "/").await;
+    let (_ta, mut ra, sa) = dummy(&a.io, "/").await;
+    let (_tb, mut rb, sb) = dummy(&b.io, "/").await;
+    let (_tc, mut rc, sc) = dummy(&c.io, "/").await;
+    let (_tc2, mut rc2, sc2) = dummy(&c.io, "/").await;
+    // The second socket of c is in `all` and `rc2` only.
+    let s = c.io.get_socket(sc2).unwrap();
+    s.leave("rc");
+    s.join("rc2");
+
+    // A socket of another node, selected by room.
+    a.io.to("rb").disconnect().await.unwrap();
+    assert_eq!(recv(&mut rb, ARRIVES).await, "41");
+    let (sid, reason) = tokio::time::timeout(SETTLES, drx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((sid, reason), (sb, DisconnectReason::ServerNSDisconnect));
+    assert!(wait_until(SETTLES, || b.io.sockets().is_empty()).await);
+    for r in [&mut ra, &mut rc, &mut rc2] {
+        recv_none(r, NOTHING).await;
+    }
+    let left = a.io.fetch_sockets().await.unwrap();
+    let mut left: Vec<Sid> = left.iter().map(|s| s.data().id).collect();
+    left.sort();
+    let mut expected = vec![sa, sc, sc2];
+    expected.sort();
+    assert_eq!(left, expected);
+
+    // Every socket but those of a room, on the sender's node and another.
+    b.io.except("rc").disconnect().await.unwrap();
+    assert_eq!(recv(&mut ra, ARRIVES).await, "41");
+    assert_eq!(recv(&mut rc2, ARRIVES).await, "41");
+    recv_none(&mut rc, NOTHING).await;
+    let mut gone = Vec::new();
+    for _ in 0..2 {
+        let (sid, reason) = tokio::time::timeout(SETTLES, drx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reason, DisconnectReason::ServerNSDisconnect);
+        gone.push(sid);
+    }
+    gone.sort();
+    let mut expected = vec![sa, sc2];
+    expected.sort();
+    assert_eq!(gone, expected);
+    assert!(
+        wait_until(SETTLES, || a.io.sockets().is_empty()
+            && c.io.sockets().len() == 1)
+        .await
+    );
+    let left = b.io.fetch_sockets().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].data().id, sc);
+    assert!(drx.try_recv().is_err(), "no other socket disconnected");
+}

@@ -1,0 +1,314 @@
+//! `fetch_sockets` across an in-process cluster, and every operation on a `RemoteSocket`
+//! living on another node: emit, emit_with_ack, join, leave, rooms, disconnect.
+mod common;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use socketioxide::{AckError, extract::SocketRef, socket::RemoteSocket, socket::Sid};
+
+/// Bound for a packet that must arrive.
+const ARRIVES: u64 = 3000;
+/// How long a client is watched for a packet that must not arrive.
+const NOTHING: u64 = 300;
+/// Bound for remote state to settle, or an ack stream to end.
+const SETTLES: Duration = Duration::from_secs(10);
+
+type Client = (ClientTx, ClientRx, Sid);
+
+/// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
+/// `c` joins `rc` and `common`. Clients: one on `a`, two on `b`, one on `c`.
+async fn cluster_with_clients(
+    build: impl Fn(socketioxide::SocketIoBuilder<Adapter>) -> socketioxide::SocketIoBuilder<Adapter>,
+) -> ([TestNode; 3], [Client; 4]) {
+    let [a, b, c] = spawn_cluster_with::<3>(|c| c, build).await;
+    let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
+    for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
+        n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
+            .await
+            .unwrap();
+    }
+    wait_for_namespace(&[&a, &b, &c], "/").await;
+    let ca = dummy(&a.io, "/").await;
+    let cb1 = dummy(&b.io, "/").await;
+    let cb2 = dummy(&b.io, "/").await;
+    let cc = dummy(&c.io, "/").await;
+    ([a, b, c], [ca, cb1, cb2, cc])
+}
+
+/// `(socket id, server id, namespace)` of each socket, sorted.
+fn ids(sockets: &[RemoteSocket<Adapter>]) -> Vec<(Sid, String, String)> {
+    let mut v: Vec<_> = sockets
+        .iter()
+        .map(|s| {
+            let d = s.data();
+            (d.id, d.server_id.to_string(), d.ns.to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn expected(of: &[(&TestNode, Sid)]) -> Vec<(Sid, String, String)> {
+    let mut v: Vec<_> = of
+        .iter()
+        .map(|(n, sid)| (*sid, n.io.config().server_id.to_string(), "/".to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The socket `sid` as fetched from `from`.
+async fn fetch_one(from: &TestNode, sid: Sid) -> RemoteSocket<Adapter> {
+    let all = from.io.fetch_sockets().await.unwrap();
+    all.into_iter()
+        .find(|s| s.data().id == sid)
+        .unwrap_or_else(|| panic!("{sid} fetched"))
+}
+
+fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
+    let mut r: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
+    r.sort();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_sockets_returns_the_sockets_of_every_node() {
+    let ([a, b, c], [(_, _, sa), (_, _, sb1), (_, _, sb2), (_, _, sc)]) =
+        cluster_with_clients(|b| b).await;
+    let all = expected(&[(&a, sa), (&b, sb1), (&b, sb2), (&c, sc)]);
+    for n in [&a, &b, &c] {
+        assert_eq!(ids(&n.io.fetch_sockets().await.unwrap()), all);
+    }
+    assert_eq!(
+        ids(&b.io.to("common").fetch_sockets().await.unwrap()),
+        expected(&[(&a, sa), (&c, sc)])
+    );
+    assert_eq!(
+        ids(&a.io.to("rb").fetch_sockets().await.unwrap()),
+        expected(&[(&b, sb1), (&b, sb2)])
+    );
+    assert_eq!(
+        ids(&c.io.except("common").fetch_sockets().await.unwrap()),
+        expected(&[(&b, sb1), (&b, sb2)])
+    );
+    assert_eq!(
+        ids(&c
+            .io
+            .to(["ra", "rb"])
+            .except("common")
+            .fetch_sockets()
+            .await
+            .unwrap()),
+        expected(&[(&b, sb1), (&b, sb2)])
+    );
+    assert!(a.io.to("nobody").fetch_sockets().await.unwrap().is_empty());
+    assert_eq!(
+        ids(&b.io.local().fetch_sockets().await.unwrap()),
+        expected(&[(&b, sb1), (&b, sb2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_socket_emit_reaches_only_that_socket() {
+    let (
+        [a, _b, c],
+        [
+            (_, mut ra, sa),
+            (_, mut rb1, sb1),
+            (_, mut rb2, _),
+            (_, mut rc, _),
+        ],
+    ) = cluster_with_clients(|b| b).await;
+    fetch_one(&a, sb1).await.emit("m", "to b1").await.unwrap();
+    assert_eq!(recv(&mut rb1, ARRIVES).await, r#"42["m","to b1"]"#);
+    // A socket of the fetching node, through the same API.
+    fetch_one(&c, sa).await.emit("m", "to a").await.unwrap();
+    assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","to a"]"#);
+    fetch_one(&a, sa)
+        .await
+        .emit("m", "to a again")
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","to a again"]"#);
+    for r in [&mut ra, &mut rb1, &mut rb2, &mut rc] {
+        recv_none(r, NOTHING).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_socket_emit_with_ack_gets_its_answer() {
+    let (
+        [a, _b, c],
+        [
+            (_, mut ra, _),
+            (_, mut rb1, _),
+            (_, mut rb2, _),
+            (tc, mut rc, sc),
+        ],
+    ) = cluster_with_clients(|b| b).await;
+    let remote = fetch_one(&a, sc).await;
+    let stream = remote.emit_with_ack::<_, String>("q", &"?").await.unwrap();
+    let p = recv(&mut rc, ARRIVES).await;
+    let id = ack_id(&p);
+    assert_eq!(p, format!(r#"42{id}["q","?"]"#));
+    answer(&tc, "/", id, r#"["from c"]"#).await;
+    let acks: Vec<_> = tokio::time::timeout(SETTLES, stream.collect())
+        .await
+        .expect("the ack stream ends");
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(acks[0].0, sc);
+    assert_eq!(acks[0].1.as_ref().unwrap(), "from c");
+    for r in [&mut ra, &mut rb1, &mut rb2, &mut rc] {
+        recv_none(r, NOTHING).await;
+    }
+    drop(c);
+}
+
+/// A remote socket that never answers: its ack stream yields a timeout error after the ack
+/// timeout of the nodes (500 ms here), then ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_socket_emit_with_ack_times_out() {
+    let ([a, b, _c], [_, (_, mut rb1, sb1), _, _]) =
+        cluster_with_clients(|b| b.ack_timeout(Duration::from_millis(500))).await;
+    let stream = fetch_one(&a, sb1)
+        .await
+        .emit_with_ack::<_, String>("q", &1)
+        .await
+        .unwrap();
+    let p = recv(&mut rb1, ARRIVES).await;
+    assert_eq!(p, format!(r#"42{}["q",1]"#, ack_id(&p)));
+    let acks: Vec<_> = tokio::time::timeout(SETTLES, stream.collect())
+        .await
+        .expect("the ack stream ends");
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(acks[0].0, sb1);
+    assert!(matches!(acks[0].1, Err(AckError::Timeout)), "{acks:?}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_socket_join_leave_and_rooms() {
+    let (
+        [a, b, c],
+        [
+            (_, mut ra, _),
+            (_, mut rb1, sb1),
+            (_, mut rb2, sb2),
+            (_, mut rc, _),
+        ],
+    ) = cluster_with_clients(|b| b).await;
+    let local_rooms = |sid| sorted(b.io.get_socket(sid).unwrap().rooms());
+    let remote = fetch_one(&a, sb1).await;
+    assert_eq!(sorted(remote.rooms().await.unwrap()), ["rb"]);
+
+    remote.join(["x", "y"]).await.unwrap();
+    // A broadcast right after the join reaches the socket.
+    a.io.to("x").emit("m", "to x").await.unwrap();
+    assert_eq!(recv(&mut rb1, ARRIVES).await, r#"42["m","to x"]"#);
+    assert!(wait_until(SETTLES, || local_rooms(sb1) == ["rb", "x", "y"]).await);
+    assert_eq!(sorted(remote.rooms().await.unwrap()), ["rb", "x", "y"]);
+    // The other socket of that node is untouched.
+    assert_eq!(local_rooms(sb2), ["rb"]);
+
+    remote.leave("x").await.unwrap();
+    a.io.to("x").emit("m", "lost").await.unwrap();
+    assert!(wait_until(SETTLES, || local_rooms(sb1) == ["rb", "y"]).await);
+    assert_eq!(sorted(remote.rooms().await.unwrap()), ["rb", "y"]);
+    // The same socket fetched from a third node agrees.
+    let from_c = fetch_one(&c, sb1).await;
+    assert_eq!(sorted(from_c.rooms().await.unwrap()), ["rb", "y"]);
+    assert_eq!(
+        sorted(c.io.rooms().await.unwrap()),
+        ["common", "ra", "rb", "rc", "y"]
+    );
+    for r in [&mut ra, &mut rb1, &mut rb2, &mut rc] {
+        recv_none(r, NOTHING).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_socket_disconnect_disconnects_only_that_socket() {
+    let (
+        [a, b, c],
+        [
+            (_, mut ra, sa),
+            (_, mut rb1, sb1),
+            (_, mut rb2, sb2),
+            (_, mut rc, sc),
+        ],
+    ) = cluster_with_clients(|b| b).await;
+    fetch_one(&c, sb2).await.disconnect().await.unwrap();
+    assert_eq!(recv(&mut rb2, ARRIVES).await, "41");
+    assert!(wait_until(SETTLES, || b.io.get_socket(sb2).is_none()).await);
+    assert!(b.io.get_socket(sb1).is_some());
+    for r in [&mut ra, &mut rb1, &mut rc] {
+        recv_none(r, NOTHING).await;
+    }
+    assert_eq!(
+        ids(&a.io.fetch_sockets().await.unwrap()),
+        expected(&[(&a, sa), (&b, sb1), (&c, sc)])
+    );
+}
+
+/// Many `fetch_sockets` and `rooms` requests in flight at once, from every node, each get
+/// the complete answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_from_every_node_each_get_everything() {
+    let ([a, b, c], [(_, _, sa), (_, _, sb1), (_, _, sb2), (_, _, sc)]) =
+        cluster_with_clients(|b| b).await;
+    let all = expected(&[(&a, sa), (&b, sb1), (&b, sb2), (&c, sc)]);
+    let fetches = (0..30).map(|i| {
+        let n = [&a, &b, &c][i % 3];
+        async move { ids(&n.io.fetch_sockets().await.unwrap()) }
+    });
+    let rooms = (0..30).map(|i| {
+        let n = [&a, &b, &c][i % 3];
+        async move { sorted(n.io.rooms().await.unwrap()) }
+    });
+    let (fetched, rooms) = tokio::time::timeout(
+        SETTLES,
+        futures_util::future::join(
+            futures_util::future::join_all(fetches),
+            futures_util::future::join_all(rooms),
+        ),
+    )
+    .await
+    .expect("every request completes");
+    for f in fetched {
+        assert_eq!(f, all);
+    }
+    for r in rooms {
+        assert_eq!(r, ["common", "ra", "rb", "rc"]);
+    }
+}
+
+/// Operations on a fetched remote socket that has since disconnected do nothing and do not
+/// hang: emit succeeds, rooms is empty, an ack stream ends empty without waiting for the ack
+/// timeout (60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_remote_socket_operations_are_harmless() {
+    let ([a, b, _c], [(_, mut ra, _), (_, _, sb1), (_, mut rb2, _), (_, mut rc, _)]) =
+        cluster_with_clients(|b| b.ack_timeout(Duration::from_secs(60))).await;
+    let stale = fetch_one(&a, sb1).await;
+    fetch_one(&a, sb1).await.disconnect().await.unwrap();
+    assert!(wait_until(SETTLES, || b.io.get_socket(sb1).is_none()).await);
+
+    stale.emit("m", "nobody").await.unwrap();
+    assert!(stale.rooms().await.unwrap().is_empty());
+    stale.join("x").await.unwrap();
+    stale.leave("rb").await.unwrap();
+    let stream = stale.emit_with_ack::<_, String>("q", &1).await.unwrap();
+    let acks: Vec<_> = tokio::time::timeout(SETTLES, stream.collect())
+        .await
+        .expect("the ack stream ends");
+    assert!(acks.is_empty(), "{acks:?}");
+    stale.clone().disconnect().await.unwrap();
+    for r in [&mut ra, &mut rb2, &mut rc] {
+        recv_none(r, NOTHING).await;
+    }
+    assert_eq!(
+        sorted(a.io.rooms().await.unwrap()),
+        ["common", "ra", "rb", "rc"]
+    );
+}
