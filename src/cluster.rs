@@ -578,14 +578,15 @@ impl Node {
         };
         for member in gone {
             let peer = member.peer_id();
-            tracing::info!(%peer, "member left: {why}");
+            tracing::info!(node = %self.me, %peer, "member left: {why}");
             self.stop_waiting_for(&peer);
             self.drop_link(&peer);
             lock(&self.addrs).remove(&peer);
+            write(&self.server_ids).retain(|_, p| p != &peer);
             let _ = self.events.send(MembershipEvent::Left(member));
         }
         for member in joined {
-            tracing::info!(peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
+            tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
             let _ = self.events.send(MembershipEvent::Joined(member));
         }
     }
@@ -716,6 +717,8 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // Every handle is gone: stop serving peers and gossiping.
+        self.mesh.close_now(mesh::CLOSE_LEAVING, b"dropped");
         self.membership.shutdown();
     }
 }

@@ -306,6 +306,11 @@ impl Mesh {
         Ok((peer, Link { conn, tx }))
     }
 
+    /// Close every connection with `code` and stop accepting, without waiting.
+    pub(crate) fn close_now(&self, code: u32, reason: &[u8]) {
+        self.endpoint.close(VarInt::from_u32(code), reason);
+    }
+
     /// Close every connection with `code`, then wait (bounded) for peers to be told.
     pub(crate) async fn close(&self, code: u32, reason: &[u8]) {
         self.endpoint.close(VarInt::from_u32(code), reason);
