@@ -1,0 +1,355 @@
+// Every adapter operation, driven across the 3 nodes of a cluster with the official
+// socket.io client (common JSON parser).
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before } from 'node:test';
+import {
+  Cluster,
+  SETTLE_MS,
+  disconnected,
+  median,
+  record,
+  request,
+  sleep,
+  uniq,
+  waitUntil,
+  withTimeout,
+} from './cluster.mjs';
+
+const cluster = new Cluster({ size: 3 });
+
+before(async () => {
+  await cluster.start();
+}, { timeout: 180_000 });
+
+after(async () => {
+  await cluster.stop();
+}, { timeout: 60_000 });
+
+/** One client per node, in node order. */
+async function onePerNode(opts) {
+  return Promise.all([0, 1, 2].map((i) => cluster.client(i, opts)));
+}
+
+cluster.test('broadcast from node 1 reaches the clients of all 3 nodes', async () => {
+  const [a1, a2, a3] = await onePerNode();
+  const event = uniq('hello');
+  const recs = [a1, a2, a3].map((s) => record(s, event));
+
+  await request(a1, 'broadcast', { event, data: { x: 1, text: 'héllo' } });
+
+  for (const rec of recs) await rec.waitCount(1);
+  await sleep(SETTLE_MS);
+  for (const [i, rec] of recs.entries()) {
+    assert.equal(rec.count, 1, `client on node ${i + 1} must receive the broadcast once`);
+    assert.deepEqual(rec.values[0], { x: 1, text: 'héllo' });
+  }
+});
+
+cluster.test('room broadcast reaches only the room members, on every node', async () => {
+  const room = uniq('room');
+  const members = await onePerNode();
+  const others = await onePerNode();
+  for (const s of members) await request(s, 'join', room);
+  const event = uniq('room-ev');
+  const inRoom = members.map((s) => record(s, event));
+  const outside = others.map((s) => record(s, event));
+
+  // Sent by a node-1 client that is not in the room.
+  await request(others[0], 'broadcast', { event, data: 'to-room', to: room });
+
+  for (const rec of inRoom) await rec.waitCount(1);
+  await sleep(SETTLE_MS);
+  for (const [i, rec] of inRoom.entries()) {
+    assert.deepEqual(rec.values, ['to-room'], `room member on node ${i + 1}`);
+  }
+  for (const [i, rec] of outside.entries()) {
+    assert.equal(rec.count, 0, `non-member on node ${i + 1} must not receive the room broadcast`);
+  }
+});
+
+cluster.test('except excludes the sockets of the excepted room on every node', async () => {
+  const all = uniq('ex-all');
+  const skip = uniq('ex-skip');
+  const kept = await onePerNode();
+  const skipped = await onePerNode();
+  for (const s of [...kept, ...skipped]) await request(s, 'join', all);
+  for (const s of skipped) await request(s, 'join', skip);
+  const event = uniq('ex-ev');
+  const keptRecs = kept.map((s) => record(s, event));
+  const skippedRecs = skipped.map((s) => record(s, event));
+
+  await request(kept[0], 'broadcast', { event, data: 42, to: all, except: skip });
+
+  for (const rec of keptRecs) await rec.waitCount(1);
+  await sleep(SETTLE_MS);
+  for (const [i, rec] of keptRecs.entries()) assert.deepEqual(rec.values, [42], `kept on node ${i + 1}`);
+  for (const [i, rec] of skippedRecs.entries()) {
+    assert.equal(rec.count, 0, `excepted socket on node ${i + 1} must not receive`);
+  }
+});
+
+cluster.test('socket.broadcast() reaches everyone else and excludes the sender', async () => {
+  const room = uniq('sb');
+  const [s1, s2, s3] = await onePerNode();
+  const s1b = await cluster.client(0);
+  for (const s of [s1, s1b, s2, s3]) await request(s, 'join', room);
+  const event = uniq('sb-ev');
+  const sender = record(s1, event);
+  const receivers = [s1b, s2, s3].map((s) => record(s, event));
+
+  await request(s1, 'broadcast_from_socket', { event, data: { from: 's1' }, to: room });
+
+  for (const rec of receivers) await rec.waitCount(1);
+  await sleep(SETTLE_MS);
+  for (const rec of receivers) assert.deepEqual(rec.values, [{ from: 's1' }]);
+  assert.equal(sender.count, 0, 'the sender must not receive its own socket.broadcast()');
+});
+
+cluster.test('the chat "message" event is relayed to the clients of the other nodes', async () => {
+  const [c1, c2, c3] = await onePerNode();
+  const recs = [c1, c2, c3].map((s) => record(s, 'message'));
+  const text = uniq('hi');
+  c1.emit('message', text);
+  await waitUntil('c2 and c3 to get the chat message', () =>
+    [recs[1], recs[2]].every((r) => r.values.some((m) => m.text === text)),
+  );
+  await sleep(SETTLE_MS);
+  assert.ok(!recs[0].values.some((m) => m.text === text), 'the sender must not get its own message');
+  const msg = recs[1].values.find((m) => m.text === text);
+  assert.equal(msg.from, c1.id);
+  assert.equal(msg.node, 'node1');
+});
+
+cluster.test('binary payloads cross nodes intact', async () => {
+  const [b1, b2, b3] = await onePerNode();
+  const event = uniq('bin');
+  const recs = [b1, b2, b3].map((s) => record(s, event));
+  const payload = randomBytes(4096);
+  payload[0] = 0;
+  payload[1] = 255;
+
+  await request(b1, 'broadcast', { event, data: { kind: 'blob' }, binary: payload });
+
+  for (const rec of recs) await rec.waitCount(1);
+  for (const [i, rec] of recs.entries()) {
+    const [data, bin] = rec.args[0];
+    assert.deepEqual(data, { kind: 'blob' }, `data on node ${i + 1}`);
+    assert.ok(bin instanceof Buffer || bin instanceof ArrayBuffer, `binary on node ${i + 1}`);
+    assert.ok(Buffer.from(bin).equals(payload), `binary intact on node ${i + 1}`);
+  }
+});
+
+cluster.test('namespaces are separated across nodes (/admin vs /)', async () => {
+  const admins = await onePerNode({ ns: '/admin' });
+  const roots = await onePerNode();
+  const event = uniq('ns-ev');
+  const adminRecs = admins.map((s) => record(s, event));
+  const rootRecs = roots.map((s) => record(s, event));
+
+  await request(admins[0], 'broadcast', { event, data: 'admin-only' });
+
+  for (const rec of adminRecs) await rec.waitCount(1);
+  await sleep(SETTLE_MS);
+  for (const rec of adminRecs) assert.deepEqual(rec.values, ['admin-only']);
+  for (const [i, rec] of rootRecs.entries()) {
+    assert.equal(rec.count, 0, `"/" client on node ${i + 1} must not receive an /admin broadcast`);
+  }
+
+  // And fetch_sockets on /admin lists the /admin clients of every node, not the "/" ones.
+  const { sockets } = await request(admins[0], 'fetch_sockets', { rooms: false });
+  const ids = new Set(sockets.map((s) => s.id));
+  for (const s of admins) assert.ok(ids.has(s.id), `/admin socket ${s.id} listed`);
+  for (const s of roots) assert.ok(!ids.has(s.id), `"/" socket ${s.id} not listed on /admin`);
+  assert.ok(sockets.every((s) => s.ns === '/admin'));
+});
+
+cluster.test('emit_with_ack from node 1 collects the acks of the clients of all 3 nodes', async () => {
+  const room = uniq('ack');
+  const clients = await onePerNode();
+  for (const [i, s] of clients.entries()) {
+    await request(s, 'join', room);
+    s.on('ask', (data, cb) => cb({ node: i + 1, echo: data }));
+  }
+
+  const res = await request(clients[0], 'emit_with_ack', {
+    event: 'ask',
+    data: { q: 'ping' },
+    to: room,
+    timeout_ms: 3000,
+  });
+
+  assert.deepEqual(res.errors, []);
+  assert.equal(res.acks.length, 3);
+  const byId = new Map(res.acks.map((a) => [a.id, a.data]));
+  for (const [i, s] of clients.entries()) {
+    assert.deepEqual(byId.get(s.id), { node: i + 1, echo: { q: 'ping' } }, `ack of node ${i + 1}`);
+  }
+});
+
+cluster.test('emit_with_ack reports a remote socket that does not answer', async () => {
+  const room = uniq('ack-silent');
+  const [k1, k2] = await onePerNode();
+  await request(k1, 'join', room);
+  await request(k2, 'join', room);
+  k1.on('ask', (_data, cb) => cb('k1'));
+  // k2 (on node 2) has no "ask" listener: it never answers.
+
+  const started = Date.now();
+  const res = await request(k1, 'emit_with_ack', { event: 'ask', to: room, timeout_ms: 1000 });
+  const took = Date.now() - started;
+
+  assert.deepEqual(res.acks, [{ id: k1.id, data: 'k1' }]);
+  assert.equal(res.errors.length, 1);
+  assert.equal(res.errors[0].id, k2.id);
+  assert.ok(took < 4000, `the ack timeout is honoured (took ${took} ms)`);
+});
+
+cluster.test('fetch_sockets from node 1 lists the sockets of all 3 nodes with their rooms', async () => {
+  const all = uniq('fs-all');
+  const clients = await onePerNode();
+  const own = [];
+  for (const [i, s] of clients.entries()) {
+    own.push(uniq(`fs-${i + 1}`));
+    await request(s, 'join', [all, own[i]]);
+  }
+
+  const { sockets } = await request(clients[0], 'fetch_sockets', { to: all });
+
+  assert.equal(sockets.length, 3);
+  const byId = new Map(sockets.map((s) => [s.id, s]));
+  for (const [i, s] of clients.entries()) {
+    const found = byId.get(s.id);
+    assert.ok(found, `socket of node ${i + 1} listed`);
+    assert.equal(found.ns, '/');
+    assert.ok(found.rooms.includes(all), `rooms of node ${i + 1} socket: ${found.rooms}`);
+    assert.ok(found.rooms.includes(own[i]));
+    for (const [j, other] of own.entries()) {
+      if (j !== i) assert.ok(!found.rooms.includes(other));
+    }
+  }
+  assert.equal(new Set(sockets.map((s) => s.server_id)).size, 3, 'three distinct servers');
+
+  // Without a room filter the three are listed too.
+  const everyone = await request(clients[0], 'fetch_sockets', { rooms: false });
+  const ids = new Set(everyone.sockets.map((s) => s.id));
+  for (const s of clients) assert.ok(ids.has(s.id));
+});
+
+cluster.test('remote join/leave/emit/emit_with_ack/disconnect on a socket of another node', async () => {
+  const [driver, bystander, target] = await onePerNode();
+  const room = uniq('rj');
+  const whoami = async () => (await request(target, 'whoami')).rooms;
+
+  // join: the target (node 3) is put in a room by node 1.
+  const joined = await request(driver, 'remote_join', { sid: target.id, room });
+  assert.ok(joined.rooms.includes(room), `rooms seen by node 1: ${joined.rooms}`);
+  assert.ok((await whoami()).includes(room), 'node 3 sees the new room');
+  const event = uniq('rj-ev');
+  const targetRec = record(target, event);
+  const bystanderRec = record(bystander, event);
+  await request(driver, 'broadcast', { event, data: 'in', to: room });
+  await targetRec.waitCount(1);
+
+  // leave
+  const left = await request(driver, 'remote_leave', { sid: target.id, room });
+  assert.ok(!left.rooms.includes(room));
+  assert.ok(!(await whoami()).includes(room), 'node 3 sees the room left');
+  await request(driver, 'broadcast', { event, data: 'out', to: room });
+  await sleep(SETTLE_MS);
+  assert.deepEqual(targetRec.values, ['in'], 'no broadcast after the remote leave');
+  assert.equal(bystanderRec.count, 0);
+
+  // emit
+  const direct = uniq('direct');
+  const directRec = record(target, direct);
+  const directBystander = record(bystander, direct);
+  await request(driver, 'remote_emit', { sid: target.id, event: direct, data: { hi: 3 } });
+  await directRec.waitCount(1);
+  await sleep(SETTLE_MS);
+  assert.deepEqual(directRec.values, [{ hi: 3 }]);
+  assert.equal(directBystander.count, 0);
+
+  // emit_with_ack
+  target.on('ask', (data, cb) => cb({ answered: data }));
+  const acked = await request(driver, 'remote_emit_with_ack', {
+    sid: target.id,
+    event: 'ask',
+    data: 'q?',
+    timeout_ms: 5000,
+  });
+  assert.deepEqual(acked, { data: { answered: 'q?' } });
+
+  // disconnect
+  const gone = disconnected(target);
+  await request(driver, 'remote_disconnect', { sid: target.id });
+  assert.equal(await gone, 'io server disconnect');
+  await waitUntil('the disconnected socket to leave fetch_sockets', async () => {
+    const { sockets } = await request(driver, 'fetch_sockets', { rooms: false });
+    return !sockets.some((s) => s.id === target.id);
+  });
+  assert.ok(bystander.connected && driver.connected);
+});
+
+cluster.test('rooms lists the rooms of every node', async () => {
+  const clients = await onePerNode();
+  const rooms = clients.map((_, i) => uniq(`rooms-${i + 1}`));
+  for (const [i, s] of clients.entries()) await request(s, 'join', rooms[i]);
+  const res = await request(clients[0], 'rooms');
+  for (const room of rooms) assert.ok(res.rooms.includes(room), `${room} in ${res.rooms}`);
+});
+
+cluster.test('disconnect_all disconnects the room members of other nodes only', async () => {
+  const room = uniq('dc');
+  const [h1, h2, h3] = await onePerNode();
+  await request(h2, 'join', room);
+  await request(h3, 'join', room);
+  const gone = [disconnected(h2), disconnected(h3)];
+  await request(h1, 'disconnect_all', { to: room });
+  assert.deepEqual(await Promise.all(gone), ['io server disconnect', 'io server disconnect']);
+  await sleep(SETTLE_MS);
+  assert.ok(h1.connected, 'the node-1 socket outside the room stays connected');
+});
+
+cluster.test('1000 numbered events from node 1 arrive complete and in order on node 2', async () => {
+  const room = uniq('seq');
+  const [sender, receiver] = await onePerNode();
+  await request(receiver, 'join', room);
+  const event = uniq('seq-ev');
+  const rec = record(receiver, event);
+
+  const res = await request(sender, 'emit_seq', { count: 1000, event, to: room }, 60_000);
+  assert.equal(res.sent, 1000);
+  try {
+    await rec.waitCount(1000, 30_000);
+  } catch (err) {
+    const got = rec.values;
+    const inOrder = got.every((v, i) => i === 0 || v > got[i - 1]);
+    const missing = 1000 - new Set(got).size;
+    throw new Error(`${err.message}; ${missing} missing, received in order: ${inOrder}`);
+  }
+  await sleep(SETTLE_MS);
+  const expected = Array.from({ length: 1000 }, (_, i) => i);
+  assert.deepEqual(rec.values, expected);
+});
+
+cluster.test('cross-node broadcast latency (informational)', async () => {
+  const room = uniq('lat');
+  const [sender, receiver] = await onePerNode();
+  await request(receiver, 'join', room);
+  const event = uniq('lat-ev');
+  const waiting = new Map();
+  receiver.on(event, (seq) => waiting.get(seq)?.());
+
+  const samples = [];
+  for (let seq = 0; seq < 200; seq++) {
+    const got = new Promise((resolve) => waiting.set(seq, resolve));
+    const t0 = process.hrtime.bigint();
+    sender.emit('broadcast', { event, data: seq, to: room });
+    await withTimeout(got, 5000, `latency sample ${seq}`);
+    samples.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    waiting.delete(seq);
+  }
+  console.log(`cross-node broadcast median latency: ${median(samples).toFixed(3)} ms`);
+});
