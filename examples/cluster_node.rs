@@ -91,7 +91,7 @@ use socketioxide::{
     operators::BroadcastOperators,
     socket::{DisconnectReason, RemoteSocket},
 };
-use socketioxide_cluster::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr};
+use socketioxide_cluster::{Cluster, ClusterAdapter, ClusterAdapterCtr};
 use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -219,27 +219,22 @@ async fn shutdown_signal() {
 // Cluster wiring: the ONE place that knows which cluster backend is used.
 // ---------------------------------------------------------------------------
 
-/// A handle on the cluster this node belongs to, independent of the backend.
+/// A handle on the cluster this node belongs to, independent of the backend: the gossip
+/// cluster handle, or nothing with Redis (Redis keeps no membership view).
 #[derive(Clone)]
-enum ClusterHandle {
-    /// The broker-less backend: gossip membership + QUIC mesh.
-    Gossip(Cluster),
-}
+struct ClusterHandle(Option<Cluster>);
 
 impl ClusterHandle {
-    /// Names of the other live nodes of the cluster (this node excluded).
-    fn member_names(&self) -> Vec<String> {
-        match self {
-            ClusterHandle::Gossip(cluster) => {
-                cluster.members().into_iter().map(|m| m.node_name).collect()
-            }
-        }
+    /// Names of the other live nodes of the cluster (this node excluded); `None` with Redis.
+    fn member_names(&self) -> Option<Vec<String>> {
+        let cluster = self.0.as_ref()?;
+        Some(cluster.members().into_iter().map(|m| m.node_name).collect())
     }
 
     /// Leaves the cluster.
     async fn shutdown(&self) {
-        match self {
-            ClusterHandle::Gossip(cluster) => cluster.shutdown().await,
+        if let Some(cluster) = &self.0 {
+            cluster.shutdown().await;
         }
     }
 }
@@ -254,15 +249,16 @@ async fn build_io(
     opts: &SocketIoOptions,
     app: Router,
 ) -> Result<(Router, ClusterHandle), BoxError> {
-    // 1. Join the cluster (reads the SOCKETIO_CLUSTER_* variables).
-    let config = GossipAdapterConfig::from_env().map_err(|e| format!("cluster config: {e}"))?;
-    let ctr = GossipAdapterCtr::new(config)
+    // 1. Join the cluster. SOCKETIO_CLUSTER_BACKEND picks the backend: `gossip` (default,
+    //    configured by the other SOCKETIO_CLUSTER_* variables) or a redis:// URL.
+    let ctr = ClusterAdapterCtr::from_env()
         .await
         .map_err(|e| format!("cannot start the cluster: {e}"))?;
-    let cluster = ClusterHandle::Gossip(ctr.cluster());
+    tracing::info!(backend = ctr.backend(), "cluster backend selected");
+    let cluster = ClusterHandle(ctr.cluster());
 
     // 2. The Socket.IO server, with the cluster adapter.
-    let mut builder = SocketIo::builder().with_adapter::<GossipAdapter<_>>(ctr);
+    let mut builder = SocketIo::builder().with_adapter::<ClusterAdapter<_>>(ctr);
     if opts.msgpack {
         builder = builder.with_parser(ParserConfig::msgpack());
     }
@@ -325,8 +321,11 @@ fn register_handlers<A: Adapter>(socket: SocketRef<A>, cluster: ClusterHandle) {
     socket.on("emit_seq", on_emit_seq::<A>);
     socket.on("disconnect_all", on_disconnect_all::<A>);
     socket.on("members", move |ack: AckSender<A>| async move {
-        let names = cluster.member_names();
-        reply(ack, Ok(json!({ "count": names.len(), "names": names })));
+        let reply_json = match cluster.member_names() {
+            Some(names) => json!({ "count": names.len(), "names": names }),
+            None => json!({ "count": null, "names": [], "backend": "redis" }),
+        };
+        reply(ack, Ok(reply_json));
     });
 
     socket.on_disconnect(

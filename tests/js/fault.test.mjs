@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before } from 'node:test';
 import {
+  BACKEND,
   Cluster,
   REQUEST_TIMEOUT_MS,
   SETTLE_MS,
@@ -38,15 +39,18 @@ cluster.test('SIGKILL of node 3: fetch_sockets answers fast, node 3 rejoins afte
   const t0 = process.hrtime.bigint();
   const survivors = await request(c1, 'fetch_sockets', { to: room, rooms: false }, 2 * REQUEST_TIMEOUT_MS);
   const tookMs = Number(process.hrtime.bigint() - t0) / 1e6;
-  console.log(`fetch_sockets after SIGKILL took ${Math.round(tookMs)} ms`);
+  console.log(`fetch_sockets after SIGKILL took ${Math.round(tookMs)} ms (${BACKEND} backend)`);
 
   const ids = survivors.sockets.map((s) => s.id).sort();
   assert.deepEqual(ids, [c1.id, c2.id].sort(), 'the sockets of nodes 1 and 2');
   assert.ok(!ids.includes(c3.id));
-  assert.ok(
-    tookMs < 4000,
-    `fetch_sockets must not wait for the request timeout (${REQUEST_TIMEOUT_MS} ms): took ${tookMs} ms`,
-  );
+  if (BACKEND === 'gossip') {
+    assert.ok(
+      tookMs < 4000,
+      `fetch_sockets must not wait for the request timeout (${REQUEST_TIMEOUT_MS} ms): took ${tookMs} ms`,
+    );
+  }
+  // With Redis a dead node costs the request timeout: Redis cannot tell who is gone.
 
   // The survivors notice the death.
   await cluster.waitMembers(cluster.nodes.slice(0, 2), 1);
