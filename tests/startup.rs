@@ -1,0 +1,68 @@
+//! Start-up errors of the gossip backend are clear and name what is wrong.
+#![cfg(feature = "cluster-gossip")]
+
+use socketioxide_cluster::{Error, GossipAdapterConfig, GossipAdapterCtr};
+
+fn config() -> GossipAdapterConfig {
+    GossipAdapterConfig::new()
+        .with_gossip_addr("127.0.0.1:0".parse().unwrap())
+        .with_mesh_addr("127.0.0.1:0".parse().unwrap())
+        .with_secret("startup-test-secret")
+}
+
+#[tokio::test]
+async fn missing_secret_is_refused() {
+    let err = GossipAdapterCtr::new(config().with_secrets(Vec::<String>::new()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MissingSecret), "{err}");
+    assert!(err.to_string().contains("insecure_no_auth"), "the way out is named: {err}");
+}
+
+#[tokio::test]
+async fn mesh_port_in_use_is_named() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = GossipAdapterCtr::new(config().with_mesh_addr(addr))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MeshBind { .. }), "{err}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn gossip_port_in_use_is_named() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = GossipAdapterCtr::new(config().with_gossip_addr(addr))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::GossipBind { .. }), "{err}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn unusable_seeds_are_refused() {
+    for seed in ["no-port-here", ":7946", "host:notaport", "host:99999"] {
+        let err = GossipAdapterCtr::new(config().with_seeds([seed]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Seed { .. }), "{seed}: {err}");
+        assert!(err.to_string().contains(seed), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn host_name_seeds_and_insecure_mode_start() {
+    let ctr = GossipAdapterCtr::new(
+        config()
+            .insecure_no_auth()
+            .with_seeds(["localhost:7946", "127.0.0.1:7946"]),
+    )
+    .await
+    .expect("host names are fine, resolved again later");
+    let cluster = ctr.cluster();
+    assert!(cluster.members().is_empty());
+    assert!(!format!("{ctr:?}").contains("startup-test-secret"));
+    cluster.shutdown().await;
+}
