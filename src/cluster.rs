@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::{
     config::{Auth, GossipAdapterConfig},
-    error::Error,
+    error::{Error, RequestError},
     membership::{
         self, GossipSettings, KEY_LEAVING, KEY_NS_PREFIX, KEY_SERVER_ID, Member, Membership,
     },
@@ -116,6 +116,7 @@ pub(crate) struct Node {
     gossip_addr: SocketAddr,
     mesh_addr: SocketAddr,
     request_timeout: Duration,
+    max_frame_size: usize,
     mesh: Arc<Mesh>,
     membership: Membership,
     view: RwLock<View>,
@@ -239,6 +240,7 @@ impl Node {
             gossip_addr,
             mesh_addr,
             request_timeout: config.request_timeout,
+            max_frame_size: config.max_frame_size,
             mesh: Arc::new(mesh),
             membership,
             view: RwLock::default(),
@@ -377,11 +379,11 @@ impl Node {
         targets: &[PeerId],
         frame: &Frame,
         volatile: bool,
-    ) -> Result<(), postcard::Error> {
+    ) -> Result<(), RequestError> {
         if targets.is_empty() {
             return Ok(());
         }
-        let bytes = wire::encode(frame)?;
+        let bytes = self.encode(frame)?;
         let sends = targets
             .iter()
             .map(|peer| self.send_to(peer, bytes.clone(), volatile));
@@ -422,9 +424,22 @@ impl Node {
         }
     }
 
+    /// Encode a frame, refusing one larger than peers accept (they would drop the link).
+    fn encode(&self, frame: &Frame) -> Result<Bytes, RequestError> {
+        let bytes = wire::encode(frame)?;
+        let size = bytes.len() - wire::LEN_PREFIX;
+        if size > self.max_frame_size {
+            return Err(RequestError::TooLarge {
+                size,
+                max: self.max_frame_size,
+            });
+        }
+        Ok(bytes)
+    }
+
     /// Send a response to the node that made a request.
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
-        match wire::encode(&Frame::Response(response)) {
+        match self.encode(&Frame::Response(response)) {
             Ok(bytes) => self.send_to(to, bytes, false).await,
             Err(e) => tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}"),
         }

@@ -71,6 +71,17 @@ pub enum RequestError {
     /// A frame could not be encoded.
     #[error("cannot encode the request: {0}")]
     Encode(#[from] postcard::Error),
+    /// The message is larger than the maximum frame size nodes accept.
+    #[error(
+        "message of {size} bytes exceeds the cluster's maximum frame size of {max} bytes \
+         (GossipAdapterConfig::with_max_frame_size)"
+    )]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
 }
 
 #[cfg(feature = "cluster-gossip")]
