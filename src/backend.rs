@@ -296,7 +296,15 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
         opts: BroadcastOptions,
         timeout: Option<Duration>,
     ) -> Result<Self::AckStream, Self::Error> {
-        each!(self, a => Ok(a.broadcast_with_ack(packet, opts, timeout).await?.boxed().fuse()))
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(a) => Ok(a.broadcast_with_ack(packet, opts, timeout).await?),
+            #[cfg(feature = "redis")]
+            Self::Redis(a) => {
+                let acks = a.broadcast_with_ack(packet, opts, timeout).await?;
+                Ok(EndWhenTerminated(Box::pin(acks)).boxed().fuse())
+            }
+        }
     }
     async fn add_sockets(
         &self,
@@ -367,6 +375,23 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
 
     fn get_local(&self) -> &CoreLocalAdapter<E> {
         each!(self, a => a.get_local())
+    }
+}
+
+/// Ends a stream as soon as it says it is terminated. socketioxide-core's remote ack stream
+/// can take in its last expected message (an ack count of 0) and then return `Pending`
+/// without a wake-up, so it would only end at its timeout.
+#[cfg(feature = "redis")]
+struct EndWhenTerminated<S>(S);
+
+#[cfg(feature = "redis")]
+impl<S: futures_core::stream::FusedStream + Unpin> futures_core::Stream for EndWhenTerminated<S> {
+    type Item = S::Item;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        match Pin::new(&mut self.0).poll_next(cx) {
+            Poll::Pending if self.0.is_terminated() => Poll::Ready(None),
+            other => other,
+        }
     }
 }
 

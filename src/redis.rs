@@ -208,7 +208,15 @@ impl Driver for RedisDriver {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&chan);
-        self.conn.clone().unsubscribe(&chan).await?;
+        // socketioxide polls the adapter's `close` only once, and redis-rs drops a queued
+        // command whose caller is gone: send the UNSUBSCRIBE from a task of its own so it
+        // always reaches Redis (else other nodes keep counting this node for the namespace).
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.unsubscribe(&chan).await {
+                tracing::warn!(%chan, "redis unsubscribe failed: {e}");
+            }
+        });
         Ok(())
     }
 

@@ -11,9 +11,23 @@ const ARRIVES: u64 = 3000;
 /// How long a client is watched for a packet that must not arrive.
 const NOTHING: u64 = 300;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_reaches_every_node() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+backend_tests! {
+    broadcast_reaches_every_node,
+    broadcast_from_each_node_reaches_all_clients_once,
+    broadcast_to_rooms_reaches_only_members_on_every_node,
+    broadcast_except_excludes_room_members_on_every_node,
+    socket_broadcast_excludes_only_the_sender,
+    local_broadcast_stays_on_its_node,
+    volatile_broadcast_reaches_every_node,
+    binary_attachments_reach_remote_clients,
+    large_payloads_reach_remote_clients,
+    msgpack_broadcasts_reach_every_node,
+    emits_from_one_node_arrive_in_order_on_another,
+    emits_arrive_complete_with_the_default_client_buffer,
+}
+
+async fn broadcast_reaches_every_node(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     for n in [&a, &b, &c] {
         n.io.ns("/", async |_: SocketRef<Adapter>| {})
             .await
@@ -36,9 +50,8 @@ async fn broadcast_reaches_every_node() {
 }
 
 /// Each node broadcasts in turn; every client on every node gets each broadcast exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_from_each_node_reaches_all_clients_once() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn broadcast_from_each_node_reaches_all_clients_once(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
     let mut clients = Vec::new();
     for n in [&a, &b, &c] {
@@ -59,11 +72,13 @@ async fn broadcast_from_each_node_reaches_all_clients_once() {
 
 /// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
 /// `c` joins `rc` and `common`.
-async fn rooms_cluster() -> (
+async fn rooms_cluster(
+    backend: &Backend,
+) -> (
     [TestNode; 3],
     [(ClientTx, ClientRx, socketioxide::socket::Sid); 3],
 ) {
-    let [a, b, c] = spawn_cluster::<3>().await;
+    let [a, b, c] = spawn_cluster::<3>(backend).await;
     let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
     for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
         n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
@@ -77,9 +92,9 @@ async fn rooms_cluster() -> (
     ([a, b, c], [ca, cb, cc])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_to_rooms_reaches_only_members_on_every_node() {
-    let ([a, b, c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) = rooms_cluster().await;
+async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend) {
+    let ([a, b, c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) =
+        rooms_cluster(&backend).await;
 
     // A room whose only member lives on another node.
     a.io.to("rb").emit("m", "to rb").await.unwrap();
@@ -116,9 +131,9 @@ async fn broadcast_to_rooms_reaches_only_members_on_every_node() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_except_excludes_room_members_on_every_node() {
-    let ([a, b, c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) = rooms_cluster().await;
+async fn broadcast_except_excludes_room_members_on_every_node(backend: Backend) {
+    let ([a, b, c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) =
+        rooms_cluster(&backend).await;
 
     a.io.except("rb").emit("m", "not rb").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","not rb"]"#);
@@ -153,9 +168,8 @@ async fn broadcast_except_excludes_room_members_on_every_node() {
 
 /// `socket.broadcast()` and `socket.to(room)` reach every other socket of the cluster but
 /// never the sender, including sockets on the sender's own node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_broadcast_excludes_only_the_sender() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn socket_broadcast_excludes_only_the_sender(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     ns_everywhere(&[&a, &b, &c], "/", async |s: SocketRef<Adapter>| {
         s.join("all");
         s.on(
@@ -194,10 +208,9 @@ async fn socket_broadcast_excludes_only_the_sender() {
 }
 
 /// `local()` keeps a broadcast on the sender's node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_broadcast_stays_on_its_node() {
+async fn local_broadcast_stays_on_its_node(backend: Backend) {
     let ([a, b, _c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) =
-        rooms_cluster().await;
+        rooms_cluster(&backend).await;
     a.io.local().emit("m", "local").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","local"]"#);
     recv_none(&mut rb, NOTHING).await;
@@ -211,9 +224,8 @@ async fn local_broadcast_stays_on_its_node() {
 
 /// Volatile broadcasts reach the clients of every node when nothing is congested. Dummy
 /// sockets never deliver volatile packets, so the clients use HTTP long-polling.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn volatile_broadcast_reaches_every_node() {
-    let ([a, b, c], [addr_a, addr_b, addr_c]) = spawn_served_cluster::<3>(|c| c, |b| b).await;
+async fn volatile_broadcast_reaches_every_node(backend: Backend) {
+    let ([a, b, c], [addr_a, addr_b, addr_c]) = spawn_served_cluster::<3>(&backend, |b| b).await;
     let rooms: [&'static str; 3] = ["ra", "rb", "rc"];
     for (n, room) in [&a, &b, &c].into_iter().zip(rooms) {
         n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(room))
@@ -238,9 +250,8 @@ async fn volatile_broadcast_reaches_every_node() {
 
 /// A payload with binary attachments arrives on remote clients as the placeholder packet
 /// followed by each attachment, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_attachments_reach_remote_clients() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn binary_attachments_reach_remote_clients(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     ns_everywhere(&[&a, &b, &c], "/", async |s: SocketRef<Adapter>| {
         s.on(
             "relay_bin",
@@ -295,9 +306,8 @@ async fn binary_attachments_reach_remote_clients() {
 }
 
 /// Payloads of a few MiB (text and binary) cross the mesh intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_payloads_reach_remote_clients() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn large_payloads_reach_remote_clients(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
     let (_tb, mut rb, _) = dummy(&b.io, "/").await;
     let (_tc, mut rc, _) = dummy(&c.io, "/").await;
@@ -328,9 +338,8 @@ async fn large_payloads_reach_remote_clients() {
 
 /// With the msgpack parser, broadcasts (text and binary payloads, all and rooms) reach the
 /// clients of every node as msgpack packets.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn msgpack_broadcasts_reach_every_node() {
-    let ([a, b, c], [addr_a, addr_b, addr_c]) = spawn_msgpack_cluster::<3>().await;
+async fn msgpack_broadcasts_reach_every_node(backend: Backend) {
+    let ([a, b, c], [addr_a, addr_b, addr_c]) = spawn_msgpack_cluster::<3>(&backend).await;
     let rooms: [&'static str; 3] = ["ra", "rb", "rc"];
     for (n, room) in [&a, &b, &c].into_iter().zip(rooms) {
         n.io.ns("/", async move |s: SocketRef<Adapter>| {
@@ -432,21 +441,18 @@ async fn numbered_emits_arrive_in_order(a: &TestNode, b: &TestNode) {
 /// 1,000 numbered emits from one node, each awaited, reach a client on another node complete
 /// and in order, when the client's buffer can hold them (socketioxide drops packets for a
 /// client whose buffer is full, cluster or not).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emits_from_one_node_arrive_in_order_on_another() {
-    let [a, b, c] = spawn_cluster_with::<3>(|c| c, |b| b.max_buffer_size(2048)).await;
+async fn emits_from_one_node_arrive_in_order_on_another(backend: Backend) {
+    let [a, b, c] = spawn_cluster_with::<3>(&backend, |b| b.max_buffer_size(2048)).await;
     ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
     numbered_emits_arrive_in_order(&a, &b).await;
 }
 
-/// The same with socketioxide's default client buffer (128 packets). A single server delivers
-/// all 1,000 awaited emits to its own client; across nodes, packets are dropped: the
-/// receiving node applies every frame of a 64 KiB mesh read synchronously, so hundreds of
-/// broadcasts land in the client's 128-slot buffer at once (`remote broadcast:
-/// [InternalChannelFull]`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emits_arrive_complete_with_the_default_client_buffer() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+/// The same with socketioxide's default client buffer (128 packets), as a single server
+/// delivers all 1,000 awaited emits to its own client: the receiving node must not apply a
+/// burst of remote broadcasts faster than the client's writer drains them
+/// (`remote broadcast: [InternalChannelFull]`).
+async fn emits_arrive_complete_with_the_default_client_buffer(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
     numbered_emits_arrive_in_order(&a, &b).await;
 }

@@ -1,5 +1,8 @@
 //! Faults: a node killed while a request is pending, a node restarted, a graceful leave, and
 //! a node that does not host the namespace. Real nodes on 127.0.0.1.
+//!
+//! Gossip only: membership, failure detection and leaves are the gossip backend's own.
+#![cfg(feature = "cluster-gossip")]
 
 mod common;
 
@@ -33,7 +36,7 @@ fn spawn_victim(config: GossipAdapterConfig) -> Victim {
             .build()
             .unwrap();
         let (node, tx, rx) = rt.block_on(async move {
-            let node = start(config).await;
+            let node = start_gossip(config).await;
             node.io
                 .ns("/", async |_: SocketRef<Adapter>| {})
                 .await
@@ -70,7 +73,7 @@ async fn node_with_socket(
     tokio::sync::mpsc::Sender<engineioxide::Packet>,
     Rx,
 ) {
-    let node = start(config).await;
+    let node = start_gossip(config).await;
     node.io
         .ns("/", async |_: SocketRef<Adapter>| {})
         .await
@@ -83,7 +86,7 @@ async fn node_with_socket(
 async fn wait_members(nodes: &[&TestNode], n: usize) -> bool {
     wait_until(Duration::from_secs(15), || {
         nodes.iter().all(|node| {
-            node.cluster
+            node.cluster()
                 .members()
                 .iter()
                 .filter(|m| m.hosts("/") && m.server_id.is_some())
@@ -100,7 +103,7 @@ async fn killed_node_does_not_hold_up_requests_and_a_restarted_node_rejoins() {
     let id = cluster_id();
     let cfg = |seed| config(&id, seed).with_request_timeout(REQUEST_TIMEOUT);
     let (a, _ta, mut ra) = node_with_socket(cfg(None)).await;
-    let seed = Some(a.cluster.gossip_addr());
+    let seed = Some(a.cluster().gossip_addr());
     let (b, _tb, mut rb) = node_with_socket(cfg(seed)).await;
     let c = spawn_victim(cfg(seed));
     assert!(wait_members(&[&a, &b, &c.node], 2).await, "cluster formed");
@@ -161,7 +164,7 @@ async fn killed_node_does_not_hold_up_requests_and_a_restarted_node_rejoins() {
     a.io.emit("again", &1).await.unwrap();
     assert_eq!(recv(&mut c2.rx, 2000).await, r#"42["again",1]"#);
     assert_eq!(recv(&mut rb, 2000).await, r#"42["again",1]"#);
-    c2.node.cluster.shutdown().await;
+    c2.node.cluster().shutdown().await;
     c2.kill();
 }
 
@@ -173,18 +176,18 @@ async fn graceful_shutdown_is_seen_at_once() {
     // from the leave itself.
     let cfg = |seed| config(&id, seed).with_gossip_interval(Duration::from_millis(1000));
     let (a, _ta, _ra) = node_with_socket(cfg(None)).await;
-    let seed = Some(a.cluster.gossip_addr());
+    let seed = Some(a.cluster().gossip_addr());
     let (b, _tb, _rb) = node_with_socket(cfg(seed)).await;
     let (c, _tc, _rc) = node_with_socket(cfg(seed)).await;
     assert!(wait_members(&[&a, &b, &c], 2).await);
-    let mut events = a.cluster.membership_events();
+    let mut events = a.cluster().membership_events();
 
-    let leaving = c.cluster.node_name().to_string();
-    c.cluster.shutdown().await;
+    let leaving = c.cluster().node_name().to_string();
+    c.cluster().shutdown().await;
     let dropped = wait_until(Duration::from_millis(500), || {
         [&a, &b]
             .iter()
-            .all(|n| n.cluster.members().iter().all(|m| m.node_name != leaving))
+            .all(|n| n.cluster().members().iter().all(|m| m.node_name != leaving))
     })
     .await;
     assert!(dropped, "peers dropped the leaving node at once");
@@ -202,7 +205,7 @@ async fn requests_wait_only_for_nodes_hosting_the_namespace() {
     let id = cluster_id();
     let cfg = |seed| config(&id, seed).with_request_timeout(REQUEST_TIMEOUT);
     let (a, _ta, _ra) = node_with_socket(cfg(None)).await;
-    let seed = Some(a.cluster.gossip_addr());
+    let seed = Some(a.cluster().gossip_addr());
     let (b, _tb, _rb) = node_with_socket(cfg(seed)).await;
     let (c, _tc, _rc) = node_with_socket(cfg(seed)).await;
     assert!(wait_members(&[&a, &b, &c], 2).await);
@@ -215,7 +218,7 @@ async fn requests_wait_only_for_nodes_hosting_the_namespace() {
     recv(&mut r, 2000).await;
     assert!(
         wait_until(Duration::from_secs(10), || {
-            a.cluster
+            a.cluster()
                 .members()
                 .iter()
                 .filter(|m| m.hosts("/partial"))

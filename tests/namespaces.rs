@@ -16,6 +16,14 @@ const ENDS: Duration = Duration::from_secs(10);
 
 type Client = (ClientTx, ClientRx, Sid);
 
+backend_tests! {
+    broadcasts_never_cross_namespaces,
+    every_operation_stays_in_its_namespace,
+    namespace_hosted_by_some_nodes_only,
+    dynamic_namespace_spans_nodes_and_is_isolated,
+    deleted_namespace_leaves_the_cluster,
+}
+
 fn sorted_ids(it: impl IntoIterator<Item = Sid>) -> Vec<Sid> {
     let mut v: Vec<Sid> = it.into_iter().collect();
     v.sort();
@@ -30,8 +38,8 @@ fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
 
 /// `/` and `/chat` on every node; on each node one client per namespace. Sockets of `/`
 /// join `r` and `main`, sockets of `/chat` join `r` and `chat`.
-async fn two_namespaces() -> ([TestNode; 3], [Client; 3], [Client; 3]) {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn two_namespaces(backend: &Backend) -> ([TestNode; 3], [Client; 3], [Client; 3]) {
+    let [a, b, c] = spawn_cluster::<3>(backend).await;
     let nodes = [&a, &b, &c];
     ns_everywhere(&nodes, "/", async |s: SocketRef<Adapter>| {
         s.join(["r", "main"])
@@ -54,9 +62,8 @@ async fn two_namespaces() -> ([TestNode; 3], [Client; 3], [Client; 3]) {
     ([a, b, c], main, chat)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcasts_never_cross_namespaces() {
-    let ([a, b, c], mut main, mut chat) = two_namespaces().await;
+async fn broadcasts_never_cross_namespaces(backend: Backend) {
+    let ([a, b, c], mut main, mut chat) = two_namespaces(&backend).await;
 
     a.io.of("/chat").unwrap().emit("m", "chat").await.unwrap();
     for (_, rx, _) in &mut chat {
@@ -99,9 +106,8 @@ async fn broadcasts_never_cross_namespaces() {
 
 /// `fetch_sockets`, `rooms`, `join`, `disconnect` and acks on one namespace never see or
 /// touch the sockets of another.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_operation_stays_in_its_namespace() {
-    let ([a, b, c], mut main, mut chat) = two_namespaces().await;
+async fn every_operation_stays_in_its_namespace(backend: Backend) {
+    let ([a, b, c], mut main, mut chat) = two_namespaces(&backend).await;
     let chat_op = |n: &TestNode| n.io.of("/chat").unwrap();
 
     let fetched = chat_op(&a).fetch_sockets().await.unwrap();
@@ -136,7 +142,7 @@ async fn every_operation_stays_in_its_namespace() {
         assert_eq!(p, format!(r#"42/chat,{id}["q",1]"#));
         answer(tx, "/chat", id, &format!(r#"["chat{i}"]"#)).await;
     }
-    let acks: Vec<_> = tokio::time::timeout(ENDS, stream.collect())
+    let acks: Vec<_> = within(ENDS, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 3, "{acks:?}");
@@ -162,9 +168,8 @@ async fn every_operation_stays_in_its_namespace() {
 
 /// A namespace hosted by two nodes of three: operations on it reach the nodes that host it,
 /// and requests expecting answers complete (the third node says it does not host it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn namespace_hosted_by_some_nodes_only() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn namespace_hosted_by_some_nodes_only(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
     ns_everywhere(&[&a, &b], "/admin", async |_: SocketRef<Adapter>| {}).await;
     let (ta, mut ra, sa) = dummy(&a.io, "/admin").await;
@@ -177,7 +182,7 @@ async fn namespace_hosted_by_some_nodes_only() {
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42/admin,["m","admins"]"#);
     recv_none(&mut rc, NOTHING).await;
 
-    let fetched = tokio::time::timeout(ENDS, admin.clone().fetch_sockets())
+    let fetched = within(ENDS, admin.clone().fetch_sockets())
         .await
         .expect("fetch_sockets completes")
         .unwrap();
@@ -185,7 +190,7 @@ async fn namespace_hosted_by_some_nodes_only() {
         sorted_ids(fetched.iter().map(|s| s.data().id)),
         sorted_ids([sa, sb])
     );
-    let rooms = tokio::time::timeout(ENDS, admin.clone().rooms())
+    let rooms = within(ENDS, admin.clone().rooms())
         .await
         .expect("rooms completes")
         .unwrap();
@@ -203,7 +208,7 @@ async fn namespace_hosted_by_some_nodes_only() {
         assert_eq!(p, format!(r#"42/admin,{id}["q",1]"#));
         answer(tx, "/admin", id, &format!(r#"["{name}"]"#)).await;
     }
-    let acks: std::collections::HashMap<_, _> = tokio::time::timeout(ENDS, stream.collect())
+    let acks: std::collections::HashMap<_, _> = within(ENDS, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 2, "{acks:?}");
@@ -214,9 +219,8 @@ async fn namespace_hosted_by_some_nodes_only() {
 
 /// A dynamic namespace: every node creates `/dyn/x` when a client connects to it. Its
 /// broadcasts, fetches and acks span the nodes, and never reach `/dyn/y` nor `/`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dynamic_namespace_spans_nodes_and_is_isolated() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn dynamic_namespace_spans_nodes_and_is_isolated(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     let nodes = [&a, &b, &c];
     ns_everywhere(&nodes, "/", async |_: SocketRef<Adapter>| {}).await;
     for n in nodes {
@@ -275,7 +279,7 @@ async fn dynamic_namespace_spans_nodes_and_is_isolated() {
         assert_eq!(p, format!(r#"42/dyn/x,{id}["q",1]"#));
         answer(tx, "/dyn/x", id, r#"["ok"]"#).await;
     }
-    let acks: Vec<_> = tokio::time::timeout(ENDS, stream.collect())
+    let acks: Vec<_> = within(ENDS, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 3, "{acks:?}");
@@ -284,28 +288,19 @@ async fn dynamic_namespace_spans_nodes_and_is_isolated() {
 
 /// A namespace deleted on one node no longer gets the cluster's broadcasts there, and the
 /// other nodes stop counting on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_namespace_leaves_the_cluster() {
-    let ([a, b, c], _main, mut chat) = two_namespaces().await;
+/// (On Redis this guards `RedisDriver::unsubscribe`, which must reach Redis although
+/// socketioxide polls the adapter's `close` only once.)
+async fn deleted_namespace_leaves_the_cluster(backend: Backend) {
+    let ([a, b, c], _main, mut chat) = two_namespaces(&backend).await;
     c.io.delete_ns("/chat");
     let [(_, ca, _), (_, cb, _), (_, _, sc)] = &mut chat;
     assert!(c.io.of("/chat").is_none());
-    let ok = wait_until(ENDS, || {
-        [&a, &b].iter().all(|n| {
-            n.cluster
-                .members()
-                .iter()
-                .filter(|m| m.hosts("/chat"))
-                .count()
-                == 1
-        })
-    })
-    .await;
+    let ok = wait_hosting(&[&a, &b], "/chat", 2).await;
     assert!(ok, "a and b see c no longer hosting /chat");
     a.io.of("/chat").unwrap().emit("m", "after").await.unwrap();
     assert_eq!(recv(ca, ARRIVES).await, r#"42/chat,["m","after"]"#);
     assert_eq!(recv(cb, ARRIVES).await, r#"42/chat,["m","after"]"#);
-    let fetched = tokio::time::timeout(ENDS, b.io.of("/chat").unwrap().fetch_sockets())
+    let fetched = within(ENDS, b.io.of("/chat").unwrap().fetch_sockets())
         .await
         .expect("fetch_sockets completes")
         .unwrap();

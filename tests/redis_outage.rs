@@ -2,16 +2,15 @@
 //! requests and the reconnection (documented in the crate's `redis` module).
 #![cfg(feature = "redis")]
 
-#[path = "common/redis_server.rs"]
-mod redis_server;
+mod common;
 
 use std::time::Duration;
 
-use socketioxide::{SocketIo, adapter::Emitter, extract::SocketRef};
-use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr, redis::RedisAdapterConfig};
+use common::{Adapter, redis_server};
+use socketioxide::{SocketIo, extract::SocketRef};
+use socketioxide_cluster::{ClusterAdapterCtr, redis::RedisAdapterConfig};
 use tokio::sync::mpsc::Receiver;
 
-type Adapter = ClusterAdapter<Emitter>;
 type Rx = Receiver<engineioxide::Packet>;
 
 async fn node(url: &str) -> SocketIo<Adapter> {

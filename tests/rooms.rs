@@ -19,10 +19,17 @@ const SETTLES: Duration = Duration::from_secs(5);
 
 type Client = (ClientTx, ClientRx, Sid);
 
+backend_tests! {
+    rooms_is_the_union_of_every_node,
+    join_applies_to_sockets_on_other_nodes,
+    leave_applies_to_sockets_on_other_nodes,
+    disconnect_applies_to_sockets_on_other_nodes,
+}
+
 /// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
 /// `c` joins `rc` and `common`. One client per node.
-async fn rooms_cluster() -> ([TestNode; 3], [Client; 3]) {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn rooms_cluster(backend: &Backend) -> ([TestNode; 3], [Client; 3]) {
+    let [a, b, c] = spawn_cluster::<3>(backend).await;
     let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
     for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
         n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
@@ -58,9 +65,8 @@ async fn wait_rooms(node: &TestNode, sid: Sid, rooms: &[&str]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_is_the_union_of_every_node() {
-    let ([a, b, c], _clients) = rooms_cluster().await;
+async fn rooms_is_the_union_of_every_node(backend: Backend) {
+    let ([a, b, c], _clients) = rooms_cluster(&backend).await;
     for n in [&a, &b, &c] {
         assert_eq!(
             sorted(n.io.rooms().await.unwrap()),
@@ -84,10 +90,9 @@ async fn rooms_is_the_union_of_every_node() {
 
 /// `io.to(room).join(..)` makes the sockets of other nodes join, and a broadcast sent right
 /// after reaches them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_applies_to_sockets_on_other_nodes() {
+async fn join_applies_to_sockets_on_other_nodes(backend: Backend) {
     let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
-        rooms_cluster().await;
+        rooms_cluster(&backend).await;
 
     // From a node whose own socket does not match.
     a.io.to("rb").join("new").await.unwrap();
@@ -122,10 +127,9 @@ async fn join_applies_to_sockets_on_other_nodes() {
 }
 
 /// `io.to(room).leave(..)` makes the sockets of other nodes leave.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leave_applies_to_sockets_on_other_nodes() {
+async fn leave_applies_to_sockets_on_other_nodes(backend: Backend) {
     let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
-        rooms_cluster().await;
+        rooms_cluster(&backend).await;
 
     // Every socket of `common` (on a and c) leaves it, asked by b which has none.
     b.io.to("common").leave("common").await.unwrap();
@@ -157,9 +161,8 @@ async fn leave_applies_to_sockets_on_other_nodes() {
 }
 
 /// `io.to(room).disconnect()` disconnects the matching sockets of every node, and only them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disconnect_applies_to_sockets_on_other_nodes() {
-    let [a, b, c] = spawn_cluster::<3>().await;
+async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
+    let [a, b, c] = spawn_cluster::<3>(&backend).await;
     let (dtx, mut drx) = mpsc::unbounded_channel::<(Sid, DisconnectReason)>();
     let rooms: [&'static str; 3] = ["ra", "rb", "rc"];
     for (n, room) in [&a, &b, &c].into_iter().zip(rooms) {

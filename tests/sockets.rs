@@ -16,12 +16,24 @@ const SETTLES: Duration = Duration::from_secs(10);
 
 type Client = (ClientTx, ClientRx, Sid);
 
+backend_tests! {
+    fetch_sockets_returns_the_sockets_of_every_node,
+    remote_socket_emit_reaches_only_that_socket,
+    remote_socket_emit_with_ack_gets_its_answer,
+    remote_socket_emit_with_ack_times_out,
+    remote_socket_join_leave_and_rooms,
+    remote_socket_disconnect_disconnects_only_that_socket,
+    concurrent_requests_from_every_node_each_get_everything,
+    stale_remote_socket_operations_are_harmless,
+}
+
 /// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
 /// `c` joins `rc` and `common`. Clients: one on `a`, two on `b`, one on `c`.
 async fn cluster_with_clients(
+    backend: &Backend,
     build: impl Fn(socketioxide::SocketIoBuilder<Adapter>) -> socketioxide::SocketIoBuilder<Adapter>,
 ) -> ([TestNode; 3], [Client; 4]) {
-    let [a, b, c] = spawn_cluster_with::<3>(|c| c, build).await;
+    let [a, b, c] = spawn_cluster_with::<3>(backend, build).await;
     let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
     for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
         n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
@@ -72,10 +84,9 @@ fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetch_sockets_returns_the_sockets_of_every_node() {
+async fn fetch_sockets_returns_the_sockets_of_every_node(backend: Backend) {
     let ([a, b, c], [(_, _, sa), (_, _, sb1), (_, _, sb2), (_, _, sc)]) =
-        cluster_with_clients(|b| b).await;
+        cluster_with_clients(&backend, |b| b).await;
     let all = expected(&[(&a, sa), (&b, sb1), (&b, sb2), (&c, sc)]);
     for n in [&a, &b, &c] {
         assert_eq!(ids(&n.io.fetch_sockets().await.unwrap()), all);
@@ -109,8 +120,7 @@ async fn fetch_sockets_returns_the_sockets_of_every_node() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_socket_emit_reaches_only_that_socket() {
+async fn remote_socket_emit_reaches_only_that_socket(backend: Backend) {
     let (
         [a, _b, c],
         [
@@ -119,7 +129,7 @@ async fn remote_socket_emit_reaches_only_that_socket() {
             (_, mut rb2, _),
             (_, mut rc, _),
         ],
-    ) = cluster_with_clients(|b| b).await;
+    ) = cluster_with_clients(&backend, |b| b).await;
     fetch_one(&a, sb1).await.emit("m", "to b1").await.unwrap();
     assert_eq!(recv(&mut rb1, ARRIVES).await, r#"42["m","to b1"]"#);
     // A socket of the fetching node, through the same API.
@@ -136,8 +146,7 @@ async fn remote_socket_emit_reaches_only_that_socket() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_socket_emit_with_ack_gets_its_answer() {
+async fn remote_socket_emit_with_ack_gets_its_answer(backend: Backend) {
     let (
         [a, _b, c],
         [
@@ -146,14 +155,14 @@ async fn remote_socket_emit_with_ack_gets_its_answer() {
             (_, mut rb2, _),
             (tc, mut rc, sc),
         ],
-    ) = cluster_with_clients(|b| b).await;
+    ) = cluster_with_clients(&backend, |b| b).await;
     let remote = fetch_one(&a, sc).await;
     let stream = remote.emit_with_ack::<_, String>("q", &"?").await.unwrap();
     let p = recv(&mut rc, ARRIVES).await;
     let id = ack_id(&p);
     assert_eq!(p, format!(r#"42{id}["q","?"]"#));
     answer(&tc, "/", id, r#"["from c"]"#).await;
-    let acks: Vec<_> = tokio::time::timeout(SETTLES, stream.collect())
+    let acks: Vec<_> = within(SETTLES, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 1, "{acks:?}");
@@ -167,10 +176,9 @@ async fn remote_socket_emit_with_ack_gets_its_answer() {
 
 /// A remote socket that never answers: its ack stream yields a timeout error after the ack
 /// timeout of the nodes (500 ms here), then ends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_socket_emit_with_ack_times_out() {
+async fn remote_socket_emit_with_ack_times_out(backend: Backend) {
     let ([a, b, _c], [_, (_, mut rb1, sb1), _, _]) =
-        cluster_with_clients(|b| b.ack_timeout(Duration::from_millis(500))).await;
+        cluster_with_clients(&backend, |b| b.ack_timeout(Duration::from_millis(500))).await;
     let stream = fetch_one(&a, sb1)
         .await
         .emit_with_ack::<_, String>("q", &1)
@@ -178,7 +186,7 @@ async fn remote_socket_emit_with_ack_times_out() {
         .unwrap();
     let p = recv(&mut rb1, ARRIVES).await;
     assert_eq!(p, format!(r#"42{}["q",1]"#, ack_id(&p)));
-    let acks: Vec<_> = tokio::time::timeout(SETTLES, stream.collect())
+    let acks: Vec<_> = within(SETTLES, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 1, "{acks:?}");
@@ -187,8 +195,7 @@ async fn remote_socket_emit_with_ack_times_out() {
     drop(b);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_socket_join_leave_and_rooms() {
+async fn remote_socket_join_leave_and_rooms(backend: Backend) {
     let (
         [a, b, c],
         [
@@ -197,7 +204,7 @@ async fn remote_socket_join_leave_and_rooms() {
             (_, mut rb2, sb2),
             (_, mut rc, _),
         ],
-    ) = cluster_with_clients(|b| b).await;
+    ) = cluster_with_clients(&backend, |b| b).await;
     let local_rooms = |sid| sorted(b.io.get_socket(sid).unwrap().rooms());
     let remote = fetch_one(&a, sb1).await;
     assert_eq!(sorted(remote.rooms().await.unwrap()), ["rb"]);
@@ -227,8 +234,7 @@ async fn remote_socket_join_leave_and_rooms() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_socket_disconnect_disconnects_only_that_socket() {
+async fn remote_socket_disconnect_disconnects_only_that_socket(backend: Backend) {
     let (
         [a, b, c],
         [
@@ -237,7 +243,7 @@ async fn remote_socket_disconnect_disconnects_only_that_socket() {
             (_, mut rb2, sb2),
             (_, mut rc, sc),
         ],
-    ) = cluster_with_clients(|b| b).await;
+    ) = cluster_with_clients(&backend, |b| b).await;
     fetch_one(&c, sb2).await.disconnect().await.unwrap();
     assert_eq!(recv(&mut rb2, ARRIVES).await, "41");
     assert!(wait_until(SETTLES, || b.io.get_socket(sb2).is_none()).await);
@@ -253,10 +259,9 @@ async fn remote_socket_disconnect_disconnects_only_that_socket() {
 
 /// Many `fetch_sockets` and `rooms` requests in flight at once, from every node, each get
 /// the complete answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_from_every_node_each_get_everything() {
+async fn concurrent_requests_from_every_node_each_get_everything(backend: Backend) {
     let ([a, b, c], [(_, _, sa), (_, _, sb1), (_, _, sb2), (_, _, sc)]) =
-        cluster_with_clients(|b| b).await;
+        cluster_with_clients(&backend, |b| b).await;
     let all = expected(&[(&a, sa), (&b, sb1), (&b, sb2), (&c, sc)]);
     let fetches = (0..30).map(|i| {
         let n = [&a, &b, &c][i % 3];
@@ -266,7 +271,7 @@ async fn concurrent_requests_from_every_node_each_get_everything() {
         let n = [&a, &b, &c][i % 3];
         async move { sorted(n.io.rooms().await.unwrap()) }
     });
-    let (fetched, rooms) = tokio::time::timeout(
+    let (fetched, rooms) = within(
         SETTLES,
         futures_util::future::join(
             futures_util::future::join_all(fetches),
@@ -286,10 +291,10 @@ async fn concurrent_requests_from_every_node_each_get_everything() {
 /// Operations on a fetched remote socket that has since disconnected do nothing and do not
 /// hang: emit succeeds, rooms is empty, an ack stream ends empty without waiting for the ack
 /// timeout (60 s here).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_remote_socket_operations_are_harmless() {
+
+async fn stale_remote_socket_operations_are_harmless(backend: Backend) {
     let ([a, b, _c], [(_, mut ra, _), (_, _, sb1), (_, mut rb2, _), (_, mut rc, _)]) =
-        cluster_with_clients(|b| b.ack_timeout(Duration::from_secs(60))).await;
+        cluster_with_clients(&backend, |b| b.ack_timeout(Duration::from_secs(60))).await;
     let stale = fetch_one(&a, sb1).await;
     fetch_one(&a, sb1).await.disconnect().await.unwrap();
     assert!(wait_until(SETTLES, || b.io.get_socket(sb1).is_none()).await);
@@ -299,7 +304,7 @@ async fn stale_remote_socket_operations_are_harmless() {
     stale.join("x").await.unwrap();
     stale.leave("rb").await.unwrap();
     let stream = stale.emit_with_ack::<_, String>("q", &1).await.unwrap();
-    let acks: Vec<_> = tokio::time::timeout(SETTLES, stream.collect())
+    let acks: Vec<_> = within(SETTLES, stream.collect())
         .await
         .expect("the ack stream ends");
     assert!(acks.is_empty(), "{acks:?}");

@@ -16,7 +16,10 @@ async fn missing_secret_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::MissingSecret), "{err}");
-    assert!(err.to_string().contains("insecure_no_auth"), "the way out is named: {err}");
+    assert!(
+        err.to_string().contains("insecure_no_auth"),
+        "the way out is named: {err}"
+    );
 }
 
 #[tokio::test]

@@ -1,23 +1,175 @@
 #![allow(missing_docs)]
-//! Fixture: in-process clusters of real nodes on 127.0.0.1 with ephemeral ports.
+//! Fixture: in-process clusters of real nodes on 127.0.0.1 with ephemeral ports, on either
+//! backend: the gossip + QUIC mesh, or Redis (one `redis-server` per test).
+//!
+//! A cross-node test is written once, as `async fn name(backend: Backend)`, and listed in
+//! [`backend_tests!`](crate::backend_tests), which runs it once per backend:
+//! `gossip::name` and `redis::name`.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::{fmt, net::SocketAddr, time::Duration};
 
-use socketioxide::{SocketIo, adapter::Emitter};
-use socketioxide_cluster::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr};
+use engineioxide::Packet as EioPacket;
+use socketioxide::{SocketIo, SocketIoBuilder, adapter::Emitter, socket::Sid};
+#[cfg(feature = "cluster-gossip")]
+use socketioxide_cluster::{Cluster, GossipAdapterConfig};
+use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
+use tokio::sync::mpsc;
 
-/// The adapter type of the test servers.
-pub type Adapter = GossipAdapter<Emitter>;
+pub mod msgpack;
+pub mod polling;
+pub mod redis_server;
+
+/// The adapter type of the test servers, whatever their backend.
+pub type Adapter = ClusterAdapter<Emitter>;
+
+/// For each `async fn name(backend: Backend)` listed, generate `gossip::name` (feature
+/// `cluster-gossip`) and `redis::name` (feature `redis`), each a test that runs `name` on
+/// that backend. The Redis test starts its own `redis-server`, and skips (outside CI) when
+/// there is none to start.
+///
+/// Optional section: `; gossip_only: name, ..` for tests that only make sense on gossip (say
+/// why at the function).
+#[macro_export]
+macro_rules! backend_tests {
+    (
+        $($name:ident),+ $(,)?
+        $(; gossip_only: $($gossip_name:ident),+ $(,)?)?
+    ) => {
+        #[cfg(feature = "cluster-gossip")]
+        mod gossip {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Gossip).await;
+                }
+            )+
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $gossip_name() {
+                    super::$gossip_name($crate::common::Backend::Gossip).await;
+                }
+            )+)?
+        }
+
+        #[cfg(feature = "redis")]
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(backend) = $crate::common::Backend::redis() else {
+                        return;
+                    };
+                    super::$name(backend).await;
+                }
+            )+
+        }
+    };
+}
+
+/// The backend the nodes of a test run.
+#[derive(Clone)]
+pub enum Backend {
+    /// Gossip discovery and the QUIC mesh.
+    #[cfg(feature = "cluster-gossip")]
+    Gossip,
+    /// Redis pub/sub through the test's own `redis-server`, which lives as long as any
+    /// node (or the test) holds it.
+    #[cfg(feature = "redis")]
+    Redis(std::sync::Arc<redis_server::RedisServer>),
+}
+
+impl Backend {
+    /// The Redis backend on a fresh `redis-server`; `None` (skip the test) when
+    /// `redis-server` is missing outside CI.
+    #[cfg(feature = "redis")]
+    pub fn redis() -> Option<Self> {
+        redis_server::RedisServer::start().map(|s| Self::Redis(s.into()))
+    }
+
+    /// `"gossip"` or `"redis"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip => "gossip",
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One node of a test cluster.
 pub struct TestNode {
     pub io: SocketIo<Adapter>,
-    pub cluster: Cluster,
+    /// The node's backend. With Redis it holds the test's `redis-server`, so that the
+    /// server outlives every node of the test.
+    pub backend: Backend,
+    handle: Handle,
 }
 
-/// Configuration of a test node: loopback, ephemeral ports, fast gossip, short peer timeout.
-pub fn config(cluster_id: &str, seed: Option<std::net::SocketAddr>) -> GossipAdapterConfig {
+/// What the tests may look at below the adapter.
+enum Handle {
+    #[cfg(feature = "cluster-gossip")]
+    Gossip(Cluster),
+    /// The channel prefix of the node's cluster.
+    #[cfg(feature = "redis")]
+    Redis { prefix: String },
+}
+
+impl TestNode {
+    /// The gossip cluster handle of the node. Panics on another backend: only gossip-only
+    /// tests use it.
+    #[cfg(feature = "cluster-gossip")]
+    pub fn cluster(&self) -> &Cluster {
+        match &self.handle {
+            Handle::Gossip(cluster) => cluster,
+            #[allow(unreachable_patterns)]
+            _ => panic!("a {:?} node has no gossip cluster", self.backend),
+        }
+    }
+
+    /// How many nodes, this one included, this node counts as hosting namespace `ns` (the
+    /// nodes a request on `ns` waits for, plus itself). Gossip: the members gossiping `ns`.
+    /// Redis: the subscribers of the namespace's request channel, which socketioxide-redis
+    /// counts (`PUBSUB NUMSUB`) before each request.
+    pub async fn hosting(&self, ns: &str) -> usize {
+        match (&self.handle, &self.backend) {
+            #[cfg(feature = "cluster-gossip")]
+            (Handle::Gossip(cluster), _) => {
+                let members = cluster.members().iter().filter(|m| m.hosts(ns)).count();
+                members + usize::from(self.io.of(ns).is_some())
+            }
+            #[cfg(feature = "redis")]
+            (Handle::Redis { prefix }, Backend::Redis(server)) => {
+                let client = ::redis::Client::open(server.url()).expect("redis url");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis reachable");
+                let (_, count): (String, usize) = ::redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(format!("{prefix}-request#{ns}#"))
+                    .query_async(&mut conn)
+                    .await
+                    .expect("PUBSUB NUMSUB");
+                count
+            }
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("a node's handle matches its backend"),
+        }
+    }
+}
+
+/// Gossip configuration of a test node: loopback, ephemeral ports, fast gossip, short peer
+/// timeout.
+#[cfg(feature = "cluster-gossip")]
+pub fn config(cluster_id: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {
     let mut c = GossipAdapterConfig::new()
         .with_cluster_id(cluster_id)
         .with_gossip_addr("127.0.0.1:0".parse().unwrap())
@@ -31,12 +183,107 @@ pub fn config(cluster_id: &str, seed: Option<std::net::SocketAddr>) -> GossipAda
     c
 }
 
-/// Start one node from a config.
-pub async fn start(config: GossipAdapterConfig) -> TestNode {
-    let ctr = GossipAdapterCtr::new(config).await.expect("node starts");
-    let cluster = ctr.cluster();
-    let (_svc, io) = SocketIo::builder().with_adapter::<Adapter>(ctr).build_svc();
-    TestNode { io, cluster }
+/// Start one gossip node from an explicit config (for the gossip-only tests).
+#[cfg(feature = "cluster-gossip")]
+pub async fn start_gossip(config: GossipAdapterConfig) -> TestNode {
+    let ctr = ClusterAdapterCtr::gossip(config)
+        .await
+        .expect("node starts");
+    let cluster = ctr.cluster().expect("a gossip node has a cluster");
+    node(Backend::Gossip, Handle::Gossip(cluster), ctr, |b| b).0
+}
+
+/// The nodes of one test cluster, started one at a time: they share the backend and a
+/// unique cluster id (with Redis, the channel prefix); with gossip the first node seeds the
+/// others.
+pub struct TestCluster {
+    backend: Backend,
+    id: String,
+    #[cfg(feature = "cluster-gossip")]
+    seed: Option<SocketAddr>,
+}
+
+impl TestCluster {
+    pub fn new(backend: &Backend) -> Self {
+        init_tracing();
+        Self {
+            backend: backend.clone(),
+            id: cluster_id(),
+            #[cfg(feature = "cluster-gossip")]
+            seed: None,
+        }
+    }
+
+    /// Start one more node, its socket.io builder customised by `build`.
+    pub async fn start(
+        &mut self,
+        build: impl FnOnce(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+    ) -> TestNode {
+        self.start_node(build).await.0
+    }
+
+    /// Start one more node, its socket.io builder customised by `build`, and serve its
+    /// socket.io service over HTTP on an ephemeral port of 127.0.0.1.
+    pub async fn start_served(
+        &mut self,
+        build: impl FnOnce(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+    ) -> (TestNode, SocketAddr) {
+        let (node, svc) = self.start_node(build).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind http");
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let app = axum::Router::new().fallback_service(svc);
+            let _ = axum::serve(listener, app).await;
+        });
+        (node, addr)
+    }
+
+    async fn start_node(
+        &mut self,
+        build: impl FnOnce(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+    ) -> (TestNode, Svc) {
+        let (ctr, handle) = match &self.backend {
+            #[cfg(feature = "cluster-gossip")]
+            Backend::Gossip => {
+                let ctr = ClusterAdapterCtr::gossip(config(&self.id, self.seed))
+                    .await
+                    .expect("node starts");
+                let cluster = ctr.cluster().expect("a gossip node has a cluster");
+                self.seed.get_or_insert(cluster.gossip_addr());
+                (ctr, Handle::Gossip(cluster))
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(server) => {
+                let config = socketioxide_cluster::redis::RedisAdapterConfig::new()
+                    .with_prefix(self.id.clone());
+                let ctr = ClusterAdapterCtr::redis(&server.url(), config)
+                    .await
+                    .expect("node connects to redis");
+                let prefix = self.id.clone();
+                (ctr, Handle::Redis { prefix })
+            }
+        };
+        node(self.backend.clone(), handle, ctr, build)
+    }
+}
+
+type Svc = socketioxide::service::SocketIoService<engineioxide::service::NotFoundService, Adapter>;
+
+fn node(
+    backend: Backend,
+    handle: Handle,
+    ctr: ClusterAdapterCtr,
+    build: impl FnOnce(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> (TestNode, Svc) {
+    let (svc, io) = build(SocketIo::builder().with_adapter::<Adapter>(ctr)).build_svc();
+    let node = TestNode {
+        io,
+        backend,
+        handle,
+    };
+    (node, svc)
 }
 
 /// A unique cluster id per test, so concurrent tests never gossip with each other.
@@ -56,35 +303,132 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Start `N` nodes seeded by the first, with namespace `/` on each (registered by `setup`),
-/// and wait until every node sees every other hosting it.
-pub async fn spawn_cluster<const N: usize>() -> [TestNode; N] {
-    init_tracing();
-    let id = cluster_id();
-    let first = start(config(&id, None)).await;
-    let seed = first.cluster.gossip_addr();
-    let mut nodes = vec![first];
-    for _ in 1..N {
-        nodes.push(start(config(&id, Some(seed))).await);
-    }
-    nodes.try_into().unwrap_or_else(|_| unreachable!())
+fn array<T, const N: usize>(v: Vec<T>) -> [T; N] {
+    v.try_into().unwrap_or_else(|_| unreachable!())
 }
 
-/// Wait (bounded) until every node sees `n - 1` members hosting `ns`.
-pub async fn wait_for_namespace(nodes: &[&TestNode], ns: &str) {
-    let n = nodes.len();
-    let ok = wait_until(Duration::from_secs(15), || {
-        nodes.iter().all(|node| {
-            node.cluster
-                .members()
-                .iter()
-                .filter(|m| m.hosts(ns) && m.server_id.is_some())
-                .count()
-                == n - 1
-        })
+/// Start `N` nodes of one cluster on `backend`. Register namespaces with
+/// [`ns_everywhere`], or `io.ns` then [`wait_for_namespace`].
+pub async fn spawn_cluster<const N: usize>(backend: &Backend) -> [TestNode; N] {
+    spawn_cluster_with::<N>(backend, |b| b).await
+}
+
+/// Like [`spawn_cluster`], with each node's socket.io builder customised.
+pub async fn spawn_cluster_with<const N: usize>(
+    backend: &Backend,
+    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> [TestNode; N] {
+    let mut cluster = TestCluster::new(backend);
+    let mut nodes = Vec::with_capacity(N);
+    for _ in 0..N {
+        nodes.push(cluster.start(&build).await);
+    }
+    array(nodes)
+}
+
+/// Like [`spawn_cluster_with`], with each node served over HTTP (addresses returned in node
+/// order).
+pub async fn spawn_served_cluster<const N: usize>(
+    backend: &Backend,
+    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> ([TestNode; N], [SocketAddr; N]) {
+    let mut cluster = TestCluster::new(backend);
+    let (mut nodes, mut addrs) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for _ in 0..N {
+        let (node, addr) = cluster.start_served(&build).await;
+        nodes.push(node);
+        addrs.push(addr);
+    }
+    (array(nodes), array(addrs))
+}
+
+/// A cluster whose nodes use the msgpack parser, served over HTTP (dummy sockets cannot
+/// speak msgpack: connect clients with [`msgpack_client`]).
+pub async fn spawn_msgpack_cluster<const N: usize>(
+    backend: &Backend,
+) -> ([TestNode; N], [SocketAddr; N]) {
+    spawn_served_cluster::<N>(backend, |b| {
+        b.with_parser(socketioxide::ParserConfig::msgpack())
     })
-    .await;
-    assert!(ok, "cluster did not converge on namespace {ns}");
+    .await
+}
+
+/// Wait (bounded) until every node can reach the others on namespace `ns`.
+///
+/// Gossip: until every node sees `n - 1` members hosting `ns`. Redis: nothing to wait for,
+/// a node has subscribed to the namespace's channels when `io.ns(..).await` returns (and a
+/// dynamic namespace before its first CONNECT is sent), and each request counts the
+/// subscribers anew.
+#[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
+pub async fn wait_for_namespace(nodes: &[&TestNode], ns: &str) {
+    let Some(first) = nodes.first() else {
+        return;
+    };
+    match first.backend {
+        #[cfg(feature = "cluster-gossip")]
+        Backend::Gossip => {
+            let n = nodes.len();
+            let ok = wait_until(Duration::from_secs(15), || {
+                nodes.iter().all(|node| {
+                    node.cluster()
+                        .members()
+                        .iter()
+                        .filter(|m| m.hosts(ns) && m.server_id.is_some())
+                        .count()
+                        == n - 1
+                })
+            })
+            .await;
+            assert!(ok, "cluster did not converge on namespace {ns}");
+        }
+        #[cfg(feature = "redis")]
+        Backend::Redis(_) => {}
+    }
+}
+
+/// Wait (bounded) until each of `nodes` counts `n` nodes hosting `ns`, itself included
+/// (see [`TestNode::hosting`]).
+pub async fn wait_hosting(nodes: &[&TestNode], ns: &str, n: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut counts = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            counts.push(node.hosting(ns).await);
+        }
+        if counts.iter().all(|&c| c == n) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("nodes count {counts:?} hosting {ns}, expected {n} each");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Register namespace `ns` with `handler` on every node, then wait until all see each other
+/// hosting it.
+pub async fn ns_everywhere<C, T>(nodes: &[&TestNode], ns: &'static str, handler: C)
+where
+    C: socketioxide::handler::ConnectHandler<Adapter, T> + Clone,
+    T: Send + Sync + 'static,
+{
+    for n in nodes {
+        n.io.ns(ns, handler.clone()).await.expect("namespace init");
+    }
+    wait_for_namespace(nodes, ns).await;
+}
+
+/// Await `fut` for at most `limit`: `None` if it has not completed by then. Unlike
+/// `tokio::time::timeout`, `fut` is not polled once more at the deadline, so a future that
+/// would complete only because the deadline woke its task (say, an ack stream that ended
+/// without waking it) does not pass.
+pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep(limit) => None,
+        out = fut => Some(out),
+    }
 }
 
 /// Poll `cond` every 20 ms until it holds or `limit` passes.
@@ -123,95 +467,13 @@ pub async fn recv_none(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet
 }
 
 // ---------------------------------------------------------------------------------------------
-// Additions for the adapter-operation tests: nodes served over HTTP, builder and config
-// variants (msgpack parser, timeouts), and client helpers.
+// Clients: dummy sockets, HTTP long-polling (text and msgpack), and packet helpers.
 // ---------------------------------------------------------------------------------------------
-
-pub mod msgpack;
-pub mod polling;
-
-use engineioxide::Packet as EioPacket;
-use socketioxide::{SocketIoBuilder, socket::Sid};
-use tokio::sync::mpsc;
 
 /// The sending half of a test client: engine.io packets to the server.
 pub type ClientTx = mpsc::Sender<EioPacket>;
 /// The receiving half of a test client: engine.io packets from the server.
 pub type ClientRx = mpsc::Receiver<EioPacket>;
-
-/// Start one node from a config and a customised socket.io builder, and serve its socket.io
-/// service over HTTP on an ephemeral port of 127.0.0.1.
-pub async fn start_served(
-    config: GossipAdapterConfig,
-    build: impl FnOnce(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
-) -> (TestNode, std::net::SocketAddr) {
-    let ctr = GossipAdapterCtr::new(config).await.expect("node starts");
-    let cluster = ctr.cluster();
-    let (svc, io) = build(SocketIo::builder().with_adapter::<Adapter>(ctr)).build_svc();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind http");
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let app = axum::Router::new().fallback_service(svc);
-        let _ = axum::serve(listener, app).await;
-    });
-    (TestNode { io, cluster }, addr)
-}
-
-/// Like [`spawn_cluster`], with each node's config and socket.io builder customised, and
-/// each node served over HTTP (addresses returned in node order).
-pub async fn spawn_served_cluster<const N: usize>(
-    cfg: impl Fn(GossipAdapterConfig) -> GossipAdapterConfig,
-    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
-) -> ([TestNode; N], [std::net::SocketAddr; N]) {
-    init_tracing();
-    let id = cluster_id();
-    let (first, first_addr) = start_served(cfg(config(&id, None)), &build).await;
-    let seed = first.cluster.gossip_addr();
-    let mut nodes = vec![first];
-    let mut addrs = vec![first_addr];
-    for _ in 1..N {
-        let (node, addr) = start_served(cfg(config(&id, Some(seed))), &build).await;
-        nodes.push(node);
-        addrs.push(addr);
-    }
-    (
-        nodes.try_into().unwrap_or_else(|_| unreachable!()),
-        addrs.try_into().unwrap_or_else(|_| unreachable!()),
-    )
-}
-
-/// Like [`spawn_cluster`], with each node's config and socket.io builder customised.
-pub async fn spawn_cluster_with<const N: usize>(
-    cfg: impl Fn(GossipAdapterConfig) -> GossipAdapterConfig,
-    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
-) -> [TestNode; N] {
-    spawn_served_cluster::<N>(cfg, build).await.0
-}
-
-/// A cluster whose nodes use the msgpack parser, served over HTTP (dummy sockets cannot
-/// speak msgpack: connect clients with [`msgpack_client`]).
-pub async fn spawn_msgpack_cluster<const N: usize>() -> ([TestNode; N], [std::net::SocketAddr; N]) {
-    spawn_served_cluster::<N>(
-        |c| c,
-        |b| b.with_parser(socketioxide::ParserConfig::msgpack()),
-    )
-    .await
-}
-
-/// Register namespace `ns` with `handler` on every node, then wait until all see each other
-/// hosting it.
-pub async fn ns_everywhere<C, T>(nodes: &[&TestNode], ns: &'static str, handler: C)
-where
-    C: socketioxide::handler::ConnectHandler<Adapter, T> + Clone,
-    T: Send + Sync + 'static,
-{
-    for n in nodes {
-        n.io.ns(ns, handler.clone()).await.expect("namespace init");
-    }
-    wait_for_namespace(nodes, ns).await;
-}
 
 /// The socket id in a text CONNECT packet (`40{"sid":"..."}` or `40/ns,{"sid":"..."}`).
 pub fn sid_of(connect: &str) -> Sid {
