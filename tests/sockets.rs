@@ -291,7 +291,6 @@ async fn concurrent_requests_from_every_node_each_get_everything(backend: Backen
 /// Operations on a fetched remote socket that has since disconnected do nothing and do not
 /// hang: emit succeeds, rooms is empty, an ack stream ends empty without waiting for the ack
 /// timeout (60 s here).
-
 async fn stale_remote_socket_operations_are_harmless(backend: Backend) {
     let ([a, b, _c], [(_, mut ra, _), (_, _, sb1), (_, mut rb2, _), (_, mut rc, _)]) =
         cluster_with_clients(&backend, |b| b.ack_timeout(Duration::from_secs(60))).await;
