@@ -10,7 +10,9 @@ use std::{
 };
 
 use futures_core::{future::BoxFuture, stream::BoxStream};
-use futures_util::{FutureExt, StreamExt, stream::Fuse};
+#[cfg(feature = "redis")]
+use futures_util::StreamExt;
+use futures_util::{FutureExt, stream::Fuse};
 use socketioxide_core::adapter::{
     AckStreamItem, BroadcastOptions, CoreAdapter, CoreLocalAdapter, DefinedAdapter,
     RemoteSocketData, Room, RoomParam, SocketEmitter, Spawnable,

@@ -12,6 +12,8 @@
 //! `E2E_BACKEND`, `E2E_REDIS_URL`, `E2E_RUST_LOG` and `E2E_VERBOSE` are passed through
 //! to the suite.
 
+#![cfg(feature = "cluster-gossip")]
+
 use std::{
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
