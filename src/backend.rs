@@ -2,27 +2,26 @@
 //! binary deploys either way: [`ClusterAdapter`] and [`ClusterAdapterCtr`].
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use futures_core::{future::BoxFuture, stream::BoxStream};
+use futures_core::stream::BoxStream;
 #[cfg(feature = "redis")]
 use futures_util::StreamExt;
 use futures_util::{FutureExt, stream::Fuse};
 use socketioxide_core::adapter::{
     AckStreamItem, BroadcastOptions, CoreAdapter, CoreLocalAdapter, DefinedAdapter,
-    RemoteSocketData, Room, RoomParam, SocketEmitter, Spawnable,
+    RemoteSocketData, Room, RoomParam, SocketEmitter,
     errors::{AdapterError, BroadcastError},
 };
 use socketioxide_core::packet::Packet;
 
-use crate::error::Error;
 #[cfg(feature = "cluster-gossip")]
 use crate::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr, RequestError};
+use crate::{error::Error, init::InitRes};
 
 /// The environment variable choosing the backend: `gossip` (the default) or a Redis URL
 /// (`redis://…`, `rediss://…`).
@@ -205,27 +204,6 @@ impl From<ClusterError> for AdapterError {
     }
 }
 
-/// The initialisation of a namespace's [`ClusterAdapter`].
-#[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct ClusterInitRes(BoxFuture<'static, Result<(), ClusterError>>);
-
-impl Future for ClusterInitRes {
-    type Output = Result<(), ClusterError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl Spawnable for ClusterInitRes {
-    fn spawn(self) {
-        tokio::spawn(async move {
-            if let Err(e) = self.0.await {
-                tracing::error!("error initializing the cluster adapter: {e}");
-            }
-        });
-    }
-}
-
 /// Run the same expression on whichever backend the adapter holds.
 macro_rules! each {
     ($self:expr, $a:ident => $body:expr) => {
@@ -242,7 +220,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
     type Error = ClusterError;
     type State = ClusterAdapterCtr;
     type AckStream = Fuse<BoxStream<'static, AckStreamItem<E::AckError>>>;
-    type InitRes = ClusterInitRes;
+    type InitRes = InitRes<ClusterError>;
 
     fn new(state: &Self::State, local: CoreLocalAdapter<E>) -> Self {
         match state {
@@ -254,7 +232,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
     }
 
     fn init(self: Arc<Self>, on_success: impl FnOnce() + Send + 'static) -> Self::InitRes {
-        ClusterInitRes(match &*self {
+        InitRes::new(match &*self {
             #[cfg(feature = "cluster-gossip")]
             Self::Gossip(a) => a.clone().init(on_success).map(|r| Ok(r?)).boxed(),
             #[cfg(feature = "redis")]

@@ -83,6 +83,7 @@ mod cluster;
 #[cfg(feature = "cluster-gossip")]
 mod config;
 mod error;
+mod init;
 #[cfg(feature = "cluster-gossip")]
 mod membership;
 #[cfg(feature = "cluster-gossip")]
@@ -93,8 +94,8 @@ pub mod redis;
 pub mod wire;
 
 #[cfg(feature = "cluster-gossip")]
-pub use adapter::{GossipAdapter, GossipAdapterCtr, InitRes};
-pub use backend::{BACKEND_VAR, ClusterAdapter, ClusterAdapterCtr, ClusterError, ClusterInitRes};
+pub use adapter::{GossipAdapter, GossipAdapterCtr};
+pub use backend::{BACKEND_VAR, ClusterAdapter, ClusterAdapterCtr, ClusterError};
 #[cfg(feature = "cluster-gossip")]
 pub use cluster::{Cluster, MembershipEvent};
 #[cfg(feature = "cluster-gossip")]
@@ -102,5 +103,6 @@ pub use config::{GossipAdapterConfig, Secret};
 #[cfg(feature = "cluster-gossip")]
 pub use error::RequestError;
 pub use error::{ConfigError, Error};
+pub use init::InitRes;
 #[cfg(feature = "cluster-gossip")]
 pub use membership::Member;

@@ -6,22 +6,20 @@ mod convert;
 mod tracker;
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::{Arc, Weak},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use futures_core::{future::BoxFuture, stream::BoxStream};
+use futures_core::stream::BoxStream;
 use futures_util::{StreamExt, stream::Fuse};
 use serde::de::DeserializeOwned;
 use socketioxide_core::{
     Sid, Uid, Value,
     adapter::{
         AckStreamItem, BroadcastFlags, BroadcastOptions, CoreAdapter, CoreLocalAdapter,
-        DefinedAdapter, RemoteSocketData, Room, RoomParam, SocketEmitter, Spawnable,
+        DefinedAdapter, RemoteSocketData, Room, RoomParam, SocketEmitter,
         errors::{AdapterError, BroadcastError},
     },
     packet::Packet,
@@ -31,6 +29,7 @@ use crate::{
     cluster::{Cluster, NamespaceHandler, Node, Pending},
     config::GossipAdapterConfig,
     error::{Error, RequestError},
+    init::InitRes,
     mesh::PeerId,
     wire::{self, AckResult, Frame, Id, RequestKind, Response, ResponseBody},
 };
@@ -88,32 +87,11 @@ pub struct GossipAdapter<E> {
 
 impl<E> DefinedAdapter for GossipAdapter<E> {}
 
-/// The initialisation of a namespace's adapter; await it (or let socketioxide spawn it).
-#[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct InitRes(BoxFuture<'static, Result<(), RequestError>>);
-
-impl Future for InitRes {
-    type Output = Result<(), RequestError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl Spawnable for InitRes {
-    fn spawn(self) {
-        tokio::spawn(async move {
-            if let Err(e) = self.0.await {
-                tracing::error!("error initializing the cluster adapter: {e}");
-            }
-        });
-    }
-}
-
 impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
     type Error = RequestError;
     type State = GossipAdapterCtr;
     type AckStream = Fuse<BoxStream<'static, AckStreamItem<E::AckError>>>;
-    type InitRes = InitRes;
+    type InitRes = InitRes<RequestError>;
 
     fn new(state: &Self::State, local: CoreLocalAdapter<E>) -> Self {
         let uid = local.server_id();
@@ -128,14 +106,14 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
     }
 
     fn init(self: Arc<Self>, on_success: impl FnOnce() + Send + 'static) -> Self::InitRes {
-        InitRes(Box::pin(async move {
+        InitRes::new(async move {
             let handler: Weak<dyn NamespaceHandler> = Arc::downgrade(&self) as Weak<_>;
             self.node
                 .register(self.local.path(), &self.uid.to_string(), handler)
                 .await;
             on_success();
             Ok(())
-        }))
+        })
     }
 
     async fn close(&self) -> Result<(), Self::Error> {
