@@ -1,12 +1,7 @@
 //! One adapter type whose backend — gossip or Redis — is chosen at run time, so that the same
 //! binary deploys either way: [`ClusterAdapter`] and [`ClusterAdapterCtr`].
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_core::stream::BoxStream;
 #[cfg(feature = "redis")]
@@ -367,7 +362,11 @@ struct EndWhenTerminated<S>(S);
 #[cfg(feature = "redis")]
 impl<S: futures_core::stream::FusedStream + Unpin> futures_core::Stream for EndWhenTerminated<S> {
     type Item = S::Item;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        use std::{pin::Pin, task::Poll};
         match Pin::new(&mut self.0).poll_next(cx) {
             Poll::Pending if self.0.is_terminated() => Poll::Ready(None),
             other => other,
