@@ -33,6 +33,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Choosing the backend at run time
+//!
+//! [`ClusterAdapter`] runs on gossip or on Redis (feature `redis`, module `redis`),
+//! chosen by [`ClusterAdapterCtr`]; [`ClusterAdapterCtr::from_env`] reads
+//! `SOCKETIO_CLUSTER_BACKEND` (`gossip`, or a `redis://` URL), so one binary deploys either
+//! way. Built without the `redis` feature, asking for Redis is an error naming the feature.
+//!
+//! ```no_run
+//! use socketioxide::SocketIo;
+//! use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctr = ClusterAdapterCtr::from_env().await?;
+//! let (layer, io) = SocketIo::builder()
+//!     .with_adapter::<ClusterAdapter<_>>(ctr)
+//!     .build_layer();
+//! # Ok(()) }
+//! ```
+//!
 //! ## How it works
 //!
 //! Each node gossips its mesh address, its socketioxide server id and the namespaces it
