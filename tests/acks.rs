@@ -13,13 +13,6 @@ use socketioxide::{
     socket::Sid,
 };
 
-/// Bound for a packet that must arrive.
-const ARRIVES: u64 = 3000;
-/// How long a client is watched for a packet that must not arrive.
-const NOTHING: u64 = 300;
-/// An ack timeout far longer than any test: a stream that ends sooner ended because every
-/// expected ack came, not because it timed out.
-const LONG: Duration = Duration::from_secs(60);
 /// Bound for an ack stream to end.
 const ENDS: Duration = Duration::from_secs(15);
 
@@ -59,8 +52,7 @@ async fn ack_request(rx: &mut ClientRx, expected: &str) -> i64 {
 }
 
 async fn emit_with_ack_collects_acks_from_every_node(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
     let mut clients = [
         dummy(&a.io, "/").await,
         dummy(&b.io, "/").await,
@@ -114,9 +106,7 @@ async fn room_ack_from_a_socket_handler_collects_remote_acks(backend: Backend) {
         );
     })
     .await;
-    let (ta, mut ra, _) = dummy(&a.io, "/").await;
-    let (tb, mut rb, _) = dummy(&b.io, "/").await;
-    let (tc, mut rc, _) = dummy(&c.io, "/").await;
+    let [(ta, mut ra, _), (tb, mut rb, _), (tc, mut rc, _)] = one_per_node([&a, &b, &c], "/").await;
     let (_tc2, mut rc2, _) = dummy(&c.io, "/").await; // not in the room
     for (tx, rx) in [(&ta, &mut ra), (&tb, &mut rb), (&tc, &mut rc)] {
         client_emit(tx, "/", r#"["join","r"]"#).await;
@@ -132,19 +122,15 @@ async fn room_ack_from_a_socket_handler_collects_remote_acks(backend: Backend) {
         recv(&mut ra, ARRIVES).await,
         r#"42["answers",["from b","from c"]]"#
     );
-    for rx in [&mut ra, &mut rb, &mut rc, &mut rc2] {
-        recv_none(rx, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb, &mut rc, &mut rc2]).await;
 }
 
 /// One remote socket never answers: the stream yields the answers that came and a timeout
 /// error for the silent socket, and ends after the ack timeout.
 async fn ack_stream_ends_after_the_timeout_when_a_remote_socket_is_silent(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
-    let (ta, mut ra, sa) = dummy(&a.io, "/").await;
-    let (tb, mut rb, sb) = dummy(&b.io, "/").await;
-    let (_tc, mut rc, sc) = dummy(&c.io, "/").await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
+    let [(ta, mut ra, sa), (tb, mut rb, sb), (_tc, mut rc, sc)] =
+        one_per_node([&a, &b, &c], "/").await;
 
     let stream =
         a.io.timeout(Duration::from_millis(500))
@@ -168,13 +154,8 @@ async fn ack_stream_ends_after_the_timeout_when_a_remote_socket_is_silent(backen
 
 /// Sockets on several nodes are silent, a local one too: every one of them times out.
 async fn ack_timeout_applies_to_the_sockets_of_every_node(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
-    let clients = [
-        dummy(&a.io, "/").await,
-        dummy(&b.io, "/").await,
-        dummy(&c.io, "/").await,
-    ];
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
+    let clients = one_per_node([&a, &b, &c], "/").await;
     // The nodes' default ack timeout is 5 s; the caller's 300 ms applies everywhere.
     let stream =
         b.io.timeout(Duration::from_millis(300))
@@ -192,13 +173,8 @@ async fn ack_timeout_applies_to_the_sockets_of_every_node(backend: Backend) {
 /// guards `ClusterAdapter`'s fix for socketioxide-core's ack stream, which otherwise stays
 /// pending after a last ack count of 0.)
 async fn ack_request_to_an_empty_room_ends_empty(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
-    let mut clients = [
-        dummy(&a.io, "/").await,
-        dummy(&b.io, "/").await,
-        dummy(&c.io, "/").await,
-    ];
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
+    let mut clients = one_per_node([&a, &b, &c], "/").await;
     let stream =
         c.io.to("nobody")
             .timeout(LONG)
@@ -213,8 +189,7 @@ async fn ack_request_to_an_empty_room_ends_empty(backend: Backend) {
 
 /// A remote client answers with a binary attachment; the requester gets the bytes.
 async fn binary_ack_from_a_remote_client(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b, _c] = spawn_root_cluster::<3>(&backend).await;
     let (tb, mut rb, sb) = dummy(&b.io, "/").await;
     let stream =
         a.io.timeout(LONG)
@@ -278,8 +253,7 @@ async fn msgpack_acks_from_every_node(backend: Backend) {
 #[cfg(feature = "cluster-gossip")]
 async fn ack_stream_polled_late_keeps_every_remote_ack(backend: Backend) {
     const SOCKETS: usize = 300;
-    let [a, b] = spawn_cluster::<2>(&backend).await;
-    ns_everywhere(&[&a, &b], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b] = spawn_root_cluster::<2>(&backend).await;
     let mut clients = futures_util::future::join_all((0..SOCKETS).map(|_| dummy(&b.io, "/"))).await;
     let stream =
         a.io.timeout(Duration::from_secs(2))
@@ -301,9 +275,8 @@ async fn ack_stream_polled_late_keeps_every_remote_ack(backend: Backend) {
 /// to its own request, from the sockets of every node.
 async fn concurrent_ack_requests_get_their_own_answers(backend: Backend) {
     const REQUESTS: usize = 10;
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
     let nodes = [&a, &b, &c];
-    ns_everywhere(&nodes, "/", async |_: SocketRef<Adapter>| {}).await;
     let mut clients = Vec::new();
     for n in nodes {
         clients.push(dummy(&n.io, "/").await);
@@ -349,8 +322,7 @@ async fn concurrent_ack_requests_get_their_own_answers(backend: Backend) {
 /// A remote socket disconnects while its ack is awaited: the stream yields an error for it
 /// (as it would for a local socket) and ends without waiting for the ack timeout.
 async fn remote_socket_disconnecting_before_answering_yields_an_error(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b, _c] = spawn_root_cluster::<3>(&backend).await;
     let (ta, mut ra, sa) = dummy(&a.io, "/").await;
     let (_tb, mut rb, sb) = dummy(&b.io, "/").await;
     let stream =

@@ -6,11 +6,6 @@ use common::*;
 use serde_json::{Value, json};
 use socketioxide::extract::{Data, SocketRef};
 
-/// Bound for a packet that must arrive.
-const ARRIVES: u64 = 3000;
-/// How long a client is watched for a packet that must not arrive.
-const NOTHING: u64 = 300;
-
 backend_tests! {
     broadcast_reaches_every_node,
     broadcast_from_each_node_reaches_all_clients_once,
@@ -27,13 +22,7 @@ backend_tests! {
 }
 
 async fn broadcast_reaches_every_node(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    for n in [&a, &b, &c] {
-        n.io.ns("/", async |_: SocketRef<Adapter>| {})
-            .await
-            .unwrap();
-    }
-    wait_for_namespace(&[&a, &b, &c], "/").await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
     let (_ta, mut ra) = a.io.new_dummy_sock("/", ()).await;
     let (_tb, mut rb) = b.io.new_dummy_sock("/", ()).await;
     let (_tc, mut rc) = c.io.new_dummy_sock("/", ()).await;
@@ -51,8 +40,7 @@ async fn broadcast_reaches_every_node(backend: Backend) {
 
 /// Each node broadcasts in turn; every client on every node gets each broadcast exactly once.
 async fn broadcast_from_each_node_reaches_all_clients_once(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
     let mut clients = Vec::new();
     for n in [&a, &b, &c] {
         // Two clients per node.
@@ -70,28 +58,6 @@ async fn broadcast_from_each_node_reaches_all_clients_once(backend: Backend) {
     }
 }
 
-/// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
-/// `c` joins `rc` and `common`.
-async fn rooms_cluster(
-    backend: &Backend,
-) -> (
-    [TestNode; 3],
-    [(ClientTx, ClientRx, socketioxide::socket::Sid); 3],
-) {
-    let [a, b, c] = spawn_cluster::<3>(backend).await;
-    let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
-    for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
-        n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
-            .await
-            .unwrap();
-    }
-    wait_for_namespace(&[&a, &b, &c], "/").await;
-    let ca = dummy(&a.io, "/").await;
-    let cb = dummy(&b.io, "/").await;
-    let cc = dummy(&c.io, "/").await;
-    ([a, b, c], [ca, cb, cc])
-}
-
 async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend) {
     let ([a, b, c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) =
         rooms_cluster(&backend).await;
@@ -99,8 +65,7 @@ async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend)
     // A room whose only member lives on another node.
     a.io.to("rb").emit("m", "to rb").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42["m","to rb"]"#);
-    recv_none(&mut ra, NOTHING).await;
-    recv_none(&mut rc, NOTHING).await;
+    nothing_arrives([&mut ra, &mut rc]).await;
 
     // A room with members on two nodes, none on the sender's.
     b.io.to("common").emit("m", "to common").await.unwrap();
@@ -116,9 +81,7 @@ async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend)
     for r in [&mut ra, &mut rb, &mut rc] {
         assert_eq!(recv(r, ARRIVES).await, r#"42["m","to many"]"#);
     }
-    for r in [&mut ra, &mut rb, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
 
     // `within` is `to`.
     a.io.within("rc").emit("m", "within rc").await.unwrap();
@@ -126,9 +89,7 @@ async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend)
 
     // A room nobody is in.
     b.io.to("nobody").emit("m", "lost").await.unwrap();
-    for r in [&mut ra, &mut rb, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
 }
 
 async fn broadcast_except_excludes_room_members_on_every_node(backend: Backend) {
@@ -143,8 +104,7 @@ async fn broadcast_except_excludes_room_members_on_every_node(backend: Backend) 
     // Excluding a room with members on the sender's node and on another.
     b.io.except("common").emit("m", "not common").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42["m","not common"]"#);
-    recv_none(&mut ra, NOTHING).await;
-    recv_none(&mut rc, NOTHING).await;
+    nothing_arrives([&mut ra, &mut rc]).await;
 
     // `to` and `except` together.
     c.io.to("common")
@@ -153,17 +113,14 @@ async fn broadcast_except_excludes_room_members_on_every_node(backend: Backend) 
         .await
         .unwrap();
     assert_eq!(recv(&mut rc, ARRIVES).await, r#"42["m","common but ra"]"#);
-    recv_none(&mut ra, NOTHING).await;
-    recv_none(&mut rb, NOTHING).await;
+    nothing_arrives([&mut ra, &mut rb]).await;
 
     // Excluding every room: nobody.
     a.io.except(["ra", "rb", "rc"])
         .emit("m", "nobody")
         .await
         .unwrap();
-    for r in [&mut ra, &mut rb, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
 }
 
 /// `socket.broadcast()` and `socket.to(room)` reach every other socket of the cluster but
@@ -202,9 +159,7 @@ async fn socket_broadcast_excludes_only_the_sender(backend: Backend) {
         assert_eq!(recv(r, ARRIVES).await, r#"42["in_room","y"]"#);
     }
     recv_none(&mut rc, NOTHING).await;
-    for r in [&mut rb1, &mut rb2, &mut ra] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut rb1, &mut rb2, &mut ra]).await;
 }
 
 /// `local()` keeps a broadcast on the sender's node.
@@ -213,26 +168,20 @@ async fn local_broadcast_stays_on_its_node(backend: Backend) {
         rooms_cluster(&backend).await;
     a.io.local().emit("m", "local").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","local"]"#);
-    recv_none(&mut rb, NOTHING).await;
-    recv_none(&mut rc, NOTHING).await;
+    nothing_arrives([&mut rb, &mut rc]).await;
 
     b.io.local().to("common").emit("m", "nobody").await.unwrap();
-    for r in [&mut ra, &mut rb, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
 }
 
 /// Volatile broadcasts reach the clients of every node when nothing is congested. Dummy
 /// sockets never deliver volatile packets, so the clients use HTTP long-polling.
 async fn volatile_broadcast_reaches_every_node(backend: Backend) {
     let ([a, b, c], [addr_a, addr_b, addr_c]) = spawn_served_cluster::<3>(&backend, |b| b).await;
-    let rooms: [&'static str; 3] = ["ra", "rb", "rc"];
-    for (n, room) in [&a, &b, &c].into_iter().zip(rooms) {
-        n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(room))
-            .await
-            .unwrap();
-    }
-    wait_for_namespace(&[&a, &b, &c], "/").await;
+    ns_per_node([&a, &b, &c], "/", ["ra", "rb", "rc"], |room| {
+        async move |s: SocketRef<Adapter>| s.join(room)
+    })
+    .await;
     let (_ta, mut ra, _) = polling_client(addr_a, "/").await;
     let (_tb, mut rb, _) = polling_client(addr_b, "/").await;
     let (_tc, mut rc, _) = polling_client(addr_c, "/").await;
@@ -244,8 +193,7 @@ async fn volatile_broadcast_reaches_every_node(backend: Backend) {
 
     b.io.volatile().to("rc").emit("v", &2).await.unwrap();
     assert_eq!(recv(&mut rc, ARRIVES).await, r#"42["v",2]"#);
-    recv_none(&mut ra, NOTHING).await;
-    recv_none(&mut rb, NOTHING).await;
+    nothing_arrives([&mut ra, &mut rb]).await;
 }
 
 /// A payload with binary attachments arrives on remote clients as the placeholder packet
@@ -265,9 +213,8 @@ async fn binary_attachments_reach_remote_clients(backend: Backend) {
         );
     })
     .await;
-    let (_ta, mut ra, _) = dummy(&a.io, "/").await;
-    let (_tb, mut rb, _) = dummy(&b.io, "/").await;
-    let (tc, mut rc, _) = dummy(&c.io, "/").await;
+    let [(_ta, mut ra, _), (_tb, mut rb, _), (tc, mut rc, _)] =
+        one_per_node([&a, &b, &c], "/").await;
 
     a.io.emit("bin", &Bytes::from_static(&[1, 2, 3]))
         .await
@@ -300,15 +247,12 @@ async fn binary_attachments_reach_remote_clients(backend: Backend) {
         );
         assert_eq!(recv_bin(r, ARRIVES).await, Bytes::from_static(&[9, 8, 7]));
     }
-    for r in [&mut ra, &mut rb, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
 }
 
 /// Payloads of a few MiB (text and binary) cross the mesh intact.
 async fn large_payloads_reach_remote_clients(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
     let (_tb, mut rb, _) = dummy(&b.io, "/").await;
     let (_tc, mut rc, _) = dummy(&c.io, "/").await;
 
@@ -340,9 +284,8 @@ async fn large_payloads_reach_remote_clients(backend: Backend) {
 /// clients of every node as msgpack packets.
 async fn msgpack_broadcasts_reach_every_node(backend: Backend) {
     let ([a, b, c], [addr_a, addr_b, addr_c]) = spawn_msgpack_cluster::<3>(&backend).await;
-    let rooms: [&'static str; 3] = ["ra", "rb", "rc"];
-    for (n, room) in [&a, &b, &c].into_iter().zip(rooms) {
-        n.io.ns("/", async move |s: SocketRef<Adapter>| {
+    ns_per_node([&a, &b, &c], "/", ["ra", "rb", "rc"], |room| {
+        async move |s: SocketRef<Adapter>| {
             s.join(room);
             s.on(
                 "relay",
@@ -350,11 +293,9 @@ async fn msgpack_broadcasts_reach_every_node(backend: Backend) {
                     s.broadcast().emit("relayed", &v).await.unwrap();
                 },
             );
-        })
-        .await
-        .unwrap();
-    }
-    wait_for_namespace(&[&a, &b, &c], "/").await;
+        }
+    })
+    .await;
     let (_ta, mut ra, _) = msgpack_client(addr_a, "/").await;
     let (_tb, mut rb, _) = msgpack_client(addr_b, "/").await;
     let (tc, mut rc, _) = msgpack_client(addr_c, "/").await;
@@ -383,8 +324,7 @@ async fn msgpack_broadcasts_reach_every_node(backend: Backend) {
         recv_msgpack(&mut ra, ARRIVES).await["data"],
         json!(["room", 5])
     );
-    recv_none(&mut rb, NOTHING).await;
-    recv_none(&mut rc, NOTHING).await;
+    nothing_arrives([&mut rb, &mut rc]).await;
 
     // A client's event, relayed by its socket to every other socket.
     msgpack_send(&tc, json!({"type": 2, "nsp": "/", "data": ["relay", "hi"]})).await;
@@ -452,7 +392,6 @@ async fn emits_from_one_node_arrive_in_order_on_another(backend: Backend) {
 /// burst of remote broadcasts faster than the client's writer drains them
 /// (`remote broadcast: [InternalChannelFull]`).
 async fn emits_arrive_complete_with_the_default_client_buffer(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b, _c] = spawn_root_cluster::<3>(&backend).await;
     numbered_emits_arrive_in_order(&a, &b).await;
 }

@@ -1,20 +1,9 @@
 //! Several namespaces on an in-process cluster, static and dynamic, hosted by every node or
 //! only some: every operation stays within its namespace.
 mod common;
-use std::time::Duration;
-
 use common::*;
 use futures_util::StreamExt;
 use socketioxide::{extract::SocketRef, socket::Sid};
-
-/// Bound for a packet that must arrive.
-const ARRIVES: u64 = 3000;
-/// How long a client is watched for a packet that must not arrive.
-const NOTHING: u64 = 300;
-/// Bound for an ack stream to end, or remote state to settle.
-const ENDS: Duration = Duration::from_secs(10);
-
-type Client = (ClientTx, ClientRx, Sid);
 
 backend_tests! {
     broadcasts_never_cross_namespaces,
@@ -30,12 +19,6 @@ fn sorted_ids(it: impl IntoIterator<Item = Sid>) -> Vec<Sid> {
     v
 }
 
-fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
-    let mut r: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
-    r.sort();
-    r
-}
-
 /// `/` and `/chat` on every node; on each node one client per namespace. Sockets of `/`
 /// join `r` and `main`, sockets of `/chat` join `r` and `chat`.
 async fn two_namespaces(backend: &Backend) -> ([TestNode; 3], [Client; 3], [Client; 3]) {
@@ -49,16 +32,8 @@ async fn two_namespaces(backend: &Backend) -> ([TestNode; 3], [Client; 3], [Clie
         s.join(["r", "chat"])
     })
     .await;
-    let main = [
-        dummy(&a.io, "/").await,
-        dummy(&b.io, "/").await,
-        dummy(&c.io, "/").await,
-    ];
-    let chat = [
-        dummy(&a.io, "/chat").await,
-        dummy(&b.io, "/chat").await,
-        dummy(&c.io, "/chat").await,
-    ];
+    let main = one_per_node([&a, &b, &c], "/").await;
+    let chat = one_per_node([&a, &b, &c], "/chat").await;
     ([a, b, c], main, chat)
 }
 
@@ -120,7 +95,7 @@ async fn every_operation_stays_in_its_namespace(backend: Backend) {
     assert_eq!(sorted(c.io.rooms().await.unwrap()), ["main", "r"]);
 
     chat_op(&b).join("only-chat").await.unwrap();
-    let ok = wait_until(ENDS, || {
+    let ok = wait_until(SETTLES, || {
         [&a, &b, &c].iter().zip(&chat).all(|(n, (_, _, sid))| {
             let s = n.io.of("/chat").unwrap().get_socket(*sid).unwrap();
             s.rooms().contains(&"only-chat".into())
@@ -132,7 +107,7 @@ async fn every_operation_stays_in_its_namespace(backend: Backend) {
 
     // Acks in /chat: the request and the answer carry the namespace.
     let stream = chat_op(&c)
-        .timeout(Duration::from_secs(60))
+        .timeout(LONG)
         .emit_with_ack::<_, String>("q", &1)
         .await
         .unwrap();
@@ -142,7 +117,7 @@ async fn every_operation_stays_in_its_namespace(backend: Backend) {
         assert_eq!(p, format!(r#"42/chat,{id}["q",1]"#));
         answer(tx, "/chat", id, &format!(r#"["chat{i}"]"#)).await;
     }
-    let acks: Vec<_> = within(ENDS, stream.collect())
+    let acks: Vec<_> = within(SETTLES, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 3, "{acks:?}");
@@ -156,7 +131,7 @@ async fn every_operation_stays_in_its_namespace(backend: Backend) {
         recv_none(rx, NOTHING).await;
     }
     assert_eq!(a.io.fetch_sockets().await.unwrap().len(), 3);
-    let ok = wait_until(ENDS, || {
+    let ok = wait_until(SETTLES, || {
         [&a, &b, &c]
             .iter()
             .all(|n| n.io.of("/chat").unwrap().sockets().is_empty())
@@ -169,8 +144,7 @@ async fn every_operation_stays_in_its_namespace(backend: Backend) {
 /// A namespace hosted by two nodes of three: operations on it reach the nodes that host it,
 /// and requests expecting answers complete (the third node says it does not host it).
 async fn namespace_hosted_by_some_nodes_only(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
-    ns_everywhere(&[&a, &b, &c], "/", async |_: SocketRef<Adapter>| {}).await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
     ns_everywhere(&[&a, &b], "/admin", async |_: SocketRef<Adapter>| {}).await;
     let (ta, mut ra, sa) = dummy(&a.io, "/admin").await;
     let (tb, mut rb, sb) = dummy(&b.io, "/admin").await;
@@ -182,7 +156,7 @@ async fn namespace_hosted_by_some_nodes_only(backend: Backend) {
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42/admin,["m","admins"]"#);
     recv_none(&mut rc, NOTHING).await;
 
-    let fetched = within(ENDS, admin.clone().fetch_sockets())
+    let fetched = within(SETTLES, admin.clone().fetch_sockets())
         .await
         .expect("fetch_sockets completes")
         .unwrap();
@@ -190,7 +164,7 @@ async fn namespace_hosted_by_some_nodes_only(backend: Backend) {
         sorted_ids(fetched.iter().map(|s| s.data().id)),
         sorted_ids([sa, sb])
     );
-    let rooms = within(ENDS, admin.clone().rooms())
+    let rooms = within(SETTLES, admin.clone().rooms())
         .await
         .expect("rooms completes")
         .unwrap();
@@ -198,7 +172,7 @@ async fn namespace_hosted_by_some_nodes_only(backend: Backend) {
 
     // c does not host /admin: the ack stream still ends once a and b have answered.
     let stream = admin
-        .timeout(Duration::from_secs(60))
+        .timeout(LONG)
         .emit_with_ack::<_, String>("q", &1)
         .await
         .unwrap();
@@ -208,7 +182,7 @@ async fn namespace_hosted_by_some_nodes_only(backend: Backend) {
         assert_eq!(p, format!(r#"42/admin,{id}["q",1]"#));
         answer(tx, "/admin", id, &format!(r#"["{name}"]"#)).await;
     }
-    let acks: std::collections::HashMap<_, _> = within(ENDS, stream.collect())
+    let acks: std::collections::HashMap<_, _> = within(SETTLES, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 2, "{acks:?}");
@@ -220,9 +194,8 @@ async fn namespace_hosted_by_some_nodes_only(backend: Backend) {
 /// A dynamic namespace: every node creates `/dyn/x` when a client connects to it. Its
 /// broadcasts, fetches and acks span the nodes, and never reach `/dyn/y` nor `/`.
 async fn dynamic_namespace_spans_nodes_and_is_isolated(backend: Backend) {
-    let [a, b, c] = spawn_cluster::<3>(&backend).await;
+    let [a, b, c] = spawn_root_cluster::<3>(&backend).await;
     let nodes = [&a, &b, &c];
-    ns_everywhere(&nodes, "/", async |_: SocketRef<Adapter>| {}).await;
     for n in nodes {
         n.io.dyn_ns("/dyn/{id}", async |s: SocketRef<Adapter>| {
             s.join("dyn-room")
@@ -243,9 +216,7 @@ async fn dynamic_namespace_spans_nodes_and_is_isolated(backend: Backend) {
     for (_, rx, _) in &mut x {
         assert_eq!(recv(rx, ARRIVES).await, r#"42/dyn/x,["m","x"]"#);
     }
-    recv_none(&mut ya, NOTHING).await;
-    recv_none(&mut yb, NOTHING).await;
-    recv_none(&mut root_c, NOTHING).await;
+    nothing_arrives([&mut ya, &mut yb, &mut root_c]).await;
 
     a.io.of("/dyn/y")
         .unwrap()
@@ -269,7 +240,7 @@ async fn dynamic_namespace_spans_nodes_and_is_isolated(backend: Backend) {
     let stream =
         a.io.of("/dyn/x")
             .unwrap()
-            .timeout(Duration::from_secs(60))
+            .timeout(LONG)
             .emit_with_ack::<_, String>("q", &1)
             .await
             .unwrap();
@@ -279,7 +250,7 @@ async fn dynamic_namespace_spans_nodes_and_is_isolated(backend: Backend) {
         assert_eq!(p, format!(r#"42/dyn/x,{id}["q",1]"#));
         answer(tx, "/dyn/x", id, r#"["ok"]"#).await;
     }
-    let acks: Vec<_> = within(ENDS, stream.collect())
+    let acks: Vec<_> = within(SETTLES, stream.collect())
         .await
         .expect("the ack stream ends");
     assert_eq!(acks.len(), 3, "{acks:?}");
@@ -300,7 +271,7 @@ async fn deleted_namespace_leaves_the_cluster(backend: Backend) {
     a.io.of("/chat").unwrap().emit("m", "after").await.unwrap();
     assert_eq!(recv(ca, ARRIVES).await, r#"42/chat,["m","after"]"#);
     assert_eq!(recv(cb, ARRIVES).await, r#"42/chat,["m","after"]"#);
-    let fetched = within(ENDS, b.io.of("/chat").unwrap().fetch_sockets())
+    let fetched = within(SETTLES, b.io.of("/chat").unwrap().fetch_sockets())
         .await
         .expect("fetch_sockets completes")
         .unwrap();

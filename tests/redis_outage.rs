@@ -6,12 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Adapter, redis_server};
+use common::{Adapter, ClientRx, redis_server};
 use socketioxide::{SocketIo, extract::SocketRef};
 use socketioxide_cluster::{ClusterAdapterCtr, redis::RedisAdapterConfig};
-use tokio::sync::mpsc::Receiver;
-
-type Rx = Receiver<engineioxide::Packet>;
 
 async fn node(url: &str) -> SocketIo<Adapter> {
     let config = RedisAdapterConfig::new().with_request_timeout(Duration::from_secs(1));
@@ -23,7 +20,7 @@ async fn node(url: &str) -> SocketIo<Adapter> {
     io
 }
 
-async fn next(rx: &mut Rx, ms: u64) -> Option<String> {
+async fn next(rx: &mut ClientRx, ms: u64) -> Option<String> {
     match tokio::time::timeout(Duration::from_millis(ms), rx.recv()).await {
         Ok(Some(p)) => Some(String::from(p)),
         _ => None,

@@ -1,7 +1,6 @@
 //! Rooms across an in-process cluster: `rooms()` as the union of every node, `join`/`leave`
 //! of sockets on other nodes, and `disconnect` of sockets on other nodes.
 mod common;
-use std::time::Duration;
 
 use common::*;
 use socketioxide::{
@@ -10,43 +9,11 @@ use socketioxide::{
 };
 use tokio::sync::mpsc;
 
-/// Bound for a packet that must arrive.
-const ARRIVES: u64 = 3000;
-/// How long a client is watched for a packet that must not arrive.
-const NOTHING: u64 = 300;
-/// Bound for remote state to settle.
-const SETTLES: Duration = Duration::from_secs(5);
-
-type Client = (ClientTx, ClientRx, Sid);
-
 backend_tests! {
     rooms_is_the_union_of_every_node,
     join_applies_to_sockets_on_other_nodes,
     leave_applies_to_sockets_on_other_nodes,
     disconnect_applies_to_sockets_on_other_nodes,
-}
-
-/// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
-/// `c` joins `rc` and `common`. One client per node.
-async fn rooms_cluster(backend: &Backend) -> ([TestNode; 3], [Client; 3]) {
-    let [a, b, c] = spawn_cluster::<3>(backend).await;
-    let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
-    for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
-        n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
-            .await
-            .unwrap();
-    }
-    wait_for_namespace(&[&a, &b, &c], "/").await;
-    let ca = dummy(&a.io, "/").await;
-    let cb = dummy(&b.io, "/").await;
-    let cc = dummy(&c.io, "/").await;
-    ([a, b, c], [ca, cb, cc])
-}
-
-fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
-    let mut r: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
-    r.sort();
-    r
 }
 
 /// The rooms of the socket `sid` living on `node`, as that node sees them.
@@ -98,8 +65,7 @@ async fn join_applies_to_sockets_on_other_nodes(backend: Backend) {
     a.io.to("rb").join("new").await.unwrap();
     a.io.to("new").emit("m", "to new").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42["m","to new"]"#);
-    recv_none(&mut ra, NOTHING).await;
-    recv_none(&mut rc, NOTHING).await;
+    nothing_arrives([&mut ra, &mut rc]).await;
     wait_rooms(&b, sb, &["new", "rb"]).await;
     assert_eq!(local_rooms(&a, sa), ["common", "ra"]);
     assert_eq!(local_rooms(&c, sc), ["common", "rc"]);
@@ -137,9 +103,7 @@ async fn leave_applies_to_sockets_on_other_nodes(backend: Backend) {
     wait_rooms(&a, sa, &["ra"]).await;
     wait_rooms(&c, sc, &["rc"]).await;
     assert_eq!(sorted(b.io.rooms().await.unwrap()), ["ra", "rb", "rc"]);
-    for r in [&mut ra, &mut rb, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
 
     // Leaving a room selected by another.
     a.io.to("rb").leave(["rb", "not-joined"]).await.unwrap();
@@ -164,10 +128,9 @@ async fn leave_applies_to_sockets_on_other_nodes(backend: Backend) {
 async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
     let [a, b, c] = spawn_cluster::<3>(&backend).await;
     let (dtx, mut drx) = mpsc::unbounded_channel::<(Sid, DisconnectReason)>();
-    let rooms: [&'static str; 3] = ["ra", "rb", "rc"];
-    for (n, room) in [&a, &b, &c].into_iter().zip(rooms) {
+    ns_per_node([&a, &b, &c], "/", ["ra", "rb", "rc"], |room| {
         let dtx = dtx.clone();
-        n.io.ns("/", async move |s: SocketRef<Adapter>| {
+        async move |s: SocketRef<Adapter>| {
             s.join(["all", room]);
             let dtx = dtx.clone();
             s.on_disconnect(
@@ -175,14 +138,11 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
                     dtx.send((s.id, reason)).unwrap();
                 },
             );
-        })
-        .await
-        .unwrap();
-    }
-    wait_for_namespace(&[&a, &b, &c], "/").await;
-    let (_ta, mut ra, sa) = dummy(&a.io, "/").await;
-    let (_tb, mut rb, sb) = dummy(&b.io, "/").await;
-    let (_tc, mut rc, sc) = dummy(&c.io, "/").await;
+        }
+    })
+    .await;
+    let [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)] =
+        one_per_node([&a, &b, &c], "/").await;
     let (_tc2, mut rc2, sc2) = dummy(&c.io, "/").await;
     // The second socket of c is in `all` and `rc2` only.
     let s = c.io.get_socket(sc2).unwrap();
@@ -198,9 +158,7 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
         .unwrap();
     assert_eq!((sid, reason), (sb, DisconnectReason::ServerNSDisconnect));
     assert!(wait_until(SETTLES, || b.io.sockets().is_empty()).await);
-    for r in [&mut ra, &mut rc, &mut rc2] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rc, &mut rc2]).await;
     let left = a.io.fetch_sockets().await.unwrap();
     let mut left: Vec<Sid> = left.iter().map(|s| s.data().id).collect();
     left.sort();

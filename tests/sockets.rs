@@ -5,16 +5,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use socketioxide::{AckError, extract::SocketRef, socket::RemoteSocket, socket::Sid};
-
-/// Bound for a packet that must arrive.
-const ARRIVES: u64 = 3000;
-/// How long a client is watched for a packet that must not arrive.
-const NOTHING: u64 = 300;
-/// Bound for remote state to settle, or an ack stream to end.
-const SETTLES: Duration = Duration::from_secs(10);
-
-type Client = (ClientTx, ClientRx, Sid);
+use socketioxide::{AckError, socket::RemoteSocket, socket::Sid};
 
 backend_tests! {
     fetch_sockets_returns_the_sockets_of_every_node,
@@ -27,20 +18,13 @@ backend_tests! {
     stale_remote_socket_operations_are_harmless,
 }
 
-/// Sockets join rooms in their connect handler: `a` joins `ra` and `common`, `b` joins `rb`,
-/// `c` joins `rc` and `common`. Clients: one on `a`, two on `b`, one on `c`.
+/// A [`spawn_rooms_cluster_with`] (sockets join the rooms of their node, [`NODE_ROOMS`]).
+/// Clients: one on `a`, two on `b`, one on `c`.
 async fn cluster_with_clients(
     backend: &Backend,
     build: impl Fn(socketioxide::SocketIoBuilder<Adapter>) -> socketioxide::SocketIoBuilder<Adapter>,
 ) -> ([TestNode; 3], [Client; 4]) {
-    let [a, b, c] = spawn_cluster_with::<3>(backend, build).await;
-    let rooms: [&'static [&'static str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
-    for (n, rooms) in [&a, &b, &c].into_iter().zip(rooms) {
-        n.io.ns("/", async move |s: SocketRef<Adapter>| s.join(rooms))
-            .await
-            .unwrap();
-    }
-    wait_for_namespace(&[&a, &b, &c], "/").await;
+    let [a, b, c] = spawn_rooms_cluster_with(backend, build).await;
     let ca = dummy(&a.io, "/").await;
     let cb1 = dummy(&b.io, "/").await;
     let cb2 = dummy(&b.io, "/").await;
@@ -76,12 +60,6 @@ async fn fetch_one(from: &TestNode, sid: Sid) -> RemoteSocket<Adapter> {
     all.into_iter()
         .find(|s| s.data().id == sid)
         .unwrap_or_else(|| panic!("{sid} fetched"))
-}
-
-fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
-    let mut r: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
-    r.sort();
-    r
 }
 
 async fn fetch_sockets_returns_the_sockets_of_every_node(backend: Backend) {
@@ -141,9 +119,7 @@ async fn remote_socket_emit_reaches_only_that_socket(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","to a again"]"#);
-    for r in [&mut ra, &mut rb1, &mut rb2, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb1, &mut rb2, &mut rc]).await;
 }
 
 async fn remote_socket_emit_with_ack_gets_its_answer(backend: Backend) {
@@ -168,9 +144,7 @@ async fn remote_socket_emit_with_ack_gets_its_answer(backend: Backend) {
     assert_eq!(acks.len(), 1, "{acks:?}");
     assert_eq!(acks[0].0, sc);
     assert_eq!(acks[0].1.as_ref().unwrap(), "from c");
-    for r in [&mut ra, &mut rb1, &mut rb2, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb1, &mut rb2, &mut rc]).await;
     drop(c);
 }
 
@@ -229,9 +203,7 @@ async fn remote_socket_join_leave_and_rooms(backend: Backend) {
         sorted(c.io.rooms().await.unwrap()),
         ["common", "ra", "rb", "rc", "y"]
     );
-    for r in [&mut ra, &mut rb1, &mut rb2, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb1, &mut rb2, &mut rc]).await;
 }
 
 async fn remote_socket_disconnect_disconnects_only_that_socket(backend: Backend) {
@@ -248,9 +220,7 @@ async fn remote_socket_disconnect_disconnects_only_that_socket(backend: Backend)
     assert_eq!(recv(&mut rb2, ARRIVES).await, "41");
     assert!(wait_until(SETTLES, || b.io.get_socket(sb2).is_none()).await);
     assert!(b.io.get_socket(sb1).is_some());
-    for r in [&mut ra, &mut rb1, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb1, &mut rc]).await;
     assert_eq!(
         ids(&a.io.fetch_sockets().await.unwrap()),
         expected(&[(&a, sa), (&b, sb1), (&c, sc)])
@@ -308,9 +278,7 @@ async fn stale_remote_socket_operations_are_harmless(backend: Backend) {
         .expect("the ack stream ends");
     assert!(acks.is_empty(), "{acks:?}");
     stale.clone().disconnect().await.unwrap();
-    for r in [&mut ra, &mut rb2, &mut rc] {
-        recv_none(r, NOTHING).await;
-    }
+    nothing_arrives([&mut ra, &mut rb2, &mut rc]).await;
     assert_eq!(
         sorted(a.io.rooms().await.unwrap()),
         ["common", "ra", "rb", "rc"]

@@ -1,6 +1,8 @@
 //! Start-up errors of the gossip backend are clear and name what is wrong.
 #![cfg(feature = "cluster-gossip")]
 
+use std::net::SocketAddr;
+
 use socketioxide_cluster::{Error, GossipAdapterConfig, GossipAdapterCtr};
 
 fn config() -> GossipAdapterConfig {
@@ -22,24 +24,27 @@ async fn missing_secret_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn mesh_port_in_use_is_named() {
+/// Start a node on a UDP port another socket holds, set by `on` in the test config: the
+/// start-up error, and the address of that port.
+async fn start_on_taken_port(
+    on: impl FnOnce(GossipAdapterConfig, SocketAddr) -> GossipAdapterConfig,
+) -> (Error, SocketAddr) {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let err = GossipAdapterCtr::new(config().with_mesh_addr(addr))
-        .await
-        .unwrap_err();
+    let err = GossipAdapterCtr::new(on(config(), addr)).await.unwrap_err();
+    (err, addr)
+}
+
+#[tokio::test]
+async fn mesh_port_in_use_is_named() {
+    let (err, addr) = start_on_taken_port(GossipAdapterConfig::with_mesh_addr).await;
     assert!(matches!(err, Error::MeshBind { .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
 
 #[tokio::test]
 async fn gossip_port_in_use_is_named() {
-    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
-    let err = GossipAdapterCtr::new(config().with_gossip_addr(addr))
-        .await
-        .unwrap_err();
+    let (err, addr) = start_on_taken_port(GossipAdapterConfig::with_gossip_addr).await;
     assert!(matches!(err, Error::GossipBind { .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }

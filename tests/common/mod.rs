@@ -10,7 +10,7 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
 use engineioxide::Packet as EioPacket;
-use socketioxide::{SocketIo, SocketIoBuilder, adapter::Emitter, socket::Sid};
+use socketioxide::{SocketIo, SocketIoBuilder, adapter::Emitter, extract::SocketRef, socket::Sid};
 #[cfg(feature = "cluster-gossip")]
 use socketioxide_cluster::{Cluster, GossipAdapterConfig};
 use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
@@ -22,6 +22,16 @@ pub mod redis_server;
 
 /// The adapter type of the test servers, whatever their backend.
 pub type Adapter = ClusterAdapter<Emitter>;
+
+/// Bound (ms) for a packet that must arrive.
+pub const ARRIVES: u64 = 3000;
+/// How long (ms) a client is watched for a packet that must not arrive.
+pub const NOTHING: u64 = 300;
+/// Bound for remote state to settle, or an ack stream to end.
+pub const SETTLES: Duration = Duration::from_secs(10);
+/// An ack timeout far longer than any test: a stream that ends sooner ended because every
+/// expected ack came, not because it timed out.
+pub const LONG: Duration = Duration::from_secs(60);
 
 /// For each `async fn name(backend: Backend)` listed, generate `gossip::name` (feature
 /// `cluster-gossip`) and `redis::name` (feature `redis`), each a test that runs `name` on
@@ -419,6 +429,58 @@ where
     wait_for_namespace(nodes, ns).await;
 }
 
+/// Start `N` nodes of one cluster on `backend`, each hosting `/` with a connect handler that
+/// does nothing, and wait until they see each other hosting it.
+pub async fn spawn_root_cluster<const N: usize>(backend: &Backend) -> [TestNode; N] {
+    let nodes = spawn_cluster::<N>(backend).await;
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    ns_everywhere(&refs, "/", async |_: SocketRef<Adapter>| {}).await;
+    nodes
+}
+
+/// The rooms the sockets of each node of a [`spawn_rooms_cluster_with`] join in their
+/// connect handler, in node order: `a` joins `ra` and `common`, `b` joins `rb`, `c` joins
+/// `rc` and `common`.
+pub const NODE_ROOMS: [&[&str]; 3] = [&["ra", "common"], &["rb"], &["rc", "common"]];
+
+/// Three nodes hosting `/`, whose sockets join the rooms of their node ([`NODE_ROOMS`]) in
+/// their connect handler; each node's socket.io builder customised by `build`.
+pub async fn spawn_rooms_cluster_with(
+    backend: &Backend,
+    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> [TestNode; 3] {
+    let [a, b, c] = spawn_cluster_with::<3>(backend, build).await;
+    ns_per_node([&a, &b, &c], "/", NODE_ROOMS, |rooms| {
+        async move |s: SocketRef<Adapter>| s.join(rooms)
+    })
+    .await;
+    [a, b, c]
+}
+
+/// A [`spawn_rooms_cluster_with`] of default nodes, with one dummy client on `/` per node.
+pub async fn rooms_cluster(backend: &Backend) -> ([TestNode; 3], [Client; 3]) {
+    let [a, b, c] = spawn_rooms_cluster_with(backend, |b| b).await;
+    let clients = one_per_node([&a, &b, &c], "/").await;
+    ([a, b, c], clients)
+}
+
+/// Register namespace `ns` on each of `nodes`, with the connect handler `handler` makes of
+/// that node's entry in `per_node`, then wait until all see each other hosting it.
+pub async fn ns_per_node<const N: usize, P, C, T>(
+    nodes: [&TestNode; N],
+    ns: &'static str,
+    per_node: [P; N],
+    handler: impl Fn(P) -> C,
+) where
+    C: socketioxide::handler::ConnectHandler<Adapter, T>,
+    T: Send + Sync + 'static,
+{
+    for (n, p) in nodes.into_iter().zip(per_node) {
+        n.io.ns(ns, handler(p)).await.expect("namespace init");
+    }
+    wait_for_namespace(&nodes, ns).await;
+}
+
 /// Await `fut` for at most `limit`: `None` if it has not completed by then. Unlike
 /// `tokio::time::timeout`, `fut` is not polled once more at the deadline, so a future that
 /// would complete only because the deadline woke its task (say, an ack stream that ended
@@ -466,6 +528,13 @@ pub async fn recv_none(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet
     }
 }
 
+/// Assert nothing arrives on any of `rxs`, watching each in turn for [`NOTHING`].
+pub async fn nothing_arrives<const N: usize>(rxs: [&mut ClientRx; N]) {
+    for rx in rxs {
+        recv_none(rx, NOTHING).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients: dummy sockets, HTTP long-polling (text and msgpack), and packet helpers.
 // ---------------------------------------------------------------------------------------------
@@ -474,6 +543,9 @@ pub async fn recv_none(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet
 pub type ClientTx = mpsc::Sender<EioPacket>;
 /// The receiving half of a test client: engine.io packets from the server.
 pub type ClientRx = mpsc::Receiver<EioPacket>;
+
+/// A test client: its sending and receiving halves, and its socket id.
+pub type Client = (ClientTx, ClientRx, Sid);
 
 /// The socket id in a text CONNECT packet (`40{"sid":"..."}` or `40/ns,{"sid":"..."}`).
 pub fn sid_of(connect: &str) -> Sid {
@@ -493,6 +565,22 @@ pub async fn dummy(io: &SocketIo<Adapter>, ns: &'static str) -> (ClientTx, Clien
     let connect = recv(&mut rx, 2000).await;
     assert!(connect.starts_with("40"), "expected CONNECT, got {connect}");
     (tx, rx, sid_of(&connect))
+}
+
+/// Connect one dummy socket to `ns` of each of `nodes`, one after the other.
+pub async fn one_per_node<const N: usize>(nodes: [&TestNode; N], ns: &'static str) -> [Client; N] {
+    let mut clients = Vec::with_capacity(N);
+    for n in nodes {
+        clients.push(dummy(&n.io, ns).await);
+    }
+    array(clients)
+}
+
+/// `rooms` as strings, sorted.
+pub fn sorted(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
+    let mut r: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
+    r.sort();
+    r
 }
 
 /// Receive the next engine.io packet of a client within `ms`.

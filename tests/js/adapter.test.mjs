@@ -3,9 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before } from 'node:test';
 import {
-  Cluster,
   SETTLE_MS,
   disconnected,
   median,
@@ -13,27 +11,15 @@ import {
   request,
   sleep,
   uniq,
+  useCluster,
   waitUntil,
   withTimeout,
 } from './cluster.mjs';
 
-const cluster = new Cluster({ size: 3 });
-
-before(async () => {
-  await cluster.start();
-}, { timeout: 180_000 });
-
-after(async () => {
-  await cluster.stop();
-}, { timeout: 60_000 });
-
-/** One client per node, in node order. */
-async function onePerNode(opts) {
-  return Promise.all([0, 1, 2].map((i) => cluster.client(i, opts)));
-}
+const cluster = useCluster({ size: 3 });
 
 cluster.test('broadcast from node 1 reaches the clients of all 3 nodes', async () => {
-  const [a1, a2, a3] = await onePerNode();
+  const [a1, a2, a3] = await cluster.onePerNode();
   const event = uniq('hello');
   const recs = [a1, a2, a3].map((s) => record(s, event));
 
@@ -49,8 +35,8 @@ cluster.test('broadcast from node 1 reaches the clients of all 3 nodes', async (
 
 cluster.test('room broadcast reaches only the room members, on every node', async () => {
   const room = uniq('room');
-  const members = await onePerNode();
-  const others = await onePerNode();
+  const members = await cluster.onePerNode();
+  const others = await cluster.onePerNode();
   for (const s of members) await request(s, 'join', room);
   const event = uniq('room-ev');
   const inRoom = members.map((s) => record(s, event));
@@ -72,8 +58,8 @@ cluster.test('room broadcast reaches only the room members, on every node', asyn
 cluster.test('except excludes the sockets of the excepted room on every node', async () => {
   const all = uniq('ex-all');
   const skip = uniq('ex-skip');
-  const kept = await onePerNode();
-  const skipped = await onePerNode();
+  const kept = await cluster.onePerNode();
+  const skipped = await cluster.onePerNode();
   for (const s of [...kept, ...skipped]) await request(s, 'join', all);
   for (const s of skipped) await request(s, 'join', skip);
   const event = uniq('ex-ev');
@@ -92,7 +78,7 @@ cluster.test('except excludes the sockets of the excepted room on every node', a
 
 cluster.test('socket.broadcast() reaches everyone else and excludes the sender', async () => {
   const room = uniq('sb');
-  const [s1, s2, s3] = await onePerNode();
+  const [s1, s2, s3] = await cluster.onePerNode();
   const s1b = await cluster.client(0);
   for (const s of [s1, s1b, s2, s3]) await request(s, 'join', room);
   const event = uniq('sb-ev');
@@ -108,7 +94,7 @@ cluster.test('socket.broadcast() reaches everyone else and excludes the sender',
 });
 
 cluster.test('the chat "message" event is relayed to the clients of the other nodes', async () => {
-  const [c1, c2, c3] = await onePerNode();
+  const [c1, c2, c3] = await cluster.onePerNode();
   const recs = [c1, c2, c3].map((s) => record(s, 'message'));
   const text = uniq('hi');
   c1.emit('message', text);
@@ -123,7 +109,7 @@ cluster.test('the chat "message" event is relayed to the clients of the other no
 });
 
 cluster.test('binary payloads cross nodes intact', async () => {
-  const [b1, b2, b3] = await onePerNode();
+  const [b1, b2, b3] = await cluster.onePerNode();
   const event = uniq('bin');
   const recs = [b1, b2, b3].map((s) => record(s, event));
   const payload = randomBytes(4096);
@@ -142,8 +128,8 @@ cluster.test('binary payloads cross nodes intact', async () => {
 });
 
 cluster.test('namespaces are separated across nodes (/admin vs /)', async () => {
-  const admins = await onePerNode({ ns: '/admin' });
-  const roots = await onePerNode();
+  const admins = await cluster.onePerNode({ ns: '/admin' });
+  const roots = await cluster.onePerNode();
   const event = uniq('ns-ev');
   const adminRecs = admins.map((s) => record(s, event));
   const rootRecs = roots.map((s) => record(s, event));
@@ -166,19 +152,7 @@ cluster.test('namespaces are separated across nodes (/admin vs /)', async () => 
 });
 
 cluster.test('emit_with_ack from node 1 collects the acks of the clients of all 3 nodes', async () => {
-  const room = uniq('ack');
-  const clients = await onePerNode();
-  for (const [i, s] of clients.entries()) {
-    await request(s, 'join', room);
-    s.on('ask', (data, cb) => cb({ node: i + 1, echo: data }));
-  }
-
-  const res = await request(clients[0], 'emit_with_ack', {
-    event: 'ask',
-    data: { q: 'ping' },
-    to: room,
-    timeout_ms: 3000,
-  });
+  const { clients, res } = await cluster.askEveryNode('ack', { q: 'ping' });
 
   assert.deepEqual(res.errors, []);
   assert.equal(res.acks.length, 3);
@@ -190,7 +164,7 @@ cluster.test('emit_with_ack from node 1 collects the acks of the clients of all 
 
 cluster.test('emit_with_ack reports a remote socket that does not answer', async () => {
   const room = uniq('ack-silent');
-  const [k1, k2] = await onePerNode();
+  const [k1, k2] = await cluster.onePerNode();
   await request(k1, 'join', room);
   await request(k2, 'join', room);
   k1.on('ask', (_data, cb) => cb('k1'));
@@ -208,7 +182,7 @@ cluster.test('emit_with_ack reports a remote socket that does not answer', async
 
 cluster.test('fetch_sockets from node 1 lists the sockets of all 3 nodes with their rooms', async () => {
   const all = uniq('fs-all');
-  const clients = await onePerNode();
+  const clients = await cluster.onePerNode();
   const own = [];
   for (const [i, s] of clients.entries()) {
     own.push(uniq(`fs-${i + 1}`));
@@ -238,7 +212,7 @@ cluster.test('fetch_sockets from node 1 lists the sockets of all 3 nodes with th
 });
 
 cluster.test('remote join/leave/emit/emit_with_ack/disconnect on a socket of another node', async () => {
-  const [driver, bystander, target] = await onePerNode();
+  const [driver, bystander, target] = await cluster.onePerNode();
   const room = uniq('rj');
   const whoami = async () => (await request(target, 'whoami')).rooms;
 
@@ -293,7 +267,7 @@ cluster.test('remote join/leave/emit/emit_with_ack/disconnect on a socket of ano
 });
 
 cluster.test('rooms lists the rooms of every node', async () => {
-  const clients = await onePerNode();
+  const clients = await cluster.onePerNode();
   const rooms = clients.map((_, i) => uniq(`rooms-${i + 1}`));
   for (const [i, s] of clients.entries()) await request(s, 'join', rooms[i]);
   const res = await request(clients[0], 'rooms');
@@ -302,7 +276,7 @@ cluster.test('rooms lists the rooms of every node', async () => {
 
 cluster.test('disconnect_all disconnects the room members of other nodes only', async () => {
   const room = uniq('dc');
-  const [h1, h2, h3] = await onePerNode();
+  const [h1, h2, h3] = await cluster.onePerNode();
   await request(h2, 'join', room);
   await request(h3, 'join', room);
   const gone = [disconnected(h2), disconnected(h3)];
@@ -314,7 +288,7 @@ cluster.test('disconnect_all disconnects the room members of other nodes only', 
 
 cluster.test('1000 numbered events from node 1 arrive complete and in order on node 2', async () => {
   const room = uniq('seq');
-  const [sender, receiver] = await onePerNode();
+  const [sender, receiver] = await cluster.onePerNode();
   await request(receiver, 'join', room);
   const event = uniq('seq-ev');
   const rec = record(receiver, event);
@@ -336,7 +310,7 @@ cluster.test('1000 numbered events from node 1 arrive complete and in order on n
 
 cluster.test('cross-node broadcast latency (informational)', async () => {
   const room = uniq('lat');
-  const [sender, receiver] = await onePerNode();
+  const [sender, receiver] = await cluster.onePerNode();
   await request(receiver, 'join', room);
   const event = uniq('lat-ev');
   const waiting = new Map();

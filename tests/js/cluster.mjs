@@ -16,7 +16,7 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { io } from 'socket.io-client';
 
@@ -414,6 +414,33 @@ export class Cluster {
     return socket;
   }
 
+  /** One client per node of the initial `size`, in node order. */
+  async onePerNode(opts) {
+    return Promise.all(Array.from({ length: this.size }, (_, i) => this.client(i, opts)));
+  }
+
+  /**
+   * Puts one client per node (`onePerNode`) in a fresh room named after `prefix`; each
+   * answers "ask" with `{ node, echo }` (its node number from 1, the data asked). Then the
+   * client of node 1 asks the room with emit_with_ack (timeout 3 s). Resolves with the
+   * clients and the answer of that request.
+   */
+  async askEveryNode(prefix, data) {
+    const room = uniq(prefix);
+    const clients = await this.onePerNode();
+    for (const [i, s] of clients.entries()) {
+      await request(s, 'join', room);
+      s.on('ask', (asked, cb) => cb({ node: i + 1, echo: asked }));
+    }
+    const res = await request(clients[0], 'emit_with_ack', {
+      event: 'ask',
+      data,
+      to: room,
+      timeout_ms: 3000,
+    });
+    return { clients, res };
+  }
+
   /** Disconnects every client created with `client`. */
   closeClients() {
     for (const socket of this.clients) socket.disconnect();
@@ -450,6 +477,21 @@ export class Cluster {
       }
     });
   }
+}
+
+/**
+ * The cluster of a test file: started before its first test, stopped after its last.
+ * `options` as for `Cluster`.
+ */
+export function useCluster(options) {
+  const cluster = new Cluster(options);
+  before(async () => {
+    await cluster.start();
+  }, { timeout: 180_000 });
+  after(async () => {
+    await cluster.stop();
+  }, { timeout: 60_000 });
+  return cluster;
 }
 
 // ---------------------------------------------------------------------------

@@ -2,32 +2,23 @@
 // node rejoins the cluster when it is restarted.
 
 import assert from 'node:assert/strict';
-import { after, before } from 'node:test';
 import {
   BACKEND,
-  Cluster,
   REQUEST_TIMEOUT_MS,
   SETTLE_MS,
   record,
   request,
   sleep,
   uniq,
+  useCluster,
   waitUntil,
 } from './cluster.mjs';
 
-const cluster = new Cluster({ size: 3 });
-
-before(async () => {
-  await cluster.start();
-}, { timeout: 180_000 });
-
-after(async () => {
-  await cluster.stop();
-}, { timeout: 60_000 });
+const cluster = useCluster({ size: 3 });
 
 cluster.test('SIGKILL of node 3: fetch_sockets answers fast, node 3 rejoins after a restart', async () => {
   const room = uniq('fault');
-  const clients = await Promise.all([0, 1, 2].map((i) => cluster.client(i)));
+  const clients = await cluster.onePerNode();
   for (const s of clients) await request(s, 'join', room);
   const [c1, c2, c3] = clients;
   const initial = await request(c1, 'fetch_sockets', { to: room, rooms: false });

@@ -3,27 +3,14 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before } from 'node:test';
 import msgpackParser from 'socket.io-msgpack-parser';
-import { Cluster, SETTLE_MS, record, request, sleep, uniq } from './cluster.mjs';
+import { SETTLE_MS, record, request, sleep, uniq, useCluster } from './cluster.mjs';
 
-const cluster = new Cluster({ size: 3, parser: 'msgpack', parserModule: msgpackParser });
-
-before(async () => {
-  await cluster.start();
-}, { timeout: 180_000 });
-
-after(async () => {
-  await cluster.stop();
-}, { timeout: 60_000 });
-
-async function onePerNode() {
-  return Promise.all([0, 1, 2].map((i) => cluster.client(i)));
-}
+const cluster = useCluster({ size: 3, parser: 'msgpack', parserModule: msgpackParser });
 
 cluster.test('msgpack: broadcast from node 1 reaches the clients of all 3 nodes', async () => {
   const room = uniq('mp');
-  const clients = await onePerNode();
+  const clients = await cluster.onePerNode();
   const outsider = await cluster.client(1);
   for (const s of clients) await request(s, 'join', room);
   const event = uniq('mp-ev');
@@ -40,18 +27,7 @@ cluster.test('msgpack: broadcast from node 1 reaches the clients of all 3 nodes'
 });
 
 cluster.test('msgpack: emit_with_ack collects the acks of all 3 nodes', async () => {
-  const room = uniq('mp-ack');
-  const clients = await onePerNode();
-  for (const [i, s] of clients.entries()) {
-    await request(s, 'join', room);
-    s.on('ask', (data, cb) => cb({ node: i + 1, echo: data }));
-  }
-  const res = await request(clients[0], 'emit_with_ack', {
-    event: 'ask',
-    data: 'mp?',
-    to: room,
-    timeout_ms: 3000,
-  });
+  const { clients, res } = await cluster.askEveryNode('mp-ack', 'mp?');
   assert.deepEqual(res.errors, []);
   const byId = new Map(res.acks.map((a) => [a.id, a.data]));
   assert.equal(byId.size, 3);
@@ -62,7 +38,7 @@ cluster.test('msgpack: emit_with_ack collects the acks of all 3 nodes', async ()
 
 cluster.test('msgpack: binary payloads cross nodes intact', async () => {
   const room = uniq('mp-bin');
-  const clients = await onePerNode();
+  const clients = await cluster.onePerNode();
   for (const s of clients) await request(s, 'join', room);
   const event = uniq('mp-bin-ev');
   const recs = clients.map((s) => record(s, event));

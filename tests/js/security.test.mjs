@@ -3,19 +3,10 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before } from 'node:test';
-import { BACKEND, Cluster, SETTLE_MS, record, request, sleep, uniq } from './cluster.mjs';
+import { BACKEND, SETTLE_MS, record, request, sleep, uniq, useCluster } from './cluster.mjs';
 
-const cluster = new Cluster({ size: 3 });
+const cluster = useCluster({ size: 3 });
 const gossip = BACKEND === 'gossip';
-
-before(async () => {
-  await cluster.start();
-}, { timeout: 180_000 });
-
-after(async () => {
-  await cluster.stop();
-}, { timeout: 60_000 });
 
 cluster.test('a node with a wrong secret never becomes a member', async (t) => {
   if (!gossip) {
@@ -39,7 +30,7 @@ cluster.test('a node with a wrong secret never becomes a member', async (t) => {
 
   // Broadcasts do not cross the trust boundary, in either direction.
   const room = uniq('sec');
-  const inside = await Promise.all([0, 1, 2].map((i) => cluster.client(i)));
+  const inside = await cluster.onePerNode();
   const outside = await cluster.client(3);
   for (const s of [...inside, outside]) await request(s, 'join', room);
 
