@@ -2,9 +2,14 @@
 //! requests waiting for responses. Knows nothing of socket.io: namespaces are routing keys,
 //! frames are opaque beyond their routing fields.
 
+mod handle;
+mod pending;
+mod startup;
+mod view;
+
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex, RwLock, Weak,
@@ -15,10 +20,16 @@ use std::{
 
 use tokio::time::Instant;
 
+pub use handle::{Cluster, MembershipEvent};
+pub(crate) use pending::Pending;
+use pending::PendingEntry;
+use startup::{advertised, check_seed, gossip_addrs};
+use view::{RETRY_MIN, View};
+
 use bytes::Bytes;
 use chitchat::{ChitchatId, NodeState};
 use futures_core::Stream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::{
     config::{Auth, GossipAdapterConfig},
@@ -36,79 +47,7 @@ pub(crate) trait NamespaceHandler: Send + Sync + 'static {
     fn on_request(&self, from: &PeerId, req: wire::Request);
 }
 
-/// A change in the set of live members.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MembershipEvent {
-    /// A node joined (or came back with a new generation).
-    Joined(Member),
-    /// A node left: gracefully, or found dead.
-    Left(Member),
-}
-
-/// Responses to one request, and the peers it no longer waits for.
-pub(crate) struct Pending {
-    /// The peers the request was sent to.
-    pub(crate) targets: Vec<PeerId>,
-    /// Responses, in the order each peer sent them.
-    pub(crate) responses: mpsc::UnboundedReceiver<(PeerId, ResponseBody)>,
-    /// Peers found gone (dead, left, or unreachable) while the request is pending.
-    pub(crate) gone: mpsc::UnboundedReceiver<PeerId>,
-    id: Id,
-    node: Weak<Node>,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(node) = self.node.upgrade() {
-            lock(&node.pending).remove(&self.id);
-        }
-    }
-}
-
-struct PendingEntry {
-    /// Unbounded, but never holds more than `allowance` allows.
-    responses: mpsc::UnboundedSender<(PeerId, ResponseBody)>,
-    gone: mpsc::UnboundedSender<PeerId>,
-    waiting: HashSet<PeerId>,
-    /// How many more responses the request may buffer: one answer per target plus some
-    /// slack, raised by each announced ack count. A slow reader of the responses never
-    /// loses one; a peer sending more than it announced is cut off.
-    allowance: u64,
-}
-
 type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
-
-/// First delay before connecting again to a live peer that could not be verified.
-const RETRY_MIN: Duration = Duration::from_millis(500);
-/// Longest delay between such attempts.
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Who is in the cluster, as this node sees it. A member is a node that gossip shows live
-/// **and** that proved the cluster secret on a mesh connection: gossip alone is never trusted.
-#[derive(Default)]
-struct View {
-    /// Nodes gossip shows live, minus those that left.
-    live: HashMap<PeerId, Member>,
-    /// Peers that proved the cluster secret on a mesh connection.
-    verified: HashSet<PeerId>,
-    /// Peers that left gracefully: ignored even while gossip still shows them.
-    left: HashSet<PeerId>,
-    /// When to try again to connect to a live peer not verified yet, and the next backoff.
-    retry: HashMap<PeerId, (Instant, Duration)>,
-}
-
-impl View {
-    fn members(&self) -> impl Iterator<Item = &Member> {
-        self.live
-            .iter()
-            .filter(|(p, _)| self.verified.contains(*p))
-            .map(|(_, m)| m)
-    }
-
-    fn member_map(&self) -> HashMap<PeerId, Member> {
-        self.members().map(|m| (m.peer_id(), m.clone())).collect()
-    }
-}
 
 /// The running node, shared by the cluster handle and every namespace adapter.
 pub(crate) struct Node {
@@ -351,24 +290,9 @@ impl Node {
 
     /// Wait for responses to request `id` from `targets`.
     pub(crate) fn expect(self: &Arc<Self>, id: Id, targets: Vec<PeerId>, buffer: usize) -> Pending {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (gone_tx, gone_rx) = mpsc::unbounded_channel();
-        lock(&self.pending).insert(
-            id,
-            PendingEntry {
-                responses: tx,
-                gone: gone_tx,
-                waiting: targets.iter().cloned().collect(),
-                allowance: (targets.len() + buffer) as u64,
-            },
-        );
-        Pending {
-            targets,
-            responses: rx,
-            gone: gone_rx,
-            id,
-            node: Arc::downgrade(self),
-        }
+        let (entry, pending) = PendingEntry::new(Arc::downgrade(self), id, targets, buffer);
+        lock(&self.pending).insert(id, entry);
+        pending
     }
 
     /// Send a frame to each of `targets`, in parallel; in order per peer. A frame that
@@ -456,8 +380,7 @@ impl Node {
             return Ok(link.clone());
         }
         let addr = read(&self.view)
-            .live
-            .get(peer)
+            .live(peer)
             .map(|m| m.mesh_addr)
             .or_else(|| lock(&self.addrs).get(peer).copied())
             .ok_or_else(|| "no known mesh address".to_string())?;
@@ -490,9 +413,7 @@ impl Node {
     /// Pending requests stop waiting for `peer`.
     fn stop_waiting_for(&self, peer: &PeerId) {
         for entry in lock(&self.pending).values_mut() {
-            if entry.waiting.remove(peer) {
-                let _ = entry.gone.send(peer.clone());
-            }
+            entry.peer_gone(peer);
         }
     }
 
@@ -526,25 +447,12 @@ impl Node {
                     }
                 }
             }
-            Frame::Response(res) => {
-                let mut pending = lock(&self.pending);
-                match pending.get_mut(&res.id) {
-                    Some(entry) if entry.allowance == 0 => {
-                        tracing::warn!(peer = %from, "response dropped: more responses than the peer announced");
-                    }
-                    Some(entry) => {
-                        entry.allowance -= 1;
-                        if let ResponseBody::AckCount(n) = res.body {
-                            entry.allowance = entry.allowance.saturating_add(u64::from(n));
-                        }
-                        // Fails only when the request was just dropped: nothing to deliver.
-                        let _ = entry.responses.send((from.clone(), res.body));
-                    }
-                    None => {
-                        tracing::debug!(peer = %from, "response to a request no longer pending")
-                    }
+            Frame::Response(res) => match lock(&self.pending).get_mut(&res.id) {
+                Some(entry) => entry.deliver(from, res.body),
+                None => {
+                    tracing::debug!(peer = %from, "response to a request no longer pending")
                 }
-            }
+            },
             Frame::Leave => self.mark_left(from, "it left the cluster"),
         }
     }
@@ -608,20 +516,11 @@ impl Node {
 
     /// `peer` proved the cluster secret.
     fn verified(&self, peer: &PeerId) {
-        self.change_view("verified", |v| {
-            if !v.left.contains(peer) {
-                v.verified.insert(peer.clone());
-                v.retry.remove(peer);
-            }
-        });
+        self.change_view("verified", |v| v.verify(peer));
     }
 
     fn mark_left(&self, peer: &PeerId, why: &str) {
-        self.change_view(why, |v| {
-            v.left.insert(peer.clone());
-            v.live.remove(peer);
-            v.verified.remove(peer);
-        });
+        self.change_view(why, |v| v.leave(peer));
         self.stop_waiting_for(peer);
         self.drop_link(peer);
     }
@@ -641,45 +540,13 @@ impl Node {
             .filter_map(|(id, state)| membership::parse_member(id, state.key_values()))
             .map(|m| (m.peer_id(), m))
             .collect();
-        self.change_view("no longer live in gossip", |v| {
-            v.left.retain(|p| listed(p));
-            let before: HashSet<PeerId> = v.live.keys().cloned().collect();
-            v.live = next
-                .into_iter()
-                .filter(|(p, _)| !v.left.contains(p))
-                .collect();
-            // A peer found dead must prove itself again if it comes back.
-            v.verified
-                .retain(|p| v.live.contains_key(p) || !before.contains(p));
-            v.retry.retain(|p, _| v.live.contains_key(p));
-        });
+        self.change_view("no longer live in gossip", |v| v.apply_gossip(next, listed));
         self.connect_unverified();
     }
 
     /// Try to connect to live peers that have not proved the secret yet, with backoff.
     fn connect_unverified(self: &Arc<Self>) {
-        let now = Instant::now();
-        let due: Vec<(PeerId, bool)> = {
-            let mut view = write(&self.view);
-            let View {
-                live,
-                verified,
-                retry,
-                ..
-            } = &mut *view;
-            live.keys()
-                .filter(|p| !verified.contains(*p))
-                .filter_map(|p| {
-                    let entry = retry.entry(p.clone()).or_insert((now, RETRY_MIN));
-                    if entry.0 > now {
-                        return None;
-                    }
-                    let first = entry.1 == RETRY_MIN;
-                    *entry = (now + entry.1, (entry.1 * 2).min(RETRY_MAX));
-                    Some((p.clone(), first))
-                })
-                .collect()
-        };
+        let due = write(&self.view).due_for_connection(Instant::now());
         for (peer, first) in due {
             let node = self.clone();
             tokio::spawn(async move {
@@ -721,9 +588,7 @@ impl Node {
             }
         }
         for entry in lock(&self.pending).values_mut() {
-            for peer in entry.waiting.drain() {
-                let _ = entry.gone.send(peer);
-            }
+            entry.release_all();
         }
         self.mesh.close(mesh::CLOSE_LEAVING, b"leaving").await;
         self.membership.shutdown();
@@ -766,124 +631,5 @@ async fn watch_membership(
             }
             _ = tick.tick() => false,
         };
-    }
-}
-
-/// A seed must be `ip:port` or `host:port`. A host name that does not resolve yet is only
-/// logged: it is resolved again periodically.
-async fn check_seed(seed: &str) -> Result<(), Error> {
-    let bad = |reason: &str| Error::Seed {
-        seed: seed.to_string(),
-        reason: reason.to_string(),
-    };
-    if seed.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let (host, port) = seed
-        .rsplit_once(':')
-        .ok_or_else(|| bad("expected host:port"))?;
-    if host.is_empty() {
-        return Err(bad("empty host"));
-    }
-    port.parse::<u16>()
-        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
-    if let Err(e) = tokio::net::lookup_host(seed).await {
-        tracing::warn!(%seed, "seed does not resolve yet (will retry): {e}");
-    }
-    Ok(())
-}
-
-/// Replace an unspecified IP (0.0.0.0, ::) by the IP this host uses to reach other hosts.
-fn advertised(bound: SocketAddr) -> SocketAddr {
-    if !bound.ip().is_unspecified() {
-        return bound;
-    }
-    // Connecting a UDP socket sends nothing; it only asks the kernel for a route.
-    let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|_| s))
-        .and_then(|s| s.local_addr());
-    let ip = match probe {
-        Ok(a) if !a.ip().is_unspecified() => a.ip(),
-        _ => {
-            tracing::warn!(
-                "cannot find this host's IP; advertising 127.0.0.1 (set the advertise addresses)"
-            );
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        }
-    };
-    SocketAddr::new(ip, bound.port())
-}
-
-/// The gossip bind address (a free port picked for port 0) and the advertised one.
-fn gossip_addrs(config: &GossipAdapterConfig) -> Result<(SocketAddr, SocketAddr), Error> {
-    let mut bind = config.gossip_addr;
-    if bind.port() == 0 {
-        // chitchat binds by itself; find a free port for it.
-        let probe = UdpSocket::bind(bind).map_err(|e| Error::GossipBind {
-            addr: bind,
-            reason: e.to_string(),
-        })?;
-        bind = probe.local_addr().map_err(|e| Error::GossipBind {
-            addr: bind,
-            reason: e.to_string(),
-        })?;
-    }
-    let advertise = config
-        .gossip_advertise_addr
-        .unwrap_or_else(|| advertised(bind));
-    Ok((bind, advertise))
-}
-
-/// The handle of a running cluster node, from
-/// [`GossipAdapterCtr::cluster`](crate::GossipAdapterCtr::cluster). Cheap to clone.
-#[derive(Clone)]
-pub struct Cluster {
-    node: Arc<Node>,
-}
-
-impl std::fmt::Debug for Cluster {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
-            .field("node", self.node.me())
-            .field("members", &self.node.members().len())
-            .finish()
-    }
-}
-
-impl Cluster {
-    pub(crate) fn new(node: Arc<Node>) -> Self {
-        Self { node }
-    }
-
-    /// This node's name.
-    pub fn node_name(&self) -> &str {
-        &self.node.me().name
-    }
-
-    /// The gossip address other nodes use for this one.
-    pub fn gossip_addr(&self) -> SocketAddr {
-        self.node.addrs().0
-    }
-
-    /// The mesh address other nodes use for this one.
-    pub fn mesh_addr(&self) -> SocketAddr {
-        self.node.addrs().1
-    }
-
-    /// The live members of the cluster, other than this node, sorted by name.
-    pub fn members(&self) -> Vec<Member> {
-        self.node.members()
-    }
-
-    /// Membership changes from now on: nodes joining, leaving or found dead.
-    pub fn membership_events(&self) -> impl Stream<Item = MembershipEvent> + Send + 'static {
-        self.node.events()
-    }
-
-    /// Leave the cluster gracefully: peers drop this node at once (not after failure
-    /// detection), pending requests complete with what they have, and the ports close.
-    /// Sockets of this node stay connected; stop the HTTP server too.
-    pub async fn shutdown(&self) {
-        self.node.shutdown().await;
     }
 }
