@@ -293,12 +293,6 @@ impl<E: SocketEmitter> GossipAdapter<E> {
         self.node.send(&targets, &frame, false).await?;
         Ok(pending)
     }
-
-    fn respond_later(&self, to: &PeerId, id: Id, body: ResponseBody) {
-        let node = self.node.clone();
-        let to = to.clone();
-        tokio::spawn(async move { node.respond(&to, Response { id, body }).await });
-    }
 }
 
 impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
@@ -309,7 +303,8 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
             Err(e) => {
                 tracing::warn!(peer = %from, %ns, "request dropped: {e}");
                 if req.kind.expects_response() {
-                    self.respond_later(from, req.id, ResponseBody::NotHosted);
+                    self.node
+                        .respond_later(from, req.id, ResponseBody::NotHosted);
                 }
                 return;
             }
@@ -357,7 +352,8 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     .into_iter()
                     .map(|r| r.to_string())
                     .collect();
-                self.respond_later(from, req.id, ResponseBody::Rooms(rooms));
+                self.node
+                    .respond_later(from, req.id, ResponseBody::Rooms(rooms));
             }
             RequestKind::AddSockets(rooms) => {
                 self.local.add_sockets(opts, convert::rooms_from(rooms))
@@ -372,7 +368,8 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     .iter()
                     .map(convert::socket)
                     .collect();
-                self.respond_later(from, req.id, ResponseBody::Sockets(sockets));
+                self.node
+                    .respond_later(from, req.id, ResponseBody::Sockets(sockets));
             }
         }
     }

@@ -361,6 +361,13 @@ impl Node {
         Ok(bytes)
     }
 
+    /// Send a response from a task of its own (the caller does not wait).
+    pub(crate) fn respond_later(self: &Arc<Self>, to: &PeerId, id: Id, body: ResponseBody) {
+        let node = self.clone();
+        let to = to.clone();
+        tokio::spawn(async move { node.respond(&to, Response { id, body }).await });
+    }
+
     /// Send a response to the node that made a request.
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
         match self.encode(&Frame::Response(response)) {
@@ -431,18 +438,7 @@ impl Node {
                         if req.kind.expects_response()
                             && let Some(node) = self.weak().upgrade()
                         {
-                            let to = from.clone();
-                            let id = req.id;
-                            tokio::spawn(async move {
-                                node.respond(
-                                    &to,
-                                    Response {
-                                        id,
-                                        body: ResponseBody::NotHosted,
-                                    },
-                                )
-                                .await;
-                            });
+                            node.respond_later(from, req.id, ResponseBody::NotHosted);
                         }
                     }
                 }
