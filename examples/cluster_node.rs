@@ -640,17 +640,7 @@ async fn on_remote_join<A: Adapter>(
     ack: AckSender<A>,
     data: TryData<RemoteRoomReq>,
 ) {
-    let res = async {
-        let req = payload(data)?;
-        let remote = find_remote(&io, &socket, &req.sid).await?;
-        remote
-            .join(Rooms::list(Some(req.room)))
-            .await
-            .map_err(|e| format!("remote join failed: {e}"))?;
-        let rooms = remote.rooms().await.map_err(|e| e.to_string())?;
-        Ok(json!({ "rooms": sorted(rooms) }))
-    };
-    reply(ack, res.await);
+    reply(ack, remote_room_change(io, socket, data, true).await);
 }
 
 async fn on_remote_leave<A: Adapter>(
@@ -659,17 +649,27 @@ async fn on_remote_leave<A: Adapter>(
     ack: AckSender<A>,
     data: TryData<RemoteRoomReq>,
 ) {
-    let res = async {
-        let req = payload(data)?;
-        let remote = find_remote(&io, &socket, &req.sid).await?;
-        remote
-            .leave(Rooms::list(Some(req.room)))
-            .await
-            .map_err(|e| format!("remote leave failed: {e}"))?;
-        let rooms = remote.rooms().await.map_err(|e| e.to_string())?;
-        Ok(json!({ "rooms": sorted(rooms) }))
+    reply(ack, remote_room_change(io, socket, data, false).await);
+}
+
+/// Make a socket living on any node join (or leave) a room; answer with its rooms.
+async fn remote_room_change<A: Adapter>(
+    io: SocketIo<A>,
+    socket: SocketRef<A>,
+    data: TryData<RemoteRoomReq>,
+    join: bool,
+) -> Result<Value, String> {
+    let req = payload(data)?;
+    let remote = find_remote(&io, &socket, &req.sid).await?;
+    let rooms = Rooms::list(Some(req.room));
+    let done = if join {
+        remote.join(rooms).await
+    } else {
+        remote.leave(rooms).await
     };
-    reply(ack, res.await);
+    done.map_err(|e| format!("remote {} failed: {e}", if join { "join" } else { "leave" }))?;
+    let rooms = remote.rooms().await.map_err(|e| e.to_string())?;
+    Ok(json!({ "rooms": sorted(rooms) }))
 }
 
 async fn on_remote_disconnect<A: Adapter>(
