@@ -634,13 +634,58 @@ async fn on_fetch_sockets<A: Adapter>(
     reply(ack, res.await);
 }
 
+/// A request naming a socket that may live on any node.
+trait NamesSocket {
+    fn sid(&self) -> &str;
+}
+impl NamesSocket for RemoteRoomReq {
+    fn sid(&self) -> &str {
+        &self.sid
+    }
+}
+impl NamesSocket for RemoteReq {
+    fn sid(&self) -> &str {
+        &self.sid
+    }
+}
+
+/// What every `remote_*` event does: find the socket the request names, wherever it lives
+/// (`fetch_sockets`), apply `op` to it, and answer through the ack.
+async fn on_remote<A: Adapter, R: NamesSocket>(
+    io: SocketIo<A>,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    data: TryData<R>,
+    op: impl AsyncFnOnce(RemoteSocket<A>, R) -> Result<Value, String>,
+) {
+    let res = async {
+        let req = payload(data)?;
+        let remote = find_remote(&io, &socket, req.sid()).await?;
+        op(remote, req).await
+    };
+    reply(ack, res.await);
+}
+
+/// The socket's rooms after a remote join or leave.
+async fn rooms_of<A: Adapter>(remote: &RemoteSocket<A>) -> Result<Value, String> {
+    let rooms = remote.rooms().await.map_err(|e| e.to_string())?;
+    Ok(json!({ "rooms": sorted(rooms) }))
+}
+
 async fn on_remote_join<A: Adapter>(
     io: SocketIo<A>,
     socket: SocketRef<A>,
     ack: AckSender<A>,
     data: TryData<RemoteRoomReq>,
 ) {
-    reply(ack, remote_room_change(io, socket, data, true).await);
+    on_remote(io, socket, ack, data, async |remote, req| {
+        remote
+            .join(Rooms::list(Some(req.room)))
+            .await
+            .map_err(|e| format!("remote join failed: {e}"))?;
+        rooms_of(&remote).await
+    })
+    .await;
 }
 
 async fn on_remote_leave<A: Adapter>(
@@ -649,27 +694,14 @@ async fn on_remote_leave<A: Adapter>(
     ack: AckSender<A>,
     data: TryData<RemoteRoomReq>,
 ) {
-    reply(ack, remote_room_change(io, socket, data, false).await);
-}
-
-/// Make a socket living on any node join (or leave) a room; answer with its rooms.
-async fn remote_room_change<A: Adapter>(
-    io: SocketIo<A>,
-    socket: SocketRef<A>,
-    data: TryData<RemoteRoomReq>,
-    join: bool,
-) -> Result<Value, String> {
-    let req = payload(data)?;
-    let remote = find_remote(&io, &socket, &req.sid).await?;
-    let rooms = Rooms::list(Some(req.room));
-    let done = if join {
-        remote.join(rooms).await
-    } else {
-        remote.leave(rooms).await
-    };
-    done.map_err(|e| format!("remote {} failed: {e}", if join { "join" } else { "leave" }))?;
-    let rooms = remote.rooms().await.map_err(|e| e.to_string())?;
-    Ok(json!({ "rooms": sorted(rooms) }))
+    on_remote(io, socket, ack, data, async |remote, req| {
+        remote
+            .leave(Rooms::list(Some(req.room)))
+            .await
+            .map_err(|e| format!("remote leave failed: {e}"))?;
+        rooms_of(&remote).await
+    })
+    .await;
 }
 
 async fn on_remote_disconnect<A: Adapter>(
@@ -678,16 +710,14 @@ async fn on_remote_disconnect<A: Adapter>(
     ack: AckSender<A>,
     data: TryData<RemoteReq>,
 ) {
-    let res = async {
-        let req = payload(data)?;
-        let remote = find_remote(&io, &socket, &req.sid).await?;
+    on_remote(io, socket, ack, data, async |remote, _| {
         remote
             .disconnect()
             .await
             .map_err(|e| format!("remote disconnect failed: {e}"))?;
         Ok(json!({ "ok": true }))
-    };
-    reply(ack, res.await);
+    })
+    .await;
 }
 
 async fn on_remote_emit<A: Adapter>(
@@ -696,16 +726,14 @@ async fn on_remote_emit<A: Adapter>(
     ack: AckSender<A>,
     data: TryData<RemoteReq>,
 ) {
-    let res = async {
-        let req = payload(data)?;
-        let remote = find_remote(&io, &socket, &req.sid).await?;
+    on_remote(io, socket, ack, data, async |remote, req| {
         remote
             .emit(&req.event, &req.data)
             .await
             .map_err(|e| format!("remote emit failed: {e}"))?;
         Ok(json!({ "ok": true }))
-    };
-    reply(ack, res.await);
+    })
+    .await;
 }
 
 async fn on_remote_emit_with_ack<A: Adapter>(
@@ -714,10 +742,8 @@ async fn on_remote_emit_with_ack<A: Adapter>(
     ack: AckSender<A>,
     data: TryData<RemoteReq>,
 ) {
-    let res = async {
-        let req = payload(data)?;
+    on_remote(io, socket, ack, data, async |remote, req| {
         let wait = req.timeout_ms.map_or(MAX_ACK_WAIT, Duration::from_millis);
-        let remote = find_remote(&io, &socket, &req.sid).await?;
         let stream = remote
             .emit_with_ack::<_, Value>(&req.event, &req.data)
             .await
@@ -728,8 +754,8 @@ async fn on_remote_emit_with_ack<A: Adapter>(
             .map_err(|_| "no ack in time".to_string())?
             .map_err(|e| format!("ack error: {e}"))?;
         Ok(json!({ "data": answer }))
-    };
-    reply(ack, res.await);
+    })
+    .await;
 }
 
 async fn on_rooms<A: Adapter>(io: SocketIo<A>, socket: SocketRef<A>, ack: AckSender<A>) {
