@@ -11,6 +11,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "sessions")]
+pub mod sessions;
+
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"SX";
 /// The protocol version carried by every frame. Bumped on any incompatible change.
@@ -36,6 +39,18 @@ pub enum Frame {
     Response(Response),
     /// The sender leaves the cluster gracefully; drop it now.
     Leave,
+    /// A message for a cluster-wide service of the receiving node (say, the session
+    /// store), routed by service name; the body is that service's own encoding.
+    Service(ServiceFrame),
+}
+
+/// A message between the instances of one service on two nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceFrame {
+    /// Name of the service it is for.
+    pub service: String,
+    /// The message, encoded by the service (see [`encode_body`]).
+    pub body: Bytes,
 }
 
 /// A request from one node to the others, for one namespace.
@@ -236,6 +251,24 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, DecodeError> {
     decode_versioned(body)
 }
 
+/// Encode the body of a [`ServiceFrame`] (postcard, no header: the frame carries it).
+pub fn encode_body<T: Serialize>(value: &T) -> Result<Bytes, postcard::Error> {
+    postcard::to_allocvec(value).map(Bytes::from)
+}
+
+/// Decode the body of a [`ServiceFrame`]; trailing bytes are an error.
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
 fn decode_versioned<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     if body.len() < MAGIC.len() + 1 {
         return Err(DecodeError::TooShort(body.len()));
@@ -246,15 +279,7 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, De
     if body[2] != VERSION {
         return Err(DecodeError::Version(body[2]));
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(&body[3..])
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    Ok(value)
+    decode_body(&body[3..])
 }
 
 /// Splits a byte stream into frames, refusing any frame larger than its limit before
@@ -405,6 +430,8 @@ mod tests {
                 }),
             (arb_id(), arb_body()).prop_map(|(id, body)| Frame::Response(Response { id, body })),
             Just(Frame::Leave),
+            (".{0,8}", arb_bytes())
+                .prop_map(|(service, body)| Frame::Service(ServiceFrame { service, body })),
         ]
     }
 
@@ -450,6 +477,13 @@ mod tests {
         };
         let cases: Vec<(Frame, &str)> = vec![
             (Frame::Leave, "535801 02"),
+            (
+                Frame::Service(ServiceFrame {
+                    service: "s".into(),
+                    body: Bytes::from_static(&[1, 2]),
+                }),
+                "535801 03 0173 020102",
+            ),
             (
                 Frame::Request(Request {
                     ns: "/".into(),

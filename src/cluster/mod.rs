@@ -4,6 +4,7 @@
 
 mod handle;
 mod pending;
+mod service;
 mod startup;
 mod view;
 
@@ -23,6 +24,8 @@ use tokio::time::Instant;
 pub use handle::{Cluster, MembershipEvent};
 pub(crate) use pending::Pending;
 use pending::PendingEntry;
+#[cfg(feature = "sessions")]
+pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
 use view::{RETRY_MIN, View};
 
@@ -63,6 +66,8 @@ pub(crate) struct Node {
     addrs: Mutex<HashMap<PeerId, SocketAddr>>,
     links: Mutex<HashMap<PeerId, LinkSlot>>,
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
+    /// Cluster-wide services, by name.
+    services: RwLock<HashMap<String, Weak<dyn service::ServiceHandler>>>,
     /// socketioxide server ids learned from requests, for peers gossip has not shown yet.
     server_ids: RwLock<HashMap<Id, PeerId>>,
     pending: Mutex<HashMap<Id, PendingEntry>>,
@@ -186,6 +191,7 @@ impl Node {
             addrs: Mutex::default(),
             links: Mutex::default(),
             handlers: RwLock::default(),
+            services: RwLock::default(),
             server_ids: RwLock::default(),
             pending: Mutex::default(),
             events: broadcast::channel(256).0,
@@ -450,6 +456,7 @@ impl Node {
                 }
             },
             Frame::Leave => self.mark_left(from, "it left the cluster"),
+            Frame::Service(frame) => self.on_service_frame(from, frame),
         }
     }
 
