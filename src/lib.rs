@@ -108,6 +108,8 @@ mod membership;
 mod mesh;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sessions")]
+pub mod sessions;
 #[cfg(feature = "cluster-gossip")]
 pub mod wire;
 
