@@ -63,7 +63,7 @@ fn setup() -> Option<PathBuf> {
                     js_dir.display()
                 );
             }
-            let bin = build_example(&[]);
+            let bin = build_example("cluster_node", &[]);
             assert!(
                 bin.is_file(),
                 "cluster_node example not found at {}",
@@ -87,6 +87,10 @@ fn run_suite(bin: &PathBuf, env: &[(&str, &str)]) {
         .arg("--test")
         .current_dir(js_dir())
         .env("CLUSTER_NODE_BIN", bin);
+    // The shared-sessions suite runs the `sessions` example (feature `sessions`).
+    if cfg!(feature = "sessions") {
+        suite.env("SESSIONS_NODE_BIN", build_example("sessions", &[]));
+    }
     for (k, v) in env {
         suite.env(k, v);
     }
@@ -219,7 +223,10 @@ fn example_selects_the_backend_from_the_environment() {
     }
 
     // Built with the gossip backend only, asking for Redis is a clear error.
-    let gossip_only = build_example(&["--no-default-features", "--features", "cluster-gossip"]);
+    let gossip_only = build_example(
+        "cluster_node",
+        &["--no-default-features", "--features", "cluster-gossip"],
+    );
     let (status, log) = run_example(
         &gossip_only,
         &[("SOCKETIO_CLUSTER_BACKEND", "redis://127.0.0.1:6379")],
@@ -272,13 +279,14 @@ fn check_node() -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the `cluster_node` example and returns its path. Without `args`, with the
+/// Builds the example `example` and returns its path. Without `args`, with the
 /// features and profile of this test, into the test's target dir (the test executable
 /// lives in `<target>/<profile>/deps`, examples in `<target>/<profile>/examples`). With
 /// `args` (other features), into a target dir of its own under it, so the two builds do
 /// not overwrite each other.
-fn build_example(args: &[&str]) -> PathBuf {
+fn build_example(example: &str, args: &[&str]) -> PathBuf {
     if args.is_empty()
+        && example == "cluster_node"
         && let Some(bin) = std::env::var_os("CLUSTER_NODE_BIN")
     {
         return PathBuf::from(bin);
@@ -297,7 +305,7 @@ fn build_example(args: &[&str]) -> PathBuf {
 
     let mut cargo = Command::new(env!("CARGO"));
     cargo
-        .args(["build", "--example", "cluster_node", "--target-dir"])
+        .args(["build", "--example", example, "--target-dir"])
         .arg(&target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     match profile {
@@ -318,6 +326,9 @@ fn build_example(args: &[&str]) -> PathBuf {
         if cfg!(feature = "redis") {
             features.push("redis");
         }
+        if cfg!(feature = "sessions") {
+            features.push("sessions");
+        }
         cargo.arg("--no-default-features");
         if !features.is_empty() {
             cargo.args(["--features", &features.join(",")]);
@@ -325,16 +336,20 @@ fn build_example(args: &[&str]) -> PathBuf {
     } else {
         cargo.args(args);
     }
-    let status = run_bounded(cargo, SETUP_TIMEOUT, "cargo build --example cluster_node");
+    let status = run_bounded(
+        cargo,
+        SETUP_TIMEOUT,
+        &format!("cargo build --example {example}"),
+    );
     assert!(
         status.success(),
-        "building the cluster_node example failed: {status}"
+        "building the {example} example failed: {status}"
     );
 
     target_dir
         .join(profile)
         .join("examples")
-        .join(format!("cluster_node{}", std::env::consts::EXE_SUFFIX))
+        .join(format!("{example}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Runs `cmd` with inherited stdout/stderr, killing it (and on unix its whole process

@@ -238,7 +238,7 @@ export class Node {
 
   /** Spawns the process and resolves once it printed `READY <port>`. */
   start() {
-    const proc = spawn(nodeBin(), [], {
+    const proc = spawn(this.spec.bin ?? nodeBin(), [], {
       env: nodeEnv(this.spec),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -311,6 +311,11 @@ export class Node {
 
   /** Number of other live nodes this node sees. */
   async members() {
+    if (this.spec.bin) {
+      // Another example binary: it answers `GET /members` instead of the /admin events.
+      const res = await fetch(`${this.url}/members`);
+      return (await res.json()).count;
+    }
     const res = await request(await this.control(), 'members');
     return res.count;
   }
@@ -319,11 +324,13 @@ export class Node {
 /**
  * A set of nodes sharing one random cluster id and secret, seeded by the first node.
  *
- * options: { size = 3, parser: 'msgpack' | undefined, parserModule: socket.io client parser }
+ * options: { size = 3, parser: 'msgpack' | undefined, parserModule: socket.io client parser,
+ *            bin: another example binary than CLUSTER_NODE_BIN (it must serve `GET /members`) }
  */
 export class Cluster {
-  constructor({ size = 3, parser, parserModule } = {}) {
+  constructor({ size = 3, parser, parserModule, bin } = {}) {
     this.size = size;
+    this.bin = bin;
     this.parser = parser;
     this.parserModule = parserModule;
     this.clusterId = `e2e-${randomBytes(6).toString('hex')}`;
@@ -368,6 +375,7 @@ export class Cluster {
         clusterId: this.clusterId,
         parser: this.parser,
         parserModule: this.parserModule,
+        bin: this.bin,
         ...overrides,
       };
       const node = new Node(spec);
