@@ -51,6 +51,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Shared login sessions
+//!
+//! With the `sessions` feature, `ClusterAdapterCtr::session_store` gives a
+//! `tower-sessions` store shared by every node (replicated over the mesh, or in Redis), and
+//! `sessions::SessionAuth` authenticates Socket.IO connections from it on whichever node
+//! they land. See the `sessions` module.
+//!
 //! ## How it works
 //!
 //! Each node gossips its mesh address, its socketioxide server id and the namespaces it

@@ -260,21 +260,13 @@ mod gossip_only {
 
     impl Victim {
         fn spawn(config: socketioxide_cluster::GossipAdapterConfig) -> Self {
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let ctr = rt
-                    .block_on(ClusterAdapterCtr::gossip(config))
+            let (rt, store) = on_own_runtime(|| async {
+                let ctr = ClusterAdapterCtr::gossip(config)
+                    .await
                     .expect("victim starts");
-                let store = rt.block_on(async { ctr.session_store(SessionStoreConfig::new()) });
-                drop(ctr);
-                Victim { rt, store }
-            })
-            .join()
-            .unwrap()
+                ctr.session_store(SessionStoreConfig::new())
+            });
+            Victim { rt, store }
         }
 
         /// Run `f` on the victim's runtime.

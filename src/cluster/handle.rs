@@ -67,9 +67,9 @@ impl Cluster {
     #[cfg(feature = "sessions")]
     pub fn session_store(
         &self,
-        config: &crate::sessions::SessionStoreConfig,
+        config: crate::sessions::SessionStoreConfig,
     ) -> crate::sessions::GossipSessionStore {
-        crate::sessions::GossipSessionStore::start(self.node.clone(), config)
+        crate::sessions::GossipSessionStore::start(self.node.clone(), &config)
     }
 
     /// Leave the cluster gracefully: peers drop this node at once (not after failure

@@ -64,7 +64,7 @@ pub enum AuthError {
 ///     let user: String = session.get("user").unwrap_or_default();
 ///     s.emit("welcome", &user).ok();
 /// };
-/// io.ns("/", on_connect.with(auth.middleware())).await.ok();
+/// io.ns("/", on_connect.with(auth.middleware()));
 /// # }
 /// ```
 ///

@@ -156,7 +156,7 @@ impl Inner {
             tracing::debug!(%peer, "asking for a session snapshot");
             if let Err(e) = inner
                 .node
-                .send_service(&[peer.clone()], SERVICE, body)
+                .send_service(std::slice::from_ref(&peer), SERVICE, body)
                 .await
             {
                 tracing::warn!(%peer, "session snapshot request not sent: {e}");
@@ -186,7 +186,7 @@ impl Inner {
                     Ok(body) => {
                         inner
                             .node
-                            .send_service(&[peer.clone()], SERVICE, body)
+                            .send_service(std::slice::from_ref(&peer), SERVICE, body)
                             .await
                     }
                     Err(e) => Err(e.into()),

@@ -517,6 +517,25 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     }
 }
 
+/// Start something (a node) on a runtime of its own, from a thread of its own, so that a
+/// test can later kill it the way SIGKILL does: `rt.shutdown_background()` stops every task
+/// at once, and nothing is said to the peers.
+pub fn on_own_runtime<T: Send + 'static, F: Future<Output = T> + Send + 'static>(
+    start: impl FnOnce() -> F + Send + 'static,
+) -> (tokio::runtime::Runtime, T) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = rt.block_on(start());
+        (rt, started)
+    })
+    .join()
+    .unwrap()
+}
+
 /// Poll `cond` every 20 ms until it holds or `limit` passes.
 pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
