@@ -49,6 +49,10 @@ pub enum Frame {
 pub struct ServiceFrame {
     /// Name of the service it is for.
     pub service: String,
+    /// When set, the receiver answers this request id with [`ResponseBody::Done`] once its
+    /// service has handled the message ([`ResponseBody::NotHosted`] if it runs no such
+    /// service).
+    pub confirm: Option<Id>,
     /// The message, encoded by the service (see [`encode_body`]).
     pub body: Bytes,
 }
@@ -173,6 +177,8 @@ pub enum ResponseBody {
     Rooms(Vec<String>),
     /// The matching sockets, by socket id and socketioxide server id.
     Sockets(Vec<(Id, Id)>),
+    /// A confirmed service message was handled.
+    Done,
 }
 
 /// The result of one ack.
@@ -406,6 +412,7 @@ mod tests {
             (arb_id(), arb_bytes()).prop_map(|(i, e)| ResponseBody::Ack(i, AckResult::Err(e))),
             arb_rooms().prop_map(ResponseBody::Rooms),
             proptest::collection::vec((arb_id(), arb_id()), 0..3).prop_map(ResponseBody::Sockets),
+            Just(ResponseBody::Done),
         ]
     }
     fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -430,8 +437,13 @@ mod tests {
                 }),
             (arb_id(), arb_body()).prop_map(|(id, body)| Frame::Response(Response { id, body })),
             Just(Frame::Leave),
-            (".{0,8}", arb_bytes())
-                .prop_map(|(service, body)| Frame::Service(ServiceFrame { service, body })),
+            (".{0,8}", proptest::option::of(arb_id()), arb_bytes()).prop_map(
+                |(service, confirm, body)| Frame::Service(ServiceFrame {
+                    service,
+                    confirm,
+                    body
+                })
+            ),
         ]
     }
 
@@ -480,9 +492,25 @@ mod tests {
             (
                 Frame::Service(ServiceFrame {
                     service: "s".into(),
+                    confirm: None,
                     body: Bytes::from_static(&[1, 2]),
                 }),
-                "535801 03 0173 020102",
+                "535801 03 0173 00 020102",
+            ),
+            (
+                Frame::Service(ServiceFrame {
+                    service: "s".into(),
+                    confirm: Some(id(1)),
+                    body: Bytes::new(),
+                }),
+                "535801 03 0173 01 01010101010101010101010101010101 00",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Done,
+                }),
+                "535801 01 01010101010101010101010101010101 05",
             ),
             (
                 Frame::Request(Request {

@@ -255,18 +255,20 @@ mod gossip_only {
     /// nothing is said to the peers.
     struct Victim {
         rt: tokio::runtime::Runtime,
+        cluster: socketioxide_cluster::Cluster,
         store: ClusterSessionStore,
     }
 
     impl Victim {
         fn spawn(config: socketioxide_cluster::GossipAdapterConfig) -> Self {
-            let (rt, store) = on_own_runtime(|| async {
+            let (rt, (cluster, store)) = on_own_runtime(|| async {
                 let ctr = ClusterAdapterCtr::gossip(config)
                     .await
                     .expect("victim starts");
-                ctr.session_store(SessionStoreConfig::new())
+                let cluster = ctr.cluster().expect("gossip");
+                (cluster, ctr.session_store(SessionStoreConfig::new()))
             });
-            Victim { rt, store }
+            Victim { rt, cluster, store }
         }
 
         /// Run `f` on the victim's runtime.
@@ -275,35 +277,38 @@ mod gossip_only {
         }
 
         fn kill(self) {
-            let Victim { rt, store } = self;
+            let Victim { rt, cluster, store } = self;
             rt.shutdown_background();
-            // Its sockets died with the runtime; the handle is inert now.
-            std::mem::forget(store);
+            // Its sockets died with the runtime; the handles are inert now.
+            std::mem::forget((cluster, store));
         }
     }
 
-    /// Kill the node that received the save: the others still read the session, delete it,
-    /// and a node that joins afterwards learns the deletion.
+    /// Kill the node that received the save the moment the save returns: the others already
+    /// hold the session, delete it, and a node that joins afterwards learns both from them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_killed_node_loses_no_session() {
         let mut cluster = TestCluster::new(&Backend::Gossip);
-        let (_a, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
-        let (_b, b) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+        let (a_node, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+        let (b_node, b) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
         let victim = Victim::spawn(cluster.next_config());
-        let mut rec = hour("kim");
+        let formed = wait_until(SPREADS, || {
+            victim.cluster.members().len() == 2
+                && a_node.cluster().members().len() == 2
+                && b_node.cluster().members().len() == 2
+        })
+        .await;
+        assert!(formed, "cluster formed");
         let store = victim.store.clone();
         let saved = victim
             .run(async move {
+                let mut rec = hour("kim");
                 store.create(&mut rec).await.unwrap();
                 rec
             })
             .await;
-        assert!(
-            converge(&[&a, &b], &saved.id, Some("kim"), SPREADS).await,
-            "replicated"
-        );
         victim.kill();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // No waiting: a save that returned is held by every member.
         assert_eq!(user(&a, &saved.id).await.as_deref(), Some("kim"));
         assert_eq!(user(&b, &saved.id).await.as_deref(), Some("kim"));
         let (_c, c) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
@@ -313,6 +318,25 @@ mod gossip_only {
         );
         b.delete(&saved.id).await.unwrap();
         assert!(converge(&[&a, &b, &c], &saved.id, None, SPREADS).await);
+    }
+
+    /// A member that runs no session store answers at once that it has none: a save does
+    /// not wait the request timeout for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_without_the_store_does_not_hold_up_saves() {
+        let mut cluster = TestCluster::new(&Backend::Gossip);
+        let (a_node, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+        let plain = cluster.start(|b| b).await;
+        let formed = wait_until(SPREADS, || {
+            a_node.cluster().members().len() == 1 && plain.cluster().members().len() == 1
+        })
+        .await;
+        assert!(formed, "cluster formed");
+        // The request timeout of the test nodes is the default, 5 s.
+        let mut rec = hour("solo");
+        let saved = within(Duration::from_millis(2500), a.create(&mut rec)).await;
+        assert!(matches!(saved, Some(Ok(()))), "{saved:?}");
+        assert_eq!(user(&a, &rec.id).await.as_deref(), Some("solo"));
     }
 
     /// Figures, not assertions on speed: how long a save on A takes to be readable on B.

@@ -1,10 +1,13 @@
 //! The session store of the gossip backend: every node holds every session, replicated over
 //! the authenticated QUIC mesh (never over gossip, which is plain UDP).
 //!
-//! - A save or delete is merged locally, then sent to every verified member.
-//! - A node pulls a snapshot from each member it sees join (itself included when it
-//!   starts): a new node catches up, a restarted node too, and two sides of a healed
-//!   partition exchange what they missed. Snapshots travel in chunks under the frame limit.
+//! - A save or delete is merged locally, then sent to every verified member; it returns
+//!   once each has merged it (or was found gone, or the request timeout passed), so a
+//!   save that returned survives the loss of any node.
+//! - When a store starts it pulls a snapshot from each member; when a member joins, each
+//!   side pushes its snapshot to the other and pulls the other's: a new node catches up,
+//!   a restarted node too, and two sides of a healed partition exchange what they missed.
+//!   Snapshots travel in chunks under the frame limit.
 //! - A purge task drops expired sessions and old tombstones; a cap bounds the rest.
 
 use std::{
@@ -37,6 +40,8 @@ use crate::{
 /// Largest snapshot chunk, whatever the frame limit: keeps one catch-up from holding a
 /// peer link for long.
 const MAX_CHUNK: usize = 1024 * 1024;
+/// Room for the frame header and service name around a session message.
+const FRAME_OVERHEAD: usize = 64;
 
 /// A `tower-sessions` store replicated to every node of the gossip cluster. Cheap to clone;
 /// get it from [`Cluster::session_store`](crate::Cluster::session_store) or
@@ -111,22 +116,39 @@ impl GossipSessionStore {
         self.len() == 0
     }
 
-    /// Merge a write of this node locally and send it to every member.
+    /// Merge a write of this node locally, send it to every member, and wait until each
+    /// has merged it too (or is gone, or the request timeout passed).
+    ///
+    /// Merged here first, so that a member that joins meanwhile gets it in the snapshot
+    /// this node pushes to it.
     async fn write(&self, id: i128, state: SessionState) -> session_store::Result<()> {
         let inner = &self.inner;
-        let record = inner.lock().write(id, state, now_ms()).ok_or_else(|| {
-            tracing::warn!("session not saved: the session store holds its maximum of records");
-            backend("the session store is full")
-        })?;
-        let body = wire::encode_body(&SessionMsg::Put(vec![record.clone()])).map_err(backend)?;
+        let body = {
+            let mut replica = inner.lock();
+            let record = replica.write(id, state, now_ms()).ok_or_else(|| {
+                tracing::warn!("session not saved: the session store holds its maximum of records");
+                backend("the session store is full")
+            })?;
+            let body =
+                wire::encode_body(&SessionMsg::Put(vec![record.clone()])).map_err(backend)?;
+            let max = inner.node.max_frame_size();
+            if body.len() + FRAME_OVERHEAD > max {
+                return Err(backend(format!(
+                    "session of {} bytes exceeds the cluster's maximum frame size of {max} bytes",
+                    body.len()
+                )));
+            }
+            if replica.apply(record, now_ns()) == Applied::Full {
+                return Err(backend("the session store is full"));
+            }
+            body
+        };
         let members: Vec<PeerId> = inner.node.members().iter().map(|m| m.peer_id()).collect();
         inner
             .node
-            .send_service(&members, SERVICE, body)
+            .send_service(&members, SERVICE, body, true)
             .await
-            .map_err(backend)?;
-        inner.apply(record, "local");
-        Ok(())
+            .map_err(backend)
     }
 }
 
@@ -156,7 +178,7 @@ impl Inner {
             tracing::debug!(%peer, "asking for a session snapshot");
             if let Err(e) = inner
                 .node
-                .send_service(std::slice::from_ref(&peer), SERVICE, body)
+                .send_service(std::slice::from_ref(&peer), SERVICE, body, false)
                 .await
             {
                 tracing::warn!(%peer, "session snapshot request not sent: {e}");
@@ -186,7 +208,7 @@ impl Inner {
                     Ok(body) => {
                         inner
                             .node
-                            .send_service(std::slice::from_ref(&peer), SERVICE, body)
+                            .send_service(std::slice::from_ref(&peer), SERVICE, body, false)
                             .await
                     }
                     Err(e) => Err(e.into()),
@@ -231,7 +253,8 @@ impl ServiceHandler for Inner {
     }
 }
 
-/// Pull a snapshot from every member that joins; purge periodically; stop with the store.
+/// Exchange snapshots with every member that joins; purge periodically; stop with the
+/// store.
 async fn run(
     inner: Weak<Inner>,
     mut events: std::pin::Pin<Box<dyn futures_core::Stream<Item = MembershipEvent> + Send>>,
@@ -243,7 +266,14 @@ async fn run(
         tokio::select! {
             ev = events.next() => match ev {
                 Some(MembershipEvent::Joined(member)) => match inner.upgrade() {
-                    Some(inner) => inner.request_snapshot(member.peer_id()),
+                    Some(inner) => {
+                        // Push what this node holds (the member may have missed writes made
+                        // here just before it joined) and pull what it holds (it may have
+                        // pushed before this store existed, or be the other side of a
+                        // healed partition).
+                        inner.send_snapshot(member.peer_id());
+                        inner.request_snapshot(member.peer_id());
+                    }
                     None => return,
                 },
                 Some(MembershipEvent::Left(_)) => {}
