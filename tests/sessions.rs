@@ -320,6 +320,52 @@ mod gossip_only {
         assert!(converge(&[&a, &b, &c], &saved.id, None, SPREADS).await);
     }
 
+    /// The cap: a node holds at most `max_sessions` records; a new session beyond it is
+    /// refused where it is saved and dropped (logged) where it is received, while existing
+    /// sessions can still be saved and deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cap_bounds_every_node() {
+        let mut cluster = TestCluster::new(&Backend::Gossip);
+        let (a_node, a) = cluster
+            .start_with_sessions(SessionStoreConfig::new().with_max_sessions(3))
+            .await;
+        let (b_node, b) = cluster
+            .start_with_sessions(SessionStoreConfig::new().with_max_sessions(2))
+            .await;
+        let formed = wait_until(SPREADS, || {
+            a_node.cluster().members().len() == 1 && b_node.cluster().members().len() == 1
+        })
+        .await;
+        assert!(formed, "cluster formed");
+        let (ClusterSessionStore::Gossip(ga), ClusterSessionStore::Gossip(gb)) = (&a, &b) else {
+            unreachable!("gossip stores");
+        };
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let mut rec = hour(&format!("c{i}"));
+            a.create(&mut rec).await.unwrap();
+            ids.push(rec);
+        }
+        assert_eq!(
+            (ga.len(), gb.len()),
+            (3, 2),
+            "B dropped the session beyond its cap"
+        );
+        let mut fourth = hour("c3");
+        assert!(
+            a.create(&mut fourth).await.is_err(),
+            "A refuses a session beyond its cap"
+        );
+        let mut updated = ids[0].clone();
+        updated
+            .data
+            .insert("user".into(), serde_json::json!("c0-bis"));
+        a.save(&updated).await.unwrap();
+        assert_eq!(user(&b, &ids[0].id).await.as_deref(), Some("c0-bis"));
+        a.delete(&ids[2].id).await.unwrap();
+        assert_eq!(user(&a, &ids[2].id).await, None);
+    }
+
     /// A member that runs no session store answers at once that it has none: a save does
     /// not wait the request timeout for it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,7 +138,8 @@ impl GossipSessionStore {
                     body.len()
                 )));
             }
-            if replica.apply(record, now_ns()) == Applied::Full {
+            let live = matches!(record.state, SessionState::Live { .. });
+            if replica.apply(record, now_ns()) == Applied::Full && live {
                 return Err(backend("the session store is full"));
             }
             body

@@ -6,11 +6,16 @@
 //! ([`ClusterAdapterCtr::session_store`](crate::ClusterAdapterCtr::session_store)):
 //!
 //! - **gossip** ([`GossipSessionStore`]): every node holds every session, replicated over
-//!   the authenticated QUIC mesh — never over gossip, which is plain UDP. A session saved on
-//!   one node is readable on all; a deletion and an expiry apply everywhere; losing any node
-//!   loses no session; a node that joins pulls a snapshot from each member. Memory is
-//!   bounded by expiry (a periodic purge) and by [`SessionStoreConfig::with_max_sessions`]
-//!   (new sessions beyond it are refused and logged).
+//!   the authenticated QUIC mesh — never over gossip, which is plain UDP. A save or delete
+//!   returns once every member has merged it (a member found dead is not waited for, a
+//!   silent one at most the request timeout), so losing any node, even the one that took
+//!   the save, loses no session; an expiry applies everywhere; a node that joins exchanges
+//!   snapshots with each member. Memory is bounded by expiry (a periodic purge) and by
+//!   [`SessionStoreConfig::with_max_sessions`] (new sessions beyond it are refused, and
+//!   dropped with a log line when received from a peer).
+//!
+//!   Every node of the cluster should run the store: a member without it answers that it
+//!   has none (so saves do not wait for it) and holds nothing.
 //! - **Redis** ([`RedisSessionStore`]): one key per session on the backend's Redis
 //!   connection, expiring with the session.
 //!

@@ -79,7 +79,8 @@ impl Replica {
     }
 
     /// A write of session `id` by this node at `now_ms`, not applied yet: its version is
-    /// later than any held for `id`. `None` when `id` is new and the replica is full.
+    /// later than any held for `id`. `None` when `id` is a new session and the replica is
+    /// full (a deletion is always written: other nodes may hold the session).
     pub(crate) fn write(
         &self,
         id: i128,
@@ -87,7 +88,7 @@ impl Replica {
         now_ms: u64,
     ) -> Option<SessionRecord> {
         let held = self.records.get(&id);
-        if held.is_none() && self.is_full() {
+        if held.is_none() && self.is_full() && state != SessionState::Deleted {
             return None;
         }
         let ts_ms = held.map_or(now_ms, |r| now_ms.max(r.version.ts_ms.saturating_add(1)));
@@ -317,7 +318,15 @@ mod tests {
         r.apply(live(1, 1, "a", "x"), 0);
         r.apply(live(2, 1, "a", "x"), 0);
         assert_eq!(r.apply(live(3, 1, "a", "x"), 0), Applied::Full);
-        assert!(r.write(3, SessionState::Deleted, 1).is_none());
+        let new_session = SessionState::Live {
+            expiry_unix_ns: HOUR_NS,
+            data: Bytes::new(),
+        };
+        assert!(r.write(3, new_session, 1).is_none());
+        let del = r
+            .write(3, SessionState::Deleted, 1)
+            .expect("a deletion is always written");
+        assert_eq!(r.apply(del, 0), Applied::Full, "but not held");
         assert_eq!(r.apply(live(2, 2, "b", "y"), 0), Applied::Replaced);
         let del = r.write(1, SessionState::Deleted, 5).unwrap();
         assert_eq!(r.apply(del, 0), Applied::Replaced);
