@@ -392,7 +392,7 @@ async fn save_latency_figures(backend: Backend) {
     let (_cluster, nodes) = three(&backend, SessionStoreConfig::new()).await;
     let [a, b, c] = [&nodes[0].1, &nodes[1].1, &nodes[2].1];
     #[cfg(feature = "cluster-gossip")]
-    if let Backend::Gossip = backend {
+    if backend.name() == "gossip" {
         let formed = wait_until(SPREADS, || {
             nodes.iter().all(|(n, _)| n.cluster().members().len() == 2)
         })
