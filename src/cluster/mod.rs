@@ -122,7 +122,9 @@ impl Node {
         for seed in &config.seeds {
             check_seed(seed).await?;
         }
-        let generation = SystemTime::now()
+        let network = config.network.as_ref().map(|n| &n.0);
+        let now = network.map_or_else(SystemTime::now, |n| n.wall_clock());
+        let generation = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
@@ -136,8 +138,22 @@ impl Node {
         };
 
         let keyring = Keyring::new(config.cluster_id.clone(), secrets);
+        let custom_socket = match network {
+            Some(network) => Some(mesh::CustomSocket {
+                socket: network.bind_mesh(config.mesh_addr).await.map_err(|source| {
+                    Error::MeshBind {
+                        addr: config.mesh_addr,
+                        source,
+                    }
+                })?,
+                runtime: network.runtime(),
+                rng_seed: network.rng_seed(),
+            }),
+            None => None,
+        };
         let mut mesh = Mesh::bind(
             config.mesh_addr,
+            custom_socket,
             keyring,
             config.max_frame_size,
             config.peer_timeout,
@@ -157,7 +173,7 @@ impl Node {
         mesh.set_identity(&me, mesh_addr);
 
         let (gossip_bind, gossip_addr) = gossip_addrs(config)?;
-        let membership = Membership::start(GossipSettings {
+        let settings = GossipSettings {
             cluster_id: config.cluster_id.clone(),
             me: me.clone(),
             bind: gossip_bind,
@@ -165,7 +181,8 @@ impl Node {
             seeds: config.seeds.clone(),
             interval: config.gossip_interval,
             mesh_advertise: mesh_addr,
-        })
+        };
+        let membership = Membership::start(settings, network.map(|n| n.gossip()))
         .await
         .map_err(|reason| Error::GossipBind {
             addr: gossip_bind,

@@ -103,10 +103,18 @@ pub(crate) struct Mesh {
     queue: usize,
 }
 
+/// A UDP socket that does not come from the operating system, with what drives it.
+pub(crate) struct CustomSocket {
+    pub(crate) socket: Arc<dyn quinn::AsyncUdpSocket>,
+    pub(crate) runtime: Arc<dyn quinn::Runtime>,
+    pub(crate) rng_seed: Option<[u8; 32]>,
+}
+
 impl Mesh {
-    /// Bind the mesh endpoint.
+    /// Bind the mesh endpoint, on `socket` if given, else on a UDP socket at `addr`.
     pub(crate) fn bind(
         addr: SocketAddr,
+        socket: Option<CustomSocket>,
         keyring: Keyring,
         max_frame_size: usize,
         peer_timeout: Duration,
@@ -118,8 +126,19 @@ impl Mesh {
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport);
-        let endpoint =
-            Endpoint::server(server, addr).map_err(|source| MeshError::Bind { addr, source })?;
+        let endpoint = match socket {
+            None => Endpoint::server(server, addr),
+            Some(CustomSocket {
+                socket,
+                runtime,
+                rng_seed,
+            }) => {
+                let mut config = quinn::EndpointConfig::default();
+                config.rng_seed(rng_seed);
+                Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
+            }
+        }
+        .map_err(|source| MeshError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
             client,
@@ -507,6 +526,7 @@ mod tests {
         let keyring = Keyring::new("c".into(), secret.map(|s| vec![Secret::from(s)]));
         let mut mesh = Mesh::bind(
             "127.0.0.1:0".parse().unwrap(),
+            None,
             keyring,
             1024,
             Duration::from_secs(2),
