@@ -24,7 +24,7 @@ thread_local! {
 /// From now on, randomness asked for on this thread comes from `seed`.
 pub fn seed_this_thread(seed: u64) {
     // Keep the symbol in the final binary even though nothing in Rust calls it.
-    std::hint::black_box(getrandom as usize);
+    std::hint::black_box(getrandom as *const ());
     STREAM.with(|s| *s.borrow_mut() = Some(ChaCha20Rng::seed_from_u64(seed)));
 }
 

@@ -7,11 +7,10 @@
 use std::{
     collections::HashMap,
     fmt,
-    future::Future,
     io::{self, IoSliceMut},
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -28,6 +27,7 @@ use socketioxide_cluster::network::{
         udp::{RecvMeta, Transmit},
     },
 };
+use tokio::sync::mpsc;
 
 /// Envelopes in flight, by number; bounded, the oldest dropped first (a lost datagram).
 #[derive(Default)]
@@ -70,13 +70,7 @@ impl Network for SimNetwork {
     }
 
     fn bind_mesh(&self, addr: SocketAddr) -> BindMesh<'_> {
-        Box::pin(async move {
-            let socket = turmoil::net::UdpSocket::bind(addr).await?;
-            Ok(Arc::new(SimUdp {
-                socket: Arc::new(socket),
-                readable: Mutex::new(None),
-            }) as Arc<dyn AsyncUdpSocket>)
-        })
+        Box::pin(async move { Ok(Arc::new(SimUdp::bind(addr).await?) as Arc<dyn AsyncUdpSocket>) })
     }
 
     fn rng_seed(&self) -> Option<[u8; 32]> {
@@ -112,7 +106,11 @@ impl Socket for GossipSocket {
         Ok(self.socket.local_addr()?)
     }
 
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
         let id = {
             let mut table = self.envelopes.lock().expect("envelope table");
             if table.by_id.len() >= MAX_ENVELOPES_IN_FLIGHT {
@@ -136,7 +134,12 @@ impl Socket for GossipSocket {
                 continue;
             }
             let id = u64::from_le_bytes(buf);
-            let envelope = self.envelopes.lock().expect("envelope table").by_id.remove(&id);
+            let envelope = self
+                .envelopes
+                .lock()
+                .expect("envelope table")
+                .by_id
+                .remove(&id);
             if let Some(envelope) = envelope {
                 return Ok(RecvOutcome {
                     from_addr,
@@ -148,17 +151,47 @@ impl Socket for GossipSocket {
     }
 }
 
-type Readable = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
-
 /// A turmoil UDP socket driving a quinn endpoint.
+///
+/// The socket itself belongs to a task on the host's runtime, which passes datagrams on: when
+/// turmoil drops the runtime (a crash), the socket goes with it and its port is free for the
+/// restarted host, even if something outside the runtime still holds the endpoint.
 struct SimUdp {
-    socket: Arc<turmoil::net::UdpSocket>,
-    readable: Mutex<Option<Readable>>,
+    socket: Weak<turmoil::net::UdpSocket>,
+    local_addr: SocketAddr,
+    incoming: Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
+}
+
+/// Datagrams received but not yet read by quinn, like a kernel's socket buffer.
+const RECEIVE_QUEUE: usize = 1024;
+
+impl SimUdp {
+    async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let socket = Arc::new(turmoil::net::UdpSocket::bind(addr).await?);
+        let local_addr = socket.local_addr()?;
+        let (tx, incoming) = mpsc::channel(RECEIVE_QUEUE);
+        let weak = Arc::downgrade(&socket);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                if tx.send((buf[..len].to_vec(), from)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            socket: weak,
+            local_addr,
+            incoming: Mutex::new(incoming),
+        })
+    }
 }
 
 impl fmt::Debug for SimUdp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimUdp").field("socket", &self.socket).finish()
+        f.debug_struct("SimUdp")
+            .field("local_addr", &self.local_addr)
+            .finish()
     }
 }
 
@@ -173,20 +206,25 @@ impl UdpPoller for AlwaysWritable {
     }
 }
 
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the simulated host is down")
+}
+
 impl AsyncUdpSocket for SimUdp {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(AlwaysWritable)
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let socket = self.socket.upgrade().ok_or_else(gone)?;
         match transmit.segment_size {
             Some(size) if size < transmit.contents.len() => {
                 for chunk in transmit.contents.chunks(size) {
-                    self.socket.try_send_to(chunk, transmit.destination)?;
+                    socket.try_send_to(chunk, transmit.destination)?;
                 }
             }
             _ => {
-                self.socket.try_send_to(transmit.contents, transmit.destination)?;
+                socket.try_send_to(transmit.contents, transmit.destination)?;
             }
         }
         Ok(())
@@ -201,35 +239,23 @@ impl AsyncUdpSocket for SimUdp {
         let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
         };
-        loop {
-            match self.socket.try_recv_from(buf) {
-                Ok((len, addr)) => {
-                    *meta = RecvMeta::default();
-                    meta.addr = addr;
-                    meta.len = len;
-                    meta.stride = len;
-                    return Poll::Ready(Ok(1));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut readable = self.readable.lock().expect("readable future");
-                    let future = readable.get_or_insert_with(|| {
-                        let socket = self.socket.clone();
-                        Box::pin(async move { socket.readable().await })
-                    });
-                    match future.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(result) => {
-                            *readable = None;
-                            result?;
-                        }
-                    }
-                }
-                Err(e) => return Poll::Ready(Err(e)),
+        let mut incoming = self.incoming.lock().expect("receive queue");
+        match incoming.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(Err(gone())),
+            Poll::Ready(Some((datagram, from))) => {
+                let len = datagram.len().min(buf.len());
+                buf[..len].copy_from_slice(&datagram[..len]);
+                *meta = RecvMeta::default();
+                meta.addr = from;
+                meta.len = len;
+                meta.stride = len;
+                Poll::Ready(Ok(1))
             }
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        Ok(self.local_addr)
     }
 }

@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, RwLock, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -68,6 +68,8 @@ pub(crate) struct Node {
     pending: Mutex<HashMap<Id, PendingEntry>>,
     events: broadcast::Sender<MembershipEvent>,
     shutting_down: AtomicBool,
+    /// Frames given up on before they reached the mesh (each also logged).
+    dropped: AtomicU64,
     self_weak: Weak<Node>,
 }
 
@@ -140,12 +142,13 @@ impl Node {
         let keyring = Keyring::new(config.cluster_id.clone(), secrets);
         let custom_socket = match network {
             Some(network) => Some(mesh::CustomSocket {
-                socket: network.bind_mesh(config.mesh_addr).await.map_err(|source| {
-                    Error::MeshBind {
+                socket: network
+                    .bind_mesh(config.mesh_addr)
+                    .await
+                    .map_err(|source| Error::MeshBind {
                         addr: config.mesh_addr,
                         source,
-                    }
-                })?,
+                    })?,
                 runtime: network.runtime(),
                 rng_seed: network.rng_seed(),
             }),
@@ -183,11 +186,11 @@ impl Node {
             mesh_advertise: mesh_addr,
         };
         let membership = Membership::start(settings, network.map(|n| n.gossip()))
-        .await
-        .map_err(|reason| Error::GossipBind {
-            addr: gossip_bind,
-            reason,
-        })?;
+            .await
+            .map_err(|reason| Error::GossipBind {
+                addr: gossip_bind,
+                reason,
+            })?;
         let watcher = membership.watcher().await;
 
         let node = Arc::new_cyclic(|self_weak| Node {
@@ -207,6 +210,7 @@ impl Node {
             pending: Mutex::default(),
             events: broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
@@ -338,6 +342,7 @@ impl Node {
             let link = match self.link(peer).await {
                 Ok(link) => link,
                 Err(reason) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "frame dropped, peer unreachable: {reason}");
                     self.stop_waiting_for(peer);
                     return;
@@ -351,6 +356,7 @@ impl Node {
             match res {
                 Ok(()) => return,
                 Err(mesh::SendError::Full) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, volatile, "frame dropped: the peer's send queue is full");
                     return;
                 }
@@ -358,6 +364,7 @@ impl Node {
                     self.drop_link(peer);
                 }
                 Err(mesh::SendError::Closed) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "frame dropped: connection closed");
                     self.stop_waiting_for(peer);
                 }
@@ -378,6 +385,12 @@ impl Node {
         Ok(bytes)
     }
 
+    /// Frames to peers dropped since the node started: given up on before reaching the mesh,
+    /// or still queued when a connection closed.
+    pub(crate) fn frames_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed) + self.mesh.frames_dropped()
+    }
+
     /// Send a response from a task of its own (the caller does not wait).
     pub(crate) fn respond_later(self: &Arc<Self>, to: &PeerId, id: Id, body: ResponseBody) {
         let node = self.clone();
@@ -389,7 +402,10 @@ impl Node {
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
         match self.encode(&Frame::Response(response)) {
             Ok(bytes) => self.send_to(to, bytes, false).await,
-            Err(e) => tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}"),
+            Err(e) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}");
+            }
         }
     }
 

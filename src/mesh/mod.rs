@@ -9,7 +9,15 @@
 pub(crate) mod auth;
 mod tls;
 
-use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
@@ -101,6 +109,8 @@ pub(crate) struct Mesh {
     max_frame_size: usize,
     peer_timeout: Duration,
     queue: usize,
+    /// Frames left in a send queue when its connection closed.
+    dropped: Arc<AtomicU64>,
 }
 
 /// A UDP socket that does not come from the operating system, with what drives it.
@@ -152,6 +162,7 @@ impl Mesh {
             max_frame_size,
             peer_timeout,
             queue,
+            dropped: Arc::default(),
         })
     }
 
@@ -163,6 +174,11 @@ impl Mesh {
             mesh_addr: advertise.to_string(),
             mac: None,
         };
+    }
+
+    /// Frames that were still queued for a peer when its connection closed.
+    pub(crate) fn frames_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -316,6 +332,7 @@ impl Mesh {
         let stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.queue);
         tokio::spawn(write_frames(
+            self.dropped.clone(),
             conn.clone(),
             stream,
             rx,
@@ -402,6 +419,7 @@ impl Link {
 }
 
 async fn write_frames(
+    dropped_count: Arc<AtomicU64>,
     conn: Connection,
     mut stream: quinn::SendStream,
     mut rx: mpsc::Receiver<Bytes>,
@@ -427,6 +445,7 @@ async fn write_frames(
             reason = conn.closed() => {
                 let dropped = rx.len();
                 if dropped > 0 {
+                    dropped_count.fetch_add(dropped as u64, Ordering::Relaxed);
                     tracing::warn!(%peer, dropped, "mesh link closed with frames still queued: {reason}");
                 }
                 rx.close();

@@ -1,0 +1,143 @@
+//! Real-socket mode: every node on its own runtime with real UDP sockets on 127.0.0.1, in one
+//! process, timed with the real clock. This is where the scale figures come from; it cannot
+//! partition a network (that takes namespaces) and does not repeat exactly.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    node::{self, Awaited, Handle, Spec, Timings},
+    scenarios::{Crash, Join},
+    world::host_name,
+};
+
+/// A node on a runtime of its own, so that it can be killed the way SIGKILL kills a process.
+struct RealNode {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+    gossip: SocketAddr,
+}
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// How often the driver looks at the nodes.
+const POLL: Duration = Duration::from_millis(5);
+
+fn spawn(i: usize, seed: Option<SocketAddr>, timings: Timings) -> anyhow::Result<RealNode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let spec = Spec {
+        name: host_name(i),
+        gossip: SocketAddr::new(LOOPBACK, 0),
+        mesh: SocketAddr::new(LOOPBACK, 0),
+        advertise_ip: LOOPBACK,
+        seeds: seed.map(|s| s.to_string()).into_iter().collect(),
+        timings,
+    };
+    let (handle, serve) = rt.block_on(node::start(spec, |c| c))?;
+    rt.spawn(serve);
+    let gossip = handle.cluster.gossip_addr();
+    Ok(RealNode { rt, handle, gossip })
+}
+
+impl RealNode {
+    /// Stop every task at once, without a word to the peers.
+    fn kill(self) {
+        self.rt.shutdown_background();
+        // Its sockets died with the runtime; dropping the handle would try to say goodbye.
+        std::mem::forget(self.handle);
+    }
+}
+
+fn sees_exactly(nodes: &[&RealNode]) -> bool {
+    nodes.iter().all(|n| {
+        let mut have: Vec<String> = n
+            .handle
+            .cluster
+            .members()
+            .into_iter()
+            .map(|m| m.node_name)
+            .collect();
+        let mut want: Vec<String> = nodes
+            .iter()
+            .filter(|o| o.handle.cluster.node_name() != n.handle.cluster.node_name())
+            .map(|o| o.handle.cluster.node_name().to_string())
+            .collect();
+        have.sort();
+        want.sort();
+        have == want
+    })
+}
+
+/// Poll `done` until it holds or `limit` passes; returns the time it took.
+fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(POLL);
+    }
+    done().then(|| start.elapsed())
+}
+
+const FORM_LIMIT: Duration = Duration::from_secs(120);
+
+fn form(n: usize) -> anyhow::Result<(Vec<RealNode>, Duration)> {
+    let timings = Timings::default();
+    let first = spawn(0, None, timings)?;
+    let seed = first.gossip;
+    let start = Instant::now();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(spawn(i, Some(seed), timings)?);
+    }
+    let refs: Vec<&RealNode> = nodes.iter().collect();
+    wait(FORM_LIMIT, || sees_exactly(&refs))
+        .ok_or_else(|| anyhow::anyhow!("{n} nodes did not form a cluster in {FORM_LIMIT:?}"))?;
+    Ok((nodes, start.elapsed()))
+}
+
+/// `join` on real sockets.
+pub fn join(n: usize) -> anyhow::Result<Join> {
+    let (_nodes, converged) = form(n)?;
+    Ok(Join {
+        nodes: n,
+        converged,
+    })
+}
+
+/// `crash` on real sockets.
+pub fn crash(n: usize, killed: usize) -> anyhow::Result<Crash> {
+    anyhow::ensure!(killed < n, "cannot kill {killed} of {n} nodes and keep one");
+    let (mut nodes, _) = form(n)?;
+    let victims = nodes.split_off(n - killed);
+    for v in victims {
+        v.kill();
+    }
+    let start = Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    nodes[0]
+        .handle
+        .commands
+        .try_send(node::Command::FetchSockets(tx))
+        .map_err(|_| anyhow::anyhow!("node-0 does not take commands"))?;
+    let mut answer = Awaited::new(rx);
+    let refs: Vec<&RealNode> = nodes.iter().collect();
+    let detected = wait(FORM_LIMIT, || {
+        answer.arrived(start.elapsed()) && sees_exactly(&refs)
+    })
+    .ok_or_else(|| anyhow::anyhow!("survivors did not notice the crash"))?;
+    let (request, sockets) = answer.answer()?;
+    Ok(Crash {
+        nodes: n,
+        killed,
+        detected,
+        request,
+        sockets,
+        expected_sockets: nodes.len(),
+    })
+}
