@@ -297,7 +297,13 @@ fn build_example(args: &[&str]) -> PathBuf {
 
     let mut cargo = Command::new(env!("CARGO"));
     cargo
-        .args(["build", "-p", "socketioxide-cluster", "--example", "cluster_node"])
+        .args([
+            "build",
+            "-p",
+            "socketioxide-cluster",
+            "--example",
+            "cluster_node",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));

@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// `sim`: everything on a simulated network and clock, reproducible from the seed;
-    /// `real`: real UDP sockets on 127.0.0.1 and the real clock (join and crash only).
+    /// `real`: real UDP sockets on 127.0.0.1 and the real clock (join, crash, slow-peer).
     #[arg(long, value_enum, default_value_t = Mode::Sim)]
     mode: Mode,
     /// Nodes killed in `crash`.
@@ -79,6 +79,7 @@ fn run(args: &Args, n: usize) -> anyhow::Result<Box<dyn Row>> {
         return Ok(match scenario {
             Scenario::Join => Box::new(real::join(n)?),
             Scenario::Crash => Box::new(real::crash(n, killed)?),
+            Scenario::SlowPeer => Box::new(real::slow_peer(n)?),
             other => anyhow::bail!("{} runs in sim mode only", other.name()),
         });
     }

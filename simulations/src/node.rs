@@ -191,6 +191,25 @@ fn broadcast_number(packet: &str) -> Option<u64> {
         .ok()
 }
 
+/// When a condition the driver watches first held.
+#[derive(Debug, Default)]
+pub struct FirstSeen(Option<std::time::Duration>);
+
+impl FirstSeen {
+    /// Note whether the condition holds at `elapsed`; whether it has held yet.
+    pub fn check(&mut self, holds: bool, elapsed: std::time::Duration) -> bool {
+        if holds && self.0.is_none() {
+            self.0 = Some(elapsed);
+        }
+        self.0.is_some()
+    }
+
+    /// When it first held.
+    pub fn at(&self) -> Option<std::time::Duration> {
+        self.0
+    }
+}
+
 /// A `fetch_sockets` answer the driver waits for while it watches other things.
 pub struct Awaited {
     rx: oneshot::Receiver<Result<usize, String>>,

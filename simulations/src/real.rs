@@ -8,8 +8,8 @@ use std::{
 };
 
 use crate::{
-    node::{self, Awaited, Handle, Spec, Timings},
-    scenarios::{Crash, Join},
+    node::{self, Awaited, FirstSeen, Handle, Spec, Timings},
+    scenarios::{Crash, Join, SLOW_PEER_BURST, SLOW_PEER_EVERY, SLOW_PEER_PHASE, SlowPeer},
     world::host_name,
 };
 
@@ -127,10 +127,15 @@ pub fn crash(n: usize, killed: usize) -> anyhow::Result<Crash> {
         .map_err(|_| anyhow::anyhow!("node-0 does not take commands"))?;
     let mut answer = Awaited::new(rx);
     let refs: Vec<&RealNode> = nodes.iter().collect();
-    let detected = wait(FORM_LIMIT, || {
-        answer.arrived(start.elapsed()) && sees_exactly(&refs)
-    })
-    .ok_or_else(|| anyhow::anyhow!("survivors did not notice the crash"))?;
+    let mut seen = FirstSeen::default();
+    wait(FORM_LIMIT, || {
+        let elapsed = start.elapsed();
+        let answered = answer.arrived(elapsed);
+        seen.check(sees_exactly(&refs), elapsed) && answered
+    });
+    let detected = seen
+        .at()
+        .ok_or_else(|| anyhow::anyhow!("survivors did not notice the crash"))?;
     let (request, sockets) = answer.answer()?;
     Ok(Crash {
         nodes: n,
@@ -140,4 +145,78 @@ pub fn crash(n: usize, killed: usize) -> anyhow::Result<Crash> {
         sockets,
         expected_sockets: nodes.len(),
     })
+}
+
+/// `slow-peer` on real sockets: the hung node's runtime is blocked (it reads nothing, its
+/// sockets stay open, as with SIGSTOP), while node 0 broadcasts at a fixed rate. Also reports
+/// how much this process's resident memory grew while the node hung.
+pub fn slow_peer(n: usize) -> anyhow::Result<SlowPeer> {
+    anyhow::ensure!(n >= 3, "slow-peer needs at least 3 nodes");
+    let (nodes, _) = form(n)?;
+    let (healthy, victim) = nodes.split_at(n - 1);
+    let victim = &victim[0];
+    let mut id = 0;
+    let mut phase = |evicted: &mut Option<Duration>, peak_rss: &mut u64| {
+        let (start, first) = (Instant::now(), id + 1);
+        while start.elapsed() < SLOW_PEER_PHASE {
+            for _ in 0..SLOW_PEER_BURST {
+                id += 1;
+                // A full command queue means node 0 is not keeping up: that broadcast is
+                // never made, and counts as not delivered.
+                let _ = healthy[0]
+                    .handle
+                    .commands
+                    .try_send(node::Command::Broadcast(id));
+            }
+            std::thread::sleep(SLOW_PEER_EVERY);
+            if evicted.is_none() && sees_exactly(&healthy.iter().collect::<Vec<_>>()) {
+                *evicted = Some(start.elapsed());
+            }
+            *peak_rss = (*peak_rss).max(resident_bytes());
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // Room for the last ones to arrive.
+        std::thread::sleep(Duration::from_millis(500));
+        let delivered = (first..=id)
+            .filter(|id| {
+                healthy
+                    .iter()
+                    .all(|h| h.handle.inbox.lock().expect("inbox").has(*id))
+            })
+            .count();
+        delivered as f64 / elapsed
+    };
+    let (mut never, mut rss_before) = (Some(Duration::ZERO), 0);
+    let before = phase(&mut never, &mut rss_before);
+    // Block the victim's only worker: it stops reading, its sockets stay open.
+    victim
+        .rt
+        .spawn(async { std::thread::sleep(SLOW_PEER_PHASE + Duration::from_secs(1)) });
+    let (mut evicted, mut rss_during) = (None, 0);
+    let during = phase(&mut evicted, &mut rss_during);
+    let dropped = healthy
+        .iter()
+        .map(|h| h.handle.cluster.frames_dropped())
+        .sum();
+    Ok(SlowPeer {
+        nodes: n,
+        offered: SLOW_PEER_BURST as f64 / SLOW_PEER_EVERY.as_secs_f64(),
+        before,
+        during,
+        dropped,
+        evicted,
+        memory_growth: Some(rss_during.saturating_sub(rss_before)),
+    })
+}
+
+/// This process's resident memory, from /proc (0 where there is none).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }

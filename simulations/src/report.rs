@@ -130,6 +130,10 @@ impl Row for Churn {
                 Value::Ratio(self.delivered.0, self.delivered.1),
             ),
             ("duplicates", Value::Count(self.duplicates)),
+            (
+                "frames dropped for departed nodes",
+                Value::Count(self.dropped),
+            ),
         ]
     }
     fn plotted(&self) -> (&'static str, Vec<&'static str>) {
@@ -154,6 +158,11 @@ impl Row for SlowPeer {
                 self.evicted.map_or(Value::Never, Value::Ms),
             ),
             ("frames dropped", Value::Count(self.dropped)),
+            (
+                "memory growth during the hang (KiB)",
+                self.memory_growth
+                    .map_or(Value::Never, |b| Value::Count(b / 1024)),
+            ),
         ]
     }
     fn plotted(&self) -> (&'static str, Vec<&'static str>) {

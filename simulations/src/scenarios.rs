@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    node::{Awaited, Timings},
+    node::{Awaited, FirstSeen, Timings},
     world::{World, host_name},
 };
 
@@ -56,7 +56,8 @@ pub struct Crash {
     pub killed: usize,
     /// Until every survivor saw exactly the survivors.
     pub detected: Duration,
-    /// How long `fetch_sockets`, sent by a survivor right after the crash, took.
+    /// How long `fetch_sockets`, sent by a survivor right after the crash, took: about as long
+    /// as it takes the survivors to know the node is gone, not the request timeout.
     pub request: Duration,
     /// Sockets it returned (each node has one client).
     pub sockets: usize,
@@ -78,10 +79,14 @@ pub fn crash(n: usize, killed: usize, seed: u64) -> anyhow::Result<(Crash, Vec<S
         w.fetch_sockets(0)
             .ok_or_else(|| anyhow::anyhow!("node-0 is not up"))?,
     );
-    let detected = w
-        .run_until(FORM_LIMIT, |w| {
-            answer.arrived(w.now() - started) && w.sees_exactly(&survivors)
-        })?
+    let mut seen = FirstSeen::default();
+    w.run_until(FORM_LIMIT, |w| {
+        let elapsed = w.now() - started;
+        let answered = answer.arrived(elapsed);
+        seen.check(w.sees_exactly(&survivors), elapsed) && answered
+    })?;
+    let detected = seen
+        .at()
         .ok_or_else(|| anyhow::anyhow!("survivors did not notice the crash"))?;
     let (request, sockets) = answer.answer()?;
     w.log(format!(
@@ -222,6 +227,8 @@ pub struct Churn {
     pub delivered: (usize, usize),
     /// Broadcasts a client received more than once (must be 0).
     pub duplicates: u64,
+    /// Frames the stable nodes dropped (to nodes that had just gone), counted by the library.
+    pub dropped: u64,
 }
 
 /// How long `churn` runs, and how often it changes a node and broadcasts.
@@ -274,9 +281,11 @@ pub fn churn(n: usize, seed: u64) -> anyhow::Result<(Churn, Vec<String>)> {
         })
         .sum();
     let duplicates = w.duplicates();
+    let dropped = stable.iter().map(|&i| w.frames_dropped(i)).sum();
     let expected = sent.len() * stable.len();
     w.log(format!(
-        "{changes} changes; {delivered}/{expected} deliveries to stable nodes; {duplicates} duplicates"
+        "{changes} changes; {delivered}/{expected} deliveries to stable nodes; {duplicates} duplicates; \
+         {dropped} frames dropped"
     ));
     Ok((
         Churn {
@@ -285,6 +294,7 @@ pub fn churn(n: usize, seed: u64) -> anyhow::Result<(Churn, Vec<String>)> {
             broadcasts: sent.len(),
             delivered: (delivered, expected),
             duplicates,
+            dropped,
         },
         w.trace(),
     ))
@@ -306,13 +316,16 @@ pub struct SlowPeer {
     pub dropped: u64,
     /// Until the healthy nodes stopped counting the hung one as a member.
     pub evicted: Option<Duration>,
+    /// Growth of the process's resident memory while the node hung (real-socket mode only).
+    pub memory_growth: Option<u64>,
 }
 
-const PHASE: Duration = Duration::from_secs(5);
-const SLOW_PEER_EVERY: Duration = Duration::from_millis(10);
+/// How long `slow-peer` broadcasts before and during the hang.
+pub(crate) const SLOW_PEER_PHASE: Duration = Duration::from_secs(5);
+pub(crate) const SLOW_PEER_EVERY: Duration = Duration::from_millis(10);
 /// Broadcasts made every [`SLOW_PEER_EVERY`]: 2,000 a second, enough to fill a hung peer's
 /// send queue (1,024 frames) before its connection times out.
-const SLOW_PEER_BURST: u64 = 20;
+pub(crate) const SLOW_PEER_BURST: u64 = 20;
 
 /// Run `slow-peer`.
 pub fn slow_peer(n: usize, seed: u64) -> anyhow::Result<(SlowPeer, Vec<String>)> {
@@ -323,7 +336,7 @@ pub fn slow_peer(n: usize, seed: u64) -> anyhow::Result<(SlowPeer, Vec<String>)>
     let mut id = 0;
     let mut phase = |w: &mut World, evicted: &mut Option<Duration>| -> anyhow::Result<f64> {
         let (start, first) = (w.now(), id + 1);
-        while w.now() - start < PHASE {
+        while w.now() - start < SLOW_PEER_PHASE {
             for _ in 0..SLOW_PEER_BURST {
                 id += 1;
                 w.broadcast(0, id);
@@ -358,6 +371,7 @@ pub fn slow_peer(n: usize, seed: u64) -> anyhow::Result<(SlowPeer, Vec<String>)>
             during,
             dropped,
             evicted,
+            memory_growth: None,
         },
         w.trace(),
     ))

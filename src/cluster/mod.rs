@@ -425,16 +425,42 @@ impl Node {
             .or_else(|| lock(&self.addrs).get(peer).copied())
             .ok_or_else(|| "no known mesh address".to_string())?;
         let inbound = Arc::new(WeakInbound(self.weak()));
-        let (_, link) = self
-            .mesh
-            .connect(addr, Some(peer), inbound)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Connecting to a member that died can take the whole connect timeout; stop as soon
+        // as the member is known gone, so that nothing (a request, the next frames to other
+        // peers) waits on it any longer.
+        let left = self.left(peer);
+        let (_, link) = tokio::select! {
+            connected = self.mesh.connect(addr, Some(peer), inbound) => {
+                connected.map_err(|e| e.to_string())?
+            }
+            () = left => return Err("it is no longer a member".into()),
+        };
         tracing::debug!(%peer, %addr, "mesh link up");
         *slot = Some(link.clone());
         drop(slot);
         self.verified(peer);
         Ok(link)
+    }
+
+    /// Resolves when `peer`, a member now, stops being one; never, if it is not one now (a
+    /// peer still proving the secret is bounded by the connect timeout instead).
+    async fn left(&self, peer: &PeerId) {
+        let mut events = self.events.subscribe();
+        if !read(&self.view).is_member(peer) {
+            return std::future::pending().await;
+        }
+        loop {
+            match events.recv().await {
+                Ok(MembershipEvent::Left(m)) if m.peer_id() == *peer => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !read(&self.view).is_member(peer) {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        }
     }
 
     fn weak(&self) -> Weak<Node> {
