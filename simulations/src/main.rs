@@ -3,10 +3,11 @@
 //! Runs a scenario for each cluster size, prints a markdown table and writes a plot of the
 //! figures against the number of nodes.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use simulations::{
+    node::Timings,
     real,
     report::{self, Row},
     run_seeded, scenarios,
@@ -34,6 +35,12 @@ struct Args {
     /// Where plots go.
     #[arg(long, default_value = "target/simulations")]
     out: PathBuf,
+    /// Gossip interval, ms (default: the library's, 500).
+    #[arg(long)]
+    gossip_interval_ms: Option<u64>,
+    /// Mesh peer timeout, ms (default: the library's, 2,000).
+    #[arg(long)]
+    peer_timeout_ms: Option<u64>,
     /// Print each run's event trace.
     #[arg(long)]
     trace: bool,
@@ -73,23 +80,36 @@ impl Scenario {
     }
 }
 
+impl Args {
+    fn timings(&self) -> Timings {
+        let mut t = Timings::default();
+        if let Some(ms) = self.gossip_interval_ms {
+            t.gossip_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.peer_timeout_ms {
+            t.peer_timeout = Duration::from_millis(ms);
+        }
+        t
+    }
+}
+
 fn run(args: &Args, n: usize) -> anyhow::Result<Box<dyn Row>> {
-    let (scenario, seed, killed) = (args.scenario, args.seed, args.killed);
+    let (scenario, seed, killed, t) = (args.scenario, args.seed, args.killed, args.timings());
     if args.mode == Mode::Real {
         return Ok(match scenario {
-            Scenario::Join => Box::new(real::join(n)?),
-            Scenario::Crash => Box::new(real::crash(n, killed)?),
-            Scenario::SlowPeer => Box::new(real::slow_peer(n)?),
+            Scenario::Join => Box::new(real::join(n, t)?),
+            Scenario::Crash => Box::new(real::crash(n, killed, t)?),
+            Scenario::SlowPeer => Box::new(real::slow_peer(n, t)?),
             other => anyhow::bail!("{} runs in sim mode only", other.name()),
         });
     }
     let (row, trace) = run_seeded(seed, move || {
         Ok(match scenario {
-            Scenario::Join => boxed(scenarios::join(n, seed)?),
-            Scenario::Crash => boxed(scenarios::crash(n, killed, seed)?),
-            Scenario::Partition => boxed(scenarios::partition(n, seed)?),
-            Scenario::Churn => boxed(scenarios::churn(n, seed)?),
-            Scenario::SlowPeer => boxed(scenarios::slow_peer(n, seed)?),
+            Scenario::Join => boxed(scenarios::join(n, seed, t)?),
+            Scenario::Crash => boxed(scenarios::crash(n, killed, seed, t)?),
+            Scenario::Partition => boxed(scenarios::partition(n, seed, t)?),
+            Scenario::Churn => boxed(scenarios::churn(n, seed, t)?),
+            Scenario::SlowPeer => boxed(scenarios::slow_peer(n, seed, t)?),
         })
     })?;
     if args.trace {

@@ -21,7 +21,8 @@ pub const GOSSIP_PORT: u16 = 7946;
 /// See [`GOSSIP_PORT`].
 pub const MESH_PORT: u16 = 7947;
 
-/// Timings every scenario uses, shorter than the defaults so runs stay short.
+/// The timings a node runs with. The default is the library's own defaults, so that the
+/// figures are those a deployment that sets nothing gets.
 #[derive(Clone, Copy, Debug)]
 pub struct Timings {
     /// Gossip interval.
@@ -35,8 +36,8 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Self {
-            gossip_interval: Duration::from_millis(100),
-            peer_timeout: Duration::from_secs(1),
+            gossip_interval: Duration::from_millis(500),
+            peer_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
         }
     }

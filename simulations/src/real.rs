@@ -86,8 +86,7 @@ fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
 
 const FORM_LIMIT: Duration = Duration::from_secs(120);
 
-fn form(n: usize) -> anyhow::Result<(Vec<RealNode>, Duration)> {
-    let timings = Timings::default();
+fn form(n: usize, timings: Timings) -> anyhow::Result<(Vec<RealNode>, Duration)> {
     let first = spawn(0, None, timings)?;
     let seed = first.gossip;
     let start = Instant::now();
@@ -102,8 +101,8 @@ fn form(n: usize) -> anyhow::Result<(Vec<RealNode>, Duration)> {
 }
 
 /// `join` on real sockets.
-pub fn join(n: usize) -> anyhow::Result<Join> {
-    let (_nodes, converged) = form(n)?;
+pub fn join(n: usize, timings: Timings) -> anyhow::Result<Join> {
+    let (_nodes, converged) = form(n, timings)?;
     Ok(Join {
         nodes: n,
         converged,
@@ -111,9 +110,9 @@ pub fn join(n: usize) -> anyhow::Result<Join> {
 }
 
 /// `crash` on real sockets.
-pub fn crash(n: usize, killed: usize) -> anyhow::Result<Crash> {
+pub fn crash(n: usize, killed: usize, timings: Timings) -> anyhow::Result<Crash> {
     anyhow::ensure!(killed < n, "cannot kill {killed} of {n} nodes and keep one");
-    let (mut nodes, _) = form(n)?;
+    let (mut nodes, _) = form(n, timings)?;
     let victims = nodes.split_off(n - killed);
     for v in victims {
         v.kill();
@@ -150,9 +149,9 @@ pub fn crash(n: usize, killed: usize) -> anyhow::Result<Crash> {
 /// `slow-peer` on real sockets: the hung node's runtime is blocked (it reads nothing, its
 /// sockets stay open, as with SIGSTOP), while node 0 broadcasts at a fixed rate. Also reports
 /// how much this process's resident memory grew while the node hung.
-pub fn slow_peer(n: usize) -> anyhow::Result<SlowPeer> {
+pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
     anyhow::ensure!(n >= 3, "slow-peer needs at least 3 nodes");
-    let (nodes, _) = form(n)?;
+    let (nodes, _) = form(n, timings)?;
     let (healthy, victim) = nodes.split_at(n - 1);
     let victim = &victim[0];
     let mut id = 0;

@@ -12,8 +12,8 @@ use crate::{
 const FORM_LIMIT: Duration = Duration::from_secs(120);
 
 /// Start `n` hosts at once and wait until each sees all others.
-fn formed(n: usize, seed: u64) -> anyhow::Result<(World, Duration)> {
-    let mut w = World::new(seed, Timings::default());
+fn formed(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(World, Duration)> {
+    let mut w = World::new(seed, timings);
     for i in 0..n {
         w.add(i);
     }
@@ -35,8 +35,8 @@ pub struct Join {
 }
 
 /// Run `join`.
-pub fn join(n: usize, seed: u64) -> anyhow::Result<(Join, Vec<String>)> {
-    let (w, converged) = formed(n, seed)?;
+pub fn join(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(Join, Vec<String>)> {
+    let (w, converged) = formed(n, seed, timings)?;
     Ok((
         Join {
             nodes: n,
@@ -66,9 +66,14 @@ pub struct Crash {
 }
 
 /// Run `crash`.
-pub fn crash(n: usize, killed: usize, seed: u64) -> anyhow::Result<(Crash, Vec<String>)> {
+pub fn crash(
+    n: usize,
+    killed: usize,
+    seed: u64,
+    timings: Timings,
+) -> anyhow::Result<(Crash, Vec<String>)> {
     anyhow::ensure!(killed < n, "cannot kill {killed} of {n} nodes and keep one");
-    let (mut w, _) = formed(n, seed)?;
+    let (mut w, _) = formed(n, seed, timings)?;
     let victims: Vec<usize> = (n - killed..n).collect();
     let survivors: Vec<usize> = (0..n - killed).collect();
     for &v in &victims {
@@ -126,9 +131,13 @@ const ROUNDS: u64 = 20;
 const DELIVERY_LIMIT: Duration = Duration::from_secs(10);
 
 /// Run `partition`.
-pub fn partition(n: usize, seed: u64) -> anyhow::Result<(Partition, Vec<String>)> {
+pub fn partition(
+    n: usize,
+    seed: u64,
+    timings: Timings,
+) -> anyhow::Result<(Partition, Vec<String>)> {
     anyhow::ensure!(n >= 2, "a partition needs two nodes");
-    let (mut w, _) = formed(n, seed)?;
+    let (mut w, _) = formed(n, seed, timings)?;
     let a: Vec<usize> = (0..n / 2).collect();
     let b: Vec<usize> = (n / 2..n).collect();
     w.partition(&a, &b);
@@ -237,10 +246,10 @@ const CHURN_EVERY: Duration = Duration::from_millis(250);
 const BROADCAST_EVERY: Duration = Duration::from_millis(50);
 
 /// Run `churn`.
-pub fn churn(n: usize, seed: u64) -> anyhow::Result<(Churn, Vec<String>)> {
+pub fn churn(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(Churn, Vec<String>)> {
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     anyhow::ensure!(n >= 4, "churn needs at least 4 nodes");
-    let (mut w, _) = formed(n, seed)?;
+    let (mut w, _) = formed(n, seed, timings)?;
     let stable: Vec<usize> = (0..n / 2).collect();
     let churners: Vec<usize> = (n / 2..n).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xc4u64);
@@ -328,9 +337,9 @@ pub(crate) const SLOW_PEER_EVERY: Duration = Duration::from_millis(10);
 pub(crate) const SLOW_PEER_BURST: u64 = 20;
 
 /// Run `slow-peer`.
-pub fn slow_peer(n: usize, seed: u64) -> anyhow::Result<(SlowPeer, Vec<String>)> {
+pub fn slow_peer(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(SlowPeer, Vec<String>)> {
     anyhow::ensure!(n >= 3, "slow-peer needs at least 3 nodes");
-    let (mut w, _) = formed(n, seed)?;
+    let (mut w, _) = formed(n, seed, timings)?;
     let victim = n - 1;
     let healthy: Vec<usize> = (0..victim).collect();
     let mut id = 0;

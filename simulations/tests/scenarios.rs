@@ -7,7 +7,11 @@ use simulations::{node::Timings, run_seeded, scenarios};
 
 #[test]
 fn the_same_seed_replays_the_same_run() {
-    let run = |seed| run_seeded(seed, move || scenarios::partition(6, seed));
+    let run = |seed| {
+        run_seeded(seed, move || {
+            scenarios::partition(6, seed, Timings::default())
+        })
+    };
     let (first, trace_a) = run(11).unwrap();
     let (_, trace_b) = run(11).unwrap();
     assert!(trace_a.len() > 10, "a trace worth comparing: {trace_a:?}");
@@ -23,7 +27,7 @@ fn the_same_seed_replays_the_same_run() {
 
 #[test]
 fn ten_nodes_split_in_two_then_healed_deliver_everything() {
-    let (p, trace) = run_seeded(3, || scenarios::partition(10, 3)).unwrap();
+    let (p, trace) = run_seeded(3, || scenarios::partition(10, 3, Timings::default())).unwrap();
     let trace = trace.join("\n");
     assert_eq!(
         p.split_delivered.0, p.split_delivered.1,
@@ -39,7 +43,10 @@ fn ten_nodes_split_in_two_then_healed_deliver_everything() {
 /// gone (give or take a gossip round): not after the request timeout, which is what the Redis
 /// adapter waits, nor after a connect timeout.
 fn crash_ends_request_promptly(nodes: usize, seed: u64) {
-    let (c, trace) = run_seeded(seed, move || scenarios::crash(nodes, 1, seed)).unwrap();
+    let (c, trace) = run_seeded(seed, move || {
+        scenarios::crash(nodes, 1, seed, Timings::default())
+    })
+    .unwrap();
     let trace = trace.join("\n");
     assert_eq!(c.sockets, c.expected_sockets, "{trace}");
     let round = Timings::default().gossip_interval;
@@ -66,7 +73,7 @@ fn a_request_needing_a_new_link_to_the_crashed_node_is_not_held_up() {
 
 #[test]
 fn churn_delivers_to_stable_nodes_once_each() {
-    let (c, trace) = run_seeded(9, || scenarios::churn(6, 9)).unwrap();
+    let (c, trace) = run_seeded(9, || scenarios::churn(6, 9, Timings::default())).unwrap();
     let trace = trace.join("\n");
     assert!(c.changes >= 10, "{trace}");
     assert_eq!(c.duplicates, 0, "{trace}");
@@ -78,7 +85,7 @@ fn churn_delivers_to_stable_nodes_once_each() {
 
 #[test]
 fn a_hung_node_is_dropped_and_the_others_keep_their_rate() {
-    let (s, trace) = run_seeded(13, || scenarios::slow_peer(3, 13)).unwrap();
+    let (s, trace) = run_seeded(13, || scenarios::slow_peer(3, 13, Timings::default())).unwrap();
     let trace = trace.join("\n");
     let evicted = s
         .evicted
