@@ -113,6 +113,10 @@ mod init;
 mod membership;
 #[cfg(feature = "cluster-gossip")]
 mod mesh;
+#[cfg(all(feature = "cluster-gossip", not(feature = "custom-network")))]
+mod network;
+#[cfg(feature = "custom-network")]
+pub mod network;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sessions")]

@@ -305,7 +305,8 @@ fn build_example(example: &str, args: &[&str]) -> PathBuf {
 
     let mut cargo = Command::new(env!("CARGO"));
     cargo
-        .args(["build", "--example", example, "--target-dir"])
+        .args(["build", "-p", "socketioxide-cluster", "--example", example])
+        .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     match profile {

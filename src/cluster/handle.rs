@@ -52,6 +52,13 @@ impl Cluster {
         self.node.addrs().1
     }
 
+    /// Frames to peers this node has dropped since it started: a peer's send queue stayed
+    /// full, the peer was unreachable, or its connection closed with frames still queued.
+    /// Each drop is also logged at WARN level.
+    pub fn frames_dropped(&self) -> u64 {
+        self.node.frames_dropped()
+    }
+
     /// The live members of the cluster, other than this node, sorted by name.
     pub fn members(&self) -> Vec<Member> {
         self.node.members()

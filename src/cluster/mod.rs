@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, RwLock, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -73,6 +73,8 @@ pub(crate) struct Node {
     pending: Mutex<HashMap<Id, PendingEntry>>,
     events: broadcast::Sender<MembershipEvent>,
     shutting_down: AtomicBool,
+    /// Frames given up on before they reached the mesh (each also logged).
+    dropped: AtomicU64,
     self_weak: Weak<Node>,
 }
 
@@ -127,7 +129,9 @@ impl Node {
         for seed in &config.seeds {
             check_seed(seed).await?;
         }
-        let generation = SystemTime::now()
+        let network = config.network.as_ref().map(|n| &n.0);
+        let now = network.map_or_else(SystemTime::now, |n| n.wall_clock());
+        let generation = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
@@ -141,8 +145,23 @@ impl Node {
         };
 
         let keyring = Keyring::new(config.cluster_id.clone(), secrets);
+        let custom_socket = match network {
+            Some(network) => Some(mesh::CustomSocket {
+                socket: network
+                    .bind_mesh(config.mesh_addr)
+                    .await
+                    .map_err(|source| Error::MeshBind {
+                        addr: config.mesh_addr,
+                        source,
+                    })?,
+                runtime: network.runtime(),
+                rng_seed: network.rng_seed(),
+            }),
+            None => None,
+        };
         let mut mesh = Mesh::bind(
             config.mesh_addr,
+            custom_socket,
             keyring,
             config.max_frame_size,
             config.peer_timeout,
@@ -162,7 +181,7 @@ impl Node {
         mesh.set_identity(&me, mesh_addr);
 
         let (gossip_bind, gossip_addr) = gossip_addrs(config)?;
-        let membership = Membership::start(GossipSettings {
+        let settings = GossipSettings {
             cluster_id: config.cluster_id.clone(),
             me: me.clone(),
             bind: gossip_bind,
@@ -170,12 +189,13 @@ impl Node {
             seeds: config.seeds.clone(),
             interval: config.gossip_interval,
             mesh_advertise: mesh_addr,
-        })
-        .await
-        .map_err(|reason| Error::GossipBind {
-            addr: gossip_bind,
-            reason,
-        })?;
+        };
+        let membership = Membership::start(settings, network.map(|n| n.gossip()))
+            .await
+            .map_err(|reason| Error::GossipBind {
+                addr: gossip_bind,
+                reason,
+            })?;
         let watcher = membership.watcher().await;
 
         let node = Arc::new_cyclic(|self_weak| Node {
@@ -196,6 +216,7 @@ impl Node {
             pending: Mutex::default(),
             events: broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
@@ -327,6 +348,7 @@ impl Node {
             let link = match self.link(peer).await {
                 Ok(link) => link,
                 Err(reason) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "frame dropped, peer unreachable: {reason}");
                     self.stop_waiting_for(peer);
                     return;
@@ -340,6 +362,7 @@ impl Node {
             match res {
                 Ok(()) => return,
                 Err(mesh::SendError::Full) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, volatile, "frame dropped: the peer's send queue is full");
                     return;
                 }
@@ -347,6 +370,7 @@ impl Node {
                     self.drop_link(peer);
                 }
                 Err(mesh::SendError::Closed) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "frame dropped: connection closed");
                     self.stop_waiting_for(peer);
                 }
@@ -367,6 +391,12 @@ impl Node {
         Ok(bytes)
     }
 
+    /// Frames to peers dropped since the node started: given up on before reaching the mesh,
+    /// or still queued when a connection closed.
+    pub(crate) fn frames_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed) + self.mesh.frames_dropped()
+    }
+
     /// Send a response from a task of its own (the caller does not wait).
     pub(crate) fn respond_later(self: &Arc<Self>, to: &PeerId, id: Id, body: ResponseBody) {
         let node = self.clone();
@@ -378,7 +408,10 @@ impl Node {
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
         match self.encode(&Frame::Response(response)) {
             Ok(bytes) => self.send_to(to, bytes, false).await,
-            Err(e) => tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}"),
+            Err(e) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}");
+            }
         }
     }
 
@@ -398,16 +431,42 @@ impl Node {
             .or_else(|| lock(&self.addrs).get(peer).copied())
             .ok_or_else(|| "no known mesh address".to_string())?;
         let inbound = Arc::new(WeakInbound(self.weak()));
-        let (_, link) = self
-            .mesh
-            .connect(addr, Some(peer), inbound)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Connecting to a member that died can take the whole connect timeout; stop as soon
+        // as the member is known gone, so that nothing (a request, the next frames to other
+        // peers) waits on it any longer.
+        let left = self.left(peer);
+        let (_, link) = tokio::select! {
+            connected = self.mesh.connect(addr, Some(peer), inbound) => {
+                connected.map_err(|e| e.to_string())?
+            }
+            () = left => return Err("it is no longer a member".into()),
+        };
         tracing::debug!(%peer, %addr, "mesh link up");
         *slot = Some(link.clone());
         drop(slot);
         self.verified(peer);
         Ok(link)
+    }
+
+    /// Resolves when `peer`, a member now, stops being one; never, if it is not one now (a
+    /// peer still proving the secret is bounded by the connect timeout instead).
+    async fn left(&self, peer: &PeerId) {
+        let mut events = self.events.subscribe();
+        if !read(&self.view).is_member(peer) {
+            return std::future::pending().await;
+        }
+        loop {
+            match events.recv().await {
+                Ok(MembershipEvent::Left(m)) if m.peer_id() == *peer => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !read(&self.view).is_member(peer) {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        }
     }
 
     fn weak(&self) -> Weak<Node> {
