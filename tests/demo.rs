@@ -19,7 +19,7 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -68,9 +68,8 @@ impl Demo {
         let words = readme_demo_command();
         assert_eq!(words[..2], ["cargo", "run"], "{words:?}");
         let log = std::env::temp_dir().join(format!("demo-{}.log", std::process::id()));
-        let mut cmd = Command::new(env!("CARGO"));
+        let mut cmd = external::cargo();
         cmd.args(&words[1..])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("DEMO_PORTS", "0,0,0")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -79,6 +79,23 @@ fn e2e_js_suite_redis() {
     );
 }
 
+/// nginx in front of three nodes, configured by `examples/nginx/nginx.conf`: polling-only
+/// and WebSocket clients through it, on every node (`tests/js/nginx.e2e.mjs`).
+#[test]
+fn e2e_nginx_in_front_of_three_nodes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !external::require("nginx") {
+        return;
+    }
+    let Some(bin) = setup() else { return };
+    let bin = bin.to_string_lossy();
+    run_node(
+        &["--test", "nginx.e2e.mjs"],
+        &[("CLUSTER_NODE_BIN", &bin)],
+        SUITE_TIMEOUT,
+    );
+}
+
 /// Starts the example with `env` and returns (exit status or `None` if it became READY,
 /// its stderr).
 fn run_example(bin: &PathBuf, env: &[(&str, &str)]) -> (Option<ExitStatus>, String) {

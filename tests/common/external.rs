@@ -22,15 +22,20 @@ pub fn skip_or_fail(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
-/// The first line `program --version` prints, or why it cannot run.
+/// What `program --version` prints (`nginx -v` for nginx), or why it cannot run.
 pub fn tool_version(program: &str) -> Result<String, String> {
+    let flag = if program.ends_with("nginx") {
+        "-v"
+    } else {
+        "--version"
+    };
     let out = Command::new(program)
-        .arg("--version")
+        .arg(flag)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run `{program} --version`: {e}"))?;
+        .map_err(|e| format!("cannot run `{program} {flag}`: {e}"))?;
     if !out.status.success() {
-        return Err(format!("`{program} --version` failed: {}", out.status));
+        return Err(format!("`{program} {flag}` failed: {}", out.status));
     }
     // nginx prints its version on stderr.
     let text = if out.stdout.is_empty() {
@@ -137,11 +142,10 @@ pub fn build_example(name: &str, args: &[&str]) -> PathBuf {
         target_dir = target_dir.join("other-features");
     }
 
-    let mut cargo = Command::new(env!("CARGO"));
+    let mut cargo = cargo();
     cargo
         .args(["build", "--example", name, "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        .arg(&target_dir);
     match profile {
         "debug" => {}
         "release" => {
@@ -176,6 +180,31 @@ pub fn build_example(name: &str, args: &[&str]) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `cargo` in the package directory, without the variables `cargo test` sets for this test
+/// (`CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, ...): build scripts such as ring's rerun when
+/// those change, so an inner build seeing them would rebuild half the dependency tree, and
+/// the next `cargo test` again.
+pub fn cargo() -> Command {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_by_cargo_test = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&key);
+        if set_by_cargo_test {
+            cargo.env_remove(key);
+        }
+    }
+    cargo
 }
 
 /// Cargo arguments selecting the features this test was compiled with.

@@ -498,14 +498,18 @@ export function useCluster(options) {
 // Clients
 // ---------------------------------------------------------------------------
 
-/** Connects an official socket.io client (websocket only, no reconnection). */
-export async function connect(node, { ns = '/', parser } = {}) {
+/**
+ * Connects an official socket.io client (websocket only, no reconnection) to `node`
+ * (anything with a `url` and a `name`). Other `options` go to the client as they are.
+ */
+export async function connect(node, { ns = '/', parser, ...options } = {}) {
   const socket = io(`${node.url}${ns}`, {
     transports: ['websocket'],
     reconnection: false,
     forceNew: true,
     timeout: CONNECT_TIMEOUT_MS,
     ...(parser ? { parser } : {}),
+    ...options,
   });
   const connected = new Promise((resolve, reject) => {
     socket.once('connect', resolve);
