@@ -96,6 +96,22 @@ fn e2e_nginx_in_front_of_three_nodes() {
     );
 }
 
+/// The chat example as a cluster of three processes (`tests/js/chat.e2e.mjs`).
+#[test]
+fn e2e_chat_example_rooms_across_nodes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !js_setup() {
+        return;
+    }
+    let bin = build_example("chat", &[]);
+    let bin = bin.to_string_lossy();
+    run_node(
+        &["--test", "chat.e2e.mjs"],
+        &[("CHAT_BIN", &bin)],
+        SUITE_TIMEOUT,
+    );
+}
+
 /// Starts the example with `env` and returns (exit status or `None` if it became READY,
 /// its stderr).
 fn run_example(bin: &PathBuf, env: &[(&str, &str)]) -> (Option<ExitStatus>, String) {

@@ -151,6 +151,8 @@ export function nodeEnv(spec) {
   // node cannot report that to its sender, so the bursts of the order test (1000 events)
   // need a buffer that holds them.
   env.MAX_BUFFER_SIZE = '4096';
+  // Settings of another server binary (`spec.bin`): a function of the spec.
+  Object.assign(env, spec.env?.(spec) ?? {});
 
   switch (BACKEND) {
     case 'gossip':
@@ -238,7 +240,7 @@ export class Node {
 
   /** Spawns the process and resolves once it printed `READY <port>`. */
   start() {
-    const proc = spawn(nodeBin(), [], {
+    const proc = spawn(this.spec.bin ?? nodeBin(), [], {
       env: nodeEnv(this.spec),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -263,7 +265,7 @@ export class Node {
 
     const ready = new Promise((resolve, reject) => {
       lines(proc.stdout, 'stdout: ', (line) => {
-        const m = /^READY (\d+)$/.exec(line.trim());
+        const m = (this.spec.ready ?? /^READY (\d+)$/).exec(line.trim());
         if (m) resolve(Number(m[1]));
       });
       lines(proc.stderr, '');
@@ -319,11 +321,15 @@ export class Node {
 /**
  * A set of nodes sharing one random cluster id and secret, seeded by the first node.
  *
- * options: { size = 3, parser: 'msgpack' | undefined, parserModule: socket.io client parser }
+ * options: { size = 3, parser: 'msgpack' | undefined, parserModule: socket.io client parser,
+ *   node: spec fields of every node, to run another server binary: `bin` (its path),
+ *   `ready` (a regexp of the stdout line telling it listens, capturing the port), `env`
+ *   (a function of the node's spec returning more variables) }
  */
 export class Cluster {
-  constructor({ size = 3, parser, parserModule } = {}) {
+  constructor({ size = 3, parser, parserModule, node = {} } = {}) {
     this.size = size;
+    this.nodeSpec = node;
     this.parser = parser;
     this.parserModule = parserModule;
     this.clusterId = `e2e-${randomBytes(6).toString('hex')}`;
@@ -368,6 +374,7 @@ export class Cluster {
         clusterId: this.clusterId,
         parser: this.parser,
         parserModule: this.parserModule,
+        ...this.nodeSpec,
         ...overrides,
       };
       const node = new Node(spec);
