@@ -161,11 +161,31 @@ async fn members(addr: SocketAddr) -> Vec<String> {
     serde_json::from_value(json["members"].clone()).expect("a list of names")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_demo_command_forms_one_cluster() {
+#[test]
+fn readme_demo_command_forms_one_cluster() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut demo = Demo::start();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(answers_and_forms_one_cluster(&demo));
 
+    // Ctrl-C: every node leaves the cluster, the process ends by itself.
+    external::signal_group(&demo.process.0, "INT");
+    demo.wait_line(SETTLE, |l| l == "stopped");
+    let status = external::wait_bounded(&mut demo.process.0, SETTLE);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after Ctrl-C: {status:?}\n{}",
+        demo.log_text()
+    );
+    assert!(
+        demo.log_text().contains("leaving the cluster"),
+        "{}",
+        demo.log_text()
+    );
+}
+
+/// Every node answers the Socket.IO handshake, and lists the three nodes as members.
+async fn answers_and_forms_one_cluster(demo: &Demo) {
     for &node in &demo.nodes {
         let (status, open) = get(node, polling::PATH).await;
         assert_eq!(status, 200, "handshake on {node}: {open}");
@@ -191,21 +211,6 @@ async fn readme_demo_command_forms_one_cluster() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    // Ctrl-C: every node leaves the cluster, the process ends by itself.
-    external::signal_group(&demo.process.0, "INT");
-    demo.wait_line(SETTLE, |l| l == "stopped");
-    let status = external::wait_bounded(&mut demo.process.0, SETTLE);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "exit after Ctrl-C: {status:?}\n{}",
-        demo.log_text()
-    );
-    assert!(
-        demo.log_text().contains("leaving the cluster"),
-        "{}",
-        demo.log_text()
-    );
 }
 
 #[test]

@@ -51,7 +51,7 @@ fn setup() -> Option<PathBuf> {
 }
 
 /// Runs the whole JS suite against one backend.
-fn run_suite(bin: &PathBuf, env: &[(&str, &str)]) {
+fn run_suite(bin: &std::path::Path, env: &[(&str, &str)]) {
     let bin = bin.to_string_lossy();
     let mut env = env.to_vec();
     env.push(("CLUSTER_NODE_BIN", &bin));
