@@ -2,11 +2,13 @@
 //!
 //! This test builds the `cluster_node` example, then runs `node --test` in `tests/js`,
 //! which starts clusters of `cluster_node` processes on loopback ports and drives them
-//! with real Socket.IO clients (see `tests/js/cluster.mjs`).
+//! with real Socket.IO clients (see `tests/js/cluster.mjs`). Two more files there run
+//! on their own: `nginx.e2e.mjs` (a real nginx in front of three nodes) and
+//! `chat.e2e.mjs` (three processes of the `chat` example).
 //!
-//! Needs `node` (>= 20) and, the first time, `npm` (to install `tests/js/node_modules`
-//! from the lock file). Without them the test is skipped, unless the `CI` variable is
-//! set: then it fails.
+//! Needs `node` (>= 20), `nginx` for the nginx test and, the first time, `npm` (to install
+//! `tests/js/node_modules` from the lock file). Without them the test is skipped, unless
+//! the `CI` variable is set: then it fails.
 //!
 //! `cargo test --test e2e_js -- --nocapture` shows the figures printed by the suite.
 //! `E2E_BACKEND`, `E2E_REDIS_URL`, `E2E_RUST_LOG` and `E2E_VERBOSE` are passed through
