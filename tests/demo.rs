@@ -1,8 +1,8 @@
 //! The README's first command: the three-node demo.
 //!
 //! `readme_demo_command_forms_one_cluster` runs the `cargo run` line of README.md itself
-//! (so this test breaks when the README changes), with `DEMO_PORTS=0,0,0` so that the
-//! system picks free HTTP ports, and checks that the three nodes answer the Socket.IO
+//! (so this test breaks when the README changes; only the features of this test are
+//! added), with `DEMO_PORTS=0,0,0` so that the system picks free HTTP ports, and checks that the three nodes answer the Socket.IO
 //! handshake, form one cluster, and stop cleanly on Ctrl-C (SIGINT).
 //!
 //! `browser_chat_across_two_nodes` opens the demo page of two nodes in headless Chromium
@@ -68,8 +68,13 @@ impl Demo {
         let words = readme_demo_command();
         assert_eq!(words[..2], ["cargo", "run"], "{words:?}");
         let log = std::env::temp_dir().join(format!("demo-{}.log", std::process::id()));
+        // The README's command, plus the features this test was built with: cargo then
+        // reuses the demo `cargo test` just built. With the default features, syn and
+        // tokio-util get other features, and most of the dependency tree would be compiled
+        // a second time.
         let mut cmd = external::cargo();
         cmd.args(&words[1..])
+            .args(external::test_features())
             .env("DEMO_PORTS", "0,0,0")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
