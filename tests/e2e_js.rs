@@ -3,8 +3,8 @@
 //! This test builds the `cluster_node` example, then runs `node --test` in `tests/js`,
 //! which starts clusters of `cluster_node` processes on loopback ports and drives them
 //! with real Socket.IO clients (see `tests/js/cluster.mjs`). Two more files there run
-//! on their own: `nginx.e2e.mjs` (a real nginx in front of three nodes) and
-//! `chat.e2e.mjs` (three processes of the `chat` example).
+//! on their own: `nginx.e2e.mjs` (a real nginx in front of three nodes), and
+//! `chat.e2e.mjs` and `minimal.e2e.mjs` (three processes of those examples).
 //!
 //! Needs `node` (>= 20), `nginx` for the nginx test and, the first time, `npm` (to install
 //! `tests/js/node_modules` from the lock file). Without them the test is skipped, unless
@@ -98,18 +98,22 @@ fn e2e_nginx_in_front_of_three_nodes() {
     );
 }
 
-/// The chat example as a cluster of three processes (`tests/js/chat.e2e.mjs`).
+/// The chat and minimal examples, each as a cluster of three processes
+/// (`tests/js/chat.e2e.mjs`, `tests/js/minimal.e2e.mjs`).
 #[test]
-fn e2e_chat_example_rooms_across_nodes() {
+fn e2e_examples_chat_and_minimal() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !js_setup() {
         return;
     }
-    let bin = build_example("chat", &[]);
-    let bin = bin.to_string_lossy();
+    let chat = build_example("chat", &[]);
+    let minimal = build_example("minimal", &[]);
     run_node(
-        &["--test", "chat.e2e.mjs"],
-        &[("CHAT_BIN", &bin)],
+        &["--test", "chat.e2e.mjs", "minimal.e2e.mjs"],
+        &[
+            ("CHAT_BIN", &chat.to_string_lossy()),
+            ("MINIMAL_BIN", &minimal.to_string_lossy()),
+        ],
         SUITE_TIMEOUT,
     );
 }
