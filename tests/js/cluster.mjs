@@ -238,7 +238,7 @@ export class Node {
     }
   }
 
-  /** Spawns the process and resolves once it printed `READY <port>`. */
+  /** Spawns the process and resolves once it printed `READY <port>` (or `spec.ready`). */
   start() {
     const proc = spawn(this.spec.bin ?? nodeBin(), [], {
       env: nodeEnv(this.spec),
