@@ -3,22 +3,12 @@
 // `tests/e2e_js.rs` with CHAT_BIN set to the example binary.
 
 import assert from 'node:assert/strict';
-import { after, before } from 'node:test';
-import { Cluster, SETTLE_MS, connect, record, request, sleep, uniq, waitUntil } from './cluster.mjs';
+import { SETTLE_MS, connect, record, request, sleep, uniq, useExampleCluster, waitUntil } from './cluster.mjs';
 
-const cluster = new Cluster({
-  size: 3,
-  node: {
-    bin: process.env.CHAT_BIN,
-    ready: /listening on http:\/\/127\.0\.0\.1:(\d+)$/,
-    env: (spec) => ({ BIND: `127.0.0.1:${spec.httpPort}` }),
-  },
+const cluster = useExampleCluster({
+  bin: process.env.CHAT_BIN,
+  ready: /listening on http:\/\/127\.0\.0\.1:(\d+)$/,
 });
-before(async () => {
-  assert.ok(process.env.CHAT_BIN, 'CHAT_BIN must point to the chat example binary');
-  for (let i = 0; i < cluster.size; i++) await cluster.addNode();
-}, { timeout: 120_000 });
-after(() => cluster.stop(), { timeout: 60_000 });
 
 /** A chat user on node `index` with nickname `nick` in `room`. */
 async function user(index, nick, room) {

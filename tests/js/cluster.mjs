@@ -501,6 +501,32 @@ export function useCluster(options) {
   return cluster;
 }
 
+/**
+ * A cluster of one of the examples users copy (`bin`, configured by `BIND` and the
+ * `SOCKETIO_CLUSTER_*` variables) for a test file: `size` processes started before its
+ * first test, stopped after its last. `ready` matches the stdout line that tells a
+ * process listens, capturing the port. Such an example has no `members` event: its tests
+ * wait for the cluster through what it delivers.
+ */
+export function useExampleCluster({ bin, ready, size = 3 }) {
+  const cluster = new Cluster({
+    size,
+    node: {
+      bin,
+      ready,
+      env: (spec) => ({ BIND: `127.0.0.1:${spec.httpPort}`, NO_COLOR: '1' }),
+    },
+  });
+  before(async () => {
+    if (!bin) throw new Error('the example binary is not set');
+    for (let i = 0; i < size; i++) await cluster.addNode();
+  }, { timeout: 120_000 });
+  after(async () => {
+    await cluster.stop();
+  }, { timeout: 60_000 });
+  return cluster;
+}
+
 // ---------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------
