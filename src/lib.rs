@@ -71,8 +71,8 @@
 //!   keep-alives with a short idle timeout (the peer timeout) notice a hung peer in
 //!   seconds, sooner than gossip.
 //! - **Adapter** (per namespace): turns socketioxide's adapter calls into requests to the
-//!   members hosting the namespace, and applies the requests it receives to its local
-//!   sockets, exactly as `socketioxide-redis` does over Redis channels.
+//!   other members, and applies the requests it receives to its local sockets, as
+//!   `socketioxide-redis` does over Redis channels.
 //!
 //! A broadcast is sent to every member and answered by none. A request that expects
 //! answers (`fetch_sockets`, `rooms`, acks) goes to every live member (or to the one member
