@@ -26,7 +26,10 @@
 //! `{nick, room, node}`; `message` (text) sends `{nick, text, node}` to everyone in the
 //! room, the sender included; `notice` (text) tells the room who came, went or was renamed.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
 
 use axum::{Router, response::Html, routing::get};
 use serde_json::{Value, json};
@@ -34,6 +37,7 @@ use socketioxide::{
     SocketIo,
     adapter::Adapter,
     extract::{AckSender, Data, SocketRef},
+    handler::ConnectHandler,
     socket::DisconnectReason,
 };
 use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
@@ -110,7 +114,12 @@ async fn notice<A: Adapter>(socket: &SocketRef<A>, room: String, text: String) {
     }
 }
 
-fn on_connect<A: Adapter>(socket: SocketRef<A>, node: &str) {
+async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+    tracing::info!(sid = %socket.id, "connected");
+}
+
+/// Registers the event handlers of a new socket, in the lobby.
+fn register<A: Adapter>(socket: SocketRef<A>, node: &str) {
     let me = Member::new(node, socket.id.as_str());
     socket.join(me.get().1);
 
@@ -182,10 +191,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_adapter::<ClusterAdapter<_>>(ctr)
         .build_layer();
     let name = node.clone();
-    io.ns("/", async move |s: SocketRef<ClusterAdapter<_>>| {
-        on_connect(s, &name)
-    })
-    .await?;
+    // The event handlers are registered by a connect middleware: it runs before the
+    // client is told it is connected, whereas the connect handler runs after that, in a
+    // task of its own. The page's first `join` could otherwise come first.
+    let register = move |s: SocketRef<ClusterAdapter<_>>| {
+        register(s, &name);
+        async { Ok::<_, Infallible>(()) }
+    };
+    io.ns("/", on_connect.with(register)).await?;
 
     let page = PAGE.replace("{NODE}", &node);
     let app = Router::new()

@@ -19,6 +19,7 @@
 //! node is its own process: see `examples/minimal.rs` and `examples/chat.rs`.
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -30,6 +31,7 @@ use socketioxide::{
     SocketIo,
     adapter::Adapter,
     extract::{Data, SocketRef},
+    handler::ConnectHandler,
 };
 use socketioxide_cluster::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr};
 
@@ -70,8 +72,8 @@ fn member_names(cluster: &Cluster) -> Vec<String> {
     names
 }
 
-async fn on_connect<A: Adapter>(socket: SocketRef<A>, cluster: Cluster) {
-    let _ = socket.emit("members", &member_names(&cluster));
+/// Registers the event handlers of a new socket.
+fn register<A: Adapter>(socket: SocketRef<A>, cluster: &Cluster) {
     let node = cluster.node_name().to_owned();
     socket.on(
         "message",
@@ -83,6 +85,11 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, cluster: Cluster) {
             }
         },
     );
+}
+
+/// A new page: tell it the members.
+async fn on_connect<A: Adapter>(socket: SocketRef<A>, cluster: Cluster) {
+    let _ = socket.emit("members", &member_names(&cluster));
 }
 
 /// Starts one node: joins the cluster (through `seed`, if any) and serves the page on
@@ -108,10 +115,16 @@ async fn start_node(
         .with_adapter::<GossipAdapter<_>>(ctr)
         .build_layer();
     let on_cluster = cluster.clone();
-    io.ns("/", async move |s: SocketRef<GossipAdapter<_>>| {
-        on_connect(s, on_cluster).await
-    })
-    .await?;
+    // The event handlers are registered by a connect middleware: it runs before the
+    // client is told it is connected, whereas the connect handler runs after that, in a
+    // task of its own. An event the client sends at once could otherwise come first.
+    let register = move |s: SocketRef<GossipAdapter<_>>| {
+        register(s, &on_cluster);
+        async { Ok::<_, Infallible>(()) }
+    };
+    let cluster_of_page = cluster.clone();
+    let on_connect = move |s: SocketRef<GossipAdapter<_>>| on_connect(s, cluster_of_page.clone());
+    io.ns("/", on_connect.with(register)).await?;
 
     // Every membership change is pushed to this node's pages.
     let mut events = cluster.membership_events();
@@ -164,6 +177,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Listen for Ctrl-C from the start: one pressed while the cluster forms stops it too.
+    let stop = ctrl_c()?;
+    tokio::pin!(stop);
+
     let started = Instant::now();
     let mut nodes = Vec::new();
     let mut seed = None;
@@ -174,7 +191,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         nodes.push(cluster);
     }
 
-    // Bounded wait for every node to see the two others.
+    tokio::select! {
+        _ = report_formation(&nodes, started) => {
+            println!("Open two of the URLs above in a browser and chat across nodes. Ctrl-C to stop.");
+            (&mut stop).await;
+        }
+        _ = &mut stop => {}
+    }
+    for n in &nodes {
+        if tokio::time::timeout(Duration::from_secs(5), n.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = n.node_name(), "leaving the cluster timed out");
+        }
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// Waits (at most 30 s) for every node to see the two others, and says how long it took.
+async fn report_formation(nodes: &[Cluster], started: Instant) {
     let deadline = started + Duration::from_secs(30);
     while nodes.iter().any(|n| n.members().len() < 2) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -188,17 +225,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         println!("the cluster did not form within 30 s; see the log above");
     }
-    println!("Open two of the URLs above in a browser and chat across nodes. Ctrl-C to stop.");
+}
 
-    tokio::signal::ctrl_c().await?;
-    for n in &nodes {
-        if tokio::time::timeout(Duration::from_secs(5), n.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(node = n.node_name(), "leaving the cluster timed out");
-        }
+/// Resolves on Ctrl-C. The signal is listened for from this call on, not from the first
+/// poll (until then a Ctrl-C would end the process at once).
+fn ctrl_c() -> std::io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            interrupt.recv().await;
+        })
     }
-    println!("stopped");
-    Ok(())
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

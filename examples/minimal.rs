@@ -19,10 +19,13 @@
 //! `SOCKETIO_CLUSTER_BACKEND=redis://127.0.0.1:6379` runs the same binary on Redis
 //! (built with the `redis` feature).
 
+use std::convert::Infallible;
+
 use serde_json::Value;
 use socketioxide::{
     SocketIo,
     extract::{Data, SocketRef},
+    handler::ConnectHandler,
 };
 use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
 
@@ -37,18 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (layer, io) = SocketIo::builder()
         .with_adapter::<Adapter>(ctr)
         .build_layer();
-    io.ns("/", async |socket: SocketRef<Adapter>| {
-        socket.on(
-            "message",
-            async |socket: SocketRef<Adapter>, Data::<Value>(msg)| {
-                // Every client of every node but the sender.
-                if let Err(e) = socket.broadcast().emit("message", &msg).await {
-                    tracing::warn!("cannot relay the message: {e}");
-                }
-            },
-        );
-    })
-    .await?;
+    // The event handlers are registered by a connect middleware: it runs before the
+    // client is told it is connected, whereas the connect handler runs after that, in a
+    // task of its own. An event the client sends at once could otherwise come first.
+    io.ns("/", on_connect.with(register)).await?;
 
     let app = axum::Router::new().layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0:3000".into());
@@ -63,6 +58,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cluster.shutdown().await; // peers drop this node at once
     }
     Ok(())
+}
+
+/// Registers the event handlers of a new socket.
+async fn register(socket: SocketRef<Adapter>) -> Result<(), Infallible> {
+    socket.on(
+        "message",
+        async |socket: SocketRef<Adapter>, Data::<Value>(msg)| {
+            // Every client of every node but the sender.
+            if let Err(e) = socket.broadcast().emit("message", &msg).await {
+                tracing::warn!("cannot relay the message: {e}");
+            }
+        },
+    );
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef<Adapter>) {
+    tracing::info!(sid = %socket.id, "connected");
 }
 
 /// Ctrl-C, or SIGTERM (what Kubernetes and systemd send).
