@@ -45,7 +45,7 @@ async function refused(node, cookie) {
 }
 
 describe(`shared login sessions (${BACKEND})`, { skip: !BIN && 'SESSIONS_NODE_BIN is not set' }, () => {
-  const cluster = new Cluster({ size: 3, bin: BIN });
+  const cluster = new Cluster({ size: 3, node: { bin: BIN } });
   before(async () => cluster.start(), { timeout: 180_000 });
   after(async () => cluster.stop(), { timeout: 60_000 });
 
