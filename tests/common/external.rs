@@ -214,7 +214,9 @@ pub fn cargo() -> Command {
     cargo
 }
 
-/// Cargo arguments selecting the features this test was compiled with.
+/// Cargo arguments selecting the features this test was compiled with. With no `-p`, the
+/// build resolves features for the workspace's default members as `cargo test` did, so it
+/// reuses every compiled dependency.
 pub fn test_features() -> Vec<String> {
     let mut features = vec![];
     if cfg!(feature = "cluster-gossip") {
