@@ -97,6 +97,8 @@ pub struct Flood {
     pub sent: u64,
     /// Messages per second delivered to each receiving client.
     pub rate: f64,
+    /// Messages per second node A emitted at.
+    pub emit_rate: f64,
     /// Messages not delivered, summed over the receiving clients.
     pub lost: u64,
     /// Messages received out of order, summed.
@@ -121,17 +123,29 @@ fn main() -> Result<(), BoxError> {
 }
 
 async fn drive(plan: Plan) -> Result<(), BoxError> {
+    // `CLUSTER_BENCH_ONLY=gossip` (or `redis`, `cluster-redis`) measures the single node and
+    // that backend only, e.g. to profile it.
+    let only = std::env::var("CLUSTER_BENCH_ONLY").ok();
+    let wanted = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
     let quinn = floor::quinn_hop(plan.floor).await?;
     let tcp = floor::tcp_hop(plan.floor).await?;
     let mut columns = vec![measure("single node (c)", "local", None, plan).await?];
-    columns.push(measure("gossip mesh (a)", "gossip", None, plan).await?);
-    match RedisServer::start() {
-        Some(redis) => {
-            columns.push(measure("socketioxide-redis (b)", "redis", Some(&redis), plan).await?);
-            columns
-                .push(measure("this crate on Redis", "cluster-redis", Some(&redis), plan).await?);
+    if wanted("gossip") {
+        columns.push(measure("gossip mesh (a)", "gossip", None, plan).await?);
+    }
+    let redis_columns = [
+        ("socketioxide-redis (b)", "redis"),
+        ("this crate on Redis", "cluster-redis"),
+    ];
+    if redis_columns.iter().any(|(_, b)| wanted(b)) {
+        let Some(redis) = RedisServer::start() else {
+            eprintln!("redis-server not found: the Redis columns are skipped");
+            report::print(&columns, &quinn, &tcp, plan);
+            return Ok(());
+        };
+        for (name, backend) in redis_columns.into_iter().filter(|(_, b)| wanted(b)) {
+            columns.push(measure(name, backend, Some(&redis), plan).await?);
         }
-        None => eprintln!("redis-server not found: the Redis columns are skipped"),
     }
     report::print(&columns, &quinn, &tcp, plan);
     Ok(())
@@ -210,7 +224,7 @@ async fn measure(
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect();
-        let [first_ns, _, errors] = words[..] else {
+        let [first_ns, last_emit_ns, errors] = words[..] else {
             return Err(format!("bad flood answer {reply:?}").into());
         };
         settle(&clients, &receivers, n).await;
@@ -222,6 +236,7 @@ async fn measure(
             size,
             sent: n,
             rate: received as f64 / receivers.len() as f64 / secs,
+            emit_rate: n as f64 / (last_emit_ns.saturating_sub(first_ns) as f64 / 1e9),
             lost: n * receivers.len() as u64 - received.min(n * receivers.len() as u64),
             out_of_order: seen.iter().map(|s| s.out_of_order).sum(),
             errors,

@@ -158,7 +158,8 @@ async fn serve<A: Adapter>(
         out.write_all(format!("{reply}\n").as_bytes()).await?;
         out.flush().await?;
     }
-    Ok(())
+    // The driver is gone: stop at once, whatever tasks still run.
+    std::process::exit(0)
 }
 
 async fn command<A: Adapter>(

@@ -43,7 +43,9 @@ fn row(title: &str, cells: impl Iterator<Item = String>) {
 pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
     let ceiling = &cols[0];
     let c_same = pcts(&ceiling.same);
-    let added = |f: &Figures| sub(pcts(&f.remote), pcts(&f.same));
+    // What a backend adds: a client on another node against a client of the single node,
+    // the same clients in the same run.
+    let added = |f: &Figures| sub(pcts(&f.remote), c_same);
     println!();
     println!(
         "{} latency rounds, {} real WebSocket clients per node, {} sockets per node for the requests; \
@@ -64,12 +66,12 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
         cols.iter().map(|f| us3(pcts(&f.remote))),
     );
     row(
-        "added by the hop (other − same node, same run)",
+        "added: another node − single node (c)",
         cols.iter().map(|f| us3(added(f))),
     );
     row(
-        "other node − single node (c)",
-        cols.iter().map(|f| us3(sub(pcts(&f.remote), c_same))),
+        "another node − same node, same cluster",
+        cols.iter().map(|f| us3(sub(pcts(&f.remote), pcts(&f.same)))),
     );
     row(
         "latency rounds lost",
@@ -78,15 +80,16 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
     for (i, (size, n)) in plan.floods.iter().enumerate() {
         row(
             &format!(
-                "throughput {size} B, msg/s per receiving client ({n} sent; lost, out of order)"
+                "throughput {size} B, msg/s per receiving client ({n} sent; lost, reordered)"
             ),
             cols.iter().map(|f| {
                 let fl = &f.floods[i];
                 format!(
-                    "{:.0} ({}, {})",
+                    "{:.0} ({}, {}; A emitted {:.0}/s)",
                     fl.rate,
                     fl.lost + fl.errors,
-                    fl.out_of_order
+                    fl.out_of_order,
+                    fl.emit_rate
                 )
             }),
         );
