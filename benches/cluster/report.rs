@@ -71,7 +71,8 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
     );
     row(
         "another node − same node, same cluster",
-        cols.iter().map(|f| us3(sub(pcts(&f.remote), pcts(&f.same)))),
+        cols.iter()
+            .map(|f| us3(sub(pcts(&f.remote), pcts(&f.same)))),
     );
     row(
         "latency rounds lost",
@@ -79,9 +80,7 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
     );
     for (i, (size, n)) in plan.floods.iter().enumerate() {
         row(
-            &format!(
-                "throughput {size} B, msg/s per receiving client ({n} sent; lost, reordered)"
-            ),
+            &format!("throughput {size} B, msg/s per receiving client ({n} sent; lost, reordered)"),
             cols.iter().map(|f| {
                 let fl = &f.floods[i];
                 format!(
