@@ -116,9 +116,12 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
     row(
         "CPU s in the throughput runs: node A / other nodes / redis-server",
         cols.iter().map(|f| {
-            let others: f64 = f.cpu_s.iter().skip(1).sum();
+            let others = match &f.cpu_s[1..] {
+                [] => "-".to_string(),
+                rest => format!("{:.2}", rest.iter().sum::<f64>()),
+            };
             let redis = f.redis_cpu_s.map_or("-".into(), |r| format!("{r:.2}"));
-            format!("{:.2} / {others:.2} / {redis}", f.cpu_s[0])
+            format!("{:.2} / {others} / {redis}", f.cpu_s[0])
         }),
     );
     let q = pcts(quinn);
