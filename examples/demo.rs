@@ -7,55 +7,102 @@
 //! Starts three Socket.IO servers in one process — three separate cluster nodes, each with
 //! its own gossip and QUIC mesh ports on 127.0.0.1 — serving a small chat page on
 //! <http://127.0.0.1:3001>, <http://127.0.0.1:3002> and <http://127.0.0.1:3003>. Open two of
-//! them in two browser tabs: a message typed on one node appears on the others. The console
-//! shows the nodes finding each other. Stop with Ctrl-C: the nodes leave the cluster
-//! gracefully.
+//! them in two browser tabs: a message typed on one node's page appears on the others'. Each
+//! page shows the node that served it and the live members of the cluster; the console shows
+//! the nodes finding each other. Stop with Ctrl-C: the nodes leave the cluster gracefully.
 //!
-//! In production each node is its own process; see `examples/cluster_node.rs`.
+//! `DEMO_PORTS=4001,4002,4003` picks other HTTP ports (`0` lets the system choose one; the
+//! URLs printed are the real ones). `GET /members` on any node answers
+//! `{"node": "node-1", "members": ["node-1", "node-2", "node-3"]}`.
+//!
+//! The page loads the official Socket.IO browser client from its CDN. In production each
+//! node is its own process: see `examples/minimal.rs` and `examples/chat.rs`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use axum::{Router, response::Html, routing::get};
+use axum::{Json, Router, response::Html, routing::get};
 use futures_util::StreamExt;
+use serde_json::{Value, json};
 use socketioxide::{
     SocketIo,
     adapter::Adapter,
     extract::{Data, SocketRef},
+    handler::ConnectHandler,
 };
 use socketioxide_cluster::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr};
 
-const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>socketioxide-cluster demo</title>
-<h3>socketioxide-cluster demo — this page is served by <span id="node"></span></h3>
-<ul id="log"></ul><form id="f"><input id="m" autocomplete="off" placeholder="say something"><button>Send</button></form>
+/// HTTP ports of the three nodes, unless `DEMO_PORTS` says otherwise.
+const DEFAULT_PORTS: [u16; 3] = [3001, 3002, 3003];
+
+/// The chat page; `{NODE}` is replaced by the name of the node serving it.
+const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>{NODE} · socketioxide-cluster demo</title>
+<style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{min-height:8em}</style>
+<h3>socketioxide-cluster demo — served by <b id="node">{NODE}</b> (<span id="status">connecting…</span>)</h3>
+<p>Live cluster members: <span id="members">…</span></p>
+<ul id="log"></ul>
+<form id="f"><input id="m" autocomplete="off" placeholder="say something"><button>Send</button></form>
 <script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>
 <script>
-const s = io({ transports: ["websocket"] });
-const log = (t) => { const li = document.createElement("li"); li.textContent = t; document.getElementById("log").append(li); };
-document.getElementById("node").textContent = location.host;
-s.on("message", (m) => log(m));
-document.getElementById("f").onsubmit = (e) => { e.preventDefault(); const m = document.getElementById("m"); s.emit("message", m.value); log("me: " + m.value); m.value = ""; };
+const $ = (id) => document.getElementById(id);
+const log = (t) => { const li = document.createElement("li"); li.textContent = t; $("log").append(li); };
+const s = io();
+s.on("connect", () => { $("status").textContent = "connected"; });
+s.on("disconnect", () => { $("status").textContent = "disconnected"; });
+s.on("members", (names) => { $("members").textContent = names.join(", "); });
+s.on("message", (m) => log(m.node + ": " + m.text));
+$("f").onsubmit = (e) => {
+  e.preventDefault();
+  const m = $("m");
+  if (!m.value) return;
+  s.emit("message", m.value);
+  log("me: " + m.value);
+  m.value = "";
+};
 </script>"#;
 
-async fn on_connect<A: Adapter>(socket: SocketRef<A>, node: String) {
+/// Names of every live node of the cluster, this one included, sorted.
+fn member_names(cluster: &Cluster) -> Vec<String> {
+    let mut names: Vec<String> = cluster.members().into_iter().map(|m| m.node_name).collect();
+    names.push(cluster.node_name().to_owned());
+    names.sort();
+    names
+}
+
+/// Registers the event handlers of a new socket.
+fn register<A: Adapter>(socket: SocketRef<A>, cluster: &Cluster) {
+    let node = cluster.node_name().to_owned();
     socket.on(
         "message",
         async move |s: SocketRef<A>, Data::<String>(text)| {
             // Reaches the sockets of every node but the sender.
-            let _ = s
-                .broadcast()
-                .emit("message", &format!("{node}: {text}"))
-                .await;
+            let msg = json!({ "node": node, "text": text });
+            if let Err(e) = s.broadcast().emit("message", &msg).await {
+                tracing::warn!("cannot relay the message: {e}");
+            }
         },
     );
 }
 
+/// A new page: tell it the members.
+async fn on_connect<A: Adapter>(socket: SocketRef<A>, cluster: Cluster) {
+    let _ = socket.emit("members", &member_names(&cluster));
+}
+
+/// Starts one node: joins the cluster (through `seed`, if any) and serves the page on
+/// `127.0.0.1:port`. Returns the cluster handle and the HTTP address bound.
 async fn start_node(
-    i: u16,
+    i: usize,
+    port: u16,
     seed: Option<SocketAddr>,
-) -> Result<Cluster, Box<dyn std::error::Error>> {
+) -> Result<(Cluster, SocketAddr), Box<dyn std::error::Error>> {
+    let name = format!("node-{i}");
     let mut config = GossipAdapterConfig::new()
         .with_cluster_id("demo")
-        .with_node_name(format!("node-{i}"))
+        .with_node_name(&name)
         .with_gossip_addr("127.0.0.1:0".parse()?)
         .with_mesh_addr("127.0.0.1:0".parse()?)
         .with_secret("demo secret: use a long random one in production");
@@ -67,61 +114,132 @@ async fn start_node(
     let (layer, io) = SocketIo::builder()
         .with_adapter::<GossipAdapter<_>>(ctr)
         .build_layer();
-    let name = format!("node-{i}");
-    io.ns("/", async move |s: SocketRef<GossipAdapter<_>>| {
-        on_connect(s, name).await
-    })
-    .await?;
+    let on_cluster = cluster.clone();
+    // The event handlers are registered by a connect middleware: it runs before the
+    // client is told it is connected, whereas the connect handler runs after that, in a
+    // task of its own. An event the client sends at once could otherwise come first.
+    let register = move |s: SocketRef<GossipAdapter<_>>| {
+        register(s, &on_cluster);
+        async { Ok::<_, Infallible>(()) }
+    };
+    let cluster_of_page = cluster.clone();
+    let on_connect = move |s: SocketRef<GossipAdapter<_>>| on_connect(s, cluster_of_page.clone());
+    io.ns("/", on_connect.with(register)).await?;
+
+    // Every membership change is pushed to this node's pages.
+    let mut events = cluster.membership_events();
+    let on_change = cluster.clone();
+    tokio::spawn(async move {
+        while events.next().await.is_some() {
+            let _ = io.local().emit("members", &member_names(&on_change)).await;
+        }
+    });
+
+    let page = PAGE.replace("{NODE}", &name);
+    let members = cluster.clone();
     let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
+        .route("/", get(move || async move { Html(page) }))
+        .route(
+            "/members",
+            get(move || async move {
+                let body: Value =
+                    json!({ "node": members.node_name(), "members": member_names(&members) });
+                Json(body)
+            }),
+        )
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 3000 + i)).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    println!(
-        "node-{i}: http://127.0.0.1:{}  (gossip {}, mesh {})",
-        3000 + i,
-        cluster.gossip_addr(),
-        cluster.mesh_addr()
-    );
-    Ok(cluster)
+    Ok((cluster, addr))
+}
+
+/// The HTTP ports: `DEMO_PORTS` (three comma-separated numbers) or the defaults.
+fn ports() -> Result<[u16; 3], String> {
+    let Ok(v) = std::env::var("DEMO_PORTS") else {
+        return Ok(DEFAULT_PORTS);
+    };
+    let ports: Vec<u16> = v
+        .split(',')
+        .map(|p| p.trim().parse::<u16>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("DEMO_PORTS={v:?}: {e}"))?;
+    ports
+        .try_into()
+        .map_err(|_| format!("DEMO_PORTS={v:?}: expected three ports"))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,socketioxide_cluster=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
-    let first = start_node(1, None).await?;
-    let seed = Some(first.gossip_addr());
-    let nodes = [
-        first,
-        start_node(2, seed).await?,
-        start_node(3, seed).await?,
-    ];
+    // Listen for Ctrl-C from the start: one pressed while the cluster forms stops it too.
+    let stop = ctrl_c()?;
+    tokio::pin!(stop);
 
-    let mut events = nodes[0].membership_events();
-    tokio::spawn(async move {
-        while let Some(ev) = events.next().await {
-            println!("node-1 sees: {ev:?}");
+    let started = Instant::now();
+    let mut nodes = Vec::new();
+    let mut seed = None;
+    for (i, port) in ports()?.into_iter().enumerate() {
+        let (cluster, addr) = start_node(i + 1, port, seed).await?;
+        seed = seed.or(Some(cluster.gossip_addr()));
+        println!("{}: http://{addr}/", cluster.node_name());
+        nodes.push(cluster);
+    }
+
+    tokio::select! {
+        _ = report_formation(&nodes, started) => {
+            println!("Open two of the URLs above in a browser and chat across nodes. Ctrl-C to stop.");
+            (&mut stop).await;
         }
-    });
-    for _ in 0..100 {
-        if nodes.iter().all(|n| n.members().len() == 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        _ = &mut stop => {}
     }
     for n in &nodes {
-        let names: Vec<String> = n.members().into_iter().map(|m| m.node_name).collect();
-        println!("{} sees members {names:?}", n.node_name());
+        if tokio::time::timeout(Duration::from_secs(5), n.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = n.node_name(), "leaving the cluster timed out");
+        }
     }
-    println!("Open two of the URLs above in a browser and chat across nodes. Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    println!("stopped");
     Ok(())
+}
+
+/// Waits (at most 30 s) for every node to see the two others, and says how long it took.
+async fn report_formation(nodes: &[Cluster], started: Instant) {
+    let deadline = started + Duration::from_secs(30);
+    while nodes.iter().any(|n| n.members().len() < 2) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if nodes.iter().all(|n| n.members().len() == 2) {
+        println!(
+            "cluster formed in {} ms: {}",
+            started.elapsed().as_millis(),
+            member_names(&nodes[0]).join(", ")
+        );
+    } else {
+        println!("the cluster did not form within 30 s; see the log above");
+    }
+}
+
+/// Resolves on Ctrl-C. The signal is listened for from this call on, not from the first
+/// poll (until then a Ctrl-C would end the process at once).
+fn ctrl_c() -> std::io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            interrupt.recv().await;
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -29,9 +29,9 @@ pub enum ClusterAdapterCtr {
     /// Gossip discovery and the QUIC mesh.
     #[cfg(feature = "cluster-gossip")]
     Gossip(GossipAdapterCtr),
-    /// Redis pub/sub.
+    /// Redis pub/sub, and the handle of its connection.
     #[cfg(feature = "redis")]
-    Redis(crate::redis::RedisAdapterCtr),
+    Redis(crate::redis::RedisAdapterCtr, crate::redis::RedisHandle),
 }
 
 impl ClusterAdapterCtr {
@@ -115,9 +115,9 @@ impl ClusterAdapterCtr {
     /// Redis cannot be reached.
     #[cfg(feature = "redis")]
     pub async fn redis(url: &str, config: crate::redis::RedisAdapterConfig) -> Result<Self, Error> {
-        crate::redis::connect(url, config)
+        crate::redis::connect_with_handle(url, config)
             .await
-            .map(Self::Redis)
+            .map(|(ctr, handle)| Self::Redis(ctr, handle))
             .map_err(|e| Error::Redis {
                 url: redact(url),
                 reason: e.to_string(),
@@ -140,7 +140,37 @@ impl ClusterAdapterCtr {
             #[cfg(feature = "cluster-gossip")]
             Self::Gossip(_) => "gossip",
             #[cfg(feature = "redis")]
-            Self::Redis(_) => "redis",
+            Self::Redis(..) => "redis",
+        }
+    }
+
+    /// The Redis handle, when running the Redis backend.
+    #[cfg(feature = "redis")]
+    pub fn redis_handle(&self) -> Option<crate::redis::RedisHandle> {
+        match self {
+            Self::Redis(_, handle) => Some(handle.clone()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The login-session store of this backend (feature `sessions`): replicated over the
+    /// mesh with gossip, kept in Redis with Redis. Call it once per node.
+    #[cfg(feature = "sessions")]
+    #[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
+    pub fn session_store(
+        &self,
+        config: crate::sessions::SessionStoreConfig,
+    ) -> crate::sessions::ClusterSessionStore {
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(ctr) => {
+                crate::sessions::ClusterSessionStore::Gossip(ctr.cluster().session_store(config))
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(_, handle) => crate::sessions::ClusterSessionStore::Redis(
+                crate::sessions::RedisSessionStore::new(handle),
+            ),
         }
     }
 }
@@ -222,7 +252,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
             #[cfg(feature = "cluster-gossip")]
             ClusterAdapterCtr::Gossip(ctr) => Self::Gossip(Arc::new(CoreAdapter::new(ctr, local))),
             #[cfg(feature = "redis")]
-            ClusterAdapterCtr::Redis(ctr) => Self::Redis(Arc::new(CoreAdapter::new(ctr, local))),
+            ClusterAdapterCtr::Redis(ctr, _) => Self::Redis(Arc::new(CoreAdapter::new(ctr, local))),
         }
     }
 

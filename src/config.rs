@@ -84,6 +84,7 @@ pub struct GossipAdapterConfig {
     pub(crate) gossip_interval: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) peer_timeout: Duration,
+    pub(crate) network: Option<crate::network::Custom>,
 }
 
 impl Default for GossipAdapterConfig {
@@ -103,6 +104,7 @@ impl Default for GossipAdapterConfig {
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             peer_timeout: Duration::from_secs(2),
+            network: None,
         }
     }
 }
@@ -223,6 +225,15 @@ impl GossipAdapterConfig {
     /// such a peer. Default 2 s.
     pub fn with_peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = timeout;
+        self
+    }
+
+    /// Run gossip and the mesh on the sockets `network` provides instead of binding UDP
+    /// sockets from the operating system: for simulations on a simulated network and clock.
+    /// The addresses set by the other methods are passed to `network` as they are.
+    #[cfg(feature = "custom-network")]
+    pub fn with_network(mut self, network: impl crate::network::Network) -> Self {
+        self.network = Some(crate::network::Custom(std::sync::Arc::new(network)));
         self
     }
 

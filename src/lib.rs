@@ -51,34 +51,95 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Shared login sessions
+//!
+//! With the `sessions` feature, `ClusterAdapterCtr::session_store` gives a
+//! `tower-sessions` store shared by every node (replicated over the mesh, or in Redis), and
+//! `sessions::SessionAuth` authenticates Socket.IO connections from it on whichever node
+//! they land. See the `sessions` module.
+//!
 //! ## How it works
 //!
-//! Each node gossips its mesh address, its socketioxide server id and the namespaces it
-//! hosts. Each node opens one QUIC connection to each peer for what it sends that peer, and
-//! proves the cluster secret on it before anything else is read. Frames travel in order on
-//! one stream, so two emits from a node reach a client on another node in the order made.
+//! Three layers run inside every node, next to socketioxide:
 //!
-//! A request that expects answers (`fetch_sockets`, `rooms`, acks) goes to every live member
-//! (or the one member hosting a targeted socket) and waits for exactly those: a member that
-//! does not host the namespace says so at once, and a member found dead — its connection
-//! closed, its QUIC keep-alives silent for the peer timeout, gossip declaring it dead, or a
-//! graceful leave — is no longer waited for. The request returns what it has, never later
-//! than the request timeout.
+//! - **Membership** (gossip, UDP): each node publishes its name, its mesh address, its
+//!   socketioxide server id and the namespaces it hosts, and learns the same of every other
+//!   node through periodic gossip rounds with a few peers (chitchat's scuttlebutt
+//!   anti-entropy). Seeds are only the first contacts: once in, a node hears of every
+//!   member. A phi-accrual failure detector declares silent nodes dead; a node that stops
+//!   on purpose ([`Cluster::shutdown`]) says so and is dropped at once.
+//! - **Mesh** (QUIC, UDP): for each member it learns of, a node opens one QUIC connection
+//!   (TLS 1.3, ephemeral certificate) and both sides prove the cluster secret with an HMAC
+//!   bound to that TLS session before any frame is read. Only then does the peer count as
+//!   a member ([`Cluster::members`], [`MembershipEvent::Joined`]). A node sends everything
+//!   it has for a peer — requests, responses, broadcasts — as length-prefixed,
+//!   versioned frames on one stream of its own connection to that peer, so two emits from
+//!   one node reach a client on another node in the order they were made. QUIC
+//!   keep-alives with a short idle timeout (the peer timeout) notice a hung peer in
+//!   seconds, sooner than gossip.
+//! - **Adapter** (per namespace): turns socketioxide's adapter calls into requests to the
+//!   other members, and applies the requests it receives to its local sockets, as
+//!   `socketioxide-redis` does over Redis channels.
+//!
+//! A broadcast is sent to every member and answered by none. A request that expects
+//! answers (`fetch_sockets`, `rooms`, acks) goes to every live member (or to the one member
+//! hosting a targeted socket) and waits for exactly those: a member that does not host the
+//! namespace says so at once, and a member found dead — its connection closed, its QUIC
+//! keep-alives silent for the peer timeout, gossip declaring it dead, or a graceful leave —
+//! is no longer waited for. The request returns what it has, never later than the request
+//! timeout.
 //!
 //! ```text
-//!  node A                      node B                       node C
-//!    |---- Request(FetchSockets) --->|                           |
-//!    |---- Request(FetchSockets) ------------------------------->|
-//!    |<--- Response(Sockets[..]) ----|                           |
-//!    |                               |                      (killed)
-//!    |   ... C's connection idles out after the peer timeout ...
-//!    |   A stops waiting for C, returns local + B's sockets
+//!  node A                         node B                         node C
+//!    |  joining: gossip rounds (UDP) with a seed, then with everyone  |
+//!    |<=========== names, mesh addresses, server ids ==============>|
+//!    |                              |                               |
+//!    |== QUIC connect, TLS 1.3 ====>|                               |
+//!    |<-- HMAC(secret, TLS exporter) --> each side checks the other |
+//!    |   B is a member for A now (MembershipEvent::Joined)          |
+//!    |                              |                               |
+//!  io.emit("msg"): A sends to every member, then emits locally      |
+//!    |---- Request(Broadcast) ----->|  B emits to its sockets       |
+//!    |---- Request(Broadcast) --------------------------------------->|
+//!    |                              |                               |
+//!  io.fetch_sockets(): A waits for B and C, nobody else             |
+//!    |---- Request(FetchSockets) -->|                               |
+//!    |---- Request(FetchSockets) ------------------------------------>|
+//!    |<--- Response(Sockets[..]) ---|                          (process hung)
+//!    |   ... no keep-alive from C for the peer timeout (2 s) ...    |
+//!    |   A stops waiting for C: returns its own + B's sockets       |
+//!    |                              |                               |
+//!  io.emit_with_ack("ask"):                                         |
+//!    |---- Request(BroadcastWithAck) ->|                            |
+//!    |<--- Response(AckCount(2)) ------|   then exactly 2 acks      |
+//!    |<--- Response(Ack(sid1, ..)) ----|                            |
+//!    |<--- Response(Ack(sid2, ..)) ----|                            |
+//!    |                              |                               |
+//!  cluster.shutdown() on B:                                         |
+//!    |<--------- Leave -------------|---------- Leave ------------->|
+//!    |   B is dropped at once (MembershipEvent::Left)               |
+//! ```
 //!
-//!  emit_with_ack:
-//!    |---- Request(BroadcastWithAck) -->|
-//!    |<--- Response(AckCount(2)) -------|   then exactly 2 acks, in order
-//!    |<--- Response(Ack(sid1, ..)) -----|
-//!    |<--- Response(Ack(sid2, ..)) -----|
+//! Watching the membership, e.g. to show it on a page (as the `demo` example does):
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use socketioxide_cluster::{GossipAdapterConfig, GossipAdapterCtr, MembershipEvent};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctr = GossipAdapterCtr::new(GossipAdapterConfig::from_env()?).await?;
+//! let cluster = ctr.cluster();
+//! let mut events = cluster.membership_events();
+//! tokio::spawn(async move {
+//!     while let Some(event) = events.next().await {
+//!         match event {
+//!             MembershipEvent::Joined(m) => println!("{} joined at {}", m.node_name, m.mesh_addr),
+//!             MembershipEvent::Left(m) => println!("{} left", m.node_name),
+//!         }
+//!     }
+//! });
+//! let names: Vec<String> = cluster.members().into_iter().map(|m| m.node_name).collect();
+//! println!("{} sees {names:?}", cluster.node_name());
+//! # Ok(()) }
 //! ```
 //!
 //! ## Security
@@ -106,8 +167,14 @@ mod init;
 mod membership;
 #[cfg(feature = "cluster-gossip")]
 mod mesh;
+#[cfg(all(feature = "cluster-gossip", not(feature = "custom-network")))]
+mod network;
+#[cfg(feature = "custom-network")]
+pub mod network;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sessions")]
+pub mod sessions;
 #[cfg(feature = "cluster-gossip")]
 pub mod wire;
 

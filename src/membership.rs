@@ -103,8 +103,11 @@ pub(crate) struct GossipSettings {
 }
 
 impl Membership {
-    /// Start gossiping.
-    pub(crate) async fn start(s: GossipSettings) -> Result<Self, String> {
+    /// Start gossiping, on `transport` if given, else on a UDP socket.
+    pub(crate) async fn start(
+        s: GossipSettings,
+        transport: Option<&dyn chitchat::transport::Transport>,
+    ) -> Result<Self, String> {
         let chitchat_id = ChitchatId::new(s.me.name.to_string(), s.me.generation, s.advertise);
         // Phi-accrual detection; suspicion grows after a few missed intervals.
         let failure_detector_config = FailureDetectorConfig {
@@ -125,7 +128,7 @@ impl Membership {
             protocol_version: chitchat::ProtocolVersion::V0,
         };
         let initial = vec![(KEY_MESH.to_string(), s.mesh_advertise.to_string())];
-        let handle = spawn_chitchat(config, initial, &UdpTransport)
+        let handle = spawn_chitchat(config, initial, transport.unwrap_or(&UdpTransport))
             .await
             .map_err(|e| format!("{e:#}"))?;
         Ok(Self { handle })

@@ -103,8 +103,48 @@ impl RedisDriver {
 /// Build the Redis adapter constructor: connect, then wrap in socketioxide-redis's
 /// constructor with `config`.
 pub async fn connect(url: &str, config: RedisAdapterConfig) -> Result<RedisAdapterCtr, RedisError> {
+    connect_with_handle(url, config).await.map(|(ctr, _)| ctr)
+}
+
+/// Like [`connect`], also returning the handle of the connection.
+pub(crate) async fn connect_with_handle(
+    url: &str,
+    config: RedisAdapterConfig,
+) -> Result<(RedisAdapterCtr, RedisHandle), RedisError> {
     let driver = RedisDriver::connect(url).await?;
-    Ok(RedisAdapterCtr::new_with_driver(driver, config))
+    let handle = RedisHandle {
+        conn: driver.conn.clone(),
+        prefix: config.prefix.to_string(),
+    };
+    Ok((RedisAdapterCtr::new_with_driver(driver, config), handle))
+}
+
+/// The Redis connection of a running Redis backend and the prefix of its channels (and of
+/// its other keys, such as sessions). Cheap to clone.
+#[derive(Clone)]
+pub struct RedisHandle {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl fmt::Debug for RedisHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisHandle")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisHandle {
+    /// The prefix of the backend's channels and keys (the cluster id).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The connection (reconnects by itself), for commands of other services.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
 }
 
 fn with_resp3(url: &str) -> String {

@@ -11,6 +11,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "sessions")]
+pub mod sessions;
+
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"SX";
 /// The protocol version carried by every frame. Bumped on any incompatible change.
@@ -36,6 +39,22 @@ pub enum Frame {
     Response(Response),
     /// The sender leaves the cluster gracefully; drop it now.
     Leave,
+    /// A message for a cluster-wide service of the receiving node (say, the session
+    /// store), routed by service name; the body is that service's own encoding.
+    Service(ServiceFrame),
+}
+
+/// A message between the instances of one service on two nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceFrame {
+    /// Name of the service it is for.
+    pub service: String,
+    /// When set, the receiver answers this request id with [`ResponseBody::Done`] once its
+    /// service has handled the message ([`ResponseBody::NotHosted`] if it runs no such
+    /// service).
+    pub confirm: Option<Id>,
+    /// The message, encoded by the service (see [`encode_body`]).
+    pub body: Bytes,
 }
 
 /// A request from one node to the others, for one namespace.
@@ -158,6 +177,8 @@ pub enum ResponseBody {
     Rooms(Vec<String>),
     /// The matching sockets, by socket id and socketioxide server id.
     Sockets(Vec<(Id, Id)>),
+    /// A confirmed service message was handled.
+    Done,
 }
 
 /// The result of one ack.
@@ -236,6 +257,24 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, DecodeError> {
     decode_versioned(body)
 }
 
+/// Encode the body of a [`ServiceFrame`] (postcard, no header: the frame carries it).
+pub fn encode_body<T: Serialize>(value: &T) -> Result<Bytes, postcard::Error> {
+    postcard::to_allocvec(value).map(Bytes::from)
+}
+
+/// Decode the body of a [`ServiceFrame`]; trailing bytes are an error.
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
 fn decode_versioned<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     if body.len() < MAGIC.len() + 1 {
         return Err(DecodeError::TooShort(body.len()));
@@ -246,15 +285,7 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, De
     if body[2] != VERSION {
         return Err(DecodeError::Version(body[2]));
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(&body[3..])
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    Ok(value)
+    decode_body(&body[3..])
 }
 
 /// Splits a byte stream into frames, refusing any frame larger than its limit before
@@ -381,6 +412,7 @@ mod tests {
             (arb_id(), arb_bytes()).prop_map(|(i, e)| ResponseBody::Ack(i, AckResult::Err(e))),
             arb_rooms().prop_map(ResponseBody::Rooms),
             proptest::collection::vec((arb_id(), arb_id()), 0..3).prop_map(ResponseBody::Sockets),
+            Just(ResponseBody::Done),
         ]
     }
     fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -405,6 +437,13 @@ mod tests {
                 }),
             (arb_id(), arb_body()).prop_map(|(id, body)| Frame::Response(Response { id, body })),
             Just(Frame::Leave),
+            (".{0,8}", proptest::option::of(arb_id()), arb_bytes()).prop_map(
+                |(service, confirm, body)| Frame::Service(ServiceFrame {
+                    service,
+                    confirm,
+                    body
+                })
+            ),
         ]
     }
 
@@ -450,6 +489,29 @@ mod tests {
         };
         let cases: Vec<(Frame, &str)> = vec![
             (Frame::Leave, "535801 02"),
+            (
+                Frame::Service(ServiceFrame {
+                    service: "s".into(),
+                    confirm: None,
+                    body: Bytes::from_static(&[1, 2]),
+                }),
+                "535801 03 0173 00 020102",
+            ),
+            (
+                Frame::Service(ServiceFrame {
+                    service: "s".into(),
+                    confirm: Some(id(1)),
+                    body: Bytes::new(),
+                }),
+                "535801 03 0173 01 01010101010101010101010101010101 00",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Done,
+                }),
+                "535801 01 01010101010101010101010101010101 05",
+            ),
             (
                 Frame::Request(Request {
                     ns: "/".into(),

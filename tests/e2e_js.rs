@@ -2,11 +2,13 @@
 //!
 //! This test builds the `cluster_node` example, then runs `node --test` in `tests/js`,
 //! which starts clusters of `cluster_node` processes on loopback ports and drives them
-//! with real Socket.IO clients (see `tests/js/cluster.mjs`).
+//! with real Socket.IO clients (see `tests/js/cluster.mjs`). Two more files there run
+//! on their own: `nginx.e2e.mjs` (a real nginx in front of three nodes), and
+//! `chat.e2e.mjs` and `minimal.e2e.mjs` (three processes of those examples).
 //!
-//! Needs `node` (>= 20) and, the first time, `npm` (to install `tests/js/node_modules`
-//! from the lock file). Without them the test is skipped, unless the `CI` variable is
-//! set: then it fails.
+//! Needs `node` (>= 20), `nginx` for the nginx test and, the first time, `npm` (to install
+//! `tests/js/node_modules` from the lock file). Without them the test is skipped, unless
+//! the `CI` variable is set: then it fails.
 //!
 //! `cargo test --test e2e_js -- --nocapture` shows the figures printed by the suite.
 //! `E2E_BACKEND`, `E2E_REDIS_URL`, `E2E_RUST_LOG` and `E2E_VERBOSE` are passed through
@@ -16,17 +18,19 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
 /// Upper bound of the whole JS suite.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// Upper bound of `npm ci` and of the example build.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
+#[path = "common/external.rs"]
+mod external;
 #[path = "common/redis_server.rs"]
 mod redis_server;
+
+use external::{build_example, js_setup, run_node};
 
 /// The suites share the machine's two cores and the example binary: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -37,64 +41,32 @@ fn setup() -> Option<PathBuf> {
     static SETUP: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     SETUP
         .get_or_init(|| {
-            let js_dir = js_dir();
-            if let Err(why) = check_node() {
-                skip_or_fail(&format!("node >= 20 is not available: {why}"));
+            if !js_setup() {
                 return None;
             }
-            if !js_dir
-                .join("node_modules")
-                .join("socket.io-client")
-                .is_dir()
-            {
-                if let Err(why) = tool_version("npm") {
-                    skip_or_fail(&format!(
-                        "tests/js/node_modules is missing and npm is not available: {why}"
-                    ));
-                    return None;
-                }
-                let mut npm = Command::new("npm");
-                npm.args(["ci", "--no-audit", "--no-fund"])
-                    .current_dir(&js_dir);
-                let status = run_bounded(npm, SETUP_TIMEOUT, "npm ci");
-                assert!(
-                    status.success(),
-                    "npm ci failed in {}: {status}",
-                    js_dir.display()
-                );
-            }
-            let bin = build_example(&[]);
-            assert!(
-                bin.is_file(),
-                "cluster_node example not found at {}",
-                bin.display()
-            );
-            Some(bin)
+            Some(match std::env::var_os("CLUSTER_NODE_BIN") {
+                Some(bin) => PathBuf::from(bin),
+                None => build_example("cluster_node", &[]),
+            })
         })
         .clone()
 }
 
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("js")
-}
-
 /// Runs the whole JS suite against one backend.
-fn run_suite(bin: &PathBuf, env: &[(&str, &str)]) {
-    let mut suite = Command::new("node");
-    suite
-        .arg("--test")
-        .current_dir(js_dir())
-        .env("CLUSTER_NODE_BIN", bin);
-    for (k, v) in env {
-        suite.env(k, v);
+fn run_suite(bin: &std::path::Path, env: &[(&str, &str)]) {
+    let bin = bin.to_string_lossy();
+    let mut env = env.to_vec();
+    env.push(("CLUSTER_NODE_BIN", &bin));
+    // The shared-sessions suite runs the `sessions` example (feature `sessions`).
+    let sessions_bin = cfg!(feature = "sessions").then(|| {
+        build_example("sessions", &[])
+            .to_string_lossy()
+            .into_owned()
+    });
+    if let Some(b) = &sessions_bin {
+        env.push(("SESSIONS_NODE_BIN", b));
     }
-    let status = run_bounded(suite, SUITE_TIMEOUT, "node --test");
-    assert!(
-        status.success(),
-        "the JavaScript end-to-end suite failed ({env:?}): {status}"
-    );
+    run_node(&["--test"], &env, SUITE_TIMEOUT);
 }
 
 #[test]
@@ -115,6 +87,43 @@ fn e2e_js_suite_redis() {
     run_suite(
         &bin,
         &[("E2E_BACKEND", "redis"), ("E2E_REDIS_URL", &redis.url())],
+    );
+}
+
+/// nginx in front of three nodes, configured by `examples/nginx/nginx.conf`: polling-only
+/// and WebSocket clients through it, on every node (`tests/js/nginx.e2e.mjs`).
+#[test]
+fn e2e_nginx_in_front_of_three_nodes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !external::require("nginx") {
+        return;
+    }
+    let Some(bin) = setup() else { return };
+    let bin = bin.to_string_lossy();
+    run_node(
+        &["--test", "nginx.e2e.mjs"],
+        &[("CLUSTER_NODE_BIN", &bin)],
+        SUITE_TIMEOUT,
+    );
+}
+
+/// The chat and minimal examples, each as a cluster of three processes
+/// (`tests/js/chat.e2e.mjs`, `tests/js/minimal.e2e.mjs`).
+#[test]
+fn e2e_examples_chat_and_minimal() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !js_setup() {
+        return;
+    }
+    let chat = build_example("chat", &[]);
+    let minimal = build_example("minimal", &[]);
+    run_node(
+        &["--test", "chat.e2e.mjs", "minimal.e2e.mjs"],
+        &[
+            ("CHAT_BIN", &chat.to_string_lossy()),
+            ("MINIMAL_BIN", &minimal.to_string_lossy()),
+        ],
+        SUITE_TIMEOUT,
     );
 }
 
@@ -219,7 +228,10 @@ fn example_selects_the_backend_from_the_environment() {
     }
 
     // Built with the gossip backend only, asking for Redis is a clear error.
-    let gossip_only = build_example(&["--no-default-features", "--features", "cluster-gossip"]);
+    let gossip_only = build_example(
+        "cluster_node",
+        &["--no-default-features", "--features", "cluster-gossip"],
+    );
     let (status, log) = run_example(
         &gossip_only,
         &[("SOCKETIO_CLUSTER_BACKEND", "redis://127.0.0.1:6379")],
@@ -236,149 +248,4 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
-}
-
-/// Skips (returns) outside CI, fails in CI.
-fn skip_or_fail(why: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{why} (CI is set, the end-to-end suite cannot be skipped)");
-    }
-    eprintln!("SKIPPED e2e_js: {why}");
-}
-
-fn tool_version(tool: &str) -> Result<String, String> {
-    let out = Command::new(tool)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `{tool} --version`: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("`{tool} --version` failed: {}", out.status));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn check_node() -> Result<(), String> {
-    let version = tool_version("node")?;
-    let major: u32 = version
-        .trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| format!("unexpected node version {version:?}"))?;
-    if major < 20 {
-        return Err(format!("node {version} is too old"));
-    }
-    Ok(())
-}
-
-/// Builds the `cluster_node` example and returns its path. Without `args`, with the
-/// features and profile of this test, into the test's target dir (the test executable
-/// lives in `<target>/<profile>/deps`, examples in `<target>/<profile>/examples`). With
-/// `args` (other features), into a target dir of its own under it, so the two builds do
-/// not overwrite each other.
-fn build_example(args: &[&str]) -> PathBuf {
-    if args.is_empty()
-        && let Some(bin) = std::env::var_os("CLUSTER_NODE_BIN")
-    {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let deps = exe.parent().expect("deps dir");
-    let profile_dir = deps.parent().expect("profile dir");
-    let mut target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("profile dir name");
-    if !args.is_empty() {
-        target_dir = target_dir.join("other-features");
-    }
-
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .args(["build", "--example", "cluster_node", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile {
-        "debug" => {}
-        "release" => {
-            cargo.arg("--release");
-        }
-        other => {
-            cargo.args(["--profile", other]);
-        }
-    }
-    if args.is_empty() {
-        // Same features as this test was compiled with.
-        let mut features = vec![];
-        if cfg!(feature = "cluster-gossip") {
-            features.push("cluster-gossip");
-        }
-        if cfg!(feature = "redis") {
-            features.push("redis");
-        }
-        cargo.arg("--no-default-features");
-        if !features.is_empty() {
-            cargo.args(["--features", &features.join(",")]);
-        }
-    } else {
-        cargo.args(args);
-    }
-    let status = run_bounded(cargo, SETUP_TIMEOUT, "cargo build --example cluster_node");
-    assert!(
-        status.success(),
-        "building the cluster_node example failed: {status}"
-    );
-
-    target_dir
-        .join(profile)
-        .join("examples")
-        .join(format!("cluster_node{}", std::env::consts::EXE_SUFFIX))
-}
-
-/// Runs `cmd` with inherited stdout/stderr, killing it (and on unix its whole process
-/// group, i.e. the servers it started) once `limit` is exceeded.
-fn run_bounded(mut cmd: Command, limit: Duration, what: &str) -> ExitStatus {
-    cmd.stdin(Stdio::null());
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => {
-                kill_tree(&mut child);
-                panic!("waiting for {what} failed: {e}");
-            }
-        }
-    };
-    // Whatever happened, nothing started by the command survives it.
-    kill_tree(&mut child);
-    match status {
-        Some(status) => status,
-        None => panic!("{what} did not finish within {limit:?}"),
-    }
-}
-
-fn kill_tree(child: &mut Child) {
-    #[cfg(unix)]
-    {
-        // The child leads its own process group: signal the whole group.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", child.id())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -26,22 +26,13 @@ struct Victim {
 }
 
 fn spawn_victim(config: GossipAdapterConfig) -> Victim {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (node, tx, rx) = rt.block_on(node_with_socket(config));
-        Victim {
-            rt,
-            node,
-            _tx: tx,
-            rx,
-        }
-    })
-    .join()
-    .unwrap()
+    let (rt, (node, tx, rx)) = on_own_runtime(|| node_with_socket(config));
+    Victim {
+        rt,
+        node,
+        _tx: tx,
+        rx,
+    }
 }
 
 impl Victim {

@@ -52,6 +52,13 @@ impl Cluster {
         self.node.addrs().1
     }
 
+    /// Frames to peers this node has dropped since it started: a peer's send queue stayed
+    /// full, the peer was unreachable, or its connection closed with frames still queued.
+    /// Each drop is also logged at WARN level.
+    pub fn frames_dropped(&self) -> u64 {
+        self.node.frames_dropped()
+    }
+
     /// The live members of the cluster, other than this node, sorted by name.
     pub fn members(&self) -> Vec<Member> {
         self.node.members()
@@ -60,6 +67,16 @@ impl Cluster {
     /// Membership changes from now on: nodes joining, leaving or found dead.
     pub fn membership_events(&self) -> impl Stream<Item = MembershipEvent> + Send + 'static {
         self.node.events()
+    }
+
+    /// Start this node's replicated session store (feature `sessions`; see
+    /// [`sessions`](crate::sessions)). Start one per node: a second one replaces the first.
+    #[cfg(feature = "sessions")]
+    pub fn session_store(
+        &self,
+        config: crate::sessions::SessionStoreConfig,
+    ) -> crate::sessions::GossipSessionStore {
+        crate::sessions::GossipSessionStore::start(self.node.clone(), &config)
     }
 
     /// Leave the cluster gracefully: peers drop this node at once (not after failure

@@ -4,6 +4,7 @@
 
 mod handle;
 mod pending;
+mod service;
 mod startup;
 mod view;
 
@@ -13,7 +14,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, RwLock, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -23,6 +24,8 @@ use tokio::time::Instant;
 pub use handle::{Cluster, MembershipEvent};
 pub(crate) use pending::Pending;
 use pending::PendingEntry;
+#[cfg(feature = "sessions")]
+pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
 use view::{RETRY_MIN, View};
 
@@ -63,11 +66,15 @@ pub(crate) struct Node {
     addrs: Mutex<HashMap<PeerId, SocketAddr>>,
     links: Mutex<HashMap<PeerId, LinkSlot>>,
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
+    /// Cluster-wide services, by name.
+    services: RwLock<HashMap<String, Weak<dyn service::ServiceHandler>>>,
     /// socketioxide server ids learned from requests, for peers gossip has not shown yet.
     server_ids: RwLock<HashMap<Id, PeerId>>,
     pending: Mutex<HashMap<Id, PendingEntry>>,
     events: broadcast::Sender<MembershipEvent>,
     shutting_down: AtomicBool,
+    /// Frames given up on before they reached the mesh (each also logged).
+    dropped: AtomicU64,
     self_weak: Weak<Node>,
 }
 
@@ -122,7 +129,9 @@ impl Node {
         for seed in &config.seeds {
             check_seed(seed).await?;
         }
-        let generation = SystemTime::now()
+        let network = config.network.as_ref().map(|n| &n.0);
+        let now = network.map_or_else(SystemTime::now, |n| n.wall_clock());
+        let generation = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
@@ -136,8 +145,23 @@ impl Node {
         };
 
         let keyring = Keyring::new(config.cluster_id.clone(), secrets);
+        let custom_socket = match network {
+            Some(network) => Some(mesh::CustomSocket {
+                socket: network
+                    .bind_mesh(config.mesh_addr)
+                    .await
+                    .map_err(|source| Error::MeshBind {
+                        addr: config.mesh_addr,
+                        source,
+                    })?,
+                runtime: network.runtime(),
+                rng_seed: network.rng_seed(),
+            }),
+            None => None,
+        };
         let mut mesh = Mesh::bind(
             config.mesh_addr,
+            custom_socket,
             keyring,
             config.max_frame_size,
             config.peer_timeout,
@@ -157,7 +181,7 @@ impl Node {
         mesh.set_identity(&me, mesh_addr);
 
         let (gossip_bind, gossip_addr) = gossip_addrs(config)?;
-        let membership = Membership::start(GossipSettings {
+        let settings = GossipSettings {
             cluster_id: config.cluster_id.clone(),
             me: me.clone(),
             bind: gossip_bind,
@@ -165,12 +189,13 @@ impl Node {
             seeds: config.seeds.clone(),
             interval: config.gossip_interval,
             mesh_advertise: mesh_addr,
-        })
-        .await
-        .map_err(|reason| Error::GossipBind {
-            addr: gossip_bind,
-            reason,
-        })?;
+        };
+        let membership = Membership::start(settings, network.map(|n| n.gossip()))
+            .await
+            .map_err(|reason| Error::GossipBind {
+                addr: gossip_bind,
+                reason,
+            })?;
         let watcher = membership.watcher().await;
 
         let node = Arc::new_cyclic(|self_weak| Node {
@@ -186,10 +211,12 @@ impl Node {
             addrs: Mutex::default(),
             links: Mutex::default(),
             handlers: RwLock::default(),
+            services: RwLock::default(),
             server_ids: RwLock::default(),
             pending: Mutex::default(),
             events: broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
@@ -339,6 +366,7 @@ impl Node {
             let link = match self.link(peer).await {
                 Ok(link) => link,
                 Err(reason) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "frame dropped, peer unreachable: {reason}");
                     self.stop_waiting_for(peer);
                     return;
@@ -352,6 +380,7 @@ impl Node {
             match res {
                 Ok(()) => return,
                 Err(mesh::SendError::Full) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, volatile, "frame dropped: the peer's send queue is full");
                     return;
                 }
@@ -359,6 +388,7 @@ impl Node {
                     self.drop_link(peer);
                 }
                 Err(mesh::SendError::Closed) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "frame dropped: connection closed");
                     self.stop_waiting_for(peer);
                 }
@@ -379,6 +409,12 @@ impl Node {
         Ok(bytes)
     }
 
+    /// Frames to peers dropped since the node started: given up on before reaching the mesh,
+    /// or still queued when a connection closed.
+    pub(crate) fn frames_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed) + self.mesh.frames_dropped()
+    }
+
     /// Send a response from a task of its own (the caller does not wait).
     pub(crate) fn respond_later(self: &Arc<Self>, to: &PeerId, id: Id, body: ResponseBody) {
         let node = self.clone();
@@ -390,7 +426,10 @@ impl Node {
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
         match self.encode(&Frame::Response(response)) {
             Ok(bytes) => self.send_to(to, bytes, false).await,
-            Err(e) => tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}"),
+            Err(e) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}");
+            }
         }
     }
 
@@ -410,16 +449,42 @@ impl Node {
             .or_else(|| lock(&self.addrs).get(peer).copied())
             .ok_or_else(|| "no known mesh address".to_string())?;
         let inbound = Arc::new(WeakInbound(self.weak()));
-        let (_, link) = self
-            .mesh
-            .connect(addr, Some(peer), inbound)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Connecting to a member that died can take the whole connect timeout; stop as soon
+        // as the member is known gone, so that nothing (a request, the next frames to other
+        // peers) waits on it any longer.
+        let left = self.left(peer);
+        let (_, link) = tokio::select! {
+            connected = self.mesh.connect(addr, Some(peer), inbound) => {
+                connected.map_err(|e| e.to_string())?
+            }
+            () = left => return Err("it is no longer a member".into()),
+        };
         tracing::debug!(%peer, %addr, "mesh link up");
         *slot = Some(link.clone());
         drop(slot);
         self.verified(peer);
         Ok(link)
+    }
+
+    /// Resolves when `peer`, a member now, stops being one; never, if it is not one now (a
+    /// peer still proving the secret is bounded by the connect timeout instead).
+    async fn left(&self, peer: &PeerId) {
+        let mut events = self.events.subscribe();
+        if !read(&self.view).is_member(peer) {
+            return std::future::pending().await;
+        }
+        loop {
+            match events.recv().await {
+                Ok(MembershipEvent::Left(m)) if m.peer_id() == *peer => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !read(&self.view).is_member(peer) {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        }
     }
 
     fn weak(&self) -> Weak<Node> {
@@ -468,6 +533,7 @@ impl Node {
                 }
             },
             Frame::Leave => self.mark_left(from, "it left the cluster"),
+            Frame::Service(frame) => self.on_service_frame(from, frame),
         }
     }
 

@@ -40,6 +40,11 @@ impl View {
         self.members().map(|m| (m.peer_id(), m.clone())).collect()
     }
 
+    /// Whether `peer` is a member: live and verified.
+    pub(super) fn is_member(&self, peer: &PeerId) -> bool {
+        self.live.contains_key(peer) && self.verified.contains(peer)
+    }
+
     /// The live member `peer`, verified or not: where to reach it.
     pub(super) fn live(&self, peer: &PeerId) -> Option<&Member> {
         self.live.get(peer)

@@ -9,7 +9,15 @@
 pub(crate) mod auth;
 mod tls;
 
-use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
@@ -101,12 +109,22 @@ pub(crate) struct Mesh {
     max_frame_size: usize,
     peer_timeout: Duration,
     queue: usize,
+    /// Frames left in a send queue when its connection closed.
+    dropped: Arc<AtomicU64>,
+}
+
+/// A UDP socket that does not come from the operating system, with what drives it.
+pub(crate) struct CustomSocket {
+    pub(crate) socket: Arc<dyn quinn::AsyncUdpSocket>,
+    pub(crate) runtime: Arc<dyn quinn::Runtime>,
+    pub(crate) rng_seed: Option<[u8; 32]>,
 }
 
 impl Mesh {
-    /// Bind the mesh endpoint.
+    /// Bind the mesh endpoint, on `socket` if given, else on a UDP socket at `addr`.
     pub(crate) fn bind(
         addr: SocketAddr,
+        socket: Option<CustomSocket>,
         keyring: Keyring,
         max_frame_size: usize,
         peer_timeout: Duration,
@@ -118,8 +136,19 @@ impl Mesh {
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport);
-        let endpoint =
-            Endpoint::server(server, addr).map_err(|source| MeshError::Bind { addr, source })?;
+        let endpoint = match socket {
+            None => Endpoint::server(server, addr),
+            Some(CustomSocket {
+                socket,
+                runtime,
+                rng_seed,
+            }) => {
+                let mut config = quinn::EndpointConfig::default();
+                config.rng_seed(rng_seed);
+                Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
+            }
+        }
+        .map_err(|source| MeshError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
             client,
@@ -133,6 +162,7 @@ impl Mesh {
             max_frame_size,
             peer_timeout,
             queue,
+            dropped: Arc::default(),
         })
     }
 
@@ -144,6 +174,11 @@ impl Mesh {
             mesh_addr: advertise.to_string(),
             mac: None,
         };
+    }
+
+    /// Frames that were still queued for a peer when its connection closed.
+    pub(crate) fn frames_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -297,6 +332,7 @@ impl Mesh {
         let stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.queue);
         tokio::spawn(write_frames(
+            self.dropped.clone(),
             conn.clone(),
             stream,
             rx,
@@ -390,6 +426,7 @@ const YIELD_EVERY: u32 = 16;
 const WRITE_BATCH: usize = 64;
 
 async fn write_frames(
+    dropped_count: Arc<AtomicU64>,
     conn: Connection,
     mut stream: quinn::SendStream,
     mut rx: mpsc::Receiver<Bytes>,
@@ -419,6 +456,7 @@ async fn write_frames(
             reason = conn.closed() => {
                 let dropped = rx.len();
                 if dropped > 0 {
+                    dropped_count.fetch_add(dropped as u64, Ordering::Relaxed);
                     tracing::warn!(%peer, dropped, "mesh link closed with frames still queued: {reason}");
                 }
                 rx.close();
@@ -523,6 +561,7 @@ mod tests {
         let keyring = Keyring::new("c".into(), secret.map(|s| vec![Secret::from(s)]));
         let mut mesh = Mesh::bind(
             "127.0.0.1:0".parse().unwrap(),
+            None,
             keyring,
             1024,
             Duration::from_secs(2),

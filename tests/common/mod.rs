@@ -250,11 +250,36 @@ impl TestCluster {
         (node, addr)
     }
 
+    /// Start one more node with its session store.
+    #[cfg(feature = "sessions")]
+    pub async fn start_with_sessions(
+        &mut self,
+        config: socketioxide_cluster::sessions::SessionStoreConfig,
+    ) -> (
+        TestNode,
+        socketioxide_cluster::sessions::ClusterSessionStore,
+    ) {
+        let (ctr, handle) = self.ctr().await;
+        let store = ctr.session_store(config);
+        (node(self.backend.clone(), handle, ctr, |b| b).0, store)
+    }
+
+    /// The gossip configuration of the next node of this cluster (seeded by the first).
+    #[cfg(feature = "cluster-gossip")]
+    pub fn next_config(&self) -> GossipAdapterConfig {
+        config(&self.id, self.seed)
+    }
+
     async fn start_node(
         &mut self,
         build: impl FnOnce(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
     ) -> (TestNode, Svc) {
-        let (ctr, handle) = match &self.backend {
+        let (ctr, handle) = self.ctr().await;
+        node(self.backend.clone(), handle, ctr, build)
+    }
+
+    async fn ctr(&mut self) -> (ClusterAdapterCtr, Handle) {
+        match &self.backend {
             #[cfg(feature = "cluster-gossip")]
             Backend::Gossip => {
                 let ctr = ClusterAdapterCtr::gossip(config(&self.id, self.seed))
@@ -274,8 +299,7 @@ impl TestCluster {
                 let prefix = self.id.clone();
                 (ctr, Handle::Redis { prefix })
             }
-        };
-        node(self.backend.clone(), handle, ctr, build)
+        }
     }
 }
 
@@ -491,6 +515,25 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
         () = tokio::time::sleep(limit) => None,
         out = fut => Some(out),
     }
+}
+
+/// Start something (a node) on a runtime of its own, from a thread of its own, so that a
+/// test can later kill it the way SIGKILL does: `rt.shutdown_background()` stops every task
+/// at once, and nothing is said to the peers.
+pub fn on_own_runtime<T: Send + 'static, F: Future<Output = T> + Send + 'static>(
+    start: impl FnOnce() -> F + Send + 'static,
+) -> (tokio::runtime::Runtime, T) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = rt.block_on(start());
+        (rt, started)
+    })
+    .join()
+    .unwrap()
 }
 
 /// Poll `cond` every 20 ms until it holds or `limit` passes.

@@ -5,6 +5,7 @@
 //! real HTTP service instead. The client has the shape of a dummy socket: a sender of
 //! engine.io packets to the server and a receiver of the packets the server sends. Pings are
 //! answered and noops dropped.
+#![allow(dead_code)]
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -15,18 +16,20 @@ use tokio::{
     sync::mpsc,
 };
 
-const PATH: &str = "/socket.io/?EIO=4&transport=polling";
+/// The engine.io handshake: the path and query of a long-polling session.
+pub const PATH: &str = "/socket.io/?EIO=4&transport=polling";
 
-/// One HTTP/1.1 request with `Connection: close`; the status and the body of the response.
-async fn http(
+/// One HTTP/1.1 request for `target` (path and query) with `Connection: close`; the status
+/// and the body of the response.
+pub async fn http(
     addr: SocketAddr,
     method: &str,
-    query: &str,
+    target: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     let req = format!(
-        "{method} {PATH}{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -73,7 +76,7 @@ pub async fn connect(
     addr: SocketAddr,
     connect: Packet,
 ) -> (mpsc::Sender<Packet>, mpsc::Receiver<Packet>) {
-    let (status, open) = tokio::time::timeout(Duration::from_secs(5), http(addr, "GET", "", ""))
+    let (status, open) = tokio::time::timeout(Duration::from_secs(5), http(addr, "GET", PATH, ""))
         .await
         .expect("handshake in time")
         .expect("handshake");
@@ -84,7 +87,7 @@ pub async fn connect(
         .and_then(|s| s.split('"').next())
         .unwrap_or_else(|| panic!("no sid in open packet {open}"))
         .to_string();
-    let query = format!("&sid={sid}");
+    let query = format!("{PATH}&sid={sid}");
     post(addr, &query, connect).await;
 
     let (in_tx, in_rx) = mpsc::channel::<Packet>(4096);
@@ -120,9 +123,9 @@ pub async fn connect(
     (out_tx, in_rx)
 }
 
-async fn post(addr: SocketAddr, query: &str, p: Packet) {
+async fn post(addr: SocketAddr, target: &str, p: Packet) {
     let body = String::from(p);
-    let res = tokio::time::timeout(Duration::from_secs(5), http(addr, "POST", query, &body)).await;
+    let res = tokio::time::timeout(Duration::from_secs(5), http(addr, "POST", target, &body)).await;
     match res {
         Ok(Ok((200, _))) => {}
         other => tracing::warn!("polling POST failed: {other:?}"),

@@ -151,6 +151,8 @@ export function nodeEnv(spec) {
   // node cannot report that to its sender, so the bursts of the order test (1000 events)
   // need a buffer that holds them.
   env.MAX_BUFFER_SIZE = '4096';
+  // Settings of another server binary (`spec.bin`): a function of the spec.
+  Object.assign(env, spec.env?.(spec) ?? {});
 
   switch (BACKEND) {
     case 'gossip':
@@ -236,9 +238,9 @@ export class Node {
     }
   }
 
-  /** Spawns the process and resolves once it printed `READY <port>`. */
+  /** Spawns the process and resolves once it printed `READY <port>` (or `spec.ready`). */
   start() {
-    const proc = spawn(nodeBin(), [], {
+    const proc = spawn(this.spec.bin ?? nodeBin(), [], {
       env: nodeEnv(this.spec),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -263,7 +265,7 @@ export class Node {
 
     const ready = new Promise((resolve, reject) => {
       lines(proc.stdout, 'stdout: ', (line) => {
-        const m = /^READY (\d+)$/.exec(line.trim());
+        const m = (this.spec.ready ?? /^READY (\d+)$/).exec(line.trim());
         if (m) resolve(Number(m[1]));
       });
       lines(proc.stderr, '');
@@ -311,6 +313,11 @@ export class Node {
 
   /** Number of other live nodes this node sees. */
   async members() {
+    if (this.spec.bin) {
+      // Another example binary: it answers `GET /members` instead of the /admin events.
+      const res = await fetch(`${this.url}/members`);
+      return (await res.json()).count;
+    }
     const res = await request(await this.control(), 'members');
     return res.count;
   }
@@ -319,11 +326,16 @@ export class Node {
 /**
  * A set of nodes sharing one random cluster id and secret, seeded by the first node.
  *
- * options: { size = 3, parser: 'msgpack' | undefined, parserModule: socket.io client parser }
+ * options: { size = 3, parser: 'msgpack' | undefined, parserModule: socket.io client parser,
+ *   node: spec fields of every node, to run another server binary: `bin` (its path; such a
+ *   binary must serve `GET /members` for `waitMembers`), `ready` (a regexp of the stdout
+ *   line telling it listens, capturing the port), `env` (a function of the node's spec
+ *   returning more variables) }
  */
 export class Cluster {
-  constructor({ size = 3, parser, parserModule } = {}) {
+  constructor({ size = 3, parser, parserModule, node = {} } = {}) {
     this.size = size;
+    this.nodeSpec = node;
     this.parser = parser;
     this.parserModule = parserModule;
     this.clusterId = `e2e-${randomBytes(6).toString('hex')}`;
@@ -368,6 +380,7 @@ export class Cluster {
         clusterId: this.clusterId,
         parser: this.parser,
         parserModule: this.parserModule,
+        ...this.nodeSpec,
         ...overrides,
       };
       const node = new Node(spec);
@@ -494,18 +507,48 @@ export function useCluster(options) {
   return cluster;
 }
 
+/**
+ * A cluster of one of the examples users copy (`bin`, configured by `BIND` and the
+ * `SOCKETIO_CLUSTER_*` variables) for a test file: `size` processes started before its
+ * first test, stopped after its last. `ready` matches the stdout line that tells a
+ * process listens, capturing the port. Such an example has no `members` event: its tests
+ * wait for the cluster through what it delivers.
+ */
+export function useExampleCluster({ bin, ready, size = 3 }) {
+  const cluster = new Cluster({
+    size,
+    node: {
+      bin,
+      ready,
+      env: (spec) => ({ BIND: `127.0.0.1:${spec.httpPort}`, NO_COLOR: '1' }),
+    },
+  });
+  before(async () => {
+    if (!bin) throw new Error('the example binary is not set');
+    for (let i = 0; i < size; i++) await cluster.addNode();
+  }, { timeout: 120_000 });
+  after(async () => {
+    await cluster.stop();
+  }, { timeout: 60_000 });
+  return cluster;
+}
+
 // ---------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------
 
-/** Connects an official socket.io client (websocket only, no reconnection). */
-export async function connect(node, { ns = '/', parser } = {}) {
+/**
+ * Connects an official socket.io client (websocket only, no reconnection) to `node`
+ * (anything with a `url` and a `name`). Other `options` go to the client as they are.
+ */
+export async function connect(node, { ns = '/', parser, ...options } = {}) {
   const socket = io(`${node.url}${ns}`, {
     transports: ['websocket'],
     reconnection: false,
     forceNew: true,
     timeout: CONNECT_TIMEOUT_MS,
     ...(parser ? { parser } : {}),
+    ...options,
   });
   const connected = new Promise((resolve, reject) => {
     socket.once('connect', resolve);

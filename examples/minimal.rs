@@ -1,0 +1,95 @@
+//! # A minimal cluster node, configured only from the environment
+//!
+//! The smallest useful server to copy: axum + socketioxide with the cluster adapter, one
+//! node per process, every setting from `SOCKETIO_CLUSTER_*` variables (see the README's
+//! configuration table) and `BIND` (the HTTP address, default `0.0.0.0:3000`). A
+//! `message` event is relayed to every other client of the cluster. SIGTERM or Ctrl-C leaves
+//! the cluster gracefully.
+//!
+//! Two nodes on one machine:
+//!
+//! ```sh
+//! export SOCKETIO_CLUSTER_SECRET=change-me SOCKETIO_CLUSTER_SEEDS=127.0.0.1:7946
+//! BIND=127.0.0.1:3001 SOCKETIO_CLUSTER_GOSSIP_ADDR=127.0.0.1:7946 \
+//!   SOCKETIO_CLUSTER_MESH_ADDR=127.0.0.1:7947 cargo run --example minimal &
+//! BIND=127.0.0.1:3002 SOCKETIO_CLUSTER_GOSSIP_ADDR=127.0.0.1:7956 \
+//!   SOCKETIO_CLUSTER_MESH_ADDR=127.0.0.1:7957 cargo run --example minimal &
+//! ```
+//!
+//! `SOCKETIO_CLUSTER_BACKEND=redis://127.0.0.1:6379` runs the same binary on Redis
+//! (built with the `redis` feature).
+
+use std::convert::Infallible;
+
+use serde_json::Value;
+use socketioxide::{
+    SocketIo,
+    extract::{Data, SocketRef},
+    handler::ConnectHandler,
+};
+use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
+
+type Adapter = ClusterAdapter<socketioxide::adapter::Emitter>;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt::init();
+
+    let ctr = ClusterAdapterCtr::from_env().await?;
+    let cluster = ctr.cluster(); // `None` on Redis, which keeps no membership
+    let (layer, io) = SocketIo::builder()
+        .with_adapter::<Adapter>(ctr)
+        .build_layer();
+    // The event handlers are registered by a connect middleware: it runs before the
+    // client is told it is connected, whereas the connect handler runs after that, in a
+    // task of its own. An event the client sends at once could otherwise come first.
+    io.ns("/", on_connect.with(register)).await?;
+
+    let app = axum::Router::new().layer(layer);
+    let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0:3000".into());
+    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    // Not axum's graceful shutdown: it would wait for every WebSocket to close.
+    tokio::select! {
+        res = axum::serve(listener, app) => res?,
+        _ = shutdown_signal() => {}
+    }
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await; // peers drop this node at once
+    }
+    Ok(())
+}
+
+/// Registers the event handlers of a new socket.
+async fn register(socket: SocketRef<Adapter>) -> Result<(), Infallible> {
+    socket.on(
+        "message",
+        async |socket: SocketRef<Adapter>, Data::<Value>(msg)| {
+            // Every client of every node but the sender.
+            if let Err(e) = socket.broadcast().emit("message", &msg).await {
+                tracing::warn!("cannot relay the message: {e}");
+            }
+        },
+    );
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef<Adapter>) {
+    tracing::info!(sid = %socket.id, "connected");
+}
+
+/// Ctrl-C, or SIGTERM (what Kubernetes and systemd send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,221 @@
+//! Real-socket mode: every node on its own runtime with real UDP sockets on 127.0.0.1, in one
+//! process, timed with the real clock. This is where the scale figures come from; it cannot
+//! partition a network (that takes namespaces) and does not repeat exactly.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    node::{self, Awaited, FirstSeen, Handle, Spec, Timings},
+    scenarios::{Crash, Join, SLOW_PEER_BURST, SLOW_PEER_EVERY, SLOW_PEER_PHASE, SlowPeer},
+    world::host_name,
+};
+
+/// A node on a runtime of its own, so that it can be killed the way SIGKILL kills a process.
+struct RealNode {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+    gossip: SocketAddr,
+}
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// How often the driver looks at the nodes.
+const POLL: Duration = Duration::from_millis(5);
+
+fn spawn(i: usize, seed: Option<SocketAddr>, timings: Timings) -> anyhow::Result<RealNode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let spec = Spec {
+        name: host_name(i),
+        gossip: SocketAddr::new(LOOPBACK, 0),
+        mesh: SocketAddr::new(LOOPBACK, 0),
+        advertise_ip: LOOPBACK,
+        seeds: seed.map(|s| s.to_string()).into_iter().collect(),
+        timings,
+    };
+    let (handle, serve) = rt.block_on(node::start(spec, |c| c))?;
+    rt.spawn(serve);
+    let gossip = handle.cluster.gossip_addr();
+    Ok(RealNode { rt, handle, gossip })
+}
+
+impl RealNode {
+    /// Stop every task at once, without a word to the peers.
+    fn kill(self) {
+        self.rt.shutdown_background();
+        // Its sockets died with the runtime; dropping the handle would try to say goodbye.
+        std::mem::forget(self.handle);
+    }
+}
+
+fn sees_exactly(nodes: &[&RealNode]) -> bool {
+    nodes.iter().all(|n| {
+        let mut have: Vec<String> = n
+            .handle
+            .cluster
+            .members()
+            .into_iter()
+            .map(|m| m.node_name)
+            .collect();
+        let mut want: Vec<String> = nodes
+            .iter()
+            .filter(|o| o.handle.cluster.node_name() != n.handle.cluster.node_name())
+            .map(|o| o.handle.cluster.node_name().to_string())
+            .collect();
+        have.sort();
+        want.sort();
+        have == want
+    })
+}
+
+/// Poll `done` until it holds or `limit` passes; returns the time it took.
+fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(POLL);
+    }
+    done().then(|| start.elapsed())
+}
+
+const FORM_LIMIT: Duration = Duration::from_secs(120);
+
+fn form(n: usize, timings: Timings) -> anyhow::Result<(Vec<RealNode>, Duration)> {
+    let first = spawn(0, None, timings)?;
+    let seed = first.gossip;
+    let start = Instant::now();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(spawn(i, Some(seed), timings)?);
+    }
+    let refs: Vec<&RealNode> = nodes.iter().collect();
+    wait(FORM_LIMIT, || sees_exactly(&refs))
+        .ok_or_else(|| anyhow::anyhow!("{n} nodes did not form a cluster in {FORM_LIMIT:?}"))?;
+    Ok((nodes, start.elapsed()))
+}
+
+/// `join` on real sockets.
+pub fn join(n: usize, timings: Timings) -> anyhow::Result<Join> {
+    let (_nodes, converged) = form(n, timings)?;
+    Ok(Join {
+        nodes: n,
+        converged,
+    })
+}
+
+/// `crash` on real sockets.
+pub fn crash(n: usize, killed: usize, timings: Timings) -> anyhow::Result<Crash> {
+    anyhow::ensure!(killed < n, "cannot kill {killed} of {n} nodes and keep one");
+    let (mut nodes, _) = form(n, timings)?;
+    let victims = nodes.split_off(n - killed);
+    for v in victims {
+        v.kill();
+    }
+    let start = Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    nodes[0]
+        .handle
+        .commands
+        .try_send(node::Command::FetchSockets(tx))
+        .map_err(|_| anyhow::anyhow!("node-0 does not take commands"))?;
+    let mut answer = Awaited::new(rx);
+    let refs: Vec<&RealNode> = nodes.iter().collect();
+    let mut seen = FirstSeen::default();
+    wait(FORM_LIMIT, || {
+        let elapsed = start.elapsed();
+        let answered = answer.arrived(elapsed);
+        seen.check(sees_exactly(&refs), elapsed) && answered
+    });
+    let detected = seen
+        .at()
+        .ok_or_else(|| anyhow::anyhow!("survivors did not notice the crash"))?;
+    let (request, sockets) = answer.answer()?;
+    Ok(Crash {
+        nodes: n,
+        killed,
+        detected,
+        request,
+        sockets,
+        expected_sockets: nodes.len(),
+    })
+}
+
+/// `slow-peer` on real sockets: the hung node's runtime is blocked (it reads nothing, its
+/// sockets stay open, as with SIGSTOP), while node 0 broadcasts at a fixed rate. Also reports
+/// how much this process's resident memory grew while the node hung.
+pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
+    anyhow::ensure!(n >= 3, "slow-peer needs at least 3 nodes");
+    let (nodes, _) = form(n, timings)?;
+    let (healthy, victim) = nodes.split_at(n - 1);
+    let victim = &victim[0];
+    let mut id = 0;
+    let mut phase = |evicted: &mut Option<Duration>, peak_rss: &mut u64| {
+        let (start, first) = (Instant::now(), id + 1);
+        while start.elapsed() < SLOW_PEER_PHASE {
+            for _ in 0..SLOW_PEER_BURST {
+                id += 1;
+                // A full command queue means node 0 is not keeping up: that broadcast is
+                // never made, and counts as not delivered.
+                let _ = healthy[0]
+                    .handle
+                    .commands
+                    .try_send(node::Command::Broadcast(id));
+            }
+            std::thread::sleep(SLOW_PEER_EVERY);
+            if evicted.is_none() && sees_exactly(&healthy.iter().collect::<Vec<_>>()) {
+                *evicted = Some(start.elapsed());
+            }
+            *peak_rss = (*peak_rss).max(resident_bytes());
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // Room for the last ones to arrive.
+        std::thread::sleep(Duration::from_millis(500));
+        let delivered = (first..=id)
+            .filter(|id| {
+                healthy
+                    .iter()
+                    .all(|h| h.handle.inbox.lock().expect("inbox").has(*id))
+            })
+            .count();
+        delivered as f64 / elapsed
+    };
+    let (mut never, mut rss_before) = (Some(Duration::ZERO), 0);
+    let before = phase(&mut never, &mut rss_before);
+    // Block the victim's only worker: it stops reading, its sockets stay open.
+    victim
+        .rt
+        .spawn(async { std::thread::sleep(SLOW_PEER_PHASE + Duration::from_secs(1)) });
+    let (mut evicted, mut rss_during) = (None, 0);
+    let during = phase(&mut evicted, &mut rss_during);
+    let dropped = healthy
+        .iter()
+        .map(|h| h.handle.cluster.frames_dropped())
+        .sum();
+    Ok(SlowPeer {
+        nodes: n,
+        offered: SLOW_PEER_BURST as f64 / SLOW_PEER_EVERY.as_secs_f64(),
+        before,
+        during,
+        dropped,
+        evicted,
+        memory_growth: Some(rss_during.saturating_sub(rss_before)),
+    })
+}
+
+/// This process's resident memory, from /proc (0 where there is none).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}

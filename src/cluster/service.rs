@@ -1,0 +1,105 @@
+//! Cluster-wide services: a top-level module (say, the session store) exchanges its own
+//! messages with its instances on the other members, over the authenticated mesh. The
+//! cluster routes them by service name and knows nothing of what they mean; on request it
+//! waits until each target has handled a message.
+// Only the session store (feature `sessions`) runs a service today.
+#![cfg_attr(not(feature = "sessions"), allow(dead_code))]
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Weak},
+};
+
+use bytes::Bytes;
+
+use super::{Node, read, write};
+use crate::{
+    error::RequestError,
+    mesh::PeerId,
+    wire::{Frame, Id, ResponseBody, ServiceFrame},
+};
+
+/// Receives the messages sent to one service of this node.
+pub(crate) trait ServiceHandler: Send + Sync + 'static {
+    /// A message from the instance of the service on `from`. Must not block; once it
+    /// returns, the message counts as handled (and is confirmed if the sender asked).
+    fn on_message(&self, from: &PeerId, body: Bytes);
+}
+
+impl Node {
+    /// Route the messages of `service` to `handler` (replacing an earlier handler).
+    pub(crate) fn register_service(&self, service: &str, handler: Weak<dyn ServiceHandler>) {
+        if write(&self.services)
+            .insert(service.to_string(), handler)
+            .is_some()
+        {
+            tracing::warn!(%service, "service registered again; the earlier instance stops receiving");
+        }
+    }
+
+    /// Send `body` to the instance of `service` on each of `targets` (in order per peer).
+    /// Fails, sending nothing, when the message is larger than peers accept; a peer that
+    /// cannot be reached is logged and skipped.
+    ///
+    /// With `confirm`, also wait until each target has handled it, is found gone, or does
+    /// not run the service — at most the request timeout (then the silent peers are logged).
+    pub(crate) async fn send_service(
+        self: &Arc<Self>,
+        targets: &[PeerId],
+        service: &str,
+        body: Bytes,
+        confirm: bool,
+    ) -> Result<(), RequestError> {
+        let id = (confirm && !targets.is_empty()).then(|| Id(rand::random()));
+        let frame = Frame::Service(ServiceFrame {
+            service: service.to_string(),
+            confirm: id,
+            body,
+        });
+        let Some(id) = id else {
+            return self.send(targets, &frame, false).await;
+        };
+        let mut pending = self.expect(id, targets.to_vec(), 0);
+        self.send(targets, &frame, false).await?;
+        let mut waiting: HashSet<PeerId> = targets.iter().cloned().collect();
+        let deadline = tokio::time::sleep(self.request_timeout);
+        tokio::pin!(deadline);
+        while !waiting.is_empty() {
+            tokio::select! {
+                Some((peer, _)) = pending.responses.recv() => { waiting.remove(&peer); }
+                Some(peer) = pending.gone.recv() => { waiting.remove(&peer); }
+                () = &mut deadline => {
+                    tracing::warn!(%service, ?waiting, "service message not confirmed within the request timeout");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest frame peers accept, in bytes.
+    pub(crate) fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    pub(super) fn on_service_frame(&self, from: &PeerId, frame: ServiceFrame) {
+        let handler = read(&self.services)
+            .get(&frame.service)
+            .and_then(Weak::upgrade);
+        let answer = match handler {
+            Some(h) => {
+                h.on_message(from, frame.body);
+                ResponseBody::Done
+            }
+            None => {
+                tracing::debug!(peer = %from, service = %frame.service, "message for a service not running here dropped");
+                ResponseBody::NotHosted
+            }
+        };
+        if let Some(id) = frame.confirm
+            && let Some(node) = self.weak().upgrade()
+        {
+            node.respond_later(from, id, answer);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Login sessions shared by every node (feature `sessions`): a [`tower-sessions`] store
+//! that any node can read and write, and a Socket.IO connect middleware that accepts a
+//! connection only with a live login session, on whichever node the connection lands.
+//!
+//! [`ClusterSessionStore`] comes from the same configuration as the adapter
+//! ([`ClusterAdapterCtr::session_store`](crate::ClusterAdapterCtr::session_store)):
+//!
+//! - **gossip** ([`GossipSessionStore`]): every node holds every session, replicated over
+//!   the authenticated QUIC mesh — never over gossip, which is plain UDP. A save or delete
+//!   returns once every member has merged it (a member found dead is not waited for, a
+//!   silent one at most the request timeout), so losing any node, even the one that took
+//!   the save, loses no session; an expiry applies everywhere; a node that joins exchanges
+//!   snapshots with each member. Memory is bounded by expiry (a periodic purge) and by
+//!   [`SessionStoreConfig::with_max_sessions`] (new sessions beyond it are refused, and
+//!   dropped with a log line when received from a peer).
+//!
+//!   Every node of the cluster should run the store: a member without it answers that it
+//!   has none (so saves do not wait for it) and holds nothing.
+//! - **Redis** ([`RedisSessionStore`]): one key per session on the backend's Redis
+//!   connection, expiring with the session.
+//!
+//! ## Concurrent writes
+//!
+//! Two nodes saving the same session at the same time end with one value everywhere: the
+//! write with the later version wins. A version is the writing node's clock in ms — but
+//! always later than the version of the session that node already holds, so a node's own
+//! writes order after whatever it has seen — then the node name to break ties. A deletion
+//! is a tombstone with a version of its own: it wins over every older save, including one
+//! still in flight, and over a save of the same version. Tombstones are purged after
+//! [`SessionStoreConfig::with_tombstone_ttl`] (1 hour). So "last writer wins" per session,
+//! where "last" is by the writers' clocks: keep them synchronised (NTP), as for the
+//! expiry of sessions.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use socketioxide::{SocketIo, extract::{Extension, SocketRef}, handler::ConnectHandler};
+//! use socketioxide_cluster::{
+//!     ClusterAdapter, ClusterAdapterCtr,
+//!     sessions::{HandshakeSession, SessionAuth, SessionStoreConfig},
+//! };
+//! use tower_sessions::{Session, SessionManagerLayer};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctr = ClusterAdapterCtr::from_env().await?;
+//! let store = ctr.session_store(SessionStoreConfig::default());
+//! let (io_layer, io) = SocketIo::builder()
+//!     .with_adapter::<ClusterAdapter<_>>(ctr)
+//!     .build_layer();
+//!
+//! // Socket.IO: only logged-in users, on whichever node they land.
+//! let auth = SessionAuth::new(store.clone()).require_key("user");
+//! let on_connect = async |s: SocketRef<ClusterAdapter<_>>,
+//!                         Extension(session): Extension<HandshakeSession>| {
+//!     let user: String = session.get("user").unwrap_or_default();
+//!     s.emit("welcome", &user).ok();
+//! };
+//! io.ns("/", on_connect.with(auth.middleware())).await?;
+//!
+//! // HTTP: log in on any node.
+//! let app: Router = Router::new()
+//!     .route("/login", post(async |session: Session| {
+//!         session.insert("user", "ada").await.ok();
+//!     }))
+//!     .layer(io_layer)
+//!     .layer(SessionManagerLayer::new(store));
+//! # Ok(()) }
+//! ```
+//!
+//! [`tower-sessions`]: https://docs.rs/tower-sessions
+
+mod auth;
+#[cfg(feature = "cluster-gossip")]
+mod gossip;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "cluster-gossip")]
+mod replica;
+
+use std::time::Duration;
+
+use tower_sessions_core::{
+    SessionStore,
+    session::{Id, Record},
+    session_store,
+};
+
+pub use auth::{AuthError, HandshakeSession, SessionAuth};
+#[cfg(feature = "cluster-gossip")]
+pub use gossip::GossipSessionStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisSessionStore;
+
+/// Settings of the gossip session store (the Redis store has none: Redis expires keys).
+#[derive(Clone, Debug)]
+pub struct SessionStoreConfig {
+    max_sessions: usize,
+    tombstone_ttl: Duration,
+    purge_interval: Duration,
+}
+
+impl Default for SessionStoreConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 100_000,
+            tombstone_ttl: Duration::from_secs(3600),
+            purge_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SessionStoreConfig {
+    /// The defaults: 100,000 records, tombstones kept 1 hour, purge every 30 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Most records a node holds (sessions and tombstones of deleted ones). Beyond it, a
+    /// new session is refused (saving it fails; received from a peer, it is dropped and
+    /// logged); existing sessions can still be saved and deleted.
+    pub fn with_max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max.max(1);
+        self
+    }
+
+    /// How long a deletion is remembered, so that an older save still in flight (or held
+    /// by a node cut off from the others) cannot bring the session back.
+    pub fn with_tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    /// How often expired sessions and old tombstones are dropped from memory (an expired
+    /// session is never loaded, purged or not).
+    pub fn with_purge_interval(mut self, interval: Duration) -> Self {
+        self.purge_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// The session store of the backend chosen at run time (see the [module docs](self)).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClusterSessionStore {
+    /// Replicated over the QUIC mesh.
+    #[cfg(feature = "cluster-gossip")]
+    Gossip(GossipSessionStore),
+    /// Kept in Redis.
+    #[cfg(feature = "redis")]
+    Redis(RedisSessionStore),
+}
+
+macro_rules! each {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            #[cfg(feature = "cluster-gossip")]
+            ClusterSessionStore::Gossip($s) => $body,
+            #[cfg(feature = "redis")]
+            ClusterSessionStore::Redis($s) => $body,
+        }
+    };
+}
+
+#[async_trait::async_trait]
+impl SessionStore for ClusterSessionStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        each!(self, s => s.create(record).await)
+    }
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        each!(self, s => s.save(record).await)
+    }
+    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
+        each!(self, s => s.load(session_id).await)
+    }
+    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+        each!(self, s => s.delete(session_id).await)
+    }
+}

@@ -1,0 +1,234 @@
+//! The README's first command: the three-node demo.
+//!
+//! `readme_demo_command_forms_one_cluster` runs the `cargo run` line of README.md itself
+//! (so this test breaks when the README changes; only the features of this test are
+//! added), with `DEMO_PORTS=0,0,0` so that the system picks free HTTP ports, and checks that the three nodes answer the Socket.IO
+//! handshake, form one cluster, and stop cleanly on Ctrl-C (SIGINT).
+//!
+//! `browser_chat_across_two_nodes` opens the demo page of two nodes in headless Chromium
+//! (`tests/js/browser.e2e.mjs`, with `playwright-core`), sends a message on one and sees
+//! it on the other. It needs `chromium` and `node`: outside CI a missing one skips the
+//! test with a message, in CI it fails.
+//!
+//! Running `cargo run` from inside `cargo test` does not wait on the build directory lock:
+//! cargo holds it only while it compiles, not while the tests run.
+
+#![cfg(feature = "cluster-gossip")]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::Stdio,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+#[path = "common/external.rs"]
+mod external;
+#[path = "common/polling.rs"]
+mod polling;
+
+use external::{SETUP_TIMEOUT, Spawned, js_setup, own_group, require, run_node};
+
+/// Upper bound for the demo to print its URLs, once built.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound for the three nodes to see each other, and to stop.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The demos of this file share the machine's two cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The first `cargo run` line of README.md, without its comment, as words.
+fn readme_demo_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let line = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("cargo run"))
+        .expect("README.md has a `cargo run` line");
+    let command = line.split('#').next().unwrap_or(line);
+    command.split_whitespace().map(String::from).collect()
+}
+
+/// The demo, started by the README's command; killed (with its process group) on drop.
+struct Demo {
+    process: Spawned,
+    lines: mpsc::Receiver<String>,
+    /// Every line printed on stdout so far.
+    stdout: Vec<String>,
+    /// The HTTP address of each node, as printed.
+    nodes: Vec<SocketAddr>,
+    log: std::path::PathBuf,
+}
+
+impl Demo {
+    fn start() -> Self {
+        let words = readme_demo_command();
+        assert_eq!(words[..2], ["cargo", "run"], "{words:?}");
+        let log = std::env::temp_dir().join(format!("demo-{}.log", std::process::id()));
+        // The README's command, plus the features this test was built with: cargo then
+        // reuses the demo `cargo test` just built. With the default features, syn and
+        // tokio-util get other features, and most of the dependency tree would be compiled
+        // a second time.
+        let mut cmd = external::cargo();
+        cmd.args(&words[1..])
+            .args(external::test_features())
+            .env("DEMO_PORTS", "0,0,0")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        own_group(&mut cmd);
+        let mut child = cmd.spawn().expect("cargo starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut demo = Self {
+            process: Spawned(child),
+            lines,
+            stdout: vec![],
+            nodes: vec![],
+            log,
+        };
+        // Building may take a while the first time; then the URLs come at once.
+        demo.wait_line(SETUP_TIMEOUT + START_TIMEOUT, |l| l.starts_with("node-3: "));
+        demo.nodes = demo
+            .stdout
+            .iter()
+            .filter_map(|l| l.split("http://").nth(1))
+            .map(|a| a.trim_end_matches('/').parse().expect("node address"))
+            .collect();
+        assert_eq!(demo.nodes.len(), 3, "{:?}", demo.stdout);
+        demo
+    }
+
+    /// Reads stdout until a line matches `pred`, at most `limit`.
+    fn wait_line(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = pred(&line);
+                    self.stdout.push(line);
+                    if done {
+                        return;
+                    }
+                }
+                Err(e) => panic!(
+                    "the demo did not print the expected line ({e}); stdout: {:?}\nlog:\n{}",
+                    self.stdout,
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|a| format!("http://{a}/")).collect()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+async fn get(addr: SocketAddr, target: &str) -> (u16, String) {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        polling::http(addr, "GET", target, ""),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("GET {target} on {addr} in time"))
+    .unwrap_or_else(|e| panic!("GET {target} on {addr}: {e}"))
+}
+
+/// The member names `GET /members` of `addr` lists.
+async fn members(addr: SocketAddr) -> Vec<String> {
+    let (status, body) = get(addr, "/members").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    serde_json::from_value(json["members"].clone()).expect("a list of names")
+}
+
+#[test]
+fn readme_demo_command_forms_one_cluster() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut demo = Demo::start();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(answers_and_forms_one_cluster(&demo));
+
+    // Ctrl-C: every node leaves the cluster, the process ends by itself.
+    external::signal_group(&demo.process.0, "INT");
+    demo.wait_line(SETTLE, |l| l == "stopped");
+    let status = external::wait_bounded(&mut demo.process.0, SETTLE);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after Ctrl-C: {status:?}\n{}",
+        demo.log_text()
+    );
+    assert!(
+        demo.log_text().contains("leaving the cluster"),
+        "{}",
+        demo.log_text()
+    );
+}
+
+/// Every node answers the Socket.IO handshake, and lists the three nodes as members.
+async fn answers_and_forms_one_cluster(demo: &Demo) {
+    for &node in &demo.nodes {
+        let (status, open) = get(node, polling::PATH).await;
+        assert_eq!(status, 200, "handshake on {node}: {open}");
+        assert!(
+            open.starts_with("0{") && open.contains("\"sid\""),
+            "an engine.io open packet from {node}: {open}"
+        );
+    }
+
+    let all = ["node-1", "node-2", "node-3"];
+    let deadline = Instant::now() + SETTLE;
+    for &node in &demo.nodes {
+        loop {
+            let names = members(node).await;
+            if names == all {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} lists {names:?}, not the three nodes\n{}",
+                demo.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[test]
+fn browser_chat_across_two_nodes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !require("chromium") || !js_setup() {
+        return;
+    }
+    let demo = Demo::start();
+    let urls = demo.urls();
+    run_node(
+        &["--test", "browser.e2e.mjs"],
+        &[("DEMO_URL_A", &urls[0]), ("DEMO_URL_B", &urls[1])],
+        Duration::from_secs(180),
+    );
+}

@@ -1,0 +1,85 @@
+// Headless Chromium opens the demo page of two different nodes, sends a message on one
+// and sees it on the other. Started by `tests/demo.rs` with the demo running:
+//
+//   DEMO_URL_A, DEMO_URL_B  the pages of two nodes of the demo
+//   CHROMIUM                the browser binary (default /usr/bin/chromium)
+//
+// The page loads the official Socket.IO browser client from its CDN; the test answers
+// that request with the same client from node_modules, so no outside network is needed.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const CLIENT_JS = fs.readFileSync(
+  path.join(here, 'node_modules', 'socket.io-client', 'dist', 'socket.io.min.js'),
+);
+const WAIT_MS = 20_000;
+
+// Without the background-networking flags Chromium keeps trying to reach its services,
+// which a closed network refuses. Playwright adds --headless and a fresh profile directory.
+const ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** Opens `url` in a new page and waits until its socket is connected. */
+async function open(context, url) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  await page.goto(url);
+  await page.locator('#status', { hasText: 'connected' }).waitFor();
+  return page;
+}
+
+/** Types `text` in the page's form and sends it. */
+async function say(page, text) {
+  await page.fill('#m', text);
+  await page.click('button');
+}
+
+test('a message typed on one node’s page appears on another node’s page', { timeout: 90_000 }, async () => {
+  const [urlA, urlB] = [process.env.DEMO_URL_A, process.env.DEMO_URL_B];
+  assert.ok(urlA && urlB, 'DEMO_URL_A and DEMO_URL_B must be set');
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ARGS,
+    timeout: WAIT_MS,
+  });
+  try {
+    const context = await browser.newContext();
+    await context.route('https://cdn.socket.io/**', (route) =>
+      route.fulfill({ body: CLIENT_JS, contentType: 'application/javascript' }),
+    );
+    const a = await open(context, urlA);
+    const b = await open(context, urlB);
+
+    // Each page names its node and lists the live members.
+    const [nodeA, nodeB] = [await a.textContent('#node'), await b.textContent('#node')];
+    assert.notEqual(nodeA, nodeB, 'two different nodes');
+    for (const page of [a, b]) {
+      await page.locator('#members', { hasText: 'node-1, node-2, node-3' }).waitFor();
+    }
+
+    const hello = `hello from ${nodeA} ${randomBytes(4).toString('hex')}`;
+    await say(a, hello);
+    await b.locator('#log li', { hasText: `${nodeA}: ${hello}` }).waitFor();
+    await a.locator('#log li', { hasText: `me: ${hello}` }).waitFor();
+
+    const reply = `and back from ${nodeB} ${randomBytes(4).toString('hex')}`;
+    await say(b, reply);
+    await a.locator('#log li', { hasText: `${nodeB}: ${reply}` }).waitFor();
+  } finally {
+    await browser.close();
+  }
+});

@@ -1,0 +1,109 @@
+// Log in over HTTP on one node, connect with Socket.IO on another, log out on a third:
+// the `sessions` example on a three-node cluster, driven by fetch and the official
+// socket.io-client. Needs SESSIONS_NODE_BIN (the compiled `sessions` example).
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { io } from 'socket.io-client';
+import { BACKEND, Cluster, median, waitUntil, withTimeout } from './cluster.mjs';
+
+const BIN = process.env.SESSIONS_NODE_BIN;
+
+/**
+ * Opens a Socket.IO connection to `node` with `cookie`; resolves with
+ * `{ socket, welcome }`, or rejects with the connect_error.
+ */
+async function open(node, cookie) {
+  const socket = io(`${node.url}/`, {
+    transports: ['websocket'],
+    reconnection: false,
+    forceNew: true,
+    timeout: 5000,
+    ...(cookie ? { extraHeaders: { cookie } } : {}),
+  });
+  const welcome = new Promise((resolve, reject) => {
+    socket.once('welcome', resolve);
+    socket.once('connect_error', reject);
+  });
+  try {
+    return { socket, welcome: await withTimeout(welcome, 5000, `connection to ${node.name}`) };
+  } catch (err) {
+    socket.disconnect();
+    throw err;
+  }
+}
+
+/** The connect_error message of a connection that must be refused. */
+async function refused(node, cookie) {
+  try {
+    const { socket } = await open(node, cookie);
+    socket.disconnect();
+    return null;
+  } catch (err) {
+    return err.message;
+  }
+}
+
+describe(`shared login sessions (${BACKEND})`, { skip: !BIN && 'SESSIONS_NODE_BIN is not set' }, () => {
+  const cluster = new Cluster({ size: 3, node: { bin: BIN } });
+  before(async () => cluster.start(), { timeout: 180_000 });
+  after(async () => cluster.stop(), { timeout: 60_000 });
+
+  test('log in on A, connect on B, log out on C, refused everywhere', { timeout: 60_000 }, async () => {
+    try {
+      const [a, b, c] = cluster.nodes;
+      assert.match(await refused(b, undefined), /no session cookie/);
+
+      const login = await fetch(`${a.url}/login?user=ada`, { method: 'POST' });
+      assert.equal(login.status, 200);
+      const cookie = login.headers.getSetCookie().map((h) => h.split(';')[0]).find((c) => c.startsWith('id='));
+      assert.ok(cookie, 'the login sets the session cookie');
+
+      // The session reaches B within moments; a connection that lands before it is
+      // refused, so try (bounded) until accepted.
+      const { socket, welcome } = await waitUntil('a connection on B accepted', () => open(b, cookie), {
+        timeoutMs: 10_000,
+        intervalMs: 20,
+      });
+      assert.deepEqual(welcome, { user: 'ada', node: b.name });
+      assert.deepEqual(await socket.timeout(5000).emitWithAck('whoami'), { user: 'ada', node: b.name });
+      socket.disconnect();
+
+      const me = await fetch(`${c.url}/me`, { headers: { cookie } });
+      assert.equal(await me.text(), 'ada', 'C knows the user too');
+      const logout = await fetch(`${c.url}/logout`, { method: 'POST', headers: { cookie } });
+      assert.equal(logout.status, 200);
+
+      // The deletion reaches every node (bounded), and then every connection is refused.
+      for (const node of [a, b, c]) {
+        const message = await waitUntil(`${node.name} to refuse the logged-out session`, () => refused(node, cookie), {
+          timeoutMs: 10_000,
+          intervalMs: 20,
+        });
+        assert.match(message, /not logged in: no such session/);
+      }
+      assert.equal((await fetch(`${a.url}/me`, { headers: { cookie } })).status, 401);
+    } catch (err) {
+      cluster.failed = true;
+      throw err;
+    }
+  });
+
+  test('figures: log in on A, first accepted connection on B', { timeout: 60_000 }, async () => {
+    const [a, b] = cluster.nodes;
+    const times = [];
+    for (let i = 0; i < 20; i++) {
+      const started = performance.now();
+      const login = await fetch(`${a.url}/login?user=u${i}`, { method: 'POST' });
+      const cookie = login.headers.getSetCookie().map((h) => h.split(';')[0]).find((c) => c.startsWith('id='));
+      const { socket, welcome } = await waitUntil('accepted on B', () => open(b, cookie), {
+        timeoutMs: 10_000,
+        intervalMs: 5,
+      });
+      times.push(performance.now() - started);
+      assert.equal(welcome.user, `u${i}`);
+      socket.disconnect();
+    }
+    console.log(`[${BACKEND}] login on A -> first accepted Socket.IO connection on B, 20 runs: median ${median(times).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms`);
+  });
+});
