@@ -445,7 +445,10 @@ async fn write_frames(
                     return;
                 }
                 if let Err(e) = stream.write_all_chunks(&mut batch).await {
-                    tracing::warn!(%peer, "mesh write failed, closing link: {e}");
+                    // Written frames are left empty; the rest of the batch and the queue are lost.
+                    let dropped = batch.iter().filter(|f| !f.is_empty()).count() + rx.len();
+                    dropped_count.fetch_add(dropped as u64, Ordering::Relaxed);
+                    tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
                     conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
                     let reason = conn.closed().await;
                     inbound.on_connection_closed(&peer, &reason);
