@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::mpsc,
 };
 
@@ -53,25 +53,8 @@ pub async fn quinn_hop(rounds: usize) -> Result<Vec<u64>, BoxError> {
     let mut buf = [0u8; MESSAGE];
     recv.read_exact(&mut buf).await?;
 
-    let (done_tx, mut done_rx) = mpsc::channel::<Instant>(1);
-    let reader = tokio::spawn(async move {
-        let mut buf = [0u8; MESSAGE];
-        while recv.read_exact(&mut buf).await.is_ok() {
-            if done_tx.send(Instant::now()).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut samples = Vec::with_capacity(rounds);
-    let msg = [7u8; MESSAGE];
-    for _ in 0..rounds {
-        let t = Instant::now();
-        send.write_all(&msg).await?;
-        let got = done_rx.recv().await.ok_or("reader stopped")?;
-        samples.push((got - t).as_nanos() as u64);
-    }
+    let samples = one_way(&mut send, recv, rounds).await?;
     drop(send);
-    reader.abort();
     conn.close(0u32.into(), b"done");
     server.close(0u32.into(), b"done");
     Ok(samples)
@@ -82,7 +65,17 @@ pub async fn tcp_hop(rounds: usize) -> Result<Vec<u64>, BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mut send = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
     send.set_nodelay(true)?;
-    let (mut recv, _) = listener.accept().await?;
+    let (recv, _) = listener.accept().await?;
+    one_way(&mut send, recv, rounds).await
+}
+
+/// Write `rounds` messages on `send`, each after the previous one was read in full from
+/// `recv` by a task of its own; the time from each write to its read, in ns.
+async fn one_way<W, R>(send: &mut W, mut recv: R, rounds: usize) -> Result<Vec<u64>, BoxError>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
+{
     let (done_tx, mut done_rx) = mpsc::channel::<Instant>(1);
     let reader = tokio::spawn(async move {
         let mut buf = [0u8; MESSAGE];

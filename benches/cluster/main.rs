@@ -51,7 +51,7 @@ const FULL: Plan = Plan {
     rounds: 5_000,
     floods: [(100, 50_000), (10 * 1024, 5_000)],
     sockets: 1_000,
-    requests: 200,
+    requests: 100,
     floor: 5_000,
 };
 const SMOKE: Plan = Plan {

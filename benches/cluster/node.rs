@@ -149,9 +149,8 @@ async fn serve<A: Adapter>(
     out.write_all(ready.as_bytes()).await?;
     out.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut sockets = Vec::new();
     while let Some(line) = lines.next_line().await? {
-        let reply = match command(&io, &line, &mut sockets).await {
+        let reply = match command(&io, &line).await {
             Ok(reply) => reply,
             Err(e) => format!("err {e}"),
         };
@@ -162,11 +161,7 @@ async fn serve<A: Adapter>(
     std::process::exit(0)
 }
 
-async fn command<A: Adapter>(
-    io: &SocketIo<A>,
-    line: &str,
-    sockets: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<String, BoxError> {
+async fn command<A: Adapter>(io: &SocketIo<A>, line: &str) -> Result<String, BoxError> {
     let mut words = line.split_whitespace();
     let verb = words.next().unwrap_or_default();
     let mut num =
@@ -193,58 +188,59 @@ async fn command<A: Adapter>(
         }
         "dummies" => {
             for _ in 0..num()? {
-                sockets.push(answering_socket(io).await);
+                answering_socket(io).await;
             }
             Ok("ok".into())
         }
         "fetch" => {
             let ns = io.of(MANY).ok_or("no /many namespace")?;
-            let mut found = usize::MAX;
-            let mut samples = Vec::new();
-            for _ in 0..num()? {
-                let t = Instant::now();
-                let sockets = ns
-                    .clone()
-                    .fetch_sockets()
-                    .await
-                    .map_err(|e| format!("fetch_sockets: {e:?}"))?;
-                samples.push(t.elapsed().as_nanos() as u64);
-                found = found.min(sockets.len());
-            }
-            Ok(format!("ok {found} {}", join(&samples)))
+            timed(num()?, || {
+                let ns = ns.clone();
+                async move {
+                    let sockets = ns.fetch_sockets().await;
+                    Ok(sockets.map_err(|e| format!("fetch_sockets: {e:?}"))?.len())
+                }
+            })
+            .await
         }
         "ack" => {
             let ns = io.of(MANY).ok_or("no /many namespace")?;
-            let mut least = usize::MAX;
-            let mut samples = Vec::new();
-            for _ in 0..num()? {
-                let t = Instant::now();
-                let acks = ns
-                    .clone()
-                    .timeout(Duration::from_secs(5))
-                    .emit_with_ack::<_, u8>("q", &())
-                    .await
-                    .map_err(|e| format!("emit_with_ack: {e:?}"))?;
-                let got = acks
-                    .filter(|(_, r)| std::future::ready(r.is_ok()))
-                    .count()
-                    .await;
-                samples.push(t.elapsed().as_nanos() as u64);
-                least = least.min(got);
-            }
-            Ok(format!("ok {least} {}", join(&samples)))
+            timed(num()?, || {
+                let ns = ns.clone().timeout(Duration::from_secs(2));
+                async move {
+                    let acks = ns.emit_with_ack::<_, u8>("q", &()).await;
+                    let acks = acks.map_err(|e| format!("emit_with_ack: {e:?}"))?;
+                    Ok(acks
+                        .filter(|(_, r)| std::future::ready(r.is_ok()))
+                        .count()
+                        .await)
+                }
+            })
+            .await
         }
         other => Err(format!("unknown command {other:?}").into()),
     }
 }
 
-fn join(samples: &[u64]) -> String {
-    let words: Vec<String> = samples.iter().map(u64::to_string).collect();
-    words.join(" ")
+/// Run `round` `rounds` times, one after the other: `ok <fewest items> <ns>...`.
+async fn timed<F, Fut>(rounds: u64, mut round: F) -> Result<String, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, BoxError>>,
+{
+    let mut fewest = usize::MAX;
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        fewest = fewest.min(round().await?);
+        samples.push(t.elapsed().as_nanos().to_string());
+    }
+    Ok(format!("ok {fewest} {}", samples.join(" ")))
 }
 
-/// An in-process socket on `/many` that answers every ack request with `1`.
-async fn answering_socket<A: Adapter>(io: &SocketIo<A>) -> tokio::task::JoinHandle<()> {
+/// An in-process socket on `/many` that answers every ack request with `1`, for as long as
+/// the process runs.
+async fn answering_socket<A: Adapter>(io: &SocketIo<A>) {
     let (tx, mut rx) = io.new_dummy_sock(MANY, ()).await;
     tokio::spawn(async move {
         while let Some(packet) = rx.recv().await {
@@ -264,5 +260,5 @@ async fn answering_socket<A: Adapter>(io: &SocketIo<A>) -> tokio::task::JoinHand
                 return;
             }
         }
-    })
+    });
 }

@@ -10,7 +10,7 @@ use tokio::{
 use crate::node::{BoxError, ENV_BACKEND, ENV_BUFFER, ENV_CLUSTER, ENV_PEER};
 
 /// How long one command may take.
-const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
 /// One node process.
 pub struct Node {

@@ -148,59 +148,64 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
         goal(
             "added latency p50, gossip / redis",
             g_added[0] / r_added[0],
-            |r| r <= 0.8,
-            "≤ 0.8",
+            AtMost(0.8),
         );
         goal(
             "added latency p99, gossip / redis",
             g_added[1] / r_added[1],
-            |r| r <= 0.8,
-            "≤ 0.8",
+            AtMost(0.8),
         );
         for (g, r) in gossip.floods.iter().zip(&redis.floods) {
             goal(
                 &format!("throughput {} B, gossip / redis", g.size),
                 g.rate / r.rate,
-                |x| x >= 2.0,
-                "≥ 2",
+                AtLeast(2.0),
             );
         }
     }
     goal(
         "added latency p50 / quinn hop p50",
         g_added[0] / q[0],
-        |r| r <= 1.25,
-        "≤ 1.25",
+        AtMost(1.25),
     );
     goal(
         "added latency p99 / quinn hop p99",
         g_added[1] / q[1],
-        |r| r <= 1.25,
-        "≤ 1.25",
+        AtMost(1.25),
     );
     for (g, c) in gossip.floods.iter().zip(&ceiling.floods) {
         goal(
             &format!("throughput {} B, gossip / single node", g.size),
             g.rate / c.rate,
-            |x| x >= 0.6,
-            "≥ 0.6",
+            AtLeast(0.6),
         );
         goal(
             &format!("messages lost or reordered, {} B", g.size),
             (g.lost + g.errors + g.out_of_order) as f64,
-            |x| x == 0.0,
-            "= 0",
+            AtMost(0.0),
         );
     }
     goal(
         "memory at rest, gossip node − single node (MiB)",
         max(&gossip.rest_mib) - max(&ceiling.rest_mib),
-        |x| x < 10.0,
-        "< 10",
+        Below(10.0),
     );
 }
 
-fn goal(what: &str, value: f64, ok: impl Fn(f64) -> bool, target: &str) {
-    let verdict = if ok(value) { "met" } else { "NOT met" };
+/// A goal of the benchmark.
+enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+    Below(f64),
+}
+use Goal::{AtLeast, AtMost, Below};
+
+fn goal(what: &str, value: f64, goal: Goal) {
+    let (met, target) = match goal {
+        AtMost(x) => (value <= x, format!("≤ {x}")),
+        AtLeast(x) => (value >= x, format!("≥ {x}")),
+        Below(x) => (value < x, format!("< {x}")),
+    };
+    let verdict = if met { "met" } else { "NOT met" };
     println!("  {what}: {value:.2} (goal {target}: {verdict})");
 }
