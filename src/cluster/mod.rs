@@ -335,11 +335,29 @@ impl Node {
             return Ok(());
         }
         let bytes = self.encode(frame)?;
-        let sends = targets
+        // Fast path, without waiting: an open link with room in its queue takes the frame
+        // at once. Anything else (no link yet, queue full, closed) takes the slow path.
+        let slow: Vec<&PeerId> = targets
             .iter()
-            .map(|peer| self.send_to(peer, bytes.clone(), volatile));
-        futures_util::future::join_all(sends).await;
+            .filter(|peer| {
+                self.open_link(peer)
+                    .is_none_or(|link| link.try_send(bytes.clone()).is_err())
+            })
+            .collect();
+        if !slow.is_empty() {
+            let sends = slow
+                .into_iter()
+                .map(|peer| self.send_to(peer, bytes.clone(), volatile));
+            futures_util::future::join_all(sends).await;
+        }
         Ok(())
+    }
+
+    /// The outgoing link to `peer` if it is open and nobody is replacing it right now.
+    fn open_link(&self, peer: &PeerId) -> Option<Link> {
+        let slot = lock(&self.links).get(peer)?.clone();
+        let slot = slot.try_lock().ok()?;
+        slot.as_ref().filter(|l| l.is_open()).cloned()
     }
 
     async fn send_to(&self, peer: &PeerId, frame: Bytes, volatile: bool) {

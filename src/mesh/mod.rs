@@ -418,6 +418,13 @@ impl Link {
     }
 }
 
+/// Frames applied between two yields to the tasks that drain local sockets (well below
+/// socketioxide's default per-socket buffer of 128 packets).
+const YIELD_EVERY: u32 = 16;
+
+/// Most frames handed to quinn in one write.
+const WRITE_BATCH: usize = 64;
+
 async fn write_frames(
     dropped_count: Arc<AtomicU64>,
     conn: Connection,
@@ -426,21 +433,28 @@ async fn write_frames(
     peer: PeerId,
     inbound: Arc<dyn Inbound>,
 ) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
-            frame = rx.recv() => {
-                let Some(frame) = frame else {
+            // Everything queued goes in one write: quinn packs the frames into as few
+            // packets as fit, and takes the buffers without copying them.
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
                     // Link dropped: nothing more to send.
                     let _ = stream.finish();
                     return;
-                };
-                if let Err(e) = stream.write_all(&frame).await {
-                    tracing::warn!(%peer, "mesh write failed, closing link: {e}");
+                }
+                if let Err(e) = stream.write_all_chunks(&mut batch).await {
+                    // Written frames are left empty; the rest of the batch and the queue are lost.
+                    let dropped = batch.iter().filter(|f| !f.is_empty()).count() + rx.len();
+                    dropped_count.fetch_add(dropped as u64, Ordering::Relaxed);
+                    tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
                     conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
                     let reason = conn.closed().await;
                     inbound.on_connection_closed(&peer, &reason);
                     return;
                 }
+                batch.clear();
             }
             reason = conn.closed() => {
                 let dropped = rx.len();
@@ -464,6 +478,7 @@ async fn read_frames(
     max_frame_size: usize,
 ) {
     let mut decoder = FrameDecoder::new(max_frame_size);
+    let mut applied: u32 = 0;
     loop {
         match stream.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => {
@@ -472,9 +487,13 @@ async fn read_frames(
                     match decoder.next_frame() {
                         Ok(Some(frame)) => {
                             inbound.on_frame(&peer, frame);
-                            // Let the tasks that drain local sockets run between frames: a
-                            // burst from a peer must not overflow their buffers.
-                            tokio::task::yield_now().await;
+                            // Let the tasks that drain local sockets run every few frames: a
+                            // burst from a peer must not overflow their buffers, and each of
+                            // their writes should carry several messages, not one.
+                            applied = applied.wrapping_add(1);
+                            if applied.is_multiple_of(YIELD_EVERY) {
+                                tokio::task::yield_now().await;
+                            }
                         }
                         Ok(None) => break,
                         Err(e) => {

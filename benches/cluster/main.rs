@@ -1,0 +1,371 @@
+//! Side by side, in one run on this machine: (a) the gossip adapter, (b) socketioxide-redis on
+//! a local `redis-server` (and this crate's Redis backend), (c) one node with the local adapter
+//! (the ceiling), plus the floor: one bare quinn stream hop and one loopback TCP hop.
+//!
+//! `cargo bench --all-features --bench cluster` (needs `redis-server` on the `PATH` for the
+//! Redis columns). `CLUSTER_BENCH_SMOKE=1` runs a few rounds of everything only.
+//!
+//! Every node is a separate process (this binary, started again as a node), so CPU time and
+//! memory are per node; the driver holds real WebSocket clients (Engine.IO v4 / Socket.IO
+//! text frames) on every node. Latency runs from the emit on node A (a timestamp in the
+//! payload) to the moment a client reads the frame, on the one wall clock of the machine.
+
+mod client;
+mod floor;
+mod node;
+mod procs;
+mod report;
+
+use std::{
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use client::Client;
+use node::BoxError;
+use procs::{Node, cpu_seconds, memory_mib};
+
+/// Real WebSocket clients on every node.
+const CLIENTS_PER_NODE: usize = 2;
+/// Per-socket buffer (`max_buffer_size`) and Redis subscriber queue, in every setup: larger
+/// than any burst, so that a socket queue is not what is measured.
+const BUFFER: usize = 200_000;
+
+/// How much of everything to run.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    /// Sequential latency rounds.
+    pub rounds: u64,
+    /// Messages of each throughput run, by payload size.
+    pub floods: [(usize, u64); 2],
+    /// In-process sockets per node for `fetch_sockets` and `broadcast_with_ack`.
+    pub sockets: u64,
+    /// Rounds of each request.
+    pub requests: u64,
+    /// Rounds of the floor.
+    pub floor: usize,
+}
+
+const FULL: Plan = Plan {
+    rounds: 5_000,
+    floods: [(100, 50_000), (10 * 1024, 5_000)],
+    sockets: 1_000,
+    requests: 100,
+    floor: 5_000,
+};
+const SMOKE: Plan = Plan {
+    rounds: 50,
+    floods: [(100, 200), (10 * 1024, 20)],
+    sockets: 20,
+    requests: 5,
+    floor: 50,
+};
+
+/// What one setup measured.
+#[derive(Default)]
+pub struct Figures {
+    /// Column title.
+    pub name: &'static str,
+    /// Latency (ns) to clients on the emitting node.
+    pub same: Vec<u64>,
+    /// Latency (ns) to clients on the other nodes.
+    pub remote: Vec<u64>,
+    /// Latency rounds a client never saw.
+    pub lost_pings: u64,
+    /// Throughput runs.
+    pub floods: Vec<Flood>,
+    /// `fetch_sockets` round trips (ns) and the fewest sockets one returned.
+    pub fetch: (Vec<u64>, u64),
+    /// `broadcast_with_ack` round trips (ns) and the fewest acks one collected.
+    pub ack: (Vec<u64>, u64),
+    /// Resident memory of each node at rest, MiB.
+    pub rest_mib: Vec<f64>,
+    /// Peak resident memory of each node, MiB.
+    pub peak_mib: Vec<f64>,
+    /// CPU seconds of each node during the throughput runs.
+    pub cpu_s: Vec<f64>,
+    /// CPU seconds of `redis-server` during the throughput runs.
+    pub redis_cpu_s: Option<f64>,
+}
+
+/// One throughput run.
+pub struct Flood {
+    /// Payload bytes.
+    pub size: usize,
+    /// Messages emitted.
+    pub sent: u64,
+    /// Messages per second delivered to each receiving client.
+    pub rate: f64,
+    /// Messages per second node A emitted at.
+    pub emit_rate: f64,
+    /// Messages not delivered, summed over the receiving clients.
+    pub lost: u64,
+    /// Messages received out of order, summed.
+    pub out_of_order: u64,
+    /// Emits that returned an error.
+    pub errors: u64,
+}
+
+fn main() -> Result<(), BoxError> {
+    if std::env::var_os(node::ENV_BACKEND).is_some() {
+        return node::main();
+    }
+    let plan = if std::env::var_os("CLUSTER_BENCH_SMOKE").is_some() {
+        SMOKE
+    } else {
+        FULL
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(drive(plan))
+}
+
+async fn drive(plan: Plan) -> Result<(), BoxError> {
+    // `CLUSTER_BENCH_ONLY=gossip` (or `redis`, `cluster-redis`) measures the single node and
+    // that backend only, e.g. to profile it.
+    let only = std::env::var("CLUSTER_BENCH_ONLY").ok();
+    let wanted = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
+    let quinn = floor::quinn_hop(plan.floor).await?;
+    let tcp = floor::tcp_hop(plan.floor).await?;
+    let mut columns = vec![measure("single node (c)", "local", None, plan).await?];
+    if wanted("gossip") {
+        columns.push(measure("gossip mesh (a)", "gossip", None, plan).await?);
+    }
+    let redis_columns = [
+        ("socketioxide-redis (b)", "redis"),
+        ("this crate on Redis", "cluster-redis"),
+    ];
+    if redis_columns.iter().any(|(_, b)| wanted(b)) {
+        let Some(redis) = RedisServer::start() else {
+            eprintln!("redis-server not found: the Redis columns are skipped");
+            report::print(&columns, &quinn, &tcp, plan);
+            return Ok(());
+        };
+        for (name, backend) in redis_columns.into_iter().filter(|(_, b)| wanted(b)) {
+            columns.push(measure(name, backend, Some(&redis), plan).await?);
+        }
+    }
+    report::print(&columns, &quinn, &tcp, plan);
+    Ok(())
+}
+
+/// Start the nodes of one setup, connect the clients, run every measurement.
+async fn measure(
+    name: &'static str,
+    backend: &str,
+    redis: Option<&RedisServer>,
+    plan: Plan,
+) -> Result<Figures, BoxError> {
+    eprintln!("measuring {name} ...");
+    let cluster = format!("bench-{}-{backend}", std::process::id());
+    let count = if backend == "local" { 1 } else { 3 };
+    let mut nodes: Vec<Node> = Vec::new();
+    for _ in 0..count {
+        let peer = match (redis, nodes.first()) {
+            (Some(r), _) => r.url(),
+            (None, Some(first)) => first.gossip.clone().unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        nodes.push(Node::start(backend, &peer, &cluster, BUFFER).await?);
+    }
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for _ in 0..CLIENTS_PER_NODE {
+            clients.push(Client::connect(i, n.port).await?);
+        }
+    }
+    let mut fig = Figures {
+        name,
+        ..Default::default()
+    };
+    let mut seq = warm_up(&mut nodes[0], &mut clients).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fig.rest_mib = nodes.iter().map(|n| memory_mib(n.pid).0).collect();
+
+    // Latency: one emit at a time, every client receives it before the next.
+    for c in &clients {
+        c.reset(true);
+    }
+    for _ in 0..plan.rounds {
+        seq += 1;
+        nodes[0].cmd(&format!("ping {seq}")).await?;
+        for c in &mut clients {
+            if !c.wait_for(seq, Duration::from_secs(2)).await {
+                fig.lost_pings += 1;
+            }
+        }
+    }
+    for c in &clients {
+        let seen = c.take();
+        if c.node == 0 {
+            fig.same.extend(seen.latencies);
+        } else {
+            fig.remote.extend(seen.latencies);
+        }
+    }
+
+    // Throughput: node A emits as fast as it can; the clients of the other nodes (of A
+    // itself for the single node) count what arrives.
+    let receivers: Vec<usize> = (0..clients.len())
+        .filter(|&i| count == 1 || clients[i].node != 0)
+        .collect();
+    let cpu_before: Vec<f64> = nodes.iter().map(|n| cpu_seconds(n.pid)).collect();
+    let redis_before = redis.map(|r| cpu_seconds(r.pid()));
+    for (size, n) in plan.floods {
+        for c in &clients {
+            c.reset(false);
+        }
+        let base = seq + 1;
+        seq += n;
+        let reply = nodes[0].cmd(&format!("flood {base} {n} {size}")).await?;
+        let words: Vec<u64> = reply
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [first_ns, last_emit_ns, errors] = words[..] else {
+            return Err(format!("bad flood answer {reply:?}").into());
+        };
+        settle(&clients, &receivers, n).await;
+        let seen: Vec<_> = receivers.iter().map(|&i| clients[i].take()).collect();
+        let received: u64 = seen.iter().map(|s| s.received).sum();
+        let last = seen.iter().map(|s| s.last_ns).max().unwrap_or(first_ns);
+        let secs = (last.saturating_sub(first_ns)) as f64 / 1e9;
+        fig.floods.push(Flood {
+            size,
+            sent: n,
+            rate: received as f64 / receivers.len() as f64 / secs,
+            emit_rate: n as f64 / (last_emit_ns.saturating_sub(first_ns) as f64 / 1e9),
+            lost: n * receivers.len() as u64 - received.min(n * receivers.len() as u64),
+            out_of_order: seen.iter().map(|s| s.out_of_order).sum(),
+            errors,
+        });
+    }
+    fig.cpu_s = nodes
+        .iter()
+        .zip(&cpu_before)
+        .map(|(n, before)| cpu_seconds(n.pid) - before)
+        .collect();
+    fig.redis_cpu_s = redis
+        .zip(redis_before)
+        .map(|(r, b)| cpu_seconds(r.pid()) - b);
+
+    // Requests over many sockets.
+    for n in &mut nodes {
+        n.cmd(&format!("dummies {}", plan.sockets)).await?;
+    }
+    let all = plan.sockets * count as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, found) = samples(&nodes[0].cmd("fetch 1").await?)?;
+        if found >= all || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (fetch, found) = samples(&nodes[0].cmd(&format!("fetch {}", plan.requests)).await?)?;
+    fig.fetch = (fetch, found);
+    let (ack, acks) = samples(&nodes[0].cmd(&format!("ack {}", plan.requests)).await?)?;
+    fig.ack = (ack, acks);
+
+    fig.peak_mib = nodes.iter().map(|n| memory_mib(n.pid).1).collect();
+    drop(clients);
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(fig)
+}
+
+/// Emit until every client receives (the cluster may still be forming); the last sequence
+/// number used.
+async fn warm_up(a: &mut Node, clients: &mut [Client]) -> Result<u64, BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        a.cmd(&format!("ping {seq}")).await?;
+        let mut all = true;
+        for c in clients.iter_mut() {
+            all &= c.wait_for(seq, Duration::from_millis(200)).await;
+        }
+        if all && seq > 100 {
+            return Ok(seq);
+        }
+        if Instant::now() > deadline {
+            return Err("the clients of every node did not receive broadcasts in 30 s".into());
+        }
+    }
+}
+
+/// Wait until every receiver has `n` messages, or nothing arrived for 3 s (bounded: 180 s).
+async fn settle(clients: &[Client], receivers: &[usize], n: u64) {
+    let want = n * receivers.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        let got: u64 = receivers.iter().map(|&i| clients[i].received()).sum();
+        if got >= want || Instant::now() > deadline || since.elapsed() > Duration::from_secs(3) {
+            return;
+        }
+        if got != last {
+            (last, since) = (got, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `<count> <ns>...` → samples and count.
+fn samples(reply: &str) -> Result<(Vec<u64>, u64), BoxError> {
+    let mut words = reply.split_whitespace();
+    let count = words.next().ok_or("empty answer")?.parse()?;
+    let samples = words.map(str::parse).collect::<Result<_, _>>()?;
+    Ok((samples, count))
+}
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Option<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,211 @@
+//! The table of absolute figures, the ratios against (b) and (c), and the goals.
+
+use crate::{Figures, Plan};
+
+/// The `q` quantile of `samples` (ns), sorted in place; NaN when empty.
+fn quantile(samples: &mut [u64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+    samples[i] as f64
+}
+
+const QS: [f64; 3] = [0.5, 0.99, 0.999];
+
+fn pcts(samples: &[u64]) -> [f64; 3] {
+    let mut s = samples.to_vec();
+    QS.map(|q| quantile(&mut s, q) / 1e3)
+}
+
+fn us3(v: [f64; 3]) -> String {
+    if v[0].is_nan() {
+        return "-".into();
+    }
+    format!("{:.0} / {:.0} / {:.0}", v[0], v[1], v[2])
+}
+
+fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
+}
+
+fn row(title: &str, cells: impl Iterator<Item = String>) {
+    let cells: Vec<String> = cells.collect();
+    println!("| {title} | {} |", cells.join(" | "));
+}
+
+/// Print everything.
+pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
+    let ceiling = &cols[0];
+    let c_same = pcts(&ceiling.same);
+    // What a backend adds: a client on another node against a client of the single node,
+    // the same clients in the same run.
+    let added = |f: &Figures| sub(pcts(&f.remote), c_same);
+    println!();
+    println!(
+        "{} latency rounds, {} real WebSocket clients per node, {} sockets per node for the requests; \
+         latency in µs as p50 / p99 / p99.9",
+        plan.rounds,
+        crate::CLIENTS_PER_NODE,
+        plan.sockets
+    );
+    println!();
+    row("", cols.iter().map(|f| f.name.to_string()));
+    row("---", cols.iter().map(|_| "---".to_string()));
+    row(
+        "emit → client on the same node",
+        cols.iter().map(|f| us3(pcts(&f.same))),
+    );
+    row(
+        "emit → client on another node",
+        cols.iter().map(|f| us3(pcts(&f.remote))),
+    );
+    row(
+        "added: another node − single node (c)",
+        cols.iter().map(|f| us3(added(f))),
+    );
+    row(
+        "another node − same node, same cluster",
+        cols.iter()
+            .map(|f| us3(sub(pcts(&f.remote), pcts(&f.same)))),
+    );
+    row(
+        "latency rounds lost",
+        cols.iter().map(|f| f.lost_pings.to_string()),
+    );
+    for (i, (size, n)) in plan.floods.iter().enumerate() {
+        row(
+            &format!("throughput {size} B, msg/s per receiving client ({n} sent; lost, reordered)"),
+            cols.iter().map(|f| {
+                let fl = &f.floods[i];
+                format!(
+                    "{:.0} ({}, {}; A emitted {:.0}/s)",
+                    fl.rate,
+                    fl.lost + fl.errors,
+                    fl.out_of_order,
+                    fl.emit_rate
+                )
+            }),
+        );
+    }
+    let ms = |f: &(Vec<u64>, u64)| {
+        let p = pcts(&f.0);
+        format!("{:.2} / {:.2} ms ({})", p[0] / 1e3, p[1] / 1e3, f.1)
+    };
+    row(
+        "fetch_sockets p50 / p99 (sockets)",
+        cols.iter().map(|f| ms(&f.fetch)),
+    );
+    row(
+        "broadcast_with_ack p50 / p99 (acks)",
+        cols.iter().map(|f| ms(&f.ack)),
+    );
+    row(
+        "memory at rest per node, MiB (max)",
+        cols.iter().map(|f| format!("{:.1}", max(&f.rest_mib))),
+    );
+    row(
+        "peak memory per node, MiB (max)",
+        cols.iter().map(|f| format!("{:.1}", max(&f.peak_mib))),
+    );
+    row(
+        "CPU s in the throughput runs: node A / other nodes / redis-server",
+        cols.iter().map(|f| {
+            let others = match &f.cpu_s[1..] {
+                [] => "-".to_string(),
+                rest => format!("{:.2}", rest.iter().sum::<f64>()),
+            };
+            let redis = f.redis_cpu_s.map_or("-".into(), |r| format!("{r:.2}"));
+            format!("{:.2} / {others} / {redis}", f.cpu_s[0])
+        }),
+    );
+    let q = pcts(quinn);
+    let t = pcts(tcp);
+    println!();
+    println!(
+        "floor, one-way {} B messages in one process: quinn stream {} µs, loopback TCP {} µs",
+        crate::floor::MESSAGE,
+        us3(q),
+        us3(t)
+    );
+
+    let Some(gossip) = cols.iter().find(|f| f.name.starts_with("gossip")) else {
+        return;
+    };
+    let g_added = added(gossip);
+    println!();
+    println!("gossip mesh (a) against the others:");
+    if let Some(redis) = cols
+        .iter()
+        .find(|f| f.name.starts_with("socketioxide-redis"))
+    {
+        let r_added = added(redis);
+        goal(
+            "added latency p50, gossip / redis",
+            g_added[0] / r_added[0],
+            AtMost(0.8),
+        );
+        goal(
+            "added latency p99, gossip / redis",
+            g_added[1] / r_added[1],
+            AtMost(0.8),
+        );
+        for (g, r) in gossip.floods.iter().zip(&redis.floods) {
+            goal(
+                &format!("throughput {} B, gossip / redis", g.size),
+                g.rate / r.rate,
+                AtLeast(2.0),
+            );
+        }
+    }
+    goal(
+        "added latency p50 / quinn hop p50",
+        g_added[0] / q[0],
+        AtMost(1.25),
+    );
+    goal(
+        "added latency p99 / quinn hop p99",
+        g_added[1] / q[1],
+        AtMost(1.25),
+    );
+    for (g, c) in gossip.floods.iter().zip(&ceiling.floods) {
+        goal(
+            &format!("throughput {} B, gossip / single node", g.size),
+            g.rate / c.rate,
+            AtLeast(0.6),
+        );
+        goal(
+            &format!("messages lost or reordered, {} B", g.size),
+            (g.lost + g.errors + g.out_of_order) as f64,
+            AtMost(0.0),
+        );
+    }
+    goal(
+        "memory at rest, gossip node − single node (MiB)",
+        max(&gossip.rest_mib) - max(&ceiling.rest_mib),
+        Below(10.0),
+    );
+}
+
+/// A goal of the benchmark.
+enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+    Below(f64),
+}
+use Goal::{AtLeast, AtMost, Below};
+
+fn goal(what: &str, value: f64, goal: Goal) {
+    let (met, target) = match goal {
+        AtMost(x) => (value <= x, format!("≤ {x}")),
+        AtLeast(x) => (value >= x, format!("≥ {x}")),
+        Below(x) => (value < x, format!("< {x}")),
+    };
+    let verdict = if met { "met" } else { "NOT met" };
+    println!("  {what}: {value:.2} (goal {target}: {verdict})");
+}
