@@ -26,8 +26,9 @@ use tokio::sync::mpsc;
 use crate::wire::{self, DecodeError, Frame, FrameDecoder, Hello};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 
-/// Close code: the peer left the cluster on purpose.
-pub(crate) const CLOSE_LEAVING: u32 = 0;
+/// Close code: the peer left the cluster on purpose. Not 0: quinn closes a connection whose
+/// handles were all dropped with code 0, which says nothing about the node leaving.
+pub(crate) const CLOSE_LEAVING: u32 = 4;
 /// Close code: authentication failed.
 pub(crate) const CLOSE_AUTH: u32 = 1;
 /// Close code: the peer sent something that is not a valid frame.
@@ -625,6 +626,40 @@ mod tests {
                 matches!(next(&mut server_rx).await, Event::Frame(p, f) if p == peer("client") && *f == Frame::Leave)
             );
         }
+    }
+
+    /// The code a peer sees when this side's connection ends `how`.
+    async fn close_code_seen(how: impl FnOnce(Link)) -> VarInt {
+        let (server, server_in, mut server_rx) = node("server", Some("k"));
+        server.serve(server_in);
+        let (client, client_in, _client_rx) = node("client", Some("k"));
+        let (_, link) = client
+            .connect(
+                server.local_addr().unwrap(),
+                Some(&peer("server")),
+                client_in,
+            )
+            .await
+            .unwrap();
+        how(link);
+        match next_frame_or_close(&mut server_rx).await {
+            Event::Closed(p, quinn::ConnectionError::ApplicationClosed(c)) => {
+                assert_eq!(p, peer("client"));
+                c.error_code
+            }
+            other => panic!("expected an application close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_without_a_word_does_not_read_as_leaving() {
+        // quinn closes a connection whose handles are all gone with code 0: a node that
+        // merely dropped a connection (replaced, timed out, failed) must not look as if it
+        // left the cluster, or its peers would ignore it from then on.
+        let dropped = close_code_seen(drop).await;
+        assert_ne!(dropped, VarInt::from_u32(CLOSE_LEAVING));
+        let left = close_code_seen(|link| link.close(CLOSE_LEAVING, b"leaving")).await;
+        assert_eq!(left, VarInt::from_u32(CLOSE_LEAVING));
     }
 
     #[tokio::test]
