@@ -199,7 +199,6 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
         .sum();
     Ok(SlowPeer {
         nodes: n,
-        offered: SLOW_PEER_BURST as f64 / SLOW_PEER_EVERY.as_secs_f64(),
         before,
         during,
         dropped,

@@ -147,7 +147,7 @@ impl Row for SlowPeer {
     }
     fn columns(&self) -> Vec<(&'static str, Value)> {
         vec![
-            ("offered (msg/s)", Value::Rate(self.offered)),
+            ("offered (msg/s)", Value::Rate(self.offered())),
             ("delivered before (msg/s)", Value::Rate(self.before)),
             (
                 "delivered during the hang (msg/s)",

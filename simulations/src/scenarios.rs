@@ -315,8 +315,6 @@ pub fn churn(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(Churn, Ve
 pub struct SlowPeer {
     /// Nodes.
     pub nodes: usize,
-    /// Broadcasts per second offered by one node, in every phase.
-    pub offered: f64,
     /// Broadcasts per second delivered to every healthy node before the hang.
     pub before: f64,
     /// The same while the node hangs.
@@ -327,6 +325,13 @@ pub struct SlowPeer {
     pub evicted: Option<Duration>,
     /// Growth of the process's resident memory while the node hung (real-socket mode only).
     pub memory_growth: Option<u64>,
+}
+
+impl SlowPeer {
+    /// Broadcasts per second node 0 is asked to make, in every phase.
+    pub fn offered(&self) -> f64 {
+        SLOW_PEER_BURST as f64 / SLOW_PEER_EVERY.as_secs_f64()
+    }
 }
 
 /// How long `slow-peer` broadcasts before and during the hang.
@@ -375,7 +380,6 @@ pub fn slow_peer(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(SlowP
     Ok((
         SlowPeer {
             nodes: n,
-            offered: SLOW_PEER_BURST as f64 / SLOW_PEER_EVERY.as_secs_f64(),
             before,
             during,
             dropped,

@@ -601,9 +601,10 @@ mod tests {
         Bytes::from(out)
     }
 
-    #[tokio::test]
-    async fn authenticated_peers_exchange_frames_in_order() {
-        let (server, server_in, mut server_rx) = node("server", Some("s3cret"));
+    /// A serving "server" and a "client" connected to it with the same secret: the meshes
+    /// (kept alive), the client's link and the server's events.
+    async fn connected_pair() -> ([Arc<Mesh>; 2], Link, UnboundedReceiver<Event>) {
+        let (server, server_in, server_rx) = node("server", Some("s3cret"));
         server.serve(server_in);
         let (client, client_in, _client_rx) = node("client", Some("s3cret"));
         let (who, link) = client
@@ -615,6 +616,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(who, peer("server"));
+        ([server, client], link, server_rx)
+    }
+
+    #[tokio::test]
+    async fn authenticated_peers_exchange_frames_in_order() {
+        let (_meshes, link, mut server_rx) = connected_pair().await;
         assert!(matches!(next(&mut server_rx).await, Event::Connected(p) if p == peer("client")));
         for _ in 0..50 {
             link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
@@ -628,19 +635,9 @@ mod tests {
         }
     }
 
-    /// The code a peer sees when this side's connection ends `how`.
+    /// The code the server sees when the client's connection ends `how`.
     async fn close_code_seen(how: impl FnOnce(Link)) -> VarInt {
-        let (server, server_in, mut server_rx) = node("server", Some("k"));
-        server.serve(server_in);
-        let (client, client_in, _client_rx) = node("client", Some("k"));
-        let (_, link) = client
-            .connect(
-                server.local_addr().unwrap(),
-                Some(&peer("server")),
-                client_in,
-            )
-            .await
-            .unwrap();
+        let (_meshes, link, mut server_rx) = connected_pair().await;
         how(link);
         match next_frame_or_close(&mut server_rx).await {
             Event::Closed(p, quinn::ConnectionError::ApplicationClosed(c)) => {
