@@ -58,6 +58,15 @@
 //! `sessions::SessionAuth` authenticates Socket.IO connections from it on whichever node
 //! they land. See the `sessions` module.
 //!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `cluster-gossip` (default) | the broker-less backend: gossip and the QUIC mesh |
+//! | `redis` | the Redis backend, and choosing the backend at run time |
+//! | `sessions` | the shared `tower-sessions` store and its Socket.IO middleware |
+//! | `custom-network` | the `network` module: run a node on sockets you provide, such as a simulated network, so a whole cluster can be replayed from a seed |
+//!
 //! ## How it works
 //!
 //! Three layers run inside every node, next to socketioxide:
