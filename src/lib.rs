@@ -173,6 +173,8 @@ mod config;
 mod error;
 mod init;
 #[cfg(feature = "cluster-gossip")]
+mod keys;
+#[cfg(feature = "cluster-gossip")]
 mod membership;
 #[cfg(feature = "cluster-gossip")]
 mod mesh;
@@ -191,7 +193,7 @@ pub mod wire;
 pub use adapter::{GossipAdapter, GossipAdapterCtr};
 pub use backend::{BACKEND_VAR, ClusterAdapter, ClusterAdapterCtr, ClusterError};
 #[cfg(feature = "cluster-gossip")]
-pub use cluster::{Cluster, MembershipEvent};
+pub use cluster::{Cluster, GossipStats, MembershipEvent};
 #[cfg(feature = "cluster-gossip")]
 pub use config::{GossipAdapterConfig, Secret};
 #[cfg(feature = "cluster-gossip")]

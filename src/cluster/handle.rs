@@ -16,6 +16,20 @@ pub enum MembershipEvent {
     Left(Member),
 }
 
+/// Gossip datagrams a node handled since it started (see [`Cluster::gossip_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GossipStats {
+    /// Datagrams sealed and sent.
+    pub sealed: u64,
+    /// Datagrams received that opened under the cluster key.
+    pub opened: u64,
+    /// Datagrams received and dropped before gossip read them: not sealed under the cluster
+    /// key, tampered with, replayed, stale, or left over when gossip was busy. Each kind is
+    /// also logged, at most once every 10 s.
+    pub refused: u64,
+}
+
 /// The handle of a running cluster node, from
 /// [`GossipAdapterCtr::cluster`](crate::GossipAdapterCtr::cluster). Cheap to clone.
 #[derive(Clone)]
@@ -57,6 +71,27 @@ impl Cluster {
     /// Each drop is also logged at WARN level.
     pub fn frames_dropped(&self) -> u64 {
         self.node.frames_dropped()
+    }
+
+    /// Gossip datagrams this node sealed, opened and refused since it started (all zero in
+    /// `insecure_no_auth` mode and on a custom network, where gossip is not sealed).
+    pub fn gossip_stats(&self) -> GossipStats {
+        let c = self.node.gossip_counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        GossipStats {
+            sealed: get(&c.sealed),
+            opened: get(&c.opened),
+            refused: get(&c.refused),
+        }
+    }
+
+    /// Why this node stopped being part of the cluster on its own, or `None` while it is
+    /// part of it. It stops if its gossip task fails: rather than run on with a view of the
+    /// cluster that no longer changes, it leaves (its peers drop it at once), logs an error,
+    /// and serves its own sockets only. A health check should fail on `Some`, so that the
+    /// process is restarted.
+    pub fn failure(&self) -> Option<String> {
+        self.node.failure()
     }
 
     /// The live members of the cluster, other than this node, sorted by name.

@@ -21,7 +21,7 @@ use std::{
 
 use tokio::time::Instant;
 
-pub use handle::{Cluster, MembershipEvent};
+pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use pending::Pending;
 use pending::PendingEntry;
 #[cfg(feature = "sessions")]
@@ -37,11 +37,14 @@ use tokio::sync::broadcast;
 use crate::{
     config::{Auth, GossipAdapterConfig},
     error::{Error, RequestError},
+    keys,
     membership::{
-        self, GossipSettings, KEY_LEAVING, KEY_NS_PREFIX, KEY_SERVER_ID, Member, Membership,
+        self, GossipSettings, GossipTransport, KEY_LEAVING, Member, Membership,
+        seal::GossipKeys,
+        transport::{GossipCounters, SealedTransport},
     },
-    mesh::{self, Inbound, Link, Mesh, PeerId, auth::Keyring},
-    wire::{self, Frame, Id, Response, ResponseBody},
+    mesh::{self, ConnId, Inbound, Link, Mesh, PeerAddrs, PeerId, auth::Keyring},
+    wire::{self, Frame, Id, NodeMeta, Response, ResponseBody},
 };
 
 /// Receives the requests addressed to one namespace of this node.
@@ -62,8 +65,12 @@ pub(crate) struct Node {
     mesh: Arc<Mesh>,
     membership: Membership,
     view: RwLock<View>,
-    /// Mesh addresses learned from incoming connections, for peers gossip has not shown yet.
-    addrs: Mutex<HashMap<PeerId, SocketAddr>>,
+    /// What this node tells members about itself (server id, namespaces).
+    meta: Mutex<NodeMeta>,
+    /// Gossip datagrams sealed, opened and refused.
+    gossip: Arc<GossipCounters>,
+    /// Why this node stopped being part of the cluster on its own, if it did.
+    failure: Mutex<Option<String>>,
     links: Mutex<HashMap<PeerId, LinkSlot>>,
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
     /// Cluster-wide services, by name.
@@ -99,15 +106,20 @@ impl Inbound for WeakInbound {
             node.on_frame(from, frame);
         }
     }
-    fn on_peer_connected(&self, peer: &PeerId, mesh_addr: SocketAddr) {
-        if let Some(node) = self.0.upgrade() {
-            lock(&node.addrs).insert(peer.clone(), mesh_addr);
-            node.verified(peer);
+    fn on_peer_connected(
+        &self,
+        peer: &PeerId,
+        conn: ConnId,
+        addrs: PeerAddrs,
+    ) -> Result<(), String> {
+        match self.0.upgrade() {
+            Some(node) => node.admit(peer, conn, addrs),
+            None => Err("this node is stopping".into()),
         }
     }
-    fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
         if let Some(node) = self.0.upgrade() {
-            node.on_connection_closed(peer, reason);
+            node.on_connection_closed(peer, conn, reason);
         }
     }
 }
@@ -115,16 +127,30 @@ impl Inbound for WeakInbound {
 impl Node {
     /// Bind both ports, start gossip and the mesh.
     pub(crate) async fn start(config: &GossipAdapterConfig) -> Result<Arc<Self>, Error> {
-        let secrets = match &config.auth {
+        let keys = match &config.auth {
             Auth::Missing => return Err(Error::MissingSecret),
             Auth::Insecure => {
                 tracing::warn!(
-                    "socketioxide-cluster runs WITHOUT AUTHENTICATION (insecure_no_auth): any host \
-                     that reaches the mesh port can join the cluster and act on every socket"
+                    "socketioxide-cluster runs WITHOUT AUTHENTICATION (insecure_no_auth): gossip \
+                     travels in clear, and any host that reaches the gossip or mesh port can \
+                     join the cluster and act on every socket"
                 );
                 None
             }
-            Auth::Secrets(s) => Some(s.clone()),
+            Auth::Secrets(secrets) => {
+                let (cluster_id, secrets) = (config.cluster_id.clone(), secrets.clone());
+                let derived = tokio::task::spawn_blocking(move || {
+                    keys::derive_keyring(&cluster_id, &secrets)
+                })
+                .await
+                .map_err(|e| Error::KeyDerivation(e.to_string()))?;
+                Some(derived.map_err(|e| match e {
+                    keys::KeyError::Weak { .. } => Error::WeakSecret {
+                        reason: e.to_string(),
+                    },
+                    keys::KeyError::Kdf(reason) => Error::KeyDerivation(reason),
+                })?)
+            }
         };
         for seed in &config.seeds {
             check_seed(seed).await?;
@@ -144,7 +170,10 @@ impl Node {
             generation,
         };
 
-        let keyring = Keyring::new(config.cluster_id.clone(), secrets);
+        let keyring = Keyring::new(
+            config.cluster_id.clone(),
+            keys.as_ref().map(|k| k.iter().map(|k| k.mesh).collect()),
+        );
         let custom_socket = match network {
             Some(network) => Some(mesh::CustomSocket {
                 socket: network
@@ -178,9 +207,15 @@ impl Node {
         let mesh_addr = config
             .mesh_advertise_addr
             .unwrap_or_else(|| advertised(mesh_bound));
-        mesh.set_identity(&me, mesh_addr);
-
         let (gossip_bind, gossip_addr) = gossip_addrs(config)?;
+        mesh.set_identity(
+            &me,
+            PeerAddrs {
+                mesh: mesh_addr,
+                gossip: gossip_addr,
+            },
+        );
+
         let settings = GossipSettings {
             cluster_id: config.cluster_id.clone(),
             me: me.clone(),
@@ -190,7 +225,18 @@ impl Node {
             interval: config.gossip_interval,
             mesh_advertise: mesh_addr,
         };
-        let membership = Membership::start(settings, network.map(|n| n.gossip()))
+        let gossip_counters = Arc::new(GossipCounters::default());
+        let transport = match (network, &keys) {
+            (Some(network), _) => GossipTransport::Custom(network.gossip()),
+            (None, Some(keys)) => match GossipKeys::new(&config.cluster_id, keys) {
+                Some(k) => {
+                    GossipTransport::Sealed(SealedTransport::new(k, gossip_counters.clone()))
+                }
+                None => return Err(Error::MissingSecret),
+            },
+            (None, None) => GossipTransport::Plain,
+        };
+        let membership = Membership::start(settings, transport)
             .await
             .map_err(|reason| Error::GossipBind {
                 addr: gossip_bind,
@@ -208,7 +254,13 @@ impl Node {
             mesh: Arc::new(mesh),
             membership,
             view: RwLock::default(),
-            addrs: Mutex::default(),
+            meta: Mutex::new(NodeMeta {
+                version: 0,
+                server_id: None,
+                namespaces: Vec::new(),
+            }),
+            gossip: gossip_counters,
+            failure: Mutex::default(),
             links: Mutex::default(),
             handlers: RwLock::default(),
             services: RwLock::default(),
@@ -220,7 +272,11 @@ impl Node {
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
-        tokio::spawn(watch_membership(Arc::downgrade(&node), watcher));
+        tokio::spawn(watch_membership(
+            Arc::downgrade(&node),
+            watcher,
+            node.membership.stopped(),
+        ));
         tracing::info!(
             node = %node.me, gossip = %gossip_addr, mesh = %mesh_addr, cluster = %config.cluster_id,
             "cluster node started"
@@ -270,7 +326,7 @@ impl Node {
         u16::try_from(others + 1).unwrap_or(u16::MAX)
     }
 
-    /// Route requests for `ns` to `handler`, and tell the cluster this node hosts it.
+    /// Route requests for `ns` to `handler`, and tell the members this node hosts it.
     pub(crate) async fn register(
         &self,
         ns: &str,
@@ -278,18 +334,44 @@ impl Node {
         handler: Weak<dyn NamespaceHandler>,
     ) {
         write(&self.handlers).insert(ns.to_string(), handler);
-        self.membership.set(KEY_SERVER_ID, server_id).await;
-        self.membership
-            .set(&format!("{KEY_NS_PREFIX}{ns}"), "")
-            .await;
+        let id = server_id.as_bytes().try_into().ok().map(Id);
+        self.update_meta(|m| {
+            m.server_id = id.or(m.server_id);
+            if !m.namespaces.iter().any(|n| n == ns) {
+                m.namespaces.push(ns.to_string());
+            }
+        })
+        .await;
     }
 
-    /// Stop routing requests for `ns`.
+    /// Stop routing requests for `ns`, and tell the members.
     pub(crate) async fn unregister(&self, ns: &str) {
         write(&self.handlers).remove(ns);
-        self.membership
-            .delete(&format!("{KEY_NS_PREFIX}{ns}"))
-            .await;
+        self.update_meta(|m| m.namespaces.retain(|n| n != ns)).await;
+    }
+
+    /// Change what this node says about itself, and tell every member.
+    async fn update_meta(&self, change: impl FnOnce(&mut NodeMeta)) {
+        let meta = {
+            let mut meta = lock(&self.meta);
+            change(&mut meta);
+            meta.version += 1;
+            meta.clone()
+        };
+        let members: Vec<PeerId> = self.members().iter().map(Member::peer_id).collect();
+        if let Err(e) = self.send(&members, &Frame::Meta(meta), false).await {
+            tracing::warn!(node = %self.me, "cannot tell members about this node: {e}");
+        }
+    }
+
+    /// Gossip datagrams sealed, opened and refused since the node started.
+    pub(crate) fn gossip_counters(&self) -> &GossipCounters {
+        &self.gossip
+    }
+
+    /// Why this node stopped being part of the cluster on its own, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
     }
 
     /// The peers a request goes to: the one hosting `server` if given, else every live member.
@@ -444,9 +526,7 @@ impl Node {
             return Ok(link.clone());
         }
         let addr = read(&self.view)
-            .live(peer)
-            .map(|m| m.mesh_addr)
-            .or_else(|| lock(&self.addrs).get(peer).copied())
+            .mesh_addr(peer)
             .ok_or_else(|| "no known mesh address".to_string())?;
         let inbound = Arc::new(WeakInbound(self.weak()));
         // Connecting to a member that died can take the whole connect timeout; stop as soon
@@ -459,10 +539,16 @@ impl Node {
             }
             () = left => return Err("it is no longer a member".into()),
         };
+        self.admit(peer, link.id(), link.addrs()).inspect_err(|_| {
+            link.close(mesh::CLOSE_REFUSED, b"refused");
+        })?;
+        if !link.is_open() {
+            // Closed before it was admitted: its close notice may have come first.
+            self.change_view("its connection closed", |v| v.closed(peer, link.id()));
+            return Err("the connection closed at once".into());
+        }
         tracing::debug!(%peer, %addr, "mesh link up");
         *slot = Some(link.clone());
-        drop(slot);
-        self.verified(peer);
         Ok(link)
     }
 
@@ -534,30 +620,52 @@ impl Node {
             },
             Frame::Leave => self.mark_left(from, "it left the cluster"),
             Frame::Service(frame) => self.on_service_frame(from, frame),
+            Frame::Meta(meta) => write(&self.view).meta(from, meta),
         }
     }
 
-    fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
         if self.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        match reason {
+        let why = match reason {
             quinn::ConnectionError::ApplicationClosed(c)
                 if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_LEAVING) =>
             {
                 self.mark_left(peer, "it closed its connection to leave");
+                return;
             }
             quinn::ConnectionError::ApplicationClosed(c)
                 if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_UNUSED) =>
             {
                 tracing::debug!(%peer, "mesh connection replaced");
+                "its connection was replaced and no other is open".to_string()
             }
-            quinn::ConnectionError::LocallyClosed => {}
+            quinn::ConnectionError::LocallyClosed => {
+                "this node closed its last connection to it".to_string()
+            }
             other => {
-                tracing::warn!(%peer, "mesh connection lost: {other}");
+                tracing::warn!(node = %self.me, %peer, "mesh connection lost: {other}");
                 self.stop_waiting_for(peer);
+                format!("its connection was lost ({other})")
             }
+        };
+        self.change_view(&why, |v| v.closed(peer, conn));
+    }
+
+    /// `peer` proved the cluster secret on connection `conn`: admit it, unless the view
+    /// refuses (see [`view::Refusal`]).
+    fn admit(&self, peer: &PeerId, conn: ConnId, addrs: PeerAddrs) -> Result<(), String> {
+        let mut refused = None;
+        let mut displaced = None;
+        self.change_view("it restarted", |v| match v.connected(peer, conn, addrs) {
+            Ok(old) => displaced = old,
+            Err(e) => refused = Some(e.to_string()),
+        });
+        if let Some(old) = displaced {
+            self.drop_link(&old);
         }
+        refused.map_or(Ok(()), Err)
     }
 
     /// Change the view; report who joined and who left the members.
@@ -584,19 +692,22 @@ impl Node {
             tracing::info!(node = %self.me, %peer, "member left: {why}");
             self.stop_waiting_for(&peer);
             self.drop_link(&peer);
-            lock(&self.addrs).remove(&peer);
             write(&self.server_ids).retain(|_, p| p != &peer);
             let _ = self.events.send(MembershipEvent::Left(member));
         }
         for member in joined {
             tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
+            // A new member hears from this node what it says about itself, first thing on
+            // this node's own connection to it.
+            if let Some(node) = self.weak().upgrade() {
+                let peer = member.peer_id();
+                tokio::spawn(async move {
+                    let meta = lock(&node.meta).clone();
+                    let _ = node.send(&[peer], &Frame::Meta(meta), false).await;
+                });
+            }
             let _ = self.events.send(MembershipEvent::Joined(member));
         }
-    }
-
-    /// `peer` proved the cluster secret.
-    fn verified(&self, peer: &PeerId) {
-        self.change_view("verified", |v| v.verify(peer));
     }
 
     fn mark_left(&self, peer: &PeerId, why: &str) {
@@ -614,11 +725,10 @@ impl Node {
             live.keys()
                 .any(|id| *id.node_id == *p.name && id.generation_id == p.generation)
         };
-        let next: HashMap<PeerId, Member> = live
+        let next: HashMap<PeerId, SocketAddr> = live
             .iter()
             .filter(|(id, _)| !is_me(id))
-            .filter_map(|(id, state)| membership::parse_member(id, state.key_values()))
-            .map(|m| (m.peer_id(), m))
+            .filter_map(|(id, state)| membership::parse_node(id, state.key_values()))
             .collect();
         self.change_view("no longer live in gossip", |v| v.apply_gossip(next, listed));
         self.connect_unverified();
@@ -639,6 +749,18 @@ impl Node {
                 }
             });
         }
+    }
+
+    /// The gossip task ended by itself: this node can no longer see the cluster change. It
+    /// leaves (peers drop it at once) rather than run on with a frozen view, and says why.
+    async fn gossip_failed(&self, why: String) {
+        tracing::error!(
+            node = %self.me,
+            "gossip stopped ({why}); this node leaves the cluster and serves its own sockets \
+             only: restart the process (Cluster::failure() reports this for health checks)"
+        );
+        *lock(&self.failure) = Some(format!("gossip stopped: {why}"));
+        self.shutdown().await;
     }
 
     /// Leave the cluster: tell every peer, close the mesh, stop gossiping. Requests pending
@@ -686,9 +808,11 @@ impl Drop for Node {
 async fn watch_membership(
     node: Weak<Node>,
     mut watcher: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    gossip_stopped: impl std::future::Future<Output = String> + Send,
 ) {
     let mut tick = tokio::time::interval(RETRY_MIN);
     let mut changed = true;
+    let mut gossip_stopped = std::pin::pin!(gossip_stopped);
     loop {
         {
             let Some(node) = node.upgrade() else { return };
@@ -710,6 +834,14 @@ async fn watch_membership(
                 true
             }
             _ = tick.tick() => false,
+            why = &mut gossip_stopped => {
+                if let Some(node) = node.upgrade()
+                    && !node.shutting_down.load(Ordering::Relaxed)
+                {
+                    node.gossip_failed(why).await;
+                }
+                return;
+            }
         };
     }
 }

@@ -1,14 +1,18 @@
-//! Membership by gossip (chitchat): who is alive, and what each node publishes about itself
-//! (mesh address, socketioxide server id, hosted namespaces).
+//! Membership by gossip (chitchat): who is alive, and where each node's mesh listens.
 //!
-//! Gossip is plain UDP without authentication. Nothing here is trusted for security: a member
-//! only takes part once its mesh connection proved the cluster secret.
+//! Gossip datagrams are sealed under a key derived from the cluster secret
+//! ([`transport`]): a host without the secret can neither read nor forge them. Still, gossip
+//! is input, never proof: a node only becomes a member once its mesh connection proved the
+//! secret, and stays one while that connection lives, whatever gossip says.
+
+pub(crate) mod seal;
+pub(crate) mod transport;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, spawn_chitchat,
-    transport::UdpTransport,
+    transport::{Transport, UdpTransport},
 };
 use tokio::sync::watch;
 
@@ -16,14 +20,12 @@ use crate::mesh::PeerId;
 
 /// Key holding the node's advertised mesh address.
 pub(crate) const KEY_MESH: &str = "mesh";
-/// Key holding the node's socketioxide server id.
-pub(crate) const KEY_SERVER_ID: &str = "server_id";
-/// Prefix of the keys naming each hosted namespace.
-pub(crate) const KEY_NS_PREFIX: &str = "ns:";
 /// Key set by a node that is leaving on purpose.
 pub(crate) const KEY_LEAVING: &str = "leaving";
 
-/// A live node of the cluster, as seen by this node.
+/// A live member of the cluster, as seen by this node: a node that proved the cluster secret
+/// over the mesh. What it says about itself (server id, namespaces) comes from the member
+/// itself, over its own authenticated connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// Node name.
@@ -55,40 +57,40 @@ impl Member {
     }
 }
 
-/// Read a member from the keys a node publishes. `None` for nodes that are leaving or not
-/// (yet) usable.
-pub(crate) fn parse_member<'a>(
+/// A node gossip shows, and where its mesh listens. `None` for nodes that are leaving or
+/// have not published a usable mesh address.
+pub(crate) fn parse_node<'a>(
     id: &ChitchatId,
     key_values: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Option<Member> {
+) -> Option<(PeerId, SocketAddr)> {
     let mut mesh_addr = None;
-    let mut server_id = None;
-    let mut namespaces = Vec::new();
     for (k, v) in key_values {
         match k {
             KEY_LEAVING => return None,
             KEY_MESH => mesh_addr = v.parse().ok(),
-            KEY_SERVER_ID => server_id = v.parse().ok(),
-            _ => {
-                if let Some(ns) = k.strip_prefix(KEY_NS_PREFIX) {
-                    namespaces.push(ns.to_string());
-                }
-            }
+            _ => {}
         }
     }
-    Some(Member {
-        node_name: id.node_id.to_string(),
+    let peer = PeerId {
+        name: id.node_id.clone(),
         generation: id.generation_id,
-        gossip_addr: id.gossip_advertise_addr,
-        mesh_addr: mesh_addr?,
-        server_id,
-        namespaces,
-    })
+    };
+    Some((peer, mesh_addr?))
 }
 
 /// The running gossip instance.
 pub(crate) struct Membership {
     handle: ChitchatHandle,
+}
+
+/// What gossip runs on.
+pub(crate) enum GossipTransport<'a> {
+    /// UDP, sealed under the cluster key.
+    Sealed(transport::SealedTransport),
+    /// UDP in clear (`insecure_no_auth`).
+    Plain,
+    /// A transport the caller provides (a simulated network).
+    Custom(&'a dyn Transport),
 }
 
 /// Settings for [`Membership::start`].
@@ -103,10 +105,10 @@ pub(crate) struct GossipSettings {
 }
 
 impl Membership {
-    /// Start gossiping, on `transport` if given, else on a UDP socket.
+    /// Start gossiping on `transport`.
     pub(crate) async fn start(
         s: GossipSettings,
-        transport: Option<&dyn chitchat::transport::Transport>,
+        transport: GossipTransport<'_>,
     ) -> Result<Self, String> {
         let chitchat_id = ChitchatId::new(s.me.name.to_string(), s.me.generation, s.advertise);
         // Phi-accrual detection; suspicion grows after a few missed intervals.
@@ -128,7 +130,12 @@ impl Membership {
             protocol_version: chitchat::ProtocolVersion::V0,
         };
         let initial = vec![(KEY_MESH.to_string(), s.mesh_advertise.to_string())];
-        let handle = spawn_chitchat(config, initial, transport.unwrap_or(&UdpTransport))
+        let transport: &dyn Transport = match &transport {
+            GossipTransport::Sealed(t) => t,
+            GossipTransport::Plain => &UdpTransport,
+            GossipTransport::Custom(t) => *t,
+        };
+        let handle = spawn_chitchat(config, initial, transport)
             .await
             .map_err(|e| format!("{e:#}"))?;
         Ok(Self { handle })
@@ -146,17 +153,21 @@ impl Membership {
             .await;
     }
 
-    /// Withdraw a key about this node.
-    pub(crate) async fn delete(&self, key: &str) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().delete(key))
-            .await;
-    }
-
     /// Tell the seeds and peers right away (one gossip round to each).
     pub(crate) fn gossip_now(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
         for addr in addrs {
             let _ = self.handle.gossip(addr);
+        }
+    }
+
+    /// Resolves when the gossip task ends, with why; it only ends by itself on a failure.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = String> + Send + use<> {
+        let done = self.handle.termination_watcher();
+        async move {
+            match done.await {
+                Ok(()) => "the gossip task ended".to_string(),
+                Err(e) => format!("{e:#}"),
+            }
         }
     }
 
@@ -172,26 +183,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_published_keys_and_skips_leaving_or_incomplete_nodes() {
+    fn parses_the_mesh_address_and_skips_leaving_or_incomplete_nodes() {
         let id = ChitchatId::new("n1", 5, "127.0.0.1:1".parse().unwrap());
         assert_eq!(
-            parse_member(&id, [("ns:/", "")]),
+            parse_node(&id, [("other", "")]),
             None,
             "no mesh address yet"
         );
-        let mut kv = vec![
-            (KEY_MESH, "127.0.0.1:2"),
-            ("ns:/", ""),
-            ("ns:/chat", ""),
-            (KEY_SERVER_ID, "AAAAAAAAAAAAAAAA"),
-        ];
-        let m = parse_member(&id, kv.clone()).unwrap();
-        assert_eq!(m.node_name, "n1");
-        assert_eq!(m.generation, 5);
-        assert_eq!(m.mesh_addr.port(), 2);
-        assert!(m.hosts("/chat") && m.hosts("/") && !m.hosts("/x"));
-        assert_eq!(m.server_id.unwrap().to_string(), "AAAAAAAAAAAAAAAA");
+        assert_eq!(
+            parse_node(&id, [(KEY_MESH, "nope")]),
+            None,
+            "unusable address"
+        );
+        let mut kv = vec![(KEY_MESH, "127.0.0.1:2"), ("other", "x")];
+        let (peer, mesh) = parse_node(&id, kv.clone()).unwrap();
+        assert_eq!((&*peer.name, peer.generation), ("n1", 5));
+        assert_eq!(mesh.port(), 2);
         kv.push((KEY_LEAVING, "1"));
-        assert_eq!(parse_member(&id, kv), None);
+        assert_eq!(parse_node(&id, kv), None);
     }
 }
