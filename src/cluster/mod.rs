@@ -6,6 +6,8 @@ mod handle;
 mod pending;
 mod service;
 mod startup;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::{
@@ -255,7 +257,7 @@ impl Node {
             membership,
             view: RwLock::default(),
             meta: Mutex::new(NodeMeta {
-                version: 0,
+                version: 1,
                 server_id: None,
                 namespaces: Vec::new(),
             }),

@@ -78,6 +78,14 @@ impl View {
         self.proven.contains_key(peer)
     }
 
+    /// Whether `peer` has an open incoming connection here.
+    #[cfg(test)]
+    pub(super) fn has_incoming(&self, peer: &PeerId) -> bool {
+        self.proven
+            .get(peer)
+            .is_some_and(|p| p.conns.iter().any(|c| c.incoming))
+    }
+
     /// Where to reach `peer`: the address it proved, else the one gossip shows.
     pub(super) fn mesh_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
         self.proven
