@@ -47,6 +47,7 @@ pub struct GossipAdapterConfig {
     pub(crate) gossip_interval: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) peer_timeout: Duration,
+    pub(crate) join_timeout: Duration,
     pub(crate) network: Option<crate::network::Custom>,
 }
 
@@ -67,6 +68,7 @@ impl Default for GossipAdapterConfig {
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             peer_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(3),
             network: None,
         }
     }
@@ -197,6 +199,16 @@ impl GossipAdapterConfig {
         self
     }
 
+    /// How long [`GossipAdapterCtr::new`](crate::GossipAdapterCtr::new) waits to join: it
+    /// returns once the seeds answered and every node they know of proved itself over the
+    /// mesh, so that the node's first broadcast reaches every member. A node whose seeds do
+    /// not answer (the first node of a cluster) starts when this expires, and says so in a
+    /// log line. Default 3 s.
+    pub fn with_join_timeout(mut self, timeout: Duration) -> Self {
+        self.join_timeout = timeout;
+        self
+    }
+
     /// Run gossip and the mesh on the sockets `network` provides instead of binding UDP
     /// sockets from the operating system: for simulations on a simulated network and clock.
     /// The addresses set by the other methods are passed to `network` as they are.
@@ -224,6 +236,7 @@ impl GossipAdapterConfig {
     /// | `SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS` | request timeout |
     /// | `SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS` | gossip interval |
     /// | `SOCKETIO_CLUSTER_PEER_TIMEOUT_MS` | peer idle timeout |
+    /// | `SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS` | longest wait to join at start |
     /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes |
     /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer |
     /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | per-peer queue |
@@ -302,6 +315,9 @@ impl GossipAdapterConfig {
         }
         if let Some(d) = ms("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS")? {
             c.peer_timeout = d;
+        }
+        if let Some(d) = ms("SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS")? {
+            c.join_timeout = d;
         }
         if let Some(n) = num("SOCKETIO_CLUSTER_MAX_FRAME_SIZE")? {
             c.max_frame_size = n;

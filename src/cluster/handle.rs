@@ -94,6 +94,30 @@ impl Cluster {
         self.node.failure()
     }
 
+    /// Whether this node is ready to serve as part of the cluster: it joined (or waited out
+    /// the join timeout, see
+    /// [`with_join_timeout`](crate::GossipAdapterConfig::with_join_timeout)), has not left,
+    /// and has not failed. For a readiness probe.
+    pub fn ready(&self) -> bool {
+        self.node.ready()
+    }
+
+    /// Wait until at least `n` other nodes are members, at most `timeout`; whether they
+    /// are. For a start-up script or a health check that needs the whole cluster.
+    pub async fn wait_for_members(&self, n: usize, timeout: std::time::Duration) -> bool {
+        use futures_util::StreamExt;
+        let mut events = std::pin::pin!(self.node.events());
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.node.members().len() < n {
+            // Each event is a change worth a look; the deadline bounds the wait.
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(_)) => {}
+                Err(_) | Ok(None) => return self.node.members().len() >= n,
+            }
+        }
+        true
+    }
+
     /// The live members of the cluster, other than this node, sorted by name.
     pub fn members(&self) -> Vec<Member> {
         self.node.members()

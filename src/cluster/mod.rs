@@ -29,7 +29,12 @@ use pending::PendingEntry;
 #[cfg(feature = "sessions")]
 pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
-use view::{RETRY_MIN, View};
+use view::View;
+
+/// How often a node looks at what gossip knows (cheap: a read of its state).
+const GOSSIP_POLL: Duration = Duration::from_millis(100);
+/// How often a joining node gossips with its seeds until it joined.
+const JOIN_POLL: Duration = Duration::from_millis(25);
 
 use bytes::Bytes;
 use chitchat::{ChitchatId, NodeState};
@@ -41,7 +46,7 @@ use crate::{
     error::{Error, RequestError},
     keys,
     membership::{
-        self, GossipSettings, GossipTransport, KEY_LEAVING, Member, Membership,
+        GossipSettings, GossipTransport, KEY_LEAVING, Member, Membership,
         seal::GossipKeys,
         transport::{GossipCounters, SealedTransport},
     },
@@ -61,6 +66,8 @@ type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
 pub(crate) struct Node {
     me: PeerId,
     gossip_addr: SocketAddr,
+    /// The gossip address bound (the advertised one may differ).
+    gossip_bind: SocketAddr,
     mesh_addr: SocketAddr,
     request_timeout: Duration,
     max_frame_size: usize,
@@ -82,6 +89,8 @@ pub(crate) struct Node {
     pending: Mutex<HashMap<Id, PendingEntry>>,
     events: broadcast::Sender<MembershipEvent>,
     shutting_down: AtomicBool,
+    /// Set once the node joined through its seeds, or waited out the join timeout.
+    joined: AtomicBool,
     /// Frames given up on before they reached the mesh (each also logged).
     dropped: AtomicU64,
     self_weak: Weak<Node>,
@@ -250,6 +259,7 @@ impl Node {
             self_weak: self_weak.clone(),
             me,
             gossip_addr,
+            gossip_bind,
             mesh_addr,
             request_timeout: config.request_timeout,
             max_frame_size: config.max_frame_size,
@@ -270,6 +280,7 @@ impl Node {
             pending: Mutex::default(),
             events: broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         });
         node.mesh
@@ -283,6 +294,7 @@ impl Node {
             node = %node.me, gossip = %gossip_addr, mesh = %mesh_addr, cluster = %config.cluster_id,
             "cluster node started"
         );
+        node.join(&config.seeds, config.join_timeout).await;
         Ok(node)
     }
 
@@ -718,22 +730,72 @@ impl Node {
         self.drop_link(peer);
     }
 
-    /// Apply a new gossip view of the live nodes.
-    fn apply_view(self: &Arc<Self>, live: &BTreeMap<ChitchatId, NodeState>) {
-        let is_me = |id: &ChitchatId| {
-            *id.node_id == *self.me.name && id.generation_id == self.me.generation
-        };
-        let listed = |p: &PeerId| {
-            live.keys()
-                .any(|id| *id.node_id == *p.name && id.generation_id == p.generation)
-        };
-        let next: HashMap<PeerId, SocketAddr> = live
-            .iter()
-            .filter(|(id, _)| !is_me(id))
-            .filter_map(|(id, state)| membership::parse_node(id, state.key_values()))
-            .collect();
-        self.change_view("no longer live in gossip", |v| v.apply_gossip(next, listed));
+    /// Apply what gossip knows now; connect to the nodes not proven yet.
+    async fn refresh_from_gossip(self: &Arc<Self>) {
+        let mut nodes = self.membership.nodes().await;
+        nodes.reachable.remove(&self.me);
+        self.change_view("gossip", |v| {
+            v.apply_gossip(nodes.reachable, |p| nodes.listed.contains(p))
+        });
         self.connect_unverified();
+    }
+
+    /// Join through the seeds: gossip with them at once and again every few milliseconds,
+    /// until every node they know of proved itself over the mesh, or `timeout` passed.
+    async fn join(self: &Arc<Self>, seeds: &[String], timeout: Duration) {
+        let started = Instant::now();
+        let mut addrs = Vec::new();
+        for seed in seeds {
+            if let Ok(found) = tokio::net::lookup_host(seed.as_str()).await {
+                addrs.extend(found.filter(|a| *a != self.gossip_addr && *a != self.gossip_bind));
+            }
+        }
+        if addrs.is_empty() {
+            tracing::info!(node = %self.me, "no seed but this node: starting as the first node");
+        } else {
+            loop {
+                self.membership.gossip_now(addrs.iter().copied());
+                tokio::time::sleep(JOIN_POLL).await;
+                self.refresh_from_gossip().await;
+                let known = self.membership.nodes().await.reachable;
+                let proven = known
+                    .keys()
+                    .filter(|p| **p == self.me || read(&self.view).is_member(p))
+                    .count();
+                if known.len() > 1 && proven == known.len() {
+                    tracing::info!(
+                        node = %self.me, members = proven - 1,
+                        "joined the cluster in {} ms", started.elapsed().as_millis()
+                    );
+                    break;
+                }
+                if started.elapsed() >= timeout {
+                    if known.len() > 1 {
+                        tracing::warn!(
+                            node = %self.me, known = known.len() - 1, verified = proven.saturating_sub(1),
+                            "join timeout ({} ms): starting with the members verified so far",
+                            timeout.as_millis()
+                        );
+                    } else {
+                        tracing::info!(
+                            node = %self.me, ?seeds,
+                            "no seed answered within the join timeout ({} ms): starting as the first node",
+                            timeout.as_millis()
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.joined.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node joined (or waited out the join timeout) and is still part of the
+    /// cluster.
+    pub(crate) fn ready(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+            && !self.shutting_down.load(Ordering::Relaxed)
+            && self.failure().is_none()
     }
 
     /// Try to connect to live peers that have not proved the secret yet, with backoff.
@@ -812,7 +874,9 @@ async fn watch_membership(
     mut watcher: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
     gossip_stopped: impl std::future::Future<Output = String> + Send,
 ) {
-    let mut tick = tokio::time::interval(RETRY_MIN);
+    // New nodes are connected to on the next tick: chitchat tells only of changes in the
+    // live set, which it judges once a gossip round.
+    let mut tick = tokio::time::interval(GOSSIP_POLL);
     let mut changed = true;
     let mut gossip_stopped = std::pin::pin!(gossip_stopped);
     loop {
@@ -822,11 +886,9 @@ async fn watch_membership(
                 return;
             }
             if changed {
-                let live = watcher.borrow_and_update().clone();
-                node.apply_view(&live);
-            } else {
-                node.connect_unverified();
+                watcher.borrow_and_update();
             }
+            node.refresh_from_gossip().await;
         }
         changed = tokio::select! {
             res = watcher.changed() => {

@@ -8,7 +8,11 @@
 pub(crate) mod seal;
 pub(crate) mod transport;
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, spawn_chitchat,
@@ -78,6 +82,14 @@ pub(crate) fn parse_node<'a>(
     Some((peer, mesh_addr?))
 }
 
+/// What gossip knows (see [`Membership::nodes`]).
+pub(crate) struct GossipNodes {
+    /// Nodes not found dead and not leaving, with their mesh address.
+    pub(crate) reachable: HashMap<PeerId, SocketAddr>,
+    /// Every node gossip lists, dead or alive.
+    pub(crate) listed: HashSet<PeerId>,
+}
+
 /// The running gossip instance.
 pub(crate) struct Membership {
     handle: ChitchatHandle,
@@ -141,9 +153,33 @@ impl Membership {
         Ok(Self { handle })
     }
 
-    /// Live nodes, including this one, with their state.
+    /// Live nodes, including this one, with their state: changes when the live set does.
     pub(crate) async fn watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
         self.handle.chitchat().lock().await.live_nodes_watcher()
+    }
+
+    /// What gossip knows now, this node included: the nodes it has not found dead, with
+    /// their mesh address (a node just heard of counts at once, before its liveness is
+    /// judged, so that joining takes one exchange with a seed), and every node it lists.
+    pub(crate) async fn nodes(&self) -> GossipNodes {
+        self.handle
+            .with_chitchat(|c| {
+                let dead: HashSet<&ChitchatId> = c.dead_nodes().collect();
+                let peer = |id: &ChitchatId| PeerId {
+                    name: id.node_id.clone(),
+                    generation: id.generation_id,
+                };
+                GossipNodes {
+                    reachable: c
+                        .node_states()
+                        .iter()
+                        .filter(|(id, _)| !dead.contains(id))
+                        .filter_map(|(id, state)| parse_node(id, state.key_values()))
+                        .collect(),
+                    listed: c.node_states().keys().map(peer).collect(),
+                }
+            })
+            .await
     }
 
     /// Publish a key about this node.
