@@ -41,7 +41,14 @@ impl Secret {
         }
         if let Some(text) = text {
             let start: String = text.chars().take(ESTIMATE_PREFIX).collect();
-            let guesses = zxcvbn::zxcvbn(&start, &[]).guesses_log10();
+            // On a thread of its own: the estimator builds hash tables and caches, which would
+            // otherwise draw on this thread's random state and change the order of its hash
+            // maps (a seeded simulation would then not repeat).
+            let guesses = std::thread::scope(|s| {
+                s.spawn(|| zxcvbn::zxcvbn(&start, &[]).guesses_log10())
+                    .join()
+                    .unwrap_or(0.0)
+            });
             if guesses < MIN_GUESSES_LOG10 {
                 return Err(format!(
                     "it is too easy to guess (about 10^{guesses:.0} guesses: repeated text, \

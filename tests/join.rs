@@ -49,7 +49,10 @@ async fn a_node_broadcasts_to_every_member_as_soon_as_it_started() {
         let started = std::time::Instant::now();
         let (c, cc) = node(config(&id, Some(ca.gossip_addr()))).await;
         // A figure, not a check: how long joining took.
-        eprintln!("round {round}: the third node joined in {:?}", started.elapsed());
+        eprintln!(
+            "round {round}: the third node joined in {:?}",
+            started.elapsed()
+        );
         assert!(cc.ready(), "joined");
         c.emit("hello", &round).await.unwrap();
         for (name, rx) in [("a", &mut ra), ("b", &mut rb)] {

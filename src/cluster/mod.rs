@@ -150,11 +150,16 @@ impl Node {
             }
             Auth::Secrets(secrets) => {
                 let (cluster_id, secrets) = (config.cluster_id.clone(), secrets.clone());
-                let derived = tokio::task::spawn_blocking(move || {
-                    keys::derive_keyring(&cluster_id, &secrets)
-                })
-                .await
-                .map_err(|e| Error::KeyDerivation(e.to_string()))?;
+                let derive = move || keys::derive_keyring(&cluster_id, &secrets);
+                let derived = if config.network.is_some() {
+                    // A simulated network runs on one thread, in simulated time: a thread
+                    // of the blocking pool would make its runs differ.
+                    derive()
+                } else {
+                    tokio::task::spawn_blocking(derive)
+                        .await
+                        .map_err(|e| Error::KeyDerivation(e.to_string()))?
+                };
                 Some(derived.map_err(|e| match e {
                     keys::KeyError::Weak { .. } => Error::WeakSecret {
                         reason: e.to_string(),
