@@ -101,11 +101,11 @@ pub struct Handle {
     pub commands: mpsc::Sender<Command>,
 }
 
-/// Start a node with its client; the returned future (run it on the node's runtime) serves
-/// commands until the sender is dropped. Returns the handle once the node is up.
-/// The cluster secret of every simulated node.
+/// The cluster secret of every node on real sockets.
 pub const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
 
+/// Start a node with its client; the returned future (run it on the node's runtime) serves
+/// commands until the sender is dropped. Returns the handle once the node is up.
 pub async fn start(
     spec: Spec,
     configure: impl FnOnce(GossipAdapterConfig) -> GossipAdapterConfig,
