@@ -69,31 +69,20 @@ impl ClusterAdapterCtr {
 
     #[cfg(feature = "redis")]
     async fn redis_from_env(url: &str) -> Result<Self, Error> {
+        use crate::ranges::{self, env_count, env_ms};
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let num = |k: &'static str| -> Result<Option<u64>, Error> {
-            get(k)
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|e| {
-                        Error::Config(crate::ConfigError::Invalid {
-                            var: k,
-                            reason: format!("{v:?}: {e}"),
-                        })
-                    })
-                })
-                .transpose()
-        };
         let mut config = crate::redis::RedisAdapterConfig::new();
         if let Some(id) = get("SOCKETIO_CLUSTER_ID") {
             config = config.with_prefix(id);
         }
-        if let Some(ms) = num("SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS")? {
-            config = config.with_request_timeout(Duration::from_millis(ms));
+        if let Some(d) = env_ms(&ranges::REQUEST_TIMEOUT, get)? {
+            config.request_timeout = d;
         }
-        if let Some(n) = num("SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER")? {
-            config = config.with_ack_response_buffer(n.max(1) as usize);
+        if let Some(n) = env_count(&ranges::ACK_RESPONSE_BUFFER, get)? {
+            config.ack_response_buffer = n;
         }
-        if let Some(n) = num("SOCKETIO_CLUSTER_STREAM_BUFFER")? {
-            config = config.with_stream_buffer(n.max(1) as usize);
+        if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
+            config.stream_buffer = n;
         }
         Self::redis(url, config).await
     }
@@ -112,9 +101,11 @@ impl ClusterAdapterCtr {
     }
 
     /// Connect to Redis at `url`. Fails at once, naming the (password-redacted) URL, when
-    /// Redis cannot be reached.
+    /// Redis cannot be reached, and before connecting when a numeric setting of `config` is
+    /// outside its range (request timeout 10 ms to 1 h, buffers 1 to 1,000,000).
     #[cfg(feature = "redis")]
     pub async fn redis(url: &str, config: crate::redis::RedisAdapterConfig) -> Result<Self, Error> {
+        check_redis_ranges(&config)?;
         crate::redis::connect_with_handle(url, config)
             .await
             .map(|(ctr, handle)| Self::Redis(ctr, handle))
@@ -173,6 +164,17 @@ impl ClusterAdapterCtr {
             ),
         }
     }
+}
+
+/// Refuse a numeric setting of the Redis backend outside the range that works.
+#[cfg(feature = "redis")]
+fn check_redis_ranges(config: &crate::redis::RedisAdapterConfig) -> Result<(), Error> {
+    use crate::ranges;
+    const B: &str = "RedisAdapterConfig";
+    ranges::REQUEST_TIMEOUT.check(B, config.request_timeout)?;
+    ranges::ACK_RESPONSE_BUFFER.check(B, config.ack_response_buffer)?;
+    ranges::STREAM_BUFFER.check(B, config.stream_buffer)?;
+    Ok(())
 }
 
 fn is_redis_url(s: &str) -> bool {
@@ -436,6 +438,41 @@ fn log_local(res: Result<(), Vec<socketioxide_core::adapter::errors::SocketError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_numbers_outside_their_range_name_the_method() {
+        use crate::redis::RedisAdapterConfig;
+        let good = RedisAdapterConfig::new();
+        check_redis_ranges(&good).expect("the defaults are in range");
+        let cases = [
+            (
+                RedisAdapterConfig {
+                    request_timeout: Duration::ZERO,
+                    ..good.clone()
+                },
+                "RedisAdapterConfig::with_request_timeout",
+            ),
+            (
+                RedisAdapterConfig {
+                    ack_response_buffer: 0,
+                    ..good.clone()
+                },
+                "RedisAdapterConfig::with_ack_response_buffer",
+            ),
+            (
+                RedisAdapterConfig {
+                    stream_buffer: 2_000_000,
+                    ..good.clone()
+                },
+                "RedisAdapterConfig::with_stream_buffer",
+            ),
+        ];
+        for (config, name) in cases {
+            let e = check_redis_ranges(&config).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("allowed range"), "{e}");
+        }
+    }
 
     #[test]
     fn credentials_never_appear_in_messages() {

@@ -180,6 +180,7 @@ mod mesh;
 mod network;
 #[cfg(feature = "custom-network")]
 pub mod network;
+mod ranges;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sessions")]

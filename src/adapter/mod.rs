@@ -57,9 +57,11 @@ impl GossipAdapterCtr {
     /// Bind the gossip and mesh ports, join the cluster through the seeds, and start serving
     /// peers.
     ///
-    /// Fails with a clear [`Error`] when a port is in use, a seed is malformed, or no secret
-    /// is configured (and [`GossipAdapterConfig::insecure_no_auth`] was not called).
+    /// Fails with a clear [`Error`] when a port is in use, a seed is malformed, no secret
+    /// is configured (and [`GossipAdapterConfig::insecure_no_auth`] was not called), or a
+    /// numeric setting is outside its range (the error names the setting and the range).
     pub async fn new(config: GossipAdapterConfig) -> Result<Self, Error> {
+        config.check_ranges()?;
         let node = Node::start(&config).await?;
         Ok(Self {
             node,
