@@ -181,6 +181,8 @@ mod network;
 #[cfg(feature = "custom-network")]
 pub mod network;
 mod ranges;
+#[cfg(feature = "cluster-gossip")]
+mod rate_log;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sessions")]
