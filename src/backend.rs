@@ -84,7 +84,8 @@ impl ClusterAdapterCtr {
         if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
             config.stream_buffer = n;
         }
-        Self::redis(url, config).await
+        let tls = crate::redis::RedisTls::from_env()?;
+        Self::redis_with_tls(url, config, tls).await
     }
     #[cfg(not(feature = "redis"))]
     async fn redis_from_env(_url: &str) -> Result<Self, Error> {
@@ -105,8 +106,20 @@ impl ClusterAdapterCtr {
     /// outside its range (request timeout 10 ms to 1 h, buffers 1 to 1,000,000).
     #[cfg(feature = "redis")]
     pub async fn redis(url: &str, config: crate::redis::RedisAdapterConfig) -> Result<Self, Error> {
+        Self::redis_with_tls(url, config, crate::redis::RedisTls::default()).await
+    }
+
+    /// Like [`ClusterAdapterCtr::redis`], with the TLS settings of a `rediss://` URL: the
+    /// CA that signed Redis's certificate, a client certificate (see
+    /// [`RedisTls`](crate::redis::RedisTls)).
+    #[cfg(feature = "redis")]
+    pub async fn redis_with_tls(
+        url: &str,
+        config: crate::redis::RedisAdapterConfig,
+        tls: crate::redis::RedisTls,
+    ) -> Result<Self, Error> {
         check_redis_ranges(&config)?;
-        crate::redis::connect_with_handle(url, config)
+        crate::redis::connect_with_handle(url, config, &tls)
             .await
             .map(|(ctr, handle)| Self::Redis(ctr, handle))
             .map_err(|e| Error::Redis {
@@ -183,14 +196,38 @@ fn is_redis_url(s: &str) -> bool {
         .any(|p| s.starts_with(p))
 }
 
-/// A URL with its credentials replaced by `***`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// A Redis URL with every credential replaced by `***`: the user and password before `@`
+/// (`redis://user:pw@host`), and the `pass`/`password` query parameters
+/// (`unix:///run/redis.sock?pass=pw`).
+pub(crate) fn redact(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
+            format!("{}***{}", &base[..scheme + 3], &base[at..])
         }
-        _ => url.to_string(),
+        (None, Some(at)) => format!("***{}", &base[at..]),
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((k, _))
+                    if ["pass", "password", "passwd", "pwd"]
+                        .contains(&k.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// An adapter whose backend is chosen at run time by its [`ClusterAdapterCtr`]. Use it as
@@ -474,13 +511,49 @@ mod tests {
         }
     }
 
+    /// Every form of Redis URL that can carry a password.
+    const WITH_PASSWORD: [&str; 9] = [
+        "redis://user:hunter2@127.0.0.1:1/0",
+        "redis://:hunter2@127.0.0.1:1",
+        "rediss://default:hunter2@127.0.0.1:1/?protocol=resp3",
+        "redis://u:hunter2@h@127.0.0.1:1",
+        "unix:///nonexistent/redis.sock?pass=hunter2",
+        "unix:///nonexistent/redis.sock?db=1&user=me&pass=hunter2",
+        "redis+unix:///nonexistent/redis.sock?PASSWORD=hunter2&db=2",
+        "redis+unix:///nonexistent/redis.sock?password=hunter2",
+        "rediss://127.0.0.1:1?pass=hunter2",
+    ];
+
     #[test]
     fn credentials_never_appear_in_messages() {
         assert_eq!(
             redact("redis://user:pw@host:6379/0"),
             "redis://***@host:6379/0"
         );
+        assert_eq!(
+            redact("unix:///run/r.sock?db=1&pass=pw"),
+            "unix:///run/r.sock?db=1&pass=***"
+        );
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        for url in WITH_PASSWORD {
+            let shown = redact(url);
+            assert!(!shown.contains("hunter2"), "{url} -> {shown}");
+            assert!(shown.contains("***"), "{url} -> {shown}");
+        }
         assert!(is_redis_url("rediss://h") && !is_redis_url("gossip") && !is_redis_url("http://x"));
+    }
+
+    /// The start-up error of every URL form names the URL, never its password.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn start_up_errors_never_print_a_password() {
+        use crate::redis::RedisAdapterConfig;
+        for url in WITH_PASSWORD {
+            let err = ClusterAdapterCtr::redis(url, RedisAdapterConfig::new())
+                .await
+                .expect_err("nothing listens there");
+            let msg = format!("{err} / {err:?}");
+            assert!(!msg.contains("hunter2"), "{url}: {msg}");
+        }
     }
 }
