@@ -298,7 +298,10 @@ pub(crate) fn chunks(
             too_large.push(r);
             continue;
         }
-        if used + size > budget {
+        let full = out
+            .last()
+            .is_some_and(|c| c.len() >= wire::sessions::MAX_RECORDS);
+        if used + size > budget || full {
             out.push(Vec::new());
             used = OVERHEAD;
         }
