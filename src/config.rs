@@ -199,8 +199,10 @@ impl GossipAdapterConfig {
         self
     }
 
-    /// Capacity of the channel receiving remote acks of one `emit_with_ack`. Default 255;
-    /// 1 to 1,000,000.
+    /// Capacity of the channel receiving remote acks of one `emit_with_ack`, as in
+    /// `socketioxide-redis`. Default 255; 1 to 1,000,000. The gossip backend checks it but
+    /// needs no such buffer: a request holds exactly the responses each peer it asked
+    /// announced.
     pub fn with_ack_response_buffer(mut self, buffer: usize) -> Self {
         self.ack_response_buffer = buffer;
         self

@@ -41,7 +41,6 @@ use tracker::Tracker;
 pub struct GossipAdapterCtr {
     node: Arc<Node>,
     request_timeout: Duration,
-    ack_response_buffer: usize,
 }
 
 impl std::fmt::Debug for GossipAdapterCtr {
@@ -66,7 +65,6 @@ impl GossipAdapterCtr {
         Ok(Self {
             node,
             request_timeout: config.request_timeout,
-            ack_response_buffer: config.ack_response_buffer,
         })
     }
 
@@ -84,7 +82,6 @@ pub struct GossipAdapter<E> {
     uid: Uid,
     origin: Id,
     request_timeout: Duration,
-    ack_response_buffer: usize,
 }
 
 impl<E> DefinedAdapter for GossipAdapter<E> {}
@@ -103,7 +100,6 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
             uid,
             origin: convert::uid_id(uid),
             request_timeout: state.request_timeout,
-            ack_response_buffer: state.ack_response_buffer,
         }
     }
 
@@ -289,9 +285,7 @@ impl<E: SocketEmitter> GossipAdapter<E> {
         let id = convert::id(Sid::new());
         let frame = self.frame(id, kind, opts, ack_timeout);
         // Registered before sending: a response can arrive before `send` returns.
-        let pending = self
-            .node
-            .expect(id, targets.clone(), self.ack_response_buffer);
+        let pending = self.node.expect(id, targets.clone());
         self.node.send(&targets, &frame, false).await?;
         Ok(pending)
     }

@@ -45,6 +45,12 @@ impl View {
         self.live.contains_key(peer) && self.verified.contains(peer)
     }
 
+    /// Whether gossip shows `peer` live, or it proved the secret (so its link, address and
+    /// server ids are worth keeping).
+    pub(super) fn knows(&self, peer: &PeerId) -> bool {
+        self.live.contains_key(peer) || self.verified.contains(peer)
+    }
+
     /// The live member `peer`, verified or not: where to reach it.
     pub(super) fn live(&self, peer: &PeerId) -> Option<&Member> {
         self.live.get(peer)
