@@ -69,33 +69,23 @@ impl ClusterAdapterCtr {
 
     #[cfg(feature = "redis")]
     async fn redis_from_env(url: &str) -> Result<Self, Error> {
+        use crate::ranges::{self, env_count, env_ms};
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let num = |k: &'static str| -> Result<Option<u64>, Error> {
-            get(k)
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|e| {
-                        Error::Config(crate::ConfigError::Invalid {
-                            var: k,
-                            reason: format!("{v:?}: {e}"),
-                        })
-                    })
-                })
-                .transpose()
-        };
         let mut config = crate::redis::RedisAdapterConfig::new();
         if let Some(id) = get("SOCKETIO_CLUSTER_ID") {
             config = config.with_prefix(id);
         }
-        if let Some(ms) = num("SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS")? {
-            config = config.with_request_timeout(Duration::from_millis(ms));
+        if let Some(d) = env_ms(&ranges::REQUEST_TIMEOUT, get)? {
+            config.request_timeout = d;
         }
-        if let Some(n) = num("SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER")? {
-            config = config.with_ack_response_buffer(n.max(1) as usize);
+        if let Some(n) = env_count(&ranges::ACK_RESPONSE_BUFFER, get)? {
+            config.ack_response_buffer = n;
         }
-        if let Some(n) = num("SOCKETIO_CLUSTER_STREAM_BUFFER")? {
-            config = config.with_stream_buffer(n.max(1) as usize);
+        if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
+            config.stream_buffer = n;
         }
-        Self::redis(url, config).await
+        let tls = crate::redis::RedisTls::from_env()?;
+        Self::redis_with_tls(url, config, tls).await
     }
     #[cfg(not(feature = "redis"))]
     async fn redis_from_env(_url: &str) -> Result<Self, Error> {
@@ -112,10 +102,24 @@ impl ClusterAdapterCtr {
     }
 
     /// Connect to Redis at `url`. Fails at once, naming the (password-redacted) URL, when
-    /// Redis cannot be reached.
+    /// Redis cannot be reached, and before connecting when a numeric setting of `config` is
+    /// outside its range (request timeout 10 ms to 1 h, buffers 1 to 1,000,000).
     #[cfg(feature = "redis")]
     pub async fn redis(url: &str, config: crate::redis::RedisAdapterConfig) -> Result<Self, Error> {
-        crate::redis::connect_with_handle(url, config)
+        Self::redis_with_tls(url, config, crate::redis::RedisTls::default()).await
+    }
+
+    /// Like [`ClusterAdapterCtr::redis`], with the TLS settings of a `rediss://` URL: the
+    /// CA that signed Redis's certificate, a client certificate (see
+    /// [`RedisTls`](crate::redis::RedisTls)).
+    #[cfg(feature = "redis")]
+    pub async fn redis_with_tls(
+        url: &str,
+        config: crate::redis::RedisAdapterConfig,
+        tls: crate::redis::RedisTls,
+    ) -> Result<Self, Error> {
+        check_redis_ranges(&config)?;
+        crate::redis::connect_with_handle(url, config, &tls)
             .await
             .map(|(ctr, handle)| Self::Redis(ctr, handle))
             .map_err(|e| Error::Redis {
@@ -175,20 +179,55 @@ impl ClusterAdapterCtr {
     }
 }
 
+/// Refuse a numeric setting of the Redis backend outside the range that works.
+#[cfg(feature = "redis")]
+fn check_redis_ranges(config: &crate::redis::RedisAdapterConfig) -> Result<(), Error> {
+    use crate::ranges;
+    const B: &str = "RedisAdapterConfig";
+    ranges::REQUEST_TIMEOUT.check(B, config.request_timeout)?;
+    ranges::ACK_RESPONSE_BUFFER.check(B, config.ack_response_buffer)?;
+    ranges::STREAM_BUFFER.check(B, config.stream_buffer)?;
+    Ok(())
+}
+
 fn is_redis_url(s: &str) -> bool {
     ["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
         .any(|p| s.starts_with(p))
 }
 
-/// A URL with its credentials replaced by `***`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// A Redis URL with every credential replaced by `***`: the user and password before `@`
+/// (`redis://user:pw@host`), and the `pass`/`password` query parameters
+/// (`unix:///run/redis.sock?pass=pw`).
+pub(crate) fn redact(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
+            format!("{}***{}", &base[..scheme + 3], &base[at..])
         }
-        _ => url.to_string(),
+        (None, Some(at)) => format!("***{}", &base[at..]),
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((k, _))
+                    if ["pass", "password", "passwd", "pwd"]
+                        .contains(&k.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// An adapter whose backend is chosen at run time by its [`ClusterAdapterCtr`]. Use it as
@@ -437,13 +476,84 @@ fn log_local(res: Result<(), Vec<socketioxide_core::adapter::errors::SocketError
 mod tests {
     use super::*;
 
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_numbers_outside_their_range_name_the_method() {
+        use crate::redis::RedisAdapterConfig;
+        let good = RedisAdapterConfig::new();
+        check_redis_ranges(&good).expect("the defaults are in range");
+        let cases = [
+            (
+                RedisAdapterConfig {
+                    request_timeout: Duration::ZERO,
+                    ..good.clone()
+                },
+                "RedisAdapterConfig::with_request_timeout",
+            ),
+            (
+                RedisAdapterConfig {
+                    ack_response_buffer: 0,
+                    ..good.clone()
+                },
+                "RedisAdapterConfig::with_ack_response_buffer",
+            ),
+            (
+                RedisAdapterConfig {
+                    stream_buffer: 2_000_000,
+                    ..good.clone()
+                },
+                "RedisAdapterConfig::with_stream_buffer",
+            ),
+        ];
+        for (config, name) in cases {
+            let e = check_redis_ranges(&config).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("allowed range"), "{e}");
+        }
+    }
+
+    /// Every form of Redis URL that can carry a password.
+    const WITH_PASSWORD: [&str; 9] = [
+        "redis://user:hunter2@127.0.0.1:1/0",
+        "redis://:hunter2@127.0.0.1:1",
+        "rediss://default:hunter2@127.0.0.1:1/?protocol=resp3",
+        "redis://u:hunter2@h@127.0.0.1:1",
+        "unix:///nonexistent/redis.sock?pass=hunter2",
+        "unix:///nonexistent/redis.sock?db=1&user=me&pass=hunter2",
+        "redis+unix:///nonexistent/redis.sock?PASSWORD=hunter2&db=2",
+        "redis+unix:///nonexistent/redis.sock?password=hunter2",
+        "rediss://127.0.0.1:1?pass=hunter2",
+    ];
+
     #[test]
     fn credentials_never_appear_in_messages() {
         assert_eq!(
             redact("redis://user:pw@host:6379/0"),
             "redis://***@host:6379/0"
         );
+        assert_eq!(
+            redact("unix:///run/r.sock?db=1&pass=pw"),
+            "unix:///run/r.sock?db=1&pass=***"
+        );
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        for url in WITH_PASSWORD {
+            let shown = redact(url);
+            assert!(!shown.contains("hunter2"), "{url} -> {shown}");
+            assert!(shown.contains("***"), "{url} -> {shown}");
+        }
         assert!(is_redis_url("rediss://h") && !is_redis_url("gossip") && !is_redis_url("http://x"));
+    }
+
+    /// The start-up error of every URL form names the URL, never its password.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn start_up_errors_never_print_a_password() {
+        use crate::redis::RedisAdapterConfig;
+        for url in WITH_PASSWORD {
+            let err = ClusterAdapterCtr::redis(url, RedisAdapterConfig::new())
+                .await
+                .expect_err("nothing listens there");
+            let msg = format!("{err} / {err:?}");
+            assert!(!msg.contains("hunter2"), "{url}: {msg}");
+        }
     }
 }

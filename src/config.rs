@@ -3,7 +3,11 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
 pub use crate::keys::Secret;
-use crate::{error::ConfigError, wire::DEFAULT_MAX_FRAME_SIZE};
+use crate::{
+    error::ConfigError,
+    ranges::{self, env_count, env_ms},
+    wire::DEFAULT_MAX_FRAME_SIZE,
+};
 
 /// How nodes prove to each other that they belong to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,32 +164,36 @@ impl GossipAdapterConfig {
     }
 
     /// How long a request (`fetch_sockets`, `rooms`, acks) waits for the other nodes.
-    /// Default 5 s.
+    /// Default 5 s; 10 ms to 1 h.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
     }
 
-    /// Capacity of the channel receiving remote acks of one `emit_with_ack`. Default 255.
+    /// Capacity of the channel receiving remote acks of one `emit_with_ack`, as in
+    /// `socketioxide-redis`. Default 255; 1 to 1,000,000. The gossip backend checks it but
+    /// needs no such buffer: a request holds exactly the responses each peer it asked
+    /// announced.
     pub fn with_ack_response_buffer(mut self, buffer: usize) -> Self {
-        self.ack_response_buffer = buffer.max(1);
+        self.ack_response_buffer = buffer;
         self
     }
 
-    /// Capacity of the outgoing queue to each peer, in frames. Default 1024.
+    /// Capacity of the outgoing queue to each peer, in frames. Default 1024; 1 to
+    /// 1,000,000.
     pub fn with_stream_buffer(mut self, buffer: usize) -> Self {
-        self.stream_buffer = buffer.max(1);
+        self.stream_buffer = buffer;
         self
     }
 
-    /// Interval between gossip rounds. Default 500 ms.
+    /// Interval between gossip rounds. Default 500 ms; 10 ms to 60 s.
     pub fn with_gossip_interval(mut self, interval: Duration) -> Self {
         self.gossip_interval = interval;
         self
     }
 
-    /// Largest frame accepted from a peer. Default 16 MiB. A peer sending more is
-    /// disconnected.
+    /// Largest frame accepted from a peer. Default 16 MiB; 1 KiB to 64 MiB. A peer sending
+    /// more is disconnected.
     pub fn with_max_frame_size(mut self, size: usize) -> Self {
         self.max_frame_size = size;
         self
@@ -193,7 +201,7 @@ impl GossipAdapterConfig {
 
     /// How long a silent peer connection lives before it is considered dead (QUIC idle
     /// timeout; keep-alives are sent at a quarter of it). Pending requests stop waiting for
-    /// such a peer. Default 2 s.
+    /// such a peer. Default 2 s; 100 ms to 10 min.
     pub fn with_peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = timeout;
         self
@@ -233,13 +241,16 @@ impl GossipAdapterConfig {
     /// | `SOCKETIO_CLUSTER_SECRET` | the secret that signs (and verifies) |
     /// | `SOCKETIO_CLUSTER_SECRETS_VERIFY` | comma-separated extra secrets that only verify (rotation) |
     /// | `SOCKETIO_CLUSTER_INSECURE` | `1`/`true`: no authentication |
-    /// | `SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS` | request timeout |
-    /// | `SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS` | gossip interval |
-    /// | `SOCKETIO_CLUSTER_PEER_TIMEOUT_MS` | peer idle timeout |
-    /// | `SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS` | longest wait to join at start |
-    /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes |
-    /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer |
-    /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | per-peer queue |
+    /// | `SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS` | request timeout, 10 to 3,600,000 |
+    /// | `SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS` | gossip interval, 10 to 60,000 |
+    /// | `SOCKETIO_CLUSTER_PEER_TIMEOUT_MS` | peer idle timeout, 100 to 600,000 |
+    /// | `SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS` | longest wait to join at start, 0 to 600,000 |
+    /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes, 1,024 to 67,108,864 |
+    /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer, 1 to 1,000,000 |
+    /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | per-peer queue, 1 to 1,000,000 |
+    ///
+    /// A value that does not parse, or a number outside its range, is an error naming the
+    /// variable (and the range).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -247,14 +258,6 @@ impl GossipAdapterConfig {
     pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut c = Self::new();
         let addr = |k: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
-            get(k).map(|v| parse(k, &v)).transpose()
-        };
-        let ms = |k: &'static str| -> Result<Option<Duration>, ConfigError> {
-            get(k)
-                .map(|v| parse::<u64>(k, &v).map(Duration::from_millis))
-                .transpose()
-        };
-        let num = |k: &'static str| -> Result<Option<usize>, ConfigError> {
             get(k).map(|v| parse(k, &v)).transpose()
         };
         if let Some(v) = get("SOCKETIO_CLUSTER_ID") {
@@ -307,28 +310,43 @@ impl GossipAdapterConfig {
             (false, true) => Auth::Missing,
             (false, false) => Auth::Secrets(secrets),
         };
-        if let Some(d) = ms("SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS")? {
+        let get = &get;
+        if let Some(d) = env_ms(&ranges::REQUEST_TIMEOUT, get)? {
             c.request_timeout = d;
         }
-        if let Some(d) = ms("SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS")? {
+        if let Some(d) = env_ms(&ranges::GOSSIP_INTERVAL, get)? {
             c.gossip_interval = d;
         }
-        if let Some(d) = ms("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS")? {
+        if let Some(d) = env_ms(&ranges::PEER_TIMEOUT, get)? {
             c.peer_timeout = d;
         }
-        if let Some(d) = ms("SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS")? {
+        if let Some(d) = env_ms(&ranges::JOIN_TIMEOUT, get)? {
             c.join_timeout = d;
         }
-        if let Some(n) = num("SOCKETIO_CLUSTER_MAX_FRAME_SIZE")? {
+        if let Some(n) = env_count(&ranges::MAX_FRAME_SIZE, get)? {
             c.max_frame_size = n;
         }
-        if let Some(n) = num("SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER")? {
-            c = c.with_ack_response_buffer(n);
+        if let Some(n) = env_count(&ranges::ACK_RESPONSE_BUFFER, get)? {
+            c.ack_response_buffer = n;
         }
-        if let Some(n) = num("SOCKETIO_CLUSTER_STREAM_BUFFER")? {
-            c = c.with_stream_buffer(n);
+        if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
+            c.stream_buffer = n;
         }
         Ok(c)
+    }
+
+    /// Refuse a numeric setting outside the range that works, naming its builder method
+    /// and variable, and the range.
+    pub(crate) fn check_ranges(&self) -> Result<(), ConfigError> {
+        const B: &str = "GossipAdapterConfig";
+        ranges::REQUEST_TIMEOUT.check(B, self.request_timeout)?;
+        ranges::GOSSIP_INTERVAL.check(B, self.gossip_interval)?;
+        ranges::PEER_TIMEOUT.check(B, self.peer_timeout)?;
+        ranges::JOIN_TIMEOUT.check(B, self.join_timeout)?;
+        ranges::MAX_FRAME_SIZE.check(B, self.max_frame_size)?;
+        ranges::ACK_RESPONSE_BUFFER.check(B, self.ack_response_buffer)?;
+        ranges::STREAM_BUFFER.check(B, self.stream_buffer)?;
+        Ok(())
     }
 }
 
@@ -406,6 +424,78 @@ mod tests {
             from(&[("SOCKETIO_CLUSTER_INSECURE", "true")]).unwrap().auth,
             Auth::Insecure
         );
+    }
+
+    #[test]
+    fn numbers_outside_their_range_are_refused_naming_the_variable() {
+        for (var, bad) in [
+            ("SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS", "0"),
+            ("SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS", "3600001"),
+            ("SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS", "0"),
+            ("SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS", "60001"),
+            ("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS", "0"),
+            ("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS", "99"),
+            ("SOCKETIO_CLUSTER_MAX_FRAME_SIZE", "0"),
+            ("SOCKETIO_CLUSTER_MAX_FRAME_SIZE", "4294967296"),
+            ("SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER", "0"),
+            ("SOCKETIO_CLUSTER_STREAM_BUFFER", "0"),
+            ("SOCKETIO_CLUSTER_STREAM_BUFFER", "1000001"),
+        ] {
+            let e = from(&[(var, bad)]).unwrap_err().to_string();
+            assert!(
+                e.contains(var) && e.contains("allowed range"),
+                "{var}={bad}: {e}"
+            );
+        }
+        let c = from(&[
+            ("SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS", "10"),
+            ("SOCKETIO_CLUSTER_MAX_FRAME_SIZE", "1024"),
+            ("SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER", "1"),
+            ("SOCKETIO_CLUSTER_STREAM_BUFFER", "1000000"),
+        ])
+        .unwrap();
+        assert_eq!(c.gossip_interval, Duration::from_millis(10));
+        assert_eq!(
+            (c.max_frame_size, c.ack_response_buffer, c.stream_buffer),
+            (1024, 1, 1_000_000)
+        );
+        c.check_ranges().expect("the ends of the ranges are fine");
+        GossipAdapterConfig::new()
+            .check_ranges()
+            .expect("the defaults are in range");
+    }
+
+    #[test]
+    fn builder_values_outside_their_range_name_the_method() {
+        type C = GossipAdapterConfig;
+        let cases: [(C, &str); 6] = [
+            (
+                C::new().with_request_timeout(Duration::ZERO),
+                "with_request_timeout",
+            ),
+            (
+                C::new().with_gossip_interval(Duration::ZERO),
+                "with_gossip_interval",
+            ),
+            (
+                C::new().with_peer_timeout(Duration::ZERO),
+                "with_peer_timeout",
+            ),
+            (C::new().with_max_frame_size(10), "with_max_frame_size"),
+            (
+                C::new().with_ack_response_buffer(0),
+                "with_ack_response_buffer",
+            ),
+            (C::new().with_stream_buffer(0), "with_stream_buffer"),
+        ];
+        for (c, method) in cases {
+            let e = c.check_ranges().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("GossipAdapterConfig::{method}"))
+                    && e.contains("SOCKETIO_CLUSTER_"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

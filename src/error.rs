@@ -114,4 +114,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A numeric setting is outside the range that works.
+    #[error("invalid {setting}: {value} is outside the allowed range {range}")]
+    OutOfRange {
+        /// The setting: its builder method and variable, or the variable it was read from.
+        setting: String,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        range: String,
+    },
 }

@@ -185,6 +185,10 @@ mod mesh;
 mod network;
 #[cfg(feature = "custom-network")]
 pub mod network;
+#[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
+mod ranges;
+#[cfg(feature = "cluster-gossip")]
+mod rate_log;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sessions")]

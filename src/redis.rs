@@ -17,6 +17,14 @@
 //!   with exponential backoff (up to 2 s between attempts) and every channel is subscribed
 //!   again, so cross-node traffic resumes by itself once Redis is back. Loss and recovery are
 //!   logged (`warn` and `info`).
+//!
+//! ## TLS
+//!
+//! A `rediss://` URL connects over TLS (rustls), checking Redis's certificate against the
+//! system's root certificates, or against the CA given by [`RedisTls::with_ca_cert_pem`]
+//! (`SOCKETIO_CLUSTER_REDIS_CA_CERT`, a PEM file). A Redis that asks for client
+//! certificates (mutual TLS) gets the one of [`RedisTls::with_client_cert_pem`]
+//! (`SOCKETIO_CLUSTER_REDIS_CLIENT_CERT` and `SOCKETIO_CLUSTER_REDIS_CLIENT_KEY`).
 
 use std::{
     collections::HashMap,
@@ -40,6 +48,118 @@ pub type RedisAdapterCtr = socketioxide_redis::RedisAdapterCtr<RedisDriver>;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Interval of the health check that notices a lost Redis and triggers reconnection.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// TLS settings of a `rediss://` connection, for a Redis whose certificate is not signed
+/// by a root the system trusts (a managed Redis with its own CA, a self-hosted one), or
+/// that asks for a client certificate. The default trusts the system's roots and sends no
+/// client certificate.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    ca_cert_pem: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_cert", &self.ca_cert_pem.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// Environment variable: path of the PEM file of the CA that signed Redis's certificate.
+pub const CA_CERT_VAR: &str = "SOCKETIO_CLUSTER_REDIS_CA_CERT";
+/// Environment variable: path of the PEM file of the client certificate (mutual TLS).
+pub const CLIENT_CERT_VAR: &str = "SOCKETIO_CLUSTER_REDIS_CLIENT_CERT";
+/// Environment variable: path of the PEM file of the client certificate's private key.
+pub const CLIENT_KEY_VAR: &str = "SOCKETIO_CLUSTER_REDIS_CLIENT_KEY";
+
+impl RedisTls {
+    /// The default: the system's root certificates, no client certificate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trust only this CA (PEM, one or more certificates) for Redis's certificate, instead
+    /// of the system's roots.
+    pub fn with_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_cert_pem = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate and its private key (both PEM) to a Redis that
+    /// asks for one (`tls-auth-clients yes`).
+    pub fn with_client_cert_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Read the PEM files named by [`CA_CERT_VAR`], [`CLIENT_CERT_VAR`] and
+    /// [`CLIENT_KEY_VAR`], when set. The client certificate and key go together.
+    pub fn from_env() -> Result<Self, crate::ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, crate::ConfigError> {
+        let read = |var: &'static str| -> Result<Option<Vec<u8>>, crate::ConfigError> {
+            get(var)
+                .map(|path| {
+                    std::fs::read(path.trim()).map_err(|e| crate::ConfigError::Invalid {
+                        var,
+                        reason: format!("cannot read {path:?}: {e}"),
+                    })
+                })
+                .transpose()
+        };
+        let mut tls = Self::new();
+        if let Some(ca) = read(CA_CERT_VAR)? {
+            tls = tls.with_ca_cert_pem(ca);
+        }
+        match (read(CLIENT_CERT_VAR)?, read(CLIENT_KEY_VAR)?) {
+            (Some(cert), Some(key)) => tls = tls.with_client_cert_pem(cert, key),
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(crate::ConfigError::Invalid {
+                    var: CLIENT_CERT_VAR,
+                    reason: format!("set both {CLIENT_CERT_VAR} and {CLIENT_KEY_VAR}, or neither"),
+                });
+            }
+        }
+        Ok(tls)
+    }
+
+    fn is_default(&self) -> bool {
+        self.ca_cert_pem.is_none() && self.client.is_none()
+    }
+
+    fn client(&self, url: &str) -> Result<redis::Client, redis::RedisError> {
+        if self.is_default() {
+            return redis::Client::open(url);
+        }
+        if !url.starts_with("rediss://") {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "TLS certificates are set, but the URL is not rediss://",
+            )));
+        }
+        let certs = redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca_cert_pem.clone(),
+        };
+        redis::Client::build_with_tls(url, certs)
+    }
+}
 
 /// An error of the Redis connection.
 #[derive(Debug)]
@@ -77,7 +197,12 @@ impl RedisDriver {
     /// Connect to Redis (RESP3 is required: Redis 7 or later; `?protocol=resp3` is added to
     /// the URL when missing). Fails at once if Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
-        let client = redis::Client::open(with_resp3(url))?;
+        Self::connect_tls(url, &RedisTls::default()).await
+    }
+
+    /// Like [`RedisDriver::connect`], with the TLS settings of a `rediss://` URL.
+    pub async fn connect_tls(url: &str, tls: &RedisTls) -> Result<Self, RedisError> {
+        let client = tls.client(&with_resp3(url))?;
         let handlers: Handlers = Arc::default();
         let push_handlers = handlers.clone();
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -103,15 +228,18 @@ impl RedisDriver {
 /// Build the Redis adapter constructor: connect, then wrap in socketioxide-redis's
 /// constructor with `config`.
 pub async fn connect(url: &str, config: RedisAdapterConfig) -> Result<RedisAdapterCtr, RedisError> {
-    connect_with_handle(url, config).await.map(|(ctr, _)| ctr)
+    connect_with_handle(url, config, &RedisTls::default())
+        .await
+        .map(|(ctr, _)| ctr)
 }
 
 /// Like [`connect`], also returning the handle of the connection.
 pub(crate) async fn connect_with_handle(
     url: &str,
     config: RedisAdapterConfig,
+    tls: &RedisTls,
 ) -> Result<(RedisAdapterCtr, RedisHandle), RedisError> {
-    let driver = RedisDriver::connect(url).await?;
+    let driver = RedisDriver::connect_tls(url, tls).await?;
     let handle = RedisHandle {
         conn: driver.conn.clone(),
         prefix: config.prefix.to_string(),

@@ -25,6 +25,74 @@ pub const LEN_PREFIX: usize = 4;
 /// Default largest frame accepted, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 
+/// Most room names in one list of a frame (target rooms, excepted rooms, rooms to join or
+/// leave, rooms answered). An empty name takes one byte on the wire but 24 in memory: this
+/// bound, checked before the list is allocated, keeps a frame from growing many times its
+/// size once decoded.
+pub const MAX_ROOMS: usize = 65_536;
+/// Most binary attachments of one payload (one byte on the wire, 32 in memory each).
+pub const MAX_ATTACHMENTS: usize = 4_096;
+/// Most sockets in one answer to a `fetch_sockets` request.
+pub const MAX_SOCKETS: usize = 1_048_576;
+
+/// Decoding of lists with a bound on their length, refused from the length prefix, before
+/// anything is allocated. Same bytes on the wire as a plain `Vec`.
+pub(crate) mod bounded {
+    use std::{fmt, marker::PhantomData};
+
+    use bytes::Bytes;
+    use serde::{
+        Deserialize, Deserializer,
+        de::{Error, SeqAccess, Visitor},
+    };
+
+    /// A list of at most `MAX` elements.
+    pub(crate) struct Bounded<T, const MAX: usize>(pub(crate) Vec<T>);
+
+    impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T, const MAX: usize>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for V<T, MAX> {
+                type Value = Vec<T>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    write!(f, "a list of at most {MAX} elements")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                    let announced = seq.size_hint().unwrap_or(0);
+                    if announced > MAX {
+                        return Err(A::Error::invalid_length(announced, &self));
+                    }
+                    let mut out = Vec::with_capacity(announced.min(1024));
+                    while let Some(x) = seq.next_element()? {
+                        if out.len() == MAX {
+                            return Err(A::Error::invalid_length(MAX + 1, &self));
+                        }
+                        out.push(x);
+                    }
+                    Ok(out)
+                }
+            }
+            d.deserialize_seq(V::<T, MAX>(PhantomData)).map(Bounded)
+        }
+    }
+
+    pub(crate) fn rooms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Bounded::<String, { super::MAX_ROOMS }>::deserialize(d).map(|b| b.0)
+    }
+
+    pub(crate) fn sockets<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(super::Id, super::Id)>, D::Error> {
+        Bounded::<(super::Id, super::Id), { super::MAX_SOCKETS }>::deserialize(d).map(|b| b.0)
+    }
+
+    pub(crate) fn attachments<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<Bytes>>, D::Error> {
+        Option::<Bounded<Bytes, { super::MAX_ATTACHMENTS }>>::deserialize(d).map(|o| o.map(|b| b.0))
+    }
+}
+
 /// A 16-byte identifier: a socket id, a socketioxide server id or a request id, as the
 /// 16 ASCII characters socketioxide uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -100,9 +168,9 @@ pub enum RequestKind {
     /// Answer with the rooms of the matching sockets.
     AllRooms,
     /// Make the matching sockets join rooms.
-    AddSockets(Vec<String>),
+    AddSockets(#[serde(deserialize_with = "bounded::rooms")] Vec<String>),
     /// Make the matching sockets leave rooms.
-    DelSockets(Vec<String>),
+    DelSockets(#[serde(deserialize_with = "bounded::rooms")] Vec<String>),
     /// Answer with the matching sockets.
     FetchSockets,
 }
@@ -123,8 +191,10 @@ pub struct Opts {
     /// Flag bits (local, broadcast, volatile).
     pub flags: u8,
     /// Target rooms; empty means every socket.
+    #[serde(deserialize_with = "bounded::rooms")]
     pub rooms: Vec<String>,
     /// Rooms whose sockets are excluded.
+    #[serde(deserialize_with = "bounded::rooms")]
     pub except: Vec<String>,
     /// The sender socket, excluded from broadcasts or targeted alone.
     pub sid: Option<Id>,
@@ -164,7 +234,10 @@ pub enum PacketData {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     /// A text payload with optional binary attachments.
-    Str(String, Option<Vec<Bytes>>),
+    Str(
+        String,
+        #[serde(deserialize_with = "bounded::attachments")] Option<Vec<Bytes>>,
+    ),
     /// A binary payload (msgpack parser).
     Bytes(Bytes),
 }
@@ -188,9 +261,9 @@ pub enum ResponseBody {
     /// One ack from one socket.
     Ack(Id, AckResult),
     /// Rooms of the matching sockets.
-    Rooms(Vec<String>),
+    Rooms(#[serde(deserialize_with = "bounded::rooms")] Vec<String>),
     /// The matching sockets, by socket id and socketioxide server id.
-    Sockets(Vec<(Id, Id)>),
+    Sockets(#[serde(deserialize_with = "bounded::sockets")] Vec<(Id, Id)>),
     /// A confirmed service message was handled.
     Done,
 }
@@ -694,6 +767,74 @@ mod tests {
         let mut trailing = good;
         trailing.push(0);
         assert!(matches!(decode(&trailing), Err(DecodeError::Malformed(_))));
+    }
+
+    /// A frame whose lists announce more elements than allowed (say, millions of empty
+    /// room names: one byte each on the wire, 24 in memory) is refused from the length
+    /// prefix, before the list is allocated; one at the bound decodes.
+    #[test]
+    fn lists_longer_than_their_bound_are_refused_before_allocation() {
+        let request = |kind: RequestKind, opts: Opts| {
+            Frame::Request(Request {
+                ns: "/".into(),
+                id: id(1),
+                origin: id(2),
+                kind,
+                opts,
+                ack_timeout_ms: None,
+            })
+        };
+        let rooms = |n: usize| vec![String::new(); n];
+        let at_bound = request(RequestKind::AddSockets(rooms(MAX_ROOMS)), Opts::default());
+        assert_eq!(decode(&body(&at_bound)).unwrap(), at_bound);
+        let too_many: Vec<Frame> = vec![
+            request(
+                RequestKind::AddSockets(rooms(MAX_ROOMS + 1)),
+                Opts::default(),
+            ),
+            request(
+                RequestKind::DelSockets(rooms(MAX_ROOMS + 1)),
+                Opts::default(),
+            ),
+            request(
+                RequestKind::FetchSockets,
+                Opts {
+                    rooms: rooms(MAX_ROOMS + 1),
+                    ..Opts::default()
+                },
+            ),
+            request(
+                RequestKind::FetchSockets,
+                Opts {
+                    except: rooms(MAX_ROOMS + 1),
+                    ..Opts::default()
+                },
+            ),
+            Frame::Response(Response {
+                id: id(1),
+                body: ResponseBody::Rooms(rooms(MAX_ROOMS + 1)),
+            }),
+            Frame::Response(Response {
+                id: id(1),
+                body: ResponseBody::Ack(
+                    id(2),
+                    AckResult::Ok(Value::Str(
+                        "[]".into(),
+                        Some(vec![Bytes::new(); MAX_ATTACHMENTS + 1]),
+                    )),
+                ),
+            }),
+        ];
+        for frame in too_many {
+            let err = decode(&body(&frame)).unwrap_err();
+            assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+        }
+        // A length prefix announcing 2^32 rooms in a tiny frame: refused, nothing allocated.
+        let mut huge = body(&request(RequestKind::AddSockets(vec![]), Opts::default()));
+        let at = 3 + 1 + 2 + 32;
+        assert_eq!(huge[at..at + 2], [4, 0], "AddSockets with an empty list");
+        huge.splice(at + 1..at + 2, [0x80, 0x80, 0x80, 0x80, 0x10]);
+        assert!(matches!(decode(&huge), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

@@ -320,9 +320,9 @@ mod gossip_only {
         assert!(converge(&[&a, &b, &c], &saved.id, None, SPREADS).await);
     }
 
-    /// The cap: a node holds at most `max_sessions` records; a new session beyond it is
-    /// refused where it is saved and dropped (logged) where it is received, while existing
-    /// sessions can still be saved and deleted.
+    /// The cap: a node holds at most `max_sessions` sessions; beyond it, the session
+    /// closest to expiry is evicted (where it is saved and where it is received) and the
+    /// save succeeds; existing sessions can still be saved and deleted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cap_bounds_every_node() {
         let mut cluster = TestCluster::new(&Backend::Gossip);
@@ -342,28 +342,86 @@ mod gossip_only {
         };
         let mut ids = Vec::new();
         for i in 0..3 {
-            let mut rec = hour(&format!("c{i}"));
+            // The later the session, the later its expiry.
+            let mut rec = record(&format!("c{i}"), time::Duration::minutes(10 + i));
             a.create(&mut rec).await.unwrap();
             ids.push(rec);
         }
+        assert_eq!((ga.len(), gb.len()), (3, 2), "B evicted one beyond its cap");
+        assert_eq!(gb.evicted(), (1, 0));
         assert_eq!(
-            (ga.len(), gb.len()),
-            (3, 2),
-            "B dropped the session beyond its cap"
+            user(&b, &ids[0].id).await,
+            None,
+            "the one closest to expiry"
         );
         let mut fourth = hour("c3");
-        assert!(
-            a.create(&mut fourth).await.is_err(),
-            "A refuses a session beyond its cap"
-        );
-        let mut updated = ids[0].clone();
+        a.create(&mut fourth)
+            .await
+            .expect("a full store evicts, it never refuses a save");
+        assert_eq!(user(&a, &fourth.id).await.as_deref(), Some("c3"));
+        assert_eq!(ga.len(), 3);
+        let mut updated = ids[2].clone();
         updated
             .data
-            .insert("user".into(), serde_json::json!("c0-bis"));
+            .insert("user".into(), serde_json::json!("c2-bis"));
         a.save(&updated).await.unwrap();
-        assert_eq!(user(&b, &ids[0].id).await.as_deref(), Some("c0-bis"));
+        assert_eq!(user(&b, &ids[2].id).await.as_deref(), Some("c2-bis"));
         a.delete(&ids[2].id).await.unwrap();
         assert_eq!(user(&a, &ids[2].id).await, None);
+        assert_eq!(user(&b, &ids[2].id).await, None);
+    }
+
+    /// 500 log-outs with made-up session ids (as a client without a session can send), on
+    /// every node, then log-ins on every node: the flood leaves nothing behind, so every
+    /// log-in works and is read everywhere; then three times the cap of log-ins: none
+    /// fails, the oldest are evicted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_out_flood_then_log_ins_work_on_every_node() {
+        const CAP: usize = 20;
+        let config = SessionStoreConfig::new().with_max_sessions(CAP);
+        let (_cluster, nodes) = three(&Backend::Gossip, config).await;
+        let formed = wait_until(SPREADS, || {
+            nodes.iter().all(|(n, _)| n.cluster().members().len() == 2)
+        })
+        .await;
+        assert!(formed, "cluster formed");
+        let stores: Vec<&ClusterSessionStore> = nodes.iter().map(|(_, s)| s).collect();
+        for i in 0..500 {
+            stores[i % 3].delete(&Id::default()).await.unwrap();
+        }
+        for (i, store) in stores.iter().enumerate() {
+            let name = format!("user{i}");
+            let mut rec = hour(&name);
+            // An anonymous session logging in: tower-sessions cycles its id, deleting the
+            // old one, never stored.
+            store.delete(&Id::default()).await.unwrap();
+            store
+                .create(&mut rec)
+                .await
+                .expect("log-in after the flood");
+            assert!(
+                converge(&stores, &rec.id, Some(&name), SPREADS).await,
+                "{name}"
+            );
+        }
+        let mut last = None;
+        for i in 0..3 * CAP {
+            let mut rec = hour(&format!("many{i}"));
+            stores[i % 3]
+                .create(&mut rec)
+                .await
+                .expect("a full store evicts, it never fails a log-in");
+            last = Some(rec);
+        }
+        let last = last.unwrap();
+        let name = format!("many{}", 3 * CAP - 1);
+        assert!(converge(&stores, &last.id, Some(&name), SPREADS).await);
+        for store in &stores {
+            let ClusterSessionStore::Gossip(g) = store else {
+                unreachable!("gossip stores");
+            };
+            assert!(g.len() <= CAP, "{} records held", g.len());
+        }
     }
 
     /// A member that runs no session store answers at once that it has none: a save does

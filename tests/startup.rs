@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 
 use socketioxide_cluster::{Error, GossipAdapterConfig, GossipAdapterCtr};
 
+const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+
 fn config() -> GossipAdapterConfig {
     GossipAdapterConfig::new()
         .with_gossip_addr("127.0.0.1:0".parse().unwrap())
         .with_mesh_addr("127.0.0.1:0".parse().unwrap())
-        .with_secret("5d1f3b7a9c2e4068b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7")
+        .with_secret(SECRET)
 }
 
 #[tokio::test]
@@ -26,7 +28,7 @@ async fn missing_secret_is_refused() {
 
 #[tokio::test]
 async fn weak_secrets_are_refused_with_a_way_to_make_a_strong_one() {
-    let strong = "5d1f3b7a9c2e4068b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7";
+    let strong = SECRET;
     for (secrets, what) in [
         (vec!["change-me"], "characters"),
         (vec!["change-me-change-me-change-me-change-me"], "guess"),
@@ -96,9 +98,39 @@ async fn host_name_seeds_and_insecure_mode_start() {
     .expect("host names are fine, resolved again later");
     let cluster = ctr.cluster();
     assert!(cluster.members().is_empty());
-    assert!(
-        !format!("{ctr:?}")
-            .contains("5d1f3b7a9c2e4068b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7")
-    );
+    assert!(!format!("{ctr:?}").contains(SECRET));
     cluster.shutdown().await;
+}
+
+/// A numeric setting that cannot work stops the start with an error naming the builder
+/// method, its variable and the range, before any port is bound.
+#[tokio::test]
+async fn numeric_settings_outside_their_range_are_refused() {
+    use std::time::Duration;
+    type C = GossipAdapterConfig;
+    type Set = fn(C) -> C;
+    let cases: [(Set, &str); 4] = [
+        (
+            |c| c.with_gossip_interval(Duration::ZERO),
+            "with_gossip_interval (SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS)",
+        ),
+        (
+            |c| c.with_peer_timeout(Duration::ZERO),
+            "with_peer_timeout (SOCKETIO_CLUSTER_PEER_TIMEOUT_MS)",
+        ),
+        (
+            |c| c.with_request_timeout(Duration::from_secs(7200)),
+            "with_request_timeout",
+        ),
+        (|c| c.with_max_frame_size(0), "with_max_frame_size"),
+    ];
+    for (set, named) in cases {
+        let err = GossipAdapterCtr::new(set(config())).await.unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(named) && msg.contains("allowed range"),
+            "{msg}"
+        );
+    }
 }

@@ -41,7 +41,6 @@ use tracker::Tracker;
 pub struct GossipAdapterCtr {
     node: Arc<Node>,
     request_timeout: Duration,
-    ack_response_buffer: usize,
 }
 
 impl std::fmt::Debug for GossipAdapterCtr {
@@ -57,14 +56,15 @@ impl GossipAdapterCtr {
     /// Bind the gossip and mesh ports, join the cluster through the seeds, and start serving
     /// peers.
     ///
-    /// Fails with a clear [`Error`] when a port is in use, a seed is malformed, or no secret
-    /// is configured (and [`GossipAdapterConfig::insecure_no_auth`] was not called).
+    /// Fails with a clear [`Error`] when a port is in use, a seed is malformed, no secret
+    /// is configured (and [`GossipAdapterConfig::insecure_no_auth`] was not called), or a
+    /// numeric setting is outside its range (the error names the setting and the range).
     pub async fn new(config: GossipAdapterConfig) -> Result<Self, Error> {
+        config.check_ranges()?;
         let node = Node::start(&config).await?;
         Ok(Self {
             node,
             request_timeout: config.request_timeout,
-            ack_response_buffer: config.ack_response_buffer,
         })
     }
 
@@ -82,7 +82,6 @@ pub struct GossipAdapter<E> {
     uid: Uid,
     origin: Id,
     request_timeout: Duration,
-    ack_response_buffer: usize,
 }
 
 impl<E> DefinedAdapter for GossipAdapter<E> {}
@@ -101,7 +100,6 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
             uid,
             origin: convert::uid_id(uid),
             request_timeout: state.request_timeout,
-            ack_response_buffer: state.ack_response_buffer,
         }
     }
 
@@ -287,9 +285,7 @@ impl<E: SocketEmitter> GossipAdapter<E> {
         let id = convert::id(Sid::new());
         let frame = self.frame(id, kind, opts, ack_timeout);
         // Registered before sending: a response can arrive before `send` returns.
-        let pending = self
-            .node
-            .expect(id, targets.clone(), self.ack_response_buffer);
+        let pending = self.node.expect(id, targets.clone());
         self.node.send(&targets, &frame, false).await?;
         Ok(pending)
     }

@@ -62,6 +62,12 @@ pub(crate) trait NamespaceHandler: Send + Sync + 'static {
 
 type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
 
+/// Most socketioxide server ids kept for one peer: one per `SocketIo` instance it runs.
+const MAX_SERVER_IDS_PER_PEER: usize = 16;
+/// Server ids refused beyond that bound: logged at most once per period.
+static SERVER_ID_LOG: crate::rate_log::RateLog =
+    crate::rate_log::RateLog::new(Duration::from_secs(10));
+
 /// The running node, shared by the cluster handle and every namespace adapter.
 pub(crate) struct Node {
     me: PeerId,
@@ -416,9 +422,9 @@ impl Node {
         }
     }
 
-    /// Wait for responses to request `id` from `targets`.
-    pub(crate) fn expect(self: &Arc<Self>, id: Id, targets: Vec<PeerId>, buffer: usize) -> Pending {
-        let (entry, pending) = PendingEntry::new(Arc::downgrade(self), id, targets, buffer);
+    /// Wait for responses to request `id` from `targets` (and from no other peer).
+    pub(crate) fn expect(self: &Arc<Self>, id: Id, targets: Vec<PeerId>) -> Pending {
+        let (entry, pending) = PendingEntry::new(Arc::downgrade(self), id, targets);
         lock(&self.pending).insert(id, entry);
         pending
     }
@@ -615,9 +621,7 @@ impl Node {
     fn on_frame(&self, from: &PeerId, frame: Frame) {
         match frame {
             Frame::Request(req) => {
-                if !read(&self.server_ids).contains_key(&req.origin) {
-                    write(&self.server_ids).insert(req.origin, from.clone());
-                }
+                self.learn_server_id(req.origin, from);
                 let handler = read(&self.handlers).get(&req.ns).and_then(Weak::upgrade);
                 match handler {
                     Some(h) => h.on_request(from, req),
@@ -632,7 +636,9 @@ impl Node {
                 }
             }
             Frame::Response(res) => match lock(&self.pending).get_mut(&res.id) {
-                Some(entry) => entry.deliver(from, res.body),
+                Some(entry) => {
+                    entry.deliver(from, res.body);
+                }
                 None => {
                     tracing::debug!(peer = %from, "response to a request no longer pending")
                 }
@@ -641,6 +647,43 @@ impl Node {
             Frame::Service(frame) => self.on_service_frame(from, frame),
             Frame::Meta(meta) => write(&self.view).meta(from, meta),
         }
+    }
+
+    /// Remember that `from` runs the socketioxide server `id`, up to
+    /// [`MAX_SERVER_IDS_PER_PEER`] per peer (forgotten when the peer goes).
+    fn learn_server_id(&self, id: Id, from: &PeerId) {
+        if read(&self.server_ids).contains_key(&id) {
+            return;
+        }
+        let mut ids = write(&self.server_ids);
+        if ids.values().filter(|p| *p == from).count() >= MAX_SERVER_IDS_PER_PEER {
+            drop(ids);
+            if let Some(held_back) = SERVER_ID_LOG.allow() {
+                tracing::warn!(
+                    peer = %from,
+                    held_back,
+                    "server id not learned: the peer already has {MAX_SERVER_IDS_PER_PEER}"
+                );
+            }
+            return;
+        }
+        ids.entry(id).or_insert_with(|| from.clone());
+    }
+
+    /// Forget the link slots, mesh addresses and server ids of peers neither gossip nor a
+    /// verified connection shows any more (say, peers only ever seen in gossip).
+    fn forget_unknown_peers(&self) {
+        let slots: Vec<PeerId> = lock(&self.links).keys().cloned().collect();
+        let unknown: Vec<PeerId> = {
+            let view = read(&self.view);
+            slots.into_iter().filter(|p| !view.knows(p)).collect()
+        };
+        for peer in &unknown {
+            tracing::debug!(%peer, "forgetting a peer no longer known");
+            self.drop_link(peer);
+        }
+        let view = read(&self.view);
+        write(&self.server_ids).retain(|_, p| view.knows(p));
     }
 
     fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
@@ -742,6 +785,7 @@ impl Node {
         self.change_view("gossip", |v| {
             v.apply_gossip(nodes.reachable, |p| nodes.listed.contains(p))
         });
+        self.forget_unknown_peers();
         self.connect_unverified();
     }
 
@@ -912,5 +956,224 @@ async fn watch_membership(
                 return;
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+
+    async fn node(cluster: &str, seed: Option<SocketAddr>) -> Arc<Node> {
+        let mut config = GossipAdapterConfig::new()
+            .with_cluster_id(cluster)
+            .with_gossip_addr("127.0.0.1:0".parse().unwrap())
+            .with_mesh_addr("127.0.0.1:0".parse().unwrap())
+            .with_gossip_interval(Duration::from_millis(50))
+            .with_secret(SECRET);
+        if let Some(seed) = seed {
+            config = config.with_seeds([seed.to_string()]);
+        }
+        Node::start(&config).await.unwrap()
+    }
+
+    async fn pair(cluster: &str) -> (Arc<Node>, Arc<Node>) {
+        let a = node(cluster, None).await;
+        let b = node(cluster, Some(a.addrs().0)).await;
+        for _ in 0..500 {
+            if a.members().len() == 1 && b.members().len() == 1 {
+                return (a, b);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cluster did not form");
+    }
+
+    fn ids_of(node: &Node, peer: &PeerId) -> usize {
+        read(&node.server_ids)
+            .values()
+            .filter(|p| *p == peer)
+            .count()
+    }
+
+    /// A member sending requests from 1,000 server ids: the node keeps 16 of them, and
+    /// none once the member left. Two real nodes on 127.0.0.1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_ids_a_peer_sends_are_bounded_and_forgotten() {
+        let (a, b) = pair(&format!("server-ids-{}", std::process::id())).await;
+        let to_a = [a.me().clone()];
+        for i in 0..1_000u32 {
+            let mut origin = [b'x'; 16];
+            origin[..4].copy_from_slice(&i.to_be_bytes());
+            let frame = Frame::Request(wire::Request {
+                ns: "/not-hosted".into(),
+                id: Id([0; 16]),
+                origin: Id(origin),
+                kind: wire::RequestKind::DisconnectSockets,
+                opts: wire::Opts::default(),
+                ack_timeout_ms: None,
+            });
+            b.send(&to_a, &frame, false).await.unwrap();
+        }
+        // Frames are handled in order: once a confirmed message is handled, so are they.
+        b.send_service(&to_a, "none", bytes::Bytes::new(), true)
+            .await
+            .unwrap();
+        let b_id = b.me().clone();
+        assert_eq!(ids_of(&a, &b_id), MAX_SERVER_IDS_PER_PEER);
+        b.shutdown().await;
+        let mut forgotten = false;
+        for _ in 0..500 {
+            if ids_of(&a, &b_id) == 0 {
+                forgotten = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            forgotten,
+            "the server ids of a peer that left are forgotten"
+        );
+        a.shutdown().await;
+    }
+
+    /// A link slot opened for a peer gossip showed (here: one never reached) is dropped
+    /// once gossip no longer shows it.
+    #[tokio::test]
+    async fn link_slots_of_peers_only_seen_in_gossip_are_forgotten() {
+        let a = node(&format!("slots-{}", std::process::id()), None).await;
+        for i in 0..10 {
+            let ghost = PeerId {
+                name: format!("ghost-{i}").into(),
+                generation: 1,
+            };
+            assert!(a.link(&ghost).await.is_err(), "no address known");
+        }
+        assert_eq!(lock(&a.links).len(), 10);
+        a.refresh_from_gossip().await;
+        assert_eq!(lock(&a.links).len(), 0, "slots of unknown peers dropped");
+        a.shutdown().await;
+    }
+
+    /// The peak memory (VmHWM) of one node that receives the largest frame a peer can
+    /// send: 16 MiB (the default maximum) of empty room names. The node runs in a child
+    /// process (this test again, with `PEAK_CHILD_SEED` set) that prints its VmHWM as it
+    /// changes; this process is the peer. A measurement, not an assertion: run it with
+    /// `cargo test --all-features --lib -- --ignored --nocapture peak_memory`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, run by hand"]
+    async fn peak_memory_under_the_largest_frame() {
+        use std::io::BufRead;
+        let hwm = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .map(String::from)
+                })
+                .unwrap_or_default()
+        };
+        if let Ok(seed) = std::env::var("PEAK_CHILD_SEED") {
+            let cluster = std::env::var("PEAK_CLUSTER").unwrap();
+            let _node = node(&cluster, Some(seed.parse().unwrap())).await;
+            let mut last = String::new();
+            for _ in 0..600 {
+                let now = hwm();
+                if now != last {
+                    println!("{now}");
+                    last = now;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return;
+        }
+        let cluster = format!("peak-{}", std::process::id());
+        let peer = node(&cluster, None).await;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "--nocapture"])
+            .arg("cluster::tests::peak_memory_under_the_largest_frame")
+            .env("PEAK_CHILD_SEED", peer.addrs().0.to_string())
+            .env("PEAK_CLUSTER", &cluster)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(kb) = line
+                    .strip_prefix("VmHWM:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                {
+                    let _ = tx.send(kb);
+                }
+            }
+        });
+        let mut member = None;
+        for _ in 0..500 {
+            member = peer.members().first().map(Member::peer_id);
+            if member.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let member = member.expect("the child node joined");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rx.try_iter().last().unwrap_or_default();
+
+        // AddSockets with n empty room names, filling the largest frame.
+        let empty = wire::encode(&Frame::Request(wire::Request {
+            ns: "/".into(),
+            id: Id([1; 16]),
+            origin: Id([2; 16]),
+            kind: wire::RequestKind::AddSockets(vec![]),
+            opts: wire::Opts::default(),
+            ack_timeout_ms: None,
+        }))
+        .unwrap();
+        let at = wire::LEN_PREFIX + 3 + 1 + 2 + 32;
+        assert_eq!(empty[at..at + 2], [4, 0]);
+        let n = wire::DEFAULT_MAX_FRAME_SIZE - (empty.len() - wire::LEN_PREFIX) - 4;
+        let mut body = empty[wire::LEN_PREFIX..at + 1].to_vec();
+        let mut v = n;
+        while v >= 0x80 {
+            body.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        body.push(v as u8);
+        body.resize(body.len() + n, 0);
+        body.extend_from_slice(&empty[at + 2..]);
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        assert!(body.len() <= wire::DEFAULT_MAX_FRAME_SIZE);
+        let link = peer.link(&member).await.unwrap();
+        link.send(Bytes::from(frame), Duration::from_secs(5))
+            .await
+            .unwrap();
+        // Wait until the child's peak has not moved for 3 s (bounded: 60 s).
+        let mut peak = before;
+        let mut still = 0;
+        for _ in 0..600 {
+            match rx.try_iter().last() {
+                Some(kb) => {
+                    peak = kb;
+                    still = 0;
+                }
+                None => still += 1,
+            }
+            if still >= 30 && peak > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        println!(
+            "frame of {} bytes ({n} empty room names): node VmHWM {before} kB before, {peak} kB after",
+            body.len()
+        );
     }
 }

@@ -59,7 +59,7 @@ impl Node {
         let Some(id) = id else {
             return self.send(targets, &frame, false).await;
         };
-        let mut pending = self.expect(id, targets.to_vec(), 0);
+        let mut pending = self.expect(id, targets.to_vec());
         self.send(targets, &frame, false).await?;
         let mut waiting: HashSet<PeerId> = targets.iter().cloned().collect();
         let deadline = tokio::time::sleep(self.request_timeout);

@@ -86,6 +86,12 @@ impl View {
             .is_some_and(|p| p.conns.iter().any(|c| c.incoming))
     }
 
+    /// Whether gossip shows `peer`, or it is a member (so its link, address and server ids
+    /// are worth keeping).
+    pub(super) fn knows(&self, peer: &PeerId) -> bool {
+        self.gossip.contains_key(peer) || self.proven.contains_key(peer)
+    }
+
     /// Where to reach `peer`: the address it proved, else the one gossip shows.
     pub(super) fn mesh_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
         self.proven

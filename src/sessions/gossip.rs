@@ -8,11 +8,12 @@
 //!   side pushes its snapshot to the other and pulls the other's: a new node catches up,
 //!   a restarted node too, and two sides of a healed partition exchange what they missed.
 //!   Snapshots travel in chunks under the frame limit.
-//! - A purge task drops expired sessions and old tombstones; a cap bounds the rest.
+//! - A purge task drops expired sessions and old tombstones; caps on sessions and on
+//!   tombstones bound the rest (by eviction, never by refusing a save).
 
 use std::{
     sync::{Arc, Mutex, Weak},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -26,11 +27,12 @@ use tower_sessions_core::{
 
 use super::{
     SessionStoreConfig,
-    replica::{Applied, Replica, chunks},
+    replica::{Applied, Evicted, Replica, chunks},
 };
 use crate::{
     cluster::{MembershipEvent, Node, ServiceHandler},
     mesh::PeerId,
+    rate_log::RateLog,
     wire::{
         self,
         sessions::{SERVICE, SessionMsg, SessionRecord, SessionState},
@@ -65,7 +67,13 @@ struct Inner {
     node: Arc<Node>,
     replica: Mutex<Replica>,
     self_weak: Weak<Inner>,
+    /// Log lines about records refused or evicted: a peer or a client can cause them at will.
+    refused_log: RateLog,
+    evicted_log: RateLog,
 }
+
+/// At most one log line per kind in this period.
+const LOG_PERIOD: Duration = Duration::from_secs(10);
 
 fn now_ns() -> i128 {
     SystemTime::now()
@@ -86,12 +94,15 @@ impl GossipSessionStore {
         let replica = Replica::new(
             node.me().name.to_string(),
             config.max_sessions,
+            config.max_tombstones,
             config.tombstone_ttl,
         );
         let inner = Arc::new_cyclic(|self_weak| Inner {
             node,
             replica: Mutex::new(replica),
             self_weak: self_weak.clone(),
+            refused_log: RateLog::new(LOG_PERIOD),
+            evicted_log: RateLog::new(LOG_PERIOD),
         });
         let handler: Weak<dyn ServiceHandler> = Arc::downgrade(&inner) as Weak<_>;
         inner.node.register_service(SERVICE, handler);
@@ -116,6 +127,13 @@ impl GossipSessionStore {
         self.len() == 0
     }
 
+    /// How many records this node evicted to stay within its caps since it started:
+    /// live sessions (those closest to expiry first) and tombstones (the oldest first).
+    pub fn evicted(&self) -> (u64, u64) {
+        let e = self.inner.lock().evicted();
+        (e.sessions, e.tombstones)
+    }
+
     /// Merge a write of this node locally, send it to every member, and wait until each
     /// has merged it too (or is gone, or the request timeout passed).
     ///
@@ -125,10 +143,7 @@ impl GossipSessionStore {
         let inner = &self.inner;
         let body = {
             let mut replica = inner.lock();
-            let record = replica.write(id, state, now_ms()).ok_or_else(|| {
-                tracing::warn!("session not saved: the session store holds its maximum of records");
-                backend("the session store is full")
-            })?;
+            let record = replica.write(id, state, now_ms());
             let body =
                 wire::encode_body(&SessionMsg::Put(vec![record.clone()])).map_err(backend)?;
             let max = inner.node.max_frame_size();
@@ -138,10 +153,11 @@ impl GossipSessionStore {
                     body.len()
                 )));
             }
-            let live = matches!(record.state, SessionState::Live { .. });
-            if replica.apply(record, now_ns()) == Applied::Full && live {
-                return Err(backend("the session store is full"));
-            }
+            // A deletion of a session not held here is still sent: another node may
+            // hold it (say, one that evicted it here first).
+            let before = replica.evicted();
+            replica.apply_own(record, now_ns());
+            inner.log_evictions(before, replica.evicted());
             body
         };
         let members: Vec<PeerId> = inner.node.members().iter().map(|m| m.peer_id()).collect();
@@ -159,11 +175,38 @@ impl Inner {
     }
 
     fn apply(&self, record: SessionRecord, from: &str) {
-        let id = record.id;
-        if self.lock().apply(record, now_ns()) == Applied::Full {
+        let ts_ms = record.version.ts_ms;
+        let mut replica = self.lock();
+        let before = replica.evicted();
+        let applied = replica.apply(record, now_ns());
+        let after = replica.evicted();
+        drop(replica);
+        self.log_evictions(before, after);
+        if applied == Applied::TooFarAhead
+            && let Some(held_back) = self.refused_log.allow()
+        {
             tracing::warn!(
                 from,
-                "session record dropped: the session store is full ({id:x})"
+                version_ms = ts_ms,
+                now_ms = now_ms(),
+                held_back,
+                "session record refused: its version is too far ahead of this node's clock \
+                 (a clock far off, or a misbehaving node)"
+            );
+        }
+    }
+
+    /// Log that records were evicted between `before` and `after`, at a bounded rate.
+    fn log_evictions(&self, before: Evicted, after: Evicted) {
+        if after != before
+            && let Some(held_back) = self.evicted_log.allow()
+        {
+            tracing::warn!(
+                evicted_sessions = after.sessions,
+                evicted_tombstones = after.tombstones,
+                held_back,
+                "session store at its cap: evicted the sessions closest to expiry / the \
+                 oldest tombstones (totals since start)"
             );
         }
     }
@@ -334,5 +377,92 @@ impl SessionStore for GossipSessionStore {
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         self.write(session_id.0, SessionState::Deleted).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::{GossipAdapterConfig, sessions::SessionStoreConfig, wire::sessions::Version};
+
+    const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+
+    async fn node(cluster: &str, seed: Option<std::net::SocketAddr>) -> Arc<Node> {
+        let mut config = GossipAdapterConfig::new()
+            .with_cluster_id(cluster)
+            .with_gossip_addr("127.0.0.1:0".parse().unwrap())
+            .with_mesh_addr("127.0.0.1:0".parse().unwrap())
+            .with_gossip_interval(Duration::from_millis(50))
+            .with_secret(SECRET);
+        if let Some(seed) = seed {
+            config = config.with_seeds([seed.to_string()]);
+        }
+        Node::start(&config).await.unwrap()
+    }
+
+    fn user(name: &str) -> Record {
+        Record {
+            id: Id::default(),
+            data: HashMap::from([("user".to_string(), serde_json::json!(name))]),
+            expiry_date: OffsetDateTime::now_utc() + time::Duration::hours(1),
+        }
+    }
+
+    async fn user_of(store: &GossipSessionStore, id: &Id) -> Option<String> {
+        let r = store.load(id).await.unwrap()?;
+        Some(r.data.get("user")?.as_str()?.to_string())
+    }
+
+    /// A member (it holds the secret) sends a session whose version is at the end of time,
+    /// so that no later write could win over it: the receiving node refuses it, and a
+    /// log-out there still deletes the session. Two real nodes on 127.0.0.1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_at_the_end_of_time_from_a_member_is_refused() {
+        let cluster = format!("far-future-{}", std::process::id());
+        let a = node(&cluster, None).await;
+        let b = node(&cluster, Some(a.addrs().0)).await;
+        let store = GossipSessionStore::start(a.clone(), &SessionStoreConfig::new());
+        let mut formed = false;
+        for _ in 0..500 {
+            if a.members().len() == 1 && b.members().len() == 1 {
+                formed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(formed, "cluster formed");
+
+        let mut rec = user("ada");
+        store.create(&mut rec).await.unwrap();
+        assert_eq!(user_of(&store, &rec.id).await.as_deref(), Some("ada"));
+
+        // B pins the session (and a session A never held) with the largest version.
+        let pinned = |id: i128| SessionRecord {
+            id,
+            version: Version {
+                ts_ms: u64::MAX,
+                node: "zzz".into(),
+            },
+            state: SessionState::Live {
+                expiry_unix_ns: rec.expiry_date.unix_timestamp_nanos(),
+                data: Bytes::from_static(br#"{"user":"mallory"}"#),
+            },
+        };
+        let body = wire::encode_body(&SessionMsg::Put(vec![pinned(rec.id.0), pinned(7)])).unwrap();
+        let a_id = a.me().clone();
+        b.send_service(&[a_id], SERVICE, body, true).await.unwrap();
+
+        assert_eq!(
+            user_of(&store, &rec.id).await.as_deref(),
+            Some("ada"),
+            "the pinned version was refused"
+        );
+        assert!(!store.inner.lock().holds(7));
+        store.delete(&rec.id).await.unwrap();
+        assert_eq!(user_of(&store, &rec.id).await, None, "the log-out won");
+        b.shutdown().await;
+        a.shutdown().await;
     }
 }

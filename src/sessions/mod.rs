@@ -10,9 +10,12 @@
 //!   returns once every member has merged it (a member found dead is not waited for, a
 //!   silent one at most the request timeout), so losing any node, even the one that took
 //!   the save, loses no session; an expiry applies everywhere; a node that joins exchanges
-//!   snapshots with each member. Memory is bounded by expiry (a periodic purge) and by
-//!   [`SessionStoreConfig::with_max_sessions`] (new sessions beyond it are refused, and
-//!   dropped with a log line when received from a peer).
+//!   snapshots with each member. Memory is bounded by expiry (a periodic purge), by
+//!   [`SessionStoreConfig::with_max_sessions`] (beyond it, the session closest to expiry is
+//!   evicted, counted and logged: a save is never refused for room) and, apart, by
+//!   [`SessionStoreConfig::with_max_tombstones`] (the oldest tombstone is evicted). Deleting
+//!   a session a node does not hold leaves nothing behind, so log-outs with made-up cookies
+//!   cost no memory.
 //!
 //!   Every node of the cluster should run the store: a member without it answers that it
 //!   has none (so saves do not wait for it) and holds nothing.
@@ -29,7 +32,13 @@
 //! still in flight, and over a save of the same version. Tombstones are purged after
 //! [`SessionStoreConfig::with_tombstone_ttl`] (1 hour). So "last writer wins" per session,
 //! where "last" is by the writers' clocks: keep them synchronised (NTP), as for the
-//! expiry of sessions.
+//! expiry of sessions. A node refuses (and logs) a record whose version is more than 5
+//! minutes ahead of its own clock (10 minutes for a deletion): a version at the end of
+//! time would otherwise win over every later write, log-outs included.
+//!
+//! Only a node that holds a session keeps a tombstone for it. So a deletion that reaches
+//! a node before the save it overrides (the two made at the same time on two nodes) is
+//! lost there, and the save survives on that node until it expires or is written again.
 //!
 //! ## Example
 //!
@@ -95,6 +104,7 @@ pub use redis::RedisSessionStore;
 #[derive(Clone, Debug)]
 pub struct SessionStoreConfig {
     max_sessions: usize,
+    max_tombstones: usize,
     tombstone_ttl: Duration,
     purge_interval: Duration,
 }
@@ -103,6 +113,7 @@ impl Default for SessionStoreConfig {
     fn default() -> Self {
         Self {
             max_sessions: 100_000,
+            max_tombstones: 100_000,
             tombstone_ttl: Duration::from_secs(3600),
             purge_interval: Duration::from_secs(30),
         }
@@ -110,16 +121,26 @@ impl Default for SessionStoreConfig {
 }
 
 impl SessionStoreConfig {
-    /// The defaults: 100,000 records, tombstones kept 1 hour, purge every 30 s.
+    /// The defaults: 100,000 sessions and 100,000 tombstones, tombstones kept 1 hour,
+    /// purge every 30 s.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Most records a node holds (sessions and tombstones of deleted ones). Beyond it, a
-    /// new session is refused (saving it fails; received from a peer, it is dropped and
-    /// logged); existing sessions can still be saved and deleted.
+    /// Most live sessions a node holds (at least 1). Beyond it, the session closest to
+    /// expiry is evicted from this node, counted
+    /// ([`GossipSessionStore::evicted`]) and logged; a save is never refused for room.
+    /// Give every node the same cap, so that they evict the same sessions.
     pub fn with_max_sessions(mut self, max: usize) -> Self {
         self.max_sessions = max.max(1);
+        self
+    }
+
+    /// Most tombstones (of deleted sessions) a node holds, apart from the sessions: beyond
+    /// it, the oldest is evicted and counted. A tombstone only protects a deletion from an
+    /// older save still in flight, so evicting old ones early is harmless in practice.
+    pub fn with_max_tombstones(mut self, max: usize) -> Self {
+        self.max_tombstones = max;
         self
     }
 

@@ -10,16 +10,26 @@ use serde::{Deserialize, Serialize};
 /// The service name session messages travel under.
 pub const SERVICE: &str = "sessions";
 
+/// Most records in one session message (a record takes a few bytes on the wire and about
+/// 100 in memory: the bound keeps a message from growing many times its size once
+/// decoded). Snapshot chunks are cut to stay within it.
+pub const MAX_RECORDS: usize = 16_384;
+
+fn records<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SessionRecord>, D::Error> {
+    super::bounded::Bounded::<SessionRecord, MAX_RECORDS>::deserialize(d).map(|b| b.0)
+}
+
 /// What one node's session store tells another's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SessionMsg {
     /// Records saved or deleted on the sender: the receiver merges each.
-    Put(Vec<SessionRecord>),
+    Put(#[serde(deserialize_with = "records")] Vec<SessionRecord>),
     /// The sender asks for every record the receiver holds (catch-up after a join).
     SnapshotRequest,
     /// One chunk of the answer to a [`SessionMsg::SnapshotRequest`]; `last` on the final one.
     Snapshot {
         /// Records of this chunk.
+        #[serde(deserialize_with = "records")]
         records: Vec<SessionRecord>,
         /// Whether this is the final chunk.
         last: bool,
@@ -156,5 +166,24 @@ mod tests {
             decode_body::<SessionMsg>(&[1, 0]).is_err(),
             "trailing bytes"
         );
+    }
+
+    #[test]
+    fn more_records_than_the_bound_are_refused() {
+        let record = SessionRecord {
+            id: 0,
+            version: Version {
+                ts_ms: 0,
+                node: String::new(),
+            },
+            state: SessionState::Deleted,
+        };
+        let at_bound = SessionMsg::Put(vec![record.clone(); MAX_RECORDS]);
+        assert!(decode_body::<SessionMsg>(&encode_body(&at_bound).unwrap()).is_ok());
+        let over = SessionMsg::Snapshot {
+            records: vec![record; MAX_RECORDS + 1],
+            last: true,
+        };
+        assert!(decode_body::<SessionMsg>(&encode_body(&over).unwrap()).is_err());
     }
 }
