@@ -1,6 +1,6 @@
 //! Configuration of the gossip backend: [`GossipAdapterConfig`].
 
-use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{error::ConfigError, wire::DEFAULT_MAX_FRAME_SIZE};
 
@@ -40,6 +40,17 @@ impl From<&[u8]> for Secret {
     fn from(s: &[u8]) -> Self {
         Self(s.into())
     }
+}
+
+/// The PEM files of the cluster-CA mode (see [`GossipAdapterConfig::with_tls_ca`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// The cluster CA's certificate(s): the only issuer peers' certificates may come from.
+    pub(crate) ca: PathBuf,
+    /// This node's certificate, signed by the CA (then any intermediates).
+    pub(crate) cert: PathBuf,
+    /// This node's private key.
+    pub(crate) key: PathBuf,
 }
 
 /// How nodes prove to each other that they belong to the cluster.
@@ -84,6 +95,7 @@ pub struct GossipAdapterConfig {
     pub(crate) gossip_interval: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) peer_timeout: Duration,
+    pub(crate) tls: Option<TlsFiles>,
     pub(crate) network: Option<crate::network::Custom>,
 }
 
@@ -104,6 +116,7 @@ impl Default for GossipAdapterConfig {
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             peer_timeout: Duration::from_secs(2),
+            tls: None,
             network: None,
         }
     }
@@ -228,6 +241,40 @@ impl GossipAdapterConfig {
         self
     }
 
+    /// Cluster-CA mode: each node gets its own certificate, signed by a CA of the cluster and
+    /// naming the node (its node name as a DNS name in the subject alternative names), so
+    /// that no node can speak for another. Paths of PEM files: the CA's certificate, this
+    /// node's certificate (then any intermediates) and its private key (PKCS#8, PKCS#1 or
+    /// SEC1).
+    ///
+    /// Both sides of every mesh connection then present their certificate and verify the
+    /// other's chain to the CA (mutual TLS), and a peer whose certificate does not name the
+    /// node it claims to be is refused. The node name must be a DNS name (letters, digits,
+    /// `-`, `.`), and [`with_node_name`](Self::with_node_name) set to the name in the
+    /// certificate. The secret is still required: it seals gossip and its proof still runs.
+    /// Unreadable files, or a certificate the CA did not sign or that does not fit the key,
+    /// stop the node at start with an error naming the file.
+    ///
+    /// ```
+    /// use socketioxide_cluster::GossipAdapterConfig;
+    /// let config = GossipAdapterConfig::new()
+    ///     .with_node_name("chat-0")
+    ///     .with_tls_ca("/etc/cluster/ca.pem", "/etc/cluster/chat-0.pem", "/etc/cluster/chat-0.key");
+    /// ```
+    pub fn with_tls_ca(
+        mut self,
+        ca_pem: impl Into<PathBuf>,
+        cert_pem: impl Into<PathBuf>,
+        key_pem: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls = Some(TlsFiles {
+            ca: ca_pem.into(),
+            cert: cert_pem.into(),
+            key: key_pem.into(),
+        });
+        self
+    }
+
     /// Run gossip and the mesh on the sockets `network` provides instead of binding UDP
     /// sockets from the operating system: for simulations on a simulated network and clock.
     /// The addresses set by the other methods are passed to `network` as they are.
@@ -258,6 +305,7 @@ impl GossipAdapterConfig {
     /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes |
     /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer |
     /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | per-peer queue |
+    /// | `SOCKETIO_CLUSTER_TLS_CA`, `SOCKETIO_CLUSTER_TLS_CERT`, `SOCKETIO_CLUSTER_TLS_KEY` | cluster-CA mode: the three PEM files of [`with_tls_ca`](Self::with_tls_ca), all three or none |
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -343,7 +391,41 @@ impl GossipAdapterConfig {
         if let Some(n) = num("SOCKETIO_CLUSTER_STREAM_BUFFER")? {
             c = c.with_stream_buffer(n);
         }
+        c.tls = tls_from(&get)?;
         Ok(c)
+    }
+}
+
+/// The cluster-CA files from `SOCKETIO_CLUSTER_TLS_*`: all three, or none.
+fn tls_from(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsFiles>, ConfigError> {
+    const VARS: [&str; 3] = [
+        "SOCKETIO_CLUSTER_TLS_CA",
+        "SOCKETIO_CLUSTER_TLS_CERT",
+        "SOCKETIO_CLUSTER_TLS_KEY",
+    ];
+    let [ca, cert, key] = VARS.map(|var| get(var).filter(|v| !v.trim().is_empty()));
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        })),
+        (ca, cert, key) => {
+            let given = [ca.is_some(), cert.is_some(), key.is_some()];
+            let missing = VARS
+                .iter()
+                .zip(given)
+                .find_map(|(var, set)| (!set).then_some(*var))
+                .unwrap_or(VARS[0]);
+            Err(ConfigError::Invalid {
+                var: missing,
+                reason: "the cluster-CA mode needs SOCKETIO_CLUSTER_TLS_CA, \
+                         SOCKETIO_CLUSTER_TLS_CERT and SOCKETIO_CLUSTER_TLS_KEY together: \
+                         set the missing one, or none"
+                    .into(),
+            })
+        }
     }
 }
 
@@ -420,6 +502,39 @@ mod tests {
         assert_eq!(
             from(&[("SOCKETIO_CLUSTER_INSECURE", "true")]).unwrap().auth,
             Auth::Insecure
+        );
+    }
+
+    #[test]
+    fn tls_files_come_all_three_or_not_at_all() {
+        assert_eq!(from(&[]).unwrap().tls, None);
+        let c = from(&[
+            ("SOCKETIO_CLUSTER_TLS_CA", "ca.pem"),
+            ("SOCKETIO_CLUSTER_TLS_CERT", "n1.pem"),
+            ("SOCKETIO_CLUSTER_TLS_KEY", "n1.key"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                ca: "ca.pem".into(),
+                cert: "n1.pem".into(),
+                key: "n1.key".into(),
+            })
+        );
+        let e = from(&[
+            ("SOCKETIO_CLUSTER_TLS_CA", "ca.pem"),
+            ("SOCKETIO_CLUSTER_TLS_KEY", "n1.key"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("invalid SOCKETIO_CLUSTER_TLS_CERT"),
+            "{e}"
+        );
+        let e = from(&[("SOCKETIO_CLUSTER_TLS_KEY", "n1.key")]).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid SOCKETIO_CLUSTER_TLS_CA"),
+            "{e}"
         );
     }
 

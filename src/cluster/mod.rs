@@ -163,12 +163,14 @@ impl Node {
             config.mesh_addr,
             custom_socket,
             keyring,
+            config.tls.as_ref(),
             config.max_frame_size,
             config.peer_timeout,
             config.stream_buffer,
         )
         .map_err(|e| match e {
             mesh::MeshError::Bind { addr, source } => Error::MeshBind { addr, source },
+            mesh::MeshError::TlsFile { path, reason } => Error::TlsFile { path, reason },
             other => Error::Tls(other.to_string()),
         })?;
         let mesh_bound = mesh.local_addr().map_err(|source| Error::MeshBind {

@@ -30,7 +30,10 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use tokio::sync::mpsc;
 
-use crate::wire::{self, DecodeError, Frame, FrameDecoder, Hello};
+use crate::{
+    config::TlsFiles,
+    wire::{self, DecodeError, Frame, FrameDecoder, Hello},
+};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 
 /// Close code: the peer left the cluster on purpose. Not 0: quinn closes a connection whose
@@ -106,6 +109,14 @@ pub(crate) enum MeshError {
     /// TLS set-up failed.
     #[error("TLS set-up failed: {0}")]
     Tls(tls::TlsError),
+    /// A file of the cluster-CA mode is unusable.
+    #[error("{}: {reason}", path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Connecting failed.
     #[error("cannot connect to {addr}: {reason}")]
     Connect {
@@ -137,6 +148,8 @@ pub(crate) struct Mesh {
     dropped: Arc<AtomicU64>,
     /// Incoming connections that have not proved anything yet.
     gate: admission::Gate,
+    /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
+    ca_mode: bool,
 }
 
 /// A UDP socket that does not come from the operating system, with what drives it.
@@ -147,16 +160,21 @@ pub(crate) struct CustomSocket {
 }
 
 impl Mesh {
-    /// Bind the mesh endpoint, on `socket` if given, else on a UDP socket at `addr`.
+    /// Bind the mesh endpoint, on `socket` if given, else on a UDP socket at `addr`; with
+    /// `ca`, in cluster-CA mode (see [`tls`]).
     pub(crate) fn bind(
         addr: SocketAddr,
         socket: Option<CustomSocket>,
         keyring: Keyring,
+        ca: Option<&TlsFiles>,
         max_frame_size: usize,
         peer_timeout: Duration,
         queue: usize,
     ) -> Result<Self, MeshError> {
-        let (server_crypto, client_crypto) = tls::configs().map_err(MeshError::Tls)?;
+        let (server_crypto, client_crypto) = tls::configs(ca).map_err(|e| match e {
+            tls::TlsError::File { path, reason } => MeshError::TlsFile { path, reason },
+            other => MeshError::Tls(other),
+        })?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(Arc::new(server_transport(peer_timeout)));
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
@@ -189,6 +207,7 @@ impl Mesh {
             queue,
             dropped: Arc::default(),
             gate: admission::Gate::default(),
+            ca_mode: ca.is_some(),
         })
     }
 
@@ -342,6 +361,10 @@ impl Mesh {
         self.keyring
             .verify(Role::Client, &exporter, &hello)
             .map_err(|e| refuse(format!("node {:?}: {e}", hello.node_name)))?;
+        if self.ca_mode {
+            tls::check_peer_name(conn, &hello.node_name)
+                .map_err(|e| refuse(format!("claims to be node {:?}, but {e}", hello.node_name)))?;
+        }
         let mesh_addr: SocketAddr = hello
             .mesh_addr
             .parse()
@@ -396,6 +419,15 @@ impl Mesh {
             if let Err(source) = self.keyring.verify(Role::Server, &exporter, &hello) {
                 conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
                 return Err(MeshError::Auth { addr, source });
+            }
+            if self.ca_mode
+                && let Err(e) = tls::check_peer_name(&conn, &hello.node_name)
+            {
+                conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
+                return Err(fail(format!(
+                    "claims to be node {:?}, but {e}",
+                    hello.node_name
+                )));
             }
             Ok((conn, hello))
         })
@@ -669,6 +701,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             None,
             keyring,
+            None,
             1024,
             Duration::from_secs(2),
             16,
