@@ -156,6 +156,10 @@ impl Node {
                     })?,
                 runtime: network.runtime(),
                 rng_seed: network.rng_seed(),
+                clock: Arc::new(mesh::Clock({
+                    let network = network.clone();
+                    move || network.wall_clock()
+                })),
             }),
             None => None,
         };

@@ -157,6 +157,18 @@ pub(crate) struct CustomSocket {
     pub(crate) socket: Arc<dyn quinn::AsyncUdpSocket>,
     pub(crate) runtime: Arc<dyn quinn::Runtime>,
     pub(crate) rng_seed: Option<[u8; 32]>,
+    /// The network's wall clock: QUIC Retry tokens are stamped and checked with it (on a
+    /// simulated network, real time and the network's time differ).
+    pub(crate) clock: Arc<dyn quinn::TimeSource>,
+}
+
+/// A wall clock given as a function, for [`CustomSocket::clock`].
+pub(crate) struct Clock<F>(pub(crate) F);
+
+impl<F: Fn() -> std::time::SystemTime + Send + Sync> quinn::TimeSource for Clock<F> {
+    fn now(&self) -> std::time::SystemTime {
+        (self.0)()
+    }
 }
 
 impl Mesh {
@@ -185,7 +197,9 @@ impl Mesh {
                 socket,
                 runtime,
                 rng_seed,
+                clock,
             }) => {
+                server.time_source(clock);
                 let mut config = quinn::EndpointConfig::default();
                 config.rng_seed(rng_seed);
                 Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
