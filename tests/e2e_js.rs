@@ -190,7 +190,10 @@ fn example_selects_the_backend_from_the_environment() {
     let gossip = [
         ("SOCKETIO_CLUSTER_GOSSIP_ADDR", "127.0.0.1:0"),
         ("SOCKETIO_CLUSTER_MESH_ADDR", "127.0.0.1:0"),
-        ("SOCKETIO_CLUSTER_SECRET", "example-backend-test"),
+        (
+            "SOCKETIO_CLUSTER_SECRET",
+            "6e2a4c8b0d1f3a5c7e9b1d3f5a7c9e0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a1c",
+        ),
     ];
     let (status, log) = run_example(&bin, &gossip);
     assert!(status.is_none(), "gossip by default: {status:?}\n{log}");

@@ -19,7 +19,7 @@ async fn node(
         .with_mesh_addr("127.0.0.1:0".parse().unwrap())
         .with_gossip_interval(Duration::from_millis(50))
         .with_max_frame_size(1024)
-        .with_secret("limits-test");
+        .with_secret("8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7");
     if let Some(seed) = seed {
         c = c.with_seeds([seed.to_string()]);
     }

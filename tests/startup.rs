@@ -9,7 +9,7 @@ fn config() -> GossipAdapterConfig {
     GossipAdapterConfig::new()
         .with_gossip_addr("127.0.0.1:0".parse().unwrap())
         .with_mesh_addr("127.0.0.1:0".parse().unwrap())
-        .with_secret("startup-test-secret")
+        .with_secret("5d1f3b7a9c2e4068b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7")
 }
 
 #[tokio::test]
@@ -22,6 +22,31 @@ async fn missing_secret_is_refused() {
         err.to_string().contains("insecure_no_auth"),
         "the way out is named: {err}"
     );
+}
+
+#[tokio::test]
+async fn weak_secrets_are_refused_with_a_way_to_make_a_strong_one() {
+    let strong = "5d1f3b7a9c2e4068b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7";
+    for (secrets, what) in [
+        (vec!["change-me"], "characters"),
+        (vec!["change-me-change-me-change-me-change-me"], "guess"),
+        (vec![strong, "old-short-one"], "secret 1"),
+    ] {
+        let err = GossipAdapterCtr::new(config().with_secrets(secrets.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::WeakSecret { .. }),
+            "{secrets:?}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(what), "{secrets:?}: {msg}");
+        assert!(msg.contains("openssl rand -hex 32"), "{msg}");
+        assert!(
+            !msg.contains("change-me") && !msg.contains("old-short"),
+            "no secret in it: {msg}"
+        );
+    }
 }
 
 /// Start a node on a UDP port another socket holds, set by `on` in the test config: the
@@ -71,6 +96,9 @@ async fn host_name_seeds_and_insecure_mode_start() {
     .expect("host names are fine, resolved again later");
     let cluster = ctr.cluster();
     assert!(cluster.members().is_empty());
-    assert!(!format!("{ctr:?}").contains("startup-test-secret"));
+    assert!(
+        !format!("{ctr:?}")
+            .contains("5d1f3b7a9c2e4068b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7")
+    );
     cluster.shutdown().await;
 }
