@@ -21,6 +21,7 @@
 //! | `SOCKETIO_CLUSTER_SEEDS`        | comma separated gossip addresses of nodes to join         |
 //! | `SOCKETIO_CLUSTER_SECRET`       | shared secret authenticating the nodes                    |
 //! | `SOCKETIO_CLUSTER_INSECURE`     | `1` disables authentication (local experiments only)      |
+//! | `SOCKETIO_CLUSTER_TLS_CA`, `SOCKETIO_CLUSTER_TLS_CERT`, `SOCKETIO_CLUSTER_TLS_KEY` | cluster-CA mode: PEM files of the CA, this node's certificate and key |
 //! | `SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS`, `SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS`, `SOCKETIO_CLUSTER_PEER_TIMEOUT_MS` | tuning |
 //!
 //! A three node cluster on one machine:

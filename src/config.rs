@@ -1,6 +1,6 @@
 //! Configuration of the gossip backend: [`GossipAdapterConfig`].
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use crate::keys::Secret;
 use crate::{
@@ -8,6 +8,17 @@ use crate::{
     ranges::{self, env_count, env_ms},
     wire::DEFAULT_MAX_FRAME_SIZE,
 };
+
+/// The PEM files of the cluster-CA mode (see [`GossipAdapterConfig::with_tls_ca`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// The cluster CA's certificate(s): the only issuer peers' certificates may come from.
+    pub(crate) ca: PathBuf,
+    /// This node's certificate, signed by the CA (then any intermediates).
+    pub(crate) cert: PathBuf,
+    /// This node's private key.
+    pub(crate) key: PathBuf,
+}
 
 /// How nodes prove to each other that they belong to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +62,7 @@ pub struct GossipAdapterConfig {
     pub(crate) gossip_interval: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) peer_timeout: Duration,
+    pub(crate) tls: Option<TlsFiles>,
     pub(crate) join_timeout: Duration,
     pub(crate) network: Option<crate::network::Custom>,
 }
@@ -72,6 +84,7 @@ impl Default for GossipAdapterConfig {
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             peer_timeout: Duration::from_secs(2),
+            tls: None,
             join_timeout: Duration::from_secs(3),
             network: None,
         }
@@ -207,6 +220,40 @@ impl GossipAdapterConfig {
         self
     }
 
+    /// Cluster-CA mode: each node gets its own certificate, signed by a CA of the cluster and
+    /// naming the node (its node name as a DNS name in the subject alternative names), so
+    /// that no node can speak for another. Paths of PEM files: the CA's certificate, this
+    /// node's certificate (then any intermediates) and its private key (PKCS#8, PKCS#1 or
+    /// SEC1).
+    ///
+    /// Both sides of every mesh connection then present their certificate and verify the
+    /// other's chain to the CA (mutual TLS), and a peer whose certificate does not name the
+    /// node it claims to be is refused. The node name must be a DNS name (letters, digits,
+    /// `-`, `.`), and [`with_node_name`](Self::with_node_name) set to the name in the
+    /// certificate. The secret is still required: it seals gossip and its proof still runs.
+    /// Unreadable files, or a certificate the CA did not sign or that does not fit the key,
+    /// stop the node at start with an error naming the file.
+    ///
+    /// ```
+    /// use socketioxide_cluster::GossipAdapterConfig;
+    /// let config = GossipAdapterConfig::new()
+    ///     .with_node_name("chat-0")
+    ///     .with_tls_ca("/etc/cluster/ca.pem", "/etc/cluster/chat-0.pem", "/etc/cluster/chat-0.key");
+    /// ```
+    pub fn with_tls_ca(
+        mut self,
+        ca_pem: impl Into<PathBuf>,
+        cert_pem: impl Into<PathBuf>,
+        key_pem: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls = Some(TlsFiles {
+            ca: ca_pem.into(),
+            cert: cert_pem.into(),
+            key: key_pem.into(),
+        });
+        self
+    }
+
     /// How long [`GossipAdapterCtr::new`](crate::GossipAdapterCtr::new) waits to join: it
     /// returns once the seeds answered and every node they know of proved itself over the
     /// mesh, so that the node's first broadcast reaches every member. A node whose seeds do
@@ -248,6 +295,7 @@ impl GossipAdapterConfig {
     /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes, 1,024 to 67,108,864 |
     /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer, 1 to 1,000,000 |
     /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | per-peer queue, 1 to 1,000,000 |
+    /// | `SOCKETIO_CLUSTER_TLS_CA`, `SOCKETIO_CLUSTER_TLS_CERT`, `SOCKETIO_CLUSTER_TLS_KEY` | cluster-CA mode: the three PEM files of [`with_tls_ca`](Self::with_tls_ca), all three or none |
     ///
     /// A value that does not parse, or a number outside its range, is an error naming the
     /// variable (and the range).
@@ -332,6 +380,7 @@ impl GossipAdapterConfig {
         if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
             c.stream_buffer = n;
         }
+        c.tls = tls_from(&get)?;
         Ok(c)
     }
 
@@ -347,6 +396,39 @@ impl GossipAdapterConfig {
         ranges::ACK_RESPONSE_BUFFER.check(B, self.ack_response_buffer)?;
         ranges::STREAM_BUFFER.check(B, self.stream_buffer)?;
         Ok(())
+    }
+}
+
+/// The cluster-CA files from `SOCKETIO_CLUSTER_TLS_*`: all three, or none.
+fn tls_from(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsFiles>, ConfigError> {
+    const VARS: [&str; 3] = [
+        "SOCKETIO_CLUSTER_TLS_CA",
+        "SOCKETIO_CLUSTER_TLS_CERT",
+        "SOCKETIO_CLUSTER_TLS_KEY",
+    ];
+    let [ca, cert, key] = VARS.map(|var| get(var).filter(|v| !v.trim().is_empty()));
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        })),
+        (ca, cert, key) => {
+            let given = [ca.is_some(), cert.is_some(), key.is_some()];
+            let missing = VARS
+                .iter()
+                .zip(given)
+                .find_map(|(var, set)| (!set).then_some(*var))
+                .unwrap_or(VARS[0]);
+            Err(ConfigError::Invalid {
+                var: missing,
+                reason: "the cluster-CA mode needs SOCKETIO_CLUSTER_TLS_CA, \
+                         SOCKETIO_CLUSTER_TLS_CERT and SOCKETIO_CLUSTER_TLS_KEY together: \
+                         set the missing one, or none"
+                    .into(),
+            })
+        }
     }
 }
 
@@ -496,6 +578,39 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn tls_files_come_all_three_or_not_at_all() {
+        assert_eq!(from(&[]).unwrap().tls, None);
+        let c = from(&[
+            ("SOCKETIO_CLUSTER_TLS_CA", "ca.pem"),
+            ("SOCKETIO_CLUSTER_TLS_CERT", "n1.pem"),
+            ("SOCKETIO_CLUSTER_TLS_KEY", "n1.key"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                ca: "ca.pem".into(),
+                cert: "n1.pem".into(),
+                key: "n1.key".into(),
+            })
+        );
+        let e = from(&[
+            ("SOCKETIO_CLUSTER_TLS_CA", "ca.pem"),
+            ("SOCKETIO_CLUSTER_TLS_KEY", "n1.key"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("invalid SOCKETIO_CLUSTER_TLS_CERT"),
+            "{e}"
+        );
+        let e = from(&[("SOCKETIO_CLUSTER_TLS_KEY", "n1.key")]).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid SOCKETIO_CLUSTER_TLS_CA"),
+            "{e}"
+        );
     }
 
     #[test]

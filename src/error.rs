@@ -51,6 +51,15 @@ pub enum Error {
     /// TLS could not be set up.
     #[error("TLS set-up failed: {0}")]
     Tls(String),
+    /// A file of the cluster-CA mode (`with_tls_ca`, `SOCKETIO_CLUSTER_TLS_*`) is unreadable,
+    /// is not what it should be, or does not fit the others.
+    #[error("cluster TLS file {}: {reason}", path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -162,6 +162,13 @@
 //! ([`Error::WeakSecret`]). A node is a member while its authenticated mesh connection is
 //! open, whatever gossip says. Rotate secrets with [`GossipAdapterConfig::with_secrets`].
 //! The README's security section says what an attacker with and without the secret can do.
+//!
+//! A connection that has not proved the secret gets no room for data (one stream, 8 KiB for
+//! its proof), at most 64 are served at once for at most the peer timeout, and beyond 16 a
+//! client must validate its address (QUIC Retry). With
+//! [`GossipAdapterConfig::with_tls_ca`], each node also has a certificate of the cluster's
+//! CA naming it: both sides verify the other's (mutual TLS), and a node cannot claim
+//! another's name.
 
 #[cfg(not(any(feature = "cluster-gossip", feature = "redis")))]
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");

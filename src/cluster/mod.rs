@@ -207,6 +207,10 @@ impl Node {
                     })?,
                 runtime: network.runtime(),
                 rng_seed: network.rng_seed(),
+                clock: Arc::new(mesh::Clock({
+                    let network = network.clone();
+                    move || network.wall_clock()
+                })),
             }),
             None => None,
         };
@@ -214,12 +218,14 @@ impl Node {
             config.mesh_addr,
             custom_socket,
             keyring,
+            config.tls.as_ref(),
             config.max_frame_size,
             config.peer_timeout,
             config.stream_buffer,
         )
         .map_err(|e| match e {
             mesh::MeshError::Bind { addr, source } => Error::MeshBind { addr, source },
+            mesh::MeshError::TlsFile { path, reason } => Error::TlsFile { path, reason },
             other => Error::Tls(other.to_string()),
         })?;
         let mesh_bound = mesh.local_addr().map_err(|source| Error::MeshBind {

@@ -71,6 +71,7 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
         "127.0.0.1:0".parse().unwrap(),
         None,
         keyring,
+        None,
         1 << 20,
         Duration::from_secs(2),
         16,

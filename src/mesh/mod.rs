@@ -5,7 +5,14 @@
 //! A node sends everything it has for a peer (requests, responses, broadcasts) on its own
 //! outgoing connection to that peer ([`Link`]), and reads what the peer sends on the
 //! connection the peer opened. Nothing of a connection is read before its [`Hello`] verified.
+//!
+//! A stranger gets nothing before its proof: an incoming connection may open one
+//! bidirectional stream and send [`HANDSHAKE_WINDOW`] bytes in all (its [`Hello`]), and only
+//! a verified peer is given stream credit ([`Mesh::serve`]). At most
+//! [`admission::MAX_UNPROVEN`] connections may be proving at once, each for at most the peer
+//! timeout.
 
+mod admission;
 pub(crate) mod auth;
 mod tls;
 
@@ -23,7 +30,10 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use tokio::sync::mpsc;
 
-use crate::wire::{self, DecodeError, Frame, FrameDecoder, Hello};
+use crate::{
+    config::TlsFiles,
+    wire::{self, DecodeError, Frame, FrameDecoder, Hello},
+};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 
 /// Close code: the peer left the cluster on purpose. Not 0: quinn closes a connection whose
@@ -41,6 +51,22 @@ pub(crate) const CLOSE_REFUSED: u32 = 5;
 
 /// Largest [`Hello`] accepted.
 const MAX_HELLO: usize = 4096;
+
+/// Connection-level receive window of a connection whose peer has not proved the secret
+/// yet: room for the peer's [`Hello`] and nothing more. An outgoing connection keeps it for
+/// good, as the other side only ever sends its [`Hello`] on it.
+const HANDSHAKE_WINDOW: u32 = 2 * MAX_HELLO as u32;
+
+/// Receive window of one stream (quinn's default): what a verified peer may have in flight
+/// on its frame stream.
+const STREAM_WINDOW: u32 = 1_250_000;
+
+/// Unidirectional streams a verified peer may have open at once (its frame stream, and the
+/// next one while the previous finishes).
+const PEER_UNI_STREAMS: u32 = 2;
+
+/// Connection-level receive window once the peer is verified.
+const PEER_WINDOW: u32 = PEER_UNI_STREAMS * STREAM_WINDOW + HANDSHAKE_WINDOW;
 
 /// A node's identity in the mesh: its name and generation (a restarted node is a new peer).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +137,14 @@ pub(crate) enum MeshError {
     /// TLS set-up failed.
     #[error("TLS set-up failed: {0}")]
     Tls(tls::TlsError),
+    /// A file of the cluster-CA mode is unusable.
+    #[error("{}: {reason}", path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Connecting failed.
     #[error("cannot connect to {addr}: {reason}")]
     Connect {
@@ -140,6 +174,10 @@ pub(crate) struct Mesh {
     queue: usize,
     /// Frames left in a send queue when its connection closed.
     dropped: Arc<AtomicU64>,
+    /// Incoming connections that have not proved anything yet.
+    gate: admission::Gate,
+    /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
+    ca_mode: bool,
 }
 
 /// A UDP socket that does not come from the operating system, with what drives it.
@@ -147,31 +185,49 @@ pub(crate) struct CustomSocket {
     pub(crate) socket: Arc<dyn quinn::AsyncUdpSocket>,
     pub(crate) runtime: Arc<dyn quinn::Runtime>,
     pub(crate) rng_seed: Option<[u8; 32]>,
+    /// The network's wall clock: QUIC Retry tokens are stamped and checked with it (on a
+    /// simulated network, real time and the network's time differ).
+    pub(crate) clock: Arc<dyn quinn::TimeSource>,
+}
+
+/// A wall clock given as a function, for [`CustomSocket::clock`].
+pub(crate) struct Clock<F>(pub(crate) F);
+
+impl<F: Fn() -> std::time::SystemTime + Send + Sync> quinn::TimeSource for Clock<F> {
+    fn now(&self) -> std::time::SystemTime {
+        (self.0)()
+    }
 }
 
 impl Mesh {
-    /// Bind the mesh endpoint, on `socket` if given, else on a UDP socket at `addr`.
+    /// Bind the mesh endpoint, on `socket` if given, else on a UDP socket at `addr`; with
+    /// `ca`, in cluster-CA mode (see [`tls`]).
     pub(crate) fn bind(
         addr: SocketAddr,
         socket: Option<CustomSocket>,
         keyring: Keyring,
+        ca: Option<&TlsFiles>,
         max_frame_size: usize,
         peer_timeout: Duration,
         queue: usize,
     ) -> Result<Self, MeshError> {
-        let (server_crypto, client_crypto) = tls::configs().map_err(MeshError::Tls)?;
-        let transport = Arc::new(transport_config(peer_timeout));
+        let (server_crypto, client_crypto) = tls::configs(ca).map_err(|e| match e {
+            tls::TlsError::File { path, reason } => MeshError::TlsFile { path, reason },
+            other => MeshError::Tls(other),
+        })?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(transport.clone());
+        server.transport_config(Arc::new(server_transport(peer_timeout)));
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(transport);
+        client.transport_config(Arc::new(client_transport(peer_timeout)));
         let endpoint = match socket {
             None => Endpoint::server(server, addr),
             Some(CustomSocket {
                 socket,
                 runtime,
                 rng_seed,
+                clock,
             }) => {
+                server.time_source(clock);
                 let mut config = quinn::EndpointConfig::default();
                 config.rng_seed(rng_seed);
                 Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
@@ -193,6 +249,8 @@ impl Mesh {
             peer_timeout,
             queue,
             dropped: Arc::default(),
+            gate: admission::Gate::default(),
+            ca_mode: ca.is_some(),
         })
     }
 
@@ -218,39 +276,93 @@ impl Mesh {
     }
 
     /// Accept connections until the endpoint closes.
+    ///
+    /// Each incoming connection is admitted by [`admission::admit`]: accepted while fewer
+    /// than [`admission::RETRY_ABOVE`] are proving, asked to validate its address (Retry)
+    /// beyond that, refused at [`admission::MAX_UNPROVEN`]. An accepted one must complete
+    /// TLS and prove the secret within the peer timeout.
     pub(crate) fn serve(self: &Arc<Self>, inbound: Arc<dyn Inbound>) {
         let mesh = self.clone();
         tokio::spawn(async move {
             while let Some(incoming) = mesh.endpoint.accept().await {
+                let remote = incoming.remote_address();
+                let slot = match mesh.gate.admit(incoming.remote_address_validated()) {
+                    Ok(slot) => slot,
+                    Err(admission::Admission::Retry) => {
+                        if let Err(e) = incoming.retry() {
+                            // Only possible for a validated address, which is not retried.
+                            e.into_incoming().refuse();
+                        }
+                        continue;
+                    }
+                    Err(_) => {
+                        incoming.refuse();
+                        if let Some(suppressed) = mesh.gate.log.take() {
+                            let counts = mesh.gate.counts();
+                            tracing::warn!(
+                                %remote,
+                                suppressed,
+                                refused = counts.refused,
+                                retried = counts.retried,
+                                max = admission::MAX_UNPROVEN,
+                                "refused mesh connection: too many connections still proving \
+                                 the cluster secret"
+                            );
+                        }
+                        continue;
+                    }
+                };
                 let mesh = mesh.clone();
                 let inbound = inbound.clone();
                 tokio::spawn(async move {
-                    let remote = incoming.remote_address();
-                    match incoming.await {
-                        Ok(conn) => mesh.serve_connection(conn, inbound).await,
-                        Err(e) => tracing::debug!(%remote, "incoming mesh connection failed: {e}"),
-                    }
+                    let deadline = tokio::time::Instant::now() + mesh.peer_timeout;
+                    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => return mesh.refused(remote, &format!("TLS: {e}")),
+                        // Dropping the handshake abandons the connection.
+                        Err(_) => return mesh.refused(remote, "no TLS handshake in time"),
+                    };
+                    let peer =
+                        match tokio::time::timeout_at(deadline, mesh.accept_hello(&conn)).await {
+                            Ok(Ok(peer)) => peer,
+                            Ok(Err(reason)) => {
+                                conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
+                                return mesh.refused(remote, &reason);
+                            }
+                            Err(_) => {
+                                conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication timeout");
+                                return mesh.refused(remote, "no authentication in time");
+                            }
+                        };
+                    drop(slot);
+                    mesh.serve_connection(conn, peer, inbound).await;
                 });
             }
         });
     }
 
-    async fn serve_connection(&self, conn: Connection, inbound: Arc<dyn Inbound>) {
+    /// Count and log (at a bounded rate) an incoming connection that did not prove itself.
+    fn refused(&self, remote: SocketAddr, reason: &str) {
+        self.gate.failed();
+        if let Some(suppressed) = self.gate.log.take() {
+            let counts = self.gate.counts();
+            tracing::warn!(
+                %remote,
+                suppressed,
+                failed = counts.failed,
+                unproven = self.gate.unproven(),
+                "refused mesh connection: {reason}"
+            );
+        }
+    }
+
+    async fn serve_connection(
+        &self,
+        conn: Connection,
+        (peer, addrs): (PeerId, PeerAddrs),
+        inbound: Arc<dyn Inbound>,
+    ) {
         let remote = conn.remote_address();
-        let peer = match tokio::time::timeout(self.peer_timeout * 2, self.accept_hello(&conn)).await
-        {
-            Ok(Ok(peer)) => peer,
-            Ok(Err(reason)) => {
-                tracing::warn!(%remote, "refused mesh connection: {reason}");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(%remote, "refused mesh connection: no authentication in time");
-                conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication timeout");
-                return;
-            }
-        };
-        let (peer, addrs) = peer;
         let id = ConnId {
             id: conn.stable_id(),
             incoming: true,
@@ -301,7 +413,14 @@ impl Mesh {
         self.keyring
             .verify(Role::Client, &exporter, &hello)
             .map_err(|e| refuse(format!("node {:?}: {e}", hello.node_name)))?;
+        if self.ca_mode {
+            tls::check_peer_name(conn, &hello.node_name)
+                .map_err(|e| refuse(format!("claims to be node {:?}, but {e}", hello.node_name)))?;
+        }
         let addrs = peer_addrs(&hello).map_err(refuse)?;
+        // Proven: now, and only now, the peer gets room for its frames.
+        conn.set_max_concurrent_uni_streams(VarInt::from_u32(PEER_UNI_STREAMS));
+        conn.set_receive_window(VarInt::from_u32(PEER_WINDOW));
         let reply = self.signed_hello(Role::Server, &exporter);
         send.write_all(&reply).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
@@ -329,7 +448,7 @@ impl Mesh {
         inbound: Arc<dyn Inbound>,
     ) -> Result<(PeerId, Link), MeshError> {
         let fail = |reason: String| MeshError::Connect { addr, reason };
-        let conn = tokio::time::timeout(self.peer_timeout * 2, async {
+        let conn = tokio::time::timeout(self.peer_timeout, async {
             let connecting = self
                 .endpoint
                 .connect_with(self.client.clone(), addr, tls::SERVER_NAME)
@@ -349,6 +468,15 @@ impl Mesh {
             if let Err(source) = self.keyring.verify(Role::Server, &exporter, &hello) {
                 conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
                 return Err(MeshError::Auth { addr, source });
+            }
+            if self.ca_mode
+                && let Err(e) = tls::check_peer_name(&conn, &hello.node_name)
+            {
+                conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
+                return Err(fail(format!(
+                    "claims to be node {:?}, but {e}",
+                    hello.node_name
+                )));
             }
             Ok((conn, hello))
         })
@@ -407,13 +535,33 @@ impl Mesh {
     }
 }
 
-fn transport_config(peer_timeout: Duration) -> TransportConfig {
+/// What both sides of a mesh connection share: a peer silent for `peer_timeout` is gone;
+/// keep-alives keep healthy idle links open.
+fn base_transport(peer_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
-    // A peer silent for `peer_timeout` is gone; keep-alives keep healthy idle links open.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(peer_timeout).ok());
     t.keep_alive_interval(Some(peer_timeout / 4));
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(HANDSHAKE_WINDOW));
+    t
+}
+
+/// Incoming connections start with what the handshake needs: one bidirectional stream and
+/// [`HANDSHAKE_WINDOW`] bytes. [`Mesh::accept_hello`] raises the limits once the proof
+/// verified.
+fn server_transport(peer_timeout: Duration) -> TransportConfig {
+    let mut t = base_transport(peer_timeout);
     t.max_concurrent_bidi_streams(VarInt::from_u32(1));
-    t.max_concurrent_uni_streams(VarInt::from_u32(2));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t
+}
+
+/// On an outgoing connection the other side only answers the [`Hello`] on the stream this
+/// node opened: it may open no stream, and send [`HANDSHAKE_WINDOW`] bytes in all.
+fn client_transport(peer_timeout: Duration) -> TransportConfig {
+    let mut t = base_transport(peer_timeout);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t
 }
 
@@ -646,6 +794,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             None,
             keyring,
+            None,
             1024,
             Duration::from_secs(2),
             16,
@@ -702,6 +851,76 @@ mod tests {
             .unwrap();
         assert_eq!(who, peer("server"));
         ([server, client], link, server_rx)
+    }
+
+    /// A strong secret for the tests below.
+    const STRONG: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+
+    /// A raw connection from `from` to `to` that completes TLS with the mesh's ALPN and
+    /// proves nothing.
+    async fn stranger(from: &Mesh, to: &Mesh) -> Connection {
+        from.endpoint
+            .connect_with(
+                from.client.clone(),
+                to.local_addr().unwrap(),
+                tls::SERVER_NAME,
+            )
+            .unwrap()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stranger_gets_no_stream_credit_and_is_cut_at_the_peer_timeout() {
+        let (server, server_in, mut server_rx) = node("server", Some(STRONG));
+        server.serve(server_in);
+        let (attacker, _, _) = node("stranger", Some(STRONG));
+
+        // A stranger may open no stream for frames; it holds a slot until cut at the peer
+        // timeout (2 s), with its reason.
+        let started = tokio::time::Instant::now();
+        let idle = stranger(&attacker, &server).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), idle.open_uni())
+                .await
+                .is_err(),
+            "a stranger opened a unidirectional stream"
+        );
+        assert_eq!(server.gate.unproven(), 1);
+        let reason = tokio::time::timeout(Duration::from_secs(10), idle.closed())
+            .await
+            .expect("closed");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(3), "cut after {waited:?}");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code, VarInt::from_u32(CLOSE_AUTH));
+                assert_eq!(&c.reason[..], b"authentication timeout");
+            }
+            other => panic!("expected an authentication timeout, got {other:?}"),
+        }
+        assert_eq!(server.gate.unproven(), 0);
+
+        // On the handshake stream, no more than the handshake window is taken, and junk
+        // longer than a hello is refused.
+        let junk = stranger(&attacker, &server).await;
+        let (mut send, _recv) = junk.open_bi().await.unwrap();
+        let mut taken = 0;
+        for _ in 0..64 {
+            match tokio::time::timeout(Duration::from_millis(200), send.write(&[0; 1000])).await {
+                Ok(Ok(n)) => taken += n,
+                _ => break,
+            }
+        }
+        assert!(taken <= HANDSHAKE_WINDOW as usize, "{taken} bytes taken");
+        match tokio::time::timeout(Duration::from_secs(10), junk.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+                assert_eq!(c.error_code, VarInt::from_u32(CLOSE_AUTH));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(server.gate.counts().failed, 2);
+        assert!(server_rx.try_recv().is_err(), "a stranger became a peer");
     }
 
     #[tokio::test]
