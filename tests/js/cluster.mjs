@@ -339,7 +339,7 @@ export class Cluster {
     this.parser = parser;
     this.parserModule = parserModule;
     this.clusterId = `e2e-${randomBytes(6).toString('hex')}`;
-    this.secret = randomBytes(24).toString('hex');
+    this.secret = randomBytes(32).toString('hex');
     this.nodes = [];
     this.clients = new Set();
     this.failed = false;
