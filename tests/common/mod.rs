@@ -23,12 +23,18 @@ pub mod redis_server;
 /// The adapter type of the test servers, whatever their backend.
 pub type Adapter = ClusterAdapter<Emitter>;
 
+/// The cluster secret of the test nodes: 64 hex characters, as `openssl rand -hex 32`
+/// prints.
+pub const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+
 /// Bound (ms) for a packet that must arrive.
 pub const ARRIVES: u64 = 3000;
 /// How long (ms) a client is watched for a packet that must not arrive.
 pub const NOTHING: u64 = 300;
 /// Bound for remote state to settle, or an ack stream to end.
 pub const SETTLES: Duration = Duration::from_secs(10);
+/// Bound for a cluster to form: every node a verified member of every other.
+pub const FORMS: Duration = Duration::from_secs(20);
 /// An ack timeout far longer than any test: a stream that ends sooner ended because every
 /// expected ack came, not because it timed out.
 pub const LONG: Duration = Duration::from_secs(60);
@@ -186,7 +192,7 @@ pub fn config(cluster_id: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig
         .with_mesh_addr("127.0.0.1:0".parse().unwrap())
         .with_gossip_interval(Duration::from_millis(50))
         .with_peer_timeout(Duration::from_millis(1000))
-        .with_secret("test-secret-0123456789");
+        .with_secret(SECRET);
     if let Some(seed) = seed {
         c = c.with_seeds([seed.to_string()]);
     }
@@ -437,6 +443,32 @@ pub async fn wait_hosting(nodes: &[&TestNode], ns: &str, n: usize) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait (bounded) until every node counts every other as a member. Gossip: each node's
+/// verified members are the others. Redis: nothing to wait for, a node that connected
+/// has subscribed. Panics when the cluster does not form within [`FORMS`].
+#[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
+pub async fn wait_formed(nodes: &[&TestNode]) {
+    let Some(first) = nodes.first() else {
+        return;
+    };
+    match first.backend {
+        #[cfg(feature = "cluster-gossip")]
+        Backend::Gossip => {
+            let n = nodes.len();
+            let ok = wait_until(FORMS, || {
+                nodes
+                    .iter()
+                    .all(|node| node.cluster().members().len() == n - 1)
+            })
+            .await;
+            let seen: Vec<usize> = nodes.iter().map(|n| n.cluster().members().len()).collect();
+            assert!(ok, "the cluster did not form: members seen {seen:?}");
+        }
+        #[cfg(feature = "redis")]
+        Backend::Redis(_) => {}
     }
 }
 
