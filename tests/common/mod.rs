@@ -215,6 +215,8 @@ pub async fn start_gossip(config: GossipAdapterConfig) -> TestNode {
 pub struct TestCluster {
     backend: Backend,
     id: String,
+    /// The request timeout of the nodes started from now on (default: the library's).
+    request_timeout: Option<Duration>,
     #[cfg(feature = "cluster-gossip")]
     seed: Option<SocketAddr>,
 }
@@ -225,9 +227,18 @@ impl TestCluster {
         Self {
             backend: backend.clone(),
             id: cluster_id(),
+            request_timeout: None,
             #[cfg(feature = "cluster-gossip")]
             seed: None,
         }
+    }
+
+    /// Give the nodes started from now on this request timeout: a test that must see a
+    /// request end because every expected answer came sets one far longer than its own
+    /// bound, so that waiting for the timeout fails it.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
     }
 
     /// Start one more node, its socket.io builder customised by `build`.
@@ -273,7 +284,11 @@ impl TestCluster {
     /// The gossip configuration of the next node of this cluster (seeded by the first).
     #[cfg(feature = "cluster-gossip")]
     pub fn next_config(&self) -> GossipAdapterConfig {
-        config(&self.id, self.seed)
+        let config = config(&self.id, self.seed);
+        match self.request_timeout {
+            Some(t) => config.with_request_timeout(t),
+            None => config,
+        }
     }
 
     async fn start_node(
@@ -288,7 +303,7 @@ impl TestCluster {
         match &self.backend {
             #[cfg(feature = "cluster-gossip")]
             Backend::Gossip => {
-                let ctr = ClusterAdapterCtr::gossip(config(&self.id, self.seed))
+                let ctr = ClusterAdapterCtr::gossip(self.next_config())
                     .await
                     .expect("node starts");
                 let cluster = ctr.cluster().expect("a gossip node has a cluster");
@@ -297,8 +312,11 @@ impl TestCluster {
             }
             #[cfg(feature = "redis")]
             Backend::Redis(server) => {
-                let config = socketioxide_cluster::redis::RedisAdapterConfig::new()
+                let mut config = socketioxide_cluster::redis::RedisAdapterConfig::new()
                     .with_prefix(self.id.clone());
+                if let Some(t) = self.request_timeout {
+                    config = config.with_request_timeout(t);
+                }
                 let ctr = ClusterAdapterCtr::redis(&server.url(), config)
                     .await
                     .expect("node connects to redis");
@@ -358,7 +376,14 @@ pub async fn spawn_cluster_with<const N: usize>(
     backend: &Backend,
     build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
 ) -> [TestNode; N] {
-    let mut cluster = TestCluster::new(backend);
+    start_nodes(TestCluster::new(backend), build).await
+}
+
+/// Start `N` nodes of `cluster`, each socket.io builder customised by `build`.
+pub async fn start_nodes<const N: usize>(
+    mut cluster: TestCluster,
+    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> [TestNode; N] {
     let mut nodes = Vec::with_capacity(N);
     for _ in 0..N {
         nodes.push(cluster.start(&build).await);
