@@ -9,6 +9,8 @@ use socketioxide_cluster::{GossipAdapter, GossipAdapterConfig, GossipAdapterCtr}
 
 type A = GossipAdapter<Emitter>;
 
+const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+
 async fn node(
     id: &str,
     seed: Option<std::net::SocketAddr>,
@@ -19,7 +21,7 @@ async fn node(
         .with_mesh_addr("127.0.0.1:0".parse().unwrap())
         .with_gossip_interval(Duration::from_millis(50))
         .with_max_frame_size(1024)
-        .with_secret("limits-test");
+        .with_secret(SECRET);
     if let Some(seed) = seed {
         c = c.with_seeds([seed.to_string()]);
     }
@@ -35,14 +37,28 @@ async fn oversized_messages_are_refused_and_the_link_survives() {
     let id = format!("limits-{}", std::process::id());
     let (a, ca) = node(&id, None).await;
     let (b, cb) = node(&id, Some(ca.gossip_addr())).await;
-    for _ in 0..500 {
-        if ca.members().len() == 1 && cb.members().len() == 1 {
+    // Formed, and each node knows the other hosts `/`: the refusal below is the frame
+    // size's doing, not an empty cluster's.
+    let mut formed = false;
+    for _ in 0..1000 {
+        let sees = |c: &socketioxide_cluster::Cluster| {
+            let m = c.members();
+            m.len() == 1 && m[0].hosts("/") && m[0].server_id.is_some()
+        };
+        if sees(&ca) && sees(&cb) {
+            formed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        formed,
+        "the cluster formed: {:?} {:?}",
+        ca.members(),
+        cb.members()
+    );
     let (_tb, mut rb) = b.new_dummy_sock("/", ()).await;
-    tokio::time::timeout(Duration::from_secs(2), rb.recv())
+    tokio::time::timeout(Duration::from_secs(5), rb.recv())
         .await
         .unwrap();
 
@@ -51,7 +67,7 @@ async fn oversized_messages_are_refused_and_the_link_survives() {
     assert!(err.to_string().contains("maximum frame size"), "{err}");
 
     a.emit("small", &1).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(2), rb.recv())
+    let got = tokio::time::timeout(Duration::from_secs(5), rb.recv())
         .await
         .unwrap()
         .unwrap();
