@@ -28,7 +28,7 @@ pub type Adapter = ClusterAdapter<Emitter>;
 pub const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
 
 /// Bound (ms) for a packet that must arrive.
-pub const ARRIVES: u64 = 3000;
+pub const ARRIVES: u64 = 10_000;
 /// How long (ms) a client is watched for a packet that must not arrive.
 pub const NOTHING: u64 = 300;
 /// Bound for remote state to settle, or an ack stream to end.
@@ -628,10 +628,79 @@ pub async fn recv_none(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet
     }
 }
 
-/// Assert nothing arrives on any of `rxs`, watching each in turn for [`NOTHING`].
-pub async fn nothing_arrives<const N: usize>(rxs: [&mut ClientRx; N]) {
-    for rx in rxs {
-        recv_none(rx, NOTHING).await;
+/// Assert that nothing reached the `watched` clients of namespace `/` (see
+/// [`nothing_arrives_on`]).
+pub async fn nothing_arrives<'a>(
+    nodes: &[&TestNode],
+    watched: impl IntoIterator<Item = (&'a mut ClientRx, Sid)>,
+) {
+    nothing_arrives_on(nodes, "/", watched).await;
+}
+
+/// Assert that nothing sent so far reached the `watched` clients of namespace `ns`, and
+/// nothing will: every node of `nodes` sends each watched socket a marker, and the next
+/// packets of each client must be exactly those markers. Two emits from one node reach a
+/// client in the order they were made, so a packet a node sent (or relayed) before its
+/// marker would arrive first, however late. Text and msgpack clients alike.
+pub async fn nothing_arrives_on<'a>(
+    nodes: &[&TestNode],
+    ns: &'static str,
+    watched: impl IntoIterator<Item = (&'a mut ClientRx, Sid)>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let watched: Vec<(&mut ClientRx, Sid)> = watched.into_iter().collect();
+    // The watched sockets, and only they, join a room of their own for the markers.
+    let room = format!("marker-room-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let sockets: Vec<_> = watched
+        .iter()
+        .map(|(_, sid)| {
+            nodes
+                .iter()
+                .find_map(|n| n.io.of(ns)?.get_socket(*sid))
+                .unwrap_or_else(|| panic!("no node of the list holds {sid}"))
+        })
+        .collect();
+    for s in &sockets {
+        s.join(room.clone());
+    }
+    let mut markers = Vec::with_capacity(nodes.len());
+    // A node without the namespace has nothing to send in it.
+    for op in nodes.iter().filter_map(|n| n.io.of(ns)) {
+        let marker = NEXT.fetch_add(1, Ordering::Relaxed);
+        op.to(room.clone())
+            .emit("marker", &marker)
+            .await
+            .expect("marker sent");
+        markers.push(marker);
+    }
+    for (rx, sid) in watched {
+        let mut expected = markers.clone();
+        while !expected.is_empty() {
+            let p = recv_packet(rx, ARRIVES).await;
+            let marker = match &p {
+                EioPacket::Message(text) => text
+                    .strip_prefix(&format!(r#"2{}["marker","#, ns_prefix(ns)))
+                    .and_then(|m| m.strip_suffix(']'))
+                    .and_then(|m| m.parse::<u64>().ok()),
+                EioPacket::Binary(bin) => {
+                    let v = msgpack::decode(bin);
+                    (v["data"][0] == "marker")
+                        .then(|| v["data"][1].as_u64())
+                        .flatten()
+                }
+                _ => None,
+            };
+            match marker.and_then(|m| expected.iter().position(|e| *e == m)) {
+                Some(i) => {
+                    expected.swap_remove(i);
+                }
+                None => panic!("{sid} got {p:?} where only markers {expected:?} were due"),
+            }
+        }
+    }
+    for s in &sockets {
+        s.leave(room.clone());
     }
 }
 
