@@ -259,6 +259,51 @@ async fn graceful_shutdown_is_seen_at_once() {
     assert_eq!(a.io.fetch_sockets().await.unwrap().len(), 2);
 }
 
+/// `membership_events()` of a real cluster: `Joined` for each node that comes, with its
+/// name and addresses, `Left` for a node that leaves and for one that is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_events_follow_nodes_coming_and_going() {
+    init_tracing();
+    let id = cluster_id();
+    let (a, _ta, _ra) = node_with_socket(config(&id, None)).await;
+    let mut events = a.cluster().membership_events();
+    let seed = Some(a.cluster().gossip_addr());
+    let next = async |events: &mut (dyn futures_util::Stream<Item = MembershipEvent> + Unpin)| {
+        within(FORMS, events.next())
+            .await
+            .expect("a membership event in time")
+            .expect("the event stream is open")
+    };
+
+    let (b, _tb, _rb) = node_with_socket(config(&id, seed)).await;
+    match next(&mut events).await {
+        MembershipEvent::Joined(m) => {
+            assert_eq!(m.node_name, b.cluster().node_name());
+            assert_eq!(m.gossip_addr, b.cluster().gossip_addr());
+            assert_eq!(m.mesh_addr, b.cluster().mesh_addr());
+        }
+        other => panic!("expected b to join, got {other:?}"),
+    }
+    let c = spawn_victim(config(&id, seed));
+    let c_name = c.node.cluster().node_name().to_string();
+    match next(&mut events).await {
+        MembershipEvent::Joined(m) => assert_eq!(m.node_name, c_name),
+        other => panic!("expected c to join, got {other:?}"),
+    }
+
+    b.cluster().shutdown().await;
+    match next(&mut events).await {
+        MembershipEvent::Left(m) => assert_eq!(m.node_name, b.cluster().node_name()),
+        other => panic!("expected b to leave, got {other:?}"),
+    }
+    c.kill();
+    match next(&mut events).await {
+        MembershipEvent::Left(m) => assert_eq!(m.node_name, c_name),
+        other => panic!("expected the killed c to be found gone, got {other:?}"),
+    }
+    assert!(a.cluster().members().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_wait_only_for_nodes_hosting_the_namespace() {
     init_tracing();
