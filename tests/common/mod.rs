@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 pub mod msgpack;
 pub mod polling;
 pub mod redis_server;
+pub mod relay;
 
 /// The adapter type of the test servers, whatever their backend.
 pub type Adapter = ClusterAdapter<Emitter>;
