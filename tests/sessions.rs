@@ -210,8 +210,9 @@ async fn concurrent_saves_converge(backend: Backend) {
 /// A node that joins later reads the sessions saved before it existed.
 async fn a_new_node_sees_existing_sessions(backend: Backend) {
     let mut cluster = TestCluster::new(&backend);
-    let (_a, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
-    let (_b, b) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+    let (a_node, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+    let (b_node, b) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+    wait_formed(&[&a_node, &b_node]).await;
     const K: usize = 1000;
     let mut ids = Vec::with_capacity(K);
     for i in 0..K {
