@@ -9,7 +9,7 @@
 //!
 //! ```sh
 //! cargo build --example chat
-//! export SOCKETIO_CLUSTER_ID=chat SOCKETIO_CLUSTER_SECRET=change-me
+//! export SOCKETIO_CLUSTER_ID=chat SOCKETIO_CLUSTER_SECRET=$(openssl rand -hex 32)
 //! export SOCKETIO_CLUSTER_SEEDS=127.0.0.1:7001
 //! BIND=127.0.0.1:3001 SOCKETIO_CLUSTER_NODE_NAME=chat-1 SOCKETIO_CLUSTER_GOSSIP_ADDR=127.0.0.1:7001 \
 //!   SOCKETIO_CLUSTER_MESH_ADDR=127.0.0.1:8001 target/debug/examples/chat

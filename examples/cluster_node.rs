@@ -26,7 +26,7 @@
 //! A three node cluster on one machine:
 //!
 //! ```sh
-//! export SOCKETIO_CLUSTER_ID=demo SOCKETIO_CLUSTER_SECRET=change-me
+//! export SOCKETIO_CLUSTER_ID=demo SOCKETIO_CLUSTER_SECRET=$(openssl rand -hex 32)
 //! export SOCKETIO_CLUSTER_SEEDS=127.0.0.1:7001
 //! PORT=3001 SOCKETIO_CLUSTER_NODE_NAME=n1 SOCKETIO_CLUSTER_GOSSIP_ADDR=127.0.0.1:7001 \
 //!   SOCKETIO_CLUSTER_MESH_ADDR=127.0.0.1:8001 cargo run --example cluster_node &

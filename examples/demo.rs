@@ -98,6 +98,7 @@ async fn start_node(
     i: usize,
     port: u16,
     seed: Option<SocketAddr>,
+    secret: &str,
 ) -> Result<(Cluster, SocketAddr), Box<dyn std::error::Error>> {
     let name = format!("node-{i}");
     let mut config = GossipAdapterConfig::new()
@@ -105,7 +106,7 @@ async fn start_node(
         .with_node_name(&name)
         .with_gossip_addr("127.0.0.1:0".parse()?)
         .with_mesh_addr("127.0.0.1:0".parse()?)
-        .with_secret("demo secret: use a long random one in production");
+        .with_secret(secret);
     if let Some(seed) = seed {
         config = config.with_seeds([seed.to_string()]);
     }
@@ -182,10 +183,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::pin!(stop);
 
     let started = Instant::now();
+    // The nodes of this demo share a fresh random secret. A real cluster keeps one in its
+    // secret store (`openssl rand -hex 32`), the same on every node.
+    let secret: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut nodes = Vec::new();
     let mut seed = None;
     for (i, port) in ports()?.into_iter().enumerate() {
-        let (cluster, addr) = start_node(i + 1, port, seed).await?;
+        let (cluster, addr) = start_node(i + 1, port, seed, &secret).await?;
         seed = seed.or(Some(cluster.gossip_addr()));
         println!("{}: http://{addr}/", cluster.node_name());
         nodes.push(cluster);

@@ -15,7 +15,7 @@
 //! | Socket.IO `/`          | needs the session cookie; emits `welcome` `{user, node}`, answers `whoami` |
 //!
 //! ```sh
-//! export SOCKETIO_CLUSTER_ID=demo SOCKETIO_CLUSTER_SECRET=change-me SOCKETIO_CLUSTER_SEEDS=127.0.0.1:7001
+//! export SOCKETIO_CLUSTER_ID=demo SOCKETIO_CLUSTER_SECRET=$(openssl rand -hex 32) SOCKETIO_CLUSTER_SEEDS=127.0.0.1:7001
 //! for i in 1 2 3; do
 //!   PORT=300$i SOCKETIO_CLUSTER_NODE_NAME=n$i SOCKETIO_CLUSTER_GOSSIP_ADDR=127.0.0.1:700$i \
 //!     SOCKETIO_CLUSTER_MESH_ADDR=127.0.0.1:800$i cargo run --features sessions --example sessions &

@@ -1,46 +1,9 @@
 //! Configuration of the gossip backend: [`GossipAdapterConfig`].
 
-use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, time::Duration};
 
+pub use crate::keys::Secret;
 use crate::{error::ConfigError, wire::DEFAULT_MAX_FRAME_SIZE};
-
-/// A cluster secret. Its bytes never appear in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<[u8]>);
-
-impl Secret {
-    /// The secret's bytes.
-    pub(crate) fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Self(s.into_bytes().into())
-    }
-}
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Self(s.as_bytes().into())
-    }
-}
-impl From<Vec<u8>> for Secret {
-    fn from(s: Vec<u8>) -> Self {
-        Self(s.into())
-    }
-}
-impl From<&[u8]> for Secret {
-    fn from(s: &[u8]) -> Self {
-        Self(s.into())
-    }
-}
 
 /// How nodes prove to each other that they belong to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +29,7 @@ pub(crate) enum Auth {
 ///     .with_gossip_addr("127.0.0.1:7946".parse().unwrap())
 ///     .with_mesh_addr("127.0.0.1:7947".parse().unwrap())
 ///     .with_seeds(["127.0.0.1:7946"])
-///     .with_secret("a long random string shared by every node");
+///     .with_secret("8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7");
 /// ```
 #[derive(Clone, Debug)]
 pub struct GossipAdapterConfig {
@@ -84,6 +47,7 @@ pub struct GossipAdapterConfig {
     pub(crate) gossip_interval: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) peer_timeout: Duration,
+    pub(crate) join_timeout: Duration,
     pub(crate) network: Option<crate::network::Custom>,
 }
 
@@ -104,6 +68,7 @@ impl Default for GossipAdapterConfig {
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             peer_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(3),
             network: None,
         }
     }
@@ -163,13 +128,18 @@ impl GossipAdapterConfig {
         self
     }
 
-    /// The shared cluster secret, used to authenticate every mesh connection.
+    /// The shared cluster secret: it authenticates every mesh connection and seals every
+    /// gossip datagram. It must be at least 32 characters and hard to guess (no repeated
+    /// phrase, words or keyboard pattern): make one with `openssl rand -hex 32`. A weak
+    /// secret is refused at start ([`Error::WeakSecret`](crate::Error::WeakSecret)).
     pub fn with_secret(mut self, secret: impl Into<Secret>) -> Self {
         self.auth = Auth::Secrets(vec![secret.into()]);
         self
     }
 
-    /// A keyring for rotating the secret: the first signs, all verify. To rotate, deploy
+    /// A keyring for rotating the secret: the first signs (and seals gossip), all verify
+    /// (and open gossip). Each must meet the rule of [`with_secret`](Self::with_secret). To
+    /// rotate, deploy
     /// `[old, new]`… then `[new, old]`, then `[new]`.
     pub fn with_secrets<S: Into<Secret>>(mut self, secrets: impl IntoIterator<Item = S>) -> Self {
         let secrets: Vec<Secret> = secrets.into_iter().map(Into::into).collect();
@@ -181,8 +151,9 @@ impl GossipAdapterConfig {
         self
     }
 
-    /// Turn authentication off. Any host that can reach the mesh port can then act as a
-    /// node. Traffic stays encrypted, but anyone can join. A warning is logged at start.
+    /// Turn authentication off. Any host that can reach the gossip or mesh port can then act
+    /// as a node, and gossip travels in clear. Mesh traffic stays encrypted, but anyone can
+    /// join. A warning is logged at start.
     pub fn insecure_no_auth(mut self) -> Self {
         self.auth = Auth::Insecure;
         self
@@ -228,6 +199,16 @@ impl GossipAdapterConfig {
         self
     }
 
+    /// How long [`GossipAdapterCtr::new`](crate::GossipAdapterCtr::new) waits to join: it
+    /// returns once the seeds answered and every node they know of proved itself over the
+    /// mesh, so that the node's first broadcast reaches every member. A node whose seeds do
+    /// not answer (the first node of a cluster) starts when this expires, and says so in a
+    /// log line. Default 3 s.
+    pub fn with_join_timeout(mut self, timeout: Duration) -> Self {
+        self.join_timeout = timeout;
+        self
+    }
+
     /// Run gossip and the mesh on the sockets `network` provides instead of binding UDP
     /// sockets from the operating system: for simulations on a simulated network and clock.
     /// The addresses set by the other methods are passed to `network` as they are.
@@ -255,6 +236,7 @@ impl GossipAdapterConfig {
     /// | `SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS` | request timeout |
     /// | `SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS` | gossip interval |
     /// | `SOCKETIO_CLUSTER_PEER_TIMEOUT_MS` | peer idle timeout |
+    /// | `SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS` | longest wait to join at start |
     /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes |
     /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer |
     /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | per-peer queue |
@@ -333,6 +315,9 @@ impl GossipAdapterConfig {
         }
         if let Some(d) = ms("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS")? {
             c.peer_timeout = d;
+        }
+        if let Some(d) = ms("SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS")? {
+            c.join_timeout = d;
         }
         if let Some(n) = num("SOCKETIO_CLUSTER_MAX_FRAME_SIZE")? {
             c.max_frame_size = n;

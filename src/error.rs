@@ -12,6 +12,18 @@ pub enum Error {
          SOCKETIO_CLUSTER_SECRET), or call insecure_no_auth() to run without authentication"
     )]
     MissingSecret,
+    /// A secret of the keyring is too short or too easy to guess.
+    #[error(
+        "the cluster secret is too weak: {reason}. Use at least 32 random characters, \
+         for example the output of `openssl rand -hex 32`"
+    )]
+    WeakSecret {
+        /// Which secret, and what is wrong with it.
+        reason: String,
+    },
+    /// Keys could not be derived from the secret.
+    #[error("cannot derive keys from the cluster secret: {0}")]
+    KeyDerivation(String),
     /// The gossip UDP port could not be bound (in use, or not a local address).
     #[error("cannot start gossip on {addr}/UDP: {reason}")]
     GossipBind {

@@ -71,21 +71,23 @@
 //!
 //! Three layers run inside every node, next to socketioxide:
 //!
-//! - **Membership** (gossip, UDP): each node publishes its name, its mesh address, its
-//!   socketioxide server id and the namespaces it hosts, and learns the same of every other
-//!   node through periodic gossip rounds with a few peers (chitchat's scuttlebutt
-//!   anti-entropy). Seeds are only the first contacts: once in, a node hears of every
-//!   member. A phi-accrual failure detector declares silent nodes dead; a node that stops
-//!   on purpose ([`Cluster::shutdown`]) says so and is dropped at once.
+//! - **Membership** (gossip, UDP): each node publishes its name and its mesh address, and
+//!   learns those of every other node through periodic gossip rounds with a few peers
+//!   (chitchat's scuttlebutt anti-entropy). Seeds are only the first contacts: once in, a
+//!   node hears of every other. Every datagram is sealed (encrypted and authenticated)
+//!   under a key derived from the cluster secret. Gossip only says where to find nodes:
+//!   membership itself is decided by the mesh.
 //! - **Mesh** (QUIC, UDP): for each member it learns of, a node opens one QUIC connection
 //!   (TLS 1.3, ephemeral certificate) and both sides prove the cluster secret with an HMAC
 //!   bound to that TLS session before any frame is read. Only then does the peer count as
-//!   a member ([`Cluster::members`], [`MembershipEvent::Joined`]). A node sends everything
+//!   a member ([`Cluster::members`], [`MembershipEvent::Joined`]), until its last
+//!   connection closes or it says it leaves; it tells the others its socketioxide server
+//!   id and namespaces over its own connection. A node sends everything
 //!   it has for a peer — requests, responses, broadcasts — as length-prefixed,
 //!   versioned frames on one stream of its own connection to that peer, so two emits from
 //!   one node reach a client on another node in the order they were made. QUIC
 //!   keep-alives with a short idle timeout (the peer timeout) notice a hung peer in
-//!   seconds, sooner than gossip.
+//!   seconds.
 //! - **Adapter** (per namespace): turns socketioxide's adapter calls into requests to the
 //!   other members, and applies the requests it receives to its local sockets, as
 //!   `socketioxide-redis` does over Redis channels.
@@ -94,8 +96,7 @@
 //! answers (`fetch_sockets`, `rooms`, acks) goes to every live member (or to the one member
 //! hosting a targeted socket) and waits for exactly those: a member that does not host the
 //! namespace says so at once, and a member found dead — its connection closed, its QUIC
-//! keep-alives silent for the peer timeout, gossip declaring it dead, or a graceful leave —
-//! is no longer waited for. The request returns what it has, never later than the request
+//! keep-alives silent for the peer timeout, or a graceful leave — is no longer waited for. The request returns what it has, never later than the request
 //! timeout.
 //!
 //! ```text
@@ -153,12 +154,14 @@
 //!
 //! ## Security
 //!
-//! Mesh traffic is TLS 1.3 (QUIC) with an ephemeral certificate per node; both sides then
-//! prove the shared secret with an HMAC bound to the TLS session's exporter secret, so a
-//! relay in the middle fails. A peer that fails is refused, and logged, before any of its
-//! frames is read. Rotate secrets with [`GossipAdapterConfig::with_secrets`]. Gossip (UDP)
-//! is not encrypted: it carries only addresses, server ids and namespace names, and nothing
-//! it says is trusted without the mesh proof.
+//! Gossip datagrams are sealed (ChaCha20-Poly1305, the cluster id bound in, replays and
+//! stale datagrams refused) and mesh traffic is TLS 1.3 (QUIC) with an ephemeral
+//! certificate per node, on which both sides prove the shared secret with an HMAC bound to
+//! the TLS session's exporter secret. Both keys come from the secret through Argon2id; a
+//! secret shorter than 32 characters or easy to guess is refused at start
+//! ([`Error::WeakSecret`]). A node is a member while its authenticated mesh connection is
+//! open, whatever gossip says. Rotate secrets with [`GossipAdapterConfig::with_secrets`].
+//! The README's security section says what an attacker with and without the secret can do.
 
 #[cfg(not(any(feature = "cluster-gossip", feature = "redis")))]
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");
@@ -172,6 +175,8 @@ mod cluster;
 mod config;
 mod error;
 mod init;
+#[cfg(feature = "cluster-gossip")]
+mod keys;
 #[cfg(feature = "cluster-gossip")]
 mod membership;
 #[cfg(feature = "cluster-gossip")]
@@ -191,7 +196,7 @@ pub mod wire;
 pub use adapter::{GossipAdapter, GossipAdapterCtr};
 pub use backend::{BACKEND_VAR, ClusterAdapter, ClusterAdapterCtr, ClusterError};
 #[cfg(feature = "cluster-gossip")]
-pub use cluster::{Cluster, MembershipEvent};
+pub use cluster::{Cluster, GossipStats, MembershipEvent};
 #[cfg(feature = "cluster-gossip")]
 pub use config::{GossipAdapterConfig, Secret};
 #[cfg(feature = "cluster-gossip")]

@@ -17,9 +17,9 @@ pub mod sessions;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"SX";
 /// The protocol version carried by every frame. Bumped on any incompatible change.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The ALPN protocol identifier of the QUIC mesh.
-pub const ALPN: &[u8] = b"socketioxide-cluster/1";
+pub const ALPN: &[u8] = b"socketioxide-cluster/2";
 /// Size of the length prefix of each frame on a stream.
 pub const LEN_PREFIX: usize = 4;
 /// Default largest frame accepted, in bytes (16 MiB).
@@ -42,6 +42,20 @@ pub enum Frame {
     /// A message for a cluster-wide service of the receiving node (say, the session
     /// store), routed by service name; the body is that service's own encoding.
     Service(ServiceFrame),
+    /// What the sender says about itself (its server id, the namespaces it hosts). Only
+    /// ever applied to the sender: it travels on the sender's own connection.
+    Meta(NodeMeta),
+}
+
+/// What a node tells its peers about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Grows with every change: a receiver ignores anything older than what it applied.
+    pub version: u64,
+    /// socketioxide server id of the node, once it created a namespace.
+    pub server_id: Option<Id>,
+    /// Namespaces the node hosts.
+    pub namespaces: Vec<String>,
 }
 
 /// A message between the instances of one service on two nodes.
@@ -242,6 +256,8 @@ pub struct Hello {
     pub generation: u64,
     /// Mesh address the sender can be reached at.
     pub mesh_addr: String,
+    /// Gossip address of the sender.
+    pub gossip_addr: String,
     /// HMAC proof of the secret; `None` from a node running without authentication.
     pub mac: Option<[u8; 32]>,
 }
@@ -444,6 +460,13 @@ mod tests {
                     body
                 })
             ),
+            (any::<u64>(), proptest::option::of(arb_id()), arb_rooms()).prop_map(
+                |(version, server_id, namespaces)| Frame::Meta(NodeMeta {
+                    version,
+                    server_id,
+                    namespaces
+                })
+            ),
         ]
     }
 
@@ -488,14 +511,22 @@ mod tests {
             data: PacketData::Event(Value::Str("[\"a\"]".into(), None), Some(3)),
         };
         let cases: Vec<(Frame, &str)> = vec![
-            (Frame::Leave, "535801 02"),
+            (Frame::Leave, "535802 02"),
+            (
+                Frame::Meta(NodeMeta {
+                    version: 300,
+                    server_id: Some(id(1)),
+                    namespaces: vec!["/".into()],
+                }),
+                "535802 04 ac02 01 01010101010101010101010101010101 01 012f",
+            ),
             (
                 Frame::Service(ServiceFrame {
                     service: "s".into(),
                     confirm: None,
                     body: Bytes::from_static(&[1, 2]),
                 }),
-                "535801 03 0173 00 020102",
+                "535802 03 0173 00 020102",
             ),
             (
                 Frame::Service(ServiceFrame {
@@ -503,14 +534,14 @@ mod tests {
                     confirm: Some(id(1)),
                     body: Bytes::new(),
                 }),
-                "535801 03 0173 01 01010101010101010101010101010101 00",
+                "535802 03 0173 01 01010101010101010101010101010101 00",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::Done,
                 }),
-                "535801 01 01010101010101010101010101010101 05",
+                "535802 01 01010101010101010101010101010101 05",
             ),
             (
                 Frame::Request(Request {
@@ -527,7 +558,7 @@ mod tests {
                     },
                     ack_timeout_ms: None,
                 }),
-                "535801 00 012f 72727272727272727272727272727272 6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f \
+                "535802 00 012f 72727272727272727272727272727272 6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f \
                  00 012f 02 00 055b2261225d 00 01 06 \
                  02 01 0178 00 00 01 73737373737373737373737373737373 00",
             ),
@@ -540,7 +571,7 @@ mod tests {
                     opts: Opts::default(),
                     ack_timeout_ms: Some(300),
                 }),
-                "535801 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
+                "535802 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
                  04 01 0172 00 00 00 00 00 01 ac02",
             ),
             (
@@ -548,14 +579,14 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::NotHosted,
                 }),
-                "535801 01 01010101010101010101010101010101 00",
+                "535802 01 01010101010101010101010101010101 00",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::AckCount(300),
                 }),
-                "535801 01 01010101010101010101010101010101 01 ac02",
+                "535802 01 01010101010101010101010101010101 01 ac02",
             ),
             (
                 Frame::Response(Response {
@@ -565,7 +596,7 @@ mod tests {
                         AckResult::Ok(Value::Str("1".into(), Some(vec![Bytes::from_static(&[9])]))),
                     ),
                 }),
-                "535801 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                "535802 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
                  00 00 0131 01 01 0109",
             ),
             (
@@ -573,7 +604,7 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::Ack(id(2), AckResult::Err(Bytes::from_static(&[7]))),
                 }),
-                "535801 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                "535802 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
                  01 0107",
             ),
             (
@@ -581,14 +612,14 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::Rooms(vec!["a".into()]),
                 }),
-                "535801 01 01010101010101010101010101010101 03 01 0161",
+                "535802 01 01010101010101010101010101010101 03 01 0161",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::Sockets(vec![(id(3), id(4))]),
                 }),
-                "535801 01 01010101010101010101010101010101 04 01 \
+                "535802 01 01010101010101010101010101010101 04 01 \
                  03030303030303030303030303030303 04040404040404040404040404040404",
             ),
         ];
@@ -606,13 +637,14 @@ mod tests {
             node_name: "a".into(),
             generation: 300,
             mesh_addr: "b".into(),
+            gossip_addr: "c".into(),
             mac: Some([7; 32]),
         };
         let bytes = encode_hello(&hello).unwrap();
         let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             got,
-            format!("535801 0161 ac02 0162 01{}", "07".repeat(32)).replace(' ', "")
+            format!("535802 0161 ac02 0162 0163 01{}", "07".repeat(32)).replace(' ', "")
         );
         assert_eq!(decode_hello(&bytes).unwrap(), hello);
         let insecure = Hello { mac: None, ..hello };

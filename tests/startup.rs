@@ -33,6 +33,31 @@ async fn missing_secret_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn weak_secrets_are_refused_with_a_way_to_make_a_strong_one() {
+    let strong = "5d1f3b7a9c2e4068b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7";
+    for (secrets, what) in [
+        (vec!["change-me"], "characters"),
+        (vec!["change-me-change-me-change-me-change-me"], "guess"),
+        (vec![strong, "old-short-one"], "secret 1"),
+    ] {
+        let err = GossipAdapterCtr::new(config().with_secrets(secrets.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::WeakSecret { .. }),
+            "{secrets:?}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(what), "{secrets:?}: {msg}");
+        assert!(msg.contains("openssl rand -hex 32"), "{msg}");
+        assert!(
+            !msg.contains("change-me") && !msg.contains("old-short"),
+            "no secret in it: {msg}"
+        );
+    }
+}
+
 /// Start a node on a UDP port another socket holds, set by `on` in the test config: the
 /// start-up error, and the address of that port.
 async fn start_on_taken_port(
@@ -109,7 +134,8 @@ async fn the_secret_is_never_printed() {
     let (ca, cb) = (a.cluster(), b.cluster());
     let debug_ctr = format!("{a:?} {ca:?}");
 
-    // A node with another secret is refused, which is logged.
+    // A node with another secret is refused (its gossip, or its mesh proof), which is
+    // logged.
     let intruder = GossipAdapterCtr::new(
         config()
             .with_cluster_id(&id)
@@ -142,7 +168,10 @@ async fn the_secret_is_never_printed() {
     // The intruder was refused at least once, with its reason logged.
     let mut refused = false;
     for _ in 0..250 {
-        if !logs::lines_with("does not match any cluster secret").is_empty() {
+        // Refused at the gossip port (sealed with another key), or at the mesh.
+        if !logs::lines_with("gossip datagram refused").is_empty()
+            || !logs::lines_with("does not match any cluster secret").is_empty()
+        {
             refused = true;
             break;
         }

@@ -116,7 +116,7 @@ pub async fn start(
         .with_gossip_interval(spec.timings.gossip_interval)
         .with_peer_timeout(spec.timings.peer_timeout)
         .with_request_timeout(spec.timings.request_timeout)
-        .with_secret("simulation secret");
+        .with_secret("8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7");
     if spec.gossip.port() != 0 {
         config = config
             .with_gossip_advertise_addr((spec.advertise_ip, spec.gossip.port()).into())

@@ -16,6 +16,20 @@ pub enum MembershipEvent {
     Left(Member),
 }
 
+/// Gossip datagrams a node handled since it started (see [`Cluster::gossip_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GossipStats {
+    /// Datagrams sealed and sent.
+    pub sealed: u64,
+    /// Datagrams received that opened under the cluster key.
+    pub opened: u64,
+    /// Datagrams received and dropped before gossip read them: not sealed under the cluster
+    /// key, tampered with, replayed, stale, or left over when gossip was busy. Each kind is
+    /// also logged, at most once every 10 s.
+    pub refused: u64,
+}
+
 /// The handle of a running cluster node, from
 /// [`GossipAdapterCtr::cluster`](crate::GossipAdapterCtr::cluster). Cheap to clone.
 #[derive(Clone)]
@@ -57,6 +71,51 @@ impl Cluster {
     /// Each drop is also logged at WARN level.
     pub fn frames_dropped(&self) -> u64 {
         self.node.frames_dropped()
+    }
+
+    /// Gossip datagrams this node sealed, opened and refused since it started (all zero in
+    /// `insecure_no_auth` mode and on a custom network, where gossip is not sealed).
+    pub fn gossip_stats(&self) -> GossipStats {
+        let c = self.node.gossip_counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        GossipStats {
+            sealed: get(&c.sealed),
+            opened: get(&c.opened),
+            refused: get(&c.refused),
+        }
+    }
+
+    /// Why this node stopped being part of the cluster on its own, or `None` while it is
+    /// part of it. It stops if its gossip task fails: rather than run on with a view of the
+    /// cluster that no longer changes, it leaves (its peers drop it at once), logs an error,
+    /// and serves its own sockets only. A health check should fail on `Some`, so that the
+    /// process is restarted.
+    pub fn failure(&self) -> Option<String> {
+        self.node.failure()
+    }
+
+    /// Whether this node is ready to serve as part of the cluster: it joined (or waited out
+    /// the join timeout, see
+    /// [`with_join_timeout`](crate::GossipAdapterConfig::with_join_timeout)), has not left,
+    /// and has not failed. For a readiness probe.
+    pub fn ready(&self) -> bool {
+        self.node.ready()
+    }
+
+    /// Wait until at least `n` other nodes are members, at most `timeout`; whether they
+    /// are. For a start-up script or a health check that needs the whole cluster.
+    pub async fn wait_for_members(&self, n: usize, timeout: std::time::Duration) -> bool {
+        use futures_util::StreamExt;
+        let mut events = std::pin::pin!(self.node.events());
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.node.members().len() < n {
+            // Each event is a change worth a look; the deadline bounds the wait.
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(_)) => {}
+                Err(_) | Ok(None) => return self.node.members().len() >= n,
+            }
+        }
+        true
     }
 
     /// The live members of the cluster, other than this node, sorted by name.

@@ -6,6 +6,8 @@ mod handle;
 mod pending;
 mod service;
 mod startup;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::{
@@ -21,13 +23,18 @@ use std::{
 
 use tokio::time::Instant;
 
-pub use handle::{Cluster, MembershipEvent};
+pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use pending::Pending;
 use pending::PendingEntry;
 #[cfg(feature = "sessions")]
 pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
-use view::{RETRY_MIN, View};
+use view::View;
+
+/// How often a node looks at what gossip knows (cheap: a read of its state).
+const GOSSIP_POLL: Duration = Duration::from_millis(100);
+/// How often a joining node gossips with its seeds until it joined.
+const JOIN_POLL: Duration = Duration::from_millis(25);
 
 use bytes::Bytes;
 use chitchat::{ChitchatId, NodeState};
@@ -37,11 +44,14 @@ use tokio::sync::broadcast;
 use crate::{
     config::{Auth, GossipAdapterConfig},
     error::{Error, RequestError},
+    keys,
     membership::{
-        self, GossipSettings, KEY_LEAVING, KEY_NS_PREFIX, KEY_SERVER_ID, Member, Membership,
+        GossipSettings, GossipTransport, KEY_LEAVING, Member, Membership,
+        seal::GossipKeys,
+        transport::{GossipCounters, SealedTransport},
     },
-    mesh::{self, Inbound, Link, Mesh, PeerId, auth::Keyring},
-    wire::{self, Frame, Id, Response, ResponseBody},
+    mesh::{self, ConnId, Inbound, Link, Mesh, PeerAddrs, PeerId, auth::Keyring},
+    wire::{self, Frame, Id, NodeMeta, Response, ResponseBody},
 };
 
 /// Receives the requests addressed to one namespace of this node.
@@ -56,14 +66,20 @@ type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
 pub(crate) struct Node {
     me: PeerId,
     gossip_addr: SocketAddr,
+    /// The gossip address bound (the advertised one may differ).
+    gossip_bind: SocketAddr,
     mesh_addr: SocketAddr,
     request_timeout: Duration,
     max_frame_size: usize,
     mesh: Arc<Mesh>,
     membership: Membership,
     view: RwLock<View>,
-    /// Mesh addresses learned from incoming connections, for peers gossip has not shown yet.
-    addrs: Mutex<HashMap<PeerId, SocketAddr>>,
+    /// What this node tells members about itself (server id, namespaces).
+    meta: Mutex<NodeMeta>,
+    /// Gossip datagrams sealed, opened and refused.
+    gossip: Arc<GossipCounters>,
+    /// Why this node stopped being part of the cluster on its own, if it did.
+    failure: Mutex<Option<String>>,
     links: Mutex<HashMap<PeerId, LinkSlot>>,
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
     /// Cluster-wide services, by name.
@@ -73,6 +89,8 @@ pub(crate) struct Node {
     pending: Mutex<HashMap<Id, PendingEntry>>,
     events: broadcast::Sender<MembershipEvent>,
     shutting_down: AtomicBool,
+    /// Set once the node joined through its seeds, or waited out the join timeout.
+    joined: AtomicBool,
     /// Frames given up on before they reached the mesh (each also logged).
     dropped: AtomicU64,
     self_weak: Weak<Node>,
@@ -99,15 +117,20 @@ impl Inbound for WeakInbound {
             node.on_frame(from, frame);
         }
     }
-    fn on_peer_connected(&self, peer: &PeerId, mesh_addr: SocketAddr) {
-        if let Some(node) = self.0.upgrade() {
-            lock(&node.addrs).insert(peer.clone(), mesh_addr);
-            node.verified(peer);
+    fn on_peer_connected(
+        &self,
+        peer: &PeerId,
+        conn: ConnId,
+        addrs: PeerAddrs,
+    ) -> Result<(), String> {
+        match self.0.upgrade() {
+            Some(node) => node.admit(peer, conn, addrs),
+            None => Err("this node is stopping".into()),
         }
     }
-    fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
         if let Some(node) = self.0.upgrade() {
-            node.on_connection_closed(peer, reason);
+            node.on_connection_closed(peer, conn, reason);
         }
     }
 }
@@ -115,16 +138,30 @@ impl Inbound for WeakInbound {
 impl Node {
     /// Bind both ports, start gossip and the mesh.
     pub(crate) async fn start(config: &GossipAdapterConfig) -> Result<Arc<Self>, Error> {
-        let secrets = match &config.auth {
+        let keys = match &config.auth {
             Auth::Missing => return Err(Error::MissingSecret),
             Auth::Insecure => {
                 tracing::warn!(
-                    "socketioxide-cluster runs WITHOUT AUTHENTICATION (insecure_no_auth): any host \
-                     that reaches the mesh port can join the cluster and act on every socket"
+                    "socketioxide-cluster runs WITHOUT AUTHENTICATION (insecure_no_auth): gossip \
+                     travels in clear, and any host that reaches the gossip or mesh port can \
+                     join the cluster and act on every socket"
                 );
                 None
             }
-            Auth::Secrets(s) => Some(s.clone()),
+            Auth::Secrets(secrets) => {
+                let (cluster_id, secrets) = (config.cluster_id.clone(), secrets.clone());
+                let derived = tokio::task::spawn_blocking(move || {
+                    keys::derive_keyring(&cluster_id, &secrets)
+                })
+                .await
+                .map_err(|e| Error::KeyDerivation(e.to_string()))?;
+                Some(derived.map_err(|e| match e {
+                    keys::KeyError::Weak { .. } => Error::WeakSecret {
+                        reason: e.to_string(),
+                    },
+                    keys::KeyError::Kdf(reason) => Error::KeyDerivation(reason),
+                })?)
+            }
         };
         for seed in &config.seeds {
             check_seed(seed).await?;
@@ -144,7 +181,10 @@ impl Node {
             generation,
         };
 
-        let keyring = Keyring::new(config.cluster_id.clone(), secrets);
+        let keyring = Keyring::new(
+            config.cluster_id.clone(),
+            keys.as_ref().map(|k| k.iter().map(|k| k.mesh).collect()),
+        );
         let custom_socket = match network {
             Some(network) => Some(mesh::CustomSocket {
                 socket: network
@@ -178,9 +218,15 @@ impl Node {
         let mesh_addr = config
             .mesh_advertise_addr
             .unwrap_or_else(|| advertised(mesh_bound));
-        mesh.set_identity(&me, mesh_addr);
-
         let (gossip_bind, gossip_addr) = gossip_addrs(config)?;
+        mesh.set_identity(
+            &me,
+            PeerAddrs {
+                mesh: mesh_addr,
+                gossip: gossip_addr,
+            },
+        );
+
         let settings = GossipSettings {
             cluster_id: config.cluster_id.clone(),
             me: me.clone(),
@@ -190,7 +236,18 @@ impl Node {
             interval: config.gossip_interval,
             mesh_advertise: mesh_addr,
         };
-        let membership = Membership::start(settings, network.map(|n| n.gossip()))
+        let gossip_counters = Arc::new(GossipCounters::default());
+        let transport = match (network, &keys) {
+            (Some(network), _) => GossipTransport::Custom(network.gossip()),
+            (None, Some(keys)) => match GossipKeys::new(&config.cluster_id, keys) {
+                Some(k) => {
+                    GossipTransport::Sealed(SealedTransport::new(k, gossip_counters.clone()))
+                }
+                None => return Err(Error::MissingSecret),
+            },
+            (None, None) => GossipTransport::Plain,
+        };
+        let membership = Membership::start(settings, transport)
             .await
             .map_err(|reason| Error::GossipBind {
                 addr: gossip_bind,
@@ -202,13 +259,20 @@ impl Node {
             self_weak: self_weak.clone(),
             me,
             gossip_addr,
+            gossip_bind,
             mesh_addr,
             request_timeout: config.request_timeout,
             max_frame_size: config.max_frame_size,
             mesh: Arc::new(mesh),
             membership,
             view: RwLock::default(),
-            addrs: Mutex::default(),
+            meta: Mutex::new(NodeMeta {
+                version: 1,
+                server_id: None,
+                namespaces: Vec::new(),
+            }),
+            gossip: gossip_counters,
+            failure: Mutex::default(),
             links: Mutex::default(),
             handlers: RwLock::default(),
             services: RwLock::default(),
@@ -216,15 +280,21 @@ impl Node {
             pending: Mutex::default(),
             events: broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
-        tokio::spawn(watch_membership(Arc::downgrade(&node), watcher));
+        tokio::spawn(watch_membership(
+            Arc::downgrade(&node),
+            watcher,
+            node.membership.stopped(),
+        ));
         tracing::info!(
             node = %node.me, gossip = %gossip_addr, mesh = %mesh_addr, cluster = %config.cluster_id,
             "cluster node started"
         );
+        node.join(&config.seeds, config.join_timeout).await;
         Ok(node)
     }
 
@@ -270,7 +340,7 @@ impl Node {
         u16::try_from(others + 1).unwrap_or(u16::MAX)
     }
 
-    /// Route requests for `ns` to `handler`, and tell the cluster this node hosts it.
+    /// Route requests for `ns` to `handler`, and tell the members this node hosts it.
     pub(crate) async fn register(
         &self,
         ns: &str,
@@ -278,18 +348,44 @@ impl Node {
         handler: Weak<dyn NamespaceHandler>,
     ) {
         write(&self.handlers).insert(ns.to_string(), handler);
-        self.membership.set(KEY_SERVER_ID, server_id).await;
-        self.membership
-            .set(&format!("{KEY_NS_PREFIX}{ns}"), "")
-            .await;
+        let id = server_id.as_bytes().try_into().ok().map(Id);
+        self.update_meta(|m| {
+            m.server_id = id.or(m.server_id);
+            if !m.namespaces.iter().any(|n| n == ns) {
+                m.namespaces.push(ns.to_string());
+            }
+        })
+        .await;
     }
 
-    /// Stop routing requests for `ns`.
+    /// Stop routing requests for `ns`, and tell the members.
     pub(crate) async fn unregister(&self, ns: &str) {
         write(&self.handlers).remove(ns);
-        self.membership
-            .delete(&format!("{KEY_NS_PREFIX}{ns}"))
-            .await;
+        self.update_meta(|m| m.namespaces.retain(|n| n != ns)).await;
+    }
+
+    /// Change what this node says about itself, and tell every member.
+    async fn update_meta(&self, change: impl FnOnce(&mut NodeMeta)) {
+        let meta = {
+            let mut meta = lock(&self.meta);
+            change(&mut meta);
+            meta.version += 1;
+            meta.clone()
+        };
+        let members: Vec<PeerId> = self.members().iter().map(Member::peer_id).collect();
+        if let Err(e) = self.send(&members, &Frame::Meta(meta), false).await {
+            tracing::warn!(node = %self.me, "cannot tell members about this node: {e}");
+        }
+    }
+
+    /// Gossip datagrams sealed, opened and refused since the node started.
+    pub(crate) fn gossip_counters(&self) -> &GossipCounters {
+        &self.gossip
+    }
+
+    /// Why this node stopped being part of the cluster on its own, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
     }
 
     /// The peers a request goes to: the one hosting `server` if given, else every live member.
@@ -444,9 +540,7 @@ impl Node {
             return Ok(link.clone());
         }
         let addr = read(&self.view)
-            .live(peer)
-            .map(|m| m.mesh_addr)
-            .or_else(|| lock(&self.addrs).get(peer).copied())
+            .mesh_addr(peer)
             .ok_or_else(|| "no known mesh address".to_string())?;
         let inbound = Arc::new(WeakInbound(self.weak()));
         // Connecting to a member that died can take the whole connect timeout; stop as soon
@@ -459,10 +553,16 @@ impl Node {
             }
             () = left => return Err("it is no longer a member".into()),
         };
+        self.admit(peer, link.id(), link.addrs()).inspect_err(|_| {
+            link.close(mesh::CLOSE_REFUSED, b"refused");
+        })?;
+        if !link.is_open() {
+            // Closed before it was admitted: its close notice may have come first.
+            self.change_view("its connection closed", |v| v.closed(peer, link.id()));
+            return Err("the connection closed at once".into());
+        }
         tracing::debug!(%peer, %addr, "mesh link up");
         *slot = Some(link.clone());
-        drop(slot);
-        self.verified(peer);
         Ok(link)
     }
 
@@ -534,30 +634,52 @@ impl Node {
             },
             Frame::Leave => self.mark_left(from, "it left the cluster"),
             Frame::Service(frame) => self.on_service_frame(from, frame),
+            Frame::Meta(meta) => write(&self.view).meta(from, meta),
         }
     }
 
-    fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
         if self.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        match reason {
+        let why = match reason {
             quinn::ConnectionError::ApplicationClosed(c)
                 if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_LEAVING) =>
             {
                 self.mark_left(peer, "it closed its connection to leave");
+                return;
             }
             quinn::ConnectionError::ApplicationClosed(c)
                 if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_UNUSED) =>
             {
                 tracing::debug!(%peer, "mesh connection replaced");
+                "its connection was replaced and no other is open".to_string()
             }
-            quinn::ConnectionError::LocallyClosed => {}
+            quinn::ConnectionError::LocallyClosed => {
+                "this node closed its last connection to it".to_string()
+            }
             other => {
-                tracing::warn!(%peer, "mesh connection lost: {other}");
+                tracing::warn!(node = %self.me, %peer, "mesh connection lost: {other}");
                 self.stop_waiting_for(peer);
+                format!("its connection was lost ({other})")
             }
+        };
+        self.change_view(&why, |v| v.closed(peer, conn));
+    }
+
+    /// `peer` proved the cluster secret on connection `conn`: admit it, unless the view
+    /// refuses (see [`view::Refusal`]).
+    fn admit(&self, peer: &PeerId, conn: ConnId, addrs: PeerAddrs) -> Result<(), String> {
+        let mut refused = None;
+        let mut displaced = None;
+        self.change_view("it restarted", |v| match v.connected(peer, conn, addrs) {
+            Ok(old) => displaced = old,
+            Err(e) => refused = Some(e.to_string()),
+        });
+        if let Some(old) = displaced {
+            self.drop_link(&old);
         }
+        refused.map_or(Ok(()), Err)
     }
 
     /// Change the view; report who joined and who left the members.
@@ -584,19 +706,22 @@ impl Node {
             tracing::info!(node = %self.me, %peer, "member left: {why}");
             self.stop_waiting_for(&peer);
             self.drop_link(&peer);
-            lock(&self.addrs).remove(&peer);
             write(&self.server_ids).retain(|_, p| p != &peer);
             let _ = self.events.send(MembershipEvent::Left(member));
         }
         for member in joined {
             tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
+            // A new member hears from this node what it says about itself, first thing on
+            // this node's own connection to it.
+            if let Some(node) = self.weak().upgrade() {
+                let peer = member.peer_id();
+                tokio::spawn(async move {
+                    let meta = lock(&node.meta).clone();
+                    let _ = node.send(&[peer], &Frame::Meta(meta), false).await;
+                });
+            }
             let _ = self.events.send(MembershipEvent::Joined(member));
         }
-    }
-
-    /// `peer` proved the cluster secret.
-    fn verified(&self, peer: &PeerId) {
-        self.change_view("verified", |v| v.verify(peer));
     }
 
     fn mark_left(&self, peer: &PeerId, why: &str) {
@@ -605,23 +730,72 @@ impl Node {
         self.drop_link(peer);
     }
 
-    /// Apply a new gossip view of the live nodes.
-    fn apply_view(self: &Arc<Self>, live: &BTreeMap<ChitchatId, NodeState>) {
-        let is_me = |id: &ChitchatId| {
-            *id.node_id == *self.me.name && id.generation_id == self.me.generation
-        };
-        let listed = |p: &PeerId| {
-            live.keys()
-                .any(|id| *id.node_id == *p.name && id.generation_id == p.generation)
-        };
-        let next: HashMap<PeerId, Member> = live
-            .iter()
-            .filter(|(id, _)| !is_me(id))
-            .filter_map(|(id, state)| membership::parse_member(id, state.key_values()))
-            .map(|m| (m.peer_id(), m))
-            .collect();
-        self.change_view("no longer live in gossip", |v| v.apply_gossip(next, listed));
+    /// Apply what gossip knows now; connect to the nodes not proven yet.
+    async fn refresh_from_gossip(self: &Arc<Self>) {
+        let mut nodes = self.membership.nodes().await;
+        nodes.reachable.remove(&self.me);
+        self.change_view("gossip", |v| {
+            v.apply_gossip(nodes.reachable, |p| nodes.listed.contains(p))
+        });
         self.connect_unverified();
+    }
+
+    /// Join through the seeds: gossip with them at once and again every few milliseconds,
+    /// until every node they know of proved itself over the mesh, or `timeout` passed.
+    async fn join(self: &Arc<Self>, seeds: &[String], timeout: Duration) {
+        let started = Instant::now();
+        let mut addrs = Vec::new();
+        for seed in seeds {
+            if let Ok(found) = tokio::net::lookup_host(seed.as_str()).await {
+                addrs.extend(found.filter(|a| *a != self.gossip_addr && *a != self.gossip_bind));
+            }
+        }
+        if addrs.is_empty() {
+            tracing::info!(node = %self.me, "no seed but this node: starting as the first node");
+        } else {
+            loop {
+                self.membership.gossip_now(addrs.iter().copied());
+                tokio::time::sleep(JOIN_POLL).await;
+                self.refresh_from_gossip().await;
+                let known = self.membership.nodes().await.reachable;
+                let proven = known
+                    .keys()
+                    .filter(|p| **p == self.me || read(&self.view).is_member(p))
+                    .count();
+                if known.len() > 1 && proven == known.len() {
+                    tracing::info!(
+                        node = %self.me, members = proven - 1,
+                        "joined the cluster in {} ms", started.elapsed().as_millis()
+                    );
+                    break;
+                }
+                if started.elapsed() >= timeout {
+                    if known.len() > 1 {
+                        tracing::warn!(
+                            node = %self.me, known = known.len() - 1, verified = proven.saturating_sub(1),
+                            "join timeout ({} ms): starting with the members verified so far",
+                            timeout.as_millis()
+                        );
+                    } else {
+                        tracing::info!(
+                            node = %self.me, ?seeds,
+                            "no seed answered within the join timeout ({} ms): starting as the first node",
+                            timeout.as_millis()
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.joined.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node joined (or waited out the join timeout) and is still part of the
+    /// cluster.
+    pub(crate) fn ready(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+            && !self.shutting_down.load(Ordering::Relaxed)
+            && self.failure().is_none()
     }
 
     /// Try to connect to live peers that have not proved the secret yet, with backoff.
@@ -639,6 +813,18 @@ impl Node {
                 }
             });
         }
+    }
+
+    /// The gossip task ended by itself: this node can no longer see the cluster change. It
+    /// leaves (peers drop it at once) rather than run on with a frozen view, and says why.
+    async fn gossip_failed(&self, why: String) {
+        tracing::error!(
+            node = %self.me,
+            "gossip stopped ({why}); this node leaves the cluster and serves its own sockets \
+             only: restart the process (Cluster::failure() reports this for health checks)"
+        );
+        *lock(&self.failure) = Some(format!("gossip stopped: {why}"));
+        self.shutdown().await;
     }
 
     /// Leave the cluster: tell every peer, close the mesh, stop gossiping. Requests pending
@@ -686,9 +872,13 @@ impl Drop for Node {
 async fn watch_membership(
     node: Weak<Node>,
     mut watcher: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    gossip_stopped: impl std::future::Future<Output = String> + Send,
 ) {
-    let mut tick = tokio::time::interval(RETRY_MIN);
+    // New nodes are connected to on the next tick: chitchat tells only of changes in the
+    // live set, which it judges once a gossip round.
+    let mut tick = tokio::time::interval(GOSSIP_POLL);
     let mut changed = true;
+    let mut gossip_stopped = std::pin::pin!(gossip_stopped);
     loop {
         {
             let Some(node) = node.upgrade() else { return };
@@ -696,11 +886,9 @@ async fn watch_membership(
                 return;
             }
             if changed {
-                let live = watcher.borrow_and_update().clone();
-                node.apply_view(&live);
-            } else {
-                node.connect_unverified();
+                watcher.borrow_and_update();
             }
+            node.refresh_from_gossip().await;
         }
         changed = tokio::select! {
             res = watcher.changed() => {
@@ -710,6 +898,14 @@ async fn watch_membership(
                 true
             }
             _ = tick.tick() => false,
+            why = &mut gossip_stopped => {
+                if let Some(node) = node.upgrade()
+                    && !node.shutting_down.load(Ordering::Relaxed)
+                {
+                    node.gossip_failed(why).await;
+                }
+                return;
+            }
         };
     }
 }

@@ -1,28 +1,61 @@
 //! Who is in the cluster, as this node sees it.
+//!
+//! A member is a node that proved the cluster secret on a mesh connection that is still
+//! open. Gossip only says where to find nodes that have not proved anything yet: whatever
+//! it says later (leaving, dead, another address or server id) does not touch a member
+//! while its connection lives. A member leaves when its last connection closes (the peer
+//! timeout closes a silent one) or when it says so itself on its own connection.
 
 use std::{
     collections::{HashMap, HashSet},
+    net::SocketAddr,
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use crate::{membership::Member, mesh::PeerId};
+use crate::{
+    membership::Member,
+    mesh::{ConnId, PeerAddrs, PeerId},
+    wire::NodeMeta,
+};
 
 /// First delay before connecting again to a live peer that could not be verified.
 pub(super) const RETRY_MIN: Duration = Duration::from_millis(500);
 /// Longest delay between such attempts.
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Who is in the cluster, as this node sees it. A member is a node that gossip shows live
-/// **and** that proved the cluster secret on a mesh connection: gossip alone is never trusted.
+/// A member: its open authenticated connections and what it told about itself.
+struct Proven {
+    conns: HashSet<ConnId>,
+    member: Member,
+    /// Version of the [`NodeMeta`] applied last.
+    meta_version: u64,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refusal {
+    /// The peer left on purpose; it does not come back under the same generation.
+    #[error("{0} left the cluster; a restarted node comes back with a new generation")]
+    Left(PeerId),
+    /// A newer generation of the same node is a member.
+    #[error("a newer generation of this node is a member ({0})")]
+    Outdated(PeerId),
+    /// The peer already has an open incoming connection here: a second one claiming the
+    /// same identity is refused (the first must close before it is replaced).
+    #[error("{0} is already connected; a second connection claiming it is refused")]
+    Duplicate(PeerId),
+}
+
+/// Who is in the cluster, as this node sees it.
 #[derive(Default)]
 pub(super) struct View {
-    /// Nodes gossip shows live, minus those that left.
-    live: HashMap<PeerId, Member>,
-    /// Peers that proved the cluster secret on a mesh connection.
-    verified: HashSet<PeerId>,
-    /// Peers that left gracefully: ignored even while gossip still shows them.
+    /// Members, by identity.
+    proven: HashMap<PeerId, Proven>,
+    /// Nodes gossip shows live and not leaving, with their mesh address: whom to verify.
+    gossip: HashMap<PeerId, SocketAddr>,
+    /// Peers that left on purpose: not admitted again while gossip still knows them.
     left: HashSet<PeerId>,
     /// When to try again to connect to a live peer not verified yet, and the next backoff.
     retry: HashMap<PeerId, (Instant, Duration)>,
@@ -30,72 +63,147 @@ pub(super) struct View {
 
 impl View {
     pub(super) fn members(&self) -> impl Iterator<Item = &Member> {
-        self.live
-            .iter()
-            .filter(|(p, _)| self.verified.contains(*p))
-            .map(|(_, m)| m)
+        self.proven.values().map(|p| &p.member)
     }
 
     pub(super) fn member_map(&self) -> HashMap<PeerId, Member> {
-        self.members().map(|m| (m.peer_id(), m.clone())).collect()
+        self.proven
+            .iter()
+            .map(|(p, m)| (p.clone(), m.member.clone()))
+            .collect()
     }
 
-    /// Whether `peer` is a member: live and verified.
+    /// Whether `peer` is a member.
     pub(super) fn is_member(&self, peer: &PeerId) -> bool {
-        self.live.contains_key(peer) && self.verified.contains(peer)
+        self.proven.contains_key(peer)
     }
 
-    /// The live member `peer`, verified or not: where to reach it.
-    pub(super) fn live(&self, peer: &PeerId) -> Option<&Member> {
-        self.live.get(peer)
+    /// Whether `peer` has an open incoming connection here.
+    #[cfg(test)]
+    pub(super) fn has_incoming(&self, peer: &PeerId) -> bool {
+        self.proven
+            .get(peer)
+            .is_some_and(|p| p.conns.iter().any(|c| c.incoming))
     }
 
-    /// `peer` proved the cluster secret.
-    pub(super) fn verify(&mut self, peer: &PeerId) {
-        if !self.left.contains(peer) {
-            self.verified.insert(peer.clone());
-            self.retry.remove(peer);
+    /// Where to reach `peer`: the address it proved, else the one gossip shows.
+    pub(super) fn mesh_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
+        self.proven
+            .get(peer)
+            .map(|p| p.member.mesh_addr)
+            .or_else(|| self.gossip.get(peer).copied())
+    }
+
+    /// `peer` proved the cluster secret on connection `conn`. An older generation of the
+    /// same node is displaced (it restarted): it is returned, and no longer a member.
+    pub(super) fn connected(
+        &mut self,
+        peer: &PeerId,
+        conn: ConnId,
+        proof: PeerAddrs,
+    ) -> Result<Option<PeerId>, Refusal> {
+        if self.left.contains(peer) {
+            return Err(Refusal::Left(peer.clone()));
+        }
+        let same_name = self
+            .proven
+            .keys()
+            .find(|p| p.name == peer.name && p.generation != peer.generation)
+            .cloned();
+        if let Some(other) = &same_name
+            && other.generation > peer.generation
+        {
+            return Err(Refusal::Outdated(other.clone()));
+        }
+        if let Some(p) = self.proven.get_mut(peer) {
+            if conn.incoming && p.conns.iter().any(|c| c.incoming) {
+                return Err(Refusal::Duplicate(peer.clone()));
+            }
+            p.conns.insert(conn);
+            return Ok(None);
+        }
+        if let Some(old) = &same_name {
+            self.proven.remove(old);
+        }
+        self.retry.remove(peer);
+        self.proven.insert(
+            peer.clone(),
+            Proven {
+                conns: HashSet::from([conn]),
+                member: Member {
+                    node_name: peer.name.to_string(),
+                    generation: peer.generation,
+                    gossip_addr: proof.gossip,
+                    mesh_addr: proof.mesh,
+                    server_id: None,
+                    namespaces: Vec::new(),
+                },
+                meta_version: 0,
+            },
+        );
+        Ok(same_name)
+    }
+
+    /// Connection `conn` of `peer` closed: with its last one, it is no longer a member.
+    pub(super) fn closed(&mut self, peer: &PeerId, conn: ConnId) {
+        if let Some(p) = self.proven.get_mut(peer) {
+            p.conns.remove(&conn);
+            if p.conns.is_empty() {
+                self.proven.remove(peer);
+            }
+        }
+    }
+
+    /// What `peer` says about itself, over its own connection; older news is ignored.
+    pub(super) fn meta(&mut self, peer: &PeerId, meta: NodeMeta) {
+        if let Some(p) = self.proven.get_mut(peer)
+            && meta.version > p.meta_version
+        {
+            p.meta_version = meta.version;
+            p.member.server_id = meta
+                .server_id
+                .and_then(|id| std::str::from_utf8(&id.0).ok().and_then(|s| s.parse().ok()));
+            p.member.namespaces = meta.namespaces;
         }
     }
 
     /// `peer` left on purpose: ignore it even while gossip still shows it.
     pub(super) fn leave(&mut self, peer: &PeerId) {
         self.left.insert(peer.clone());
-        self.live.remove(peer);
-        self.verified.remove(peer);
+        self.proven.remove(peer);
+        self.gossip.remove(peer);
+        self.retry.remove(peer);
     }
 
-    /// A new gossip view: `next` are the live nodes, `listed` tells whether gossip still
-    /// knows a peer at all (a peer that left is forgotten once gossip forgets it).
+    /// A new gossip view: `next` are the live nodes that are not leaving, with their mesh
+    /// address; `listed` tells whether gossip still knows a peer at all (a peer that left
+    /// is forgotten once gossip forgets it). Members are not touched.
     pub(super) fn apply_gossip(
         &mut self,
-        next: HashMap<PeerId, Member>,
+        next: HashMap<PeerId, SocketAddr>,
         listed: impl Fn(&PeerId) -> bool,
     ) {
         self.left.retain(|p| listed(p));
-        let before: HashSet<PeerId> = self.live.keys().cloned().collect();
-        self.live = next
+        self.gossip = next
             .into_iter()
             .filter(|(p, _)| !self.left.contains(p))
             .collect();
-        // A peer found dead must prove itself again if it comes back.
-        let live = &self.live;
-        self.verified
-            .retain(|p| live.contains_key(p) || !before.contains(p));
-        self.retry.retain(|p, _| live.contains_key(p));
+        let gossip = &self.gossip;
+        self.retry.retain(|p, _| gossip.contains_key(p));
     }
 
     /// Live peers not verified yet whose next connection attempt is due at `now`, each with
     /// whether it is the first attempt; the backoff of each doubles, up to [`RETRY_MAX`].
     pub(super) fn due_for_connection(&mut self, now: Instant) -> Vec<(PeerId, bool)> {
         let Self {
-            live,
-            verified,
+            gossip,
+            proven,
             retry,
             ..
         } = self;
-        live.keys()
-            .filter(|p| !verified.contains(*p))
+        gossip
+            .keys()
+            .filter(|p| !proven.contains_key(*p))
             .filter_map(|p| {
                 let entry = retry.entry(p.clone()).or_insert((now, RETRY_MIN));
                 if entry.0 > now {
@@ -112,6 +220,7 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Id;
 
     fn peer(name: &str, generation: u64) -> PeerId {
         PeerId {
@@ -120,19 +229,22 @@ mod tests {
         }
     }
 
-    fn member(p: &PeerId) -> Member {
-        Member {
-            node_name: p.name.to_string(),
-            generation: p.generation,
-            gossip_addr: "127.0.0.1:1".parse().unwrap(),
-            mesh_addr: "127.0.0.1:2".parse().unwrap(),
-            server_id: None,
-            namespaces: vec![],
+    fn proof() -> PeerAddrs {
+        PeerAddrs {
+            mesh: "127.0.0.1:2".parse().unwrap(),
+            gossip: "127.0.0.1:1".parse().unwrap(),
         }
     }
 
-    fn gossip(peers: &[&PeerId]) -> HashMap<PeerId, Member> {
-        peers.iter().map(|p| ((*p).clone(), member(p))).collect()
+    fn conn(id: usize, incoming: bool) -> ConnId {
+        ConnId { id, incoming }
+    }
+
+    fn gossip(peers: &[&PeerId]) -> HashMap<PeerId, SocketAddr> {
+        peers
+            .iter()
+            .map(|p| ((*p).clone(), "127.0.0.1:3".parse().unwrap()))
+            .collect()
     }
 
     fn names(v: &View) -> Vec<String> {
@@ -142,19 +254,64 @@ mod tests {
     }
 
     #[test]
-    fn gossip_alone_never_makes_a_member() {
+    fn gossip_alone_never_makes_a_member_and_never_unmakes_one() {
         let (a, b) = (peer("a", 1), peer("b", 1));
         let mut v = View::default();
         v.apply_gossip(gossip(&[&a, &b]), |_| true);
         assert!(names(&v).is_empty(), "unverified");
-        v.verify(&a);
+        v.connected(&a, conn(1, true), proof()).unwrap();
         assert_eq!(names(&v), ["a"]);
-        // Verified before gossip shows it: a member as soon as gossip does.
-        let c = peer("c", 1);
-        v.verify(&c);
+        // Gossip says a is dead (or leaving, or elsewhere): a stays while its link lives.
+        v.apply_gossip(gossip(&[&b]), |_| true);
         assert_eq!(names(&v), ["a"]);
-        v.apply_gossip(gossip(&[&a, &b, &c]), |_| true);
-        assert_eq!(names(&v), ["a", "c"]);
+        assert_eq!(v.mesh_addr(&a), Some(proof().mesh), "the proven address");
+        v.closed(&a, conn(1, true));
+        assert!(names(&v).is_empty(), "its last connection closed");
+    }
+
+    #[test]
+    fn a_member_stays_until_its_last_connection_closes() {
+        let a = peer("a", 1);
+        let mut v = View::default();
+        v.connected(&a, conn(1, true), proof()).unwrap();
+        v.connected(&a, conn(2, false), proof()).unwrap();
+        v.closed(&a, conn(2, false));
+        assert_eq!(names(&v), ["a"]);
+        v.closed(&a, conn(9, true));
+        assert_eq!(names(&v), ["a"], "an unknown connection changes nothing");
+        v.closed(&a, conn(1, true));
+        assert!(names(&v).is_empty());
+    }
+
+    #[test]
+    fn a_second_incoming_connection_claiming_a_member_is_refused() {
+        let a = peer("a", 1);
+        let mut v = View::default();
+        v.connected(&a, conn(1, true), proof()).unwrap();
+        assert_eq!(
+            v.connected(&a, conn(2, true), proof()),
+            Err(Refusal::Duplicate(a.clone()))
+        );
+        // Once the first closed, a new one is admitted (a reconnect).
+        v.connected(&a, conn(3, false), proof()).unwrap();
+        v.closed(&a, conn(1, true));
+        assert_eq!(v.connected(&a, conn(4, true), proof()), Ok(None));
+    }
+
+    #[test]
+    fn a_newer_generation_displaces_an_older_one_and_not_the_reverse() {
+        let (old, new) = (peer("a", 1), peer("a", 2));
+        let mut v = View::default();
+        v.connected(&old, conn(1, true), proof()).unwrap();
+        assert_eq!(
+            v.connected(&new, conn(2, true), proof()),
+            Ok(Some(old.clone()))
+        );
+        assert!(v.is_member(&new) && !v.is_member(&old));
+        assert_eq!(
+            v.connected(&old, conn(3, true), proof()),
+            Err(Refusal::Outdated(new.clone()))
+        );
     }
 
     #[test]
@@ -162,29 +319,43 @@ mod tests {
         let a = peer("a", 1);
         let mut v = View::default();
         v.apply_gossip(gossip(&[&a]), |_| true);
-        v.verify(&a);
+        v.connected(&a, conn(1, true), proof()).unwrap();
         v.leave(&a);
         assert!(names(&v).is_empty());
         v.apply_gossip(gossip(&[&a]), |_| true);
-        v.verify(&a);
-        assert!(names(&v).is_empty(), "gossip still lists it: ignored");
+        assert_eq!(
+            v.connected(&a, conn(2, true), proof()),
+            Err(Refusal::Left(a.clone()))
+        );
+        assert!(
+            v.due_for_connection(Instant::now()).is_empty(),
+            "not retried"
+        );
         v.apply_gossip(gossip(&[]), |_| false);
         let restarted = peer("a", 2);
         v.apply_gossip(gossip(&[&restarted]), |p| p == &restarted);
-        v.verify(&restarted);
+        v.connected(&restarted, conn(3, true), proof()).unwrap();
         assert_eq!(names(&v), ["a"], "a new generation is a new peer");
     }
 
     #[test]
-    fn a_peer_found_dead_must_prove_itself_again() {
+    fn meta_comes_from_the_member_and_older_news_is_ignored() {
         let a = peer("a", 1);
         let mut v = View::default();
-        v.apply_gossip(gossip(&[&a]), |_| true);
-        v.verify(&a);
-        v.apply_gossip(gossip(&[]), |_| true);
-        assert!(names(&v).is_empty());
-        v.apply_gossip(gossip(&[&a]), |_| true);
-        assert!(names(&v).is_empty(), "back in gossip, not verified yet");
+        v.connected(&a, conn(1, true), proof()).unwrap();
+        let meta = |version, ns: &str| NodeMeta {
+            version,
+            server_id: Some(Id(*b"AAAAAAAAAAAAAAAA")),
+            namespaces: vec![ns.to_string()],
+        };
+        v.meta(&a, meta(2, "/chat"));
+        v.meta(&a, meta(1, "/old"));
+        let m = v.members().next().unwrap();
+        assert!(m.hosts("/chat") && !m.hosts("/old"));
+        assert_eq!(m.server_id.unwrap().to_string(), "AAAAAAAAAAAAAAAA");
+        // Not a member: nothing to apply it to.
+        v.meta(&peer("b", 1), meta(5, "/x"));
+        assert_eq!(names(&v), ["a"]);
     }
 
     #[test]
@@ -213,7 +384,7 @@ mod tests {
                 "never more than RETRY_MAX apart"
             );
         }
-        v.verify(&a);
+        v.connected(&a, conn(1, false), proof()).unwrap();
         assert!(
             v.due_for_connection(t + RETRY_MAX).is_empty(),
             "verified: no more attempts"

@@ -1,15 +1,16 @@
 //! Mutual authentication of a mesh connection with the cluster secret.
 //!
-//! Each side sends a [`Hello`] whose MAC is an HMAC-SHA256, under the cluster secret, of the
-//! role, the TLS exporter secret of this very connection, the cluster id and the sender's
-//! identity. A relay in the middle terminates two TLS sessions with two different exporter
-//! secrets, so the proofs it forwards do not verify. Verification is constant-time and tries
-//! every secret of the keyring; signing uses the first.
+//! Each side sends a [`Hello`] whose MAC is an HMAC-SHA256, under the mesh key derived from
+//! the cluster secret (Argon2id, see `keys`), of the role, the TLS exporter secret of this
+//! very connection, the cluster id and the sender's identity. A relay in the middle
+//! terminates two TLS sessions with two different exporter secrets, so the proofs it forwards
+//! do not verify; testing a guess of the secret against a proof costs an Argon2id run.
+//! Verification is constant-time and tries every key of the keyring; signing uses the first.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::{config::Secret, wire::Hello};
+use crate::wire::Hello;
 
 /// TLS exporter label for the authentication key material.
 pub(crate) const EXPORTER_LABEL: &[u8] = b"EXPORTER-socketioxide-cluster-auth";
@@ -34,16 +35,19 @@ pub(crate) enum AuthError {
     BadProof,
 }
 
-/// The secrets of this node, or none in insecure mode.
+/// A mesh key: derived from one secret of the cluster's keyring.
+pub(crate) type MeshKey = [u8; 32];
+
+/// The mesh keys of this node, or none in insecure mode.
 #[derive(Clone)]
 pub(crate) struct Keyring {
     cluster_id: String,
-    secrets: Option<Vec<Secret>>,
+    secrets: Option<Vec<MeshKey>>,
 }
 
 impl Keyring {
     /// A keyring; `None` means authentication is off.
-    pub(crate) fn new(cluster_id: String, secrets: Option<Vec<Secret>>) -> Self {
+    pub(crate) fn new(cluster_id: String, secrets: Option<Vec<MeshKey>>) -> Self {
         Self {
             cluster_id,
             secrets,
@@ -80,9 +84,9 @@ impl Keyring {
         if ok { Ok(()) } else { Err(AuthError::BadProof) }
     }
 
-    fn mac(&self, key: &Secret, role: Role, exporter: &[u8], hello: &Hello) -> Hmac<Sha256> {
+    fn mac(&self, key: &MeshKey, role: Role, exporter: &[u8], hello: &Hello) -> Hmac<Sha256> {
         // HMAC accepts keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any size"));
         mac.update(b"socketioxide-cluster auth v1\0");
         mac.update(match role {
@@ -94,6 +98,7 @@ impl Keyring {
             self.cluster_id.as_bytes(),
             hello.node_name.as_bytes(),
             hello.mesh_addr.as_bytes(),
+            hello.gossip_addr.as_bytes(),
         ] {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field);
@@ -101,6 +106,13 @@ impl Keyring {
         mac.update(&hello.generation.to_be_bytes());
         mac
     }
+}
+
+/// A stand-in mesh key for tests, named by a string (its SHA-256).
+#[cfg(test)]
+pub(crate) fn key(name: &str) -> MeshKey {
+    use sha2::Digest;
+    Sha256::digest(name.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -112,15 +124,14 @@ mod tests {
             node_name: "n1".into(),
             generation: 7,
             mesh_addr: "127.0.0.1:1".into(),
+            gossip_addr: "127.0.0.1:2".into(),
             mac: None,
         }
     }
 
+    /// A keyring of stand-in keys, one per name.
     fn ring(secrets: &[&str]) -> Keyring {
-        Keyring::new(
-            "c".into(),
-            Some(secrets.iter().map(|s| Secret::from(*s)).collect()),
-        )
+        Keyring::new("c".into(), Some(secrets.iter().map(|s| key(s)).collect()))
     }
 
     fn signed(ring: &Keyring, role: Role, exporter: &[u8]) -> Hello {
@@ -166,7 +177,7 @@ mod tests {
             verifier.verify(Role::Client, &[1; 32], &renamed),
             Err(AuthError::BadProof)
         );
-        let other_cluster = Keyring::new("d".into(), Some(vec![Secret::from("s")]));
+        let other_cluster = Keyring::new("d".into(), Some(vec![key("s")]));
         assert_eq!(
             other_cluster.verify(Role::Client, &[1; 32], &h),
             Err(AuthError::BadProof)

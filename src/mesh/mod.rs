@@ -35,6 +35,9 @@ pub(crate) const CLOSE_AUTH: u32 = 1;
 pub(crate) const CLOSE_PROTOCOL: u32 = 2;
 /// Close code: the connection is replaced or no longer needed.
 pub(crate) const CLOSE_UNUSED: u32 = 3;
+/// Close code: the peer proved the secret, but the node does not admit it (see
+/// [`Inbound::on_peer_connected`]).
+pub(crate) const CLOSE_REFUSED: u32 = 5;
 
 /// Largest [`Hello`] accepted.
 const MAX_HELLO: usize = 4096;
@@ -59,14 +62,39 @@ impl fmt::Display for PeerId {
     }
 }
 
+/// One authenticated connection: which, and in which direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ConnId {
+    /// Unique among the node's open connections.
+    pub(crate) id: usize,
+    /// Opened by the peer.
+    pub(crate) incoming: bool,
+}
+
+/// The addresses a peer signed in its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerAddrs {
+    /// Where its mesh listens.
+    pub(crate) mesh: SocketAddr,
+    /// Where its gossip listens.
+    pub(crate) gossip: SocketAddr,
+}
+
 /// What the mesh tells the layer above.
 pub(crate) trait Inbound: Send + Sync + 'static {
     /// A frame arrived from an authenticated peer.
     fn on_frame(&self, from: &PeerId, frame: Frame);
-    /// A peer authenticated an incoming connection; it can be reached at `mesh_addr`.
-    fn on_peer_connected(&self, peer: &PeerId, mesh_addr: SocketAddr);
-    /// A connection to or from `peer` closed.
-    fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError);
+    /// A peer authenticated an incoming connection. An error refuses it: the connection
+    /// closes, and nothing of it is read.
+    fn on_peer_connected(
+        &self,
+        peer: &PeerId,
+        conn: ConnId,
+        addrs: PeerAddrs,
+    ) -> Result<(), String>;
+    /// Connection `conn` to or from `peer` closed. Called once for every connection that
+    /// was admitted (incoming) or handed out as a [`Link`] (outgoing).
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError);
 }
 
 /// Errors of the mesh.
@@ -158,6 +186,7 @@ impl Mesh {
                 node_name: String::new(),
                 generation: 0,
                 mesh_addr: String::new(),
+                gossip_addr: String::new(),
                 mac: None,
             },
             max_frame_size,
@@ -167,12 +196,13 @@ impl Mesh {
         })
     }
 
-    /// Set who this node is, as told to peers.
-    pub(crate) fn set_identity(&mut self, me: &PeerId, advertise: SocketAddr) {
+    /// Set who this node is, as told to peers: its identity and advertised addresses.
+    pub(crate) fn set_identity(&mut self, me: &PeerId, addrs: PeerAddrs) {
         self.me = Hello {
             node_name: me.name.to_string(),
             generation: me.generation,
-            mesh_addr: advertise.to_string(),
+            mesh_addr: addrs.mesh.to_string(),
+            gossip_addr: addrs.gossip.to_string(),
             mac: None,
         };
     }
@@ -220,14 +250,22 @@ impl Mesh {
                 return;
             }
         };
-        let (peer, mesh_addr) = peer;
+        let (peer, addrs) = peer;
+        let id = ConnId {
+            id: conn.stable_id(),
+            incoming: true,
+        };
+        if let Err(reason) = inbound.on_peer_connected(&peer, id, addrs) {
+            tracing::warn!(%peer, %remote, "refused mesh connection: {reason}");
+            conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+            return;
+        }
         tracing::debug!(%peer, %remote, "mesh peer authenticated (incoming)");
-        inbound.on_peer_connected(&peer, mesh_addr);
         loop {
             let stream = tokio::select! {
                 s = conn.accept_uni() => s,
                 reason = conn.closed() => {
-                    inbound.on_connection_closed(&peer, &reason);
+                    inbound.on_connection_closed(&peer, id, &reason);
                     return;
                 }
             };
@@ -240,7 +278,7 @@ impl Mesh {
                     tokio::spawn(read_frames(conn, stream, peer, inbound, max));
                 }
                 Err(reason) => {
-                    inbound.on_connection_closed(&peer, &reason);
+                    inbound.on_connection_closed(&peer, id, &reason);
                     return;
                 }
             }
@@ -248,7 +286,7 @@ impl Mesh {
     }
 
     /// Server side of the handshake: read and check the client's [`Hello`], answer with ours.
-    async fn accept_hello(&self, conn: &Connection) -> Result<(PeerId, SocketAddr), String> {
+    async fn accept_hello(&self, conn: &Connection) -> Result<(PeerId, PeerAddrs), String> {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let refuse = |msg: String| {
             conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
@@ -263,10 +301,7 @@ impl Mesh {
         self.keyring
             .verify(Role::Client, &exporter, &hello)
             .map_err(|e| refuse(format!("node {:?}: {e}", hello.node_name)))?;
-        let mesh_addr: SocketAddr = hello
-            .mesh_addr
-            .parse()
-            .map_err(|e| refuse(format!("bad mesh address {:?}: {e}", hello.mesh_addr)))?;
+        let addrs = peer_addrs(&hello).map_err(refuse)?;
         let reply = self.signed_hello(Role::Server, &exporter);
         send.write_all(&reply).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
@@ -275,7 +310,7 @@ impl Mesh {
                 name: hello.node_name.into(),
                 generation: hello.generation,
             },
-            mesh_addr,
+            addrs,
         ))
     }
 
@@ -323,6 +358,10 @@ impl Mesh {
         .await
         .map_err(|_| fail("timed out".into()))??;
         let (conn, hello) = conn;
+        let addrs = peer_addrs(&hello).map_err(|reason| {
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"bad hello");
+            fail(reason)
+        })?;
         let peer = PeerId {
             name: hello.node_name.into(),
             generation: hello.generation,
@@ -335,15 +374,28 @@ impl Mesh {
         }
         let stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.queue);
+        let id = ConnId {
+            id: conn.stable_id(),
+            incoming: false,
+        };
         tokio::spawn(write_frames(
             self.dropped.clone(),
             conn.clone(),
+            id,
             stream,
             rx,
             peer.clone(),
             inbound,
         ));
-        Ok((peer, Link { conn, tx }))
+        Ok((
+            peer,
+            Link {
+                conn,
+                id,
+                addrs,
+                tx,
+            },
+        ))
     }
 
     /// Close every connection with `code` and stop accepting, without waiting.
@@ -368,6 +420,18 @@ fn transport_config(peer_timeout: Duration) -> TransportConfig {
     t
 }
 
+/// The addresses in a peer's hello (signed with it).
+fn peer_addrs(hello: &Hello) -> Result<PeerAddrs, String> {
+    let parse = |what: &str, v: &str| {
+        v.parse::<SocketAddr>()
+            .map_err(|e| format!("bad {what} address {v:?} in hello: {e}"))
+    };
+    Ok(PeerAddrs {
+        mesh: parse("mesh", &hello.mesh_addr)?,
+        gossip: parse("gossip", &hello.gossip_addr)?,
+    })
+}
+
 fn exporter(conn: &Connection) -> Result<[u8; 32], String> {
     let mut out = [0u8; 32];
     conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
@@ -379,6 +443,8 @@ fn exporter(conn: &Connection) -> Result<[u8; 32], String> {
 #[derive(Clone)]
 pub(crate) struct Link {
     conn: Connection,
+    id: ConnId,
+    addrs: PeerAddrs,
     tx: mpsc::Sender<Bytes>,
 }
 
@@ -411,6 +477,16 @@ impl Link {
         })
     }
 
+    /// Which connection this is.
+    pub(crate) fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The addresses the peer signed.
+    pub(crate) fn addrs(&self) -> PeerAddrs {
+        self.addrs
+    }
+
     /// Whether the connection is still open.
     pub(crate) fn is_open(&self) -> bool {
         self.conn.close_reason().is_none() && !self.tx.is_closed()
@@ -432,6 +508,7 @@ const WRITE_BATCH: usize = 64;
 async fn write_frames(
     dropped_count: Arc<AtomicU64>,
     conn: Connection,
+    id: ConnId,
     mut stream: quinn::SendStream,
     mut rx: mpsc::Receiver<Bytes>,
     peer: PeerId,
@@ -444,8 +521,10 @@ async fn write_frames(
             // packets as fit, and takes the buffers without copying them.
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
-                    // Link dropped: nothing more to send.
+                    // Link dropped: nothing more to send; the connection goes with it.
                     let _ = stream.finish();
+                    conn.close(VarInt::from_u32(CLOSE_UNUSED), b"link dropped");
+                    inbound.on_connection_closed(&peer, id, &quinn::ConnectionError::LocallyClosed);
                     return;
                 }
                 if let Err(e) = stream.write_all_chunks(&mut batch).await {
@@ -455,7 +534,7 @@ async fn write_frames(
                     tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
                     conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
                     let reason = conn.closed().await;
-                    inbound.on_connection_closed(&peer, &reason);
+                    inbound.on_connection_closed(&peer, id, &reason);
                     return;
                 }
                 batch.clear();
@@ -467,7 +546,7 @@ async fn write_frames(
                     tracing::warn!(%peer, dropped, "mesh link closed with frames still queued: {reason}");
                 }
                 rx.close();
-                inbound.on_connection_closed(&peer, &reason);
+                inbound.on_connection_closed(&peer, id, &reason);
                 return;
             }
         }
@@ -528,7 +607,6 @@ fn protocol_violation(conn: &Connection, peer: &PeerId, err: &DecodeError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
     use crate::wire::{Frame, LEN_PREFIX, MAGIC, VERSION};
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -545,10 +623,11 @@ mod tests {
         fn on_frame(&self, from: &PeerId, frame: Frame) {
             let _ = self.0.send(Event::Frame(from.clone(), Box::new(frame)));
         }
-        fn on_peer_connected(&self, peer: &PeerId, _: SocketAddr) {
+        fn on_peer_connected(&self, peer: &PeerId, _: ConnId, _: PeerAddrs) -> Result<(), String> {
             let _ = self.0.send(Event::Connected(peer.clone()));
+            Ok(())
         }
-        fn on_connection_closed(&self, peer: &PeerId, reason: &quinn::ConnectionError) {
+        fn on_connection_closed(&self, peer: &PeerId, _: ConnId, reason: &quinn::ConnectionError) {
             let _ = self.0.send(Event::Closed(peer.clone(), reason.clone()));
         }
     }
@@ -565,7 +644,7 @@ mod tests {
         name: &str,
         secret: Option<&str>,
     ) -> (Arc<Mesh>, Arc<Recorder>, UnboundedReceiver<Event>) {
-        let keyring = Keyring::new("c".into(), secret.map(|s| vec![Secret::from(s)]));
+        let keyring = Keyring::new("c".into(), secret.map(|s| vec![auth::key(s)]));
         let mut mesh = Mesh::bind(
             "127.0.0.1:0".parse().unwrap(),
             None,
@@ -576,7 +655,13 @@ mod tests {
         )
         .unwrap();
         let addr = mesh.local_addr().unwrap();
-        mesh.set_identity(&peer(name), addr);
+        mesh.set_identity(
+            &peer(name),
+            PeerAddrs {
+                mesh: addr,
+                gossip: addr,
+            },
+        );
         let (tx, rx) = unbounded_channel();
         (Arc::new(mesh), Arc::new(Recorder(tx)), rx)
     }

@@ -1,5 +1,5 @@
 //! The session store of the gossip backend: every node holds every session, replicated over
-//! the authenticated QUIC mesh (never over gossip, which is plain UDP).
+//! the authenticated QUIC mesh (never over gossip).
 //!
 //! - A save or delete is merged locally, then sent to every verified member; it returns
 //!   once each has merged it (or was found gone, or the request timeout passed), so a

@@ -6,7 +6,7 @@
 //! ([`ClusterAdapterCtr::session_store`](crate::ClusterAdapterCtr::session_store)):
 //!
 //! - **gossip** ([`GossipSessionStore`]): every node holds every session, replicated over
-//!   the authenticated QUIC mesh — never over gossip, which is plain UDP. A save or delete
+//!   the authenticated QUIC mesh — never over gossip. A save or delete
 //!   returns once every member has merged it (a member found dead is not waited for, a
 //!   silent one at most the request timeout), so losing any node, even the one that took
 //!   the save, loses no session; an expiry applies everywhere; a node that joins exchanges

@@ -1,0 +1,247 @@
+//! The cluster secret and the keys derived from it.
+//!
+//! A secret must resist offline guessing: at least [`MIN_SECRET_LEN`] characters, and not
+//! guessable by a password-strength estimator (`zxcvbn`): no repeated phrase, keyboard walk
+//! or dictionary word run. From each secret of the keyring, Argon2id (memory-hard) derives
+//! once, at start, a master key; HKDF-SHA256 splits it into the key of the mesh proof and
+//! the key that seals gossip. Whoever tests a guess against anything seen on the network
+//! pays one Argon2id run per guess.
+
+use std::{fmt, sync::Arc};
+
+use ring::hkdf;
+
+/// Fewest characters a secret may have.
+pub(crate) const MIN_SECRET_LEN: usize = 32;
+/// Fewest guesses (as a power of ten) the strength estimator must put on a secret: about
+/// 2^60, far beyond offline guessing when each guess costs an Argon2id run. (The estimator
+/// tops out just above 10^19, where every random secret of 32 characters lands.)
+const MIN_GUESSES_LOG10: f64 = 18.0;
+/// Only this many leading characters go through the estimator (its cost grows with length;
+/// a longer secret is judged by its start).
+const ESTIMATE_PREFIX: usize = 128;
+
+/// Argon2id cost: 19 MiB of memory, 2 passes, 1 lane (the OWASP recommendation).
+const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
+const ARGON2_PASSES: u32 = 2;
+
+/// A cluster secret. Its bytes never appear in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    /// Whether the secret is strong enough; the reason if it is not.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let text = std::str::from_utf8(&self.0).ok();
+        let len = text.map_or(self.0.len(), |t| t.chars().count());
+        if len < MIN_SECRET_LEN {
+            return Err(format!(
+                "it has {len} characters, fewer than {MIN_SECRET_LEN}"
+            ));
+        }
+        if let Some(text) = text {
+            let start: String = text.chars().take(ESTIMATE_PREFIX).collect();
+            let guesses = zxcvbn::zxcvbn(&start, &[]).guesses_log10();
+            if guesses < MIN_GUESSES_LOG10 {
+                return Err(format!(
+                    "it is too easy to guess (about 10^{guesses:.0} guesses: repeated text, \
+                     words or keyboard patterns)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s.into_bytes().into())
+    }
+}
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().into())
+    }
+}
+impl From<Vec<u8>> for Secret {
+    fn from(s: Vec<u8>) -> Self {
+        Self(s.into())
+    }
+}
+impl From<&[u8]> for Secret {
+    fn from(s: &[u8]) -> Self {
+        Self(s.into())
+    }
+}
+
+/// The keys derived from one secret for one cluster id.
+#[derive(Clone)]
+pub(crate) struct Keys {
+    /// Key of the mesh proof (HMAC-SHA256).
+    pub(crate) mesh: [u8; 32],
+    /// Key that seals gossip (ChaCha20-Poly1305).
+    pub(crate) gossip: [u8; 32],
+    /// Names the gossip key in a sealed datagram, so that the receiver tries one key only.
+    pub(crate) gossip_id: [u8; 4],
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+/// Why keys could not be derived.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    /// A secret of the keyring is too weak.
+    #[error("secret {index} of the keyring is too weak: {reason}")]
+    Weak {
+        /// Position in the keyring (0 signs).
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The KDF failed (it does not, with the fixed parameters used here).
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+}
+
+impl Keys {
+    /// Derive the keys of `secret` for `cluster_id`.
+    fn derive(cluster_id: &str, secret: &Secret) -> Result<Self, KeyError> {
+        let params = argon2::Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, Some(32))
+            .map_err(|e| KeyError::Kdf(e.to_string()))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        // The cluster id salts the derivation: the same secret gives other keys elsewhere.
+        let mut salt = b"socketioxide-cluster v1 salt\0".to_vec();
+        salt.extend_from_slice(cluster_id.as_bytes());
+        let mut master = [0u8; 32];
+        argon
+            .hash_password_into(&secret.0, &salt, &mut master)
+            .map_err(|e| KeyError::Kdf(e.to_string()))?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"socketioxide-cluster v1").extract(&master);
+        let expand = |label: &[u8], out: &mut [u8]| {
+            prk.expand(&[label], Len(out.len()))
+                .and_then(|okm| okm.fill(out))
+                .map_err(|_| KeyError::Kdf("HKDF output length".into()))
+        };
+        let mut keys = Keys {
+            mesh: [0; 32],
+            gossip: [0; 32],
+            gossip_id: [0; 4],
+        };
+        expand(b"mesh proof", &mut keys.mesh)?;
+        expand(b"gossip seal", &mut keys.gossip)?;
+        expand(b"gossip key id", &mut keys.gossip_id)?;
+        Ok(keys)
+    }
+}
+
+/// Check every secret of a keyring and derive its keys (the first signs and seals). Costs
+/// about 50 ms of CPU per secret: call it from a blocking task.
+pub(crate) fn derive_keyring(cluster_id: &str, secrets: &[Secret]) -> Result<Vec<Keys>, KeyError> {
+    secrets
+        .iter()
+        .enumerate()
+        .map(|(index, s)| {
+            s.check()
+                .map_err(|reason| KeyError::Weak { index, reason })?;
+            Keys::derive(cluster_id, s)
+        })
+        .collect()
+}
+
+/// An HKDF output length.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A strong secret for tests (64 hex characters).
+    pub(crate) const SECRET: &str =
+        "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+    /// Another one.
+    pub(crate) const OTHER: &str =
+        "3c5e7a9b1d2f4061a8c0e2b4d6f8a0b2c4e6f8091b3d5f7a9c1e3b5d7f9a1c3e";
+
+    #[test]
+    fn short_or_guessable_secrets_are_refused_and_random_ones_accepted() {
+        for weak in [
+            "change-me",
+            "hunter2",
+            "change-me-change-me-change-me-change-me",
+            "passwordpasswordpasswordpassword",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "0123456789012345678901234567890123456789",
+            "qwertyuiopasdfghjklzxcvbnmqwertyuiop",
+            "abcdefghijklmnopqrstuvwxyzabcdefghij",
+        ] {
+            let err = Secret::from(weak).check().expect_err(weak);
+            assert!(
+                err.contains("characters") || err.contains("guess"),
+                "{weak}: {err}"
+            );
+        }
+        for strong in [
+            SECRET,
+            OTHER,
+            // `openssl rand -hex 16`, the shortest that passes.
+            "b1946ac92492d2347c6235b4d2611184",
+            // `openssl rand -base64 32`.
+            "q8bM3xZ0u1wqkV7x0f1l2Jc8PqZr+X2bq9kq0o3yJcM=",
+        ] {
+            assert_eq!(Secret::from(strong).check(), Ok(()), "{strong}");
+        }
+        // Random bytes that are not text are judged by their length alone.
+        assert!(Secret::from(vec![0xffu8; 31]).check().is_err());
+        assert!(Secret::from(vec![0xffu8; 32]).check().is_ok());
+    }
+
+    #[test]
+    fn keys_depend_on_secret_and_cluster_id_and_differ_per_use() {
+        let a = Keys::derive("c", &Secret::from(SECRET)).unwrap();
+        let again = Keys::derive("c", &Secret::from(SECRET)).unwrap();
+        assert_eq!(a.mesh, again.mesh, "deterministic");
+        assert_eq!(a.gossip_id, again.gossip_id);
+        let other_cluster = Keys::derive("d", &Secret::from(SECRET)).unwrap();
+        let other_secret = Keys::derive("c", &Secret::from(OTHER)).unwrap();
+        assert_ne!(a.mesh, other_cluster.mesh);
+        assert_ne!(a.mesh, other_secret.mesh);
+        assert_ne!(a.mesh, a.gossip);
+        assert_ne!(a.gossip_id, other_secret.gossip_id);
+    }
+
+    #[test]
+    fn a_keyring_names_its_weak_secret() {
+        let err = derive_keyring("c", &[Secret::from(SECRET), Secret::from("short")]).unwrap_err();
+        assert!(err.to_string().contains("secret 1"), "{err}");
+        assert_eq!(
+            derive_keyring("c", &[Secret::from(SECRET), Secret::from(OTHER)])
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts() {
+        let k = Keys::derive("c", &Secret::from(SECRET)).unwrap();
+        assert_eq!(format!("{k:?}"), "Keys(<redacted>)");
+        assert!(!format!("{:?}", Secret::from(SECRET)).contains("8f3a"));
+    }
+}
