@@ -53,25 +53,25 @@ async fn broadcast_from_each_node_reaches_all_clients_once(backend: Backend) {
             assert_eq!(recv(rx, ARRIVES).await, format!(r#"42["from",{i}]"#));
         }
     }
-    for (_, rx, _) in &mut clients {
-        recv_none(rx, NOTHING).await;
-    }
+    let watched = clients.iter_mut().map(|(_, rx, sid)| (rx, *sid));
+    nothing_arrives(&[&a, &b, &c], watched).await;
 }
 
 async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend) {
-    let ([a, b, c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) =
+    let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
         rooms_cluster(&backend).await;
+    let nodes = [&a, &b, &c];
 
     // A room whose only member lives on another node.
     a.io.to("rb").emit("m", "to rb").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42["m","to rb"]"#);
-    nothing_arrives([&mut ra, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut ra, sa), (&mut rc, sc)]).await;
 
     // A room with members on two nodes, none on the sender's.
     b.io.to("common").emit("m", "to common").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","to common"]"#);
     assert_eq!(recv(&mut rc, ARRIVES).await, r#"42["m","to common"]"#);
-    recv_none(&mut rb, NOTHING).await;
+    nothing_arrives(&nodes, [(&mut rb, sb)]).await;
 
     // Several rooms: a socket in more than one of them gets the packet once.
     c.io.to(["ra", "rb", "common"])
@@ -81,7 +81,7 @@ async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend)
     for r in [&mut ra, &mut rb, &mut rc] {
         assert_eq!(recv(r, ARRIVES).await, r#"42["m","to many"]"#);
     }
-    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut ra, sa), (&mut rb, sb), (&mut rc, sc)]).await;
 
     // `within` is `to`.
     a.io.within("rc").emit("m", "within rc").await.unwrap();
@@ -89,22 +89,23 @@ async fn broadcast_to_rooms_reaches_only_members_on_every_node(backend: Backend)
 
     // A room nobody is in.
     b.io.to("nobody").emit("m", "lost").await.unwrap();
-    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut ra, sa), (&mut rb, sb), (&mut rc, sc)]).await;
 }
 
 async fn broadcast_except_excludes_room_members_on_every_node(backend: Backend) {
-    let ([a, b, c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) =
+    let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
         rooms_cluster(&backend).await;
+    let nodes = [&a, &b, &c];
 
     a.io.except("rb").emit("m", "not rb").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","not rb"]"#);
     assert_eq!(recv(&mut rc, ARRIVES).await, r#"42["m","not rb"]"#);
-    recv_none(&mut rb, NOTHING).await;
+    nothing_arrives(&nodes, [(&mut rb, sb)]).await;
 
     // Excluding a room with members on the sender's node and on another.
     b.io.except("common").emit("m", "not common").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42["m","not common"]"#);
-    nothing_arrives([&mut ra, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut ra, sa), (&mut rc, sc)]).await;
 
     // `to` and `except` together.
     c.io.to("common")
@@ -113,14 +114,14 @@ async fn broadcast_except_excludes_room_members_on_every_node(backend: Backend) 
         .await
         .unwrap();
     assert_eq!(recv(&mut rc, ARRIVES).await, r#"42["m","common but ra"]"#);
-    nothing_arrives([&mut ra, &mut rb]).await;
+    nothing_arrives(&nodes, [(&mut ra, sa), (&mut rb, sb)]).await;
 
     // Excluding every room: nobody.
     a.io.except(["ra", "rb", "rc"])
         .emit("m", "nobody")
         .await
         .unwrap();
-    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut ra, sa), (&mut rb, sb), (&mut rc, sc)]).await;
 }
 
 /// `socket.broadcast()` and `socket.to(room)` reach every other socket of the cluster but
@@ -143,35 +144,42 @@ async fn socket_broadcast_excludes_only_the_sender(backend: Backend) {
         );
     })
     .await;
-    let (tb1, mut rb1, _) = dummy(&b.io, "/").await;
-    let (_tb2, mut rb2, _) = dummy(&b.io, "/").await;
-    let (_ta, mut ra, _) = dummy(&a.io, "/").await;
-    let (tc, mut rc, _) = dummy(&c.io, "/").await;
+    let (tb1, mut rb1, sb1) = dummy(&b.io, "/").await;
+    let (_tb2, mut rb2, sb2) = dummy(&b.io, "/").await;
+    let (_ta, mut ra, sa) = dummy(&a.io, "/").await;
+    let (tc, mut rc, sc) = dummy(&c.io, "/").await;
+    let nodes = [&a, &b, &c];
 
     client_emit(&tb1, "/", r#"["relay","x"]"#).await;
     for r in [&mut rb2, &mut ra, &mut rc] {
         assert_eq!(recv(r, ARRIVES).await, r#"42["relayed","x"]"#);
     }
-    recv_none(&mut rb1, NOTHING).await;
+    nothing_arrives(&nodes, [(&mut rb1, sb1)]).await;
 
     client_emit(&tc, "/", r#"["relay_room","y"]"#).await;
     for r in [&mut rb1, &mut rb2, &mut ra] {
         assert_eq!(recv(r, ARRIVES).await, r#"42["in_room","y"]"#);
     }
-    recv_none(&mut rc, NOTHING).await;
-    nothing_arrives([&mut rb1, &mut rb2, &mut ra]).await;
+    let watched = [
+        (&mut rc, sc),
+        (&mut rb1, sb1),
+        (&mut rb2, sb2),
+        (&mut ra, sa),
+    ];
+    nothing_arrives(&nodes, watched).await;
 }
 
 /// `local()` keeps a broadcast on the sender's node.
 async fn local_broadcast_stays_on_its_node(backend: Backend) {
-    let ([a, b, _c], [(_ta, mut ra, _), (_tb, mut rb, _), (_tc, mut rc, _)]) =
+    let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
         rooms_cluster(&backend).await;
+    let nodes = [&a, &b, &c];
     a.io.local().emit("m", "local").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","local"]"#);
-    nothing_arrives([&mut rb, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut rb, sb), (&mut rc, sc)]).await;
 
     b.io.local().to("common").emit("m", "nobody").await.unwrap();
-    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut ra, sa), (&mut rb, sb), (&mut rc, sc)]).await;
 }
 
 /// Volatile broadcasts reach the clients of every node when nothing is congested. Dummy
@@ -182,8 +190,8 @@ async fn volatile_broadcast_reaches_every_node(backend: Backend) {
         async move |s: SocketRef<Adapter>| s.join(room)
     })
     .await;
-    let (_ta, mut ra, _) = polling_client(addr_a, "/").await;
-    let (_tb, mut rb, _) = polling_client(addr_b, "/").await;
+    let (_ta, mut ra, sa) = polling_client(addr_a, "/").await;
+    let (_tb, mut rb, sb) = polling_client(addr_b, "/").await;
     let (_tc, mut rc, _) = polling_client(addr_c, "/").await;
 
     a.io.volatile().emit("v", &1).await.unwrap();
@@ -193,7 +201,7 @@ async fn volatile_broadcast_reaches_every_node(backend: Backend) {
 
     b.io.volatile().to("rc").emit("v", &2).await.unwrap();
     assert_eq!(recv(&mut rc, ARRIVES).await, r#"42["v",2]"#);
-    nothing_arrives([&mut ra, &mut rb]).await;
+    nothing_arrives(&[&a, &b, &c], [(&mut ra, sa), (&mut rb, sb)]).await;
 }
 
 /// A payload with binary attachments arrives on remote clients as the placeholder packet
@@ -213,7 +221,7 @@ async fn binary_attachments_reach_remote_clients(backend: Backend) {
         );
     })
     .await;
-    let [(_ta, mut ra, _), (_tb, mut rb, _), (tc, mut rc, _)] =
+    let [(_ta, mut ra, sa), (_tb, mut rb, sb), (tc, mut rc, sc)] =
         one_per_node([&a, &b, &c], "/").await;
 
     a.io.emit("bin", &Bytes::from_static(&[1, 2, 3]))
@@ -247,7 +255,7 @@ async fn binary_attachments_reach_remote_clients(backend: Backend) {
         );
         assert_eq!(recv_bin(r, ARRIVES).await, Bytes::from_static(&[9, 8, 7]));
     }
-    nothing_arrives([&mut ra, &mut rb, &mut rc]).await;
+    nothing_arrives(&[&a, &b, &c], [(&mut ra, sa), (&mut rb, sb), (&mut rc, sc)]).await;
 }
 
 /// Payloads of a few MiB (text and binary) cross the mesh intact.
@@ -297,8 +305,9 @@ async fn msgpack_broadcasts_reach_every_node(backend: Backend) {
     })
     .await;
     let (_ta, mut ra, _) = msgpack_client(addr_a, "/").await;
-    let (_tb, mut rb, _) = msgpack_client(addr_b, "/").await;
-    let (tc, mut rc, _) = msgpack_client(addr_c, "/").await;
+    let (_tb, mut rb, sb) = msgpack_client(addr_b, "/").await;
+    let (tc, mut rc, sc) = msgpack_client(addr_c, "/").await;
+    let nodes = [&a, &b, &c];
 
     a.io.emit("hello", &json!({"n": 1, "s": "x"}))
         .await
@@ -324,7 +333,7 @@ async fn msgpack_broadcasts_reach_every_node(backend: Backend) {
         recv_msgpack(&mut ra, ARRIVES).await["data"],
         json!(["room", 5])
     );
-    nothing_arrives([&mut rb, &mut rc]).await;
+    nothing_arrives(&nodes, [(&mut rb, sb), (&mut rc, sc)]).await;
 
     // A client's event, relayed by its socket to every other socket.
     msgpack_send(&tc, json!({"type": 2, "nsp": "/", "data": ["relay", "hi"]})).await;
@@ -334,7 +343,7 @@ async fn msgpack_broadcasts_reach_every_node(backend: Backend) {
             json!(["relayed", "hi"])
         );
     }
-    recv_none(&mut rc, NOTHING).await;
+    nothing_arrives(&nodes, [(&mut rc, sc)]).await;
 }
 
 /// Emit `N` numbered events from `a`, each awaited, and check that the client on `b` gets

@@ -70,28 +70,42 @@ async fn three(
     for _ in 0..3 {
         nodes.push(cluster.start_with_sessions(config.clone()).await);
     }
+    let refs: Vec<&TestNode> = nodes.iter().map(|(n, _)| n).collect();
+    wait_formed(&refs).await;
     (cluster, nodes)
 }
 
+/// Each store's user for session `id`, in order.
+async fn users(stores: &[&ClusterSessionStore], id: &Id) -> Vec<Option<String>> {
+    let mut seen = Vec::with_capacity(stores.len());
+    for s in stores {
+        seen.push(user(s, id).await);
+    }
+    seen
+}
+
 /// A save on A is read on B and C; a delete on B is gone on A and C; a save on C after
-/// that is read everywhere again.
+/// that is read everywhere again. Each checked once, as soon as the write returned: a
+/// save or a delete returns once every node holds it.
 async fn saved_anywhere_read_everywhere_deleted_everywhere(backend: Backend) {
     let (_cluster, nodes) = three(&backend, SessionStoreConfig::new()).await;
     let [a, b, c] = [&nodes[0].1, &nodes[1].1, &nodes[2].1];
     let mut rec = hour("ada");
     a.create(&mut rec).await.unwrap();
-    assert!(
-        converge(&[a, b, c], &rec.id, Some("ada"), SPREADS).await,
-        "save on A read on B and C"
+    let ada = Some("ada".to_string());
+    assert_eq!(
+        users(&[a, b, c], &rec.id).await,
+        [ada.clone(), ada.clone(), ada],
+        "save on A read on B and C as it returns"
     );
     let loaded = b.load(&rec.id).await.unwrap().unwrap();
     assert_eq!(loaded, rec, "the very record, expiry included");
 
     b.delete(&rec.id).await.unwrap();
-    assert_eq!(user(b, &rec.id).await, None, "gone at once where deleted");
-    assert!(
-        converge(&[a, b, c], &rec.id, None, SPREADS).await,
-        "delete on B gone on A and C"
+    assert_eq!(
+        users(&[a, b, c], &rec.id).await,
+        [None, None, None],
+        "delete on B gone on A and C as it returns"
     );
 
     let again = Record {
@@ -99,9 +113,11 @@ async fn saved_anywhere_read_everywhere_deleted_everywhere(backend: Backend) {
         ..rec.clone()
     };
     c.save(&again).await.unwrap();
-    assert!(
-        converge(&[a, b, c], &rec.id, Some("bob"), SPREADS).await,
-        "a later save wins over the tombstone"
+    let bob = Some("bob".to_string());
+    assert_eq!(
+        users(&[a, b, c], &rec.id).await,
+        [bob.clone(), bob.clone(), bob],
+        "a later save wins over the tombstone, everywhere as it returns"
     );
 }
 
@@ -111,20 +127,16 @@ async fn expiry_applies_everywhere(backend: Backend) {
     let config = SessionStoreConfig::new().with_purge_interval(Duration::from_millis(100));
     let (_cluster, nodes) = three(&backend, config).await;
     let [a, b, c] = [&nodes[0].1, &nodes[1].1, &nodes[2].1];
-    let mut rec = record("eve", time::Duration::seconds(2));
+    let mut rec = record("eve", time::Duration::seconds(4));
     a.create(&mut rec).await.unwrap();
+    // Held everywhere as the save returns, well before its expiry.
+    let eve = Some("eve".to_string());
+    assert_eq!(
+        users(&[a, b, c], &rec.id).await,
+        [eve.clone(), eve.clone(), eve]
+    );
     let mut long = hour("long");
     a.create(&mut long).await.unwrap();
-    // Seen everywhere while it lives (bounded by its own lifetime).
-    assert!(
-        converge(
-            &[a, b, c],
-            &rec.id,
-            Some("eve"),
-            Duration::from_millis(1500)
-        )
-        .await
-    );
     assert!(
         converge(&[a, b, c], &rec.id, None, SPREADS).await,
         "expired everywhere"
@@ -198,8 +210,9 @@ async fn concurrent_saves_converge(backend: Backend) {
 /// A node that joins later reads the sessions saved before it existed.
 async fn a_new_node_sees_existing_sessions(backend: Backend) {
     let mut cluster = TestCluster::new(&backend);
-    let (_a, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
-    let (_b, b) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+    let (a_node, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+    let (b_node, b) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
+    wait_formed(&[&a_node, &b_node]).await;
     const K: usize = 1000;
     let mut ids = Vec::with_capacity(K);
     for i in 0..K {
@@ -428,7 +441,9 @@ mod gossip_only {
     /// not wait the request timeout for it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_without_the_store_does_not_hold_up_saves() {
-        let mut cluster = TestCluster::new(&Backend::Gossip);
+        // A request timeout far beyond the bound below: a save that waited for the
+        // member without a store would fail the test.
+        let mut cluster = TestCluster::new(&Backend::Gossip).with_request_timeout(LONG);
         let (a_node, a) = cluster.start_with_sessions(SessionStoreConfig::new()).await;
         let plain = cluster.start(|b| b).await;
         let formed = wait_until(SPREADS, || {
@@ -436,9 +451,8 @@ mod gossip_only {
         })
         .await;
         assert!(formed, "cluster formed");
-        // The request timeout of the test nodes is the default, 5 s.
         let mut rec = hour("solo");
-        let saved = within(Duration::from_millis(2500), a.create(&mut rec)).await;
+        let saved = within(SETTLES, a.create(&mut rec)).await;
         assert!(matches!(saved, Some(Ok(()))), "{saved:?}");
         assert_eq!(user(&a, &rec.id).await.as_deref(), Some("solo"));
     }

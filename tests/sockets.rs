@@ -100,12 +100,12 @@ async fn fetch_sockets_returns_the_sockets_of_every_node(backend: Backend) {
 
 async fn remote_socket_emit_reaches_only_that_socket(backend: Backend) {
     let (
-        [a, _b, c],
+        [a, b, c],
         [
             (_, mut ra, sa),
             (_, mut rb1, sb1),
-            (_, mut rb2, _),
-            (_, mut rc, _),
+            (_, mut rb2, sb2),
+            (_, mut rc, sc),
         ],
     ) = cluster_with_clients(&backend, |b| b).await;
     fetch_one(&a, sb1).await.emit("m", "to b1").await.unwrap();
@@ -119,16 +119,22 @@ async fn remote_socket_emit_reaches_only_that_socket(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","to a again"]"#);
-    nothing_arrives([&mut ra, &mut rb1, &mut rb2, &mut rc]).await;
+    let watched = [
+        (&mut ra, sa),
+        (&mut rb1, sb1),
+        (&mut rb2, sb2),
+        (&mut rc, sc),
+    ];
+    nothing_arrives(&[&a, &b, &c], watched).await;
 }
 
 async fn remote_socket_emit_with_ack_gets_its_answer(backend: Backend) {
     let (
-        [a, _b, c],
+        [a, b, c],
         [
-            (_, mut ra, _),
-            (_, mut rb1, _),
-            (_, mut rb2, _),
+            (_, mut ra, sa),
+            (_, mut rb1, sb1),
+            (_, mut rb2, sb2),
             (tc, mut rc, sc),
         ],
     ) = cluster_with_clients(&backend, |b| b).await;
@@ -144,8 +150,13 @@ async fn remote_socket_emit_with_ack_gets_its_answer(backend: Backend) {
     assert_eq!(acks.len(), 1, "{acks:?}");
     assert_eq!(acks[0].0, sc);
     assert_eq!(acks[0].1.as_ref().unwrap(), "from c");
-    nothing_arrives([&mut ra, &mut rb1, &mut rb2, &mut rc]).await;
-    drop(c);
+    let watched = [
+        (&mut ra, sa),
+        (&mut rb1, sb1),
+        (&mut rb2, sb2),
+        (&mut rc, sc),
+    ];
+    nothing_arrives(&[&a, &b, &c], watched).await;
 }
 
 /// A remote socket that never answers: its ack stream yields a timeout error after the ack
@@ -173,10 +184,10 @@ async fn remote_socket_join_leave_and_rooms(backend: Backend) {
     let (
         [a, b, c],
         [
-            (_, mut ra, _),
+            (_, mut ra, sa),
             (_, mut rb1, sb1),
             (_, mut rb2, sb2),
-            (_, mut rc, _),
+            (_, mut rc, sc),
         ],
     ) = cluster_with_clients(&backend, |b| b).await;
     let local_rooms = |sid| sorted(b.io.get_socket(sid).unwrap().rooms());
@@ -203,7 +214,13 @@ async fn remote_socket_join_leave_and_rooms(backend: Backend) {
         sorted(c.io.rooms().await.unwrap()),
         ["common", "ra", "rb", "rc", "y"]
     );
-    nothing_arrives([&mut ra, &mut rb1, &mut rb2, &mut rc]).await;
+    let watched = [
+        (&mut ra, sa),
+        (&mut rb1, sb1),
+        (&mut rb2, sb2),
+        (&mut rc, sc),
+    ];
+    nothing_arrives(&[&a, &b, &c], watched).await;
 }
 
 async fn remote_socket_disconnect_disconnects_only_that_socket(backend: Backend) {
@@ -220,7 +237,11 @@ async fn remote_socket_disconnect_disconnects_only_that_socket(backend: Backend)
     assert_eq!(recv(&mut rb2, ARRIVES).await, "41");
     assert!(wait_until(SETTLES, || b.io.get_socket(sb2).is_none()).await);
     assert!(b.io.get_socket(sb1).is_some());
-    nothing_arrives([&mut ra, &mut rb1, &mut rc]).await;
+    nothing_arrives(
+        &[&a, &b, &c],
+        [(&mut ra, sa), (&mut rb1, sb1), (&mut rc, sc)],
+    )
+    .await;
     assert_eq!(
         ids(&a.io.fetch_sockets().await.unwrap()),
         expected(&[(&a, sa), (&b, sb1), (&c, sc)])
@@ -262,8 +283,15 @@ async fn concurrent_requests_from_every_node_each_get_everything(backend: Backen
 /// hang: emit succeeds, rooms is empty, an ack stream ends empty without waiting for the ack
 /// timeout (60 s here).
 async fn stale_remote_socket_operations_are_harmless(backend: Backend) {
-    let ([a, b, _c], [(_, mut ra, _), (_, _, sb1), (_, mut rb2, _), (_, mut rc, _)]) =
-        cluster_with_clients(&backend, |b| b.ack_timeout(Duration::from_secs(60))).await;
+    let (
+        [a, b, c],
+        [
+            (_, mut ra, sa),
+            (_, _, sb1),
+            (_, mut rb2, sb2),
+            (_, mut rc, sc),
+        ],
+    ) = cluster_with_clients(&backend, |b| b.ack_timeout(Duration::from_secs(60))).await;
     let stale = fetch_one(&a, sb1).await;
     fetch_one(&a, sb1).await.disconnect().await.unwrap();
     assert!(wait_until(SETTLES, || b.io.get_socket(sb1).is_none()).await);
@@ -278,7 +306,11 @@ async fn stale_remote_socket_operations_are_harmless(backend: Backend) {
         .expect("the ack stream ends");
     assert!(acks.is_empty(), "{acks:?}");
     stale.clone().disconnect().await.unwrap();
-    nothing_arrives([&mut ra, &mut rb2, &mut rc]).await;
+    nothing_arrives(
+        &[&a, &b, &c],
+        [(&mut ra, sa), (&mut rb2, sb2), (&mut rc, sc)],
+    )
+    .await;
     assert_eq!(
         sorted(a.io.rooms().await.unwrap()),
         ["common", "ra", "rb", "rc"]

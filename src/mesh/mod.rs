@@ -460,10 +460,13 @@ impl Mesh {
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             send.finish().map_err(|e| fail(e.to_string()))?;
-            let bytes = recv
-                .read_to_end(MAX_HELLO)
-                .await
-                .map_err(|e| fail(format!("no hello from peer: {e}")))?;
+            let bytes = recv.read_to_end(MAX_HELLO).await.map_err(|e| {
+                // A refusing peer closes the connection with its reason: say it.
+                match conn.close_reason() {
+                    Some(closed) => fail(format!("no hello from peer: {closed}")),
+                    None => fail(format!("no hello from peer: {e}")),
+                }
+            })?;
             let hello = wire::decode_hello(&bytes).map_err(|e| fail(format!("bad hello: {e}")))?;
             if let Err(source) = self.keyring.verify(Role::Server, &exporter, &hello) {
                 conn.close(VarInt::from_u32(CLOSE_AUTH), b"authentication failed");
@@ -963,45 +966,111 @@ mod tests {
         assert_eq!(left, VarInt::from_u32(CLOSE_LEAVING));
     }
 
+    /// Every log line written on this thread while the returned guard lives (a
+    /// current-thread runtime polls every task of the test on it).
+    fn capture_logs() -> (
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        #[derive(Clone)]
+        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Sink(lines.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        (lines, tracing::subscriber::set_default(subscriber))
+    }
+
     #[tokio::test]
     async fn wrong_or_missing_secret_is_refused_before_any_frame() {
-        let (server, server_in, mut server_rx) = node("server", Some("right"));
+        const RIGHT: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+        const WRONG: &str = "2c4e6a8b0d1f3a5c7e9b1d3f5a7c9e0b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a13";
+        let (logs, _guard) = capture_logs();
+        let refusals = || {
+            let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+            text.lines()
+                .filter(|l| l.contains("refused mesh connection"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let (server, server_in, mut server_rx) = node("server", Some(RIGHT));
         server.serve(server_in);
         let addr = server.local_addr().unwrap();
+        // The server closes a refused connection with the authentication code.
+        let closed_for_auth = |err: &MeshError| {
+            matches!(err, MeshError::Connect { reason, .. }
+                if reason.contains("authentication failed")
+                    && reason.contains(&CLOSE_AUTH.to_string()))
+        };
 
-        let (wrong, wrong_in, _) = node("wrong", Some("wrong"));
+        let (wrong, wrong_in, _) = node("wrong", Some(WRONG));
         let err = wrong
             .connect(addr, None, wrong_in)
             .await
             .err()
             .expect("refused");
+        assert!(closed_for_auth(&err), "{err}");
+        let logged = refusals();
+        assert_eq!(logged.len(), 1, "{logged:?}");
         assert!(
-            matches!(
-                err,
-                MeshError::Auth {
-                    source: AuthError::BadProof,
-                    ..
-                } | MeshError::Connect { .. }
-            ),
-            "{err}"
+            logged[0].contains(r#"node "wrong""#)
+                && logged[0].contains(&AuthError::BadProof.to_string()),
+            "{logged:?}"
         );
 
         let (insecure, insecure_in, _) = node("insecure", None);
-        assert!(insecure.connect(addr, None, insecure_in).await.is_err());
-
-        // The server saw neither as a peer, and no frame of theirs.
+        let err = insecure
+            .connect(addr, None, insecure_in)
+            .await
+            .err()
+            .expect("refused");
+        assert!(closed_for_auth(&err), "{err}");
+        let logged = refusals();
+        assert_eq!(logged.len(), 2, "{logged:?}");
         assert!(
-            tokio::time::timeout(Duration::from_millis(300), server_rx.recv())
-                .await
-                .is_err()
+            logged[1].contains(r#"node "insecure""#)
+                && logged[1].contains(&AuthError::MissingProof.to_string()),
+            "{logged:?}"
+        );
+
+        // The same server accepts a peer with the secret, which is the first peer it
+        // sees: neither refused node was taken for a peer, nor sent it a frame.
+        let (good, good_in, _) = node("good", Some(RIGHT));
+        let (who, link) = good
+            .connect(addr, Some(&peer("server")), good_in)
+            .await
+            .expect("the right secret is accepted");
+        assert_eq!(who, peer("server"));
+        assert!(matches!(next(&mut server_rx).await, Event::Connected(p) if p == peer("good")));
+        link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            matches!(next(&mut server_rx).await, Event::Frame(p, f) if p == peer("good") && *f == Frame::Leave)
         );
 
         // A client that expects another node name refuses the server.
-        let (good, good_in, _) = node("good", Some("right"));
+        let (good, good_in, _) = node("good", Some(RIGHT));
+        let err = good
+            .connect(addr, Some(&peer("someone-else")), good_in)
+            .await
+            .err()
+            .expect("refused");
         assert!(
-            good.connect(addr, Some(&peer("someone-else")), good_in)
-                .await
-                .is_err()
+            matches!(&err, MeshError::Connect { reason, .. } if reason.contains("expected")),
+            "{err}"
         );
     }
 

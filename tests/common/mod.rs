@@ -19,16 +19,23 @@ use tokio::sync::mpsc;
 pub mod msgpack;
 pub mod polling;
 pub mod redis_server;
+pub mod relay;
 
 /// The adapter type of the test servers, whatever their backend.
 pub type Adapter = ClusterAdapter<Emitter>;
 
+/// The cluster secret of the test nodes: 64 hex characters, as `openssl rand -hex 32`
+/// prints.
+pub const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
+
 /// Bound (ms) for a packet that must arrive.
-pub const ARRIVES: u64 = 3000;
+pub const ARRIVES: u64 = 10_000;
 /// How long (ms) a client is watched for a packet that must not arrive.
 pub const NOTHING: u64 = 300;
 /// Bound for remote state to settle, or an ack stream to end.
 pub const SETTLES: Duration = Duration::from_secs(10);
+/// Bound for a cluster to form: every node a verified member of every other.
+pub const FORMS: Duration = Duration::from_secs(20);
 /// An ack timeout far longer than any test: a stream that ends sooner ended because every
 /// expected ack came, not because it timed out.
 pub const LONG: Duration = Duration::from_secs(60);
@@ -186,7 +193,7 @@ pub fn config(cluster_id: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig
         .with_mesh_addr("127.0.0.1:0".parse().unwrap())
         .with_gossip_interval(Duration::from_millis(50))
         .with_peer_timeout(Duration::from_millis(1000))
-        .with_secret("8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7");
+        .with_secret(SECRET);
     if let Some(seed) = seed {
         c = c.with_seeds([seed.to_string()]);
     }
@@ -209,6 +216,8 @@ pub async fn start_gossip(config: GossipAdapterConfig) -> TestNode {
 pub struct TestCluster {
     backend: Backend,
     id: String,
+    /// The request timeout of the nodes started from now on (default: the library's).
+    request_timeout: Option<Duration>,
     #[cfg(feature = "cluster-gossip")]
     seed: Option<SocketAddr>,
 }
@@ -219,9 +228,18 @@ impl TestCluster {
         Self {
             backend: backend.clone(),
             id: cluster_id(),
+            request_timeout: None,
             #[cfg(feature = "cluster-gossip")]
             seed: None,
         }
+    }
+
+    /// Give the nodes started from now on this request timeout: a test that must see a
+    /// request end because every expected answer came sets one far longer than its own
+    /// bound, so that waiting for the timeout fails it.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
     }
 
     /// Start one more node, its socket.io builder customised by `build`.
@@ -267,7 +285,11 @@ impl TestCluster {
     /// The gossip configuration of the next node of this cluster (seeded by the first).
     #[cfg(feature = "cluster-gossip")]
     pub fn next_config(&self) -> GossipAdapterConfig {
-        config(&self.id, self.seed)
+        let config = config(&self.id, self.seed);
+        match self.request_timeout {
+            Some(t) => config.with_request_timeout(t),
+            None => config,
+        }
     }
 
     async fn start_node(
@@ -282,7 +304,7 @@ impl TestCluster {
         match &self.backend {
             #[cfg(feature = "cluster-gossip")]
             Backend::Gossip => {
-                let ctr = ClusterAdapterCtr::gossip(config(&self.id, self.seed))
+                let ctr = ClusterAdapterCtr::gossip(self.next_config())
                     .await
                     .expect("node starts");
                 let cluster = ctr.cluster().expect("a gossip node has a cluster");
@@ -291,8 +313,11 @@ impl TestCluster {
             }
             #[cfg(feature = "redis")]
             Backend::Redis(server) => {
-                let config = socketioxide_cluster::redis::RedisAdapterConfig::new()
+                let mut config = socketioxide_cluster::redis::RedisAdapterConfig::new()
                     .with_prefix(self.id.clone());
+                if let Some(t) = self.request_timeout {
+                    config = config.with_request_timeout(t);
+                }
                 let ctr = ClusterAdapterCtr::redis(&server.url(), config)
                     .await
                     .expect("node connects to redis");
@@ -352,7 +377,14 @@ pub async fn spawn_cluster_with<const N: usize>(
     backend: &Backend,
     build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
 ) -> [TestNode; N] {
-    let mut cluster = TestCluster::new(backend);
+    start_nodes(TestCluster::new(backend), build).await
+}
+
+/// Start `N` nodes of `cluster`, each socket.io builder customised by `build`.
+pub async fn start_nodes<const N: usize>(
+    mut cluster: TestCluster,
+    build: impl Fn(SocketIoBuilder<Adapter>) -> SocketIoBuilder<Adapter>,
+) -> [TestNode; N] {
     let mut nodes = Vec::with_capacity(N);
     for _ in 0..N {
         nodes.push(cluster.start(&build).await);
@@ -437,6 +469,32 @@ pub async fn wait_hosting(nodes: &[&TestNode], ns: &str, n: usize) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait (bounded) until every node counts every other as a member. Gossip: each node's
+/// verified members are the others. Redis: nothing to wait for, a node that connected
+/// has subscribed. Panics when the cluster does not form within [`FORMS`].
+#[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
+pub async fn wait_formed(nodes: &[&TestNode]) {
+    let Some(first) = nodes.first() else {
+        return;
+    };
+    match first.backend {
+        #[cfg(feature = "cluster-gossip")]
+        Backend::Gossip => {
+            let n = nodes.len();
+            let ok = wait_until(FORMS, || {
+                nodes
+                    .iter()
+                    .all(|node| node.cluster().members().len() == n - 1)
+            })
+            .await;
+            let seen: Vec<usize> = nodes.iter().map(|n| n.cluster().members().len()).collect();
+            assert!(ok, "the cluster did not form: members seen {seen:?}");
+        }
+        #[cfg(feature = "redis")]
+        Backend::Redis(_) => {}
     }
 }
 
@@ -571,10 +629,79 @@ pub async fn recv_none(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet
     }
 }
 
-/// Assert nothing arrives on any of `rxs`, watching each in turn for [`NOTHING`].
-pub async fn nothing_arrives<const N: usize>(rxs: [&mut ClientRx; N]) {
-    for rx in rxs {
-        recv_none(rx, NOTHING).await;
+/// Assert that nothing reached the `watched` clients of namespace `/` (see
+/// [`nothing_arrives_on`]).
+pub async fn nothing_arrives<'a>(
+    nodes: &[&TestNode],
+    watched: impl IntoIterator<Item = (&'a mut ClientRx, Sid)>,
+) {
+    nothing_arrives_on(nodes, "/", watched).await;
+}
+
+/// Assert that nothing sent so far reached the `watched` clients of namespace `ns`, and
+/// nothing will: every node of `nodes` sends each watched socket a marker, and the next
+/// packets of each client must be exactly those markers. Two emits from one node reach a
+/// client in the order they were made, so a packet a node sent (or relayed) before its
+/// marker would arrive first, however late. Text and msgpack clients alike.
+pub async fn nothing_arrives_on<'a>(
+    nodes: &[&TestNode],
+    ns: &'static str,
+    watched: impl IntoIterator<Item = (&'a mut ClientRx, Sid)>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let watched: Vec<(&mut ClientRx, Sid)> = watched.into_iter().collect();
+    // The watched sockets, and only they, join a room of their own for the markers.
+    let room = format!("marker-room-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let sockets: Vec<_> = watched
+        .iter()
+        .map(|(_, sid)| {
+            nodes
+                .iter()
+                .find_map(|n| n.io.of(ns)?.get_socket(*sid))
+                .unwrap_or_else(|| panic!("no node of the list holds {sid}"))
+        })
+        .collect();
+    for s in &sockets {
+        s.join(room.clone());
+    }
+    let mut markers = Vec::with_capacity(nodes.len());
+    // A node without the namespace has nothing to send in it.
+    for op in nodes.iter().filter_map(|n| n.io.of(ns)) {
+        let marker = NEXT.fetch_add(1, Ordering::Relaxed);
+        op.to(room.clone())
+            .emit("marker", &marker)
+            .await
+            .expect("marker sent");
+        markers.push(marker);
+    }
+    for (rx, sid) in watched {
+        let mut expected = markers.clone();
+        while !expected.is_empty() {
+            let p = recv_packet(rx, ARRIVES).await;
+            let marker = match &p {
+                EioPacket::Message(text) => text
+                    .strip_prefix(&format!(r#"2{}["marker","#, ns_prefix(ns)))
+                    .and_then(|m| m.strip_suffix(']'))
+                    .and_then(|m| m.parse::<u64>().ok()),
+                EioPacket::Binary(bin) => {
+                    let v = msgpack::decode(bin);
+                    (v["data"][0] == "marker")
+                        .then(|| v["data"][1].as_u64())
+                        .flatten()
+                }
+                _ => None,
+            };
+            match marker.and_then(|m| expected.iter().position(|e| *e == m)) {
+                Some(i) => {
+                    expected.swap_remove(i);
+                }
+                None => panic!("{sid} got {p:?} where only markers {expected:?} were due"),
+            }
+        }
+    }
+    for s in &sockets {
+        s.leave(room.clone());
     }
 }
 

@@ -80,6 +80,17 @@ impl RedisServer {
         }
     }
 
+    /// Send `signal` (`STOP`, `CONT`) to the server: a stopped server keeps its port and
+    /// connections open but answers nothing, as a hung Redis does.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server running");
+        let status = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -s {signal} failed: {status}");
+    }
+
     /// Start it again on the same port.
     pub fn restart(&mut self) {
         self.kill();

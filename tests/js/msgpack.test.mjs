@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import msgpackParser from 'socket.io-msgpack-parser';
-import { SETTLE_MS, record, request, sleep, uniq, useCluster } from './cluster.mjs';
+import { record, request, uniq, useCluster } from './cluster.mjs';
 
 const cluster = useCluster({ size: 3, parser: 'msgpack', parserModule: msgpackParser });
 
@@ -21,7 +21,7 @@ cluster.test('msgpack: broadcast from node 1 reaches the clients of all 3 nodes'
   await request(clients[0], 'broadcast', { event, data, to: room });
 
   for (const rec of recs) await rec.waitCount(1);
-  await sleep(SETTLE_MS);
+  await cluster.settle([...clients, outsider]);
   for (const [i, rec] of recs.entries()) assert.deepEqual(rec.values, [data], `node ${i + 1}`);
   assert.equal(outsiderRec.count, 0, 'a socket outside the room must not receive');
 });

@@ -20,12 +20,10 @@ import path from 'node:path';
 import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import {
-  SETTLE_MS,
   connect,
   freePort,
   record,
   request,
-  sleep,
   uniq,
   useCluster,
   waitUntil,
@@ -193,7 +191,8 @@ cluster.test('polling and WebSocket clients through nginx get broadcasts from ev
   }
 
   for (const rec of recs) await rec.waitCount(senders.length);
-  await sleep(SETTLE_MS);
+  // No duplicate is still on its way: markers from every node arrived after.
+  await cluster.settle(clients.map((c) => c.socket));
   const expected = senders.map((s) => s.node).sort();
   for (const [i, rec] of recs.entries()) {
     const { node, transport } = clients[i];

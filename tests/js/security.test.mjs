@@ -15,7 +15,7 @@ cluster.test('a node with a wrong secret never becomes a member', async (t) => {
   }
   const intruder = await cluster.addNode({
     name: 'intruder',
-    secret: randomBytes(24).toString('hex'),
+    secret: randomBytes(32).toString('hex'),
   });
 
   // Over a bounded window (many gossip intervals and peer timeouts) the members stay 2.

@@ -5,9 +5,15 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { io } from 'socket.io-client';
-import { BACKEND, Cluster, median, waitUntil, withTimeout } from './cluster.mjs';
+import { BACKEND, Cluster, median, withTimeout } from './cluster.mjs';
 
 const BIN = process.env.SESSIONS_NODE_BIN;
+// Without the binary the suite is skipped, and says why; under CI that is a failure.
+const SKIP = !BIN && 'SESSIONS_NODE_BIN is not set (build the `sessions` example, feature `sessions`)';
+if (SKIP && process.env.CI) {
+  throw new Error(`${SKIP}; CI is set, so the shared-sessions suite cannot be skipped`);
+}
+if (SKIP) console.log(`SKIPPED: ${SKIP}`);
 
 /**
  * Opens a Socket.IO connection to `node` with `cookie`; resolves with
@@ -44,7 +50,7 @@ async function refused(node, cookie) {
   }
 }
 
-describe(`shared login sessions (${BACKEND})`, { skip: !BIN && 'SESSIONS_NODE_BIN is not set' }, () => {
+describe(`shared login sessions (${BACKEND})`, { skip: SKIP }, () => {
   const cluster = new Cluster({ size: 3, node: { bin: BIN } });
   before(async () => cluster.start(), { timeout: 180_000 });
   after(async () => cluster.stop(), { timeout: 60_000 });
@@ -59,12 +65,9 @@ describe(`shared login sessions (${BACKEND})`, { skip: !BIN && 'SESSIONS_NODE_BI
       const cookie = login.headers.getSetCookie().map((h) => h.split(';')[0]).find((c) => c.startsWith('id='));
       assert.ok(cookie, 'the login sets the session cookie');
 
-      // The session reaches B within moments; a connection that lands before it is
-      // refused, so try (bounded) until accepted.
-      const { socket, welcome } = await waitUntil('a connection on B accepted', () => open(b, cookie), {
-        timeoutMs: 10_000,
-        intervalMs: 20,
-      });
+      // A log-in returns once every node holds the session: the very first connection
+      // on B, made right after the response, is accepted (no retry).
+      const { socket, welcome } = await open(b, cookie);
       assert.deepEqual(welcome, { user: 'ada', node: b.name });
       assert.deepEqual(await socket.timeout(5000).emitWithAck('whoami'), { user: 'ada', node: b.name });
       socket.disconnect();
@@ -74,13 +77,10 @@ describe(`shared login sessions (${BACKEND})`, { skip: !BIN && 'SESSIONS_NODE_BI
       const logout = await fetch(`${c.url}/logout`, { method: 'POST', headers: { cookie } });
       assert.equal(logout.status, 200);
 
-      // The deletion reaches every node (bounded), and then every connection is refused.
+      // A log-out returns once every node dropped the session: the first connection
+      // made afterwards on any node is refused (no retry).
       for (const node of [a, b, c]) {
-        const message = await waitUntil(`${node.name} to refuse the logged-out session`, () => refused(node, cookie), {
-          timeoutMs: 10_000,
-          intervalMs: 20,
-        });
-        assert.match(message, /not logged in: no such session/);
+        assert.match(await refused(node, cookie), /not logged in: no such session/, node.name);
       }
       assert.equal((await fetch(`${a.url}/me`, { headers: { cookie } })).status, 401);
     } catch (err) {
@@ -89,21 +89,18 @@ describe(`shared login sessions (${BACKEND})`, { skip: !BIN && 'SESSIONS_NODE_BI
     }
   });
 
-  test('figures: log in on A, first accepted connection on B', { timeout: 60_000 }, async () => {
+  test('figures: log in on A, then a connection on B, accepted at once', { timeout: 60_000 }, async () => {
     const [a, b] = cluster.nodes;
     const times = [];
     for (let i = 0; i < 20; i++) {
       const started = performance.now();
       const login = await fetch(`${a.url}/login?user=u${i}`, { method: 'POST' });
       const cookie = login.headers.getSetCookie().map((h) => h.split(';')[0]).find((c) => c.startsWith('id='));
-      const { socket, welcome } = await waitUntil('accepted on B', () => open(b, cookie), {
-        timeoutMs: 10_000,
-        intervalMs: 5,
-      });
+      const { socket, welcome } = await open(b, cookie);
       times.push(performance.now() - started);
       assert.equal(welcome.user, `u${i}`);
       socket.disconnect();
     }
-    console.log(`[${BACKEND}] login on A -> first accepted Socket.IO connection on B, 20 runs: median ${median(times).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms`);
+    console.log(`[${BACKEND}] login on A -> Socket.IO connection on B accepted at once, 20 runs: median ${median(times).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms`);
   });
 });
