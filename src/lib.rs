@@ -93,7 +93,9 @@
 //!   `socketioxide-redis` does over Redis channels.
 //!
 //! A broadcast is sent to every member and answered by none. A request that expects
-//! answers (`fetch_sockets`, `rooms`, acks) goes to every live member (or to the one member
+//! answers (`fetch_sockets`, `rooms`, acks, and `join`, `leave` and `disconnect` of other
+//! nodes' sockets, answered `Done` once applied so that they are in force when the call
+//! returns) goes to every live member (or to the one member
 //! hosting a targeted socket) and waits for exactly those: a member that does not host the
 //! namespace says so at once, and a member found dead — its connection closed, its QUIC
 //! keep-alives silent for the peer timeout, or a graceful leave — is no longer waited for. The request returns what it has, never later than the request
@@ -118,6 +120,10 @@
 //!    |<--- Response(Sockets[..]) ---|                          (process hung)
 //!    |   ... no keep-alive from C for the peer timeout (2 s) ...    |
 //!    |   A stops waiting for C: returns its own + B's sockets       |
+//!    |                              |                               |
+//!  io.to("user-1").leave("room"): in force on B and C when it returns
+//!    |---- Request(DelSockets) ---->|  B applies it, then answers   |
+//!    |<--- Response(Done) ----------|                               |
 //!    |                              |                               |
 //!  io.emit_with_ack("ask"):                                         |
 //!    |---- Request(BroadcastWithAck) ->|                            |

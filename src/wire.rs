@@ -176,12 +176,11 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
-    /// Whether the requester waits for responses to this request.
+    /// Whether the requester waits for responses to this request. A request that changes
+    /// state (join, leave, disconnect) is answered with [`ResponseBody::Done`] once applied,
+    /// so that it is in force on every node when the call that made it returns.
     pub fn expects_response(&self) -> bool {
-        matches!(
-            self,
-            Self::BroadcastWithAck(_) | Self::AllRooms | Self::FetchSockets
-        )
+        !matches!(self, Self::Broadcast(_))
     }
 }
 
@@ -264,7 +263,7 @@ pub enum ResponseBody {
     Rooms(#[serde(deserialize_with = "bounded::rooms")] Vec<String>),
     /// The matching sockets, by socket id and socketioxide server id.
     Sockets(#[serde(deserialize_with = "bounded::sockets")] Vec<(Id, Id)>),
-    /// A confirmed service message was handled.
+    /// A confirmed service message was handled, or a join, leave or disconnect applied.
     Done,
 }
 

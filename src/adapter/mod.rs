@@ -161,7 +161,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
 
     async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
         if !opts.is_local(self.uid) {
-            self.send(RequestKind::DisconnectSockets, &opts, None)
+            self.apply(RequestKind::DisconnectSockets, &opts)
                 .await
                 .map_err(AdapterError::from)?;
         }
@@ -192,8 +192,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
         if !opts.is_local(self.uid) {
             let names = rooms.iter().map(|r| r.to_string()).collect();
-            self.send(RequestKind::AddSockets(names), &opts, None)
-                .await?;
+            self.apply(RequestKind::AddSockets(names), &opts).await?;
         }
         self.local.add_sockets(opts, rooms);
         Ok(())
@@ -207,8 +206,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
         if !opts.is_local(self.uid) {
             let names = rooms.iter().map(|r| r.to_string()).collect();
-            self.send(RequestKind::DelSockets(names), &opts, None)
-                .await?;
+            self.apply(RequestKind::DelSockets(names), &opts).await?;
         }
         self.local.del_sockets(opts, rooms);
         Ok(())
@@ -271,6 +269,15 @@ impl<E: SocketEmitter> GossipAdapter<E> {
         let frame = self.frame(convert::id(Sid::new()), kind, opts, ack_timeout);
         let volatile = opts.has_flag(BroadcastFlags::Volatile);
         self.node.send(&targets, &frame, volatile).await?;
+        Ok(())
+    }
+
+    /// Send a request that changes state on other nodes (join, leave, disconnect) and wait
+    /// until every node it went to applied it, found gone, or the request timeout: once
+    /// this returns, a broadcast from any node sees the change.
+    async fn apply(&self, kind: RequestKind, opts: &BroadcastOptions) -> Result<(), RequestError> {
+        let pending = self.request(kind, opts, None).await?;
+        gather(pending, self.request_timeout).await;
         Ok(())
     }
 
@@ -340,6 +347,7 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                 if let Err(e) = self.local.disconnect_socket(opts) {
                     tracing::warn!(peer = %from, %ns, "remote disconnect: {e:?}");
                 }
+                self.node.respond_later(from, req.id, ResponseBody::Done);
             }
             RequestKind::AllRooms => {
                 let rooms = self
@@ -352,10 +360,12 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     .respond_later(from, req.id, ResponseBody::Rooms(rooms));
             }
             RequestKind::AddSockets(rooms) => {
-                self.local.add_sockets(opts, convert::rooms_from(rooms))
+                self.local.add_sockets(opts, convert::rooms_from(rooms));
+                self.node.respond_later(from, req.id, ResponseBody::Done);
             }
             RequestKind::DelSockets(rooms) => {
-                self.local.del_sockets(opts, convert::rooms_from(rooms))
+                self.local.del_sockets(opts, convert::rooms_from(rooms));
+                self.node.respond_later(from, req.id, ResponseBody::Done);
             }
             RequestKind::FetchSockets => {
                 let sockets = self

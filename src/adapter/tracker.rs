@@ -46,6 +46,7 @@ impl<P: Hash + Eq + Clone + std::fmt::Debug> Tracker<P> {
                 (true, n == 1)
             }
             (ResponseBody::Rooms(_) | ResponseBody::Sockets(_), Owed::Answer) => (true, true),
+            (ResponseBody::Done, Owed::Answer) => (false, true),
             (body, owed) => {
                 tracing::warn!(?peer, ?owed, ?body, "unexpected response ignored");
                 (false, false)
@@ -100,6 +101,15 @@ mod tests {
         assert_eq!(t.on_gone(&"c"), Some(0));
         assert!(t.is_done());
         assert_eq!(t.on_gone(&"c"), None);
+    }
+
+    #[test]
+    fn state_changes_complete_when_every_peer_applied_them() {
+        let mut t = Tracker::new(["a", "b"]);
+        assert!(!t.on_response(&"a", &ResponseBody::Done));
+        assert_eq!(t.waiting(), vec!["b"]);
+        assert!(!t.on_response(&"b", &ResponseBody::NotHosted));
+        assert!(t.is_done());
     }
 
     #[test]
