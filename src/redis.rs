@@ -179,6 +179,11 @@ impl From<redis::RedisError> for RedisError {
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
+/// Messages received from Redis and not yet handed to their channel's stream.
+const ORDERED_QUEUE: usize = 4096;
+/// Longest a message waits for the message before it, on another channel, to be taken.
+const ORDER_WAIT: Duration = Duration::from_secs(1);
+
 /// A `socketioxide-redis` driver that survives a Redis restart: it reconnects with backoff
 /// and subscribes to every channel again.
 #[derive(Clone)]
@@ -204,14 +209,19 @@ impl RedisDriver {
     pub async fn connect_tls(url: &str, tls: &RedisTls) -> Result<Self, RedisError> {
         let client = tls.client(&with_resp3(url))?;
         let handlers: Handlers = Arc::default();
-        let push_handlers = handlers.clone();
+        let (ordered_tx, ordered_rx) = mpsc::channel(ORDERED_QUEUE);
+        tokio::spawn(dispatch(ordered_rx, Arc::downgrade(&handlers)));
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2))
             .set_push_sender(move |msg: PushInfo| {
-                deliver(msg, &push_handlers);
+                if let Some(item) = message(msg)
+                    && let Err(e) = ordered_tx.try_send(item)
+                {
+                    tracing::warn!("redis message dropped, the receive queue is full: {e}");
+                }
                 Ok::<(), std::convert::Infallible>(())
             })
             .set_automatic_resubscription();
@@ -313,30 +323,77 @@ async fn health_check(
     }
 }
 
-fn deliver(msg: PushInfo, handlers: &Handlers) {
+/// The channel and payload of a message pushed by Redis; `None` for other pushes.
+fn message(msg: PushInfo) -> Option<ChanItem> {
     if !matches!(msg.kind, PushKind::Message | PushKind::SMessage) {
-        return;
+        return None;
     }
     let mut data = msg.data.into_iter();
     let (Some(chan), Some(payload)) = (data.next(), data.next()) else {
         tracing::warn!("redis message without channel or payload dropped");
-        return;
+        return None;
     };
     let (Ok(chan), Ok(payload)) = (
         String::from_redis_value(chan),
         Vec::<u8>::from_redis_value(payload),
     ) else {
         tracing::warn!("redis message of unexpected shape dropped");
-        return;
+        return None;
     };
-    let handlers = handlers.read().unwrap_or_else(|p| p.into_inner());
-    match handlers.get(&chan) {
-        Some(tx) => {
-            if let Err(e) = tx.try_send((chan, payload)) {
-                tracing::warn!("redis message dropped, subscriber queue full: {e}");
-            }
+    Some((chan, payload))
+}
+
+/// Hand the messages received from Redis to their channels' streams, in the order Redis
+/// sent them, until the driver is gone.
+///
+/// socketioxide-redis reads a namespace's channels (requests to all nodes, requests to this
+/// node, responses) through one `select`, which takes from whichever stream is ready: had
+/// two channels a message each, a broadcast to all nodes could be applied before a join
+/// aimed at this node that Redis delivered first. So a message for another channel than
+/// the previous one waits until that one was taken (at most [`ORDER_WAIT`]).
+async fn dispatch(
+    mut rx: mpsc::Receiver<ChanItem>,
+    handlers: std::sync::Weak<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>,
+) {
+    let mut previous: Option<(String, mpsc::Sender<ChanItem>)> = None;
+    while let Some((chan, payload)) = rx.recv().await {
+        let Some(handlers) = handlers.upgrade() else {
+            return;
+        };
+        let tx = handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&chan)
+            .cloned();
+        drop(handlers);
+        let Some(tx) = tx else {
+            tracing::debug!(%chan, "redis message for a channel no longer subscribed");
+            continue;
+        };
+        if let Some((prev_chan, prev_tx)) = previous.take()
+            && prev_chan != chan
+        {
+            taken(&prev_chan, &prev_tx).await;
         }
-        None => tracing::debug!(%chan, "redis message for a channel no longer subscribed"),
+        if let Err(e) = tx.try_send((chan.clone(), payload)) {
+            tracing::warn!(%chan, "redis message dropped, subscriber queue full: {e}");
+        }
+        previous = Some((chan, tx));
+    }
+}
+
+/// Wait until every message queued on `tx` was taken by its stream (bounded).
+async fn taken(chan: &str, tx: &mpsc::Sender<ChanItem>) {
+    let wait = tx.reserve_many(tx.max_capacity());
+    match tokio::time::timeout(ORDER_WAIT, wait).await {
+        // All permits free: the queue is empty. Give them back at once.
+        Ok(Ok(permits)) => drop(permits),
+        // The stream is gone: nothing to wait for.
+        Ok(Err(_)) => {}
+        Err(_) => tracing::warn!(
+            %chan,
+            "redis messages not taken in time; the next message, on another channel, may overtake them"
+        ),
     }
 }
 
@@ -415,29 +472,101 @@ mod tests {
         );
     }
 
-    #[test]
-    fn messages_are_routed_to_their_channel_and_never_block() {
-        let handlers: Handlers = Arc::default();
-        let (tx, mut rx) = mpsc::channel(1);
-        handlers.write().unwrap().insert("c".into(), tx);
-        let msg = |chan: &str| PushInfo {
+    fn push(chan: &str, payload: &[u8]) -> PushInfo {
+        PushInfo {
             kind: PushKind::Message,
             data: vec![
                 redis::Value::BulkString(chan.as_bytes().to_vec()),
-                redis::Value::BulkString(b"x".to_vec()),
+                redis::Value::BulkString(payload.to_vec()),
             ],
-        };
-        deliver(msg("c"), &handlers);
-        deliver(msg("c"), &handlers); // queue full: dropped, logged
-        deliver(msg("other"), &handlers);
-        deliver(
-            PushInfo {
-                kind: PushKind::Message,
-                data: vec![],
-            },
-            &handlers,
+        }
+    }
+
+    #[test]
+    fn only_well_formed_messages_are_kept() {
+        assert_eq!(
+            message(push("c", b"x")),
+            Some(("c".to_string(), b"x".to_vec()))
         );
-        assert_eq!(rx.try_recv().unwrap(), ("c".to_string(), b"x".to_vec()));
-        assert!(rx.try_recv().is_err());
+        let empty = PushInfo {
+            kind: PushKind::Message,
+            data: vec![],
+        };
+        assert_eq!(message(empty), None);
+        let other = PushInfo {
+            kind: PushKind::Subscribe,
+            data: vec![redis::Value::BulkString(b"c".to_vec())],
+        };
+        assert_eq!(message(other), None);
+    }
+
+    #[tokio::test]
+    async fn messages_reach_their_channel_full_queues_drop_unknown_channels_are_skipped() {
+        let handlers: Handlers = Arc::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        handlers.write().unwrap().insert("c".into(), tx);
+        let (in_tx, in_rx) = mpsc::channel(8);
+        for item in [("c", "1"), ("c", "2"), ("other", "3")] {
+            in_tx
+                .try_send((item.0.to_string(), item.1.as_bytes().to_vec()))
+                .unwrap();
+        }
+        drop(in_tx);
+        dispatch(in_rx, Arc::downgrade(&handlers)).await;
+        assert_eq!(rx.try_recv().unwrap(), ("c".to_string(), b"1".to_vec()));
+        assert!(
+            rx.try_recv().is_err(),
+            "the second one found the queue full"
+        );
+    }
+
+    /// socketioxide-redis reads a namespace's channels through `select`: messages of two
+    /// channels must still be applied in the order Redis sent them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_of_several_channels_are_taken_in_the_order_redis_sent_them() {
+        use futures_util::StreamExt;
+        let handlers: Handlers = Arc::default();
+        let mut streams = Vec::new();
+        for chan in ["all", "me"] {
+            let (tx, rx) = mpsc::channel(256);
+            handlers.write().unwrap().insert(chan.into(), tx);
+            streams.push(tokio_stream_of(rx));
+        }
+        let me = streams.pop().unwrap();
+        let all = streams.pop().unwrap();
+        // As socketioxide-redis does: requests to all nodes, then requests to this node.
+        let mut merged = futures_util::stream::select(all, me);
+        let (in_tx, in_rx) = mpsc::channel(ORDERED_QUEUE);
+        let sent: Vec<ChanItem> = (0..200u32)
+            .map(|i| {
+                let chan = if i % 3 == 0 { "all" } else { "me" };
+                (chan.to_string(), i.to_be_bytes().to_vec())
+            })
+            .collect();
+        for item in &sent {
+            in_tx.try_send(item.clone()).unwrap();
+        }
+        tokio::spawn(dispatch(in_rx, Arc::downgrade(&handlers)));
+        let mut got = Vec::new();
+        for _ in 0..sent.len() {
+            let item = tokio::time::timeout(Duration::from_secs(5), merged.next())
+                .await
+                .expect("message in time")
+                .expect("stream open");
+            got.push(item);
+            // The reader is slower than Redis: whatever is ready is ready together.
+            tokio::task::yield_now().await;
+        }
+        let first_wrong = got.iter().zip(&sent).position(|(g, s)| g != s);
+        assert_eq!(
+            first_wrong, None,
+            "message {first_wrong:?} taken out of order"
+        );
+    }
+
+    fn tokio_stream_of(
+        mut rx: mpsc::Receiver<ChanItem>,
+    ) -> std::pin::Pin<Box<dyn futures_core::Stream<Item = ChanItem> + Send>> {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }
