@@ -59,7 +59,8 @@
 //! | `broadcast_from_socket` | `{event, data?, to?, except?, binary?}`              | `{ok}` (sender excluded)   |
 //! | `emit_with_ack`         | `{event?, data?, to?, except?, timeout_ms?}`         | `{acks: [{id, data}], errors: [{id, error}]}` |
 //! | `fetch_sockets`         | `{to?, except?, rooms?}`                             | `{sockets: [{id, ns, server_id, rooms}]}` |
-//! | `remote_join` / `remote_leave` | `{sid, room}`                                 | `{rooms}` of that socket   |
+//! | `remote_join` / `remote_leave` | `{sid, room, rooms?}`                         | `{rooms}` of that socket (`{ok}` with `rooms: false`) |
+//! | `sockets_join` / `sockets_leave` | `{to, room}`                                | `{ok}`, once every node holding a matching socket applied it |
 //! | `remote_disconnect`     | `{sid}`                                              | `{ok}`                     |
 //! | `remote_emit`           | `{sid, event, data?}`                                | `{ok}`                     |
 //! | `remote_emit_with_ack`  | `{sid, event?, data?, timeout_ms?}`                  | `{data}`                   |
@@ -316,6 +317,18 @@ fn register_handlers<A: Adapter>(socket: SocketRef<A>, cluster: ClusterHandle) {
     socket.on("remote_join", on_remote_join::<A>);
     socket.on("remote_leave", on_remote_leave::<A>);
     socket.on("remote_disconnect", on_remote_disconnect::<A>);
+    socket.on(
+        "sockets_join",
+        |io: SocketIo<A>, s: SocketRef<A>, ack: AckSender<A>, d: TryData<SocketsRoomReq>| {
+            on_sockets_room(io, s, ack, d, true)
+        },
+    );
+    socket.on(
+        "sockets_leave",
+        |io: SocketIo<A>, s: SocketRef<A>, ack: AckSender<A>, d: TryData<SocketsRoomReq>| {
+            on_sockets_room(io, s, ack, d, false)
+        },
+    );
     socket.on("remote_emit", on_remote_emit::<A>);
     socket.on("remote_emit_with_ack", on_remote_emit_with_ack::<A>);
     socket.on("rooms", on_rooms::<A>);
@@ -339,7 +352,7 @@ fn register_handlers<A: Adapter>(socket: SocketRef<A>, cluster: ClusterHandle) {
 // ---- payloads ----
 
 /// A room name or a list of room names.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Rooms {
     One(String),
@@ -392,6 +405,15 @@ struct FetchSocketsReq {
 #[derive(Debug, Deserialize)]
 struct RemoteRoomReq {
     sid: String,
+    room: Rooms,
+    /// Whether to answer with the socket's rooms (default true); `false` answers as soon as
+    /// the join or leave returns, with nothing after it that could hide a late one.
+    rooms: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SocketsRoomReq {
+    to: Rooms,
     room: Rooms,
 }
 
@@ -667,8 +689,14 @@ async fn on_remote<A: Adapter, R: NamesSocket>(
     reply(ack, res.await);
 }
 
-/// The socket's rooms after a remote join or leave.
-async fn rooms_of<A: Adapter>(remote: &RemoteSocket<A>) -> Result<Value, String> {
+/// The socket's rooms after a remote join or leave, unless the request asked for none.
+async fn rooms_of<A: Adapter>(
+    remote: &RemoteSocket<A>,
+    req: &RemoteRoomReq,
+) -> Result<Value, String> {
+    if req.rooms == Some(false) {
+        return Ok(json!({ "ok": true }));
+    }
     let rooms = remote.rooms().await.map_err(|e| e.to_string())?;
     Ok(json!({ "rooms": sorted(rooms) }))
 }
@@ -681,10 +709,10 @@ async fn on_remote_join<A: Adapter>(
 ) {
     on_remote(io, socket, ack, data, async |remote, req| {
         remote
-            .join(Rooms::list(Some(req.room)))
+            .join(Rooms::list(Some(req.room.clone())))
             .await
             .map_err(|e| format!("remote join failed: {e}"))?;
-        rooms_of(&remote).await
+        rooms_of(&remote, &req).await
     })
     .await;
 }
@@ -697,12 +725,36 @@ async fn on_remote_leave<A: Adapter>(
 ) {
     on_remote(io, socket, ack, data, async |remote, req| {
         remote
-            .leave(Rooms::list(Some(req.room)))
+            .leave(Rooms::list(Some(req.room.clone())))
             .await
             .map_err(|e| format!("remote leave failed: {e}"))?;
-        rooms_of(&remote).await
+        rooms_of(&remote, &req).await
     })
     .await;
+}
+
+/// `io.to(to).join(room)` (or `leave`): the sockets matching the selector, on every node,
+/// join or leave `room`.
+async fn on_sockets_room<A: Adapter>(
+    io: SocketIo<A>,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    data: TryData<SocketsRoomReq>,
+    join: bool,
+) {
+    let res = async {
+        let req = payload(data)?;
+        let op = ns_op(&io, &socket)?.to(Rooms::list(Some(req.to)));
+        let rooms = Rooms::list(Some(req.room));
+        let res = if join {
+            op.join(rooms).await
+        } else {
+            op.leave(rooms).await
+        };
+        res.map_err(|e| format!("sockets join/leave failed: {e}"))?;
+        Ok(json!({ "ok": true }))
+    };
+    reply(ack, res.await);
 }
 
 async fn on_remote_disconnect<A: Adapter>(

@@ -267,6 +267,51 @@ cluster.test('remote join/leave/emit/emit_with_ack/disconnect on a socket of ano
   assert.ok(bystander.connected && driver.connected);
 });
 
+cluster.test('a remote join/leave is in force when it returns: 20 rounds, each followed at once by a broadcast from a third node', async () => {
+  // Node 1 puts a socket of node 2 in a room and takes it out again; right after each call
+  // returns, node 3 broadcasts to the room. The socket must get every broadcast made while
+  // it is in the room (no miss) and none made after it left (no leak). Even rounds use a
+  // room selector (`io.to(handle).join(room)`, the target alone in `handle`), odd rounds a
+  // remote socket from fetch_sockets.
+  const [driver, target, broadcaster] = await cluster.onePerNode();
+  const room = uniq('inforce');
+  const handle = uniq('inforce-handle');
+  await request(target, 'join', handle);
+  const event = uniq('inforce-ev');
+  const rec = record(target, event);
+  const has = (value) => rec.values.includes(value);
+  const misses = [];
+  const op = async (join, i) => {
+    const res =
+      i % 2 === 0
+        ? await request(driver, join ? 'sockets_join' : 'sockets_leave', { to: handle, room })
+        : await request(driver, join ? 'remote_join' : 'remote_leave', { sid: target.id, room, rooms: false });
+    assert.equal(res.error, undefined, `round ${i}: ${join ? 'join' : 'leave'} failed: ${res.error}`);
+  };
+  for (let i = 0; i < 20; i++) {
+    await op(true, i);
+    await request(broadcaster, 'broadcast', { event, data: `in-${i}`, to: room });
+    // Wait for it before leaving, so that a late broadcast is not mistaken for a late join.
+    try {
+      await waitUntil(`in-${i}`, () => has(`in-${i}`), { timeoutMs: 3000, intervalMs: 5 });
+    } catch {
+      misses.push(i);
+    }
+    await op(false, i);
+    await request(broadcaster, 'broadcast', { event, data: `out-${i}`, to: room });
+  }
+  // Node 3's broadcasts reach node 2 in order: once this one arrived, every earlier one has.
+  const flush = uniq('inforce-flush');
+  const flushRec = record(target, flush);
+  await request(broadcaster, 'broadcast', { event: flush, data: 'end' });
+  await flushRec.waitCount(1);
+  await sleep(SETTLE_MS);
+  const leaks = rec.values.filter((v) => v.startsWith('out-'));
+  assert.deepEqual(misses, [], `broadcasts missed after a join returned (rounds ${misses})`);
+  assert.deepEqual(leaks, [], 'broadcasts received after a leave returned');
+  assert.deepEqual(rec.values, Array.from({ length: 20 }, (_, i) => `in-${i}`));
+});
+
 cluster.test('rooms lists the rooms of every node', async () => {
   const clients = await cluster.onePerNode();
   const rooms = clients.map((_, i) => uniq(`rooms-${i + 1}`));
