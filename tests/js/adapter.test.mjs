@@ -279,6 +279,8 @@ cluster.test('a remote join/leave is in force when it returns: 20 rounds, each f
   await request(target, 'join', handle);
   const event = uniq('inforce-ev');
   const rec = record(target, event);
+  const flushEv = uniq('inforce-mark');
+  const flushed = record(target, flushEv);
   const has = (value) => rec.values.includes(value);
   const misses = [];
   const op = async (join, i) => {
@@ -299,6 +301,12 @@ cluster.test('a remote join/leave is in force when it returns: 20 rounds, each f
     }
     await op(false, i);
     await request(broadcaster, 'broadcast', { event, data: `out-${i}`, to: room });
+    // An emit returns once queued: let `out-i` reach node 2 before the next join, so that
+    // a late one is not mistaken for a leak. Node 3's broadcasts reach node 2 in order: once
+    // this marker (to the target's own room) arrived, `out-i` has been handled.
+    const marker = `mark-${i}`;
+    await request(broadcaster, 'broadcast', { event: flushEv, data: marker, to: handle });
+    await waitUntil(marker, () => flushed.values.includes(marker), { timeoutMs: 5000, intervalMs: 5 });
   }
   // Node 3's broadcasts reach node 2 in order: once this one arrived, every earlier one has.
   const flush = uniq('inforce-flush');
