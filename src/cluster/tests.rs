@@ -92,7 +92,11 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
         .connect(a.addrs().1, None, Arc::new(Closes(tx)))
         .await
     {
-        Err(e) => assert!(e.to_string().contains("lost"), "{e}"),
+        Err(e) => assert!(
+            e.to_string()
+                .contains(&format!("refused (code {})", mesh::CLOSE_REFUSED)),
+            "{e}"
+        ),
         Ok((_, link)) => {
             let _ = link
                 .send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
