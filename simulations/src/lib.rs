@@ -18,6 +18,11 @@ pub fn run_seeded<T: Send + 'static>(
     seed: u64,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
+    // One simulation at a time per process: two running side by side on a loaded machine
+    // have been seen to make one of them differ from its replay, so runs that are compared
+    // must not overlap.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _running = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     std::thread::Builder::new()
         .name(format!("simulation-{seed}"))
         .spawn(move || {
