@@ -685,8 +685,19 @@ impl Node {
             slots.into_iter().filter(|p| !view.knows(p)).collect()
         };
         for peer in &unknown {
-            tracing::debug!(%peer, "forgetting a peer no longer known");
-            self.drop_link(peer);
+            // A slot in use is a connect under way: leave it, or a second connection to the
+            // same peer would follow (and be refused there as a duplicate).
+            let mut links = lock(&self.links);
+            let idle = links.get(peer).is_some_and(|slot| slot.try_lock().is_ok());
+            if idle && let Some(slot) = links.remove(peer) {
+                drop(links);
+                tracing::debug!(%peer, "forgetting a peer no longer known");
+                if let Ok(slot) = slot.try_lock()
+                    && let Some(link) = slot.as_ref()
+                {
+                    link.close(mesh::CLOSE_UNUSED, b"forgotten");
+                }
+            }
         }
         let view = read(&self.view);
         write(&self.server_ids).retain(|_, p| view.knows(p));

@@ -242,7 +242,7 @@ mod tests {
         }
     }
 
-    fn conn(id: usize, incoming: bool) -> ConnId {
+    fn conn(id: u64, incoming: bool) -> ConnId {
         ConnId { id, incoming }
     }
 

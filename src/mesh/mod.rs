@@ -91,8 +91,10 @@ impl fmt::Display for PeerId {
 /// One authenticated connection: which, and in which direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ConnId {
-    /// Unique among the node's open connections.
-    pub(crate) id: usize,
+    /// Unique among all the connections of the node's life (quinn's `stable_id` is not: it
+    /// is an address, reused once a connection is freed, so a late close notice of an old
+    /// connection could be taken for a new one's).
+    pub(crate) id: u64,
     /// Opened by the peer.
     pub(crate) incoming: bool,
 }
@@ -174,6 +176,8 @@ pub(crate) struct Mesh {
     queue: usize,
     /// Frames left in a send queue when its connection closed.
     dropped: Arc<AtomicU64>,
+    /// Numbers the connections.
+    next_conn: AtomicU64,
     /// Incoming connections that have not proved anything yet.
     gate: admission::Gate,
     /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
@@ -249,6 +253,7 @@ impl Mesh {
             peer_timeout,
             queue,
             dropped: Arc::default(),
+            next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
             ca_mode: ca.is_some(),
         })
@@ -364,7 +369,7 @@ impl Mesh {
     ) {
         let remote = conn.remote_address();
         let id = ConnId {
-            id: conn.stable_id(),
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             incoming: true,
         };
         if let Err(reason) = inbound.on_peer_connected(&peer, id, addrs) {
@@ -503,7 +508,7 @@ impl Mesh {
         let stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.queue);
         let id = ConnId {
-            id: conn.stable_id(),
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             incoming: false,
         };
         tokio::spawn(write_frames(
