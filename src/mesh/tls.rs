@@ -83,7 +83,10 @@ pub(crate) fn configs(
                 .with_single_cert(vec![cert], der)
                 .map_err(TlsError::setup)?;
             let client = client
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                .with_custom_certificate_verifier(Arc::new(ServerCert {
+                    roots: None,
+                    provider: provider(),
+                }))
                 .with_no_client_auth();
             (server, client)
         }
@@ -105,8 +108,8 @@ pub(crate) fn configs(
                 .with_single_cert(identity.chain.clone(), identity.key.clone_key())
                 .map_err(key_mismatch)?;
             let client = client
-                .with_custom_certificate_verifier(Arc::new(ClusterCa {
-                    roots,
+                .with_custom_certificate_verifier(Arc::new(ServerCert {
+                    roots: Some(roots),
                     provider: provider(),
                 }))
                 .with_client_auth_cert(identity.chain, identity.key)
@@ -194,15 +197,18 @@ pub(crate) fn check_peer_name(conn: &quinn::Connection, node: &str) -> Result<()
         .map_err(|_| format!("its certificate does not name node {node:?}"))
 }
 
-/// Cluster-CA mode, connecting side: the server's chain must lead to the CA. Its name is
-/// checked once its [`Hello`](crate::wire::Hello) says who it is ([`check_peer_name`]).
+/// The connecting side's check of the server certificate. Without a CA (shared-secret
+/// mode) any certificate goes: identity is proven by the secret afterwards. In cluster-CA
+/// mode the chain must lead to the CA; its name is checked once its
+/// [`Hello`](crate::wire::Hello) says who it is ([`check_peer_name`]). Either way the TLS 1.3
+/// handshake signature made with the certificate is verified.
 #[derive(Debug)]
-struct ClusterCa {
-    roots: Arc<RootCertStore>,
+struct ServerCert {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ClusterCa {
+impl ServerCertVerifier for ServerCert {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -211,10 +217,13 @@ impl ServerCertVerifier for ClusterCa {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -251,51 +260,5 @@ impl ServerCertVerifier for ClusterCa {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// Accepts any server certificate; verifies the TLS 1.3 handshake signature made with it.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
