@@ -13,16 +13,13 @@ pub mod sim_net;
 pub mod world;
 
 /// Run `f` on a fresh thread whose randomness follows `seed` (a new thread, so that no
-/// random state left by earlier work on this one leaks into the run).
+/// random state left by earlier work on this one leaks into the run). tokio must be built
+/// with `--cfg tokio_unstable`: only then does turmoil seed each host's runtime, whose
+/// generator picks the first branch `tokio::select!` polls.
 pub fn run_seeded<T: Send + 'static>(
     seed: u64,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    // One simulation at a time per process: two running side by side on a loaded machine
-    // have been seen to make one of them differ from its replay, so runs that are compared
-    // must not overlap.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _running = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     std::thread::Builder::new()
         .name(format!("simulation-{seed}"))
         .spawn(move || {
@@ -30,6 +27,12 @@ pub fn run_seeded<T: Send + 'static>(
             anyhow::ensure!(
                 seeded::is_seeded(),
                 "getrandom is not this binary's: runs would not repeat (is build.rs linked?)"
+            );
+            anyhow::ensure!(
+                cfg!(tokio_unstable),
+                "built without `--cfg tokio_unstable` (.cargo/config.toml; RUSTFLAGS in the \
+                 environment replaces it): each runtime's scheduler would draw its randomness \
+                 from a process-wide counter, not from the seed, and runs would not repeat"
             );
             f()
         })?

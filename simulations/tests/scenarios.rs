@@ -9,26 +9,15 @@ use simulations::{node::Timings, run_seeded, scenarios};
 fn the_same_seed_replays_the_same_run() {
     let run = |seed| {
         run_seeded(seed, move || {
-            scenarios::partition(6, seed, Timings::default())
+            scenarios::partition(10, seed, Timings::default())
         })
     };
-    let (first, trace_a) = run(11).unwrap();
-    let (second, trace_b) = run(11).unwrap();
+    // Ten nodes, seed 5: built without `tokio_unstable`, this run was seen to differ from
+    // its replay once the partition healed.
+    let (first, trace_a) = run(5).unwrap();
+    let (second, trace_b) = run(5).unwrap();
     assert!(trace_a.len() > 10, "a trace worth comparing: {trace_a:?}");
-    // Known defect: once the partition heals, some pairs reconnect, and a few drop again,
-    // at times that differ from run to run; until that is found, the runs are compared up
-    // to the heal, and after it by what they delivered.
-    let until_heal = |t: &[String]| -> Vec<String> {
-        t.iter()
-            .take_while(|l| !l.contains("healed"))
-            .cloned()
-            .collect()
-    };
-    assert_eq!(
-        until_heal(&trace_a),
-        until_heal(&trace_b),
-        "same seed, different runs"
-    );
+    assert_eq!(trace_a, trace_b, "same seed, different runs");
     assert_eq!(first.after_heal_delivered, second.after_heal_delivered);
     // The trace holds the membership changes, with their simulated times.
     assert!(
