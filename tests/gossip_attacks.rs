@@ -331,3 +331,96 @@ async fn captured_gossip_shows_nothing_and_a_replay_is_refused() {
         b.shutdown().await;
     }
 }
+
+/// The heartbeat of `id` as `observer` holds it, if it holds the node.
+async fn heartbeat_seen(observer: &ChitchatHandle, id: &ChitchatId) -> Option<u64> {
+    observer
+        .with_chitchat(|c| c.node_state(id).map(|s| u64::from(s.heartbeat())))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_heartbeat_cannot_silence_a_member() {
+    // 2^62: every real heartbeat of the victim after it looks old, so chitchat stops
+    // hearing the victim and declares it dead.
+    let forged: chitchat::Heartbeat = serde_json::from_str("4611686018427387904").unwrap();
+    for sealed in [true, false] {
+        let id = cluster_id(if sealed {
+            "heartbeat"
+        } else {
+            "heartbeat-plain"
+        });
+        let nodes = three(&id, sealed).await;
+        let victim = &nodes[1];
+        let generation = nodes[0]
+            .members()
+            .into_iter()
+            .find(|m| m.node_name == victim.node_name())
+            .expect("node-a sees node-b")
+            .generation;
+        let victim_id = ChitchatId::new(
+            victim.node_name().to_string(),
+            generation,
+            victim.gossip_addr(),
+        );
+        // The attacker speaks as the victim itself (its name, generation and gossip
+        // address, learnt from gossip in a real attack), with the forged heartbeat.
+        let attack = {
+            let addr = free_udp_addr();
+            let config = ChitchatConfig {
+                chitchat_id: victim_id.clone(),
+                cluster_id: id.clone(),
+                gossip_interval: GOSSIP,
+                listen_addr: addr,
+                seed_nodes: vec![nodes[0].gossip_addr().to_string()],
+                failure_detector_config: FailureDetectorConfig::default(),
+                marked_for_deletion_grace_period: Duration::from_secs(3600),
+                catchup_callback: None,
+                extra_liveness_predicate: None,
+                protocol_version: ProtocolVersion::V0,
+            };
+            let handle = spawn_chitchat(config, vec![], &UdpTransport).await.unwrap();
+            handle
+                .with_chitchat(|c| c.self_node_state().try_set_heartbeat(forged))
+                .await;
+            handle
+        };
+        // An honest-looking observer in clear: what node-a tells it is what node-a holds.
+        let observer = attacker(&id, "observer".into(), &[&nodes[0]], vec![]).await;
+        let forged = u64::from(forged);
+        let mut taken = false;
+        for _ in 0..150 {
+            if heartbeat_seen(&observer, &victim_id)
+                .await
+                .is_some_and(|h| h >= forged)
+            {
+                taken = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let members = nodes.iter().map(|n| n.members().len()).collect::<Vec<_>>();
+        if sealed {
+            assert!(!taken, "node-a never took the forged heartbeat");
+            assert!(
+                holds_for(Duration::from_secs(3), || formed(&nodes)).await,
+                "node-b stays a member everywhere: {members:?}"
+            );
+            assert!(!attacker_heard_back(&observer, &[&nodes[0]]).await);
+            assert!(nodes[0].gossip_stats().refused > 0, "{:?}", stats(&nodes));
+        } else {
+            // In clear the forgery is real: node-a takes it and passes it on.
+            assert!(taken, "the forged heartbeat reached node-a's chitchat");
+            // Still no eviction: node-b proves itself over the mesh, not through gossip.
+            assert!(
+                holds_for(Duration::from_secs(3), || formed(&nodes)).await,
+                "a member with a live connection stays: {members:?}"
+            );
+        }
+        attack.abort();
+        observer.abort();
+        for n in &nodes {
+            n.shutdown().await;
+        }
+    }
+}
