@@ -760,10 +760,14 @@ impl Node {
                 tokio::spawn(async move { node.replaced(by).await });
             }
             format!("{peer} has this node's name and is newer: this node leaves")
+        } else if peer.generation == self.me.generation {
+            // Gossip may still show an earlier process of this node at this very address.
+            tracing::debug!(node = %self.me, "refused a connection from this node itself");
+            "it is this node itself".into()
         } else {
             tracing::warn!(
                 node = %self.me, %peer,
-                "refused a node with this node's name and an older (or the same) generation"
+                "refused a node with this node's name and an older generation"
             );
             format!("{peer} has this node's name and is not newer")
         }
