@@ -15,6 +15,18 @@
 //! URLs printed are the real ones). `GET /members` on any node answers
 //! `{"node": "node-1", "members": ["node-1", "node-2", "node-3"]}`.
 //!
+//! The nodes share a fresh random secret, unless `SOCKETIO_CLUSTER_SECRET` is set: then they
+//! use it, and a node of your own started with the same secret, the cluster id `demo` and
+//! the gossip seed the demo prints joins them; the pages list it while it runs:
+//!
+//! ```sh
+//! export SOCKETIO_CLUSTER_SECRET=$(openssl rand -hex 32)
+//! cargo run --example demo     # prints "gossip seed: 127.0.0.1:PORT"
+//! SOCKETIO_CLUSTER_ID=demo SOCKETIO_CLUSTER_SEEDS=127.0.0.1:PORT \
+//!   SOCKETIO_CLUSTER_GOSSIP_ADDR=127.0.0.1:0 SOCKETIO_CLUSTER_MESH_ADDR=127.0.0.1:0 \
+//!   SOCKETIO_CLUSTER_NODE_NAME=node-4 BIND=127.0.0.1:3004 cargo run --example minimal
+//! ```
+//!
 //! The page loads the official Socket.IO browser client from its CDN. In production each
 //! node is its own process: see `examples/minimal.rs` and `examples/chat.rs`.
 
@@ -183,12 +195,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::pin!(stop);
 
     let started = Instant::now();
-    // The nodes of this demo share a fresh random secret. A real cluster keeps one in its
-    // secret store (`openssl rand -hex 32`), the same on every node.
-    let secret: String = rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // The nodes of this demo share a fresh random secret, or the one set in the environment
+    // (so that a node of yours can join). A real cluster keeps one in its secret store
+    // (`openssl rand -hex 32`), the same on every node.
+    let secret: String = match std::env::var("SOCKETIO_CLUSTER_SECRET") {
+        Ok(secret) => secret,
+        Err(_) => rand::random::<[u8; 32]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    };
     let mut nodes = Vec::new();
     let mut seed = None;
     for (i, port) in ports()?.into_iter().enumerate() {
@@ -196,6 +212,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed = seed.or(Some(cluster.gossip_addr()));
         println!("{}: http://{addr}/", cluster.node_name());
         nodes.push(cluster);
+    }
+    if let Some(seed) = seed {
+        println!("gossip seed: {seed} (cluster id \"demo\")");
     }
 
     tokio::select! {

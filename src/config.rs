@@ -106,7 +106,9 @@ impl GossipAdapterConfig {
     }
 
     /// The name of this node in the cluster. Default: a random name. Two live nodes must not
-    /// share a name.
+    /// share a name: a node started with the name of a live one is taken for its restart and
+    /// replaces it, and the older one leaves the cluster and reports it in
+    /// [`Cluster::failure`](crate::Cluster::failure).
     pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
         self.node_name = Some(name.into());
         self

@@ -10,6 +10,12 @@
 //! it on the other. It needs `chromium` and `node`: outside CI a missing one skips the
 //! test with a message, in CI it fails.
 //!
+//! `members_follow_nodes_that_come_and_go` joins a fourth node (the `minimal` example, as
+//! the demo's header shows) to the demo, and watches the member list of every demo node,
+//! both as its page gets it (the `members` event pushed to a Socket.IO client) and as
+//! `GET /members` answers: the node appears when it starts, and drops off when it stops,
+//! once gracefully (SIGTERM) and once killed (SIGKILL).
+//!
 //! Running `cargo run` from inside `cargo test` does not wait on the build directory lock:
 //! cargo holds it only while it compiles, not while the tests run.
 
@@ -24,12 +30,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
 #[path = "common/external.rs"]
 mod external;
-#[path = "common/polling.rs"]
-mod polling;
 
-use external::{SETUP_TIMEOUT, Spawned, js_setup, own_group, require, run_node};
+use common::{ClientRx, polling};
+use external::{SETUP_TIMEOUT, Spawned, build_example, js_setup, own_group, require, run_node};
 
 /// Upper bound for the demo to print its URLs, once built.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,6 +71,11 @@ struct Demo {
 
 impl Demo {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts the demo with `env` added to its environment.
+    fn start_with(env: &[(&str, &str)]) -> Self {
         let words = readme_demo_command();
         assert_eq!(words[..2], ["cargo", "run"], "{words:?}");
         let log = std::env::temp_dir().join(format!("demo-{}.log", std::process::id()));
@@ -78,6 +89,7 @@ impl Demo {
             .env("DEMO_PORTS", "0,0,0")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
@@ -231,4 +243,116 @@ fn browser_chat_across_two_nodes() {
         &[("DEMO_URL_A", &urls[0]), ("DEMO_URL_B", &urls[1])],
         Duration::from_secs(180),
     );
+}
+
+/// The names listed by the next `members` event a demo page (the client `rx`) receives
+/// that satisfies `pred`; every other packet is skipped. Panics after `limit`.
+async fn members_pushed(
+    rx: &mut ClientRx,
+    limit: Duration,
+    pred: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let packet = match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => panic!("the page's connection closed; lists seen: {seen:?}"),
+            Err(_) => panic!("no expected member list within {limit:?}; lists seen: {seen:?}"),
+        };
+        let text = String::from(packet);
+        let Some(args) = text.strip_prefix("42") else {
+            continue;
+        };
+        let Ok(serde_json::Value::Array(event)) = serde_json::from_str(args) else {
+            continue;
+        };
+        if event.first().and_then(|e| e.as_str()) != Some("members") {
+            continue;
+        }
+        let names: Vec<String> = serde_json::from_value(event[1].clone()).expect("a list of names");
+        if pred(&names) {
+            return names;
+        }
+        seen.push(names);
+    }
+}
+
+/// A node of our own for the demo's cluster: the `minimal` example, as the demo's header
+/// shows, named `node-4`, on loopback. Returns it with its log file.
+fn start_fourth_node(bin: &Path, seed: &str, secret: &str) -> (Spawned, std::path::PathBuf) {
+    let log = std::env::temp_dir().join(format!("demo-node-4-{}.log", std::process::id()));
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("SOCKETIO_CLUSTER_ID", "demo")
+        .env("SOCKETIO_CLUSTER_SEEDS", seed)
+        .env("SOCKETIO_CLUSTER_SECRET", secret)
+        .env("SOCKETIO_CLUSTER_GOSSIP_ADDR", "127.0.0.1:0")
+        .env("SOCKETIO_CLUSTER_MESH_ADDR", "127.0.0.1:0")
+        .env("SOCKETIO_CLUSTER_NODE_NAME", "node-4")
+        .env("BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("log file"))
+        .stderr(Stdio::null());
+    own_group(&mut cmd);
+    (
+        Spawned(cmd.spawn().expect("the minimal example starts")),
+        log,
+    )
+}
+
+#[test]
+fn members_follow_nodes_that_come_and_go() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let minimal = build_example("minimal", &[]);
+    let mut demo = Demo::start_with(&[("SOCKETIO_CLUSTER_SECRET", common::SECRET)]);
+    demo.wait_line(SETTLE, |l| l.starts_with("gossip seed: "));
+    let seed = demo
+        .stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("gossip seed: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the demo prints its gossip seed")
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async {
+        answers_and_forms_one_cluster(&demo).await;
+        // One page per demo node; each gets the member list at once, then on every change.
+        let mut pages = Vec::new();
+        for &node in &demo.nodes {
+            let (tx, mut rx, _) = common::polling_client(node, "/").await;
+            members_pushed(&mut rx, SETTLE, |_| true).await;
+            pages.push((node, tx, rx));
+        }
+        let three = ["node-1", "node-2", "node-3"];
+        let four = ["node-1", "node-2", "node-3", "node-4"];
+
+        for (round, stop) in ["TERM", "KILL"].into_iter().enumerate() {
+            let (mut fourth, log) = start_fourth_node(&minimal, &seed, common::SECRET);
+            let why = |what: &str| {
+                format!(
+                    "round {round}: {what}\ndemo log:\n{}\nnode-4 log:\n{}",
+                    demo.log_text(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            };
+            for (node, _, rx) in &mut pages {
+                let names = members_pushed(rx, SETTLE, |n| n == four).await;
+                assert_eq!(names, four, "{}", why("node-4 appears"));
+                // `GET /members` reads the same view the push was made from.
+                assert_eq!(members(*node).await, four, "{}", why("GET /members"));
+            }
+            external::signal_group(&fourth.0, stop);
+            for (node, _, rx) in &mut pages {
+                let names = members_pushed(rx, SETTLE, |n| n == three).await;
+                assert_eq!(names, three, "{}", why("node-4 drops off"));
+                assert_eq!(members(*node).await, three, "{}", why("GET /members"));
+            }
+            let status = external::wait_bounded(&mut fourth.0, SETTLE);
+            assert!(status.is_some(), "{}", why("node-4 exits"));
+            let _ = std::fs::remove_file(&log);
+        }
+    });
 }

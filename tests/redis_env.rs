@@ -1,6 +1,7 @@
 //! The Redis backend configured from the environment, as deployments do
 //! (`ClusterAdapterCtr::from_env`): the cluster id is the channel prefix, and the request
-//! timeout and ack buffer apply; an invalid value is an error naming its variable.
+//! timeout, the ack buffer and the stream buffer apply; an invalid value is an error naming
+//! its variable.
 //!
 //! One test in its own binary: it sets process-wide environment variables.
 #![cfg(feature = "redis")]
@@ -15,8 +16,17 @@ use socketioxide::{SocketIo, extract::SocketRef};
 use socketioxide_cluster::ClusterAdapterCtr;
 
 async fn node_from_env() -> SocketIo<Adapter> {
+    node_from_env_with(None).await
+}
+
+/// A node from the environment; `max_buffer_size`, if given, bounds each socket's queue.
+async fn node_from_env_with(max_buffer_size: Option<usize>) -> SocketIo<Adapter> {
     let ctr = ClusterAdapterCtr::from_env().await.expect("node starts");
-    let (_svc, io) = SocketIo::builder().with_adapter::<Adapter>(ctr).build_svc();
+    let mut builder = SocketIo::builder();
+    if let Some(n) = max_buffer_size {
+        builder = builder.max_buffer_size(n);
+    }
+    let (_svc, io) = builder.with_adapter::<Adapter>(ctr).build_svc();
     io.ns("/", async |_: SocketRef<Adapter>| {}).await.unwrap();
     io
 }
@@ -66,6 +76,8 @@ async fn redis_settings_come_from_the_environment() {
         .unwrap();
     assert_eq!(subscribers, 2, "both nodes subscribed to {channel}");
 
+    stream_buffer(&a).await;
+
     // The ack buffer: 20 sockets of b answer at once, the caller reads late; the Redis
     // adapter keeps at most the buffer (plus one) of the responses it did not read yet.
     let mut clients = Vec::new();
@@ -107,4 +119,78 @@ async fn redis_settings_come_from_the_environment() {
     );
     assert!(took >= Duration::from_millis(500), "it waited: {took:?}");
     drop(silent);
+}
+
+/// Broadcasts of one burst.
+const BURST: usize = 500;
+
+/// The stream buffer: how many messages of one channel a node queues between Redis and the
+/// adapter. Two more nodes, each on a runtime of its own with one thread, one with a
+/// buffer of 1,000 and one with a buffer of 2, are held (their thread blocked) while `a`
+/// emits a burst of 500 broadcasts, then let go: the first hands all 500 to its client,
+/// the second drops what its buffer cannot hold (and logs it).
+async fn stream_buffer(a: &SocketIo<Adapter>) {
+    let mut held = Vec::new();
+    for buffer in ["1000", "2"] {
+        set(&[("SOCKETIO_CLUSTER_STREAM_BUFFER", buffer)]);
+        let (rt, (io, client)) = on_own_runtime(|| async {
+            let io = node_from_env_with(Some(4 * BURST)).await;
+            let client = dummy(&io, "/").await;
+            (io, client)
+        });
+        // The runtime's one thread is blocked until `release` is dropped (at most 60 s).
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        rt.spawn(async move {
+            let _ = started_tx.send(());
+            let _ = blocked.recv_timeout(Duration::from_secs(60));
+        });
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the node's thread is held");
+        held.push((rt, io, client, release));
+    }
+    for i in 0..BURST {
+        a.emit("burst", &i).await.unwrap();
+    }
+    let mut delivered = Vec::new();
+    for (rt, io, mut client, release) in held {
+        drop(release);
+        delivered.push(burst_until_marker(a, &mut client.1).await);
+        rt.shutdown_background();
+        // Its tasks died with the runtime; the handles are inert now.
+        std::mem::forget((io, client));
+    }
+    println!("of a burst of {BURST}: {delivered:?} delivered with stream buffers of 1000 and 2");
+    assert_eq!(
+        delivered[0], BURST,
+        "a buffer of 1,000 holds the whole burst"
+    );
+    assert!(
+        delivered[1] < BURST / 2,
+        "a buffer of 2 cannot: {} delivered",
+        delivered[1]
+    );
+}
+
+/// How many `burst` broadcasts `rx` gets before a `marker` one. Two broadcasts of one node
+/// arrive in the order they were made, so none of the burst comes after the marker; the
+/// marker is sent again until one arrives (a full queue may drop it too).
+async fn burst_until_marker(a: &SocketIo<Adapter>, rx: &mut ClientRx) -> usize {
+    let mut burst = 0;
+    for _ in 0..100 {
+        a.emit("marker", &0).await.unwrap();
+        while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            let text = String::from(p);
+            if text.starts_with(r#"42["marker""#) {
+                return burst;
+            }
+            assert!(
+                text.starts_with(r#"42["burst""#),
+                "unexpected packet {text}"
+            );
+            burst += 1;
+        }
+    }
+    panic!("no marker arrived; {burst} of the burst did");
 }

@@ -333,6 +333,54 @@ mod gossip_only {
         assert!(converge(&[&a, &b, &c], &saved.id, None, SPREADS).await);
     }
 
+    /// Saves of one session on A and B at the same time, B's started 5 ms after A's wrote
+    /// its version (so B's clock reads later), while A's is on its way: B's wins on every
+    /// node, whichever reached it first. A's save carries 256 KiB more, so that it tends
+    /// to reach C after B's. Checked once, right after both saves returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_later_write_by_the_writers_clocks_wins() {
+        let (_cluster, nodes) = three(&Backend::Gossip, SessionStoreConfig::new()).await;
+        let [a, b, c] = [&nodes[0].1, &nodes[1].1, &nodes[2].1];
+        let padding = serde_json::json!("x".repeat(256 * 1024));
+        let with_user = |base: &Record, user: String| Record {
+            data: HashMap::from([("user".to_string(), serde_json::json!(user))]),
+            ..base.clone()
+        };
+        let mut overlapping = 0;
+        for round in 0..10 {
+            let mut base = hour("start");
+            a.create(&mut base).await.unwrap();
+            let mut from_a = with_user(&base, format!("a{round}"));
+            from_a.data.insert("padding".into(), padding.clone());
+            let from_b = with_user(&base, format!("b{round}"));
+            let a_done = std::sync::atomic::AtomicBool::new(false);
+            // `join!` polls A's save first: it writes its version before its first await.
+            let (ra, rb) = tokio::join!(
+                async {
+                    let r = a.save(&from_a).await;
+                    a_done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    r
+                },
+                async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if !a_done.load(std::sync::atomic::Ordering::SeqCst) {
+                        overlapping += 1;
+                    }
+                    b.save(&from_b).await
+                }
+            );
+            ra.unwrap();
+            rb.unwrap();
+            let later = Some(format!("b{round}"));
+            assert_eq!(
+                users(&[a, b, c], &base.id).await,
+                [later.clone(), later.clone(), later],
+                "round {round}: the later write wins everywhere"
+            );
+        }
+        println!("B's save started while A's was on its way in {overlapping} of 10 rounds");
+    }
+
     /// The cap: a node holds at most `max_sessions` sessions; beyond it, the session
     /// closest to expiry is evicted (where it is saved and where it is received) and the
     /// save succeeds; existing sessions can still be saved and deleted.

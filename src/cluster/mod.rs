@@ -735,6 +735,9 @@ impl Node {
     /// `peer` proved the cluster secret on connection `conn`: admit it, unless the view
     /// refuses (see [`view::Refusal`]).
     fn admit(&self, peer: &PeerId, conn: ConnId, addrs: PeerAddrs) -> Result<(), String> {
+        if peer.name == self.me.name {
+            return Err(self.same_name(peer));
+        }
         let mut refused = None;
         let mut displaced = None;
         self.change_view("it restarted", |v| match v.connected(peer, conn, addrs) {
@@ -745,6 +748,29 @@ impl Node {
             self.drop_link(&old);
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// `peer` proved the cluster secret under this node's own name: never a member. If it
+    /// is newer, it replaces this node, which leaves (see [`Node::replaced`]). Why it is
+    /// refused.
+    fn same_name(&self, peer: &PeerId) -> String {
+        if peer.generation > self.me.generation {
+            if let Some(node) = self.weak().upgrade() {
+                let by = peer.clone();
+                tokio::spawn(async move { node.replaced(by).await });
+            }
+            format!("{peer} has this node's name and is newer: this node leaves")
+        } else if peer.generation == self.me.generation {
+            // Gossip may still show an earlier process of this node at this very address.
+            tracing::debug!(node = %self.me, "refused a connection from this node itself");
+            "it is this node itself".into()
+        } else {
+            tracing::warn!(
+                node = %self.me, %peer,
+                "refused a node with this node's name and an older generation"
+            );
+            format!("{peer} has this node's name and is not newer")
+        }
     }
 
     /// Change the view; report who joined and who left the members.
@@ -889,7 +915,29 @@ impl Node {
             "gossip stopped ({why}); this node leaves the cluster and serves its own sockets \
              only: restart the process (Cluster::failure() reports this for health checks)"
         );
-        *lock(&self.failure) = Some(format!("gossip stopped: {why}"));
+        self.fail(format!("gossip stopped: {why}")).await;
+    }
+
+    /// A node of this node's name and a newer generation proved itself: it is this node's
+    /// restart, or a second node given the same name, and it replaces this one on every
+    /// member. This node leaves rather than linger half-connected, and says why.
+    async fn replaced(&self, by: PeerId) {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::error!(
+            node = %self.me, newer = %by,
+            "a newer node with the same name joined and replaces this one: this node leaves \
+             the cluster and serves its own sockets only (give every node a unique name; \
+             Cluster::failure() reports this for health checks)"
+        );
+        self.fail(format!("replaced by {by}, a newer node with the same name"))
+            .await;
+    }
+
+    /// Record why this node stopped being part of the cluster, and leave it.
+    async fn fail(&self, failure: String) {
+        *lock(&self.failure) = Some(failure);
         self.shutdown().await;
     }
 

@@ -295,7 +295,7 @@ cluster.test('a remote join/leave is in force when it returns: 20 rounds, each f
     await request(broadcaster, 'broadcast', { event, data: `in-${i}`, to: room });
     // Wait for it before leaving, so that a late broadcast is not mistaken for a late join.
     try {
-      await waitUntil(`in-${i}`, () => has(`in-${i}`), { timeoutMs: 3000, intervalMs: 5 });
+      await waitUntil(`in-${i}`, () => has(`in-${i}`), { timeoutMs: 10_000, intervalMs: 5 });
     } catch {
       misses.push(i);
     }
