@@ -136,6 +136,27 @@
 //!    |   B is dropped at once (MembershipEvent::Left)               |
 //! ```
 //!
+//! ## One parser per cluster
+//!
+//! Every node of a cluster must use the same socket.io parser (socketioxide's default
+//! common/JSON parser, or `SocketIo::builder().with_parser(ParserConfig::msgpack())` on
+//! every node): payloads travel between nodes already encoded by the sender's parser, and
+//! the other parser can neither read nor send them. Each node tells its peers its parser
+//! with its metadata once its first namespace exists; two nodes with different parsers
+//! refuse each other, each logging one line that names both parsers
+//! (`peer refused: it uses the msgpack parser and this node the common (JSON) parser; …`).
+//! A refused peer is no member ([`Cluster::members`], [`MembershipEvent::Left`]), nothing
+//! but this node's metadata is sent to it and nothing it sends is applied; the nodes that
+//! agree keep working together. Until the two nodes' metadata has crossed (right after
+//! they connect), a peer counts as a member; a request whose payload this node's parser
+//! cannot send is then refused before it reaches any socket, and the connection it came on
+//! is closed with the reason logged (`closing mesh connection: request for namespace /
+//! refused: a payload of the msgpack parser, …`).
+//!
+//! The Redis backend cannot tell: its protocol is socketioxide-redis's, which carries no
+//! parser. There, nodes with different parsers must not share a Redis and a prefix (see the
+//! README).
+//!
 //! Watching the membership, e.g. to show it on a page (as the `demo` example does):
 //!
 //! ```no_run

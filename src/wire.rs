@@ -17,9 +17,9 @@ pub mod sessions;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"SX";
 /// The protocol version carried by every frame. Bumped on any incompatible change.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The ALPN protocol identifier of the QUIC mesh.
-pub const ALPN: &[u8] = b"socketioxide-cluster/2";
+pub const ALPN: &[u8] = b"socketioxide-cluster/3";
 /// Size of the length prefix of each frame on a stream.
 pub const LEN_PREFIX: usize = 4;
 /// Default largest frame accepted, in bytes (16 MiB).
@@ -124,6 +124,39 @@ pub struct NodeMeta {
     pub server_id: Option<Id>,
     /// Namespaces the node hosts.
     pub namespaces: Vec<String>,
+    /// The socket.io parser of the node's namespaces, once it created one. Nodes with
+    /// different parsers cannot exchange packets: each refuses the other.
+    pub parser: Option<Parser>,
+}
+
+/// The socket.io parser a node's server uses: it decides how every payload a node sends
+/// its peers is encoded ([`Value::Str`] or [`Value::Bytes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Parser {
+    /// socket.io's default parser: JSON text, binary data as attachments
+    /// ([`Value::Str`]).
+    Common,
+    /// The msgpack parser ([`Value::Bytes`]).
+    MsgPack,
+}
+
+impl Parser {
+    /// Whether `value` is a payload of this parser: what it can send to its sockets.
+    pub fn accepts(self, value: &Value) -> bool {
+        matches!(
+            (self, value),
+            (Self::Common, Value::Str(..)) | (Self::MsgPack, Value::Bytes(_))
+        )
+    }
+}
+
+impl std::fmt::Display for Parser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Common => "common (JSON)",
+            Self::MsgPack => "msgpack",
+        })
+    }
 }
 
 /// A message between the instances of one service on two nodes.
@@ -532,13 +565,20 @@ mod tests {
                     body
                 })
             ),
-            (any::<u64>(), proptest::option::of(arb_id()), arb_rooms()).prop_map(
-                |(version, server_id, namespaces)| Frame::Meta(NodeMeta {
-                    version,
-                    server_id,
-                    namespaces
-                })
-            ),
+            (
+                any::<u64>(),
+                proptest::option::of(arb_id()),
+                arb_rooms(),
+                proptest::option::of(prop_oneof![Just(Parser::Common), Just(Parser::MsgPack)])
+            )
+                .prop_map(|(version, server_id, namespaces, parser)| Frame::Meta(
+                    NodeMeta {
+                        version,
+                        server_id,
+                        namespaces,
+                        parser,
+                    }
+                )),
         ]
     }
 
@@ -583,14 +623,24 @@ mod tests {
             data: PacketData::Event(Value::Str("[\"a\"]".into(), None), Some(3)),
         };
         let cases: Vec<(Frame, &str)> = vec![
-            (Frame::Leave, "535802 02"),
+            (Frame::Leave, "535803 02"),
             (
                 Frame::Meta(NodeMeta {
                     version: 300,
                     server_id: Some(id(1)),
                     namespaces: vec!["/".into()],
+                    parser: Some(Parser::MsgPack),
                 }),
-                "535802 04 ac02 01 01010101010101010101010101010101 01 012f",
+                "535803 04 ac02 01 01010101010101010101010101010101 01 012f 01 01",
+            ),
+            (
+                Frame::Meta(NodeMeta {
+                    version: 1,
+                    server_id: None,
+                    namespaces: vec![],
+                    parser: None,
+                }),
+                "535803 04 01 00 00 00",
             ),
             (
                 Frame::Service(ServiceFrame {
@@ -598,7 +648,7 @@ mod tests {
                     confirm: None,
                     body: Bytes::from_static(&[1, 2]),
                 }),
-                "535802 03 0173 00 020102",
+                "535803 03 0173 00 020102",
             ),
             (
                 Frame::Service(ServiceFrame {
@@ -606,14 +656,14 @@ mod tests {
                     confirm: Some(id(1)),
                     body: Bytes::new(),
                 }),
-                "535802 03 0173 01 01010101010101010101010101010101 00",
+                "535803 03 0173 01 01010101010101010101010101010101 00",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::Done,
                 }),
-                "535802 01 01010101010101010101010101010101 05",
+                "535803 01 01010101010101010101010101010101 05",
             ),
             (
                 Frame::Request(Request {
@@ -630,7 +680,7 @@ mod tests {
                     },
                     ack_timeout_ms: None,
                 }),
-                "535802 00 012f 72727272727272727272727272727272 6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f \
+                "535803 00 012f 72727272727272727272727272727272 6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f \
                  00 012f 02 00 055b2261225d 00 01 06 \
                  02 01 0178 00 00 01 73737373737373737373737373737373 00",
             ),
@@ -643,7 +693,7 @@ mod tests {
                     opts: Opts::default(),
                     ack_timeout_ms: Some(300),
                 }),
-                "535802 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
+                "535803 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
                  04 01 0172 00 00 00 00 00 01 ac02",
             ),
             (
@@ -651,14 +701,14 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::NotHosted,
                 }),
-                "535802 01 01010101010101010101010101010101 00",
+                "535803 01 01010101010101010101010101010101 00",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::AckCount(300),
                 }),
-                "535802 01 01010101010101010101010101010101 01 ac02",
+                "535803 01 01010101010101010101010101010101 01 ac02",
             ),
             (
                 Frame::Response(Response {
@@ -668,7 +718,7 @@ mod tests {
                         AckResult::Ok(Value::Str("1".into(), Some(vec![Bytes::from_static(&[9])]))),
                     ),
                 }),
-                "535802 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                "535803 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
                  00 00 0131 01 01 0109",
             ),
             (
@@ -676,7 +726,7 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::Ack(id(2), AckResult::Err(Bytes::from_static(&[7]))),
                 }),
-                "535802 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                "535803 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
                  01 0107",
             ),
             (
@@ -684,14 +734,14 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::Rooms(vec!["a".into()]),
                 }),
-                "535802 01 01010101010101010101010101010101 03 01 0161",
+                "535803 01 01010101010101010101010101010101 03 01 0161",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::Sockets(vec![(id(3), id(4))]),
                 }),
-                "535802 01 01010101010101010101010101010101 04 01 \
+                "535803 01 01010101010101010101010101010101 04 01 \
                  03030303030303030303030303030303 04040404040404040404040404040404",
             ),
         ];
@@ -716,7 +766,7 @@ mod tests {
         let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             got,
-            format!("535802 0161 ac02 0162 0163 01{}", "07".repeat(32)).replace(' ', "")
+            format!("535803 0161 ac02 0162 0163 01{}", "07".repeat(32)).replace(' ', "")
         );
         assert_eq!(decode_hello(&bytes).unwrap(), hello);
         let insecure = Hello { mac: None, ..hello };

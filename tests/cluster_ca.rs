@@ -152,14 +152,6 @@ async fn ca_cluster(id: &str, pki: &Pki, ca: &Ca) -> [TestNode; 3] {
     nodes
 }
 
-fn names(node: &TestNode) -> Vec<String> {
-    node.cluster()
-        .members()
-        .into_iter()
-        .map(|m| m.node_name)
-        .collect()
-}
-
 /// The node `name` stays out of the cluster of `members` for several gossip rounds, and the
 /// cluster keeps its own members. (An intruder holding a certificate of the CA may still
 /// count the honest nodes as members: their proofs to it are genuine.)

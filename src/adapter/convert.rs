@@ -6,14 +6,35 @@ use socketioxide_core::{
     Sid, Str, Uid, Value,
     adapter::{BroadcastFlags, BroadcastOptions, RemoteSocketData, Room},
     packet::{Packet, PacketData},
+    parser::Parse,
 };
 
 use crate::wire::{self, Id};
 
 /// A wire value that does not map back to a core value.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {0} in frame")]
-pub(crate) struct Invalid(&'static str);
+pub(crate) enum Invalid {
+    /// A field that is not what it must be (an id that is not one).
+    #[error("invalid {0} in frame")]
+    Field(&'static str),
+    /// A payload this node's parser cannot send: socketioxide's parsers panic on one.
+    #[error("a payload of the {found} parser, but this node uses the {local} parser")]
+    Parser {
+        /// The parser the payload is encoded for.
+        found: wire::Parser,
+        /// This node's parser.
+        local: wire::Parser,
+    },
+}
+
+/// Which socket.io parser `parser` is: socketioxide has two, one encodes packets as text,
+/// the other as bytes.
+pub(crate) fn parser_kind(parser: impl Parse) -> wire::Parser {
+    match parser.encode(Packet::disconnect("/")) {
+        Value::Str(..) => wire::Parser::Common,
+        Value::Bytes(_) => wire::Parser::MsgPack,
+    }
+}
 
 pub(crate) fn id(sid: Sid) -> Id {
     let mut out = [0u8; 16];
@@ -31,14 +52,14 @@ pub(crate) fn sid(id: &Id) -> Result<Sid, Invalid> {
     std::str::from_utf8(&id.0)
         .ok()
         .and_then(|s| Sid::from_str(s).ok())
-        .ok_or(Invalid("socket id"))
+        .ok_or(Invalid::Field("socket id"))
 }
 
 pub(crate) fn uid(id: &Id) -> Result<Uid, Invalid> {
     std::str::from_utf8(&id.0)
         .ok()
         .and_then(|s| Uid::from_str(s).ok())
-        .ok_or(Invalid("server id"))
+        .ok_or(Invalid::Field("server id"))
 }
 
 const FLAGS: [BroadcastFlags; 3] = [
@@ -109,8 +130,27 @@ pub(crate) fn packet(p: &Packet) -> wire::WirePacket {
     }
 }
 
-pub(crate) fn packet_from(p: wire::WirePacket) -> Packet {
+/// The packet of a peer's request, if `parser` can send it: every payload must be one of
+/// `parser`'s.
+pub(crate) fn packet_from(p: wire::WirePacket, parser: wire::Parser) -> Result<Packet, Invalid> {
     use wire::PacketData as W;
+    let payload = match &p.data {
+        W::Connect(v) => v.as_ref(),
+        W::Event(v, _) | W::EventAck(v, _) | W::BinaryEvent(v, _) | W::BinaryAck(v, _) => Some(v),
+        W::Disconnect | W::ConnectError(_) => None,
+    };
+    if let Some(v) = payload
+        && !parser.accepts(v)
+    {
+        let found = match v {
+            wire::Value::Str(..) => wire::Parser::Common,
+            wire::Value::Bytes(_) => wire::Parser::MsgPack,
+        };
+        return Err(Invalid::Parser {
+            found,
+            local: parser,
+        });
+    }
     let inner = match p.data {
         W::Connect(v) => PacketData::Connect(v.map(value_from)),
         W::Disconnect => PacketData::Disconnect,
@@ -120,10 +160,10 @@ pub(crate) fn packet_from(p: wire::WirePacket) -> Packet {
         W::BinaryEvent(v, a) => PacketData::BinaryEvent(value_from(v), a),
         W::BinaryAck(v, a) => PacketData::BinaryAck(value_from(v), a),
     };
-    Packet {
+    Ok(Packet {
         inner,
         ns: Str::from(p.ns),
-    }
+    })
 }
 
 pub(crate) fn socket(s: &RemoteSocketData) -> (Id, Id) {
@@ -166,15 +206,52 @@ mod tests {
             "[\"e\",{\"_placeholder\":true,\"num\":0}]".into(),
             Some(vec![Bytes::from_static(&[1, 2, 3])].into()),
         );
-        for p in [
-            Packet::event("/chat", Value::Str("[\"e\",1]".into(), None)),
-            Packet::event("/", bin.clone()),
-            Packet::ack("/", bin, 4),
-            Packet::event("/", Value::Bytes(Bytes::from_static(&[0x92, 0xa1, 0x65]))),
-            Packet::disconnect("/"),
-            Packet::connect_error("/", "nope"),
+        use wire::Parser::{Common, MsgPack};
+        for (p, parser) in [
+            (
+                Packet::event("/chat", Value::Str("[\"e\",1]".into(), None)),
+                Common,
+            ),
+            (Packet::event("/", bin.clone()), Common),
+            (Packet::ack("/", bin, 4), Common),
+            (
+                Packet::event("/", Value::Bytes(Bytes::from_static(&[0x92, 0xa1, 0x65]))),
+                MsgPack,
+            ),
+            (Packet::disconnect("/"), Common),
+            (Packet::disconnect("/"), MsgPack),
+            (Packet::connect_error("/", "nope"), MsgPack),
         ] {
-            assert_eq!(packet_from(packet(&p)), p);
+            assert_eq!(packet_from(packet(&p), parser).unwrap(), p);
+        }
+    }
+
+    /// socketioxide's common parser panics on a binary payload (and the msgpack parser
+    /// sends a broken packet for a text one): such a packet from a peer is refused.
+    #[test]
+    fn payloads_of_the_other_parser_are_refused() {
+        use wire::Parser::{Common, MsgPack};
+        let text = Value::Str("[\"e\"]".into(), None);
+        let bytes = Value::Bytes(Bytes::from_static(&[0x91, 0xa1, 0x65]));
+        for (p, local) in [
+            (Packet::event("/", bytes.clone()), Common),
+            (Packet::ack("/", bytes.clone(), 1), Common),
+            (
+                Packet {
+                    inner: PacketData::BinaryEvent(bytes.clone(), Some(2)),
+                    ns: "/".into(),
+                },
+                Common,
+            ),
+            (Packet::connect("/", Some(bytes)), Common),
+            (Packet::event("/", text.clone()), MsgPack),
+            (Packet::connect("/", Some(text)), MsgPack),
+        ] {
+            let err = packet_from(packet(&p), local).unwrap_err();
+            assert!(
+                matches!(err, Invalid::Parser { local: l, found } if l == local && found != local),
+                "{err}"
+            );
         }
     }
 

@@ -3,6 +3,8 @@
 //! namespace; all share the node held by [`GossipAdapterCtr`].
 
 mod convert;
+#[cfg(test)]
+mod tests;
 mod tracker;
 
 use std::{
@@ -81,6 +83,8 @@ pub struct GossipAdapter<E> {
     node: Arc<Node>,
     uid: Uid,
     origin: Id,
+    /// The socket.io parser of the namespace: what peers' payloads must be encoded for.
+    parser: wire::Parser,
     request_timeout: Duration,
 }
 
@@ -94,11 +98,13 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
 
     fn new(state: &Self::State, local: CoreLocalAdapter<E>) -> Self {
         let uid = local.server_id();
+        let parser = convert::parser_kind(local.parser());
         Self {
             local,
             node: state.node.clone(),
             uid,
             origin: convert::uid_id(uid),
+            parser,
             request_timeout: state.request_timeout,
         }
     }
@@ -107,7 +113,12 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
         InitRes::new(async move {
             let handler: Weak<dyn NamespaceHandler> = Arc::downgrade(&self) as Weak<_>;
             self.node
-                .register(self.local.path(), &self.uid.to_string(), handler)
+                .register(
+                    self.local.path(),
+                    &self.uid.to_string(),
+                    self.parser,
+                    handler,
+                )
                 .await;
             on_success();
             Ok(())
@@ -299,7 +310,7 @@ impl<E: SocketEmitter> GossipAdapter<E> {
 }
 
 impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
-    fn on_request(&self, from: &PeerId, req: wire::Request) {
+    fn on_request(&self, from: &PeerId, req: wire::Request) -> Result<(), String> {
         let ns = self.local.path();
         let opts = match convert::opts_from(req.opts) {
             Ok(opts) => opts,
@@ -309,20 +320,24 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     self.node
                         .respond_later(from, req.id, ResponseBody::NotHosted);
                 }
-                return;
+                return Ok(());
             }
+        };
+        // A packet this node's parser cannot send never reaches the local sockets (the
+        // common parser panics on a binary payload): the peer breaks the protocol.
+        let packet = |p| {
+            convert::packet_from(p, self.parser)
+                .map_err(|e| format!("request for namespace {ns} refused: {e}"))
         };
         match req.kind {
             RequestKind::Broadcast(p) => {
-                if let Err(e) = self.local.broadcast(convert::packet_from(p), opts) {
+                if let Err(e) = self.local.broadcast(packet(p)?, opts) {
                     tracing::warn!(peer = %from, %ns, "remote broadcast: {e:?}");
                 }
             }
             RequestKind::BroadcastWithAck(p) => {
                 let timeout = req.ack_timeout_ms.map(Duration::from_millis);
-                let (acks, count) =
-                    self.local
-                        .broadcast_with_ack(convert::packet_from(p), opts, timeout);
+                let (acks, count) = self.local.broadcast_with_ack(packet(p)?, opts, timeout);
                 let node = self.node.clone();
                 let to = from.clone();
                 let id = req.id;
@@ -378,6 +393,7 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     .respond_later(from, req.id, ResponseBody::Sockets(sockets));
             }
         }
+        Ok(())
     }
 }
 

@@ -119,6 +119,10 @@ impl Cluster {
     }
 
     /// The live members of the cluster, other than this node, sorted by name.
+    ///
+    /// A node whose socket.io server uses another parser than this one (see the crate
+    /// docs, "One parser per cluster") is no member: it is dropped (with a
+    /// [`MembershipEvent::Left`]) as soon as the nodes have told each other their parser.
     pub fn members(&self) -> Vec<Member> {
         self.node.members()
     }

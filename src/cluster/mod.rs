@@ -7,7 +7,7 @@ mod pending;
 mod service;
 mod startup;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod view;
 
 use std::{
@@ -56,8 +56,10 @@ use crate::{
 
 /// Receives the requests addressed to one namespace of this node.
 pub(crate) trait NamespaceHandler: Send + Sync + 'static {
-    /// Handle a request from `from`. Must not block.
-    fn on_request(&self, from: &PeerId, req: wire::Request);
+    /// Handle a request from `from`. Must not block. An error says the request is not
+    /// one a well-behaved peer sends (say, a payload of another socket.io parser): nothing
+    /// of it was applied, and the connection it came on is closed with that reason.
+    fn on_request(&self, from: &PeerId, req: wire::Request) -> Result<(), String>;
 }
 
 type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
@@ -66,6 +68,9 @@ type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
 const MAX_SERVER_IDS_PER_PEER: usize = 16;
 /// Server ids refused beyond that bound: logged at most once per period.
 static SERVER_ID_LOG: crate::rate_log::RateLog =
+    crate::rate_log::RateLog::new(Duration::from_secs(10));
+/// Frames from peers refused for their parser, dropped: logged at most once per period.
+static REFUSED_FRAME_LOG: crate::rate_log::RateLog =
     crate::rate_log::RateLog::new(Duration::from_secs(10));
 
 /// The running node, shared by the cluster handle and every namespace adapter.
@@ -80,8 +85,11 @@ pub(crate) struct Node {
     mesh: Arc<Mesh>,
     membership: Membership,
     view: RwLock<View>,
-    /// What this node tells members about itself (server id, namespaces).
+    /// What this node tells members about itself (server id, namespaces, parser).
     meta: Mutex<NodeMeta>,
+    /// Peers refused for their parser: logged at most once per period (a refused peer
+    /// can come back by reconnecting).
+    parser_log: crate::rate_log::RateLog,
     /// Gossip datagrams sealed, opened and refused.
     gossip: Arc<GossipCounters>,
     /// Why this node stopped being part of the cluster on its own, if it did.
@@ -118,9 +126,10 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 struct WeakInbound(Weak<Node>);
 
 impl Inbound for WeakInbound {
-    fn on_frame(&self, from: &PeerId, frame: Frame) {
-        if let Some(node) = self.0.upgrade() {
-            node.on_frame(from, frame);
+    fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String> {
+        match self.0.upgrade() {
+            Some(node) => node.on_frame(from, frame),
+            None => Ok(()),
         }
     }
     fn on_peer_connected(
@@ -287,7 +296,9 @@ impl Node {
                 version: 1,
                 server_id: None,
                 namespaces: Vec::new(),
+                parser: None,
             }),
+            parser_log: crate::rate_log::RateLog::new(Duration::from_secs(10)),
             gossip: gossip_counters,
             failure: Mutex::default(),
             links: Mutex::default(),
@@ -357,11 +368,13 @@ impl Node {
         u16::try_from(others + 1).unwrap_or(u16::MAX)
     }
 
-    /// Route requests for `ns` to `handler`, and tell the members this node hosts it.
+    /// Route requests for `ns` to `handler`, and tell the members this node hosts it and
+    /// which socket.io parser it uses. From then on, a peer with another parser is refused.
     pub(crate) async fn register(
         &self,
         ns: &str,
         server_id: &str,
+        parser: wire::Parser,
         handler: Weak<dyn NamespaceHandler>,
     ) {
         write(&self.handlers).insert(ns.to_string(), handler);
@@ -370,6 +383,14 @@ impl Node {
             m.server_id = id.or(m.server_id);
             if !m.namespaces.iter().any(|n| n == ns) {
                 m.namespaces.push(ns.to_string());
+            }
+            match m.parser {
+                Some(mine) if mine != parser => tracing::error!(
+                    %ns,
+                    "namespace uses the {parser} parser, but this node's other namespaces use \
+                     the {mine} parser: its peers are checked against the {mine} parser"
+                ),
+                _ => m.parser = Some(parser),
             }
         })
         .await;
@@ -381,7 +402,8 @@ impl Node {
         self.update_meta(|m| m.namespaces.retain(|n| n != ns)).await;
     }
 
-    /// Change what this node says about itself, and tell every member.
+    /// Change what this node says about itself, and tell every member (and the peers it
+    /// refuses now for their parser, so that they refuse this node in turn).
     async fn update_meta(&self, change: impl FnOnce(&mut NodeMeta)) {
         let meta = {
             let mut meta = lock(&self.meta);
@@ -389,8 +411,9 @@ impl Node {
             meta.version += 1;
             meta.clone()
         };
-        let members: Vec<PeerId> = self.members().iter().map(Member::peer_id).collect();
-        if let Err(e) = self.send(&members, &Frame::Meta(meta), false).await {
+        let mut targets: Vec<PeerId> = self.members().iter().map(Member::peer_id).collect();
+        targets.extend(self.refuse_other_parsers());
+        if let Err(e) = self.send(&targets, &Frame::Meta(meta), false).await {
             tracing::warn!(node = %self.me, "cannot tell members about this node: {e}");
         }
     }
@@ -624,13 +647,28 @@ impl Node {
         }
     }
 
-    fn on_frame(&self, from: &PeerId, frame: Frame) {
+    /// A frame from `from`. An error closes the connection it came on, with that reason.
+    fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String> {
+        if read(&self.view).is_refused(from)
+            && matches!(
+                frame,
+                Frame::Request(_) | Frame::Response(_) | Frame::Service(_)
+            )
+        {
+            if let Some(held_back) = REFUSED_FRAME_LOG.allow() {
+                tracing::warn!(
+                    node = %self.me, peer = %from, held_back,
+                    "frame dropped: the peer is refused for its socket.io parser"
+                );
+            }
+            return Ok(());
+        }
         match frame {
             Frame::Request(req) => {
                 self.learn_server_id(req.origin, from);
                 let handler = read(&self.handlers).get(&req.ns).and_then(Weak::upgrade);
                 match handler {
-                    Some(h) => h.on_request(from, req),
+                    Some(h) => return h.on_request(from, req),
                     None => {
                         tracing::debug!(peer = %from, ns = %req.ns, "request for a namespace not hosted here");
                         if req.kind.expects_response()
@@ -651,8 +689,39 @@ impl Node {
             },
             Frame::Leave => self.mark_left(from, "it left the cluster"),
             Frame::Service(frame) => self.on_service_frame(from, frame),
-            Frame::Meta(meta) => write(&self.view).meta(from, meta),
+            Frame::Meta(meta) => {
+                write(&self.view).meta(from, meta);
+                self.refuse_other_parsers();
+            }
         }
+        Ok(())
+    }
+
+    /// Refuse the members that say they use another socket.io parser than this node (once
+    /// it knows its own): they are members no more, and nothing but this node's metadata is
+    /// sent to them. Their connections stay open, so that each hears the other's parser and
+    /// both refuse each other. Returns the peers refused now.
+    fn refuse_other_parsers(&self) -> Vec<PeerId> {
+        let Some(mine) = lock(&self.meta).parser else {
+            return Vec::new();
+        };
+        let mut refused = Vec::new();
+        self.change_view("it uses another socket.io parser", |v| {
+            refused = v.refuse_other_parsers(mine);
+        });
+        // Only two parsers exist: every peer refused uses the other one.
+        let theirs = refused.first().map(|(_, parser)| *parser);
+        let peers: Vec<PeerId> = refused.into_iter().map(|(peer, _)| peer).collect();
+        if let Some(theirs) = theirs
+            && let Some(held_back) = self.parser_log.allow()
+        {
+            tracing::error!(
+                node = %self.me, ?peers, held_back,
+                "peer refused: it uses the {theirs} parser and this node the {mine} parser; \
+                 every node of a cluster must use the same socket.io parser"
+            );
+        }
+        peers
     }
 
     /// Remember that `from` runs the socketioxide server `id`, up to
@@ -796,7 +865,11 @@ impl Node {
             let peer = member.peer_id();
             tracing::info!(node = %self.me, %peer, "member left: {why}");
             self.stop_waiting_for(&peer);
-            self.drop_link(&peer);
+            // A peer refused for its parser keeps its connections: this node's metadata
+            // may still be on its way to it.
+            if !read(&self.view).is_refused(&peer) {
+                self.drop_link(&peer);
+            }
             write(&self.server_ids).retain(|_, p| p != &peer);
             let _ = self.events.send(MembershipEvent::Left(member));
         }

@@ -10,7 +10,7 @@ use crate::{
     mesh::Mesh,
 };
 
-fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {
+pub(crate) fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {
     let mut c = GossipAdapterConfig::new()
         .with_cluster_id(cluster)
         .with_node_name(name)
@@ -24,7 +24,7 @@ fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterC
     c
 }
 
-async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
         if cond() {
@@ -39,7 +39,9 @@ async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 struct Closes(tokio::sync::mpsc::UnboundedSender<quinn::ConnectionError>);
 
 impl Inbound for Closes {
-    fn on_frame(&self, _: &PeerId, _: Frame) {}
+    fn on_frame(&self, _: &PeerId, _: Frame) -> Result<(), String> {
+        Ok(())
+    }
     fn on_peer_connected(&self, _: &PeerId, _: ConnId, _: PeerAddrs) -> Result<(), String> {
         Ok(())
     }

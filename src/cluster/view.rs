@@ -5,6 +5,10 @@
 //! it says later (leaving, dead, another address or server id) does not touch a member
 //! while its connection lives. A member leaves when its last connection closes (the peer
 //! timeout closes a silent one) or when it says so itself on its own connection.
+//!
+//! A peer whose socket.io parser differs from this node's is refused: it stays connected
+//! (so that it hears this node's parser and refuses it in turn) but is no member, and
+//! nothing is sent to it, until its connections close.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +21,7 @@ use tokio::time::Instant;
 use crate::{
     membership::Member,
     mesh::{ConnId, PeerAddrs, PeerId},
-    wire::NodeMeta,
+    wire::{NodeMeta, Parser},
 };
 
 /// First delay before connecting again to a live peer that could not be verified.
@@ -31,6 +35,10 @@ struct Proven {
     member: Member,
     /// Version of the [`NodeMeta`] applied last.
     meta_version: u64,
+    /// The socket.io parser it says it uses.
+    parser: Option<Parser>,
+    /// Refused for using another parser than this node: not a member.
+    refused: bool,
 }
 
 /// Why a connection was not admitted.
@@ -63,19 +71,44 @@ pub(super) struct View {
 
 impl View {
     pub(super) fn members(&self) -> impl Iterator<Item = &Member> {
-        self.proven.values().map(|p| &p.member)
+        self.proven
+            .values()
+            .filter(|p| !p.refused)
+            .map(|p| &p.member)
     }
 
     pub(super) fn member_map(&self) -> HashMap<PeerId, Member> {
         self.proven
             .iter()
+            .filter(|(_, m)| !m.refused)
             .map(|(p, m)| (p.clone(), m.member.clone()))
             .collect()
     }
 
     /// Whether `peer` is a member.
     pub(super) fn is_member(&self, peer: &PeerId) -> bool {
-        self.proven.contains_key(peer)
+        self.proven.get(peer).is_some_and(|p| !p.refused)
+    }
+
+    /// Whether `peer` is connected but refused for its parser.
+    pub(super) fn is_refused(&self, peer: &PeerId) -> bool {
+        self.proven.get(peer).is_some_and(|p| p.refused)
+    }
+
+    /// Refuse the connected peers that say they use another parser than `mine`. Returns
+    /// those refused now, with their parser.
+    pub(super) fn refuse_other_parsers(&mut self, mine: Parser) -> Vec<(PeerId, Parser)> {
+        let mut refused = Vec::new();
+        for (peer, p) in &mut self.proven {
+            if let Some(theirs) = p.parser
+                && theirs != mine
+                && !p.refused
+            {
+                p.refused = true;
+                refused.push((peer.clone(), theirs));
+            }
+        }
+        refused
     }
 
     /// Whether `peer` has an open incoming connection here.
@@ -145,6 +178,8 @@ impl View {
                     namespaces: Vec::new(),
                 },
                 meta_version: 0,
+                parser: None,
+                refused: false,
             },
         );
         Ok(same_name)
@@ -170,6 +205,7 @@ impl View {
                 .server_id
                 .and_then(|id| std::str::from_utf8(&id.0).ok().and_then(|s| s.parse().ok()));
             p.member.namespaces = meta.namespaces;
+            p.parser = meta.parser.or(p.parser);
         }
     }
 
@@ -353,6 +389,7 @@ mod tests {
             version,
             server_id: Some(Id(*b"AAAAAAAAAAAAAAAA")),
             namespaces: vec![ns.to_string()],
+            parser: None,
         };
         v.meta(&a, meta(2, "/chat"));
         v.meta(&a, meta(1, "/old"));
@@ -395,5 +432,35 @@ mod tests {
             v.due_for_connection(t + RETRY_MAX).is_empty(),
             "verified: no more attempts"
         );
+    }
+
+    #[test]
+    fn a_peer_with_another_parser_is_refused_and_no_member() {
+        let (a, b, c) = (peer("a", 1), peer("b", 1), peer("c", 1));
+        let mut v = View::default();
+        for (i, p) in [&a, &b, &c].into_iter().enumerate() {
+            v.apply_gossip(gossip(&[&a, &b, &c]), |_| true);
+            v.connected(p, conn(i as u64, true), proof()).unwrap();
+        }
+        let meta = |parser| NodeMeta {
+            version: 1,
+            server_id: None,
+            namespaces: vec!["/".into()],
+            parser,
+        };
+        v.meta(&a, meta(Some(Parser::Common)));
+        v.meta(&b, meta(Some(Parser::MsgPack)));
+        v.meta(&c, meta(None));
+        assert_eq!(
+            v.refuse_other_parsers(Parser::Common),
+            vec![(b.clone(), Parser::MsgPack)]
+        );
+        assert!(v.refuse_other_parsers(Parser::Common).is_empty(), "once");
+        assert_eq!(names(&v), ["a", "c"]);
+        assert!(!v.is_member(&b) && v.is_refused(&b));
+        // Still connected: no new attempt; its last connection closed, it is forgotten.
+        assert!(v.due_for_connection(Instant::now()).is_empty());
+        v.closed(&b, conn(1, true));
+        assert!(!v.is_refused(&b));
     }
 }

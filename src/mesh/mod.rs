@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::TlsFiles,
-    wire::{self, DecodeError, Frame, FrameDecoder, Hello},
+    wire::{self, Frame, FrameDecoder, Hello},
 };
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 
@@ -110,8 +110,10 @@ pub(crate) struct PeerAddrs {
 
 /// What the mesh tells the layer above.
 pub(crate) trait Inbound: Send + Sync + 'static {
-    /// A frame arrived from an authenticated peer.
-    fn on_frame(&self, from: &PeerId, frame: Frame);
+    /// A frame arrived from an authenticated peer. An error refuses it: the connection
+    /// it came on is closed with that reason ([`CLOSE_PROTOCOL`]), and nothing more of it
+    /// is read.
+    fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String>;
     /// A peer authenticated an incoming connection. An error refuses it: the connection
     /// closes, and nothing of it is read.
     fn on_peer_connected(
@@ -722,7 +724,10 @@ async fn read_frames(
                 loop {
                     match decoder.next_frame() {
                         Ok(Some(frame)) => {
-                            inbound.on_frame(&peer, frame);
+                            if let Err(reason) = inbound.on_frame(&peer, frame) {
+                                protocol_violation(&conn, &peer, &reason);
+                                return;
+                            }
                             // Let the tasks that drain local sockets run every few frames: a
                             // burst from a peer must not overflow their buffers, and each of
                             // their writes should carry several messages, not one.
@@ -733,7 +738,7 @@ async fn read_frames(
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            protocol_violation(&conn, &peer, &e);
+                            protocol_violation(&conn, &peer, &e.to_string());
                             return;
                         }
                     }
@@ -748,9 +753,8 @@ async fn read_frames(
     }
 }
 
-fn protocol_violation(conn: &Connection, peer: &PeerId, err: &DecodeError) {
-    tracing::warn!(%peer, remote = %conn.remote_address(), "closing mesh connection: {err}");
-    let reason = err.to_string();
+fn protocol_violation(conn: &Connection, peer: &PeerId, reason: &str) {
+    tracing::warn!(%peer, remote = %conn.remote_address(), "closing mesh connection: {reason}");
     conn.close(
         VarInt::from_u32(CLOSE_PROTOCOL),
         &reason.as_bytes()[..reason.len().min(100)],
@@ -758,7 +762,7 @@ fn protocol_violation(conn: &Connection, peer: &PeerId, err: &DecodeError) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire::{Frame, LEN_PREFIX, MAGIC, VERSION};
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -773,8 +777,9 @@ mod tests {
     struct Recorder(UnboundedSender<Event>);
 
     impl Inbound for Recorder {
-        fn on_frame(&self, from: &PeerId, frame: Frame) {
+        fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String> {
             let _ = self.0.send(Event::Frame(from.clone(), Box::new(frame)));
+            Ok(())
         }
         fn on_peer_connected(&self, peer: &PeerId, _: ConnId, _: PeerAddrs) -> Result<(), String> {
             let _ = self.0.send(Event::Connected(peer.clone()));
@@ -973,7 +978,7 @@ mod tests {
 
     /// Every log line written on this thread while the returned guard lives (a
     /// current-thread runtime polls every task of the test on it).
-    fn capture_logs() -> (
+    pub(crate) fn capture_logs() -> (
         Arc<std::sync::Mutex<Vec<u8>>>,
         tracing::subscriber::DefaultGuard,
     ) {

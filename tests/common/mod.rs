@@ -183,6 +183,16 @@ impl TestNode {
     }
 }
 
+/// The names of a gossip node's members, sorted.
+#[cfg(feature = "cluster-gossip")]
+pub fn names(node: &TestNode) -> Vec<String> {
+    node.cluster()
+        .members()
+        .into_iter()
+        .map(|m| m.node_name)
+        .collect()
+}
+
 /// Gossip configuration of a test node: loopback, ephemeral ports, fast gossip, short peer
 /// timeout.
 #[cfg(feature = "cluster-gossip")]

@@ -1,0 +1,104 @@
+//! The adapter on a real node, against a peer (a node holding the secret) that sends what a
+//! well-behaved node never would.
+
+use std::{cell::Cell, time::Duration};
+
+use socketioxide::{SocketIo, adapter::Emitter, extract::SocketRef};
+
+use super::*;
+use crate::{
+    cluster::tests::{config, until},
+    mesh::tests::capture_logs,
+    wire::{PacketData, Request, Value, WirePacket},
+};
+
+type A = GossipAdapter<Emitter>;
+
+thread_local! {
+    /// Panics on this thread (a current-thread runtime runs every task of the test on it).
+    static PANICS: Cell<u32> = const { Cell::new(0) };
+}
+
+fn count_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.with(|p| p.set(p.get() + 1));
+        previous(info);
+    }));
+}
+
+/// A broadcast to every socket of `/`, as `io.emit` sends it.
+fn broadcast(data: PacketData) -> Frame {
+    let mut opts = BroadcastOptions::default();
+    opts.add_flag(BroadcastFlags::Broadcast);
+    Frame::Request(Request {
+        ns: "/".into(),
+        id: Id(*b"rrrrrrrrrrrrrrrr"),
+        origin: Id(*b"oooooooooooooooo"),
+        kind: RequestKind::Broadcast(WirePacket {
+            ns: "/".into(),
+            data,
+        }),
+        opts: convert::opts(&opts),
+        ack_timeout_ms: None,
+    })
+}
+
+/// A peer broadcasts a msgpack payload to a node whose namespace uses the common (JSON)
+/// parser, which panics on one. The node refuses it: the link closes with a logged reason,
+/// nothing panics, nothing reaches the local socket, and the peer's next (valid) broadcast
+/// arrives over a new connection.
+#[tokio::test]
+async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
+    let (logs, _guard) = capture_logs();
+    count_panics();
+    let cluster = format!("crafted-{}", std::process::id());
+    let ctr = GossipAdapterCtr::new(config(&cluster, "a", None))
+        .await
+        .unwrap();
+    let a = ctr.node.clone();
+    let (_svc, io) = SocketIo::builder().with_adapter::<A>(ctr).build_svc();
+    io.ns("/", async |_: SocketRef<A>| {}).await.unwrap();
+    let (_tx, mut rx) = io.new_dummy_sock("/", ()).await;
+    let connect = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(matches!(connect, Ok(Some(_))), "the socket connected");
+
+    let b = Node::start(&config(&cluster, "b", Some(a.addrs().0)))
+        .await
+        .unwrap();
+    let formed = until(Duration::from_secs(20), || {
+        a.members().len() == 1 && b.members().first().is_some_and(|m| m.hosts("/"))
+    })
+    .await;
+    assert!(formed, "a and b are members of each other");
+
+    let to_a = [a.me().clone()];
+    let msgpack = Value::Bytes(Bytes::from_static(&[0x92, 0xa1, 0x65, 0x01]));
+    b.send(&to_a, &broadcast(PacketData::Event(msgpack, None)), false)
+        .await
+        .unwrap();
+    // Re-sent until it arrives: the frames right after the bad one die with its link.
+    let mut got = None;
+    for i in 0..100 {
+        let text = Value::Str(format!("[\"ok\",{i}]"), None);
+        b.send(&to_a, &broadcast(PacketData::Event(text, None)), false)
+            .await
+            .unwrap();
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            got = Some(String::from(p));
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let got = got.unwrap_or_else(|| panic!("a valid broadcast reaches the socket again:\n{text}"));
+    assert!(got.starts_with(r#"42["ok","#), "only the valid one: {got}");
+    assert_eq!(PANICS.with(Cell::get), 0, "nothing panicked");
+    assert!(
+        text.lines().any(|l| l.contains("closing mesh connection")
+            && l.contains("msgpack parser")
+            && l.contains("common (JSON) parser")),
+        "the reason is logged:\n{text}"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
