@@ -231,8 +231,7 @@ impl Mesh {
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(Arc::new(client_transport(peer_timeout)));
         let links = Arc::new(links::Links::default());
-        let mut stop_reports = None;
-        let endpoint = match socket {
+        let (endpoint, stop_reports) = match socket {
             #[cfg(target_os = "linux")]
             None => {
                 // quinn's socket, keeping the ICMP errors its datagrams cause: a peer whose
@@ -241,17 +240,17 @@ impl Mesh {
                 recverr::bind(addr, &*runtime).and_then(|(socket, reports)| {
                     let (stop, stopped) = tokio::sync::oneshot::channel();
                     tokio::spawn(links::watch(reports, links.clone(), stopped));
-                    stop_reports = Some(stop);
-                    Endpoint::new_with_abstract_socket(
+                    let endpoint = Endpoint::new_with_abstract_socket(
                         quinn::EndpointConfig::default(),
                         Some(server),
                         socket,
                         runtime,
-                    )
+                    )?;
+                    Ok((endpoint, Some(stop)))
                 })
             }
             #[cfg(not(target_os = "linux"))]
-            None => Endpoint::server(server, addr),
+            None => Endpoint::server(server, addr).map(|e| (e, None)),
             Some(CustomSocket {
                 socket,
                 runtime,
@@ -262,6 +261,7 @@ impl Mesh {
                 let mut config = quinn::EndpointConfig::default();
                 config.rng_seed(rng_seed);
                 Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
+                    .map(|e| (e, None))
             }
         }
         .map_err(|source| MeshError::Bind { addr, source })?;
