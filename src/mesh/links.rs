@@ -168,7 +168,9 @@ impl Inbound for Tracked {
         self.inner.on_peer_connected(peer, conn, addrs)
     }
     fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
-        match self.links.lock().remove(&conn.id) {
+        // The lock is released before the node hears of it.
+        let entry = self.links.lock().remove(&conn.id);
+        match entry {
             Some(entry) if entry.unreachable => self.inner.on_connection_closed(
                 peer,
                 conn,
