@@ -87,7 +87,9 @@
 //!   versioned frames on one stream of its own connection to that peer, so two emits from
 //!   one node reach a client on another node in the order they were made. QUIC
 //!   keep-alives with a short idle timeout (the peer timeout) notice a hung peer in
-//!   seconds.
+//!   seconds. On Linux a crashed peer is noticed at once: the mesh socket keeps the ICMP
+//!   *port unreachable* its datagrams to a dead process bring back (`IP_RECVERR`), and one
+//!   from exactly a peer's address closes that peer's connections as lost.
 //! - **Adapter** (per namespace): turns socketioxide's adapter calls into requests to the
 //!   other members, and applies the requests it receives to its local sockets, as
 //!   `socketioxide-redis` does over Redis channels.
@@ -97,8 +99,9 @@
 //! nodes' sockets, answered `Done` once applied so that they are in force when the call
 //! returns) goes to every live member (or to the one member
 //! hosting a targeted socket) and waits for exactly those: a member that does not host the
-//! namespace says so at once, and a member found dead — its connection closed, its QUIC
-//! keep-alives silent for the peer timeout, or a graceful leave — is no longer waited for. The request returns what it has, never later than the request
+//! namespace says so at once, and a member found dead — its connection closed, its port
+//! answering ICMP port unreachable (Linux), its QUIC keep-alives silent for the peer
+//! timeout, or a graceful leave — is no longer waited for. The request returns what it has, never later than the request
 //! timeout.
 //!
 //! ```text
@@ -188,6 +191,9 @@
 //! secret shorter than 32 characters or easy to guess is refused at start
 //! ([`Error::WeakSecret`]). A node is a member while its authenticated mesh connection is
 //! open, whatever gossip says. Rotate secrets with [`GossipAdapterConfig::with_secrets`].
+//! ICMP is not authenticated: an attacker on the path who can forge a *port unreachable*
+//! from a peer's address makes a node drop its link to that peer (Linux), which then
+//! reconnects — as a forged TCP reset drops the Redis backend's connection.
 //! The README's security section says what an attacker with and without the secret can do.
 //!
 //! A connection that has not proved the secret gets no room for data (one stream, 8 KiB for

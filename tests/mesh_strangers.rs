@@ -13,9 +13,7 @@ mod common;
 mod external;
 
 use std::{
-    io::BufRead,
     net::SocketAddr,
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -24,7 +22,7 @@ use std::{
 };
 
 use common::*;
-use external::{Spawned, build_example, own_group};
+use external::{Spawned, free_udp_port, start_cluster_node};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::{
     DigitallySignedStruct, SignatureScheme,
@@ -60,52 +58,22 @@ fn vm_rss_kb(pid: u32) -> u64 {
         .expect("VmRSS in /proc status")
 }
 
-fn free_udp_port() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free UDP port")
-}
-
-/// The victim: `cluster_node` in a child process, its HTTP address and its pid.
+/// The victim: `cluster_node` in a child process, and its HTTP address.
 fn start_victim(cluster_id: &str, gossip: SocketAddr, mesh: SocketAddr) -> (Spawned, SocketAddr) {
-    let bin = build_example("cluster_node", &[]);
     let log = std::env::temp_dir().join(format!("mesh-strangers-{}.log", std::process::id()));
-    let mut cmd = Command::new(bin);
-    cmd.env("PORT", "0")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("SOCKETIO_CLUSTER_ID", cluster_id)
-        .env("SOCKETIO_CLUSTER_NODE_NAME", "victim")
-        .env("SOCKETIO_CLUSTER_GOSSIP_ADDR", gossip.to_string())
-        .env("SOCKETIO_CLUSTER_MESH_ADDR", mesh.to_string())
-        .env("SOCKETIO_CLUSTER_SECRET", SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    own_group(&mut cmd);
-    let mut child = cmd.spawn().expect("cluster_node starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(port) = line.strip_prefix("READY ") {
-                let _ = tx.send(port.trim().parse::<u16>().ok());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("cluster_node did not print READY in time; its log:\n{log}")
-        });
+    let started = start_cluster_node(
+        &[
+            ("RUST_LOG", "info".into()),
+            ("SOCKETIO_CLUSTER_ID", cluster_id.into()),
+            ("SOCKETIO_CLUSTER_NODE_NAME", "victim".into()),
+            ("SOCKETIO_CLUSTER_GOSSIP_ADDR", gossip.to_string()),
+            ("SOCKETIO_CLUSTER_MESH_ADDR", mesh.to_string()),
+            ("SOCKETIO_CLUSTER_SECRET", SECRET.into()),
+        ],
+        &log,
+    );
     eprintln!("victim log: {}", log.display());
-    (Spawned(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    started
 }
 
 /// Accepts any server certificate: the attacker does not care who it talks to.

@@ -14,6 +14,9 @@
 
 mod admission;
 pub(crate) mod auth;
+mod links;
+#[cfg(target_os = "linux")]
+mod recverr;
 mod tls;
 
 use std::{
@@ -184,6 +187,10 @@ pub(crate) struct Mesh {
     gate: admission::Gate,
     /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
     ca_mode: bool,
+    /// The authenticated connections, for the socket's error reports (Linux).
+    links: Arc<links::Links>,
+    /// Stops the reader of the socket's error reports when the mesh goes.
+    _stop_reports: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A UDP socket that does not come from the operating system, with what drives it.
@@ -225,8 +232,27 @@ impl Mesh {
         server.transport_config(Arc::new(server_transport(peer_timeout)));
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(Arc::new(client_transport(peer_timeout)));
-        let endpoint = match socket {
-            None => Endpoint::server(server, addr),
+        let links = Arc::new(links::Links::default());
+        let (endpoint, stop_reports) = match socket {
+            #[cfg(target_os = "linux")]
+            None => {
+                // quinn's socket, keeping the ICMP errors its datagrams cause: a peer whose
+                // port answers unreachable has crashed (see `links`).
+                let runtime = Arc::new(quinn::TokioRuntime);
+                recverr::bind(addr, &*runtime).and_then(|(socket, reports)| {
+                    let (stop, stopped) = tokio::sync::oneshot::channel();
+                    tokio::spawn(links::watch(reports, links.clone(), stopped));
+                    let endpoint = Endpoint::new_with_abstract_socket(
+                        quinn::EndpointConfig::default(),
+                        Some(server),
+                        socket,
+                        runtime,
+                    )?;
+                    Ok((endpoint, Some(stop)))
+                })
+            }
+            #[cfg(not(target_os = "linux"))]
+            None => Endpoint::server(server, addr).map(|e| (e, None)),
             Some(CustomSocket {
                 socket,
                 runtime,
@@ -237,6 +263,7 @@ impl Mesh {
                 let mut config = quinn::EndpointConfig::default();
                 config.rng_seed(rng_seed);
                 Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
+                    .map(|e| (e, None))
             }
         }
         .map_err(|source| MeshError::Bind { addr, source })?;
@@ -258,6 +285,8 @@ impl Mesh {
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
             ca_mode: ca.is_some(),
+            links,
+            _stop_reports: stop_reports,
         })
     }
 
@@ -380,6 +409,7 @@ impl Mesh {
             return;
         }
         tracing::debug!(%peer, %remote, "mesh peer authenticated (incoming)");
+        let inbound = self.links.track(id, &peer, &conn, inbound);
         loop {
             let stream = tokio::select! {
                 s = conn.accept_uni() => s,
@@ -513,6 +543,7 @@ impl Mesh {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             incoming: false,
         };
+        let inbound = self.links.track(id, &peer, &conn, inbound);
         tokio::spawn(write_frames(
             self.dropped.clone(),
             conn.clone(),
@@ -1139,5 +1170,80 @@ pub(crate) mod tests {
         assert!(
             matches!(next_frame_or_close(&mut server_rx).await, Event::Frame(p, f) if p == peer("good") && *f == Frame::Leave)
         );
+    }
+
+    /// Linux: a peer whose process is gone (its runtime, and with it its socket, dropped
+    /// without a word) is found out by the kernel's answer to the next datagram, port
+    /// unreachable: its link closes as lost, with that reason, long before the peer
+    /// timeout. An unreachable for any other address closes nothing, and the endpoint keeps
+    /// working through both.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_port_unreachable_closes_the_links_to_that_address_only() {
+        let (client, client_in, mut client_rx) = node("client", Some(STRONG));
+        // The server on a runtime of its own, so that it can vanish like a killed process.
+        let (rt, server_addr) = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let addr = rt.block_on(async {
+                let (server, server_in, _) = node("server", Some(STRONG));
+                server.serve(server_in);
+                server.local_addr().unwrap()
+            });
+            (rt, addr)
+        })
+        .join()
+        .unwrap();
+        let (_, link) = client
+            .connect(server_addr, Some(&peer("server")), client_in)
+            .await
+            .unwrap();
+
+        // A datagram to a port nobody listens on: answered, and ignored.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let nobody = closed.local_addr().unwrap();
+        drop(closed);
+        let attempt = client
+            .endpoint
+            .connect_with(client.client.clone(), nobody, tls::SERVER_NAME)
+            .unwrap();
+        let ignored = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if client.links.counts().1 > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(ignored.is_ok(), "the answer for another address was read");
+        drop(attempt);
+        assert!(
+            link.is_open(),
+            "an answer about another address closes nothing"
+        );
+        assert_eq!(client.links.counts().0, 0);
+
+        // The server vanishes; the next frame to it is answered port unreachable.
+        let started = tokio::time::Instant::now();
+        rt.shutdown_background();
+        link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        match next_frame_or_close(&mut client_rx).await {
+            Event::Closed(p, quinn::ConnectionError::TransportError(e)) => {
+                assert_eq!(p, peer("server"));
+                assert!(e.reason.contains("port unreachable"), "{e}");
+            }
+            other => panic!("expected the link lost to a port unreachable, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "before the peer timeout"
+        );
+        assert_eq!(client.links.counts().0, 1);
     }
 }

@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 use std::{
+    io::BufRead,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -301,4 +303,50 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         kill_tree(&mut self.0);
     }
+}
+
+/// A UDP address on 127.0.0.1 that was free a moment ago (for a child process to bind).
+pub fn free_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free UDP port")
+}
+
+/// Starts the `cluster_node` example in a process group of its own, with `env` on top of
+/// `PORT=0` and `NO_COLOR=1`, its stderr written to `log`, and waits (at most a minute) for
+/// its `READY <port>` line: the process and its HTTP address.
+pub fn start_cluster_node(env: &[(&str, String)], log: &Path) -> (Spawned, SocketAddr) {
+    let bin = build_example("cluster_node", &[]);
+    let mut cmd = Command::new(bin);
+    cmd.env("PORT", "0").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    own_group(&mut cmd);
+    let mut child = cmd.spawn().expect("cluster_node starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(port) = line.strip_prefix("READY ") {
+                let _ = tx.send(port.trim().parse::<u16>().ok());
+            }
+        }
+    });
+    let child = Spawned(child);
+    let port = rx
+        .recv_timeout(Duration::from_secs(60))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("cluster_node did not print READY in time; its log:\n{log}")
+        });
+    (child, SocketAddr::from(([127, 0, 0, 1], port)))
 }

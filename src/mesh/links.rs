@@ -1,0 +1,212 @@
+//! The mesh's authenticated connections by remote address, so that the kernel's word that
+//! nothing listens at a peer's address any more closes that peer's connections at once.
+//!
+//! On Linux the mesh socket keeps the ICMP errors its datagrams cause ([`super::recverr`]).
+//! A *port unreachable* for exactly the remote address of authenticated connections closes
+//! them, and their close notice reads as a lost connection whose reason names the port
+//! unreachable: pending requests stop waiting for that peer then and there, instead of after
+//! the peer timeout. Any other report (another address, another kind) is counted and
+//! ignored. Connections still being set up are left alone: a node restarted on the same port
+//! is reached normally, whatever an earlier answer said.
+//!
+//! ICMP is not authenticated: whoever can forge it on the path can make a node drop a link,
+//! which then reconnects, as a forged TCP reset can for any TCP connection.
+//!
+//! Elsewhere nothing reports ICMP errors: connections are tracked, and never closed here.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use quinn::{Connection, VarInt};
+
+use super::{ConnId, Inbound, PeerAddrs, PeerId};
+use crate::{rate_log::RateLog, wire::Frame};
+
+/// Close code: the peer's port answered unreachable. The peer never reads it unless the
+/// answer was forged; then it sees its connection lost, and reconnects.
+pub(crate) const CLOSE_UNREACHABLE: u32 = 6;
+
+/// Connections closed for a port unreachable: logged at most once per period.
+static CLOSED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+/// Reports ignored: logged at most once per period.
+static IGNORED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+
+/// The authenticated connections of a mesh, and what error reports did to them.
+#[derive(Default)]
+pub(crate) struct Links {
+    conns: Mutex<HashMap<u64, Entry>>,
+    /// Connections closed because their peer's port was unreachable.
+    closed: AtomicU64,
+    /// Reports that concerned no connection, or were not a port unreachable.
+    ignored: AtomicU64,
+}
+
+struct Entry {
+    peer: PeerId,
+    conn: Connection,
+    /// Closed here for a port unreachable.
+    unreachable: bool,
+}
+
+impl Links {
+    /// Keep `conn` (to or from `peer`) until it closes; its events go through the returned
+    /// inbound.
+    pub(crate) fn track(
+        self: &Arc<Self>,
+        id: ConnId,
+        peer: &PeerId,
+        conn: &Connection,
+        inbound: Arc<dyn Inbound>,
+    ) -> Arc<dyn Inbound> {
+        self.lock().insert(
+            id.id,
+            Entry {
+                peer: peer.clone(),
+                conn: conn.clone(),
+                unreachable: false,
+            },
+        );
+        Arc::new(Tracked {
+            links: self.clone(),
+            inner: inbound,
+        })
+    }
+
+    /// Act on what the kernel said about a datagram to `dest`: a port unreachable closes
+    /// every authenticated connection whose remote address is exactly `dest`. Returns how
+    /// many were closed.
+    pub(crate) fn on_report(&self, dest: SocketAddr, port_unreachable: bool, what: &str) -> usize {
+        let mut closed = Vec::new();
+        if port_unreachable {
+            let dest = canonical(dest);
+            for entry in self.lock().values_mut() {
+                if !entry.unreachable && canonical(entry.conn.remote_address()) == dest {
+                    entry.unreachable = true;
+                    closed.push((entry.peer.clone(), entry.conn.clone()));
+                }
+            }
+        }
+        if closed.is_empty() {
+            let ignored = self.ignored.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(held_back) = IGNORED_LOG.allow() {
+                tracing::debug!(
+                    %dest, ignored, held_back,
+                    "ICMP error report ignored ({what}): no mesh connection to that address"
+                );
+            }
+            return 0;
+        }
+        for (peer, conn) in &closed {
+            self.closed.fetch_add(1, Ordering::Relaxed);
+            if let Some(held_back) = CLOSED_LOG.allow() {
+                tracing::warn!(
+                    %peer, remote = %dest, held_back,
+                    "closing mesh connection: port unreachable (ICMP), the peer's process is gone"
+                );
+            }
+            conn.close(VarInt::from_u32(CLOSE_UNREACHABLE), b"port unreachable");
+        }
+        closed.len()
+    }
+
+    /// Connections closed for a port unreachable, and reports ignored, so far.
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.closed.load(Ordering::Relaxed),
+            self.ignored.load(Ordering::Relaxed),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4, so that a dual-stack socket's
+/// view of a peer compares equal to a plain IPv4 one.
+fn canonical(addr: SocketAddr) -> (std::net::IpAddr, u16) {
+    (addr.ip().to_canonical(), addr.port())
+}
+
+/// The reason a connection closed for a port unreachable reads as: lost, not closed by this
+/// node.
+fn unreachable_reason(remote: SocketAddr) -> quinn::ConnectionError {
+    let mut err = quinn::ConnectionError::TransportError(
+        quinn::TransportErrorCode::CONNECTION_REFUSED.into(),
+    );
+    if let quinn::ConnectionError::TransportError(e) = &mut err {
+        e.reason = format!("port unreachable (ICMP) at {remote}");
+    }
+    err
+}
+
+/// One connection's events, on their way to the mesh's inbound.
+struct Tracked {
+    links: Arc<Links>,
+    inner: Arc<dyn Inbound>,
+}
+
+impl Inbound for Tracked {
+    fn on_frame(&self, from: &PeerId, frame: Frame) {
+        self.inner.on_frame(from, frame);
+    }
+    fn on_peer_connected(
+        &self,
+        peer: &PeerId,
+        conn: ConnId,
+        addrs: PeerAddrs,
+    ) -> Result<(), String> {
+        self.inner.on_peer_connected(peer, conn, addrs)
+    }
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
+        // The lock is released before the node hears of it.
+        let entry = self.links.lock().remove(&conn.id);
+        match entry {
+            Some(entry) if entry.unreachable => self.inner.on_connection_closed(
+                peer,
+                conn,
+                &unreachable_reason(entry.conn.remote_address()),
+            ),
+            _ => self.inner.on_connection_closed(peer, conn, reason),
+        }
+    }
+}
+
+/// Read the socket's error reports until `stop` resolves (the mesh is gone), acting on each.
+#[cfg(target_os = "linux")]
+pub(crate) async fn watch(
+    queue: super::recverr::ErrorQueue,
+    links: Arc<Links>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use super::recverr::Kind;
+    let mut reports = Vec::new();
+    loop {
+        tokio::select! {
+            read = queue.next(&mut reports) => {
+                if let Err(e) = read {
+                    tracing::warn!(
+                        "cannot read the mesh socket's error queue, crashed peers are found by \
+                         the peer timeout only: {e}"
+                    );
+                    return;
+                }
+            }
+            _ = &mut stop => return,
+        }
+        for report in reports.drain(..) {
+            let what = report.kind.to_string();
+            links.on_report(report.dest, report.kind == Kind::PortUnreachable, &what);
+        }
+        tokio::task::yield_now().await;
+    }
+}
