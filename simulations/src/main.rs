@@ -26,7 +26,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// `sim`: everything on a simulated network and clock, reproducible from the seed;
-    /// `real`: real UDP sockets on 127.0.0.1 and the real clock (join, crash, slow-peer).
+    /// `real`: real UDP sockets on 127.0.0.1 and the real clock (join, crash, slow-peer,
+    /// gossip-cost).
     #[arg(long, value_enum, default_value_t = Mode::Sim)]
     mode: Mode,
     /// Nodes killed in `crash`.
@@ -53,6 +54,8 @@ enum Scenario {
     Partition,
     Churn,
     SlowPeer,
+    /// What sealing gossip costs an idle cluster (real mode only).
+    GossipCost,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -67,6 +70,7 @@ impl Scenario {
             Scenario::Join | Scenario::Crash => vec![3, 10, 50, 100],
             Scenario::Partition | Scenario::Churn => vec![4, 10, 20, 50],
             Scenario::SlowPeer => vec![3, 10, 20],
+            Scenario::GossipCost => vec![10, 100],
         }
     }
     fn name(self) -> &'static str {
@@ -76,6 +80,7 @@ impl Scenario {
             Scenario::Partition => "partition",
             Scenario::Churn => "churn",
             Scenario::SlowPeer => "slow-peer",
+            Scenario::GossipCost => "gossip-cost",
         }
     }
 }
@@ -100,6 +105,7 @@ fn run(args: &Args, n: usize) -> anyhow::Result<Box<dyn Row>> {
             Scenario::Join => Box::new(real::join(n, t)?),
             Scenario::Crash => Box::new(real::crash(n, killed, t)?),
             Scenario::SlowPeer => Box::new(real::slow_peer(n, t)?),
+            Scenario::GossipCost => Box::new(real::gossip_cost(n, t)?),
             other => anyhow::bail!("{} runs in sim mode only", other.name()),
         });
     }
@@ -110,6 +116,9 @@ fn run(args: &Args, n: usize) -> anyhow::Result<Box<dyn Row>> {
             Scenario::Partition => boxed(scenarios::partition(n, seed, t)?),
             Scenario::Churn => boxed(scenarios::churn(n, seed, t)?),
             Scenario::SlowPeer => boxed(scenarios::slow_peer(n, seed, t)?),
+            Scenario::GossipCost => {
+                anyhow::bail!("gossip-cost runs in real mode only (--mode real)")
+            }
         })
     })?;
     if args.trace {

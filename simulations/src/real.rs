@@ -24,7 +24,19 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// How often the driver looks at the nodes.
 const POLL: Duration = Duration::from_millis(5);
 
-fn spawn(i: usize, seed: Option<SocketAddr>, timings: Timings) -> anyhow::Result<RealNode> {
+/// Whether gossip is sealed under the secret (the default) or sent in clear.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gossip {
+    Sealed,
+    Plain,
+}
+
+fn spawn(
+    i: usize,
+    seed: Option<SocketAddr>,
+    timings: Timings,
+    gossip: Gossip,
+) -> anyhow::Result<RealNode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -37,7 +49,10 @@ fn spawn(i: usize, seed: Option<SocketAddr>, timings: Timings) -> anyhow::Result
         seeds: seed.map(|s| s.to_string()).into_iter().collect(),
         timings,
     };
-    let (handle, serve) = rt.block_on(node::start(spec, |c| c))?;
+    let (handle, serve) = rt.block_on(node::start(spec, move |c| match gossip {
+        Gossip::Sealed => c,
+        Gossip::Plain => c.insecure_no_auth(),
+    }))?;
     rt.spawn(serve);
     let gossip = handle.cluster.gossip_addr();
     Ok(RealNode { rt, handle, gossip })
@@ -87,12 +102,20 @@ fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
 const FORM_LIMIT: Duration = Duration::from_secs(120);
 
 fn form(n: usize, timings: Timings) -> anyhow::Result<(Vec<RealNode>, Duration)> {
-    let first = spawn(0, None, timings)?;
+    form_with(n, timings, Gossip::Sealed)
+}
+
+fn form_with(
+    n: usize,
+    timings: Timings,
+    gossip: Gossip,
+) -> anyhow::Result<(Vec<RealNode>, Duration)> {
+    let first = spawn(0, None, timings, gossip)?;
     let seed = first.gossip;
     let start = Instant::now();
     let mut nodes = vec![first];
     for i in 1..n {
-        nodes.push(spawn(i, Some(seed), timings)?);
+        nodes.push(spawn(i, Some(seed), timings, gossip)?);
     }
     let refs: Vec<&RealNode> = nodes.iter().collect();
     wait(FORM_LIMIT, || sees_exactly(&refs))
@@ -205,6 +228,73 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
         evicted,
         memory_growth: Some(rss_during.saturating_sub(rss_before)),
     })
+}
+
+/// What sealing gossip costs an idle cluster of `nodes`: sealed datagrams per node and
+/// gossip round (each carries [`SEAL_OVERHEAD`] bytes more than in clear), and this
+/// process's CPU time per node and round with gossip in clear and sealed, measured one after
+/// the other in the same run.
+#[derive(Debug, Clone)]
+pub struct GossipCost {
+    /// Nodes in the run.
+    pub nodes: usize,
+    /// Sealed datagrams sent, per node and gossip round.
+    pub datagrams: f64,
+    /// CPU time per node and round with gossip in clear.
+    pub cpu_plain: Duration,
+    /// CPU time per node and round with gossip sealed.
+    pub cpu_sealed: Duration,
+}
+
+/// Bytes a sealed datagram carries on top of the gossip message: format tag, version, key
+/// id, send time, message id, part numbers, nonce and tag.
+pub const SEAL_OVERHEAD: usize = 50;
+
+/// How long the idle cluster is measured.
+const COST_WINDOW: Duration = Duration::from_secs(10);
+
+/// `gossip-cost` on real sockets (there is no sealing on the simulated network).
+pub fn gossip_cost(n: usize, timings: Timings) -> anyhow::Result<GossipCost> {
+    let rounds = COST_WINDOW.as_secs_f64() / timings.gossip_interval.as_secs_f64();
+    let per_node_round = |cpu: Duration| cpu.div_f64(rounds * n as f64);
+    let measure = |gossip| -> anyhow::Result<(Duration, u64)> {
+        let (nodes, _) = form_with(n, timings, gossip)?;
+        // Let the joins settle: the window holds steady-state gossip only.
+        std::thread::sleep(Duration::from_secs(2));
+        let sealed = || -> u64 {
+            nodes
+                .iter()
+                .map(|n| n.handle.cluster.gossip_stats().sealed)
+                .sum()
+        };
+        let (cpu0, sealed0) = (cpu_time(), sealed());
+        std::thread::sleep(COST_WINDOW);
+        let (cpu, datagrams) = (cpu_time().saturating_sub(cpu0), sealed() - sealed0);
+        for node in nodes {
+            node.kill();
+        }
+        Ok((cpu, datagrams))
+    };
+    let (cpu_plain, _) = measure(Gossip::Plain)?;
+    let (cpu_sealed, datagrams) = measure(Gossip::Sealed)?;
+    Ok(GossipCost {
+        nodes: n,
+        datagrams: datagrams as f64 / (rounds * n as f64),
+        cpu_plain: per_node_round(cpu_plain),
+        cpu_sealed: per_node_round(cpu_sealed),
+    })
+}
+
+/// CPU time (user and system) this process has used so far.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; on failure it stays zeroed.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// This process's resident memory, from /proc (0 where there is none).

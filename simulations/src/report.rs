@@ -2,7 +2,10 @@
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
-use crate::scenarios::{Churn, Crash, Join, Partition, SlowPeer};
+use crate::{
+    real::{GossipCost, SEAL_OVERHEAD},
+    scenarios::{Churn, Crash, Join, Partition, SlowPeer},
+};
 
 /// One measured figure.
 #[derive(Clone, Copy, Debug)]
@@ -15,6 +18,10 @@ pub enum Value {
     Count(u64),
     /// Per second.
     Rate(f64),
+    /// A quantity with two decimals.
+    Decimal(f64),
+    /// A duration, shown in microseconds.
+    Us(Duration),
     /// Did not happen within the run.
     Never,
 }
@@ -26,6 +33,8 @@ impl Value {
             Value::Ratio(got, of) => format!("{got}/{of}"),
             Value::Count(n) => n.to_string(),
             Value::Rate(r) => format!("{r:.0}"),
+            Value::Decimal(x) => format!("{x:.2}"),
+            Value::Us(d) => format!("{:.0}", d.as_secs_f64() * 1e6),
             Value::Never => "—".into(),
         }
     }
@@ -34,7 +43,8 @@ impl Value {
             Value::Ms(d) => Some(d.as_secs_f64() * 1e3),
             Value::Ratio(got, of) => Some(100.0 * *got as f64 / (*of).max(1) as f64),
             Value::Count(n) => Some(*n as f64),
-            Value::Rate(r) => Some(*r),
+            Value::Rate(r) | Value::Decimal(r) => Some(*r),
+            Value::Us(d) => Some(d.as_secs_f64() * 1e6),
             Value::Never => None,
         }
     }
@@ -59,6 +69,43 @@ impl Row for Join {
     }
     fn plotted(&self) -> (&'static str, Vec<&'static str>) {
         ("ms", vec!["all see all (ms)"])
+    }
+}
+
+impl Row for GossipCost {
+    fn nodes(&self) -> usize {
+        self.nodes
+    }
+    fn columns(&self) -> Vec<(&'static str, Value)> {
+        let ratio = self.cpu_sealed.as_secs_f64() / self.cpu_plain.as_secs_f64().max(1e-9);
+        vec![
+            (
+                "sealed datagrams per node per round",
+                Value::Decimal(self.datagrams),
+            ),
+            (
+                "bytes added per node per round",
+                Value::Rate(self.datagrams * SEAL_OVERHEAD as f64),
+            ),
+            (
+                "CPU in clear (µs per node per round)",
+                Value::Us(self.cpu_plain),
+            ),
+            (
+                "CPU sealed (µs per node per round)",
+                Value::Us(self.cpu_sealed),
+            ),
+            ("sealed / clear", Value::Decimal(ratio)),
+        ]
+    }
+    fn plotted(&self) -> (&'static str, Vec<&'static str>) {
+        (
+            "µs",
+            vec![
+                "CPU in clear (µs per node per round)",
+                "CPU sealed (µs per node per round)",
+            ],
+        )
     }
 }
 

@@ -156,8 +156,8 @@ struct Tracked {
 }
 
 impl Inbound for Tracked {
-    fn on_frame(&self, from: &PeerId, frame: Frame) {
-        self.inner.on_frame(from, frame);
+    fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String> {
+        self.inner.on_frame(from, frame)
     }
     fn on_peer_connected(
         &self,
