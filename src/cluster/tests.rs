@@ -10,7 +10,7 @@ use crate::{
     mesh::Mesh,
 };
 
-fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {
+pub(super) fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {
     let mut c = GossipAdapterConfig::new()
         .with_cluster_id(cluster)
         .with_node_name(name)
@@ -24,7 +24,7 @@ fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterC
     c
 }
 
-async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(super) async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
         if cond() {
