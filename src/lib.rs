@@ -87,7 +87,10 @@
 //!   versioned frames on one stream of its own connection to that peer, so two emits from
 //!   one node reach a client on another node in the order they were made. QUIC
 //!   keep-alives with a short idle timeout (the peer timeout) notice a hung peer in
-//!   seconds.
+//!   seconds. An emit never waits on one peer: frames for a peer whose bounded send queue
+//!   is full are dropped and counted ([`Cluster::frames_dropped`]), and a peer that takes
+//!   nothing for the peer timeout while staying connected is disconnected as a slow
+//!   consumer ([`Cluster::slow_peers_disconnected`]) and connected to afresh.
 //! - **Adapter** (per namespace): turns socketioxide's adapter calls into requests to the
 //!   other members, and applies the requests it receives to its local sockets, as
 //!   `socketioxide-redis` does over Redis channels.

@@ -478,8 +478,10 @@ impl Mesh {
         self.connect_with(addr, expect, inbound, self.queue()).await
     }
 
-    /// [`Mesh::connect`], writing the frames of `queue` (those queued meanwhile first). If
-    /// the connection cannot be made, what was queued is dropped (and counted).
+    /// Open an authenticated connection to the node at `addr`, and its outgoing [`Link`],
+    /// which writes the frames of `queue` (those queued while connecting first). With
+    /// `expect`, the node there must be that peer. If the connection cannot be made, what
+    /// was queued is dropped (and counted).
     pub(crate) async fn connect_with(
         &self,
         addr: SocketAddr,
