@@ -50,7 +50,7 @@ pub(crate) const CLOSE_UNUSED: u32 = 3;
 pub(crate) const CLOSE_REFUSED: u32 = 5;
 /// Close code: the peer took no byte of what was sent to it for the peer timeout while its
 /// connection stayed alive (a slow consumer, as NATS calls it).
-pub(crate) const CLOSE_SLOW: u32 = 6;
+pub(crate) const CLOSE_SLOW: u32 = 7;
 
 /// Largest [`Hello`] accepted.
 const MAX_HELLO: usize = 4096;
