@@ -90,6 +90,10 @@
 //!   seconds. On Linux a crashed peer is noticed at once: the mesh socket keeps the ICMP
 //!   *port unreachable* its datagrams to a dead process bring back (`IP_RECVERR`), and one
 //!   from exactly a peer's address closes that peer's connections as lost.
+//!   An emit never waits on one peer: frames for a peer whose bounded send queue
+//!   is full are dropped and counted ([`Cluster::frames_dropped`]), and a peer that takes
+//!   nothing for the peer timeout while staying connected is disconnected as a slow
+//!   consumer ([`Cluster::slow_peers_disconnected`]) and connected to afresh.
 //! - **Adapter** (per namespace): turns socketioxide's adapter calls into requests to the
 //!   other members, and applies the requests it receives to its local sockets, as
 //!   `socketioxide-redis` does over Redis channels.

@@ -66,11 +66,20 @@ impl Cluster {
         self.node.addrs().1
     }
 
-    /// Frames to peers this node has dropped since it started: a peer's send queue stayed
-    /// full, the peer was unreachable, or its connection closed with frames still queued.
-    /// Each drop is also logged at WARN level.
+    /// Frames to peers this node has dropped since it started: a peer's send queue was
+    /// full (an emit never waits for room), the peer was unreachable, or its connection
+    /// closed with frames still queued. Drops are logged at WARN level, at most one line a
+    /// second (with how many were held back).
     pub fn frames_dropped(&self) -> u64 {
         self.node.frames_dropped()
+    }
+
+    /// Connections to peers this node closed because the peer took nothing of what was sent
+    /// to it for the peer timeout while its connection stayed alive (a slow consumer, as
+    /// NATS calls it). Each is logged at WARN level; requests stop waiting for that peer,
+    /// and the node connects afresh when it next has something for it.
+    pub fn slow_peers_disconnected(&self) -> u64 {
+        self.node.slow_peers_disconnected()
     }
 
     /// Gossip datagrams this node sealed, opened and refused since it started (all zero in

@@ -7,6 +7,8 @@ mod pending;
 mod service;
 mod startup;
 #[cfg(test)]
+mod stuck_peer_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 mod view;
 
@@ -62,7 +64,24 @@ pub(crate) trait NamespaceHandler: Send + Sync + 'static {
     fn on_request(&self, from: &PeerId, req: wire::Request) -> Result<(), String>;
 }
 
-type LinkSlot = Arc<tokio::sync::Mutex<Option<Link>>>;
+/// This node's outgoing connection to one peer.
+#[derive(Default)]
+struct LinkSlot {
+    /// The link once made. Held by whoever connects to the peer: one attempt at a time.
+    link: Arc<tokio::sync::Mutex<Option<Link>>>,
+    /// The send queue of the connection open or being made to the peer: frames wait in it
+    /// while the connection is made. Changed only by the holder of `link`.
+    queue: Mutex<Option<mesh::Sender>>,
+}
+
+impl LinkSlot {
+    /// The send queue, if it still takes frames.
+    fn open_queue(&self) -> Option<mesh::Sender> {
+        lock(&self.queue).clone().filter(|q| !q.is_closed())
+    }
+}
+
+type OwnedGuard = tokio::sync::OwnedMutexGuard<Option<Link>>;
 
 /// Most socketioxide server ids kept for one peer: one per `SocketIo` instance it runs.
 const MAX_SERVER_IDS_PER_PEER: usize = 16;
@@ -72,6 +91,9 @@ static SERVER_ID_LOG: crate::rate_log::RateLog =
 /// Frames from peers refused for their parser, dropped: logged at most once per period.
 static REFUSED_FRAME_LOG: crate::rate_log::RateLog =
     crate::rate_log::RateLog::new(Duration::from_secs(10));
+/// Frames dropped on their way to peers (a stuck peer can cost thousands a second): logged
+/// at most once per period, node-wide.
+static DROP_LOG: crate::rate_log::RateLog = crate::rate_log::RateLog::new(Duration::from_secs(1));
 
 /// The running node, shared by the cluster handle and every namespace adapter.
 pub(crate) struct Node {
@@ -94,7 +116,7 @@ pub(crate) struct Node {
     gossip: Arc<GossipCounters>,
     /// Why this node stopped being part of the cluster on its own, if it did.
     failure: Mutex<Option<String>>,
-    links: Mutex<HashMap<PeerId, LinkSlot>>,
+    links: Mutex<HashMap<PeerId, Arc<LinkSlot>>>,
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
     /// Cluster-wide services, by name.
     services: RwLock<HashMap<String, Weak<dyn service::ServiceHandler>>>,
@@ -458,9 +480,12 @@ impl Node {
         pending
     }
 
-    /// Send a frame to each of `targets`, in parallel; in order per peer. A frame that
-    /// cannot be delivered is logged; pending requests stop waiting for that peer. A
-    /// `volatile` frame is dropped (and logged) rather than waiting for a full queue.
+    /// Queue a frame for each of `targets`, in order per peer, without waiting on any of
+    /// them (the returned future is ready at its first poll): a peer whose send queue is
+    /// full, or to which no connection can be started, does not get it (the drop is counted
+    /// and logged at a bounded rate) and the others get theirs at once. A frame for a peer
+    /// being connected to waits in its queue until the connection is made. A request whose
+    /// frame could not be queued for a peer stops waiting for that peer at once.
     pub(crate) async fn send(
         &self,
         targets: &[PeerId],
@@ -471,64 +496,45 @@ impl Node {
             return Ok(());
         }
         let bytes = self.encode(frame)?;
-        // Fast path, without waiting: an open link with room in its queue takes the frame
-        // at once. Anything else (no link yet, queue full, closed) takes the slow path.
-        let slow: Vec<&PeerId> = targets
-            .iter()
-            .filter(|peer| {
-                self.open_link(peer)
-                    .is_none_or(|link| link.try_send(bytes.clone()).is_err())
-            })
-            .collect();
-        if !slow.is_empty() {
-            let sends = slow
-                .into_iter()
-                .map(|peer| self.send_to(peer, bytes.clone(), volatile));
-            futures_util::future::join_all(sends).await;
+        for peer in targets {
+            // No wait: no await point is reached.
+            if let Err(why) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await {
+                self.frame_dropped(peer, volatile, &why);
+                if let Some(id) = awaited(frame)
+                    && let Some(entry) = lock(&self.pending).get_mut(&id)
+                {
+                    entry.peer_gone(peer);
+                }
+            }
         }
         Ok(())
     }
 
-    /// The outgoing link to `peer` if it is open and nobody is replacing it right now.
-    fn open_link(&self, peer: &PeerId) -> Option<Link> {
-        let slot = lock(&self.links).get(peer)?.clone();
-        let slot = slot.try_lock().ok()?;
-        slot.as_ref().filter(|l| l.is_open()).cloned()
+    /// Queue an encoded frame for `peer`, waiting at most `wait` for room in its queue (not
+    /// at all with zero); never waiting on a connection being made.
+    async fn queue_frame(&self, peer: &PeerId, frame: Bytes, wait: Duration) -> Result<(), String> {
+        // One retry: a queue found closed (its connection just closed) is replaced.
+        for _ in 0..2 {
+            let queue = self.queue_for(peer)?;
+            let queued = if wait.is_zero() {
+                queue.try_send(frame.clone())
+            } else {
+                queue.send(frame.clone(), wait).await
+            };
+            match queued {
+                Ok(()) => return Ok(()),
+                Err(mesh::SendError::Full) => return Err("the peer's send queue is full".into()),
+                Err(mesh::SendError::Closed) => {}
+            }
+        }
+        Err("connection closed".into())
     }
 
-    async fn send_to(&self, peer: &PeerId, frame: Bytes, volatile: bool) {
-        // One retry: a link found closed is replaced by a new connection.
-        for attempt in 0..2 {
-            let link = match self.link(peer).await {
-                Ok(link) => link,
-                Err(reason) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "frame dropped, peer unreachable: {reason}");
-                    self.stop_waiting_for(peer);
-                    return;
-                }
-            };
-            let res = if volatile {
-                link.try_send(frame.clone())
-            } else {
-                link.send(frame.clone(), self.request_timeout).await
-            };
-            match res {
-                Ok(()) => return,
-                Err(mesh::SendError::Full) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, volatile, "frame dropped: the peer's send queue is full");
-                    return;
-                }
-                Err(mesh::SendError::Closed) if attempt == 0 => {
-                    self.drop_link(peer);
-                }
-                Err(mesh::SendError::Closed) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "frame dropped: connection closed");
-                    self.stop_waiting_for(peer);
-                }
-            }
+    /// Count and log (at a bounded rate) a frame for `peer` given up on.
+    fn frame_dropped(&self, peer: &PeerId, volatile: bool, why: &str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(held_back) = DROP_LOG.allow() {
+            tracing::warn!(%peer, volatile, held_back, "frame dropped: {why}");
         }
     }
 
@@ -546,9 +552,14 @@ impl Node {
     }
 
     /// Frames to peers dropped since the node started: given up on before reaching the mesh,
-    /// or still queued when a connection closed.
+    /// or still queued when a connection closed or could not be made.
     pub(crate) fn frames_dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed) + self.mesh.frames_dropped()
+    }
+
+    /// Outgoing connections closed because their peer took nothing for the peer timeout.
+    pub(crate) fn slow_peers_disconnected(&self) -> u64 {
+        self.mesh.slow_peers_disconnected()
     }
 
     /// Send a response from a task of its own (the caller does not wait).
@@ -558,52 +569,132 @@ impl Node {
         tokio::spawn(async move { node.respond(&to, Response { id, body }).await });
     }
 
-    /// Send a response to the node that made a request.
+    /// Send a response to the node that made a request. Waits for room in the requester's
+    /// send queue (at most the request timeout, so that a burst of acks loses none), never
+    /// on a connection being made; a requester that takes nothing is disconnected after the
+    /// peer timeout, which ends the wait.
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
-        match self.encode(&Frame::Response(response)) {
-            Ok(bytes) => self.send_to(to, bytes, false).await,
-            Err(e) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %to, "response dropped, cannot encode it: {e}");
-            }
+        let queued = match self.encode(&Frame::Response(response)) {
+            Ok(bytes) => self.queue_frame(to, bytes, self.request_timeout).await,
+            Err(e) => Err(format!("cannot encode it: {e}")),
+        };
+        if let Err(why) = queued {
+            self.frame_dropped(to, false, &format!("response: {why}"));
         }
     }
 
-    /// The outgoing link to `peer`, connecting if needed.
+    /// The slot of the outgoing connection to `peer`.
+    fn slot(&self, peer: &PeerId) -> Arc<LinkSlot> {
+        lock(&self.links).entry(peer.clone()).or_default().clone()
+    }
+
+    /// The send queue of the connection to `peer`, open or being made; if there is none, a
+    /// new one, whose connection is made in the background. Never waits.
+    fn queue_for(&self, peer: &PeerId) -> Result<mesh::Sender, String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("this node is shutting down".into());
+        }
+        let slot = self.slot(peer);
+        if let Some(queue) = slot.open_queue() {
+            return Ok(queue);
+        }
+        let guard = slot
+            .link
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| "its connection is being replaced".to_string())?;
+        // A connection may have been made since the first look.
+        if let Some(queue) = slot.open_queue() {
+            return Ok(queue);
+        }
+        let node = self.weak().upgrade().ok_or("this node is stopping")?;
+        let (addr, queue) = self.new_queue(peer, &slot)?;
+        let sender = queue.0.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = node.connect(&peer, &slot, guard, addr, queue).await {
+                // The frames queued meanwhile are counted by their queue.
+                if let Some(held_back) = DROP_LOG.allow() {
+                    tracing::warn!(%peer, held_back, "frames queued for a peer dropped, cannot connect: {reason}");
+                }
+                node.stop_waiting_for(&peer);
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The outgoing link to `peer`, connecting if needed (after a connection being made by
+    /// another caller, if any).
     async fn link(&self, peer: &PeerId) -> Result<Link, String> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err("this node is shutting down".into());
         }
-        let slot = lock(&self.links).entry(peer.clone()).or_default().clone();
-        let mut slot = slot.lock().await;
-        if let Some(link) = slot.as_ref().filter(|l| l.is_open()) {
+        let slot = self.slot(peer);
+        let guard = slot.link.clone().lock_owned().await;
+        if let Some(link) = guard.as_ref().filter(|l| l.is_open()) {
             return Ok(link.clone());
         }
+        let (addr, queue) = self.new_queue(peer, &slot)?;
+        self.connect(peer, &slot, guard, addr, queue).await
+    }
+
+    /// A send queue for a new connection to `peer`, put in its slot (whose link the caller
+    /// holds), and where to connect.
+    fn new_queue(
+        &self,
+        peer: &PeerId,
+        slot: &LinkSlot,
+    ) -> Result<(SocketAddr, (mesh::Sender, mesh::Queue)), String> {
         let addr = read(&self.view)
             .mesh_addr(peer)
             .ok_or_else(|| "no known mesh address".to_string())?;
+        let queue = self.mesh.queue();
+        *lock(&slot.queue) = Some(queue.0.clone());
+        Ok((addr, queue))
+    }
+
+    /// Connect to `peer` at `addr`, writing `queue` on the connection; the link goes in the
+    /// slot (held as `guard`) once admitted. On failure what was queued is dropped.
+    async fn connect(
+        &self,
+        peer: &PeerId,
+        slot: &LinkSlot,
+        mut guard: OwnedGuard,
+        addr: SocketAddr,
+        queue: (mesh::Sender, mesh::Queue),
+    ) -> Result<Link, String> {
         let inbound = Arc::new(WeakInbound(self.weak()));
         // Connecting to a member that died can take the whole connect timeout; stop as soon
-        // as the member is known gone, so that nothing (a request, the next frames to other
-        // peers) waits on it any longer.
+        // as the member is known gone, so that nothing (a request) waits on it any longer.
         let left = self.left(peer);
-        let (_, link) = tokio::select! {
-            connected = self.mesh.connect(addr, Some(peer), inbound) => {
-                connected.map_err(|e| e.to_string())?
+        let connected = tokio::select! {
+            connected = self.mesh.connect_with(addr, Some(peer), inbound, queue) => {
+                connected.map_err(|e| e.to_string())
             }
-            () = left => return Err("it is no longer a member".into()),
+            () = left => Err("it is no longer a member".into()),
         };
-        self.admit(peer, link.id(), link.addrs()).inspect_err(|_| {
-            link.close(mesh::CLOSE_REFUSED, b"refused");
-        })?;
-        if !link.is_open() {
-            // Closed before it was admitted: its close notice may have come first.
-            self.change_view("its connection closed", |v| v.closed(peer, link.id()));
-            return Err("the connection closed at once".into());
+        let admitted = connected.and_then(|(_, link)| {
+            self.admit(peer, link.id(), link.addrs()).inspect_err(|_| {
+                link.close(mesh::CLOSE_REFUSED, b"refused");
+            })?;
+            if !link.is_open() {
+                // Closed before it was admitted: its close notice may have come first.
+                self.change_view("its connection closed", |v| v.closed(peer, link.id()));
+                return Err("the connection closed at once".to_string());
+            }
+            Ok(link)
+        });
+        match admitted {
+            Ok(link) => {
+                tracing::debug!(%peer, %addr, "mesh link up");
+                *guard = Some(link.clone());
+                Ok(link)
+            }
+            Err(reason) => {
+                *lock(&slot.queue) = None;
+                Err(reason)
+            }
         }
-        tracing::debug!(%peer, %addr, "mesh link up");
-        *slot = Some(link.clone());
-        Ok(link)
     }
 
     /// Resolves when `peer`, a member now, stops being one; never, if it is not one now (a
@@ -633,7 +724,7 @@ impl Node {
 
     fn drop_link(&self, peer: &PeerId) {
         if let Some(slot) = lock(&self.links).remove(peer)
-            && let Ok(slot) = slot.try_lock()
+            && let Ok(slot) = slot.link.try_lock()
             && let Some(link) = slot.as_ref()
         {
             link.close(mesh::CLOSE_UNUSED, b"replaced");
@@ -757,11 +848,13 @@ impl Node {
             // A slot in use is a connect under way: leave it, or a second connection to the
             // same peer would follow (and be refused there as a duplicate).
             let mut links = lock(&self.links);
-            let idle = links.get(peer).is_some_and(|slot| slot.try_lock().is_ok());
+            let idle = links
+                .get(peer)
+                .is_some_and(|slot| slot.link.try_lock().is_ok());
             if idle && let Some(slot) = links.remove(peer) {
                 drop(links);
                 tracing::debug!(%peer, "forgetting a peer no longer known");
-                if let Ok(slot) = slot.try_lock()
+                if let Ok(slot) = slot.link.try_lock()
                     && let Some(link) = slot.as_ref()
                 {
                     link.close(mesh::CLOSE_UNUSED, b"forgotten");
@@ -791,6 +884,18 @@ impl Node {
             }
             quinn::ConnectionError::LocallyClosed => {
                 "this node closed its last connection to it".to_string()
+            }
+            quinn::ConnectionError::ApplicationClosed(c)
+                if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_SLOW) =>
+            {
+                // What was queued on it is lost: no request waits for an answer to it.
+                self.stop_waiting_for(peer);
+                if conn.incoming {
+                    "it closed its connection: this node took nothing for the peer timeout"
+                } else {
+                    "this node closed its connection: it took nothing for the peer timeout"
+                }
+                .to_string()
             }
             other => {
                 tracing::warn!(node = %self.me, %peer, "mesh connection lost: {other}");
@@ -1027,10 +1132,10 @@ impl Node {
             .gossip_now(members.iter().map(|m| m.gossip_addr));
         if let Ok(bytes) = wire::encode(&Frame::Leave) {
             let links: Vec<Link> = {
-                let slots: Vec<LinkSlot> = lock(&self.links).values().cloned().collect();
+                let slots: Vec<Arc<LinkSlot>> = lock(&self.links).values().cloned().collect();
                 let mut links = Vec::new();
                 for slot in slots {
-                    if let Some(l) = slot.lock().await.as_ref() {
+                    if let Some(l) = slot.link.lock().await.as_ref() {
                         links.push(l.clone());
                     }
                 }
@@ -1053,6 +1158,15 @@ impl Drop for Node {
         // Every handle is gone: stop serving peers and gossiping.
         self.mesh.close_now(mesh::CLOSE_LEAVING, b"dropped");
         self.membership.shutdown();
+    }
+}
+
+/// The request that waits for an answer to `frame`, if any.
+fn awaited(frame: &Frame) -> Option<Id> {
+    match frame {
+        Frame::Request(req) if req.kind.expects_response() => Some(req.id),
+        Frame::Service(service) => service.confirm,
+        _ => None,
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) const CLOSE_UNUSED: u32 = 3;
 /// Close code: the peer proved the secret, but the node does not admit it (see
 /// [`Inbound::on_peer_connected`]).
 pub(crate) const CLOSE_REFUSED: u32 = 5;
+/// Close code: the peer took no byte of what was sent to it for the peer timeout while its
+/// connection stayed alive (a slow consumer, as NATS calls it).
+pub(crate) const CLOSE_SLOW: u32 = 7;
 
 /// Largest [`Hello`] accepted.
 const MAX_HELLO: usize = 4096;
@@ -126,7 +129,9 @@ pub(crate) trait Inbound: Send + Sync + 'static {
         addrs: PeerAddrs,
     ) -> Result<(), String>;
     /// Connection `conn` to or from `peer` closed. Called once for every connection that
-    /// was admitted (incoming) or handed out as a [`Link`] (outgoing).
+    /// was admitted (incoming) or handed out as a [`Link`] (outgoing). A link this node
+    /// closed because its peer took nothing for the peer timeout reports an application
+    /// close with [`CLOSE_SLOW`].
     fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError);
 }
 
@@ -179,8 +184,8 @@ pub(crate) struct Mesh {
     max_frame_size: usize,
     peer_timeout: Duration,
     queue: usize,
-    /// Frames left in a send queue when its connection closed.
-    dropped: Arc<AtomicU64>,
+    /// Frames given up on in send queues, and links closed as slow consumers.
+    counters: Arc<Counters>,
     /// Numbers the connections.
     next_conn: AtomicU64,
     /// Incoming connections that have not proved anything yet.
@@ -281,7 +286,7 @@ impl Mesh {
             max_frame_size,
             peer_timeout,
             queue,
-            dropped: Arc::default(),
+            counters: Arc::default(),
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
             ca_mode: ca.is_some(),
@@ -301,9 +306,26 @@ impl Mesh {
         };
     }
 
-    /// Frames that were still queued for a peer when its connection closed.
+    /// Frames that were still queued for a peer when its connection closed or could not be
+    /// made.
     pub(crate) fn frames_dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Outgoing links closed because their peer took nothing for the peer timeout.
+    pub(crate) fn slow_peers_disconnected(&self) -> u64 {
+        self.counters.slow.load(Ordering::Relaxed)
+    }
+
+    /// A new send queue for an outgoing connection, to hand to [`Mesh::connect_with`]:
+    /// frames may be queued in it while the connection is made.
+    pub(crate) fn queue(&self) -> (Sender, Queue) {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let queue = Queue {
+            rx,
+            counters: self.counters.clone(),
+        };
+        (Sender(tx), queue)
     }
 
     /// The bound address.
@@ -478,11 +500,26 @@ impl Mesh {
 
     /// Open an authenticated connection to the node at `addr`, and its outgoing [`Link`].
     /// With `expect`, the node there must be that peer.
+    #[cfg(test)]
     pub(crate) async fn connect(
         &self,
         addr: SocketAddr,
         expect: Option<&PeerId>,
         inbound: Arc<dyn Inbound>,
+    ) -> Result<(PeerId, Link), MeshError> {
+        self.connect_with(addr, expect, inbound, self.queue()).await
+    }
+
+    /// Open an authenticated connection to the node at `addr`, and its outgoing [`Link`],
+    /// which writes the frames of `queue` (those queued while connecting first). With
+    /// `expect`, the node there must be that peer. If the connection cannot be made, what
+    /// was queued is dropped (and counted).
+    pub(crate) async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        expect: Option<&PeerId>,
+        inbound: Arc<dyn Inbound>,
+        (tx, queue): (Sender, Queue),
     ) -> Result<(PeerId, Link), MeshError> {
         let fail = |reason: String| MeshError::Connect { addr, reason };
         let conn = tokio::time::timeout(self.peer_timeout, async {
@@ -538,20 +575,19 @@ impl Mesh {
             return Err(fail(format!("expected {expect}, found {peer}")));
         }
         let stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(self.queue);
         let id = ConnId {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             incoming: false,
         };
         let inbound = self.links.track(id, &peer, &conn, inbound);
         tokio::spawn(write_frames(
-            self.dropped.clone(),
             conn.clone(),
             id,
             stream,
-            rx,
+            queue,
             peer.clone(),
             inbound,
+            self.peer_timeout,
         ));
         Ok((
             peer,
@@ -631,7 +667,68 @@ pub(crate) struct Link {
     conn: Connection,
     id: ConnId,
     addrs: PeerAddrs,
-    tx: mpsc::Sender<Bytes>,
+    tx: Sender,
+}
+
+/// What the mesh counts of its send queues.
+#[derive(Default)]
+struct Counters {
+    /// Frames left in a send queue when it went (its connection closed, or was never made).
+    dropped: AtomicU64,
+    /// Links closed because their peer took nothing for the peer timeout.
+    slow: AtomicU64,
+}
+
+/// The receiving end of a send queue (see [`Mesh::queue`]). The frames still in it when it
+/// is dropped are counted as dropped.
+pub(crate) struct Queue {
+    rx: mpsc::Receiver<Bytes>,
+    counters: Arc<Counters>,
+}
+
+impl Queue {
+    /// Take no more frames; how many are still queued.
+    fn close(&mut self) -> usize {
+        self.rx.close();
+        self.rx.len()
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let left = self.close();
+        self.counters
+            .dropped
+            .fetch_add(left as u64, Ordering::Relaxed);
+    }
+}
+
+/// Queues frames for one outgoing connection, open or being made.
+#[derive(Clone)]
+pub(crate) struct Sender(mpsc::Sender<Bytes>);
+
+impl Sender {
+    /// Queue an encoded frame, waiting at most `wait` for room.
+    pub(crate) async fn send(&self, frame: Bytes, wait: Duration) -> Result<(), SendError> {
+        match self.0.send_timeout(frame, wait).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::Full),
+        }
+    }
+
+    /// Queue an encoded frame if there is room now.
+    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
+        self.0.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+        })
+    }
+
+    /// Whether the queue takes no more frames (its connection closed or was never made).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
 }
 
 /// Why a frame was not queued.
@@ -648,19 +745,7 @@ pub(crate) enum SendError {
 impl Link {
     /// Queue an encoded frame, waiting at most `wait` for room.
     pub(crate) async fn send(&self, frame: Bytes, wait: Duration) -> Result<(), SendError> {
-        match self.tx.send_timeout(frame, wait).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::Full),
-        }
-    }
-
-    /// Queue an encoded frame if there is room now.
-    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-        })
+        self.tx.send(frame, wait).await
     }
 
     /// Which connection this is.
@@ -691,21 +776,25 @@ const YIELD_EVERY: u32 = 16;
 /// Most frames handed to quinn in one write.
 const WRITE_BATCH: usize = 64;
 
+/// Write the frames queued for `peer` until the connection closes or the link is dropped.
+/// A peer that takes no byte for `stall` while frames wait for it (its reader is stuck,
+/// its connection alive) is disconnected as a slow consumer ([`CLOSE_SLOW`]), so that
+/// nothing waits on it; the node connects afresh when it next has something for it.
 async fn write_frames(
-    dropped_count: Arc<AtomicU64>,
     conn: Connection,
     id: ConnId,
     mut stream: quinn::SendStream,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut queue: Queue,
     peer: PeerId,
     inbound: Arc<dyn Inbound>,
+    stall: Duration,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
             // Everything queued goes in one write: quinn packs the frames into as few
             // packets as fit, and takes the buffers without copying them.
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+            n = queue.rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
                     // Link dropped: nothing more to send; the connection goes with it.
                     let _ = stream.finish();
@@ -713,30 +802,78 @@ async fn write_frames(
                     inbound.on_connection_closed(&peer, id, &quinn::ConnectionError::LocallyClosed);
                     return;
                 }
-                if let Err(e) = stream.write_all_chunks(&mut batch).await {
-                    // Written frames are left empty; the rest of the batch and the queue are lost.
-                    let dropped = batch.iter().filter(|f| !f.is_empty()).count() + rx.len();
-                    dropped_count.fetch_add(dropped as u64, Ordering::Relaxed);
-                    tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
-                    conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
-                    let reason = conn.closed().await;
-                    inbound.on_connection_closed(&peer, id, &reason);
-                    return;
-                }
-                batch.clear();
+                let Err(failure) = write_all(&mut stream, &mut batch, stall).await else {
+                    batch.clear();
+                    continue;
+                };
+                // Written frames are left empty; the rest of the batch and the queue are
+                // lost (the queue counts its own when dropped).
+                let unwritten = batch.iter().filter(|f| !f.is_empty()).count();
+                queue.counters.dropped.fetch_add(unwritten as u64, Ordering::Relaxed);
+                let dropped = unwritten + queue.close();
+                let reason = match failure {
+                    WriteFailure::Stalled => {
+                        queue.counters.slow.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            %peer, dropped, peer_timeout = ?stall,
+                            "mesh peer took nothing for the peer timeout: disconnected as a slow consumer"
+                        );
+                        conn.close(VarInt::from_u32(CLOSE_SLOW), b"slow consumer");
+                        quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                            error_code: VarInt::from_u32(CLOSE_SLOW),
+                            reason: Bytes::from_static(b"slow consumer"),
+                        })
+                    }
+                    WriteFailure::Error(e) => {
+                        tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
+                        conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
+                        conn.closed().await
+                    }
+                };
+                inbound.on_connection_closed(&peer, id, &reason);
+                return;
             }
             reason = conn.closed() => {
-                let dropped = rx.len();
+                let dropped = queue.close();
                 if dropped > 0 {
-                    dropped_count.fetch_add(dropped as u64, Ordering::Relaxed);
                     tracing::warn!(%peer, dropped, "mesh link closed with frames still queued: {reason}");
                 }
-                rx.close();
                 inbound.on_connection_closed(&peer, id, &reason);
                 return;
             }
         }
     }
+}
+
+/// Why a batch was not written.
+enum WriteFailure {
+    /// The stream took no byte for the whole stall limit.
+    Stalled,
+    /// The stream or its connection failed.
+    Error(quinn::WriteError),
+}
+
+/// Write every frame of `batch`, failing when the stream takes no byte for `stall`. Written
+/// frames are left empty.
+async fn write_all(
+    stream: &mut quinn::SendStream,
+    batch: &mut [Bytes],
+    stall: Duration,
+) -> Result<(), WriteFailure> {
+    let mut next = 0;
+    // Each round writes at least one byte (or fails): the batch bounds the rounds.
+    while next < batch.len() {
+        if batch[next].is_empty() {
+            next += 1;
+            continue;
+        }
+        match tokio::time::timeout(stall, stream.write_chunks(&mut batch[next..])).await {
+            Ok(Ok(written)) => next += written.chunks,
+            Ok(Err(e)) => return Err(WriteFailure::Error(e)),
+            Err(_) => return Err(WriteFailure::Stalled),
+        }
+    }
+    Ok(())
 }
 
 async fn read_frames(
