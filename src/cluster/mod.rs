@@ -698,7 +698,9 @@ impl Node {
     }
 
     /// Resolves when `peer`, a member now, stops being one; never, if it is not one now (a
-    /// peer still proving the secret is bounded by the connect timeout instead).
+    /// peer still proving the secret is bounded by the connect timeout instead). A member
+    /// refused for its parser stays connected, to hear this node's metadata: that is not
+    /// leaving.
     async fn left(&self, peer: &PeerId) {
         let mut events = self.events.subscribe();
         if !read(&self.view).is_member(peer) {
@@ -706,7 +708,11 @@ impl Node {
         }
         loop {
             match events.recv().await {
-                Ok(MembershipEvent::Left(m)) if m.peer_id() == *peer => return,
+                Ok(MembershipEvent::Left(m))
+                    if m.peer_id() == *peer && !read(&self.view).is_refused(peer) =>
+                {
+                    return;
+                }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     if !read(&self.view).is_member(peer) {
