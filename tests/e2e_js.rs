@@ -33,7 +33,7 @@ mod external;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use external::{build_example, js_setup, run_node};
+use external::{build_example, js_setup, ready_lines, run_node};
 
 /// The suites share the machine's two cores and the example binary: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -149,19 +149,7 @@ fn run_example(bin: &PathBuf, env: &[(&str, &str)]) -> (Option<ExitStatus>, Stri
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("example starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.starts_with("READY") {
-                let _ = tx.send(());
-            }
-        }
-    });
+    let rx = ready_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if rx.try_recv().is_ok() {

@@ -312,6 +312,24 @@ pub fn free_udp_port() -> SocketAddr {
         .expect("free UDP port")
 }
 
+/// The `READY <port>` lines of `child`'s piped stdout, as they come: the port, if it
+/// parses.
+pub fn ready_lines(child: &mut Child) -> std::sync::mpsc::Receiver<Option<u16>> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(port) = line.strip_prefix("READY") {
+                let _ = tx.send(port.trim().parse::<u16>().ok());
+            }
+        }
+    });
+    rx
+}
+
 /// Starts the `cluster_node` example in a process group of its own, with `env` on top of
 /// `PORT=0` and `NO_COLOR=1`, its stderr written to `log`, and waits (at most a minute) for
 /// its `READY <port>` line: the process and its HTTP address.
@@ -327,18 +345,7 @@ pub fn start_cluster_node(env: &[(&str, String)], log: &Path) -> (Spawned, Socke
         .stderr(std::fs::File::create(log).expect("log file"));
     own_group(&mut cmd);
     let mut child = cmd.spawn().expect("cluster_node starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(port) = line.strip_prefix("READY ") {
-                let _ = tx.send(port.trim().parse::<u16>().ok());
-            }
-        }
-    });
+    let rx = ready_lines(&mut child);
     let child = Spawned(child);
     let port = rx
         .recv_timeout(Duration::from_secs(60))
