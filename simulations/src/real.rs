@@ -113,9 +113,23 @@ fn form_with(
     let first = spawn(0, None, timings, gossip)?;
     let seed = first.gossip;
     let start = Instant::now();
+    // The others start together, each on a thread of its own: a node's constructor returns
+    // once it has joined.
+    let others: Vec<anyhow::Result<RealNode>> = std::thread::scope(|s| {
+        let started: Vec<_> = (1..n)
+            .map(|i| s.spawn(move || spawn(i, Some(seed), timings, gossip)))
+            .collect();
+        started
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a node panicked while starting")))
+            })
+            .collect()
+    });
     let mut nodes = vec![first];
-    for i in 1..n {
-        nodes.push(spawn(i, Some(seed), timings, gossip)?);
+    for node in others {
+        nodes.push(node?);
     }
     let refs: Vec<&RealNode> = nodes.iter().collect();
     wait(FORM_LIMIT, || sees_exactly(&refs))
@@ -230,14 +244,19 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
     })
 }
 
-/// What sealing gossip costs an idle cluster of `nodes`: sealed datagrams per node and
-/// gossip round (each carries [`SEAL_OVERHEAD`] bytes more than in clear), and this
-/// process's CPU time per node and round with gossip in clear and sealed, measured one after
-/// the other in the same run.
+/// What sealing gossip costs a cluster of `nodes`: the time until all see all once all but
+/// the first start together (each derives its keys, then joins), then,
+/// idle, the sealed datagrams per node and gossip round (each carries [`SEAL_OVERHEAD`]
+/// bytes more than in clear) and this process's CPU time per node and round; with gossip in
+/// clear and sealed, measured one after the other in the same run.
 #[derive(Debug, Clone)]
 pub struct GossipCost {
     /// Nodes in the run.
     pub nodes: usize,
+    /// Until all see all, with gossip in clear.
+    pub join_plain: Duration,
+    /// Until all see all, with gossip sealed.
+    pub join_sealed: Duration,
     /// Sealed datagrams sent, per node and gossip round.
     pub datagrams: f64,
     /// CPU time per node and round with gossip in clear.
@@ -257,8 +276,8 @@ const COST_WINDOW: Duration = Duration::from_secs(10);
 pub fn gossip_cost(n: usize, timings: Timings) -> anyhow::Result<GossipCost> {
     let rounds = COST_WINDOW.as_secs_f64() / timings.gossip_interval.as_secs_f64();
     let per_node_round = |cpu: Duration| cpu.div_f64(rounds * n as f64);
-    let measure = |gossip| -> anyhow::Result<(Duration, u64)> {
-        let (nodes, _) = form_with(n, timings, gossip)?;
+    let measure = |gossip| -> anyhow::Result<(Duration, Duration, u64)> {
+        let (nodes, joined) = form_with(n, timings, gossip)?;
         // Let the joins settle: the window holds steady-state gossip only.
         std::thread::sleep(Duration::from_secs(2));
         let sealed = || -> u64 {
@@ -273,12 +292,14 @@ pub fn gossip_cost(n: usize, timings: Timings) -> anyhow::Result<GossipCost> {
         for node in nodes {
             node.kill();
         }
-        Ok((cpu, datagrams))
+        Ok((joined, cpu, datagrams))
     };
-    let (cpu_plain, _) = measure(Gossip::Plain)?;
-    let (cpu_sealed, datagrams) = measure(Gossip::Sealed)?;
+    let (join_plain, cpu_plain, _) = measure(Gossip::Plain)?;
+    let (join_sealed, cpu_sealed, datagrams) = measure(Gossip::Sealed)?;
     Ok(GossipCost {
         nodes: n,
+        join_plain,
+        join_sealed,
         datagrams: datagrams as f64 / (rounds * n as f64),
         cpu_plain: per_node_round(cpu_plain),
         cpu_sealed: per_node_round(cpu_sealed),

@@ -79,6 +79,8 @@ impl Row for GossipCost {
     fn columns(&self) -> Vec<(&'static str, Value)> {
         let ratio = self.cpu_sealed.as_secs_f64() / self.cpu_plain.as_secs_f64().max(1e-9);
         vec![
+            ("all see all, in clear (ms)", Value::Ms(self.join_plain)),
+            ("all see all, sealed (ms)", Value::Ms(self.join_sealed)),
             (
                 "sealed datagrams per node per round",
                 Value::Decimal(self.datagrams),
