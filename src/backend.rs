@@ -118,7 +118,7 @@ impl ClusterAdapterCtr {
         config: crate::redis::RedisAdapterConfig,
         tls: crate::redis::RedisTls,
     ) -> Result<Self, Error> {
-        check_redis_ranges(&config)?;
+        crate::redis::check_ranges(&config)?;
         crate::redis::connect_with_handle(url, config, &tls)
             .await
             .map(|(ctr, handle)| Self::Redis(ctr, handle))
@@ -177,17 +177,6 @@ impl ClusterAdapterCtr {
             ),
         }
     }
-}
-
-/// Refuse a numeric setting of the Redis backend outside the range that works.
-#[cfg(feature = "redis")]
-fn check_redis_ranges(config: &crate::redis::RedisAdapterConfig) -> Result<(), Error> {
-    use crate::ranges;
-    const B: &str = "RedisAdapterConfig";
-    ranges::REQUEST_TIMEOUT.check(B, config.request_timeout)?;
-    ranges::ACK_RESPONSE_BUFFER.check(B, config.ack_response_buffer)?;
-    ranges::STREAM_BUFFER.check(B, config.stream_buffer)?;
-    Ok(())
 }
 
 fn is_redis_url(s: &str) -> bool {
@@ -481,7 +470,7 @@ mod tests {
     fn redis_numbers_outside_their_range_name_the_method() {
         use crate::redis::RedisAdapterConfig;
         let good = RedisAdapterConfig::new();
-        check_redis_ranges(&good).expect("the defaults are in range");
+        crate::redis::check_ranges(&good).expect("the defaults are in range");
         let cases = [
             (
                 RedisAdapterConfig {
@@ -506,7 +495,7 @@ mod tests {
             ),
         ];
         for (config, name) in cases {
-            let e = check_redis_ranges(&config).unwrap_err().to_string();
+            let e = crate::redis::check_ranges(&config).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains("allowed range"), "{e}");
         }
     }

@@ -235,9 +235,27 @@ impl RedisDriver {
     }
 }
 
+/// Refuse a numeric setting of the Redis backend outside the range that works.
+pub(crate) fn check_ranges(config: &RedisAdapterConfig) -> Result<(), crate::error::ConfigError> {
+    use crate::ranges;
+    const B: &str = "RedisAdapterConfig";
+    ranges::REQUEST_TIMEOUT.check(B, config.request_timeout)?;
+    ranges::ACK_RESPONSE_BUFFER.check(B, config.ack_response_buffer)?;
+    ranges::STREAM_BUFFER.check(B, config.stream_buffer)?;
+    Ok(())
+}
+
 /// Build the Redis adapter constructor: connect, then wrap in socketioxide-redis's
-/// constructor with `config`.
+/// constructor with `config`. A number of `config` outside its range (see the README's
+/// configuration table) is refused before connecting, with an error naming the setting.
 pub async fn connect(url: &str, config: RedisAdapterConfig) -> Result<RedisAdapterCtr, RedisError> {
+    check_ranges(&config).map_err(|e| {
+        RedisError(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "setting out of range",
+            e.to_string(),
+        )))
+    })?;
     connect_with_handle(url, config, &RedisTls::default())
         .await
         .map(|(ctr, _)| ctr)
@@ -458,6 +476,23 @@ impl Driver for RedisDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connect_refuses_a_setting_out_of_range_before_connecting() {
+        // Nothing listens on port 1: an error naming the setting shows none was tried.
+        let config = RedisAdapterConfig {
+            stream_buffer: 0,
+            ..RedisAdapterConfig::new()
+        };
+        let e = match connect("redis://127.0.0.1:1", config).await {
+            Ok(_) => panic!("a stream buffer of 0 was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("RedisAdapterConfig::with_stream_buffer") && e.contains("allowed range"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn resp3_is_requested_unless_set() {
