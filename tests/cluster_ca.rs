@@ -129,27 +129,41 @@ fn ca_config(
         .with_tls_ca(&files.ca, &files.cert, &files.key)
 }
 
-/// Three CA-mode nodes "a", "b", "c" of cluster `id`, formed.
-async fn ca_cluster(id: &str, pki: &Pki, ca: &Ca) -> [TestNode; 3] {
-    let a = start_gossip(ca_config(id, "a", &pki.node(ca, "a", "a"), None)).await;
-    let seed = Some(a.cluster().gossip_addr());
-    let b = start_gossip(ca_config(id, "b", &pki.node(ca, "b", "b"), seed)).await;
-    let c = start_gossip(ca_config(id, "c", &pki.node(ca, "c", "c"), seed)).await;
-    let nodes = [a, b, c];
+/// CA-mode nodes of cluster `id`, each with a certificate of `ca` giving its name, the
+/// first the seed of the others; formed: each sees exactly the others.
+async fn ca_cluster<const N: usize>(
+    id: &str,
+    pki: &Pki,
+    ca: &Ca,
+    named: [&str; N],
+) -> [TestNode; N] {
+    let mut nodes = Vec::with_capacity(N);
+    let mut seed = None;
+    for name in named {
+        let node = start_gossip(ca_config(id, name, &pki.node(ca, name, name), seed)).await;
+        seed = seed.or(Some(node.cluster().gossip_addr()));
+        nodes.push(node);
+    }
+    let sees_the_others = |node: &TestNode, me: &str| {
+        let mut have = names(node);
+        have.sort();
+        let mut want: Vec<&str> = named.iter().filter(|n| **n != me).copied().collect();
+        want.sort();
+        have == want
+    };
     assert!(
-        wait_until(Duration::from_secs(20), || nodes.iter().all(|n| n
-            .cluster()
-            .members()
-            .len()
-            == 2))
-        .await,
-        "the three CA-mode nodes did not form a cluster: {:?}",
-        nodes
+        wait_until(Duration::from_secs(20), || nodes
             .iter()
-            .map(|n| n.cluster().members().len())
-            .collect::<Vec<_>>()
+            .zip(named)
+            .all(|(n, me)| sees_the_others(n, me)))
+        .await,
+        "the CA-mode nodes {named:?} did not form a cluster: {:?}",
+        nodes.iter().map(names).collect::<Vec<_>>()
     );
     nodes
+        .try_into()
+        .map_err(|_| ())
+        .expect("as many nodes as names")
 }
 
 /// The node `name` stays out of the cluster of `members` for several gossip rounds, and the
@@ -183,7 +197,7 @@ async fn nodes_with_certificates_of_the_cluster_ca_form_a_cluster_and_broadcast(
     let pki = Pki::new("form");
     let ca = pki.ca("cluster-ca");
     let id = cluster_id();
-    let nodes = ca_cluster(&id, &pki, &ca).await;
+    let nodes = ca_cluster(&id, &pki, &ca, ["a", "b", "c"]).await;
     ns_everywhere(
         &nodes.iter().collect::<Vec<_>>(),
         "/",
@@ -208,15 +222,8 @@ async fn a_node_cannot_claim_a_name_its_certificate_does_not_give() {
     let pki = Pki::new("claim");
     let ca = pki.ca("cluster-ca");
     let id = cluster_id();
-    let a = start_gossip(ca_config(&id, "a", &pki.node(&ca, "a", "a"), None)).await;
+    let [a, b] = ca_cluster(&id, &pki, &ca, ["a", "b"]).await;
     let seed = Some(a.cluster().gossip_addr());
-    let b = start_gossip(ca_config(&id, "b", &pki.node(&ca, "b", "b"), seed)).await;
-    assert!(
-        wait_until(Duration::from_secs(20), || names(&a) == ["b"]
-            && names(&b) == ["a"])
-        .await,
-        "a and b did not form a cluster"
-    );
     // A certificate of the cluster CA naming "b", used by a node that claims to be "c".
     let stolen = pki.node(&ca, "b", "stolen-b");
     let _c = start_gossip(ca_config(&id, "c", &stolen, seed)).await;
@@ -233,15 +240,8 @@ async fn a_certificate_of_another_ca_or_none_is_refused() {
     let pki = Pki::new("other");
     let ca = pki.ca("cluster-ca");
     let id = cluster_id();
-    let a = start_gossip(ca_config(&id, "a", &pki.node(&ca, "a", "a"), None)).await;
+    let [a, b] = ca_cluster(&id, &pki, &ca, ["a", "b"]).await;
     let seed = Some(a.cluster().gossip_addr());
-    let b = start_gossip(ca_config(&id, "b", &pki.node(&ca, "b", "b"), seed)).await;
-    assert!(
-        wait_until(Duration::from_secs(20), || names(&a) == ["b"]
-            && names(&b) == ["a"])
-        .await,
-        "a and b did not form a cluster"
-    );
 
     // A node whose certificate (and CA file) come from another CA, with the secret.
     let rogue_ca = pki.ca("rogue-ca");
