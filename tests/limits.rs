@@ -11,6 +11,22 @@ type A = GossipAdapter<Emitter>;
 
 const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
 
+/// Whether the two nodes come to see each other, hosting `/` with a server id (at most
+/// 20 s).
+async fn formed(ca: &socketioxide_cluster::Cluster, cb: &socketioxide_cluster::Cluster) -> bool {
+    let sees = |c: &socketioxide_cluster::Cluster| {
+        let m = c.members();
+        m.len() == 1 && m[0].hosts("/") && m[0].server_id.is_some()
+    };
+    for _ in 0..1000 {
+        if sees(ca) && sees(cb) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 async fn node(
     id: &str,
     seed: Option<std::net::SocketAddr>,
@@ -47,18 +63,7 @@ async fn oversized_messages_are_refused_and_the_link_survives() {
     let (b, cb) = node(&id, Some(ca.gossip_addr())).await;
     // Formed, and each node knows the other hosts `/`: the refusal below is the frame
     // size's doing, not an empty cluster's.
-    let mut formed = false;
-    for _ in 0..1000 {
-        let sees = |c: &socketioxide_cluster::Cluster| {
-            let m = c.members();
-            m.len() == 1 && m[0].hosts("/") && m[0].server_id.is_some()
-        };
-        if sees(&ca) && sees(&cb) {
-            formed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let formed = formed(&ca, &cb).await;
     assert!(
         formed,
         "the cluster formed: {:?} {:?}",
@@ -95,18 +100,7 @@ async fn different_maximum_frame_sizes_lose_the_larger_messages_only() {
     let id = format!("limits-mixed-{}", std::process::id());
     let (a, ca) = node_with_max(&id, None, 8192).await;
     let (b, cb) = node_with_max(&id, Some(ca.gossip_addr()), 1024).await;
-    let mut formed = false;
-    for _ in 0..1000 {
-        let sees = |c: &socketioxide_cluster::Cluster| {
-            let m = c.members();
-            m.len() == 1 && m[0].hosts("/") && m[0].server_id.is_some()
-        };
-        if sees(&ca) && sees(&cb) {
-            formed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let formed = formed(&ca, &cb).await;
     assert!(formed, "the cluster formed");
     let (_tb, mut rb) = b.new_dummy_sock("/", ()).await;
     tokio::time::timeout(Duration::from_secs(5), rb.recv())
