@@ -91,7 +91,7 @@ pub enum Error {
 pub enum RequestError {
     /// A frame could not be encoded.
     #[error("cannot encode the request: {0}")]
-    Encode(#[from] postcard::Error),
+    Encode(String),
     /// The message is larger than the maximum frame size nodes accept.
     #[error(
         "message of {size} bytes exceeds the cluster's maximum frame size of {max} bytes \
@@ -103,6 +103,13 @@ pub enum RequestError {
         /// Configured maximum.
         max: usize,
     },
+}
+
+#[cfg(feature = "cluster-gossip")]
+impl From<crate::wire::EncodeError> for RequestError {
+    fn from(e: crate::wire::EncodeError) -> Self {
+        Self::Encode(e.to_string())
+    }
 }
 
 #[cfg(feature = "cluster-gossip")]

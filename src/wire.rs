@@ -215,6 +215,19 @@ impl RequestKind {
     pub fn expects_response(&self) -> bool {
         !matches!(self, Self::Broadcast(_))
     }
+
+    /// The kind's name, for log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Broadcast(_) => "broadcast",
+            Self::BroadcastWithAck(_) => "broadcast_with_ack",
+            Self::DisconnectSockets => "disconnect_sockets",
+            Self::AllRooms => "rooms",
+            Self::AddSockets(_) => "add_sockets",
+            Self::DelSockets(_) => "del_sockets",
+            Self::FetchSockets => "fetch_sockets",
+        }
+    }
 }
 
 /// Broadcast options: which sockets a request applies to.
@@ -334,8 +347,14 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// A value that cannot be encoded (say, a serializer error of an application's ack error
+/// type).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EncodeError(#[from] postcard::Error);
+
 /// Encode a frame with its header and length prefix, ready to write on a stream.
-pub fn encode(frame: &Frame) -> Result<Bytes, postcard::Error> {
+pub fn encode(frame: &Frame) -> Result<Bytes, EncodeError> {
     let mut out = vec![0u8; LEN_PREFIX];
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -369,8 +388,11 @@ pub struct Hello {
 
 /// Encode a [`Hello`] with the frame header (no length prefix: it travels alone on its
 /// stream).
-pub fn encode_hello(hello: &Hello) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(hello, vec![MAGIC[0], MAGIC[1], VERSION])
+pub fn encode_hello(hello: &Hello) -> Result<Vec<u8>, EncodeError> {
+    Ok(postcard::to_extend(
+        hello,
+        vec![MAGIC[0], MAGIC[1], VERSION],
+    )?)
 }
 
 /// Decode a [`Hello`].
@@ -378,12 +400,13 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, DecodeError> {
     decode_versioned(body)
 }
 
-/// Encode the body of a [`ServiceFrame`] (postcard, no header: the frame carries it).
-pub fn encode_body<T: Serialize>(value: &T) -> Result<Bytes, postcard::Error> {
-    postcard::to_allocvec(value).map(Bytes::from)
+/// Encode the body of a [`ServiceFrame`], or an application's ack error (no header: the
+/// frame carries it).
+pub fn encode_body<T: Serialize>(value: &T) -> Result<Bytes, EncodeError> {
+    Ok(postcard::to_allocvec(value).map(Bytes::from)?)
 }
 
-/// Decode the body of a [`ServiceFrame`]; trailing bytes are an error.
+/// Decode what [`encode_body`] encoded; trailing bytes are an error.
 pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     let (value, rest) =
         postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;

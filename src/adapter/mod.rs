@@ -5,10 +5,8 @@
 mod convert;
 #[cfg(test)]
 mod tests;
-mod tracker;
 
 use std::{
-    pin::Pin,
     sync::{Arc, Weak},
     time::Duration,
 };
@@ -28,14 +26,13 @@ use socketioxide_core::{
 };
 
 use crate::{
-    cluster::{Cluster, NamespaceHandler, Node, Pending},
+    cluster::{Cluster, NamespaceHandler, Node, Pending, To},
     config::GossipAdapterConfig,
     error::{Error, RequestError},
     init::InitRes,
     mesh::PeerId,
     wire::{self, AckResult, Frame, Id, RequestKind, Response, ResponseBody},
 };
-use tracker::Tracker;
 
 /// The adapter constructor: the running cluster node, shared by the adapter of every
 /// namespace. Build it once, then hand it to
@@ -160,13 +157,13 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
             return Ok(local.boxed().fuse());
         }
         let kind = RequestKind::BroadcastWithAck(convert::packet(&packet));
-        let pending = self.request(kind, &opts, timeout).await?;
-        let (local, _) = self.local.broadcast_with_ack(packet, opts, timeout);
         // Remote sockets get the ack timeout, plus the request timeout for the round trip.
         let wait = self
             .request_timeout
             .saturating_add(timeout.unwrap_or(self.local.ack_timeout()));
-        let remote = remote_acks::<E::AckError>(pending, wait);
+        let pending = self.request(kind, &opts, timeout, wait).await?;
+        let (local, _) = self.local.broadcast_with_ack(packet, opts, timeout);
+        let remote = remote_acks::<E::AckError>(pending);
         Ok(futures_util::stream::select(local, remote).boxed().fuse())
     }
 
@@ -185,9 +182,11 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
         if opts.is_local(self.uid) {
             return Ok(self.local.rooms(opts).into_iter().collect());
         }
-        let pending = self.request(RequestKind::AllRooms, &opts, None).await?;
+        let pending = self
+            .request(RequestKind::AllRooms, &opts, None, self.request_timeout)
+            .await?;
         let mut rooms = self.local.rooms(opts);
-        for body in gather(pending, self.request_timeout).await {
+        for body in pending.collect().await {
             if let ResponseBody::Rooms(r) = body {
                 rooms.extend(convert::rooms_from(r));
             }
@@ -230,10 +229,12 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
         if opts.is_local(self.uid) {
             return Ok(self.local.fetch_sockets(opts));
         }
-        let pending = self.request(RequestKind::FetchSockets, &opts, None).await?;
+        let pending = self
+            .request(RequestKind::FetchSockets, &opts, None, self.request_timeout)
+            .await?;
         let mut sockets = self.local.fetch_sockets(opts);
         let ns = self.local.path();
-        for body in gather(pending, self.request_timeout).await {
+        for body in pending.collect().await {
             if let ResponseBody::Sockets(list) = body {
                 for s in &list {
                     match convert::socket_from(ns, s) {
@@ -276,37 +277,38 @@ impl<E: SocketEmitter> GossipAdapter<E> {
         opts: &BroadcastOptions,
         ack_timeout: Option<Duration>,
     ) -> Result<(), RequestError> {
-        let targets = self.node.targets(opts.server_id.map(convert::uid_id));
         let frame = self.frame(convert::id(Sid::new()), kind, opts, ack_timeout);
         let volatile = opts.has_flag(BroadcastFlags::Volatile);
-        self.node.send(&targets, &frame, volatile).await?;
-        Ok(())
+        self.node.send(to(opts), &frame, volatile).await
     }
 
     /// Send a request that changes state on other nodes (join, leave, disconnect) and wait
     /// until every node it went to applied it, found gone, or the request timeout: once
     /// this returns, a broadcast from any node sees the change.
     async fn apply(&self, kind: RequestKind, opts: &BroadcastOptions) -> Result<(), RequestError> {
-        let pending = self.request(kind, opts, None).await?;
-        gather(pending, self.request_timeout).await;
+        let pending = self.request(kind, opts, None, self.request_timeout).await?;
+        pending.collect().await;
         Ok(())
     }
 
-    /// Send a request and start waiting for its responses.
+    /// Send a request and start waiting, at most `wait`, for its responses.
     async fn request(
         &self,
         kind: RequestKind,
         opts: &BroadcastOptions,
         ack_timeout: Option<Duration>,
+        wait: Duration,
     ) -> Result<Pending, RequestError> {
-        let targets = self.node.targets(opts.server_id.map(convert::uid_id));
-        let id = convert::id(Sid::new());
-        let frame = self.frame(id, kind, opts, ack_timeout);
-        // Registered before sending: a response can arrive before `send` returns.
-        let pending = self.node.expect(id, targets.clone());
-        self.node.send(&targets, &frame, false).await?;
-        Ok(pending)
+        self.node
+            .request(to(opts), wait, |id| self.frame(id, kind, opts, ack_timeout))
+            .await
     }
+}
+
+/// The nodes a request with these options goes to.
+fn to(opts: &BroadcastOptions) -> To<'static> {
+    opts.server_id
+        .map_or(To::All, |server| To::Server(convert::uid_id(server)))
 }
 
 impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
@@ -400,8 +402,8 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
 fn ack_result<Err: serde::Serialize>(res: Result<Value, Err>) -> AckResult {
     match res {
         Ok(v) => AckResult::Ok(convert::value(&v)),
-        Err(e) => AckResult::Err(match postcard::to_stdvec(&e) {
-            Ok(bytes) => Bytes::from(bytes),
+        Err(e) => AckResult::Err(match wire::encode_body(&e) {
+            Ok(bytes) => bytes,
             Err(err) => {
                 tracing::warn!("ack error cannot be encoded, sent empty: {err}");
                 Bytes::new()
@@ -410,66 +412,19 @@ fn ack_result<Err: serde::Serialize>(res: Result<Value, Err>) -> AckResult {
     }
 }
 
-/// The next response worth keeping, or `None` once nothing more is expected or time is up.
-async fn next_response(
-    pending: &mut Pending,
-    tracker: &mut Tracker<PeerId>,
-    deadline: &mut Pin<Box<tokio::time::Sleep>>,
-) -> Option<ResponseBody> {
-    while !tracker.is_done() {
-        tokio::select! {
-            res = pending.responses.recv() => {
-                let (peer, body) = res?;
-                if tracker.on_response(&peer, &body) {
-                    return Some(body);
-                }
-            }
-            Some(peer) = pending.gone.recv() => {
-                if let Some(owed) = tracker.on_gone(&peer) {
-                    tracing::info!(%peer, owed_acks = owed, "request stops waiting for a peer that is gone");
-                }
-            }
-            () = deadline.as_mut() => {
-                tracing::warn!(waiting = ?tracker.waiting(), "request timed out waiting for peers");
-                return None;
-            }
-        }
-    }
-    None
-}
-
-/// Every kept response of a request.
-async fn gather(mut pending: Pending, timeout: Duration) -> Vec<ResponseBody> {
-    let mut tracker = Tracker::new(pending.targets.clone());
-    let mut deadline = Box::pin(tokio::time::sleep(timeout));
-    let mut out = Vec::new();
-    while let Some(body) = next_response(&mut pending, &mut tracker, &mut deadline).await {
-        out.push(body);
-    }
-    out
-}
-
 /// The acks of remote sockets, as they arrive.
 fn remote_acks<Err: DeserializeOwned + Send + 'static>(
     pending: Pending,
-    timeout: Duration,
 ) -> BoxStream<'static, AckStreamItem<Err>> {
-    let tracker = Tracker::new(pending.targets.clone());
-    let deadline = Box::pin(tokio::time::sleep(timeout));
-    futures_util::stream::unfold(
-        (pending, tracker, deadline),
-        |(mut pending, mut tracker, mut deadline)| async move {
-            loop {
-                let body = next_response(&mut pending, &mut tracker, &mut deadline).await?;
-                if let ResponseBody::Ack(sid, res) = body {
-                    match decode_ack::<Err>(&sid, res) {
-                        Some(item) => return Some((item, (pending, tracker, deadline))),
-                        None => continue,
-                    }
-                }
+    futures_util::stream::unfold(pending, |mut pending| async move {
+        loop {
+            if let (_, ResponseBody::Ack(sid, res)) = pending.next().await?
+                && let Some(item) = decode_ack::<Err>(&sid, res)
+            {
+                return Some((item, pending));
             }
-        },
-    )
+        }
+    })
     .boxed()
 }
 
@@ -483,7 +438,7 @@ fn decode_ack<Err: DeserializeOwned>(sid: &Id, res: AckResult) -> Option<AckStre
     };
     let res = match res {
         AckResult::Ok(v) => Ok(convert::value_from(v)),
-        AckResult::Err(bytes) => match postcard::from_bytes::<Err>(&bytes) {
+        AckResult::Err(bytes) => match wire::decode_body::<Err>(&bytes) {
             Ok(e) => Err(e),
             Err(e) => {
                 tracing::warn!(%sid, "ack error dropped, cannot decode it: {e}");

@@ -74,16 +74,24 @@ async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
 
     let to_a = [a.me().clone()];
     let msgpack = Value::Bytes(Bytes::from_static(&[0x92, 0xa1, 0x65, 0x01]));
-    b.send(&to_a, &broadcast(PacketData::Event(msgpack, None)), false)
-        .await
-        .unwrap();
+    b.send(
+        To::Peers(&to_a),
+        &broadcast(PacketData::Event(msgpack, None)),
+        false,
+    )
+    .await
+    .unwrap();
     // Re-sent until it arrives: the frames right after the bad one die with its link.
     let mut got = None;
     for i in 0..100 {
         let text = Value::Str(format!("[\"ok\",{i}]"), None);
-        b.send(&to_a, &broadcast(PacketData::Event(text, None)), false)
-            .await
-            .unwrap();
+        b.send(
+            To::Peers(&to_a),
+            &broadcast(PacketData::Event(text, None)),
+            false,
+        )
+        .await
+        .unwrap();
         if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
             got = Some(String::from(p));
             break;

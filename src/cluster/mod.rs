@@ -3,7 +3,7 @@
 //! frames are opaque beyond their routing fields.
 
 mod handle;
-mod pending;
+mod ledger;
 mod service;
 mod startup;
 #[cfg(test)]
@@ -13,7 +13,7 @@ pub(crate) mod tests;
 mod view;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -26,8 +26,8 @@ use std::{
 use tokio::time::Instant;
 
 pub use handle::{Cluster, GossipStats, MembershipEvent};
-pub(crate) use pending::Pending;
-use pending::PendingEntry;
+use ledger::Ledger;
+pub(crate) use ledger::Pending;
 #[cfg(feature = "sessions")]
 pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
@@ -39,7 +39,6 @@ const GOSSIP_POLL: Duration = Duration::from_millis(100);
 const JOIN_POLL: Duration = Duration::from_millis(25);
 
 use bytes::Bytes;
-use chitchat::{ChitchatId, NodeState};
 use futures_core::Stream;
 use tokio::sync::broadcast;
 
@@ -48,7 +47,7 @@ use crate::{
     error::{Error, RequestError},
     keys,
     membership::{
-        GossipSettings, GossipTransport, KEY_LEAVING, Member, Membership,
+        self, GossipSettings, GossipTransport, KEY_LEAVING, Member, Membership,
         seal::GossipKeys,
         transport::{GossipCounters, SealedTransport},
     },
@@ -122,7 +121,8 @@ pub(crate) struct Node {
     services: RwLock<HashMap<String, Weak<dyn service::ServiceHandler>>>,
     /// socketioxide server ids learned from requests, for peers gossip has not shown yet.
     server_ids: RwLock<HashMap<Id, PeerId>>,
-    pending: Mutex<HashMap<Id, PendingEntry>>,
+    /// Requests waiting for responses.
+    ledger: Mutex<Ledger>,
     events: broadcast::Sender<MembershipEvent>,
     shutting_down: AtomicBool,
     /// Set once the node joined through its seeds, or waited out the join timeout.
@@ -165,7 +165,7 @@ impl Inbound for WeakInbound {
             None => Err("this node is stopping".into()),
         }
     }
-    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &mesh::Closed) {
         if let Some(node) = self.0.upgrade() {
             node.on_connection_closed(peer, conn, reason);
         }
@@ -301,7 +301,7 @@ impl Node {
                 addr: gossip_bind,
                 reason,
             })?;
-        let watcher = membership.watcher().await;
+        let changes = membership.changes().await;
 
         let node = Arc::new_cyclic(|self_weak| Node {
             self_weak: self_weak.clone(),
@@ -327,7 +327,7 @@ impl Node {
             handlers: RwLock::default(),
             services: RwLock::default(),
             server_ids: RwLock::default(),
-            pending: Mutex::default(),
+            ledger: Mutex::default(),
             events: broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
             joined: AtomicBool::new(false),
@@ -337,7 +337,7 @@ impl Node {
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
         tokio::spawn(watch_membership(
             Arc::downgrade(&node),
-            watcher,
+            changes,
             node.membership.stopped(),
         ));
         tracing::info!(
@@ -435,7 +435,10 @@ impl Node {
         };
         let mut targets: Vec<PeerId> = self.members().iter().map(Member::peer_id).collect();
         targets.extend(self.refuse_other_parsers());
-        if let Err(e) = self.send(&targets, &Frame::Meta(meta), false).await {
+        if let Err(e) = self
+            .send(To::Peers(&targets), &Frame::Meta(meta), false)
+            .await
+        {
             tracing::warn!(node = %self.me, "cannot tell members about this node: {e}");
         }
     }
@@ -450,12 +453,13 @@ impl Node {
         lock(&self.failure).clone()
     }
 
-    /// The peers a request goes to: the one hosting `server` if given, else every live member.
-    pub(crate) fn targets(&self, server: Option<Id>) -> Vec<PeerId> {
+    /// The peers a frame goes to.
+    fn targets(&self, to: To<'_>) -> Vec<PeerId> {
         let view = read(&self.view);
-        match server {
-            None => view.members().map(Member::peer_id).collect(),
-            Some(id) => {
+        match to {
+            To::All => view.members().map(Member::peer_id).collect(),
+            To::Peers(peers) => peers.to_vec(),
+            To::Server(id) => {
                 let uid = std::str::from_utf8(&id.0).ok();
                 let by_gossip = view.members().find(|m| {
                     m.server_id
@@ -473,41 +477,65 @@ impl Node {
         }
     }
 
-    /// Wait for responses to request `id` from `targets` (and from no other peer).
-    pub(crate) fn expect(self: &Arc<Self>, id: Id, targets: Vec<PeerId>) -> Pending {
-        let (entry, pending) = PendingEntry::new(Arc::downgrade(self), id, targets);
-        lock(&self.pending).insert(id, entry);
-        pending
-    }
-
-    /// Queue a frame for each of `targets`, in order per peer, without waiting on any of
+    /// Queue a frame for each peer `to` names, in order per peer, without waiting on any of
     /// them (the returned future is ready at its first poll): a peer whose send queue is
     /// full, or to which no connection can be started, does not get it (the drop is counted
     /// and logged at a bounded rate) and the others get theirs at once. A frame for a peer
-    /// being connected to waits in its queue until the connection is made. A request whose
-    /// frame could not be queued for a peer stops waiting for that peer at once.
+    /// being connected to waits in its queue until the connection is made. Fails, sending
+    /// nothing, when the frame is larger than peers accept.
     pub(crate) async fn send(
         &self,
-        targets: &[PeerId],
+        to: To<'_>,
         frame: &Frame,
         volatile: bool,
     ) -> Result<(), RequestError> {
-        if targets.is_empty() {
-            return Ok(());
+        let targets = self.targets(to);
+        if !targets.is_empty() {
+            self.dispatch(&targets, self.encode(frame)?, volatile, None)
+                .await;
         }
-        let bytes = self.encode(frame)?;
+        Ok(())
+    }
+
+    /// Send a request to each peer `to` names, as [`Node::send`] does, and wait for their
+    /// responses: `frame` builds the request from its id. The request ends once every peer
+    /// asked answered in full or was found gone (a peer its frame could not be queued for is
+    /// gone at once), or after `wait`.
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        to: To<'_>,
+        wait: Duration,
+        frame: impl FnOnce(Id) -> Frame,
+    ) -> Result<Pending, RequestError> {
+        let targets = self.targets(to);
+        let id = Id(rand::random());
+        let frame = frame(id);
+        let bytes = self.encode(&frame)?;
+        // Booked before sending: a response can arrive before the frames are queued.
+        let progress = lock(&self.ledger).book(id, &targets);
+        let pending = Pending::new(Arc::downgrade(self), id, progress, wait, describe(&frame));
+        self.dispatch(&targets, bytes, false, Some(id)).await;
+        Ok(pending)
+    }
+
+    /// Queue an encoded frame for each of `targets`, never waiting; request `awaited` stops
+    /// waiting for a peer its frame could not be queued for.
+    async fn dispatch(
+        &self,
+        targets: &[PeerId],
+        bytes: Bytes,
+        volatile: bool,
+        awaited: Option<Id>,
+    ) {
         for peer in targets {
             // No wait: no await point is reached.
             if let Err(why) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await {
                 self.frame_dropped(peer, volatile, &why);
-                if let Some(id) = awaited(frame)
-                    && let Some(entry) = lock(&self.pending).get_mut(&id)
-                {
-                    entry.peer_gone(peer);
+                if let Some(id) = awaited {
+                    lock(&self.ledger).peer_gone_from(id, peer);
                 }
             }
         }
-        Ok(())
     }
 
     /// Queue an encoded frame for `peer`, waiting at most `wait` for room in its queue (not
@@ -739,9 +767,7 @@ impl Node {
 
     /// Pending requests stop waiting for `peer`.
     fn stop_waiting_for(&self, peer: &PeerId) {
-        for entry in lock(&self.pending).values_mut() {
-            entry.peer_gone(peer);
-        }
+        lock(&self.ledger).peer_gone(peer);
     }
 
     /// A frame from `from`. An error closes the connection it came on, with that reason.
@@ -776,14 +802,9 @@ impl Node {
                     }
                 }
             }
-            Frame::Response(res) => match lock(&self.pending).get_mut(&res.id) {
-                Some(entry) => {
-                    entry.deliver(from, res.body);
-                }
-                None => {
-                    tracing::debug!(peer = %from, "response to a request no longer pending")
-                }
-            },
+            Frame::Response(res) => {
+                lock(&self.ledger).respond(from, res.id, res.body);
+            }
             Frame::Leave => self.mark_left(from, "it left the cluster"),
             Frame::Service(frame) => self.on_service_frame(from, frame),
             Frame::Meta(meta) => {
@@ -871,29 +892,21 @@ impl Node {
         write(&self.server_ids).retain(|_, p| view.knows(p));
     }
 
-    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &mesh::Closed) {
         if self.shutting_down.load(Ordering::Relaxed) {
             return;
         }
         let why = match reason {
-            quinn::ConnectionError::ApplicationClosed(c)
-                if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_LEAVING) =>
-            {
+            mesh::Closed::Leaving => {
                 self.mark_left(peer, "it closed its connection to leave");
                 return;
             }
-            quinn::ConnectionError::ApplicationClosed(c)
-                if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_UNUSED) =>
-            {
+            mesh::Closed::Unused => {
                 tracing::debug!(%peer, "mesh connection replaced");
                 "its connection was replaced and no other is open".to_string()
             }
-            quinn::ConnectionError::LocallyClosed => {
-                "this node closed its last connection to it".to_string()
-            }
-            quinn::ConnectionError::ApplicationClosed(c)
-                if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_SLOW) =>
-            {
+            mesh::Closed::Locally => "this node closed its last connection to it".to_string(),
+            mesh::Closed::Slow => {
                 // What was queued on it is lost: no request waits for an answer to it.
                 self.stop_waiting_for(peer);
                 if conn.incoming {
@@ -903,10 +916,10 @@ impl Node {
                 }
                 .to_string()
             }
-            other => {
-                tracing::warn!(node = %self.me, %peer, "mesh connection lost: {other}");
+            mesh::Closed::Refused | mesh::Closed::Lost(_) => {
+                tracing::warn!(node = %self.me, %peer, "mesh connection lost: {reason}");
                 self.stop_waiting_for(peer);
-                format!("its connection was lost ({other})")
+                format!("its connection was lost ({reason})")
             }
         };
         self.change_view(&why, |v| v.closed(peer, conn));
@@ -992,7 +1005,9 @@ impl Node {
                 let peer = member.peer_id();
                 tokio::spawn(async move {
                     let meta = lock(&node.meta).clone();
-                    let _ = node.send(&[peer], &Frame::Meta(meta), false).await;
+                    let _ = node
+                        .send(To::Peers(&[peer]), &Frame::Meta(meta), false)
+                        .await;
                 });
             }
             let _ = self.events.send(MembershipEvent::Joined(member));
@@ -1151,9 +1166,7 @@ impl Node {
                 let _ = link.send(bytes.clone(), Duration::from_millis(200)).await;
             }
         }
-        for entry in lock(&self.pending).values_mut() {
-            entry.release_all();
-        }
+        lock(&self.ledger).release_all();
         self.mesh.close(mesh::CLOSE_LEAVING, b"leaving").await;
         self.membership.shutdown();
     }
@@ -1167,24 +1180,34 @@ impl Drop for Node {
     }
 }
 
-/// The request that waits for an answer to `frame`, if any.
-fn awaited(frame: &Frame) -> Option<Id> {
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum To<'a> {
+    /// Every live member.
+    All,
+    /// The member running this socketioxide server, if one does.
+    Server(Id),
+    /// These peers.
+    Peers(&'a [PeerId]),
+}
+
+/// What a request is, for log lines.
+fn describe(frame: &Frame) -> String {
     match frame {
-        Frame::Request(req) if req.kind.expects_response() => Some(req.id),
-        Frame::Service(service) => service.confirm,
-        _ => None,
+        Frame::Request(req) => format!("request {} on namespace {}", req.kind.name(), req.ns),
+        Frame::Service(msg) => format!("message to service {}", msg.service),
+        _ => "frame".into(),
     }
 }
 
 async fn watch_membership(
     node: Weak<Node>,
-    mut watcher: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    mut changes: membership::Changes,
     gossip_stopped: impl std::future::Future<Output = String> + Send,
 ) {
-    // New nodes are connected to on the next tick: chitchat tells only of changes in the
+    // New nodes are connected to on the next tick: gossip tells only of changes in the
     // live set, which it judges once a gossip round.
     let mut tick = tokio::time::interval(GOSSIP_POLL);
-    let mut changed = true;
     let mut gossip_stopped = std::pin::pin!(gossip_stopped);
     loop {
         {
@@ -1192,19 +1215,15 @@ async fn watch_membership(
             if node.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
-            if changed {
-                watcher.borrow_and_update();
-            }
             node.refresh_from_gossip().await;
         }
-        changed = tokio::select! {
-            res = watcher.changed() => {
-                if res.is_err() {
+        tokio::select! {
+            changed = changes.changed() => {
+                if !changed {
                     return;
                 }
-                true
             }
-            _ = tick.tick() => false,
+            _ = tick.tick() => {}
             why = &mut gossip_stopped => {
                 if let Some(node) = node.upgrade()
                     && !node.shutting_down.load(Ordering::Relaxed)
@@ -1213,7 +1232,7 @@ async fn watch_membership(
                 }
                 return;
             }
-        };
+        }
     }
 }
 
@@ -1272,7 +1291,7 @@ mod bound_tests {
                 opts: wire::Opts::default(),
                 ack_timeout_ms: None,
             });
-            b.send(&to_a, &frame, false).await.unwrap();
+            b.send(To::Peers(&to_a), &frame, false).await.unwrap();
         }
         // Frames are handled in order: once a confirmed message is handled, so are they.
         b.send_service(&to_a, "none", bytes::Bytes::new(), true)

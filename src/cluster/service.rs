@@ -5,18 +5,15 @@
 // Only the session store (feature `sessions`) runs a service today.
 #![cfg_attr(not(feature = "sessions"), allow(dead_code))]
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Weak},
-};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
-use super::{Node, read, write};
+use super::{Node, To, read, write};
 use crate::{
     error::RequestError,
     mesh::PeerId,
-    wire::{Frame, Id, ResponseBody, ServiceFrame},
+    wire::{Frame, ResponseBody, ServiceFrame},
 };
 
 /// Receives the messages sent to one service of this node.
@@ -50,31 +47,23 @@ impl Node {
         body: Bytes,
         confirm: bool,
     ) -> Result<(), RequestError> {
-        let id = (confirm && !targets.is_empty()).then(|| Id(rand::random()));
-        let frame = Frame::Service(ServiceFrame {
-            service: service.to_string(),
-            confirm: id,
-            body,
-        });
-        let Some(id) = id else {
-            return self.send(targets, &frame, false).await;
+        let frame = |confirm| {
+            Frame::Service(ServiceFrame {
+                service: service.to_string(),
+                confirm,
+                body,
+            })
         };
-        let mut pending = self.expect(id, targets.to_vec());
-        self.send(targets, &frame, false).await?;
-        let mut waiting: HashSet<PeerId> = targets.iter().cloned().collect();
-        let deadline = tokio::time::sleep(self.request_timeout);
-        tokio::pin!(deadline);
-        while !waiting.is_empty() {
-            tokio::select! {
-                Some((peer, _)) = pending.responses.recv() => { waiting.remove(&peer); }
-                Some(peer) = pending.gone.recv() => { waiting.remove(&peer); }
-                () = &mut deadline => {
-                    tracing::warn!(%service, ?waiting, "service message not confirmed within the request timeout");
-                    break;
-                }
-            }
+        let to = To::Peers(targets);
+        if confirm {
+            let pending = self
+                .request(to, self.request_timeout, |id| frame(Some(id)))
+                .await?;
+            pending.collect().await;
+            Ok(())
+        } else {
+            self.send(to, &frame(None), false).await
         }
-        Ok(())
     }
 
     /// The largest frame peers accept, in bytes.

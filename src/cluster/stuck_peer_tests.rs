@@ -4,7 +4,6 @@
 //! whose handler is stuck).
 
 use std::{
-    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,7 +14,7 @@ use std::{
 use futures_util::FutureExt;
 
 use super::{
-    NamespaceHandler, Node,
+    NamespaceHandler, Node, To,
     tests::{config, until},
 };
 use crate::{
@@ -102,7 +101,7 @@ async fn start(cluster: &str, name: &str, seed: Option<std::net::SocketAddr>) ->
 /// Send `frame` from `from` to `targets`: the send must be done at its first poll, that
 /// is without waiting on any peer.
 fn send_at_once(from: &Node, targets: &[PeerId], frame: &Frame, what: &str) {
-    let sent = from.send(targets, frame, false).now_or_never();
+    let sent = from.send(To::Peers(targets), frame, false).now_or_never();
     assert!(sent.is_some(), "{what}: the send waited");
     sent.unwrap().expect("encodes");
 }
@@ -141,7 +140,7 @@ async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_discon
     let targets = vec![b.me().clone(), stuck.me().clone()];
     // Both links are up and read: a first broadcast reaches both.
     let got = |h: &Handler| h.broadcasts.load(Ordering::Relaxed);
-    a.send(&targets, &broadcast("first".into()), false)
+    a.send(To::Peers(&targets), &broadcast("first".into()), false)
         .await
         .unwrap();
     assert!(
@@ -178,42 +177,38 @@ async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_discon
     // no longer waited for (its frame could not be queued, or it was disconnected) well
     // before the request timeout, while a keeps broadcasting (as an application would),
     // every send done at once.
-    let id = Id([b'r'; 16]);
-    let mut pending = a.expect(id, targets.clone());
-    let request = Frame::Request(wire::Request {
-        ns: "/none".into(),
-        id,
-        origin: Id([b'o'; 16]),
-        kind: RequestKind::FetchSockets,
-        opts: Opts::default(),
-        ack_timeout_ms: None,
-    });
-    send_at_once(&a, &targets, &request, "the request");
-    let mut waiting: HashSet<PeerId> = targets.iter().cloned().collect();
-    let (mut answered, mut gone) = (Vec::new(), Vec::new());
+    let request = |id| {
+        Frame::Request(wire::Request {
+            ns: "/none".into(),
+            id,
+            origin: Id([b'o'; 16]),
+            kind: RequestKind::FetchSockets,
+            opts: Opts::default(),
+            ack_timeout_ms: None,
+        })
+    };
+    let mut pending = a
+        .request(To::Peers(&targets), REQUEST_TIMEOUT, request)
+        .now_or_never()
+        .expect("the request: the send waited")
+        .expect("encodes");
     let mut sent_meanwhile = 0;
-    let deadline = tokio::time::sleep(REQUEST_TIMEOUT);
-    tokio::pin!(deadline);
-    while !waiting.is_empty() {
+    let mut ended = false;
+    while !ended {
         tokio::select! {
-            Some((peer, _)) = pending.responses.recv() => {
-                waiting.remove(&peer);
-                answered.push(peer);
-            }
-            Some(peer) = pending.gone.recv() => {
-                waiting.remove(&peer);
-                gone.push(peer);
-            }
+            next = pending.next() => ended = next.is_none(),
             () = tokio::time::sleep(Duration::from_millis(10)) => {
                 send_at_once(&a, &targets, &frame, "a broadcast while the request waits");
                 sent_meanwhile += 1;
             }
-            () = &mut deadline => break,
         }
     }
-    assert!(waiting.is_empty(), "still waiting for {waiting:?}");
-    assert_eq!(answered, [b.me().clone()]);
-    assert_eq!(gone, [stuck.me().clone()]);
+    assert_eq!(pending.answered(), [b.me().clone()]);
+    assert_eq!(
+        pending.gone(),
+        [stuck.me().clone()],
+        "not timed out: the stuck peer is gone"
+    );
     drop(pending);
 
     // The stuck peer is disconnected as a slow consumer (once its link took nothing for the

@@ -36,7 +36,7 @@ pub(crate) async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bo
 }
 
 /// Records what the mesh tells an impostor.
-struct Closes(tokio::sync::mpsc::UnboundedSender<quinn::ConnectionError>);
+struct Closes(tokio::sync::mpsc::UnboundedSender<mesh::Closed>);
 
 impl Inbound for Closes {
     fn on_frame(&self, _: &PeerId, _: Frame) -> Result<(), String> {
@@ -45,7 +45,7 @@ impl Inbound for Closes {
     fn on_peer_connected(&self, _: &PeerId, _: ConnId, _: PeerAddrs) -> Result<(), String> {
         Ok(())
     }
-    fn on_connection_closed(&self, _: &PeerId, _: ConnId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, _: &PeerId, _: ConnId, reason: &mesh::Closed) {
         let _ = self.0.send(reason.clone());
     }
 }
@@ -107,11 +107,7 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
                 .await
                 .expect("a closes the impostor's connection")
                 .unwrap();
-            assert!(
-                matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
-                    if c.error_code == quinn::VarInt::from_u32(mesh::CLOSE_REFUSED)),
-                "{reason:?}"
-            );
+            assert_eq!(reason, mesh::Closed::Refused);
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

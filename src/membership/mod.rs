@@ -90,6 +90,19 @@ pub(crate) struct GossipNodes {
     pub(crate) listed: HashSet<PeerId>,
 }
 
+/// Tells when the set of live nodes gossip shows changes (see [`Membership::nodes`] for
+/// what it is).
+pub(crate) struct Changes(watch::Receiver<BTreeMap<ChitchatId, NodeState>>);
+
+impl Changes {
+    /// Resolves once the live set changed since the last call; `false` once gossip stopped.
+    pub(crate) async fn changed(&mut self) -> bool {
+        let changed = self.0.changed().await.is_ok();
+        self.0.borrow_and_update();
+        changed
+    }
+}
+
 /// The running gossip instance.
 pub(crate) struct Membership {
     handle: ChitchatHandle,
@@ -153,9 +166,9 @@ impl Membership {
         Ok(Self { handle })
     }
 
-    /// Live nodes, including this one, with their state: changes when the live set does.
-    pub(crate) async fn watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
-        self.handle.chitchat().lock().await.live_nodes_watcher()
+    /// Tells when the set of live nodes changes.
+    pub(crate) async fn changes(&self) -> Changes {
+        Changes(self.handle.chitchat().lock().await.live_nodes_watcher())
     }
 
     /// What gossip knows now, this node included: the nodes it has not found dead, with

@@ -27,7 +27,7 @@ use std::{
 
 use quinn::{Connection, VarInt};
 
-use super::{ConnId, Inbound, PeerAddrs, PeerId};
+use super::{Closed, ConnId, Inbound, PeerAddrs, PeerId};
 use crate::{rate_log::RateLog, wire::Frame};
 
 /// Close code: the peer's port answered unreachable. The peer never reads it unless the
@@ -139,14 +139,8 @@ fn canonical(addr: SocketAddr) -> (std::net::IpAddr, u16) {
 
 /// The reason a connection closed for a port unreachable reads as: lost, not closed by this
 /// node.
-fn unreachable_reason(remote: SocketAddr) -> quinn::ConnectionError {
-    let mut err = quinn::ConnectionError::TransportError(
-        quinn::TransportErrorCode::CONNECTION_REFUSED.into(),
-    );
-    if let quinn::ConnectionError::TransportError(e) = &mut err {
-        e.reason = format!("port unreachable (ICMP) at {remote}");
-    }
-    err
+fn unreachable_reason(remote: SocketAddr) -> Closed {
+    Closed::Lost(format!("port unreachable (ICMP) at {remote}"))
 }
 
 /// One connection's events, on their way to the mesh's inbound.
@@ -167,7 +161,7 @@ impl Inbound for Tracked {
     ) -> Result<(), String> {
         self.inner.on_peer_connected(peer, conn, addrs)
     }
-    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError) {
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &Closed) {
         // The lock is released before the node hears of it.
         let entry = self.links.lock().remove(&conn.id);
         match entry {

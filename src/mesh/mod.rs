@@ -129,10 +129,57 @@ pub(crate) trait Inbound: Send + Sync + 'static {
         addrs: PeerAddrs,
     ) -> Result<(), String>;
     /// Connection `conn` to or from `peer` closed. Called once for every connection that
-    /// was admitted (incoming) or handed out as a [`Link`] (outgoing). A link this node
-    /// closed because its peer took nothing for the peer timeout reports an application
-    /// close with [`CLOSE_SLOW`].
-    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &quinn::ConnectionError);
+    /// was admitted (incoming) or handed out as a [`Link`] (outgoing).
+    fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &Closed);
+}
+
+/// Why a mesh connection closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// The peer closed it to leave the cluster.
+    Leaving,
+    /// The peer closed it as replaced or no longer needed.
+    Unused,
+    /// This node closed it.
+    Locally,
+    /// One side took nothing of what the other sent for the peer timeout while the
+    /// connection stayed alive, and the sender closed it (a slow consumer).
+    Slow,
+    /// The peer proved the secret, but does not admit this node.
+    Refused,
+    /// It was lost: timed out, reset, the peer's port unreachable, or closed for a
+    /// protocol or authentication error. Says how.
+    Lost(String),
+}
+
+impl From<&quinn::ConnectionError> for Closed {
+    fn from(e: &quinn::ConnectionError) -> Self {
+        use quinn::ConnectionError as E;
+        match e {
+            E::ApplicationClosed(c) => match u32::try_from(c.error_code.into_inner()) {
+                Ok(CLOSE_LEAVING) => Self::Leaving,
+                Ok(CLOSE_UNUSED) => Self::Unused,
+                Ok(CLOSE_SLOW) => Self::Slow,
+                Ok(CLOSE_REFUSED) => Self::Refused,
+                _ => Self::Lost(e.to_string()),
+            },
+            E::LocallyClosed => Self::Locally,
+            other => Self::Lost(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Leaving => f.write_str("the peer left the cluster"),
+            Self::Unused => f.write_str("the peer no longer needs it"),
+            Self::Locally => f.write_str("this node closed it"),
+            Self::Slow => f.write_str("a slow consumer: it took nothing for the peer timeout"),
+            Self::Refused => f.write_str("the peer refused this node"),
+            Self::Lost(how) => f.write_str(how),
+        }
+    }
 }
 
 /// Errors of the mesh.
@@ -436,7 +483,7 @@ impl Mesh {
             let stream = tokio::select! {
                 s = conn.accept_uni() => s,
                 reason = conn.closed() => {
-                    inbound.on_connection_closed(&peer, id, &reason);
+                    inbound.on_connection_closed(&peer, id, &(&reason).into());
                     return;
                 }
             };
@@ -449,7 +496,7 @@ impl Mesh {
                     tokio::spawn(read_frames(conn, stream, peer, inbound, max));
                 }
                 Err(reason) => {
-                    inbound.on_connection_closed(&peer, id, &reason);
+                    inbound.on_connection_closed(&peer, id, &(&reason).into());
                     return;
                 }
             }
@@ -799,7 +846,7 @@ async fn write_frames(
                     // Link dropped: nothing more to send; the connection goes with it.
                     let _ = stream.finish();
                     conn.close(VarInt::from_u32(CLOSE_UNUSED), b"link dropped");
-                    inbound.on_connection_closed(&peer, id, &quinn::ConnectionError::LocallyClosed);
+                    inbound.on_connection_closed(&peer, id, &Closed::Locally);
                     return;
                 }
                 let Err(failure) = write_all(&mut stream, &mut batch, stall).await else {
@@ -819,15 +866,12 @@ async fn write_frames(
                             "mesh peer took nothing for the peer timeout: disconnected as a slow consumer"
                         );
                         conn.close(VarInt::from_u32(CLOSE_SLOW), b"slow consumer");
-                        quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
-                            error_code: VarInt::from_u32(CLOSE_SLOW),
-                            reason: Bytes::from_static(b"slow consumer"),
-                        })
+                        Closed::Slow
                     }
                     WriteFailure::Error(e) => {
                         tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
                         conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
-                        conn.closed().await
+                        (&conn.closed().await).into()
                     }
                 };
                 inbound.on_connection_closed(&peer, id, &reason);
@@ -838,7 +882,7 @@ async fn write_frames(
                 if dropped > 0 {
                     tracing::warn!(%peer, dropped, "mesh link closed with frames still queued: {reason}");
                 }
-                inbound.on_connection_closed(&peer, id, &reason);
+                inbound.on_connection_closed(&peer, id, &(&reason).into());
                 return;
             }
         }
@@ -939,7 +983,7 @@ pub(crate) mod tests {
     enum Event {
         Frame(PeerId, Box<Frame>),
         Connected(PeerId),
-        Closed(PeerId, quinn::ConnectionError),
+        Closed(PeerId, super::Closed),
     }
 
     struct Recorder(UnboundedSender<Event>);
@@ -953,7 +997,7 @@ pub(crate) mod tests {
             let _ = self.0.send(Event::Connected(peer.clone()));
             Ok(())
         }
-        fn on_connection_closed(&self, peer: &PeerId, _: ConnId, reason: &quinn::ConnectionError) {
+        fn on_connection_closed(&self, peer: &PeerId, _: ConnId, reason: &super::Closed) {
             let _ = self.0.send(Event::Closed(peer.clone(), reason.clone()));
         }
     }
@@ -1120,16 +1164,16 @@ pub(crate) mod tests {
         }
     }
 
-    /// The code the server sees when the client's connection ends `how`.
-    async fn close_code_seen(how: impl FnOnce(Link)) -> VarInt {
+    /// What the server sees when the client's connection ends `how`.
+    async fn close_seen(how: impl FnOnce(Link)) -> super::Closed {
         let (_meshes, link, mut server_rx) = connected_pair().await;
         how(link);
         match next_frame_or_close(&mut server_rx).await {
-            Event::Closed(p, quinn::ConnectionError::ApplicationClosed(c)) => {
+            Event::Closed(p, reason) => {
                 assert_eq!(p, peer("client"));
-                c.error_code
+                reason
             }
-            other => panic!("expected an application close, got {other:?}"),
+            other => panic!("expected a close, got {other:?}"),
         }
     }
 
@@ -1138,10 +1182,10 @@ pub(crate) mod tests {
         // quinn closes a connection whose handles are all gone with code 0: a node that
         // merely dropped a connection (replaced, timed out, failed) must not look as if it
         // left the cluster, or its peers would ignore it from then on.
-        let dropped = close_code_seen(drop).await;
-        assert_ne!(dropped, VarInt::from_u32(CLOSE_LEAVING));
-        let left = close_code_seen(|link| link.close(CLOSE_LEAVING, b"leaving")).await;
-        assert_eq!(left, VarInt::from_u32(CLOSE_LEAVING));
+        let dropped = close_seen(drop).await;
+        assert_ne!(dropped, super::Closed::Leaving);
+        let left = close_seen(|link| link.close(CLOSE_LEAVING, b"leaving")).await;
+        assert_eq!(left, super::Closed::Leaving);
     }
 
     /// Every log line written on this thread while the returned guard lives (a
@@ -1285,9 +1329,11 @@ pub(crate) mod tests {
             link.send(bytes, Duration::from_secs(1)).await.unwrap();
             // The server closes that connection with a protocol error and its reason.
             match next_frame_or_close(&mut client_rx).await {
-                Event::Closed(_, quinn::ConnectionError::ApplicationClosed(c)) => {
-                    assert_eq!(c.error_code, VarInt::from_u32(CLOSE_PROTOCOL), "{what}");
-                    let reason = String::from_utf8_lossy(&c.reason).to_string();
+                Event::Closed(_, super::Closed::Lost(reason)) => {
+                    assert!(
+                        reason.contains(&format!("(code {CLOSE_PROTOCOL})")),
+                        "{what}: {reason}"
+                    );
                     assert!(reason.contains(expect), "{what}: {reason}");
                 }
                 other => panic!("{what}: expected the connection closed, got {other:?}"),
@@ -1371,9 +1417,9 @@ pub(crate) mod tests {
             .await
             .unwrap();
         match next_frame_or_close(&mut client_rx).await {
-            Event::Closed(p, quinn::ConnectionError::TransportError(e)) => {
+            Event::Closed(p, super::Closed::Lost(e)) => {
                 assert_eq!(p, peer("server"));
-                assert!(e.reason.contains("port unreachable"), "{e}");
+                assert!(e.contains("port unreachable"), "{e}");
             }
             other => panic!("expected the link lost to a port unreachable, got {other:?}"),
         }

@@ -1,0 +1,419 @@
+//! The request ledger: every request waiting for responses, whom it still waits for, and
+//! what each peer asked may still send back. Pure: driven by responses and by peers found
+//! gone; what a requester sees comes out of one channel per request, read by [`Pending`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    pin::Pin,
+    sync::Weak,
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use super::{Node, lock};
+use crate::{
+    mesh::PeerId,
+    rate_log::RateLog,
+    wire::{Id, ResponseBody},
+};
+
+/// Responses refused because a peer sent what it was not asked for: logged at most once
+/// per period, node-wide.
+static REFUSED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+
+/// What one peer asked still owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// Nothing received yet: one answer.
+    Answer,
+    /// Acks still to come after an ack count.
+    Acks(u32),
+}
+
+/// What the ledger tells the requester of one request.
+#[derive(Debug)]
+pub(super) enum Progress {
+    /// A response whose content belongs to the result: rooms, sockets, or an ack.
+    Kept(PeerId, ResponseBody),
+    /// The peer owes nothing more.
+    Answered(PeerId),
+    /// The peer was found gone (dead, left, unreachable, or its frame was dropped): the
+    /// request no longer waits for it.
+    Gone(PeerId),
+}
+
+/// One request waiting for responses.
+struct Entry {
+    /// Unbounded, but never holds more than the peers asked owe: one answer each, then as
+    /// many acks as each announced for itself.
+    progress: mpsc::UnboundedSender<Progress>,
+    /// The peers asked.
+    asked: HashSet<PeerId>,
+    /// The peers still owing something, and what.
+    owed: HashMap<PeerId, Owed>,
+}
+
+/// Every request of this node waiting for responses.
+#[derive(Default)]
+pub(super) struct Ledger {
+    entries: HashMap<Id, Entry>,
+}
+
+impl Ledger {
+    /// Book request `id`, sent to `targets`. The receiver ends once no target owes anything
+    /// (at once, with none).
+    pub(super) fn book(&mut self, id: Id, targets: &[PeerId]) -> mpsc::UnboundedReceiver<Progress> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if !targets.is_empty() {
+            let entry = Entry {
+                progress: tx,
+                asked: targets.iter().cloned().collect(),
+                owed: targets.iter().map(|p| (p.clone(), Owed::Answer)).collect(),
+            };
+            self.entries.insert(id, entry);
+        }
+        rx
+    }
+
+    /// A response from `from` to request `id`. Only what the peer still owes is taken: a
+    /// response to a request no longer pending, from a peer not asked, or beyond what the
+    /// peer announced is dropped (and logged). Returns whether it was taken.
+    pub(super) fn respond(&mut self, from: &PeerId, id: Id, body: ResponseBody) -> bool {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            tracing::debug!(peer = %from, "response to a request no longer pending");
+            return false;
+        };
+        let Some(owed) = entry.owed.get_mut(from) else {
+            if entry.asked.contains(from) {
+                // Say, an answer from a peer whose frame was thought lost.
+                tracing::debug!(peer = %from, "response from a peer this request no longer waits for");
+            } else if let Some(held_back) = REFUSED_LOG.allow() {
+                tracing::warn!(peer = %from, held_back, "response dropped: the request was not sent to this peer");
+            }
+            return false;
+        };
+        let (keep, done) = match (&body, *owed) {
+            (ResponseBody::NotHosted | ResponseBody::Done, Owed::Answer) => (false, true),
+            (ResponseBody::AckCount(0), Owed::Answer) => (false, true),
+            (ResponseBody::AckCount(n), Owed::Answer) => {
+                *owed = Owed::Acks(*n);
+                (false, false)
+            }
+            (ResponseBody::Rooms(_) | ResponseBody::Sockets(_), Owed::Answer) => (true, true),
+            (ResponseBody::Ack(..), Owed::Acks(n)) => {
+                *owed = Owed::Acks(n - 1);
+                (true, n == 1)
+            }
+            (_, owed) => {
+                if let Some(held_back) = REFUSED_LOG.allow() {
+                    tracing::warn!(peer = %from, ?owed, held_back, "response dropped: not what the peer owes");
+                }
+                return false;
+            }
+        };
+        // Fails only when the request was just dropped: nothing to tell then.
+        if keep {
+            let _ = entry.progress.send(Progress::Kept(from.clone(), body));
+        }
+        if done {
+            entry.owed.remove(from);
+            let _ = entry.progress.send(Progress::Answered(from.clone()));
+            self.end_if_done(id);
+        }
+        true
+    }
+
+    /// Every request stops waiting for `peer`.
+    pub(super) fn peer_gone(&mut self, peer: &PeerId) {
+        let ids: Vec<Id> = self.entries.keys().copied().collect();
+        for id in ids {
+            self.peer_gone_from(id, peer);
+        }
+    }
+
+    /// Request `id` stops waiting for `peer` (its frame could not be sent, say).
+    pub(super) fn peer_gone_from(&mut self, id: Id, peer: &PeerId) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if let Some(owed) = entry.owed.remove(peer) {
+            if let Owed::Acks(n) = owed {
+                tracing::info!(%peer, owed_acks = n, "request stops waiting for a peer that is gone");
+            }
+            let _ = entry.progress.send(Progress::Gone(peer.clone()));
+            self.end_if_done(id);
+        }
+    }
+
+    /// Every request stops waiting for anyone (this node is leaving).
+    pub(super) fn release_all(&mut self) {
+        for entry in self.entries.values() {
+            for peer in entry.owed.keys() {
+                let _ = entry.progress.send(Progress::Gone(peer.clone()));
+            }
+        }
+        self.entries.clear();
+    }
+
+    /// Forget request `id` (its requester stopped waiting); the peers it still waited for.
+    pub(super) fn remove(&mut self, id: Id) -> Vec<PeerId> {
+        self.entries
+            .remove(&id)
+            .map(|e| e.owed.into_keys().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many requests are pending.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Drop the entry of a request owed nothing more: its receiver ends.
+    fn end_if_done(&mut self, id: Id) {
+        if self.entries.get(&id).is_some_and(|e| e.owed.is_empty()) {
+            self.entries.remove(&id);
+        }
+    }
+}
+
+/// One request of this node, waiting for its responses until every peer asked answered in
+/// full or was found gone, or its deadline passed. Dropping it forgets the request.
+pub(crate) struct Pending {
+    progress: mpsc::UnboundedReceiver<Progress>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    id: Id,
+    node: Weak<Node>,
+    /// What the request is, for the log line of a timeout.
+    what: String,
+    answered: Vec<PeerId>,
+    gone: Vec<PeerId>,
+    timed_out: Vec<PeerId>,
+}
+
+impl Pending {
+    pub(super) fn new(
+        node: Weak<Node>,
+        id: Id,
+        progress: mpsc::UnboundedReceiver<Progress>,
+        wait: Duration,
+        what: String,
+    ) -> Self {
+        Self {
+            progress,
+            deadline: Box::pin(tokio::time::sleep(wait)),
+            id,
+            node,
+            what,
+            answered: Vec::new(),
+            gone: Vec::new(),
+            timed_out: Vec::new(),
+        }
+    }
+
+    /// The next response worth keeping (rooms, sockets or an ack), in the order its peer
+    /// sent them; `None` once nothing more is expected, or the deadline passed (then the
+    /// peers still waited for are logged). Cancel safe.
+    pub(crate) async fn next(&mut self) -> Option<(PeerId, ResponseBody)> {
+        loop {
+            tokio::select! {
+                biased;
+                progress = self.progress.recv() => match progress? {
+                    Progress::Kept(peer, body) => return Some((peer, body)),
+                    Progress::Answered(peer) => self.answered.push(peer),
+                    Progress::Gone(peer) => self.gone.push(peer),
+                },
+                () = self.deadline.as_mut() => {
+                    if self.timed_out.is_empty()
+                        && let Some(node) = self.node.upgrade()
+                    {
+                        self.timed_out = lock(&node.ledger).remove(self.id);
+                        self.progress.close();
+                        if !self.timed_out.is_empty() {
+                            tracing::warn!(
+                                waiting = ?self.timed_out,
+                                answered = self.answered().len(),
+                                gone = ?self.gone(),
+                                "{} timed out waiting for peers", self.what
+                            );
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Every response worth keeping, once the request ended.
+    pub(crate) async fn collect(mut self) -> Vec<ResponseBody> {
+        let mut out = Vec::new();
+        while let Some((_, body)) = self.next().await {
+            out.push(body);
+        }
+        out
+    }
+
+    /// The peers that answered in full so far.
+    pub(crate) fn answered(&self) -> &[PeerId] {
+        &self.answered
+    }
+
+    /// The peers found gone so far.
+    pub(crate) fn gone(&self) -> &[PeerId] {
+        &self.gone
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.upgrade() {
+            lock(&node.ledger).remove(self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{AckResult, Value};
+
+    fn peer(name: &str) -> PeerId {
+        PeerId {
+            name: name.into(),
+            generation: 1,
+        }
+    }
+
+    fn ack() -> ResponseBody {
+        ResponseBody::Ack(Id([0; 16]), AckResult::Ok(Value::Str("1".into(), None)))
+    }
+
+    const ID: Id = Id([1; 16]);
+
+    /// What came out of a request's channel so far, and whether it ended.
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Progress>) -> (Vec<String>, bool) {
+        let mut seen = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(Progress::Kept(p, _)) => seen.push(format!("kept {}", p.name)),
+                Ok(Progress::Answered(p)) => seen.push(format!("answered {}", p.name)),
+                Ok(Progress::Gone(p)) => seen.push(format!("gone {}", p.name)),
+                Err(mpsc::error::TryRecvError::Empty) => return (seen, false),
+                Err(mpsc::error::TryRecvError::Disconnected) => return (seen, true),
+            }
+        }
+    }
+
+    #[test]
+    fn single_answer_requests_end_when_every_peer_answered_or_is_gone() {
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        let mut ledger = Ledger::default();
+        let mut rx = ledger.book(ID, &[a.clone(), b.clone(), c.clone()]);
+        assert!(ledger.respond(&a, ID, ResponseBody::Sockets(vec![])));
+        assert!(
+            !ledger.respond(&a, ID, ResponseBody::Sockets(vec![])),
+            "only one answer counts"
+        );
+        assert!(ledger.respond(&b, ID, ResponseBody::NotHosted));
+        assert_eq!(
+            drain(&mut rx),
+            (
+                vec!["kept a".into(), "answered a".into(), "answered b".into()],
+                false
+            )
+        );
+        ledger.peer_gone(&c);
+        assert_eq!(drain(&mut rx), (vec!["gone c".into()], true));
+        assert_eq!(ledger.len(), 0, "an ended request is forgotten");
+    }
+
+    #[test]
+    fn state_changes_end_when_every_peer_applied_them() {
+        let (a, b) = (peer("a"), peer("b"));
+        let mut ledger = Ledger::default();
+        let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+        assert!(ledger.respond(&a, ID, ResponseBody::Done));
+        assert!(!drain(&mut rx).1);
+        assert!(ledger.respond(&b, ID, ResponseBody::NotHosted));
+        assert_eq!(drain(&mut rx), (vec!["answered b".into()], true));
+    }
+
+    #[test]
+    fn only_the_peers_asked_may_answer() {
+        let (a, stranger) = (peer("a"), peer("z"));
+        let mut ledger = Ledger::default();
+        let mut rx = ledger.book(ID, std::slice::from_ref(&a));
+        assert!(!ledger.respond(&stranger, ID, ResponseBody::Rooms(vec![])));
+        assert!(!ledger.respond(&stranger, ID, ResponseBody::AckCount(1)));
+        assert!(
+            !ledger.respond(&a, Id([2; 16]), ResponseBody::Rooms(vec![])),
+            "another request"
+        );
+        assert_eq!(drain(&mut rx), (vec![], false));
+    }
+
+    #[test]
+    fn ack_requests_wait_for_every_announced_ack() {
+        let (a, b) = (peer("a"), peer("b"));
+        let mut ledger = Ledger::default();
+        let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+        assert!(!ledger.respond(&a, ID, ack()), "an ack before the count");
+        assert!(ledger.respond(&a, ID, ResponseBody::AckCount(2)));
+        assert!(
+            !ledger.respond(&a, ID, ResponseBody::AckCount(1_000)),
+            "a second count: refused"
+        );
+        assert!(ledger.respond(&b, ID, ResponseBody::AckCount(0)));
+        assert!(
+            !ledger.respond(&b, ID, ack()),
+            "a's count does not raise b's"
+        );
+        assert!(ledger.respond(&a, ID, ack()));
+        assert_eq!(
+            drain(&mut rx),
+            (vec!["answered b".into(), "kept a".into()], false)
+        );
+        assert!(ledger.respond(&a, ID, ack()));
+        assert!(!ledger.respond(&a, ID, ack()), "no ack beyond the count");
+        assert_eq!(
+            drain(&mut rx),
+            (vec!["kept a".into(), "answered a".into()], true)
+        );
+    }
+
+    #[test]
+    fn a_gone_peer_releases_the_acks_it_still_owed() {
+        let (a, b) = (peer("a"), peer("b"));
+        let mut ledger = Ledger::default();
+        let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+        ledger.respond(&a, ID, ResponseBody::AckCount(3));
+        ledger.respond(&a, ID, ack());
+        ledger.respond(&b, ID, ResponseBody::AckCount(1));
+        ledger.peer_gone_from(ID, &a);
+        assert!(!ledger.respond(&a, ID, ack()), "no longer waited for");
+        assert!(ledger.respond(&b, ID, ack()));
+        assert_eq!(
+            drain(&mut rx),
+            (
+                vec![
+                    "kept a".into(),
+                    "gone a".into(),
+                    "kept b".into(),
+                    "answered b".into()
+                ],
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn nothing_to_wait_for_ends_at_once_and_release_ends_everything() {
+        let mut ledger = Ledger::default();
+        assert!(drain(&mut ledger.book(ID, &[])).1);
+        let mut rx = ledger.book(ID, &[peer("a")]);
+        ledger.release_all();
+        assert_eq!(drain(&mut rx), (vec!["gone a".into()], true));
+        assert_eq!(ledger.len(), 0);
+    }
+}
