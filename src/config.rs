@@ -5,20 +5,10 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 pub use crate::keys::Secret;
 use crate::{
     error::ConfigError,
+    mesh::TlsFiles,
     ranges::{self, env_count, env_ms},
     wire::DEFAULT_MAX_FRAME_SIZE,
 };
-
-/// The PEM files of the cluster-CA mode (see [`GossipAdapterConfig::with_tls_ca`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TlsFiles {
-    /// The cluster CA's certificate(s): the only issuer peers' certificates may come from.
-    pub(crate) ca: PathBuf,
-    /// This node's certificate, signed by the CA (then any intermediates).
-    pub(crate) cert: PathBuf,
-    /// This node's private key.
-    pub(crate) key: PathBuf,
-}
 
 /// How nodes prove to each other that they belong to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -229,6 +229,8 @@ mod mesh;
 mod network;
 #[cfg(feature = "custom-network")]
 pub mod network;
+#[cfg(feature = "cluster-gossip")]
+mod peer;
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ranges;
 #[cfg(feature = "cluster-gossip")]
@@ -238,7 +240,7 @@ pub mod redis;
 #[cfg(feature = "sessions")]
 pub mod sessions;
 #[cfg(feature = "cluster-gossip")]
-pub mod wire;
+mod wire;
 
 #[cfg(feature = "cluster-gossip")]
 pub use adapter::{GossipAdapter, GossipAdapterCtr};
@@ -253,3 +255,8 @@ pub use error::{ConfigError, Error};
 pub use init::InitRes;
 #[cfg(feature = "cluster-gossip")]
 pub use membership::Member;
+/// The ALPN protocol identifier of the mesh's QUIC connections (it names the protocol
+/// version: nodes of incompatible versions do not connect), for a firewall or a probe that
+/// must recognise mesh traffic.
+#[cfg(feature = "cluster-gossip")]
+pub use wire::ALPN as MESH_ALPN;

@@ -30,7 +30,7 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
 use socketioxide::extract::SocketRef;
-use socketioxide_cluster::{GossipAdapterConfig, wire::ALPN};
+use socketioxide_cluster::{GossipAdapterConfig, MESH_ALPN as ALPN};
 
 /// A strong test secret (64 hex characters).
 const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";

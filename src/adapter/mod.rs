@@ -30,7 +30,7 @@ use crate::{
     config::GossipAdapterConfig,
     error::{Error, RequestError},
     init::InitRes,
-    mesh::PeerId,
+    peer::PeerId,
     wire::{self, AckResult, Frame, Id, RequestKind, Response, ResponseBody},
 };
 

@@ -141,20 +141,16 @@ impl Cluster {
         self.node.events()
     }
 
-    /// Start this node's replicated session store (feature `sessions`; see
-    /// [`sessions`](crate::sessions)). Start one per node: a second one replaces the first.
-    #[cfg(feature = "sessions")]
-    pub fn session_store(
-        &self,
-        config: crate::sessions::SessionStoreConfig,
-    ) -> crate::sessions::GossipSessionStore {
-        crate::sessions::GossipSessionStore::start(self.node.clone(), &config)
-    }
-
     /// Leave the cluster gracefully: peers drop this node at once (not after failure
     /// detection), pending requests complete with what they have, and the ports close.
     /// Sockets of this node stay connected; stop the HTTP server too.
     pub async fn shutdown(&self) {
         self.node.shutdown().await;
+    }
+
+    /// The node this handle is of, for the services that run on it.
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 }

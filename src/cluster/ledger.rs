@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Node, lock};
 use crate::{
-    mesh::PeerId,
+    peer::PeerId,
     rate_log::RateLog,
     wire::{Id, ResponseBody},
 };

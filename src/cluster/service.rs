@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{Node, To, read, write};
 use crate::{
     error::RequestError,
-    mesh::PeerId,
+    peer::PeerId,
     wire::{Frame, ResponseBody, ServiceFrame},
 };
 

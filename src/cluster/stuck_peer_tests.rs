@@ -18,7 +18,7 @@ use super::{
     tests::{config, until},
 };
 use crate::{
-    mesh::PeerId,
+    peer::PeerId,
     wire::{self, Frame, Id, Opts, PacketData, RequestKind, Value, WirePacket},
 };
 

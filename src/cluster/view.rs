@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use crate::{
     membership::Member,
-    mesh::{ConnId, PeerAddrs, PeerId},
+    mesh::{ConnId, PeerAddrs},
+    peer::PeerId,
     wire::{NodeMeta, Parser},
 };
 

@@ -20,7 +20,6 @@ mod recverr;
 mod tls;
 
 use std::{
-    fmt,
     net::SocketAddr,
     sync::{
         Arc,
@@ -33,11 +32,10 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use tokio::sync::mpsc;
 
-use crate::{
-    config::TlsFiles,
-    wire::{self, Frame, FrameDecoder, Hello},
-};
+pub(crate) use crate::peer::PeerId;
+use crate::wire::{self, Frame, FrameDecoder, Hello};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
+pub(crate) use tls::TlsFiles;
 
 /// Close code: the peer left the cluster on purpose. Not 0: quinn closes a connection whose
 /// handles were all dropped with code 0, which says nothing about the node leaving.
@@ -73,26 +71,6 @@ const PEER_UNI_STREAMS: u32 = 2;
 
 /// Connection-level receive window once the peer is verified.
 const PEER_WINDOW: u32 = PEER_UNI_STREAMS * STREAM_WINDOW + HANDSHAKE_WINDOW;
-
-/// A node's identity in the mesh: its name and generation (a restarted node is a new peer).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct PeerId {
-    /// Node name.
-    pub(crate) name: Arc<str>,
-    /// Generation: start time of the process, in ms since the Unix epoch.
-    pub(crate) generation: u64,
-}
-
-impl fmt::Debug for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.name, self.generation)
-    }
-}
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
 
 /// One authenticated connection: which, and in which direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

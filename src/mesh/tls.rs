@@ -11,7 +11,10 @@
 //!   says which node it is, [`check_peer_name`] makes sure its certificate names that very
 //!   node, so that no node can speak for another. The secret's proof still runs.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::{
@@ -27,7 +30,18 @@ use rustls::{
     server::{ParsedCertificate, WebPkiClientVerifier},
 };
 
-use crate::{config::TlsFiles, wire::ALPN};
+use crate::wire::ALPN;
+
+/// The PEM files of the cluster-CA mode (see `GossipAdapterConfig::with_tls_ca`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// The cluster CA's certificate(s): the only issuer peers' certificates may come from.
+    pub(crate) ca: PathBuf,
+    /// This node's certificate, signed by the CA (then any intermediates).
+    pub(crate) cert: PathBuf,
+    /// This node's private key.
+    pub(crate) key: PathBuf,
+}
 
 /// The server name every node uses for every other (names are checked against the
 /// [`Hello`](crate::wire::Hello) instead, see [`check_peer_name`]).

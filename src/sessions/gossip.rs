@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     cluster::{MembershipEvent, Node, ServiceHandler},
-    mesh::PeerId,
+    peer::PeerId,
     rate_log::RateLog,
     wire::{
         self,
@@ -89,8 +89,16 @@ fn backend(e: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(e.to_string())
 }
 
+impl crate::Cluster {
+    /// Start this node's replicated session store (feature `sessions`; see
+    /// [`sessions`](crate::sessions)). Start one per node: a second one replaces the first.
+    pub fn session_store(&self, config: SessionStoreConfig) -> GossipSessionStore {
+        GossipSessionStore::start(self.node().clone(), &config)
+    }
+}
+
 impl GossipSessionStore {
-    pub(crate) fn start(node: Arc<Node>, config: &SessionStoreConfig) -> Self {
+    fn start(node: Arc<Node>, config: &SessionStoreConfig) -> Self {
         let replica = Replica::new(
             node.me().name.to_string(),
             config.max_sessions,
