@@ -14,6 +14,8 @@ use socketioxide_core::adapter::{
 };
 use socketioxide_core::packet::Packet;
 
+#[cfg(feature = "redis")]
+use crate::redis::outage::{EndWhenTerminated, also_local, is_remote_failure, log_local};
 #[cfg(feature = "cluster-gossip")]
 use crate::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr, RequestError};
 use crate::{error::Error, init::InitRes};
@@ -69,21 +71,7 @@ impl ClusterAdapterCtr {
 
     #[cfg(feature = "redis")]
     async fn redis_from_env(url: &str) -> Result<Self, Error> {
-        use crate::ranges::{self, env_count, env_ms};
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let mut config = crate::redis::RedisAdapterConfig::new();
-        if let Some(id) = get("SOCKETIO_CLUSTER_ID") {
-            config = config.with_prefix(id);
-        }
-        if let Some(d) = env_ms(&ranges::REQUEST_TIMEOUT, get)? {
-            config.request_timeout = d;
-        }
-        if let Some(n) = env_count(&ranges::ACK_RESPONSE_BUFFER, get)? {
-            config.ack_response_buffer = n;
-        }
-        if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
-            config.stream_buffer = n;
-        }
+        let config = crate::redis::config_from_env()?;
         let tls = crate::redis::RedisTls::from_env()?;
         Self::redis_with_tls(url, config, tls).await
     }
@@ -408,56 +396,6 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
 
     fn get_local(&self) -> &CoreLocalAdapter<E> {
         each!(self, a => a.get_local())
-    }
-}
-
-/// Ends a stream as soon as it says it is terminated. socketioxide-core's remote ack stream
-/// can take in its last expected message (an ack count of 0) and then return `Pending`
-/// without a wake-up, so it would only end at its timeout.
-#[cfg(feature = "redis")]
-struct EndWhenTerminated<S>(S);
-
-#[cfg(feature = "redis")]
-impl<S: futures_core::stream::FusedStream + Unpin> futures_core::Stream for EndWhenTerminated<S> {
-    type Item = S::Item;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<S::Item>> {
-        use std::{pin::Pin, task::Poll};
-        match Pin::new(&mut self.0).poll_next(cx) {
-            Poll::Pending if self.0.is_terminated() => Poll::Ready(None),
-            other => other,
-        }
-    }
-}
-
-/// socketioxide-redis returns before touching the local sockets when Redis fails: apply the
-/// operation locally anyway (local clients keep working during an outage), then report the
-/// failure to the caller.
-#[cfg(feature = "redis")]
-fn also_local<T, Err>(
-    res: Result<T, Err>,
-    remote_failed: impl FnOnce(&Err) -> bool,
-    local: impl FnOnce(),
-) -> Result<T, Err> {
-    if let Err(e) = &res
-        && remote_failed(e)
-    {
-        local();
-    }
-    res
-}
-
-#[cfg(feature = "redis")]
-fn is_remote_failure(e: &BroadcastError) -> bool {
-    matches!(e, BroadcastError::Adapter(_))
-}
-
-#[cfg(feature = "redis")]
-fn log_local(res: Result<(), Vec<socketioxide_core::adapter::errors::SocketError>>) {
-    if let Err(e) = res {
-        tracing::warn!("local part of an operation during a Redis outage: {e:?}");
     }
 }
 

@@ -106,8 +106,8 @@ pub enum RequestError {
 }
 
 #[cfg(feature = "cluster-gossip")]
-impl From<crate::wire::EncodeError> for RequestError {
-    fn from(e: crate::wire::EncodeError) -> Self {
+impl From<crate::gossip::wire::EncodeError> for RequestError {
+    fn from(e: crate::gossip::wire::EncodeError) -> Self {
         Self::Encode(e.to_string())
     }
 }

@@ -69,7 +69,8 @@
 //!
 //! ## How it works
 //!
-//! Three layers run inside every node, next to socketioxide:
+//! Four layers run inside every node, next to socketioxide, each built only on those
+//! below it:
 //!
 //! - **Membership** (gossip, UDP): each node publishes its name and its mesh address, and
 //!   learns those of every other node through periodic gossip rounds with a few peers
@@ -94,9 +95,17 @@
 //!   is full are dropped and counted ([`Cluster::frames_dropped`]), and a peer that takes
 //!   nothing for the peer timeout while staying connected is disconnected as a slow
 //!   consumer ([`Cluster::slow_peers_disconnected`]) and connected to afresh.
+//! - **Node**: decides who is a member (a peer proven over the mesh, whatever gossip
+//!   says), keeps one link per member, routes incoming frames to namespaces and services,
+//!   and keeps the one ledger of requests: whom each still waits for, and what each peer
+//!   asked may still send back. It knows nothing of socket.io.
 //! - **Adapter** (per namespace): turns socketioxide's adapter calls into requests to the
 //!   other members, and applies the requests it receives to its local sockets, as
 //!   `socketioxide-redis` does over Redis channels.
+//!
+//! In the source, the gossip backend is `src/gossip/` (`membership`, `mesh`, `node`,
+//! `adapter`, over the leaves `peer`, `keys` and `wire`), the Redis backend `src/redis/`,
+//! and [`ClusterAdapter`], which dispatches to either, `src/backend.rs`.
 //!
 //! A broadcast is sent to every member and answered by none. A request that expects
 //! answers (`fetch_sockets`, `rooms`, acks, and `join`, `leave` and `disconnect` of other
@@ -210,27 +219,11 @@
 #[cfg(not(any(feature = "cluster-gossip", feature = "redis")))]
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");
 
-#[cfg(feature = "cluster-gossip")]
-mod adapter;
 mod backend;
-#[cfg(feature = "cluster-gossip")]
-mod cluster;
-#[cfg(feature = "cluster-gossip")]
-mod config;
 mod error;
+#[cfg(feature = "cluster-gossip")]
+mod gossip;
 mod init;
-#[cfg(feature = "cluster-gossip")]
-mod keys;
-#[cfg(feature = "cluster-gossip")]
-mod membership;
-#[cfg(feature = "cluster-gossip")]
-mod mesh;
-#[cfg(all(feature = "cluster-gossip", not(feature = "custom-network")))]
-mod network;
-#[cfg(feature = "custom-network")]
-pub mod network;
-#[cfg(feature = "cluster-gossip")]
-mod peer;
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ranges;
 #[cfg(feature = "cluster-gossip")]
@@ -239,24 +232,24 @@ mod rate_log;
 pub mod redis;
 #[cfg(feature = "sessions")]
 pub mod sessions;
-#[cfg(feature = "cluster-gossip")]
-mod wire;
 
-#[cfg(feature = "cluster-gossip")]
-pub use adapter::{GossipAdapter, GossipAdapterCtr};
 pub use backend::{BACKEND_VAR, ClusterAdapter, ClusterAdapterCtr, ClusterError};
-#[cfg(feature = "cluster-gossip")]
-pub use cluster::{Cluster, GossipStats, MembershipEvent};
-#[cfg(feature = "cluster-gossip")]
-pub use config::{GossipAdapterConfig, Secret};
 #[cfg(feature = "cluster-gossip")]
 pub use error::RequestError;
 pub use error::{ConfigError, Error};
-pub use init::InitRes;
 #[cfg(feature = "cluster-gossip")]
-pub use membership::Member;
+pub use gossip::adapter::{GossipAdapter, GossipAdapterCtr};
+#[cfg(feature = "cluster-gossip")]
+pub use gossip::config::{GossipAdapterConfig, Secret};
+#[cfg(feature = "cluster-gossip")]
+pub use gossip::membership::Member;
+#[cfg(feature = "custom-network")]
+pub use gossip::network;
+#[cfg(feature = "cluster-gossip")]
+pub use gossip::node::{Cluster, GossipStats, MembershipEvent};
 /// The ALPN protocol identifier of the mesh's QUIC connections (it names the protocol
 /// version: nodes of incompatible versions do not connect), for a firewall or a probe that
 /// must recognise mesh traffic.
 #[cfg(feature = "cluster-gossip")]
-pub use wire::ALPN as MESH_ALPN;
+pub use gossip::wire::ALPN as MESH_ALPN;
+pub use init::InitRes;

@@ -30,13 +30,13 @@ use super::{
     replica::{Applied, Evicted, Replica, chunks},
 };
 use crate::{
-    cluster::{MembershipEvent, Node, ServiceHandler},
-    peer::PeerId,
-    rate_log::RateLog,
-    wire::{
+    gossip::node::{MembershipEvent, Node, ServiceHandler},
+    gossip::peer::PeerId,
+    gossip::wire::{
         self,
         sessions::{SERVICE, SessionMsg, SessionRecord, SessionState},
     },
+    rate_log::RateLog,
 };
 
 /// Largest snapshot chunk, whatever the frame limit: keeps one catch-up from holding a
@@ -393,7 +393,9 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::{GossipAdapterConfig, sessions::SessionStoreConfig, wire::sessions::Version};
+    use crate::{
+        GossipAdapterConfig, gossip::wire::sessions::Version, sessions::SessionStoreConfig,
+    };
 
     const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
 

@@ -35,7 +35,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::wire::{
+use crate::gossip::wire::{
     self,
     sessions::{SessionRecord, SessionState, Version},
 };
@@ -316,7 +316,7 @@ pub(crate) fn chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::sessions::SessionMsg;
+    use crate::gossip::wire::sessions::SessionMsg;
     use proptest::prelude::*;
 
     const HOUR_NS: i128 = 3_600_000_000_000;

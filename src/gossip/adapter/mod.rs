@@ -26,12 +26,12 @@ use socketioxide_core::{
 };
 
 use crate::{
-    cluster::{Cluster, NamespaceHandler, Node, Pending, To},
-    config::GossipAdapterConfig,
     error::{Error, RequestError},
+    gossip::config::GossipAdapterConfig,
+    gossip::node::{Cluster, NamespaceHandler, Node, Pending, To},
+    gossip::peer::PeerId,
+    gossip::wire::{self, AckResult, Frame, Id, RequestKind, Response, ResponseBody},
     init::InitRes,
-    peer::PeerId,
-    wire::{self, AckResult, Frame, Id, RequestKind, Response, ResponseBody},
 };
 
 /// The adapter constructor: the running cluster node, shared by the adapter of every

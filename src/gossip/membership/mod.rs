@@ -20,7 +20,7 @@ use chitchat::{
 };
 use tokio::sync::watch;
 
-use crate::peer::PeerId;
+use crate::gossip::peer::PeerId;
 
 /// Key holding the node's advertised mesh address.
 pub(crate) const KEY_MESH: &str = "mesh";

@@ -5,9 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use super::*;
 use crate::{
-    config::GossipAdapterConfig,
-    keys::{Secret, derive_keyring, tests::SECRET},
-    mesh::Mesh,
+    gossip::config::GossipAdapterConfig,
+    gossip::keys::{Secret, derive_keyring, tests::SECRET},
+    gossip::mesh::Mesh,
 };
 
 pub(crate) fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {

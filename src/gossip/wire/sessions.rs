@@ -74,7 +74,7 @@ pub enum SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{decode_body, encode_body};
+    use crate::gossip::wire::{decode_body, encode_body};
     use proptest::prelude::*;
 
     fn arb_record() -> impl Strategy<Value = SessionRecord> {

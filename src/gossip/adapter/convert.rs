@@ -9,7 +9,7 @@ use socketioxide_core::{
     parser::Parse,
 };
 
-use crate::wire::{self, Id};
+use crate::gossip::wire::{self, Id};
 
 /// A wire value that does not map back to a core value.
 #[derive(Debug, thiserror::Error)]

@@ -19,10 +19,10 @@ use std::{
 use tokio::time::Instant;
 
 use crate::{
-    membership::Member,
-    mesh::{ConnId, PeerAddrs},
-    peer::PeerId,
-    wire::{NodeMeta, Parser},
+    gossip::membership::Member,
+    gossip::mesh::{ConnId, PeerAddrs},
+    gossip::peer::PeerId,
+    gossip::wire::{NodeMeta, Parser},
 };
 
 /// First delay before connecting again to a live peer that could not be verified.
@@ -263,7 +263,7 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Id;
+    use crate::gossip::wire::Id;
 
     fn peer(name: &str, generation: u64) -> PeerId {
         PeerId {

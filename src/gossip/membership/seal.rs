@@ -19,7 +19,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
-use crate::keys::Keys;
+use crate::gossip::keys::Keys;
 
 const MAGIC: &[u8; 3] = b"SXG";
 const VERSION: u8 = 1;
@@ -287,7 +287,7 @@ impl Opener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{Secret, derive_keyring, tests::OTHER, tests::SECRET};
+    use crate::gossip::keys::{Secret, derive_keyring, tests::OTHER, tests::SECRET};
     use std::sync::{Arc, OnceLock};
 
     const NOW: u64 = 1_800_000_000_000;

@@ -28,7 +28,7 @@ use std::{
 use quinn::{Connection, VarInt};
 
 use super::{Closed, ConnId, Inbound, PeerAddrs, PeerId};
-use crate::{rate_log::RateLog, wire::Frame};
+use crate::{gossip::wire::Frame, rate_log::RateLog};
 
 /// Close code: the peer's port answered unreachable. The peer never reads it unless the
 /// answer was forged; then it sees its connection lost, and reconnects.

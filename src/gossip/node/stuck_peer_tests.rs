@@ -18,8 +18,8 @@ use super::{
     tests::{config, until},
 };
 use crate::{
-    peer::PeerId,
-    wire::{self, Frame, Id, Opts, PacketData, RequestKind, Value, WirePacket},
+    gossip::peer::PeerId,
+    gossip::wire::{self, Frame, Id, Opts, PacketData, RequestKind, Value, WirePacket},
 };
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);

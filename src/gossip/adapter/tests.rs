@@ -7,9 +7,9 @@ use socketioxide::{SocketIo, adapter::Emitter, extract::SocketRef};
 
 use super::*;
 use crate::{
-    cluster::tests::{config, until},
-    mesh::tests::capture_logs,
-    wire::{PacketData, Request, Value, WirePacket},
+    gossip::mesh::tests::capture_logs,
+    gossip::node::tests::{config, until},
+    gossip::wire::{PacketData, Request, Value, WirePacket},
 };
 
 type A = GossipAdapter<Emitter>;

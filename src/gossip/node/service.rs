@@ -12,8 +12,8 @@ use bytes::Bytes;
 use super::{Node, To, read, write};
 use crate::{
     error::RequestError,
-    peer::PeerId,
-    wire::{Frame, ResponseBody, ServiceFrame},
+    gossip::peer::PeerId,
+    gossip::wire::{Frame, ResponseBody, ServiceFrame},
 };
 
 /// Receives the messages sent to one service of this node.

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 
 use super::{Node, lock};
 use crate::{
-    peer::PeerId,
+    gossip::peer::PeerId,
+    gossip::wire::{Id, ResponseBody},
     rate_log::RateLog,
-    wire::{Id, ResponseBody},
 };
 
 /// Responses refused because a peer sent what it was not asked for: logged at most once
@@ -276,7 +276,7 @@ impl Drop for Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{AckResult, Value};
+    use crate::gossip::wire::{AckResult, Value};
 
     fn peer(name: &str) -> PeerId {
         PeerId {

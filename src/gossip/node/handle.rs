@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use futures_core::Stream;
 
 use super::Node;
-use crate::membership::Member;
+use crate::gossip::membership::Member;
 
 /// A change in the set of live members.
 #[derive(Clone, Debug, PartialEq, Eq)]

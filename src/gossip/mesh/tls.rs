@@ -7,7 +7,7 @@
 //!   valid for the handshake, so that the session keys are authentic for whoever holds the key.
 //! - **Cluster CA** ([`TlsFiles`]): every node has a certificate signed by the cluster's CA
 //!   naming it (a DNS name in its subject alternative names). Both sides require and verify
-//!   the other's chain to the CA (mutual TLS); once the peer's [`Hello`](crate::wire::Hello)
+//!   the other's chain to the CA (mutual TLS); once the peer's [`Hello`](crate::gossip::wire::Hello)
 //!   says which node it is, [`check_peer_name`] makes sure its certificate names that very
 //!   node, so that no node can speak for another. The secret's proof still runs.
 
@@ -30,7 +30,7 @@ use rustls::{
     server::{ParsedCertificate, WebPkiClientVerifier},
 };
 
-use crate::wire::ALPN;
+use crate::gossip::wire::ALPN;
 
 /// The PEM files of the cluster-CA mode (see `GossipAdapterConfig::with_tls_ca`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub(crate) struct TlsFiles {
 }
 
 /// The server name every node uses for every other (names are checked against the
-/// [`Hello`](crate::wire::Hello) instead, see [`check_peer_name`]).
+/// [`Hello`](crate::gossip::wire::Hello) instead, see [`check_peer_name`]).
 pub(crate) const SERVER_NAME: &str = "socketioxide-cluster";
 
 /// Why the TLS configuration could not be built.
@@ -214,7 +214,7 @@ pub(crate) fn check_peer_name(conn: &quinn::Connection, node: &str) -> Result<()
 /// The connecting side's check of the server certificate. Without a CA (shared-secret
 /// mode) any certificate goes: identity is proven by the secret afterwards. In cluster-CA
 /// mode the chain must lead to the CA; its name is checked once its
-/// [`Hello`](crate::wire::Hello) says who it is ([`check_peer_name`]). Either way the TLS 1.3
+/// [`Hello`](crate::gossip::wire::Hello) says who it is ([`check_peer_name`]). Either way the TLS 1.3
 /// handshake signature made with the certificate is verified.
 #[derive(Debug)]
 struct ServerCert {

@@ -2,12 +2,12 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use crate::keys::Secret;
+pub use crate::gossip::keys::Secret;
 use crate::{
     error::ConfigError,
-    mesh::TlsFiles,
+    gossip::mesh::TlsFiles,
+    gossip::wire::DEFAULT_MAX_FRAME_SIZE,
     ranges::{self, env_count, env_ms},
-    wire::DEFAULT_MAX_FRAME_SIZE,
 };
 
 /// How nodes prove to each other that they belong to the cluster.
@@ -54,7 +54,7 @@ pub struct GossipAdapterConfig {
     pub(crate) peer_timeout: Duration,
     pub(crate) tls: Option<TlsFiles>,
     pub(crate) join_timeout: Duration,
-    pub(crate) network: Option<crate::network::Custom>,
+    pub(crate) network: Option<crate::gossip::network::Custom>,
 }
 
 impl Default for GossipAdapterConfig {
@@ -260,8 +260,8 @@ impl GossipAdapterConfig {
     /// sockets from the operating system: for simulations on a simulated network and clock.
     /// The addresses set by the other methods are passed to `network` as they are.
     #[cfg(feature = "custom-network")]
-    pub fn with_network(mut self, network: impl crate::network::Network) -> Self {
-        self.network = Some(crate::network::Custom(std::sync::Arc::new(network)));
+    pub fn with_network(mut self, network: impl crate::gossip::network::Network) -> Self {
+        self.network = Some(crate::gossip::network::Custom(std::sync::Arc::new(network)));
         self
     }
 

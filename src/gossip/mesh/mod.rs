@@ -32,8 +32,8 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use tokio::sync::mpsc;
 
-pub(crate) use crate::peer::PeerId;
-use crate::wire::{self, Frame, FrameDecoder, Hello};
+pub(crate) use crate::gossip::peer::PeerId;
+use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 pub(crate) use tls::TlsFiles;
 
@@ -954,7 +954,7 @@ fn protocol_violation(conn: &Connection, peer: &PeerId, reason: &str) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::wire::{Frame, LEN_PREFIX, MAGIC, VERSION};
+    use crate::gossip::wire::{Frame, LEN_PREFIX, MAGIC, VERSION};
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
     #[derive(Debug)]

@@ -43,16 +43,16 @@ use futures_core::Stream;
 use tokio::sync::broadcast;
 
 use crate::{
-    config::{Auth, GossipAdapterConfig},
     error::{Error, RequestError},
-    keys,
-    membership::{
+    gossip::config::{Auth, GossipAdapterConfig},
+    gossip::keys,
+    gossip::membership::{
         self, GossipSettings, GossipTransport, KEY_LEAVING, Member, Membership,
         seal::GossipKeys,
         transport::{GossipCounters, SealedTransport},
     },
-    mesh::{self, ConnId, Inbound, Link, Mesh, PeerAddrs, PeerId, auth::Keyring},
-    wire::{self, Frame, Id, NodeMeta, Response, ResponseBody},
+    gossip::mesh::{self, ConnId, Inbound, Link, Mesh, PeerAddrs, PeerId, auth::Keyring},
+    gossip::wire::{self, Frame, Id, NodeMeta, Response, ResponseBody},
 };
 
 /// Receives the requests addressed to one namespace of this node.
@@ -1370,7 +1370,7 @@ mod bound_tests {
         let peer = node(&cluster, None).await;
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "--nocapture"])
-            .arg("cluster::tests::peak_memory_under_the_largest_frame")
+            .arg("gossip::node::bound_tests::peak_memory_under_the_largest_frame")
             .env("PEAK_CHILD_SEED", peer.addrs().0.to_string())
             .env("PEAK_CLUSTER", &cluster)
             .stdout(std::process::Stdio::piped())

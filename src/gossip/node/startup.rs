@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
-use crate::{config::GossipAdapterConfig, error::Error};
+use crate::{error::Error, gossip::config::GossipAdapterConfig};
 
 /// A seed must be `ip:port` or `host:port`. A host name that does not resolve yet is only
 /// logged: it is resolved again periodically.

@@ -10,7 +10,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::wire::Hello;
+use crate::gossip::wire::Hello;
 
 /// TLS exporter label for the authentication key material.
 pub(crate) const EXPORTER_LABEL: &[u8] = b"EXPORTER-socketioxide-cluster-auth";

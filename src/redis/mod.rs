@@ -26,6 +26,8 @@
 //! certificates (mutual TLS) gets the one of [`RedisTls::with_client_cert_pem`]
 //! (`SOCKETIO_CLUSTER_REDIS_CLIENT_CERT` and `SOCKETIO_CLUSTER_REDIS_CLIENT_KEY`).
 
+pub(crate) mod outage;
+
 use std::{
     collections::HashMap,
     fmt,
@@ -233,6 +235,27 @@ impl RedisDriver {
         ));
         Ok(driver)
     }
+}
+/// The Redis backend's settings from the environment: `SOCKETIO_CLUSTER_ID` is the channel
+/// prefix (so clusters sharing a Redis stay apart); the request timeout and buffers come
+/// from the same variables as for gossip, checked against the same ranges.
+pub(crate) fn config_from_env() -> Result<RedisAdapterConfig, crate::error::ConfigError> {
+    use crate::ranges::{self, env_count, env_ms};
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let mut config = RedisAdapterConfig::new();
+    if let Some(id) = get("SOCKETIO_CLUSTER_ID") {
+        config = config.with_prefix(id);
+    }
+    if let Some(d) = env_ms(&ranges::REQUEST_TIMEOUT, get)? {
+        config.request_timeout = d;
+    }
+    if let Some(n) = env_count(&ranges::ACK_RESPONSE_BUFFER, get)? {
+        config.ack_response_buffer = n;
+    }
+    if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
+        config.stream_buffer = n;
+    }
+    Ok(config)
 }
 
 /// Refuse a numeric setting of the Redis backend outside the range that works.
