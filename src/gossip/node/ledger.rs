@@ -228,7 +228,7 @@ impl Pending {
                     if self.timed_out.is_empty()
                         && let Some(node) = self.node.upgrade()
                     {
-                        self.timed_out = lock(&node.ledger).remove(self.id);
+                        self.timed_out = lock(&node.core).ledger.remove(self.id);
                         self.progress.close();
                         if !self.timed_out.is_empty() {
                             tracing::warn!(
@@ -268,7 +268,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(node) = self.node.upgrade() {
-            lock(&node.ledger).remove(self.id);
+            lock(&node.core).ledger.remove(self.id);
         }
     }
 }

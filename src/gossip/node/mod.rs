@@ -2,6 +2,7 @@
 //! requests waiting for responses. Knows nothing of socket.io: namespaces are routing keys,
 //! frames are opaque beyond their routing fields.
 
+mod core;
 mod handle;
 mod ledger;
 mod service;
@@ -25,13 +26,12 @@ use std::{
 
 use tokio::time::Instant;
 
+use core::{Core, Effect};
 pub use handle::{Cluster, GossipStats, MembershipEvent};
-use ledger::Ledger;
 pub(crate) use ledger::Pending;
 #[cfg(feature = "sessions")]
 pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
-use view::View;
 
 /// How often a node looks at what gossip knows (cheap: a read of its state).
 const GOSSIP_POLL: Duration = Duration::from_millis(100);
@@ -82,14 +82,6 @@ impl LinkSlot {
 
 type OwnedGuard = tokio::sync::OwnedMutexGuard<Option<Link>>;
 
-/// Most socketioxide server ids kept for one peer: one per `SocketIo` instance it runs.
-const MAX_SERVER_IDS_PER_PEER: usize = 16;
-/// Server ids refused beyond that bound: logged at most once per period.
-static SERVER_ID_LOG: crate::rate_log::RateLog =
-    crate::rate_log::RateLog::new(Duration::from_secs(10));
-/// Frames from peers refused for their parser, dropped: logged at most once per period.
-static REFUSED_FRAME_LOG: crate::rate_log::RateLog =
-    crate::rate_log::RateLog::new(Duration::from_secs(10));
 /// Frames dropped on their way to peers (a stuck peer can cost thousands a second): logged
 /// at most once per period, node-wide.
 static DROP_LOG: crate::rate_log::RateLog = crate::rate_log::RateLog::new(Duration::from_secs(1));
@@ -105,12 +97,10 @@ pub(crate) struct Node {
     max_frame_size: usize,
     mesh: Arc<Mesh>,
     membership: Membership,
-    view: RwLock<View>,
+    /// Who is a member, the requests waiting for responses, the server ids of peers.
+    core: Mutex<Core>,
     /// What this node tells members about itself (server id, namespaces, parser).
     meta: Mutex<NodeMeta>,
-    /// Peers refused for their parser: logged at most once per period (a refused peer
-    /// can come back by reconnecting).
-    parser_log: crate::rate_log::RateLog,
     /// Gossip datagrams sealed, opened and refused.
     gossip: Arc<GossipCounters>,
     /// Why this node stopped being part of the cluster on its own, if it did.
@@ -119,10 +109,6 @@ pub(crate) struct Node {
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
     /// Cluster-wide services, by name.
     services: RwLock<HashMap<String, Weak<dyn service::ServiceHandler>>>,
-    /// socketioxide server ids learned from requests, for peers gossip has not shown yet.
-    server_ids: RwLock<HashMap<Id, PeerId>>,
-    /// Requests waiting for responses.
-    ledger: Mutex<Ledger>,
     events: broadcast::Sender<MembershipEvent>,
     shutting_down: AtomicBool,
     /// Set once the node joined through its seeds, or waited out the join timeout.
@@ -305,6 +291,7 @@ impl Node {
 
         let node = Arc::new_cyclic(|self_weak| Node {
             self_weak: self_weak.clone(),
+            core: Mutex::new(Core::new(me.clone())),
             me,
             gossip_addr,
             gossip_bind,
@@ -313,21 +300,17 @@ impl Node {
             max_frame_size: config.max_frame_size,
             mesh: Arc::new(mesh),
             membership,
-            view: RwLock::default(),
             meta: Mutex::new(NodeMeta {
                 version: 1,
                 server_id: None,
                 namespaces: Vec::new(),
                 parser: None,
             }),
-            parser_log: crate::rate_log::RateLog::new(Duration::from_secs(10)),
             gossip: gossip_counters,
             failure: Mutex::default(),
             links: Mutex::default(),
             handlers: RwLock::default(),
             services: RwLock::default(),
-            server_ids: RwLock::default(),
-            ledger: Mutex::default(),
             events: broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
             joined: AtomicBool::new(false),
@@ -360,7 +343,7 @@ impl Node {
 
     /// The live members, other than this node.
     pub(crate) fn members(&self) -> Vec<Member> {
-        let mut m: Vec<Member> = read(&self.view).members().cloned().collect();
+        let mut m: Vec<Member> = lock(&self.core).view().members().cloned().collect();
         m.sort_by(|a, b| a.node_name.cmp(&b.node_name));
         m
     }
@@ -386,7 +369,11 @@ impl Node {
 
     /// How many nodes, this one included, host the namespace `ns`.
     pub(crate) fn server_count(&self, ns: &str) -> u16 {
-        let others = read(&self.view).members().filter(|m| m.hosts(ns)).count();
+        let others = lock(&self.core)
+            .view()
+            .members()
+            .filter(|m| m.hosts(ns))
+            .count();
         u16::try_from(others + 1).unwrap_or(u16::MAX)
     }
 
@@ -434,7 +421,10 @@ impl Node {
             meta.clone()
         };
         let mut targets: Vec<PeerId> = self.members().iter().map(Member::peer_id).collect();
-        targets.extend(self.refuse_other_parsers());
+        let (refused, effects) = lock(&self.core).refuse_other_parsers(meta.parser);
+        // No request among the effects: nothing to refuse.
+        let _ = self.run(effects);
+        targets.extend(refused);
         if let Err(e) = self
             .send(To::Peers(&targets), &Frame::Meta(meta), false)
             .await
@@ -455,26 +445,7 @@ impl Node {
 
     /// The peers a frame goes to.
     fn targets(&self, to: To<'_>) -> Vec<PeerId> {
-        let view = read(&self.view);
-        match to {
-            To::All => view.members().map(Member::peer_id).collect(),
-            To::Peers(peers) => peers.to_vec(),
-            To::Server(id) => {
-                let uid = std::str::from_utf8(&id.0).ok();
-                let by_gossip = view.members().find(|m| {
-                    m.server_id
-                        .map(|s| Some(s.to_string()) == uid.map(String::from))
-                        == Some(true)
-                });
-                let peer = by_gossip
-                    .map(Member::peer_id)
-                    .or_else(|| read(&self.server_ids).get(&id).cloned());
-                if peer.is_none() {
-                    tracing::warn!(server = ?uid, "no live node has this server id; nothing sent");
-                }
-                peer.into_iter().collect()
-            }
-        }
+        lock(&self.core).targets(to)
     }
 
     /// Queue a frame for each peer `to` names, in order per peer, without waiting on any of
@@ -512,7 +483,7 @@ impl Node {
         let frame = frame(id);
         let bytes = self.encode(&frame)?;
         // Booked before sending: a response can arrive before the frames are queued.
-        let progress = lock(&self.ledger).book(id, &targets);
+        let progress = lock(&self.core).ledger.book(id, &targets);
         let pending = Pending::new(Arc::downgrade(self), id, progress, wait, describe(&frame));
         self.dispatch(&targets, bytes, false, Some(id)).await;
         Ok(pending)
@@ -532,7 +503,7 @@ impl Node {
             if let Err(why) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await {
                 self.frame_dropped(peer, volatile, &why);
                 if let Some(id) = awaited {
-                    lock(&self.ledger).peer_gone_from(id, peer);
+                    lock(&self.core).ledger.peer_gone_from(id, peer);
                 }
             }
         }
@@ -673,7 +644,8 @@ impl Node {
         peer: &PeerId,
         slot: &LinkSlot,
     ) -> Result<(SocketAddr, (mesh::Sender, mesh::Queue)), String> {
-        let addr = read(&self.view)
+        let addr = lock(&self.core)
+            .view()
             .mesh_addr(peer)
             .ok_or_else(|| "no known mesh address".to_string())?;
         let queue = self.mesh.queue();
@@ -707,7 +679,8 @@ impl Node {
             })?;
             if !link.is_open() {
                 // Closed before it was admitted: its close notice may have come first.
-                self.change_view("its connection closed", |v| v.closed(peer, link.id()));
+                let effects = lock(&self.core).closed(peer, link.id(), &mesh::Closed::Locally);
+                let _ = self.run(effects);
                 return Err("the connection closed at once".to_string());
             }
             Ok(link)
@@ -731,19 +704,19 @@ impl Node {
     /// leaving.
     async fn left(&self, peer: &PeerId) {
         let mut events = self.events.subscribe();
-        if !read(&self.view).is_member(peer) {
+        if !lock(&self.core).view().is_member(peer) {
             return std::future::pending().await;
         }
         loop {
             match events.recv().await {
                 Ok(MembershipEvent::Left(m))
-                    if m.peer_id() == *peer && !read(&self.view).is_refused(peer) =>
+                    if m.peer_id() == *peer && !lock(&self.core).view().is_refused(peer) =>
                 {
                     return;
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !read(&self.view).is_member(peer) {
+                    if !lock(&self.core).view().is_member(peer) {
                         return;
                     }
                 }
@@ -767,109 +740,86 @@ impl Node {
 
     /// Pending requests stop waiting for `peer`.
     fn stop_waiting_for(&self, peer: &PeerId) {
-        lock(&self.ledger).peer_gone(peer);
+        lock(&self.core).ledger.peer_gone(peer);
     }
 
     /// A frame from `from`. An error closes the connection it came on, with that reason.
     fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String> {
-        if read(&self.view).is_refused(from)
-            && matches!(
-                frame,
-                Frame::Request(_) | Frame::Response(_) | Frame::Service(_)
-            )
-        {
-            if let Some(held_back) = REFUSED_FRAME_LOG.allow() {
-                tracing::warn!(
-                    node = %self.me, peer = %from, held_back,
-                    "frame dropped: the peer is refused for its socket.io parser"
-                );
-            }
-            return Ok(());
-        }
-        match frame {
-            Frame::Request(req) => {
-                self.learn_server_id(req.origin, from);
-                let handler = read(&self.handlers).get(&req.ns).and_then(Weak::upgrade);
-                match handler {
-                    Some(h) => return h.on_request(from, req),
-                    None => {
-                        tracing::debug!(peer = %from, ns = %req.ns, "request for a namespace not hosted here");
-                        if req.kind.expects_response()
-                            && let Some(node) = self.weak().upgrade()
-                        {
-                            node.respond_later(from, req.id, ResponseBody::NotHosted);
-                        }
+        let mine = lock(&self.meta).parser;
+        let effects = lock(&self.core).frame(from, frame, mine);
+        self.run(effects)
+    }
+
+    /// Carry out what the core decided. An error says a request was refused by its
+    /// namespace: the connection it came on closes with that reason.
+    fn run(&self, effects: Vec<Effect>) -> Result<(), String> {
+        let mut refused = Ok(());
+        for effect in effects {
+            match effect {
+                Effect::Joined(member) => {
+                    // A new member hears from this node what it says about itself, first
+                    // thing on this node's own connection to it.
+                    if let Some(node) = self.weak().upgrade() {
+                        let peer = member.peer_id();
+                        tokio::spawn(async move {
+                            let meta = lock(&node.meta).clone();
+                            let _ = node
+                                .send(To::Peers(&[peer]), &Frame::Meta(meta), false)
+                                .await;
+                        });
+                    }
+                    let _ = self.events.send(MembershipEvent::Joined(member));
+                }
+                Effect::Left { member, keep_link } => {
+                    if !keep_link {
+                        self.drop_link(&member.peer_id());
+                    }
+                    let _ = self.events.send(MembershipEvent::Left(member));
+                }
+                Effect::DropLink(peer) => self.drop_link(&peer),
+                Effect::Request(from, req) => {
+                    if let Err(why) = self.deliver(&from, req) {
+                        refused = Err(why);
+                    }
+                }
+                Effect::Service(from, frame) => self.on_service_frame(&from, frame),
+                Effect::ReplacedBy(by) => {
+                    if let Some(node) = self.weak().upgrade() {
+                        tokio::spawn(async move { node.replaced(by).await });
                     }
                 }
             }
-            Frame::Response(res) => {
-                lock(&self.ledger).respond(from, res.id, res.body);
-            }
-            Frame::Leave => self.mark_left(from, "it left the cluster"),
-            Frame::Service(frame) => self.on_service_frame(from, frame),
-            Frame::Meta(meta) => {
-                write(&self.view).meta(from, meta);
-                self.refuse_other_parsers();
-            }
         }
-        Ok(())
+        refused
     }
 
-    /// Refuse the members that say they use another socket.io parser than this node (once
-    /// it knows its own): they are members no more, and nothing but this node's metadata is
-    /// sent to them. Their connections stay open, so that each hears the other's parser and
-    /// both refuse each other. Returns the peers refused now.
-    fn refuse_other_parsers(&self) -> Vec<PeerId> {
-        let Some(mine) = lock(&self.meta).parser else {
-            return Vec::new();
-        };
-        let mut refused = Vec::new();
-        self.change_view("it uses another socket.io parser", |v| {
-            refused = v.refuse_other_parsers(mine);
-        });
-        // Only two parsers exist: every peer refused uses the other one.
-        let theirs = refused.first().map(|(_, parser)| *parser);
-        let peers: Vec<PeerId> = refused.into_iter().map(|(peer, _)| peer).collect();
-        if let Some(theirs) = theirs
-            && let Some(held_back) = self.parser_log.allow()
-        {
-            tracing::error!(
-                node = %self.me, ?peers, held_back,
-                "peer refused: it uses the {theirs} parser and this node the {mine} parser; \
-                 every node of a cluster must use the same socket.io parser"
-            );
-        }
-        peers
-    }
-
-    /// Remember that `from` runs the socketioxide server `id`, up to
-    /// [`MAX_SERVER_IDS_PER_PEER`] per peer (forgotten when the peer goes).
-    fn learn_server_id(&self, id: Id, from: &PeerId) {
-        if read(&self.server_ids).contains_key(&id) {
-            return;
-        }
-        let mut ids = write(&self.server_ids);
-        if ids.values().filter(|p| *p == from).count() >= MAX_SERVER_IDS_PER_PEER {
-            drop(ids);
-            if let Some(held_back) = SERVER_ID_LOG.allow() {
-                tracing::warn!(
-                    peer = %from,
-                    held_back,
-                    "server id not learned: the peer already has {MAX_SERVER_IDS_PER_PEER}"
-                );
+    /// Hand a request to its namespace; one for a namespace not hosted here is answered so.
+    fn deliver(&self, from: &PeerId, req: wire::Request) -> Result<(), String> {
+        let handler = read(&self.handlers).get(&req.ns).and_then(Weak::upgrade);
+        match handler {
+            Some(h) => h.on_request(from, req),
+            None => {
+                tracing::debug!(peer = %from, ns = %req.ns, "request for a namespace not hosted here");
+                if req.kind.expects_response()
+                    && let Some(node) = self.weak().upgrade()
+                {
+                    node.respond_later(from, req.id, ResponseBody::NotHosted);
+                }
+                Ok(())
             }
-            return;
         }
-        ids.entry(id).or_insert_with(|| from.clone());
     }
 
-    /// Forget the link slots, mesh addresses and server ids of peers neither gossip nor a
-    /// verified connection shows any more (say, peers only ever seen in gossip).
+    /// Forget the link slots of peers neither gossip nor a verified connection shows any
+    /// more (say, peers only ever seen in gossip).
     fn forget_unknown_peers(&self) {
         let slots: Vec<PeerId> = lock(&self.links).keys().cloned().collect();
         let unknown: Vec<PeerId> = {
-            let view = read(&self.view);
-            slots.into_iter().filter(|p| !view.knows(p)).collect()
+            let core = lock(&self.core);
+            slots
+                .into_iter()
+                .filter(|p| !core.view().knows(p))
+                .collect()
         };
         for peer in &unknown {
             // A slot in use is a connect under way: leave it, or a second connection to the
@@ -888,145 +838,30 @@ impl Node {
                 }
             }
         }
-        let view = read(&self.view);
-        write(&self.server_ids).retain(|_, p| view.knows(p));
     }
 
     fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &mesh::Closed) {
         if self.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        let why = match reason {
-            mesh::Closed::Leaving => {
-                self.mark_left(peer, "it closed its connection to leave");
-                return;
-            }
-            mesh::Closed::Unused => {
-                tracing::debug!(%peer, "mesh connection replaced");
-                "its connection was replaced and no other is open".to_string()
-            }
-            mesh::Closed::Locally => "this node closed its last connection to it".to_string(),
-            mesh::Closed::Slow => {
-                // What was queued on it is lost: no request waits for an answer to it.
-                self.stop_waiting_for(peer);
-                if conn.incoming {
-                    "it closed its connection: this node took nothing for the peer timeout"
-                } else {
-                    "this node closed its connection: it took nothing for the peer timeout"
-                }
-                .to_string()
-            }
-            mesh::Closed::Refused | mesh::Closed::Lost(_) => {
-                tracing::warn!(node = %self.me, %peer, "mesh connection lost: {reason}");
-                self.stop_waiting_for(peer);
-                format!("its connection was lost ({reason})")
-            }
-        };
-        self.change_view(&why, |v| v.closed(peer, conn));
+        let effects = lock(&self.core).closed(peer, conn, reason);
+        let _ = self.run(effects);
     }
 
-    /// `peer` proved the cluster secret on connection `conn`: admit it, unless the view
-    /// refuses (see [`view::Refusal`]).
+    /// `peer` proved the cluster secret on connection `conn`: admit it, unless the core
+    /// refuses; why it is refused.
     fn admit(&self, peer: &PeerId, conn: ConnId, addrs: PeerAddrs) -> Result<(), String> {
-        if peer.name == self.me.name {
-            return Err(self.same_name(peer));
-        }
-        let mut refused = None;
-        let mut displaced = None;
-        self.change_view("it restarted", |v| match v.connected(peer, conn, addrs) {
-            Ok(old) => displaced = old,
-            Err(e) => refused = Some(e.to_string()),
-        });
-        if let Some(old) = displaced {
-            self.drop_link(&old);
-        }
-        refused.map_or(Ok(()), Err)
-    }
-
-    /// `peer` proved the cluster secret under this node's own name: never a member. If it
-    /// is newer, it replaces this node, which leaves (see [`Node::replaced`]). Why it is
-    /// refused.
-    fn same_name(&self, peer: &PeerId) -> String {
-        if peer.generation > self.me.generation {
-            if let Some(node) = self.weak().upgrade() {
-                let by = peer.clone();
-                tokio::spawn(async move { node.replaced(by).await });
-            }
-            format!("{peer} has this node's name and is newer: this node leaves")
-        } else if peer.generation == self.me.generation {
-            // Gossip may still show an earlier process of this node at this very address.
-            tracing::debug!(node = %self.me, "refused a connection from this node itself");
-            "it is this node itself".into()
-        } else {
-            tracing::warn!(
-                node = %self.me, %peer,
-                "refused a node with this node's name and an older generation"
-            );
-            format!("{peer} has this node's name and is not newer")
-        }
-    }
-
-    /// Change the view; report who joined and who left the members.
-    fn change_view(&self, why: &str, change: impl FnOnce(&mut View)) {
-        let (joined, gone) = {
-            let mut view = write(&self.view);
-            let before = view.member_map();
-            change(&mut view);
-            let after = view.member_map();
-            let joined: Vec<Member> = after
-                .iter()
-                .filter(|(p, _)| !before.contains_key(*p))
-                .map(|(_, m)| m.clone())
-                .collect();
-            let gone: Vec<Member> = before
-                .into_iter()
-                .filter(|(p, _)| !after.contains_key(p))
-                .map(|(_, m)| m)
-                .collect();
-            (joined, gone)
-        };
-        for member in gone {
-            let peer = member.peer_id();
-            tracing::info!(node = %self.me, %peer, "member left: {why}");
-            self.stop_waiting_for(&peer);
-            // A peer refused for its parser keeps its connections: this node's metadata
-            // may still be on its way to it.
-            if !read(&self.view).is_refused(&peer) {
-                self.drop_link(&peer);
-            }
-            write(&self.server_ids).retain(|_, p| p != &peer);
-            let _ = self.events.send(MembershipEvent::Left(member));
-        }
-        for member in joined {
-            tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
-            // A new member hears from this node what it says about itself, first thing on
-            // this node's own connection to it.
-            if let Some(node) = self.weak().upgrade() {
-                let peer = member.peer_id();
-                tokio::spawn(async move {
-                    let meta = lock(&node.meta).clone();
-                    let _ = node
-                        .send(To::Peers(&[peer]), &Frame::Meta(meta), false)
-                        .await;
-                });
-            }
-            let _ = self.events.send(MembershipEvent::Joined(member));
-        }
-    }
-
-    fn mark_left(&self, peer: &PeerId, why: &str) {
-        self.change_view(why, |v| v.leave(peer));
-        self.stop_waiting_for(peer);
-        self.drop_link(peer);
+        let (admitted, effects) = lock(&self.core).admit(peer, conn, addrs);
+        let _ = self.run(effects);
+        admitted
     }
 
     /// Apply what gossip knows now; connect to the nodes not proven yet.
     async fn refresh_from_gossip(self: &Arc<Self>) {
         let mut nodes = self.membership.nodes().await;
         nodes.reachable.remove(&self.me);
-        self.change_view("gossip", |v| {
-            v.apply_gossip(nodes.reachable, |p| nodes.listed.contains(p))
-        });
+        let effects = lock(&self.core).gossip(nodes);
+        let _ = self.run(effects);
         self.forget_unknown_peers();
         self.connect_unverified();
     }
@@ -1051,7 +886,7 @@ impl Node {
                 let known = self.membership.nodes().await.reachable;
                 let proven = known
                     .keys()
-                    .filter(|p| **p == self.me || read(&self.view).is_member(p))
+                    .filter(|p| **p == self.me || lock(&self.core).view().is_member(p))
                     .count();
                 if known.len() > 1 && proven == known.len() {
                     tracing::info!(
@@ -1091,7 +926,7 @@ impl Node {
 
     /// Try to connect to live peers that have not proved the secret yet, with backoff.
     fn connect_unverified(self: &Arc<Self>) {
-        let due = write(&self.view).due_for_connection(Instant::now());
+        let due = lock(&self.core).due_for_connection(Instant::now());
         for (peer, first) in due {
             let node = self.clone();
             tokio::spawn(async move {
@@ -1166,7 +1001,7 @@ impl Node {
                 let _ = link.send(bytes.clone(), Duration::from_millis(200)).await;
             }
         }
-        lock(&self.ledger).release_all();
+        lock(&self.core).ledger.release_all();
         self.mesh.close(mesh::CLOSE_LEAVING, b"leaving").await;
         self.membership.shutdown();
     }
@@ -1268,10 +1103,7 @@ mod bound_tests {
     }
 
     fn ids_of(node: &Node, peer: &PeerId) -> usize {
-        read(&node.server_ids)
-            .values()
-            .filter(|p| *p == peer)
-            .count()
+        lock(&node.core).server_ids_of(peer)
     }
 
     /// A member sending requests from 1,000 server ids: the node keeps 16 of them, and
@@ -1298,7 +1130,7 @@ mod bound_tests {
             .await
             .unwrap();
         let b_id = b.me().clone();
-        assert_eq!(ids_of(&a, &b_id), MAX_SERVER_IDS_PER_PEER);
+        assert_eq!(ids_of(&a, &b_id), core::MAX_SERVER_IDS_PER_PEER);
         b.shutdown().await;
         let mut forgotten = false;
         for _ in 0..500 {

@@ -60,7 +60,7 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     let b_id = b.me().clone();
     assert!(
         until(Duration::from_secs(10), || {
-            read(&a.view).has_incoming(&b_id) && b.members().len() == 1
+            lock(&a.core).view().has_incoming(&b_id) && b.members().len() == 1
         })
         .await,
         "a and b are members of each other, b connected to a"

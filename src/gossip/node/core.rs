@@ -1,0 +1,592 @@
+//! The node's state and its rules, without I/O: who is a member ([`View`]), the requests
+//! waiting for responses ([`Ledger`]), and the socketioxide server ids peers run. Inputs
+//! are what the mesh, gossip and the requester report (a peer proven, a connection
+//! closed, a frame in, what gossip shows); each returns the [`Effect`]s the node must carry
+//! out (close a link, tell the application, hand a request to its namespace). The tokio
+//! shell around it (`Node`) owns the sockets, the link table and the tasks.
+
+use std::{collections::HashMap, time::Duration};
+
+use super::{ledger::Ledger, view::View};
+use crate::{
+    gossip::{
+        membership::{GossipNodes, Member},
+        mesh::{self, ConnId, PeerAddrs},
+        peer::PeerId,
+        wire::{self, Frame, Id, Parser, ServiceFrame},
+    },
+    rate_log::RateLog,
+};
+
+/// Most socketioxide server ids kept for one peer: one per `SocketIo` instance it runs.
+pub(super) const MAX_SERVER_IDS_PER_PEER: usize = 16;
+/// Server ids refused beyond that bound: logged at most once per period.
+static SERVER_ID_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+/// Frames from peers refused for their parser, dropped: logged at most once per period.
+static REFUSED_FRAME_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+
+/// What the node must do after an input.
+#[derive(Debug)]
+pub(super) enum Effect {
+    /// A member joined: it hears this node's metadata, and the application hears of it.
+    Joined(Member),
+    /// A member left: the application hears of it, and the link to it is closed, unless it
+    /// was refused for its parser (this node's metadata may still be on its way to it).
+    Left {
+        /// Who.
+        member: Member,
+        /// Keep the link open.
+        keep_link: bool,
+    },
+    /// Close the link to this peer (it left, or a newer generation displaced it).
+    DropLink(PeerId),
+    /// Hand a request to the namespace it names.
+    Request(PeerId, wire::Request),
+    /// Hand a message to the service it names.
+    Service(PeerId, ServiceFrame),
+    /// A newer node with this node's name proved itself: this node must leave.
+    ReplacedBy(PeerId),
+}
+
+/// The node's state.
+pub(super) struct Core {
+    me: PeerId,
+    view: View,
+    /// Requests waiting for responses.
+    pub(super) ledger: Ledger,
+    /// socketioxide server ids learned from requests, for peers gossip has not shown yet.
+    server_ids: HashMap<Id, PeerId>,
+    /// Peers refused for their parser: logged at most once per period (a refused peer
+    /// can come back by reconnecting).
+    parser_log: RateLog,
+}
+
+impl Core {
+    pub(super) fn new(me: PeerId) -> Self {
+        Self {
+            me,
+            view: View::default(),
+            ledger: Ledger::default(),
+            server_ids: HashMap::new(),
+            parser_log: RateLog::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Who is a member, and what gossip shows.
+    pub(super) fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The peers a frame goes to.
+    pub(super) fn targets(&self, to: super::To<'_>) -> Vec<PeerId> {
+        match to {
+            super::To::All => self.view.members().map(Member::peer_id).collect(),
+            super::To::Peers(peers) => peers.to_vec(),
+            super::To::Server(id) => {
+                let uid = std::str::from_utf8(&id.0).ok();
+                let by_gossip = self.view.members().find(|m| {
+                    m.server_id
+                        .map(|s| Some(s.to_string()) == uid.map(String::from))
+                        == Some(true)
+                });
+                let peer = by_gossip
+                    .map(Member::peer_id)
+                    .or_else(|| self.server_ids.get(&id).cloned());
+                if peer.is_none() {
+                    tracing::warn!(server = ?uid, "no live node has this server id; nothing sent");
+                }
+                peer.into_iter().collect()
+            }
+        }
+    }
+
+    /// A frame from `from`; `mine` is this node's parser, once it knows it.
+    pub(super) fn frame(
+        &mut self,
+        from: &PeerId,
+        frame: Frame,
+        mine: Option<Parser>,
+    ) -> Vec<Effect> {
+        if self.view.is_refused(from)
+            && matches!(
+                frame,
+                Frame::Request(_) | Frame::Response(_) | Frame::Service(_)
+            )
+        {
+            if let Some(held_back) = REFUSED_FRAME_LOG.allow() {
+                tracing::warn!(
+                    node = %self.me, peer = %from, held_back,
+                    "frame dropped: the peer is refused for its socket.io parser"
+                );
+            }
+            return Vec::new();
+        }
+        match frame {
+            Frame::Request(req) => {
+                self.learn_server_id(req.origin, from);
+                vec![Effect::Request(from.clone(), req)]
+            }
+            Frame::Response(res) => {
+                self.ledger.respond(from, res.id, res.body);
+                Vec::new()
+            }
+            Frame::Leave => self.mark_left(from, "it left the cluster"),
+            Frame::Service(frame) => vec![Effect::Service(from.clone(), frame)],
+            Frame::Meta(meta) => {
+                self.view.meta(from, meta);
+                self.refuse_other_parsers(mine).1
+            }
+        }
+    }
+
+    /// Refuse the members that say they use another socket.io parser than `mine` (once
+    /// this node knows it): they are members no more, and nothing but this node's metadata
+    /// is sent to them. Their connections stay open, so that each hears the other's parser
+    /// and both refuse each other. Returns the peers refused now.
+    pub(super) fn refuse_other_parsers(
+        &mut self,
+        mine: Option<Parser>,
+    ) -> (Vec<PeerId>, Vec<Effect>) {
+        let Some(mine) = mine else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut refused = Vec::new();
+        let effects = self.change_view("it uses another socket.io parser", |v| {
+            refused = v.refuse_other_parsers(mine);
+        });
+        // Only two parsers exist: every peer refused uses the other one.
+        let theirs = refused.first().map(|(_, parser)| *parser);
+        let peers: Vec<PeerId> = refused.into_iter().map(|(peer, _)| peer).collect();
+        if let Some(theirs) = theirs
+            && let Some(held_back) = self.parser_log.allow()
+        {
+            tracing::error!(
+                node = %self.me, ?peers, held_back,
+                "peer refused: it uses the {theirs} parser and this node the {mine} parser; \
+                 every node of a cluster must use the same socket.io parser"
+            );
+        }
+        (peers, effects)
+    }
+
+    /// Remember that `from` runs the socketioxide server `id`, up to
+    /// [`MAX_SERVER_IDS_PER_PEER`] per peer (forgotten when the peer goes).
+    fn learn_server_id(&mut self, id: Id, from: &PeerId) {
+        if self.server_ids.contains_key(&id) {
+            return;
+        }
+        if self.server_ids.values().filter(|p| *p == from).count() >= MAX_SERVER_IDS_PER_PEER {
+            if let Some(held_back) = SERVER_ID_LOG.allow() {
+                tracing::warn!(
+                    peer = %from,
+                    held_back,
+                    "server id not learned: the peer already has {MAX_SERVER_IDS_PER_PEER}"
+                );
+            }
+            return;
+        }
+        self.server_ids.insert(id, from.clone());
+    }
+
+    /// How many server ids are kept for `peer`.
+    #[cfg(test)]
+    pub(super) fn server_ids_of(&self, peer: &PeerId) -> usize {
+        self.server_ids.values().filter(|p| *p == peer).count()
+    }
+
+    /// Connection `conn` to or from `peer` closed.
+    pub(super) fn closed(
+        &mut self,
+        peer: &PeerId,
+        conn: ConnId,
+        reason: &mesh::Closed,
+    ) -> Vec<Effect> {
+        let why = match reason {
+            mesh::Closed::Leaving => {
+                return self.mark_left(peer, "it closed its connection to leave");
+            }
+            mesh::Closed::Unused => {
+                tracing::debug!(%peer, "mesh connection replaced");
+                "its connection was replaced and no other is open".to_string()
+            }
+            mesh::Closed::Locally => "this node closed its last connection to it".to_string(),
+            mesh::Closed::Slow => {
+                // What was queued on it is lost: no request waits for an answer to it.
+                self.ledger.peer_gone(peer);
+                if conn.incoming {
+                    "it closed its connection: this node took nothing for the peer timeout"
+                } else {
+                    "this node closed its connection: it took nothing for the peer timeout"
+                }
+                .to_string()
+            }
+            mesh::Closed::Refused | mesh::Closed::Lost(_) => {
+                tracing::warn!(node = %self.me, %peer, "mesh connection lost: {reason}");
+                self.ledger.peer_gone(peer);
+                format!("its connection was lost ({reason})")
+            }
+        };
+        self.change_view(&why, |v| v.closed(peer, conn))
+    }
+
+    /// `peer` proved the cluster secret on connection `conn`: admit it, unless the view
+    /// refuses (see [`super::view::Refusal`]) or it has this node's name. The error says
+    /// why it is refused.
+    pub(super) fn admit(
+        &mut self,
+        peer: &PeerId,
+        conn: ConnId,
+        addrs: PeerAddrs,
+    ) -> (Result<(), String>, Vec<Effect>) {
+        if peer.name == self.me.name {
+            return self.same_name(peer);
+        }
+        let mut refused = None;
+        let mut displaced = None;
+        let mut effects =
+            self.change_view("it restarted", |v| match v.connected(peer, conn, addrs) {
+                Ok(old) => displaced = old,
+                Err(e) => refused = Some(e.to_string()),
+            });
+        effects.extend(displaced.map(Effect::DropLink));
+        (refused.map_or(Ok(()), Err), effects)
+    }
+
+    /// `peer` proved the cluster secret under this node's own name: never a member. If it
+    /// is newer, it replaces this node, which leaves.
+    fn same_name(&self, peer: &PeerId) -> (Result<(), String>, Vec<Effect>) {
+        if peer.generation > self.me.generation {
+            let why = format!("{peer} has this node's name and is newer: this node leaves");
+            (Err(why), vec![Effect::ReplacedBy(peer.clone())])
+        } else if peer.generation == self.me.generation {
+            // Gossip may still show an earlier process of this node at this very address.
+            tracing::debug!(node = %self.me, "refused a connection from this node itself");
+            (Err("it is this node itself".into()), Vec::new())
+        } else {
+            tracing::warn!(
+                node = %self.me, %peer,
+                "refused a node with this node's name and an older generation"
+            );
+            (
+                Err(format!("{peer} has this node's name and is not newer")),
+                Vec::new(),
+            )
+        }
+    }
+
+    /// Apply what gossip shows now (this node excluded).
+    pub(super) fn gossip(&mut self, nodes: GossipNodes) -> Vec<Effect> {
+        let GossipNodes { reachable, listed } = nodes;
+        let effects = self.change_view("gossip", |v| {
+            v.apply_gossip(reachable, |p| listed.contains(p))
+        });
+        let view = &self.view;
+        self.server_ids.retain(|_, p| view.knows(p));
+        effects
+    }
+
+    /// The peers to try to connect to now, and whether each is a first try.
+    pub(super) fn due_for_connection(&mut self, now: tokio::time::Instant) -> Vec<(PeerId, bool)> {
+        self.view.due_for_connection(now)
+    }
+
+    /// `peer` is gone (it left, or its connection was lost): it is no member, no request
+    /// waits for it, and its link closes.
+    pub(super) fn mark_left(&mut self, peer: &PeerId, why: &str) -> Vec<Effect> {
+        let mut effects = self.change_view(why, |v| v.leave(peer));
+        self.ledger.peer_gone(peer);
+        effects.push(Effect::DropLink(peer.clone()));
+        effects
+    }
+
+    /// Change the view; who joined and who left the members.
+    fn change_view(&mut self, why: &str, change: impl FnOnce(&mut View)) -> Vec<Effect> {
+        let before = self.view.member_map();
+        change(&mut self.view);
+        let mut after = self.view.member_map();
+        let mut effects = Vec::new();
+        for (peer, member) in before {
+            if after.remove(&peer).is_some() {
+                continue;
+            }
+            tracing::info!(node = %self.me, %peer, "member left: {why}");
+            self.ledger.peer_gone(&peer);
+            self.server_ids.retain(|_, p| p != &peer);
+            let keep_link = self.view.is_refused(&peer);
+            effects.push(Effect::Left { member, keep_link });
+        }
+        for member in after.into_values() {
+            tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
+            effects.push(Effect::Joined(member));
+        }
+        effects
+    }
+}
+
+/// The races the node must get right, driven without sockets: what each input decides.
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    use super::*;
+    use crate::gossip::{
+        node::ledger::Progress,
+        wire::{NodeMeta, Opts, RequestKind, Response, ResponseBody},
+    };
+
+    fn peer(name: &str, generation: u64) -> PeerId {
+        PeerId {
+            name: name.into(),
+            generation,
+        }
+    }
+
+    fn addrs() -> PeerAddrs {
+        PeerAddrs {
+            mesh: "127.0.0.1:2".parse().unwrap(),
+            gossip: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    fn conn(id: u64, incoming: bool) -> ConnId {
+        ConnId { id, incoming }
+    }
+
+    const REQ: Id = Id([7; 16]);
+
+    /// A core named "me" with `peers` admitted, each on an incoming connection numbered
+    /// from 1.
+    fn core_with(peers: &[&PeerId]) -> Core {
+        let mut core = Core::new(peer("me", 10));
+        for (i, p) in peers.iter().enumerate() {
+            let (admitted, effects) = core.admit(p, conn(i as u64 + 1, true), addrs());
+            admitted.unwrap();
+            assert!(matches!(&effects[..], [Effect::Joined(m)] if m.peer_id() == **p));
+        }
+        core
+    }
+
+    /// Effects, written short: `joined a#1`, `left a#1`, `drop a#1`, ...
+    fn short(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Joined(m) => format!("joined {}", m.peer_id()),
+                Effect::Left { member, keep_link } => {
+                    format!(
+                        "left {}{}",
+                        member.peer_id(),
+                        if *keep_link { " (link kept)" } else { "" }
+                    )
+                }
+                Effect::DropLink(p) => format!("drop {p}"),
+                Effect::Request(p, _) => format!("request from {p}"),
+                Effect::Service(p, _) => format!("service from {p}"),
+                Effect::ReplacedBy(p) => format!("replaced by {p}"),
+            })
+            .collect()
+    }
+
+    /// What a request's requester saw so far, and whether the request ended.
+    fn seen(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Progress>) -> (Vec<String>, bool) {
+        let mut seen = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(Progress::Kept(p, _)) => seen.push(format!("kept {p}")),
+                Ok(Progress::Answered(p)) => seen.push(format!("answered {p}")),
+                Ok(Progress::Gone(p)) => seen.push(format!("gone {p}")),
+                Err(TryRecvError::Empty) => return (seen, false),
+                Err(TryRecvError::Disconnected) => return (seen, true),
+            }
+        }
+    }
+
+    fn response(body: ResponseBody) -> Frame {
+        Frame::Response(Response { id: REQ, body })
+    }
+
+    fn request() -> Frame {
+        Frame::Request(wire::Request {
+            ns: "/".into(),
+            id: Id([1; 16]),
+            origin: Id([2; 16]),
+            kind: RequestKind::FetchSockets,
+            opts: Opts::default(),
+            ack_timeout_ms: None,
+        })
+    }
+
+    #[test]
+    fn a_member_lost_while_a_request_waits_ends_the_wait_and_its_link() {
+        let (a, b) = (peer("a", 1), peer("b", 1));
+        let mut core = core_with(&[&a, &b]);
+        let mut rx = core.ledger.book(REQ, &[a.clone(), b.clone()]);
+        assert!(
+            core.frame(&b, response(ResponseBody::Done), None)
+                .is_empty()
+        );
+        let effects = core.closed(&a, conn(1, true), &mesh::Closed::Lost("reset".into()));
+        assert_eq!(short(&effects), ["left a#1"]);
+        assert_eq!(
+            seen(&mut rx),
+            (vec!["answered b#1".into(), "gone a#1".into()], true)
+        );
+        assert!(!core.view().is_member(&a));
+    }
+
+    #[test]
+    fn a_member_that_says_it_leaves_is_gone_at_once() {
+        let (a, b) = (peer("a", 1), peer("b", 1));
+        let mut core = core_with(&[&a, &b]);
+        let mut rx = core.ledger.book(REQ, &[a.clone(), b.clone()]);
+        assert_eq!(
+            short(&core.frame(&a, Frame::Leave, None)),
+            ["left a#1", "drop a#1"]
+        );
+        assert_eq!(
+            seen(&mut rx),
+            (vec!["gone a#1".into()], false),
+            "b still owes"
+        );
+        let (admitted, _) = core.admit(&a, conn(9, true), addrs());
+        assert!(
+            admitted.is_err(),
+            "a peer that left does not come back under that generation"
+        );
+    }
+
+    #[test]
+    fn a_restart_with_a_new_generation_replaces_the_member_and_ends_its_waits() {
+        let (old, new) = (peer("a", 1), peer("a", 2));
+        let mut core = core_with(&[&old]);
+        let mut rx = core.ledger.book(REQ, std::slice::from_ref(&old));
+        let (admitted, effects) = core.admit(&new, conn(2, true), addrs());
+        admitted.unwrap();
+        assert_eq!(short(&effects), ["left a#1", "joined a#2", "drop a#1"]);
+        assert_eq!(seen(&mut rx), (vec!["gone a#1".into()], true));
+        // The old generation's late close notice changes nothing.
+        assert!(
+            core.closed(&old, conn(1, true), &mesh::Closed::Lost("timed out".into()))
+                .is_empty()
+        );
+        assert!(core.view().is_member(&new));
+    }
+
+    #[test]
+    fn a_response_from_a_peer_not_asked_changes_nothing() {
+        let (a, b) = (peer("a", 1), peer("b", 1));
+        let mut core = core_with(&[&a, &b]);
+        let mut rx = core.ledger.book(REQ, std::slice::from_ref(&a));
+        assert!(
+            core.frame(&b, response(ResponseBody::Rooms(vec!["x".into()])), None)
+                .is_empty()
+        );
+        assert_eq!(
+            seen(&mut rx),
+            (vec![], false),
+            "still waiting for a, and only a"
+        );
+        core.frame(&a, response(ResponseBody::NotHosted), None);
+        assert_eq!(seen(&mut rx), (vec!["answered a#1".into()], true));
+    }
+
+    #[test]
+    fn a_link_replaced_while_a_request_waits_keeps_the_member_and_the_wait() {
+        let a = peer("a", 1);
+        let mut core = core_with(&[&a]);
+        // This node's own connection to a, next to a's incoming one.
+        let (admitted, effects) = core.admit(&a, conn(2, false), addrs());
+        admitted.unwrap();
+        assert!(effects.is_empty(), "already a member");
+        let mut rx = core.ledger.book(REQ, std::slice::from_ref(&a));
+        assert!(
+            core.closed(&a, conn(2, false), &mesh::Closed::Unused)
+                .is_empty()
+        );
+        assert!(core.view().is_member(&a));
+        assert_eq!(
+            seen(&mut rx),
+            (vec![], false),
+            "a may still answer on its connection"
+        );
+        assert_eq!(
+            short(&core.closed(&a, conn(1, true), &mesh::Closed::Unused)),
+            ["left a#1"],
+            "its last connection closed"
+        );
+        assert_eq!(seen(&mut rx), (vec!["gone a#1".into()], true));
+    }
+
+    #[test]
+    fn a_slow_link_ends_the_waits_even_while_the_member_stays() {
+        let a = peer("a", 1);
+        let mut core = core_with(&[&a]);
+        core.admit(&a, conn(2, false), addrs()).0.unwrap();
+        let mut rx = core.ledger.book(REQ, std::slice::from_ref(&a));
+        // What was queued on the slow link is lost: no answer to it will come.
+        assert!(
+            core.closed(&a, conn(2, false), &mesh::Closed::Slow)
+                .is_empty()
+        );
+        assert!(core.view().is_member(&a));
+        assert_eq!(seen(&mut rx), (vec!["gone a#1".into()], true));
+    }
+
+    #[test]
+    fn a_peer_with_another_parser_is_refused_and_its_requests_dropped() {
+        let a = peer("a", 1);
+        let mut core = core_with(&[&a]);
+        let meta = NodeMeta {
+            version: 2,
+            server_id: None,
+            namespaces: vec!["/".into()],
+            parser: Some(Parser::MsgPack),
+        };
+        assert_eq!(
+            short(&core.frame(&a, request(), Some(Parser::Common))),
+            ["request from a#1"]
+        );
+        let effects = core.frame(&a, Frame::Meta(meta), Some(Parser::Common));
+        assert_eq!(short(&effects), ["left a#1 (link kept)"]);
+        assert!(core.frame(&a, request(), Some(Parser::Common)).is_empty());
+        assert!(core.targets(super::super::To::All).is_empty());
+    }
+
+    #[test]
+    fn a_newer_node_with_this_nodes_name_replaces_it_and_an_older_one_is_refused() {
+        let mut core = Core::new(peer("me", 10));
+        let (admitted, effects) = core.admit(&peer("me", 11), conn(1, true), addrs());
+        assert!(admitted.is_err());
+        assert_eq!(short(&effects), ["replaced by me#11"]);
+        let (admitted, effects) = core.admit(&peer("me", 9), conn(2, true), addrs());
+        assert!(admitted.is_err() && effects.is_empty());
+        assert!(
+            core.targets(super::super::To::All).is_empty(),
+            "never a member"
+        );
+    }
+
+    #[test]
+    fn server_ids_a_member_sends_are_bounded_and_forgotten_when_it_goes() {
+        let a = peer("a", 1);
+        let mut core = core_with(&[&a]);
+        for i in 0..100u8 {
+            let mut frame = request();
+            if let Frame::Request(req) = &mut frame {
+                req.origin = Id([i; 16]);
+            }
+            core.frame(&a, frame, None);
+        }
+        assert_eq!(core.server_ids_of(&a), MAX_SERVER_IDS_PER_PEER);
+        assert_eq!(
+            core.targets(super::super::To::Server(Id([3; 16]))),
+            [a.clone()]
+        );
+        core.closed(&a, conn(1, true), &mesh::Closed::Leaving);
+        assert_eq!(core.server_ids_of(&a), 0);
+        assert!(
+            core.targets(super::super::To::Server(Id([3; 16])))
+                .is_empty()
+        );
+    }
+}
