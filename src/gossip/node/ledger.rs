@@ -274,7 +274,7 @@ impl Drop for Pending {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::gossip::wire::{AckResult, Value};
 
@@ -292,13 +292,15 @@ mod tests {
     const ID: Id = Id([1; 16]);
 
     /// What came out of a request's channel so far, and whether it ended.
-    fn drain(rx: &mut mpsc::UnboundedReceiver<Progress>) -> (Vec<String>, bool) {
+    pub(in crate::gossip::node) fn drain(
+        rx: &mut mpsc::UnboundedReceiver<Progress>,
+    ) -> (Vec<String>, bool) {
         let mut seen = Vec::new();
         loop {
             match rx.try_recv() {
-                Ok(Progress::Kept(p, _)) => seen.push(format!("kept {}", p.name)),
-                Ok(Progress::Answered(p)) => seen.push(format!("answered {}", p.name)),
-                Ok(Progress::Gone(p)) => seen.push(format!("gone {}", p.name)),
+                Ok(Progress::Kept(p, _)) => seen.push(format!("kept {p}")),
+                Ok(Progress::Answered(p)) => seen.push(format!("answered {p}")),
+                Ok(Progress::Gone(p)) => seen.push(format!("gone {p}")),
                 Err(mpsc::error::TryRecvError::Empty) => return (seen, false),
                 Err(mpsc::error::TryRecvError::Disconnected) => return (seen, true),
             }
@@ -319,12 +321,16 @@ mod tests {
         assert_eq!(
             drain(&mut rx),
             (
-                vec!["kept a".into(), "answered a".into(), "answered b".into()],
+                vec![
+                    "kept a#1".into(),
+                    "answered a#1".into(),
+                    "answered b#1".into()
+                ],
                 false
             )
         );
         ledger.peer_gone(&c);
-        assert_eq!(drain(&mut rx), (vec!["gone c".into()], true));
+        assert_eq!(drain(&mut rx), (vec!["gone c#1".into()], true));
         assert_eq!(ledger.len(), 0, "an ended request is forgotten");
     }
 
@@ -336,7 +342,7 @@ mod tests {
         assert!(ledger.respond(&a, ID, ResponseBody::Done));
         assert!(!drain(&mut rx).1);
         assert!(ledger.respond(&b, ID, ResponseBody::NotHosted));
-        assert_eq!(drain(&mut rx), (vec!["answered b".into()], true));
+        assert_eq!(drain(&mut rx), (vec!["answered b#1".into()], true));
     }
 
     #[test]
@@ -372,13 +378,13 @@ mod tests {
         assert!(ledger.respond(&a, ID, ack()));
         assert_eq!(
             drain(&mut rx),
-            (vec!["answered b".into(), "kept a".into()], false)
+            (vec!["answered b#1".into(), "kept a#1".into()], false)
         );
         assert!(ledger.respond(&a, ID, ack()));
         assert!(!ledger.respond(&a, ID, ack()), "no ack beyond the count");
         assert_eq!(
             drain(&mut rx),
-            (vec!["kept a".into(), "answered a".into()], true)
+            (vec!["kept a#1".into(), "answered a#1".into()], true)
         );
     }
 
@@ -397,10 +403,10 @@ mod tests {
             drain(&mut rx),
             (
                 vec![
-                    "kept a".into(),
-                    "gone a".into(),
-                    "kept b".into(),
-                    "answered b".into()
+                    "kept a#1".into(),
+                    "gone a#1".into(),
+                    "kept b#1".into(),
+                    "answered b#1".into()
                 ],
                 true
             )
@@ -413,7 +419,7 @@ mod tests {
         assert!(drain(&mut ledger.book(ID, &[])).1);
         let mut rx = ledger.book(ID, &[peer("a")]);
         ledger.release_all();
-        assert_eq!(drain(&mut rx), (vec!["gone a".into()], true));
+        assert_eq!(drain(&mut rx), (vec!["gone a#1".into()], true));
         assert_eq!(ledger.len(), 0);
     }
 }

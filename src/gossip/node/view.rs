@@ -261,25 +261,25 @@ impl View {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::gossip::wire::Id;
 
-    fn peer(name: &str, generation: u64) -> PeerId {
+    pub(in crate::gossip::node) fn peer(name: &str, generation: u64) -> PeerId {
         PeerId {
             name: name.into(),
             generation,
         }
     }
 
-    fn proof() -> PeerAddrs {
+    pub(in crate::gossip::node) fn proof() -> PeerAddrs {
         PeerAddrs {
             mesh: "127.0.0.1:2".parse().unwrap(),
             gossip: "127.0.0.1:1".parse().unwrap(),
         }
     }
 
-    fn conn(id: u64, incoming: bool) -> ConnId {
+    pub(in crate::gossip::node) fn conn(id: u64, incoming: bool) -> ConnId {
         ConnId { id, incoming }
     }
 
