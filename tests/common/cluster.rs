@@ -424,27 +424,49 @@ pub async fn spawn_msgpack_cluster<const N: usize>(
 /// a node has subscribed to the namespace's channels when `io.ns(..).await` returns (and a
 /// dynamic namespace before its first CONNECT is sent), and each request counts the
 /// subscribers anew.
-#[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
 pub async fn wait_for_namespace(nodes: &[&TestNode], ns: &str) {
+    let what = format!("cluster did not converge on namespace {ns}");
+    wait_members(nodes, Some(ns), Duration::from_secs(15), &what).await;
+}
+
+/// Wait (bounded) until every node counts every other as a member. Gossip: each node's
+/// verified members are the others. Redis: nothing to wait for, a node that connected
+/// has subscribed. Panics when the cluster does not form within [`FORMS`].
+pub async fn wait_formed(nodes: &[&TestNode]) {
+    wait_members(nodes, None, FORMS, "the cluster did not form").await;
+}
+
+/// What [`wait_for_namespace`] and [`wait_formed`] wait for. Gossip: until each of `nodes`
+/// counts `n - 1` members, counting only those hosting `ns` with a known server id when
+/// `ns` is given; panics with `what` and the counts seen once `limit` passed. Redis:
+/// returns at once (see the callers for why there is nothing to wait for).
+#[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
+async fn wait_members(nodes: &[&TestNode], ns: Option<&str>, limit: Duration, what: &str) {
     let Some(first) = nodes.first() else {
         return;
     };
     match first.backend {
         #[cfg(feature = "cluster-gossip")]
         Backend::Gossip => {
-            let n = nodes.len();
-            let ok = wait_until(Duration::from_secs(15), || {
-                nodes.iter().all(|node| {
-                    node.cluster()
-                        .members()
-                        .iter()
-                        .filter(|m| m.hosts(ns) && m.server_id.is_some())
-                        .count()
-                        == n - 1
-                })
-            })
-            .await;
-            assert!(ok, "cluster did not converge on namespace {ns}");
+            let counted = |m: &socketioxide_cluster::Member| match ns {
+                None => true,
+                Some(ns) => m.hosts(ns) && m.server_id.is_some(),
+            };
+            let seen = || -> Vec<usize> {
+                nodes
+                    .iter()
+                    .map(|node| {
+                        node.cluster()
+                            .members()
+                            .iter()
+                            .filter(|m| counted(m))
+                            .count()
+                    })
+                    .collect()
+            };
+            let others = nodes.len() - 1;
+            let ok = wait_until(limit, || seen().iter().all(|&c| c == others)).await;
+            assert!(ok, "{what}: members seen {:?}", seen());
         }
         #[cfg(feature = "redis")]
         Backend::Redis(_) => {}
@@ -468,32 +490,6 @@ pub async fn wait_hosting(nodes: &[&TestNode], ns: &str, n: usize) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Wait (bounded) until every node counts every other as a member. Gossip: each node's
-/// verified members are the others. Redis: nothing to wait for, a node that connected
-/// has subscribed. Panics when the cluster does not form within [`FORMS`].
-#[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
-pub async fn wait_formed(nodes: &[&TestNode]) {
-    let Some(first) = nodes.first() else {
-        return;
-    };
-    match first.backend {
-        #[cfg(feature = "cluster-gossip")]
-        Backend::Gossip => {
-            let n = nodes.len();
-            let ok = wait_until(FORMS, || {
-                nodes
-                    .iter()
-                    .all(|node| node.cluster().members().len() == n - 1)
-            })
-            .await;
-            let seen: Vec<usize> = nodes.iter().map(|n| n.cluster().members().len()).collect();
-            assert!(ok, "the cluster did not form: members seen {seen:?}");
-        }
-        #[cfg(feature = "redis")]
-        Backend::Redis(_) => {}
     }
 }
 
