@@ -1,6 +1,6 @@
 //! # `sessions`: log in on one node, be known on every node
 //!
-//! One axum + Socket.IO server per process, configured like `cluster_node` by the
+//! One axum + Socket.IO server per process, configured like `chat` and `minimal` by the
 //! `SOCKETIO_CLUSTER_*` variables (gossip by default, or `SOCKETIO_CLUSTER_BACKEND=redis://…`)
 //! and `PORT`. The login session lives in the cluster's own session store: log in over HTTP
 //! on node A, open the Socket.IO connection on node B and its handler knows the user; log

@@ -1,10 +1,11 @@
 //! End-to-end suite driven by the official JavaScript `socket.io-client`.
 //!
-//! This test builds the `cluster_node` example, then runs `node --test` in `tests/js`,
-//! which starts clusters of `cluster_node` processes on loopback ports and drives them
-//! with real Socket.IO clients (see `tests/js/cluster.mjs`). Two more files there run
-//! on their own: `nginx.e2e.mjs` (a real nginx in front of three nodes), and
-//! `chat.e2e.mjs` and `minimal.e2e.mjs` (three processes of those examples).
+//! This test builds the `cluster_node` test server (`tests/server/`, an example target),
+//! then runs `node --test` in `tests/js`, which starts clusters of `cluster_node`
+//! processes on loopback ports and drives them with real Socket.IO clients (see
+//! `tests/js/cluster.mjs`). Two more files there run on their own: `nginx.e2e.mjs` (a real
+//! nginx in front of three nodes), and `chat.e2e.mjs` and `minimal.e2e.mjs` (three
+//! processes of those examples).
 //!
 //! Needs `node` (>= 20), `nginx` for the nginx test and, the first time, `npm` (to install
 //! `tests/js/node_modules` from the lock file). Without them the test is skipped, unless

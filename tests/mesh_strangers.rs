@@ -1,4 +1,4 @@
-//! The mesh gives strangers nothing: a node in a child process (the `cluster_node` example)
+//! The mesh gives strangers nothing: a node in a child process (the `cluster_node` test server)
 //! is hit with 200 QUIC connections that complete TLS with the mesh ALPN but never prove the
 //! cluster secret, a quarter of them also opening streams and pushing junk. Its resident
 //! memory (`VmRSS`, /proc) must grow by less than 20 MB, while a real peer with the secret

@@ -330,9 +330,10 @@ pub fn ready_lines(child: &mut Child) -> std::sync::mpsc::Receiver<Option<u16>> 
     rx
 }
 
-/// Starts the `cluster_node` example in a process group of its own, with `env` on top of
-/// `PORT=0` and `NO_COLOR=1`, its stderr written to `log`, and waits (at most a minute) for
-/// its `READY <port>` line: the process and its HTTP address.
+/// Starts the `cluster_node` test server (`tests/server/`, built as an example) in a
+/// process group of its own, with `env` on top of `PORT=0` and `NO_COLOR=1`, its stderr
+/// written to `log`, and waits (at most a minute) for its `READY <port>` line: the process
+/// and its HTTP address.
 pub fn start_cluster_node(env: &[(&str, String)], log: &Path) -> (Spawned, SocketAddr) {
     let bin = build_example("cluster_node", &[]);
     let mut cmd = Command::new(bin);

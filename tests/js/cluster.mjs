@@ -1,9 +1,9 @@
-// Test helpers of the end-to-end suite: start a cluster of `cluster_node` example
-// processes on free loopback ports, connect official socket.io clients to them, and
-// wait for things with bounded timeouts.
+// Test helpers of the end-to-end suite: start a cluster of `cluster_node` processes (the
+// test server in tests/server, built as an example) on free loopback ports, connect
+// official socket.io clients to them, and wait for things with bounded timeouts.
 //
 // Environment:
-//   CLUSTER_NODE_BIN  path of the compiled `cluster_node` example (required)
+//   CLUSTER_NODE_BIN  path of the compiled `cluster_node` test server (required)
 //   E2E_BACKEND       `gossip` (default) or `redis`
 //   E2E_REDIS_URL     redis URL, with E2E_BACKEND=redis
 //   E2E_RUST_LOG      RUST_LOG of the server processes (default `info`)
