@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --all-features --bench cluster` (needs `redis-server` on the `PATH` for the
 //! Redis columns). `CLUSTER_BENCH_SMOKE=1` runs a few rounds of everything only.
+//! `CLUSTER_BENCH_BASELINE=<another build of this bench binary>` adds a column "gossip
+//! (baseline)" whose nodes run that build: both gossip clusters are up at once and take turns
+//! at every step of the plan with the same clients, and the report gives this build / the
+//! baseline for latency, throughput and requests.
 //!
 //! Every node is a separate process (this binary, started again as a node), so CPU time and
 //! memory are per node; the driver holds real WebSocket clients (Engine.IO v4 / Socket.IO
@@ -18,6 +22,7 @@ mod report;
 
 use std::{
     net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -61,6 +66,47 @@ const SMOKE: Plan = Plan {
     requests: 5,
     floor: 50,
 };
+
+/// Latency and request rounds are cut in this many slices, so that setups measured side by
+/// side take turns often.
+const SLICES: u64 = 10;
+
+/// One step of the plan, run on each setup in turn.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Sequential latency rounds.
+    Latency(u64),
+    /// One throughput run: payload bytes, messages.
+    Flood(usize, u64),
+    /// In-process sockets per node, then wait until `fetch_sockets` finds them all.
+    Sockets(u64),
+    /// `fetch_sockets` rounds.
+    Fetch(u64),
+    /// `broadcast_with_ack` rounds.
+    Ack(u64),
+}
+
+impl Plan {
+    fn steps(&self) -> Vec<Step> {
+        let sliced = |n: u64, step: fn(u64) -> Step| {
+            (0..SLICES)
+                .map(move |i| n * (i + 1) / SLICES - n * i / SLICES)
+                .filter(|&k| k > 0)
+                .map(step)
+        };
+        let mut steps: Vec<_> = sliced(self.rounds, Step::Latency).collect();
+        steps.extend(self.floods.map(|(size, n)| Step::Flood(size, n)));
+        steps.push(Step::Sockets(self.sockets));
+        steps.extend(sliced(self.requests, Step::Fetch));
+        steps.extend(sliced(self.requests, Step::Ack));
+        steps
+    }
+}
+
+/// Column title of the gossip mesh.
+pub const GOSSIP: &str = "gossip mesh (a)";
+/// Column title of the same mesh run by the baseline build.
+pub const GOSSIP_BASELINE: &str = "gossip (baseline)";
 
 /// What one setup measured.
 #[derive(Default)]
@@ -127,11 +173,20 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
     // that backend only, e.g. to profile it.
     let only = std::env::var("CLUSTER_BENCH_ONLY").ok();
     let wanted = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
+    let this = std::env::current_exe()?;
+    let baseline = std::env::var_os("CLUSTER_BENCH_BASELINE").map(PathBuf::from);
+    if let Some(b) = baseline.as_deref().filter(|b| !b.is_file()) {
+        return Err(format!("CLUSTER_BENCH_BASELINE names no file: {}", b.display()).into());
+    }
     let quinn = floor::quinn_hop(plan.floor).await?;
     let tcp = floor::tcp_hop(plan.floor).await?;
-    let mut columns = vec![measure("single node (c)", "local", None, plan).await?];
+    let mut columns = measure(&[("single node (c)", "local", &this)], None, plan).await?;
     if wanted("gossip") {
-        columns.push(measure("gossip mesh (a)", "gossip", None, plan).await?);
+        let mut setups = vec![(GOSSIP, "gossip", this.as_path())];
+        if let Some(b) = &baseline {
+            setups.push((GOSSIP_BASELINE, "gossip", b));
+        }
+        columns.extend(measure(&setups, None, plan).await?);
     }
     let redis_columns = [
         ("socketioxide-redis (b)", "redis"),
@@ -144,82 +199,158 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
             return Ok(());
         };
         for (name, backend) in redis_columns.into_iter().filter(|(_, b)| wanted(b)) {
-            columns.push(measure(name, backend, Some(&redis), plan).await?);
+            let setup = [(name, backend, this.as_path())];
+            columns.extend(measure(&setup, Some(&redis), plan).await?);
         }
     }
     report::print(&columns, &quinn, &tcp, plan);
     Ok(())
 }
 
-/// Start the nodes of one setup, connect the clients, run every measurement.
+/// Start every setup (title, backend, the binary its nodes run), then run each step of the
+/// plan on one setup after the other, the first of them changing from step to step.
 async fn measure(
-    name: &'static str,
-    backend: &str,
+    setups: &[(&'static str, &str, &Path)],
     redis: Option<&RedisServer>,
     plan: Plan,
-) -> Result<Figures, BoxError> {
-    eprintln!("measuring {name} ...");
-    let cluster = format!("bench-{}-{backend}", std::process::id());
-    let count = if backend == "local" { 1 } else { 3 };
-    let mut nodes: Vec<Node> = Vec::new();
-    for _ in 0..count {
-        let peer = match (redis, nodes.first()) {
-            (Some(r), _) => r.url(),
-            (None, Some(first)) => first.gossip.clone().unwrap_or_default(),
-            (None, None) => String::new(),
-        };
-        nodes.push(Node::start(backend, &peer, &cluster, BUFFER).await?);
+) -> Result<Vec<Figures>, BoxError> {
+    let mut running = Vec::new();
+    for (i, &(name, backend, exe)) in setups.iter().enumerate() {
+        running.push(Setup::start(name, backend, exe, i, redis).await?);
     }
-    let mut clients = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        for _ in 0..CLIENTS_PER_NODE {
-            clients.push(Client::connect(i, n.port).await?);
+    let n = running.len();
+    for (i, step) in plan.steps().into_iter().enumerate() {
+        for k in 0..n {
+            running[(i + k) % n].run(step).await?;
         }
     }
-    let mut fig = Figures {
-        name,
-        ..Default::default()
-    };
-    let mut seq = warm_up(&mut nodes[0], &mut clients).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    fig.rest_mib = nodes.iter().map(|n| memory_mib(n.pid).0).collect();
-
-    // Latency: one emit at a time, every client receives it before the next.
-    for c in &clients {
-        c.reset(true);
+    let mut figures = Vec::new();
+    for setup in running {
+        figures.push(setup.stop().await);
     }
-    for _ in 0..plan.rounds {
-        seq += 1;
-        nodes[0].cmd(&format!("ping {seq}")).await?;
-        for c in &mut clients {
-            if !c.wait_for(seq, Duration::from_secs(2)).await {
-                fig.lost_pings += 1;
+    Ok(figures)
+}
+
+/// The nodes and clients of one setup, and what was measured so far.
+struct Setup<'r> {
+    fig: Figures,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    redis: Option<&'r RedisServer>,
+    /// The last sequence number emitted.
+    seq: u64,
+}
+
+impl<'r> Setup<'r> {
+    /// Start the nodes from `exe`, connect the clients, warm up, note the memory at rest.
+    async fn start(
+        name: &'static str,
+        backend: &str,
+        exe: &Path,
+        index: usize,
+        redis: Option<&'r RedisServer>,
+    ) -> Result<Self, BoxError> {
+        eprintln!("measuring {name} ...");
+        let cluster = format!("bench-{}-{backend}-{index}", std::process::id());
+        let count = if backend == "local" { 1 } else { 3 };
+        let mut nodes: Vec<Node> = Vec::new();
+        for _ in 0..count {
+            let peer = match (redis, nodes.first()) {
+                (Some(r), _) => r.url(),
+                (None, Some(first)) => first.gossip.clone().unwrap_or_default(),
+                (None, None) => String::new(),
+            };
+            nodes.push(Node::start(exe, backend, &peer, &cluster, BUFFER).await?);
+        }
+        let mut clients = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for _ in 0..CLIENTS_PER_NODE {
+                clients.push(Client::connect(i, n.port).await?);
+            }
+        }
+        let seq = warm_up(&mut nodes[0], &mut clients).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fig = Figures {
+            name,
+            rest_mib: nodes.iter().map(|n| memory_mib(n.pid).0).collect(),
+            cpu_s: vec![0.0; count],
+            redis_cpu_s: redis.map(|_| 0.0),
+            fetch: (Vec::new(), u64::MAX),
+            ack: (Vec::new(), u64::MAX),
+            ..Default::default()
+        };
+        Ok(Self {
+            fig,
+            nodes,
+            clients,
+            redis,
+            seq,
+        })
+    }
+
+    async fn run(&mut self, step: Step) -> Result<(), BoxError> {
+        match step {
+            Step::Latency(rounds) => self.latency(rounds).await,
+            Step::Flood(size, n) => self.flood(size, n).await,
+            Step::Sockets(n) => self.sockets(n).await,
+            Step::Fetch(rounds) => {
+                let (fetch, found) =
+                    samples(&self.nodes[0].cmd(&format!("fetch {rounds}")).await?)?;
+                self.fig.fetch.0.extend(fetch);
+                self.fig.fetch.1 = self.fig.fetch.1.min(found);
+                Ok(())
+            }
+            Step::Ack(rounds) => {
+                let (ack, acks) = samples(&self.nodes[0].cmd(&format!("ack {rounds}")).await?)?;
+                self.fig.ack.0.extend(ack);
+                self.fig.ack.1 = self.fig.ack.1.min(acks);
+                Ok(())
             }
         }
     }
-    for c in &clients {
-        let seen = c.take();
-        if c.node == 0 {
-            fig.same.extend(seen.latencies);
-        } else {
-            fig.remote.extend(seen.latencies);
+
+    /// Latency: one emit at a time, every client receives it before the next.
+    async fn latency(&mut self, rounds: u64) -> Result<(), BoxError> {
+        for c in &self.clients {
+            c.reset(true);
         }
+        for _ in 0..rounds {
+            self.seq += 1;
+            self.nodes[0].cmd(&format!("ping {}", self.seq)).await?;
+            for c in &mut self.clients {
+                if !c.wait_for(self.seq, Duration::from_secs(2)).await {
+                    self.fig.lost_pings += 1;
+                }
+            }
+        }
+        for c in &self.clients {
+            let seen = c.take();
+            if c.node == 0 {
+                self.fig.same.extend(seen.latencies);
+            } else {
+                self.fig.remote.extend(seen.latencies);
+            }
+        }
+        Ok(())
     }
 
-    // Throughput: node A emits as fast as it can; the clients of the other nodes (of A
-    // itself for the single node) count what arrives.
-    let receivers: Vec<usize> = (0..clients.len())
-        .filter(|&i| count == 1 || clients[i].node != 0)
-        .collect();
-    let cpu_before: Vec<f64> = nodes.iter().map(|n| cpu_seconds(n.pid)).collect();
-    let redis_before = redis.map(|r| cpu_seconds(r.pid()));
-    for (size, n) in plan.floods {
-        for c in &clients {
+    /// Throughput: node A emits as fast as it can; the clients of the other nodes (of A
+    /// itself for the single node) count what arrives.
+    async fn flood(&mut self, size: usize, n: u64) -> Result<(), BoxError> {
+        let clients = &self.clients;
+        let receivers: Vec<usize> = (0..clients.len())
+            .filter(|&i| self.nodes.len() == 1 || clients[i].node != 0)
+            .collect();
+        let cpu_before: Vec<f64> = self.nodes.iter().map(|n| cpu_seconds(n.pid)).collect();
+        let redis_before = self.redis.map(|r| cpu_seconds(r.pid()));
+        for c in clients {
             c.reset(false);
         }
-        let base = seq + 1;
-        seq += n;
-        let reply = nodes[0].cmd(&format!("flood {base} {n} {size}")).await?;
+        let base = self.seq + 1;
+        self.seq += n;
+        let reply = self.nodes[0]
+            .cmd(&format!("flood {base} {n} {size}"))
+            .await?;
         let words: Vec<u64> = reply
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
@@ -227,12 +358,12 @@ async fn measure(
         let [first_ns, last_emit_ns, errors] = words[..] else {
             return Err(format!("bad flood answer {reply:?}").into());
         };
-        settle(&clients, &receivers, n).await;
+        settle(clients, &receivers, n).await;
         let seen: Vec<_> = receivers.iter().map(|&i| clients[i].take()).collect();
         let received: u64 = seen.iter().map(|s| s.received).sum();
         let last = seen.iter().map(|s| s.last_ns).max().unwrap_or(first_ns);
         let secs = (last.saturating_sub(first_ns)) as f64 / 1e9;
-        fig.floods.push(Flood {
+        self.fig.floods.push(Flood {
             size,
             sent: n,
             rate: received as f64 / receivers.len() as f64 / secs,
@@ -241,40 +372,43 @@ async fn measure(
             out_of_order: seen.iter().map(|s| s.out_of_order).sum(),
             errors,
         });
-    }
-    fig.cpu_s = nodes
-        .iter()
-        .zip(&cpu_before)
-        .map(|(n, before)| cpu_seconds(n.pid) - before)
-        .collect();
-    fig.redis_cpu_s = redis
-        .zip(redis_before)
-        .map(|(r, b)| cpu_seconds(r.pid()) - b);
-
-    // Requests over many sockets.
-    for n in &mut nodes {
-        n.cmd(&format!("dummies {}", plan.sockets)).await?;
-    }
-    let all = plan.sockets * count as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, found) = samples(&nodes[0].cmd("fetch 1").await?)?;
-        if found >= all || Instant::now() > deadline {
-            break;
+        for ((cpu, n), before) in self.fig.cpu_s.iter_mut().zip(&self.nodes).zip(cpu_before) {
+            *cpu += cpu_seconds(n.pid) - before;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let (Some(cpu), Some(r), Some(before)) =
+            (&mut self.fig.redis_cpu_s, self.redis, redis_before)
+        {
+            *cpu += cpu_seconds(r.pid()) - before;
+        }
+        Ok(())
     }
-    let (fetch, found) = samples(&nodes[0].cmd(&format!("fetch {}", plan.requests)).await?)?;
-    fig.fetch = (fetch, found);
-    let (ack, acks) = samples(&nodes[0].cmd(&format!("ack {}", plan.requests)).await?)?;
-    fig.ack = (ack, acks);
 
-    fig.peak_mib = nodes.iter().map(|n| memory_mib(n.pid).1).collect();
-    drop(clients);
-    for n in nodes {
-        n.stop().await;
+    /// `n` in-process sockets on every node, and a wait until node A's `fetch_sockets` sees
+    /// them all.
+    async fn sockets(&mut self, n: u64) -> Result<(), BoxError> {
+        for node in &mut self.nodes {
+            node.cmd(&format!("dummies {n}")).await?;
+        }
+        let all = n * self.nodes.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, found) = samples(&self.nodes[0].cmd("fetch 1").await?)?;
+            if found >= all || Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    Ok(fig)
+
+    /// Note the peak memory, stop the nodes.
+    async fn stop(mut self) -> Figures {
+        self.fig.peak_mib = self.nodes.iter().map(|n| memory_mib(n.pid).1).collect();
+        drop(self.clients);
+        for n in self.nodes {
+            n.stop().await;
+        }
+        self.fig
+    }
 }
 
 /// Emit until every client receives (the cluster may still be forming); the last sequence

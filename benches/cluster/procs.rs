@@ -1,6 +1,6 @@
 //! Node processes started by the driver, and their CPU time and memory from `/proc`.
 
-use std::{process::Stdio, time::Duration};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
@@ -26,14 +26,16 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start this very binary as a node with `backend`, `peer` (seed or Redis URL).
+    /// Start `exe` (this very binary, or another build of it) as a node with `backend`,
+    /// `peer` (seed or Redis URL).
     pub async fn start(
+        exe: &Path,
         backend: &str,
         peer: &str,
         cluster: &str,
         buffer: usize,
     ) -> Result<Self, BoxError> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(exe)
             .env(ENV_BACKEND, backend)
             .env(ENV_PEER, peer)
             .env(ENV_CLUSTER, cluster)

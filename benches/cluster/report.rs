@@ -1,4 +1,5 @@
-//! The table of absolute figures, the ratios against (b) and (c), and the goals.
+//! The table of absolute figures, the ratios against (b) and (c), the goals, and the ratios
+//! against a baseline build when one ran.
 
 use crate::{Figures, Plan};
 
@@ -134,7 +135,7 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
         us3(t)
     );
 
-    let Some(gossip) = cols.iter().find(|f| f.name.starts_with("gossip")) else {
+    let Some(gossip) = cols.iter().find(|f| f.name == crate::GOSSIP) else {
         return;
     };
     let g_added = added(gossip);
@@ -190,6 +191,33 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
         max(&gossip.rest_mib) - max(&ceiling.rest_mib),
         Below(10.0),
     );
+    if let Some(base) = cols.iter().find(|f| f.name == crate::GOSSIP_BASELINE) {
+        against_baseline(gossip, base);
+    }
+}
+
+/// This build / the baseline build, for the same gossip mesh measured in turns.
+fn against_baseline(this: &Figures, base: &Figures) {
+    println!();
+    println!(
+        "{} against {}, this build / baseline (latency: below 1 is faster; throughput: above 1 is more):",
+        this.name, base.name
+    );
+    let latency = |what: &str, this: &[u64], base: &[u64]| {
+        let (t, b) = (pcts(this), pcts(base));
+        println!(
+            "  {what} p50 / p99: {:.2} / {:.2}",
+            t[0] / b[0],
+            t[1] / b[1]
+        );
+    };
+    latency("emit → client on the same node", &this.same, &base.same);
+    latency("emit → client on another node", &this.remote, &base.remote);
+    for (t, b) in this.floods.iter().zip(&base.floods) {
+        println!("  throughput {} B: {:.2}", t.size, t.rate / b.rate);
+    }
+    latency("fetch_sockets", &this.fetch.0, &base.fetch.0);
+    latency("broadcast_with_ack", &this.ack.0, &base.ack.0);
 }
 
 /// A goal of the benchmark.
