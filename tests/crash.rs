@@ -23,7 +23,7 @@ use std::{
 };
 
 use common::*;
-use external::{Spawned, free_udp_port, signal_group, start_cluster_node};
+use external::{Spawned, free_udp_port, signal_group, start_cluster_node, wait_stopped};
 use socketioxide::extract::SocketRef;
 
 /// Far longer than a request needs: returning before it is no accident.
@@ -111,6 +111,7 @@ async fn a_killed_node_is_dropped_on_the_kernels_answer_and_a_hung_one_is_waited
     // A hung node sends no ICMP: the request waits for it, and gets its answer once it
     // runs again.
     signal_group(&sleeper_proc.0, "STOP");
+    assert!(wait_stopped(&sleeper_proc.0), "the sleeper is stopped");
     let fetch = tokio::spawn({
         let io = a.io.clone();
         async move { io.fetch_sockets().await.map(|s| s.len()) }

@@ -289,6 +289,27 @@ pub fn signal_group(child: &Child, signal: &str) {
         .status();
 }
 
+/// Whether `child` is stopped (SIGSTOP took effect), waiting at most 5 s: a signal is
+/// delivered, not acted on, when `kill` returns. Reads the state in `/proc` (Linux); true
+/// at once elsewhere.
+pub fn wait_stopped(child: &Child) -> bool {
+    let stat = format!("/proc/{}/stat", child.id());
+    if !Path::new("/proc/self/stat").exists() {
+        return true;
+    }
+    for _ in 0..500 {
+        // The state follows the parenthesised command name.
+        let state = std::fs::read_to_string(&stat)
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next()));
+        if matches!(state, Some(Some('T'))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// Kills `child` and, on unix, its whole process group.
 pub fn kill_tree(child: &mut Child) {
     signal_group(child, "KILL");

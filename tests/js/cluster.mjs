@@ -229,6 +229,25 @@ export class Node {
     return `http://127.0.0.1:${this.spec.httpPort}`;
   }
 
+  /**
+   * Resolves to whether the process is stopped (a SIGSTOP took effect: a signal is
+   * delivered, not acted on, when `kill` returns), waiting at most 5 s. Reads its state
+   * in /proc (Linux); true at once elsewhere.
+   */
+  async waitStopped() {
+    if (!fs.existsSync('/proc/self/stat')) return true;
+    for (let i = 0; i < 500; i += 1) {
+      try {
+        const stat = fs.readFileSync(`/proc/${this.proc.pid}/stat`, 'utf8');
+        if (stat.slice(stat.lastIndexOf(') ') + 2).startsWith('T')) return true;
+      } catch {
+        return false;
+      }
+      await sleep(10);
+    }
+    return false;
+  }
+
   get alive() {
     return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
   }

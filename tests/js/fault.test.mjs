@@ -81,6 +81,7 @@ cluster.test('node 3 killed while fetch_sockets is pending: the request ends wit
   // Node 3 hangs (SIGSTOP): it cannot answer, so the request stays pending on it...
   const node3 = cluster.nodes[2];
   node3.proc.kill('SIGSTOP');
+  assert.ok(await node3.waitStopped(), 'node 3 is stopped');
   let settled = false;
   const pending = fetchRoom(c1, room).finally(() => {
     settled = true;
