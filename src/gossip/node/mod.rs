@@ -26,7 +26,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use core::{Core, Effect};
+use self::core::{Core, Effect};
 pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use ledger::Pending;
 #[cfg(feature = "sessions")]
