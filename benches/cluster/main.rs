@@ -33,8 +33,8 @@ use procs::{Node, cpu_seconds, memory_mib};
 
 /// Real WebSocket clients on every node.
 const CLIENTS_PER_NODE: usize = 2;
-/// Per-socket buffer (`max_buffer_size`) and Redis subscriber queue, in every setup: larger
-/// than any burst, so that a socket queue is not what is measured.
+/// Per-socket buffer (`max_buffer_size`), Redis subscriber queue and the mesh's send queue to
+/// each peer, in every setup: larger than any burst, so that a queue is not what is measured.
 const BUFFER: usize = 200_000;
 
 /// How much of everything to run.
