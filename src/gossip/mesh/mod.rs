@@ -754,6 +754,13 @@ impl Sender {
     pub(crate) fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
+
+    /// A queue of `capacity` frames read by hand, for tests of what fills queues.
+    #[cfg(test)]
+    pub(crate) fn channel(capacity: usize) -> (Sender, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Sender(tx), rx)
+    }
 }
 
 /// Why a frame was not queued.

@@ -1,10 +1,15 @@
 //! The node: membership view, peer links, routing of incoming frames, and the bookkeeping of
 //! requests waiting for responses. Knows nothing of socket.io: namespaces are routing keys,
 //! frames are opaque beyond their routing fields.
+//!
+//! Its decisions are made without I/O, in [`core`] (who is a member, what waits for whom)
+//! and [`outgoing`] (the link table); this module is the shell that feeds them what the
+//! mesh and gossip report and carries out what they decide.
 
 mod core;
 mod handle;
 mod ledger;
+mod outgoing;
 mod service;
 mod startup;
 #[cfg(test)]
@@ -27,6 +32,7 @@ use std::{
 use tokio::time::Instant;
 
 use self::core::{Core, Effect};
+use self::outgoing::{Connecting, Outgoing, Route};
 pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use ledger::Pending;
 #[cfg(feature = "sessions")]
@@ -63,25 +69,6 @@ pub(crate) trait NamespaceHandler: Send + Sync + 'static {
     fn on_request(&self, from: &PeerId, req: wire::Request) -> Result<(), String>;
 }
 
-/// This node's outgoing connection to one peer.
-#[derive(Default)]
-struct LinkSlot {
-    /// The link once made. Held by whoever connects to the peer: one attempt at a time.
-    link: Arc<tokio::sync::Mutex<Option<Link>>>,
-    /// The send queue of the connection open or being made to the peer: frames wait in it
-    /// while the connection is made. Changed only by the holder of `link`.
-    queue: Mutex<Option<mesh::Sender>>,
-}
-
-impl LinkSlot {
-    /// The send queue, if it still takes frames.
-    fn open_queue(&self) -> Option<mesh::Sender> {
-        lock(&self.queue).clone().filter(|q| !q.is_closed())
-    }
-}
-
-type OwnedGuard = tokio::sync::OwnedMutexGuard<Option<Link>>;
-
 /// Frames dropped on their way to peers (a stuck peer can cost thousands a second): logged
 /// at most once per period, node-wide.
 static DROP_LOG: crate::rate_log::RateLog = crate::rate_log::RateLog::new(Duration::from_secs(1));
@@ -105,7 +92,8 @@ pub(crate) struct Node {
     gossip: Arc<GossipCounters>,
     /// Why this node stopped being part of the cluster on its own, if it did.
     failure: Mutex<Option<String>>,
-    links: Mutex<HashMap<PeerId, Arc<LinkSlot>>>,
+    /// This node's outgoing connections.
+    outgoing: Outgoing,
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
     /// Cluster-wide services, by name.
     services: RwLock<HashMap<String, Weak<dyn service::ServiceHandler>>>,
@@ -308,7 +296,7 @@ impl Node {
             }),
             gossip: gossip_counters,
             failure: Mutex::default(),
-            links: Mutex::default(),
+            outgoing: Outgoing::default(),
             handlers: RwLock::default(),
             services: RwLock::default(),
             events: broadcast::channel(256).0,
@@ -582,36 +570,22 @@ impl Node {
         }
     }
 
-    /// The slot of the outgoing connection to `peer`.
-    fn slot(&self, peer: &PeerId) -> Arc<LinkSlot> {
-        lock(&self.links).entry(peer.clone()).or_default().clone()
-    }
-
     /// The send queue of the connection to `peer`, open or being made; if there is none, a
     /// new one, whose connection is made in the background. Never waits.
     fn queue_for(&self, peer: &PeerId) -> Result<mesh::Sender, String> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err("this node is shutting down".into());
         }
-        let slot = self.slot(peer);
-        if let Some(queue) = slot.open_queue() {
-            return Ok(queue);
-        }
-        let guard = slot
-            .link
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| "its connection is being replaced".to_string())?;
-        // A connection may have been made since the first look.
-        if let Some(queue) = slot.open_queue() {
-            return Ok(queue);
-        }
+        let connecting = match self.outgoing.route(peer)? {
+            Route::Queue(queue) => return Ok(queue),
+            Route::Connect(connecting) => connecting,
+        };
         let node = self.weak().upgrade().ok_or("this node is stopping")?;
-        let (addr, queue) = self.new_queue(peer, &slot)?;
+        let (addr, queue) = self.new_queue(peer, &connecting)?;
         let sender = queue.0.clone();
         let peer = peer.clone();
         tokio::spawn(async move {
-            if let Err(reason) = node.connect(&peer, &slot, guard, addr, queue).await {
+            if let Err(reason) = node.connect(&peer, connecting, addr, queue).await {
                 // The frames queued meanwhile are counted by their queue.
                 if let Some(held_back) = DROP_LOG.allow() {
                     tracing::warn!(%peer, held_back, "frames queued for a peer dropped, cannot connect: {reason}");
@@ -628,38 +602,36 @@ impl Node {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err("this node is shutting down".into());
         }
-        let slot = self.slot(peer);
-        let guard = slot.link.clone().lock_owned().await;
-        if let Some(link) = guard.as_ref().filter(|l| l.is_open()) {
-            return Ok(link.clone());
+        let connecting = self.outgoing.connecting(peer).await;
+        if let Some(link) = connecting.open_link() {
+            return Ok(link);
         }
-        let (addr, queue) = self.new_queue(peer, &slot)?;
-        self.connect(peer, &slot, guard, addr, queue).await
+        let (addr, queue) = self.new_queue(peer, &connecting)?;
+        self.connect(peer, connecting, addr, queue).await
     }
 
-    /// A send queue for a new connection to `peer`, put in its slot (whose link the caller
-    /// holds), and where to connect.
+    /// A send queue for a new connection to `peer`, which frames for it go to from now on,
+    /// and where to connect.
     fn new_queue(
         &self,
         peer: &PeerId,
-        slot: &LinkSlot,
+        connecting: &Connecting,
     ) -> Result<(SocketAddr, (mesh::Sender, mesh::Queue)), String> {
         let addr = lock(&self.core)
             .view()
             .mesh_addr(peer)
             .ok_or_else(|| "no known mesh address".to_string())?;
         let queue = self.mesh.queue();
-        *lock(&slot.queue) = Some(queue.0.clone());
+        connecting.queue_in(queue.0.clone());
         Ok((addr, queue))
     }
 
     /// Connect to `peer` at `addr`, writing `queue` on the connection; the link goes in the
-    /// slot (held as `guard`) once admitted. On failure what was queued is dropped.
+    /// table once admitted. On failure what was queued is dropped.
     async fn connect(
         &self,
         peer: &PeerId,
-        slot: &LinkSlot,
-        mut guard: OwnedGuard,
+        connecting: Connecting,
         addr: SocketAddr,
         queue: (mesh::Sender, mesh::Queue),
     ) -> Result<Link, String> {
@@ -687,12 +659,14 @@ impl Node {
         });
         match admitted {
             Ok(link) => {
-                tracing::debug!(%peer, %addr, "mesh link up");
-                *guard = Some(link.clone());
-                Ok(link)
+                let made = connecting.connected(&self.outgoing, link);
+                if made.is_ok() {
+                    tracing::debug!(%peer, %addr, "mesh link up");
+                }
+                made
             }
             Err(reason) => {
-                *lock(&slot.queue) = None;
+                connecting.failed();
                 Err(reason)
             }
         }
@@ -730,12 +704,7 @@ impl Node {
     }
 
     fn drop_link(&self, peer: &PeerId) {
-        if let Some(slot) = lock(&self.links).remove(peer)
-            && let Ok(slot) = slot.link.try_lock()
-            && let Some(link) = slot.as_ref()
-        {
-            link.close(mesh::CLOSE_UNUSED, b"replaced");
-        }
+        self.outgoing.drop_slot(peer, b"replaced");
     }
 
     /// Pending requests stop waiting for `peer`.
@@ -810,33 +779,12 @@ impl Node {
         }
     }
 
-    /// Forget the link slots of peers neither gossip nor a verified connection shows any
-    /// more (say, peers only ever seen in gossip).
+    /// Forget the outgoing connections of peers neither gossip nor a verified connection
+    /// shows any more (say, peers only ever seen in gossip).
     fn forget_unknown_peers(&self) {
-        let slots: Vec<PeerId> = lock(&self.links).keys().cloned().collect();
-        let unknown: Vec<PeerId> = {
-            let core = lock(&self.core);
-            slots
-                .into_iter()
-                .filter(|p| !core.view().knows(p))
-                .collect()
-        };
-        for peer in &unknown {
-            // A slot in use is a connect under way: leave it, or a second connection to the
-            // same peer would follow (and be refused there as a duplicate).
-            let mut links = lock(&self.links);
-            let idle = links
-                .get(peer)
-                .is_some_and(|slot| slot.link.try_lock().is_ok());
-            if idle && let Some(slot) = links.remove(peer) {
-                drop(links);
-                tracing::debug!(%peer, "forgetting a peer no longer known");
-                if let Ok(slot) = slot.link.try_lock()
-                    && let Some(link) = slot.as_ref()
-                {
-                    link.close(mesh::CLOSE_UNUSED, b"forgotten");
-                }
-            }
+        let forgotten = self.outgoing.forget(|p| lock(&self.core).view().knows(p));
+        for peer in forgotten {
+            tracing::debug!(%peer, "forgot a peer no longer known");
         }
     }
 
@@ -987,17 +935,7 @@ impl Node {
         self.membership
             .gossip_now(members.iter().map(|m| m.gossip_addr));
         if let Ok(bytes) = wire::encode(&Frame::Leave) {
-            let links: Vec<Link> = {
-                let slots: Vec<Arc<LinkSlot>> = lock(&self.links).values().cloned().collect();
-                let mut links = Vec::new();
-                for slot in slots {
-                    if let Some(l) = slot.link.lock().await.as_ref() {
-                        links.push(l.clone());
-                    }
-                }
-                links
-            };
-            for link in &links {
+            for link in &self.outgoing.links().await {
                 let _ = link.send(bytes.clone(), Duration::from_millis(200)).await;
             }
         }
@@ -1159,9 +1097,9 @@ mod bound_tests {
             };
             assert!(a.link(&ghost).await.is_err(), "no address known");
         }
-        assert_eq!(lock(&a.links).len(), 10);
+        assert_eq!(a.outgoing.len(), 10);
         a.refresh_from_gossip().await;
-        assert_eq!(lock(&a.links).len(), 0, "slots of unknown peers dropped");
+        assert_eq!(a.outgoing.len(), 0, "slots of unknown peers dropped");
         a.shutdown().await;
     }
 
