@@ -285,24 +285,6 @@ impl Core {
         effects
     }
 
-    /// How far a joining node got: how many other nodes gossip knows of, and how many of
-    /// them proved themselves over the mesh. It has joined once there is at least one and
-    /// all did. A node gossip lists but has not judged live yet counts once it proved
-    /// itself: gossip's failure detector judges a node it just heard of dead until it saw
-    /// two of its heartbeats (a gossip round apart), while its mesh connection may already
-    /// be verified.
-    pub(super) fn join_progress(&self, nodes: &GossipNodes) -> (usize, usize) {
-        let view = &self.view;
-        let known: std::collections::HashSet<&PeerId> = nodes
-            .reachable
-            .keys()
-            .chain(nodes.listed.iter().filter(|p| view.is_member(p)))
-            .filter(|p| **p != self.me)
-            .collect();
-        let proven = known.iter().filter(|p| view.is_member(p)).count();
-        (known.len(), proven)
-    }
-
     /// The peers to try to connect to now, and whether each is a first try.
     pub(super) fn due_for_connection(&mut self, now: tokio::time::Instant) -> Vec<(PeerId, bool)> {
         self.view.due_for_connection(now)
@@ -402,29 +384,6 @@ mod tests {
             opts: Opts::default(),
             ack_timeout_ms: None,
         })
-    }
-
-    #[test]
-    fn a_joining_node_counts_members_gossip_has_not_judged_live_yet() {
-        let (a, b, c) = (peer("a", 1), peer("b", 1), peer("c", 1));
-        let core = core_with(&[&a, &b]);
-        let nodes = |reachable: &[&PeerId], listed: &[&PeerId]| GossipNodes {
-            reachable: reachable
-                .iter()
-                .map(|p| ((*p).clone(), "127.0.0.1:1".parse().unwrap()))
-                .collect(),
-            listed: listed.iter().map(|p| (*p).clone()).collect(),
-        };
-        let me = peer("me", 10);
-        // Gossip judged no one live yet, but a and b proved themselves: joined.
-        assert_eq!(core.join_progress(&nodes(&[&me], &[&me, &a, &b])), (2, 2));
-        // c is live in gossip and has not proved itself: not joined yet.
-        assert_eq!(
-            core.join_progress(&nodes(&[&me, &a, &c], &[&me, &a, &b, &c])),
-            (3, 2)
-        );
-        // Gossip shows no one: not joined.
-        assert_eq!(core.join_progress(&nodes(&[&me], &[&me])), (0, 0));
     }
 
     #[test]

@@ -831,19 +831,22 @@ impl Node {
                 self.membership.gossip_now(addrs.iter().copied());
                 tokio::time::sleep(JOIN_POLL).await;
                 self.refresh_from_gossip().await;
-                let nodes = self.membership.nodes().await;
-                let (known, proven) = lock(&self.core).join_progress(&nodes);
-                if known > 0 && proven == known {
+                let known = self.membership.nodes().await.reachable;
+                let proven = known
+                    .keys()
+                    .filter(|p| **p == self.me || lock(&self.core).view().is_member(p))
+                    .count();
+                if known.len() > 1 && proven == known.len() {
                     tracing::info!(
-                        node = %self.me, members = proven,
+                        node = %self.me, members = proven - 1,
                         "joined the cluster in {} ms", started.elapsed().as_millis()
                     );
                     break;
                 }
                 if started.elapsed() >= timeout {
-                    if known > 0 {
+                    if known.len() > 1 {
                         tracing::warn!(
-                            node = %self.me, known, verified = proven,
+                            node = %self.me, known = known.len() - 1, verified = proven.saturating_sub(1),
                             "join timeout ({} ms): starting with the members verified so far",
                             timeout.as_millis()
                         );
