@@ -58,6 +58,17 @@ impl<L> Slot<L> {
     }
 }
 
+impl<L: OutLink> Slot<L> {
+    /// Close the link made, if any; one being made is refused when made.
+    fn close(&self, reason: &[u8]) {
+        if let Ok(link) = self.link.try_lock()
+            && let Some(link) = link.as_ref()
+        {
+            link.close_unused(reason);
+        }
+    }
+}
+
 /// Where a frame for a peer goes now.
 pub(super) enum Route<L = Link> {
     /// Into the queue of the connection open or being made.
@@ -164,11 +175,8 @@ impl<L: OutLink> Outgoing<L> {
     /// that one is refused when made (see [`Connecting::connected`]).
     pub(super) fn drop_slot(&self, peer: &PeerId, reason: &[u8]) {
         let slot = lock(&self.slots).remove(peer);
-        if let Some(slot) = slot
-            && let Ok(link) = slot.link.try_lock()
-            && let Some(link) = link.as_ref()
-        {
-            link.close_unused(reason);
+        if let Some(slot) = slot {
+            slot.close(reason);
         }
     }
 
@@ -180,11 +188,16 @@ impl<L: OutLink> Outgoing<L> {
         let unknown: Vec<PeerId> = peers.into_iter().filter(|p| !known(p)).collect();
         let mut forgotten = Vec::new();
         for peer in unknown {
-            let idle = lock(&self.slots)
-                .get(&peer)
-                .is_some_and(|slot| slot.link.try_lock().is_ok());
-            if idle {
-                self.drop_slot(&peer, b"forgotten");
+            // Looked at and removed under one lock: no connection starts in between.
+            let idle = {
+                let mut slots = lock(&self.slots);
+                let idle = slots
+                    .get(&peer)
+                    .is_some_and(|slot| slot.link.try_lock().is_ok());
+                idle.then(|| slots.remove(&peer)).flatten()
+            };
+            if let Some(slot) = idle {
+                slot.close(b"forgotten");
                 forgotten.push(peer);
             }
         }
@@ -240,20 +253,28 @@ mod tests {
 
     type Table = Outgoing<FakeLink>;
 
-    fn connect(table: &Table, peer: &PeerId) -> Connecting<FakeLink> {
-        match table.route(peer) {
-            Ok(Route::Connect(c)) => c,
-            Ok(Route::Queue(_)) => panic!("a queue where a connection was expected"),
-            Err(e) => panic!("{e}"),
+    impl<L> Route<L> {
+        fn connecting(self) -> Connecting<L> {
+            match self {
+                Route::Connect(c) => c,
+                Route::Queue(_) => panic!("a queue where a connection was expected"),
+            }
+        }
+
+        fn queue(self) -> mesh::Sender {
+            match self {
+                Route::Queue(q) => q,
+                Route::Connect(_) => panic!("a new connection where a queue was expected"),
+            }
         }
     }
 
+    fn connect(table: &Table, peer: &PeerId) -> Connecting<FakeLink> {
+        table.route(peer).unwrap().connecting()
+    }
+
     fn queue(table: &Table, peer: &PeerId) -> mesh::Sender {
-        match table.route(peer) {
-            Ok(Route::Queue(q)) => q,
-            Ok(Route::Connect(_)) => panic!("a new connection where a queue was expected"),
-            Err(e) => panic!("{e}"),
-        }
+        table.route(peer).unwrap().queue()
     }
 
     #[tokio::test]
