@@ -659,11 +659,8 @@ impl Node {
         });
         match admitted {
             Ok(link) => {
-                let made = connecting.connected(&self.outgoing, link);
-                if made.is_ok() {
-                    tracing::debug!(%peer, %addr, "mesh link up");
-                }
-                made
+                tracing::debug!(%peer, %addr, "mesh link up");
+                Ok(connecting.connected(link))
             }
             Err(reason) => {
                 connecting.failed();
