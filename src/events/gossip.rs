@@ -216,3 +216,52 @@ fn acks(pending: Pending) -> ServerAcks {
         },
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::{
+        events::ServerEvents,
+        gossip::node::tests::{config, until},
+    };
+
+    /// A member that sends bytes the events service cannot read: dropped, counted, and
+    /// its request answered at once, whether or not it waits. Two real nodes on 127.0.0.1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_event_from_a_member_is_dropped_counted_and_answered() {
+        let cluster = format!("events-garbage-{}", std::process::id());
+        let a = Node::start(&config(&cluster, "a", None)).await.unwrap();
+        let b = Node::start(&config(&cluster, "b", Some(a.addrs().0)))
+            .await
+            .unwrap();
+        let formed = until(Duration::from_secs(20), || {
+            a.members().len() == 1 && b.members().len() == 1
+        })
+        .await;
+        assert!(formed, "cluster formed");
+        let events = ServerEvents::gossip(a.clone());
+        let garbage = Bytes::from_static(&[0xff, 0xff, 0xff]);
+        let a_id = [a.me().clone()];
+        b.send_service(&a_id, SERVICE, garbage.clone(), false)
+            .await
+            .unwrap();
+        let pending = b
+            .request_service(&a_id, SERVICE, garbage, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let acks: Vec<ServerAck> =
+            tokio::time::timeout(Duration::from_secs(20), acks(pending).collect())
+                .await
+                .expect("answered at once, not at the timeout");
+        assert_eq!(acks, [ServerAck::new("a", Err(ServerAckError::NotRunning))]);
+        assert!(
+            until(Duration::from_secs(5), || events.dropped() == 2).await,
+            "both counted: {}",
+            events.dropped()
+        );
+        b.shutdown().await;
+        a.shutdown().await;
+    }
+}

@@ -1,7 +1,9 @@
-//! Cluster-wide services: a top-level module (say, the session store) exchanges its own
-//! messages with its instances on the other members, over the authenticated mesh. The
-//! cluster routes them by service name and knows nothing of what they mean; on request it
-//! waits until each target has handled a message.
+//! Cluster-wide services: a top-level module (the session store, server events) exchanges
+//! its own messages with its instances on the other members, over the authenticated mesh.
+//! The cluster routes them by service name and knows nothing of what they mean; on request
+//! it waits until each target has handled a message, or answered it in the service's own
+//! encoding.
+
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
