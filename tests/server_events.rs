@@ -268,9 +268,15 @@ mod processes {
             external::wait_bounded(&mut killed.proc.0, SETTLES).is_some(),
             "the victim is dead"
         );
+        let started = std::time::Instant::now();
         let acks: Vec<ServerAck> = within(ACK_TIMEOUT / 2, acks.collect())
             .await
             .expect("the stream ends without waiting for the killed node");
+        println!(
+            "ack stream ended {:?} after the victim died (its `slow` answer takes {SLOW_MS} ms, \
+             the timeout is {ACK_TIMEOUT:?})",
+            started.elapsed()
+        );
         let by_node: BTreeMap<_, _> = acks.into_iter().map(|a| (a.node, a.result)).collect();
         let want: BTreeMap<String, Result<Value, ServerAckError>> = [
             (
@@ -312,7 +318,13 @@ mod processes {
         );
         signal_group(&sleeper.proc.0, "STOP");
         assert!(wait_stopped(&sleeper.proc.0), "the sleeper is stopped");
+        let started = std::time::Instant::now();
         let acks = answers(&events, "ping", &"anyone?", ACK_TIMEOUT).await;
+        println!(
+            "gossip: a hung node was reported gone after {:?} (peer timeout {PEER_TIMEOUT:?}, \
+             ack timeout {ACK_TIMEOUT:?})",
+            started.elapsed()
+        );
         let want: BTreeMap<String, Result<Value, ServerAckError>> =
             [("sleeper".to_string(), Err(ServerAckError::Gone))].into();
         assert_eq!(acks, want);
