@@ -25,13 +25,20 @@
 //! Events (all on `/`): `nick` (name) and `join` (room) answer through their ack with
 //! `{nick, room, node}`; `message` (text) sends `{nick, text, node}` to everyone in the
 //! room, the sender included; `notice` (text) tells the room who came, went or was renamed.
+//!
+//! A message `/admin <text>` is an admin notice for every connection of every node, rooms
+//! aside: its node shows it to its own connections and sends it to the other nodes as a
+//! server-to-server event (`socketioxide_cluster::events`); each logs it, shows it to its
+//! connections and answers with how many it has, and the sender is told who answered.
 
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use axum::{Router, response::Html, routing::get};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use socketioxide::{
     SocketIo,
@@ -40,7 +47,15 @@ use socketioxide::{
     handler::ConnectHandler,
     socket::DisconnectReason,
 };
-use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
+use socketioxide_cluster::{
+    ClusterAdapter, ClusterAdapterCtr,
+    events::{ServerEvent, ServerEvents},
+};
+
+/// A message starting with this is an admin notice for every node.
+const ADMIN: &str = "/admin ";
+/// Longest an admin notice waits for the other nodes' answers.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>chat · {NODE}</title>
 <style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{min-height:10em}.n{color:#777}</style>
@@ -114,12 +129,61 @@ async fn notice<A: Adapter>(socket: &SocketRef<A>, room: String, text: String) {
     }
 }
 
+/// An admin notice from a connection of this node: shown to this node's connections, sent
+/// to every other node; the sender is told which nodes answered.
+async fn admin<A: Adapter>(
+    io: &SocketIo<A>,
+    socket: &SocketRef<A>,
+    events: &ServerEvents,
+    nick: &str,
+    text: &str,
+) {
+    let notice = format!("[admin] {nick}@{}: {text}", events.node_name());
+    if let Err(e) = io.local().emit("notice", &notice).await {
+        tracing::warn!("cannot show an admin notice: {e}");
+    }
+    let answers: Vec<String> = match events.emit_with_ack("admin", &notice, ADMIN_TIMEOUT).await {
+        Ok(acks) => {
+            acks.map(|a| match a.result {
+                Ok(n) => format!("{} ({n} connections)", a.node),
+                Err(e) => format!("{} ({e})", a.node),
+            })
+            .collect()
+            .await
+        }
+        Err(e) => vec![format!("not sent: {e}")],
+    };
+    let answers = if answers.is_empty() {
+        "no other node".to_string()
+    } else {
+        answers.join(", ")
+    };
+    let _ = socket.emit("notice", &format!("admin notice answered by: {answers}"));
+}
+
+/// Admin notices from the other nodes: logged, shown to this node's connections, and
+/// answered with how many connections this node has.
+fn on_admin<A: Adapter>(events: &ServerEvents, io: SocketIo<A>) {
+    events.on("admin", move |ev: ServerEvent| {
+        let io = io.clone();
+        async move {
+            let notice: String = ev.data().unwrap_or_default();
+            tracing::info!(from = ev.from(), "admin notice: {notice}");
+            let connections = io.local().sockets().len();
+            if let Err(e) = io.local().emit("notice", &notice).await {
+                tracing::warn!("cannot show an admin notice: {e}");
+            }
+            let _ = ev.ack(&connections);
+        }
+    });
+}
+
 async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
     tracing::info!(sid = %socket.id, "connected");
 }
 
 /// Registers the event handlers of a new socket, in the lobby.
-fn register<A: Adapter>(socket: SocketRef<A>, node: &str) {
+fn register<A: Adapter>(socket: SocketRef<A>, node: &str, events: &ServerEvents) {
     let me = Member::new(node, socket.id.as_str());
     socket.join(me.get().1);
 
@@ -155,10 +219,14 @@ fn register<A: Adapter>(socket: SocketRef<A>, node: &str) {
     );
 
     let m = me.clone();
+    let events = events.clone();
     socket.on(
         "message",
-        async move |s: SocketRef<A>, Data::<String>(text)| {
+        async move |io: SocketIo<A>, s: SocketRef<A>, Data::<String>(text)| {
             let (nick, room) = m.get();
+            if let Some(text) = text.strip_prefix(ADMIN) {
+                return admin(&io, &s, &events, &nick, text).await;
+            }
             let msg = json!({ "nick": nick, "text": text, "node": m.node });
             if let Err(e) = s.within(room).emit("message", &msg).await {
                 tracing::warn!("cannot send the message: {e}");
@@ -183,6 +251,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let ctr = ClusterAdapterCtr::from_env().await?;
     let cluster = ctr.cluster();
+    let events = ctr.server_events();
     let node = std::env::var("SOCKETIO_CLUSTER_NODE_NAME")
         .ok()
         .or_else(|| cluster.as_ref().map(|c| c.node_name().to_owned()))
@@ -190,12 +259,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (layer, io) = SocketIo::builder()
         .with_adapter::<ClusterAdapter<_>>(ctr)
         .build_layer();
+    on_admin(&events, io.clone());
     let name = node.clone();
     // The event handlers are registered by a connect middleware: it runs before the
     // client is told it is connected, whereas the connect handler runs after that, in a
     // task of its own. The page's first `join` could otherwise come first.
     let register = move |s: SocketRef<ClusterAdapter<_>>| {
-        register(s, &name);
+        register(s, &name, &events);
         async { Ok::<_, Infallible>(()) }
     };
     io.ns("/", on_connect.with(register)).await?;

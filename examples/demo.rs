@@ -11,6 +11,11 @@
 //! page shows the node that served it and the live members of the cluster; the console shows
 //! the nodes finding each other. Stop with Ctrl-C: the nodes leave the cluster gracefully.
 //!
+//! An *admin broadcast* typed on a page goes from its node to every other node as a
+//! server-to-server event (`socketioxide_cluster::events`): each node logs it on the
+//! console, shows it on its own pages and answers with how many pages it showed it on; the
+//! sending page lists those answers, one per node.
+//!
 //! `DEMO_PORTS=4001,4002,4003` picks other HTTP ports (`0` lets the system choose one; the
 //! URLs printed are the real ones). `GET /members` on any node answers
 //! `{"node": "node-1", "members": ["node-1", "node-2", "node-3"]}`.
@@ -42,13 +47,18 @@ use serde_json::{Value, json};
 use socketioxide::{
     SocketIo,
     adapter::Adapter,
-    extract::{Data, SocketRef},
+    extract::{AckSender, Data, SocketRef},
     handler::ConnectHandler,
 };
-use socketioxide_cluster::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr};
+use socketioxide_cluster::{
+    Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr,
+    events::{ServerEvent, ServerEvents},
+};
 
 /// HTTP ports of the three nodes, unless `DEMO_PORTS` says otherwise.
 const DEFAULT_PORTS: [u16; 3] = [3001, 3002, 3003];
+/// Longest an admin broadcast waits for the other nodes' answers.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The chat page; `{NODE}` is replaced by the name of the node serving it.
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>{NODE} · socketioxide-cluster demo</title>
@@ -57,6 +67,7 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>{NODE} · sock
 <p>Live cluster members: <span id="members">…</span></p>
 <ul id="log"></ul>
 <form id="f"><input id="m" autocomplete="off" placeholder="say something"><button>Send</button></form>
+<form id="a"><input id="t" autocomplete="off" placeholder="admin broadcast to every node"><button>Broadcast</button></form>
 <script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>
 <script>
 const $ = (id) => document.getElementById(id);
@@ -66,6 +77,15 @@ s.on("connect", () => { $("status").textContent = "connected"; });
 s.on("disconnect", () => { $("status").textContent = "disconnected"; });
 s.on("members", (names) => { $("members").textContent = names.join(", "); });
 s.on("message", (m) => log(m.node + ": " + m.text));
+s.on("admin", (m) => log("[admin broadcast from " + m.from + "] " + m.text));
+const answer = (a) => a.node + (a.error ? " (" + a.error + ")" : " (" + a.pages + " pages)");
+$("a").onsubmit = (e) => {
+  e.preventDefault();
+  const t = $("t");
+  if (!t.value) return;
+  s.emit("admin", t.value, (answers) => log("admin broadcast answered by: " + (answers.map(answer).join(", ") || "no other node")));
+  t.value = "";
+};
 $("f").onsubmit = (e) => {
   e.preventDefault();
   const m = $("m");
@@ -85,8 +105,28 @@ fn member_names(cluster: &Cluster) -> Vec<String> {
 }
 
 /// Registers the event handlers of a new socket.
-fn register<A: Adapter>(socket: SocketRef<A>, cluster: &Cluster) {
+fn register<A: Adapter>(socket: SocketRef<A>, cluster: &Cluster, events: &ServerEvents) {
     let node = cluster.node_name().to_owned();
+    let events = events.clone();
+    socket.on(
+        "admin",
+        async move |Data::<String>(text), ack: AckSender<A>| {
+            // One answer per other node, once each answered or was found gone.
+            let answers: Vec<Value> =
+                match events.emit_with_ack("admin", &text, ADMIN_TIMEOUT).await {
+                    Ok(acks) => {
+                        acks.map(|a| match a.result {
+                            Ok(answer) => json!({ "node": a.node, "pages": answer["pages"] }),
+                            Err(e) => json!({ "node": a.node, "error": e.to_string() }),
+                        })
+                        .collect()
+                        .await
+                    }
+                    Err(e) => vec![json!({ "node": "-", "error": e.to_string() })],
+                };
+            let _ = ack.send(&answers);
+        },
+    );
     socket.on(
         "message",
         async move |s: SocketRef<A>, Data::<String>(text)| {
@@ -127,12 +167,28 @@ async fn start_node(
     let (layer, io) = SocketIo::builder()
         .with_adapter::<GossipAdapter<_>>(ctr)
         .build_layer();
+    // Admin broadcasts from the other nodes: logged, shown on this node's pages, and
+    // answered with how many pages showed it.
+    let events = cluster.server_events();
+    let admin_io = io.clone();
+    let me = name.clone();
+    events.on("admin", move |ev: ServerEvent| {
+        let (io, me) = (admin_io.clone(), me.clone());
+        async move {
+            let text: String = ev.data().unwrap_or_default();
+            tracing::info!(node = %me, "admin broadcast from {}: {text}", ev.from());
+            let pages = io.local().sockets().len();
+            let shown = json!({ "from": ev.from(), "text": text });
+            let _ = io.local().emit("admin", &shown).await;
+            let _ = ev.ack(&json!({ "pages": pages }));
+        }
+    });
     let on_cluster = cluster.clone();
     // The event handlers are registered by a connect middleware: it runs before the
     // client is told it is connected, whereas the connect handler runs after that, in a
     // task of its own. An event the client sends at once could otherwise come first.
     let register = move |s: SocketRef<GossipAdapter<_>>| {
-        register(s, &on_cluster);
+        register(s, &on_cluster, &events);
         async { Ok::<_, Infallible>(()) }
     };
     let cluster_of_page = cluster.clone();

@@ -58,6 +58,13 @@
 //! `sessions::SessionAuth` authenticates Socket.IO connections from it on whichever node
 //! they land. See the `sessions` module.
 //!
+//! ## Server-to-server events
+//!
+//! `ClusterAdapterCtr::server_events` (either backend) gives a handle to emit events with
+//! data to every other node, and to handle them there; with acks, a stream of one answer
+//! per node that ends once every node waited for answered or was found gone, or at the
+//! timeout. See the [`events`] module.
+//!
 //! ## Features
 //!
 //! | feature | what it adds |
@@ -221,12 +228,12 @@ compile_error!("enable at least one backend: the `cluster-gossip` feature (defau
 
 mod backend;
 mod error;
+pub mod events;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ranges;
-#[cfg(feature = "cluster-gossip")]
 mod rate_log;
 #[cfg(feature = "redis")]
 pub mod redis;

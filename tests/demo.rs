@@ -3,11 +3,14 @@
 //! `readme_demo_command_forms_one_cluster` runs the `cargo run` line of README.md itself
 //! (so this test breaks when the README changes; only the features of this test are
 //! added), with `DEMO_PORTS=0,0,0` so that the system picks free HTTP ports, and checks that the three nodes answer the Socket.IO
-//! handshake, form one cluster, and stop cleanly on Ctrl-C (SIGINT).
+//! handshake, form one cluster, carry an admin broadcast (a server-to-server event) from
+//! a page of one node to the two other nodes, which log it, show it on their pages and
+//! answer, and stop cleanly on Ctrl-C (SIGINT).
 //!
 //! `browser_chat_across_two_nodes` opens the demo page of two nodes in headless Chromium
 //! (`tests/js/browser.e2e.mjs`, with `playwright-core`), sends a message on one and sees
-//! it on the other. It needs `chromium` and `node`: outside CI a missing one skips the
+//! it on the other, then an admin broadcast, which the other page shows and whose answers
+//! (one per other node) the sending page lists. It needs `chromium` and `node`: outside CI a missing one skips the
 //! test with a message, in CI it fails.
 //!
 //! `members_follow_nodes_that_come_and_go` joins a fourth node (the `minimal` example, as
@@ -184,6 +187,7 @@ fn readme_demo_command_forms_one_cluster() {
     let mut demo = Demo::start();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(answers_and_forms_one_cluster(&demo));
+    rt.block_on(admin_broadcast_reaches_the_other_nodes(&demo));
 
     // Ctrl-C: every node leaves the cluster, the process ends by itself.
     external::signal_group(&demo.process.0, "INT");
@@ -226,6 +230,71 @@ async fn answers_and_forms_one_cluster(demo: &Demo) {
                 demo.log_text()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A page of node-1 sends an admin broadcast: node-2 and node-3 each log it, node-2 shows
+/// it on its page, and the sending page gets one answer per other node.
+async fn admin_broadcast_reaches_the_other_nodes(demo: &Demo) {
+    let (tx1, mut rx1, _) = common::polling_client(demo.nodes[0], "/").await;
+    let (_tx2, mut rx2, _) = common::polling_client(demo.nodes[1], "/").await;
+    common::client_emit(&tx1, "/", r#"1["admin","maintenance at 10:00"]"#).await;
+    let Some(answers) = common::within(SETTLE, next_event(&mut rx1, "431")).await else {
+        panic!("no answer to the admin broadcast\n{}", demo.log_text());
+    };
+    let answers: Vec<serde_json::Value> =
+        serde_json::from_value(answers[0].clone()).expect("a list of answers");
+    let mut by_node: Vec<(String, serde_json::Value)> = answers
+        .iter()
+        .map(|a| {
+            (
+                a["node"].as_str().unwrap_or_default().to_string(),
+                a["pages"].clone(),
+            )
+        })
+        .collect();
+    by_node.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        by_node,
+        [
+            ("node-2".to_string(), serde_json::json!(1)),
+            ("node-3".to_string(), serde_json::json!(0))
+        ],
+        "{answers:?}"
+    );
+    let Some(shown) = common::within(SETTLE, next_event(&mut rx2, "42")).await else {
+        panic!("node-2's page did not show it\n{}", demo.log_text());
+    };
+    assert_eq!(
+        shown,
+        [
+            serde_json::json!("admin"),
+            serde_json::json!({"from": "node-1", "text": "maintenance at 10:00"})
+        ]
+    );
+    let logged = demo
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("admin broadcast from node-1: maintenance at 10:00"))
+        .count();
+    assert_eq!(logged, 2, "node-2 and node-3 log it\n{}", demo.log_text());
+}
+
+/// The arguments of the next packet `rx` receives that starts with `prefix` (engine.io
+/// message then socket.io packet: `42` an event, `431` the answer to ack 1) and, for an
+/// event, is not a member list.
+async fn next_event(rx: &mut ClientRx, prefix: &str) -> Vec<serde_json::Value> {
+    loop {
+        let packet = String::from(rx.recv().await.expect("the page's connection is open"));
+        let Some(args) = packet.strip_prefix(prefix) else {
+            continue;
+        };
+        let Ok(serde_json::Value::Array(args)) = serde_json::from_str(args) else {
+            continue;
+        };
+        if args.first().and_then(|e| e.as_str()) != Some("members") {
+            return args;
         }
     }
 }

@@ -291,9 +291,16 @@ pub(crate) async fn connect_with_handle(
     tls: &RedisTls,
 ) -> Result<(RedisAdapterCtr, RedisHandle), RedisError> {
     let driver = RedisDriver::connect_tls(url, tls).await?;
+    let node_name = std::env::var("SOCKETIO_CLUSTER_NODE_NAME")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| socketioxide_core::Uid::new().to_string());
     let handle = RedisHandle {
         conn: driver.conn.clone(),
         prefix: config.prefix.to_string(),
+        driver: driver.clone(),
+        node_name,
     };
     Ok((RedisAdapterCtr::new_with_driver(driver, config), handle))
 }
@@ -304,17 +311,31 @@ pub(crate) async fn connect_with_handle(
 pub struct RedisHandle {
     conn: ConnectionManager,
     prefix: String,
+    driver: RedisDriver,
+    node_name: String,
 }
 
 impl fmt::Debug for RedisHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisHandle")
             .field("prefix", &self.prefix)
+            .field("node_name", &self.node_name)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisHandle {
+    /// This node's name on Redis: `SOCKETIO_CLUSTER_NODE_NAME` when set, else a random
+    /// one (what other nodes see of it in server events).
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// The driver, whose subscriptions survive a Redis restart.
+    pub(crate) fn driver(&self) -> RedisDriver {
+        self.driver.clone()
+    }
+
     /// The prefix of the backend's channels and keys (the cluster id).
     pub fn prefix(&self) -> &str {
         &self.prefix

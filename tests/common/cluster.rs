@@ -282,6 +282,15 @@ impl TestCluster {
         (node(self.backend.clone(), handle, ctr, |b| b).0, store)
     }
 
+    /// Start one more node with its server-to-server events.
+    pub async fn start_with_events(
+        &mut self,
+    ) -> (TestNode, socketioxide_cluster::events::ServerEvents) {
+        let (ctr, handle) = self.ctr().await;
+        let events = ctr.server_events();
+        (node(self.backend.clone(), handle, ctr, |b| b).0, events)
+    }
+
     /// The gossip configuration of the next node of this cluster (seeded by the first).
     #[cfg(feature = "cluster-gossip")]
     pub fn next_config(&self) -> GossipAdapterConfig {

@@ -48,7 +48,7 @@ async function say(page, text) {
   await page.click('button');
 }
 
-test('a message typed on one node’s page appears on another node’s page', { timeout: 90_000 }, async () => {
+test('a message typed on one node’s page appears on another node’s page, and an admin broadcast on every other node', { timeout: 90_000 }, async () => {
   const [urlA, urlB] = [process.env.DEMO_URL_A, process.env.DEMO_URL_B];
   assert.ok(urlA && urlB, 'DEMO_URL_A and DEMO_URL_B must be set');
   const browser = await chromium.launch({
@@ -79,6 +79,17 @@ test('a message typed on one node’s page appears on another node’s page', { 
     const reply = `and back from ${nodeB} ${randomBytes(4).toString('hex')}`;
     await say(b, reply);
     await a.locator('#log li', { hasText: `${nodeB}: ${reply}` }).waitFor();
+
+    // An admin broadcast from page A: page B shows it, page A lists each other node's
+    // answer (B's node shows it on one page, the third node on none).
+    const notice = `admin from ${nodeA} ${randomBytes(4).toString('hex')}`;
+    await a.fill('#t', notice);
+    await a.click('#a button');
+    await b.locator('#log li', { hasText: `[admin broadcast from ${nodeA}] ${notice}` }).waitFor();
+    const answers = await a.locator('#log li', { hasText: 'admin broadcast answered by:' }).textContent();
+    const third = ['node-1', 'node-2', 'node-3'].find((n) => n !== nodeA && n !== nodeB);
+    assert.match(answers, new RegExp(`${nodeB} \\(1 pages\\)`), answers);
+    assert.match(answers, new RegExp(`${third} \\(0 pages\\)`), answers);
   } finally {
     await browser.close();
   }

@@ -56,3 +56,28 @@ cluster.test('rooms and nicknames across three chat nodes', async () => {
   assert.equal(carol.messages.count, 0, 'carol, in another room, gets no message');
   assert.ok(!carol.notices.values.some((n) => n.includes('alice') || n.includes('bob')), carol.notices.values.join());
 });
+
+cluster.test('an admin notice reaches every node, whose answers the sender sees', async () => {
+  const alice = await user(0, 'alice', uniq('a'));
+  const carol = await user(1, 'carol', uniq('c'));
+  const bob = await user(2, 'bob', uniq('b'));
+  const text = uniq('maintenance');
+  const answered = (n) =>
+    n.startsWith('admin notice answered by: ') && /node2 \(\d+ connections\)/.test(n) && /node3 \(\d+ connections\)/.test(n);
+  // Until the nodes have found each other an admin notice reaches fewer: send it again
+  // until both other nodes answer.
+  await waitUntil(
+    'both other nodes to answer an admin notice',
+    async () => {
+      if (alice.notices.values.some(answered)) return true;
+      alice.socket.emit('message', `/admin ${text}`);
+      return false;
+    },
+    { timeoutMs: 30_000, intervalMs: 500 },
+  );
+  const notice = `[admin] alice@node1: ${text}`;
+  for (const u of [alice, carol, bob]) {
+    await waitUntil('every connection to show the admin notice', () => u.notices.values.includes(notice));
+  }
+  assert.equal(alice.messages.count, 0, 'an admin notice is no chat message');
+});

@@ -14,7 +14,7 @@ use socketioxide::{
     handler::ConnectHandler,
     socket::DisconnectReason,
 };
-use socketioxide_cluster::{Cluster, ClusterAdapter, ClusterAdapterCtr};
+use socketioxide_cluster::{Cluster, ClusterAdapter, ClusterAdapterCtr, events::ServerEvents};
 
 use crate::{
     BoxError,
@@ -35,20 +35,24 @@ use crate::{
 const NAMESPACES: [&str; 2] = ["/", "/admin"];
 
 /// A handle on the cluster this node belongs to, independent of the backend: the gossip
-/// cluster handle, or nothing with Redis (Redis keeps no membership view).
+/// cluster handle, or nothing with Redis (Redis keeps no membership view); and the node's
+/// server-to-server events, kept so that their handlers keep running.
 #[derive(Clone)]
-pub(crate) struct ClusterHandle(Option<Cluster>);
+pub(crate) struct ClusterHandle {
+    cluster: Option<Cluster>,
+    _events: ServerEvents,
+}
 
 impl ClusterHandle {
     /// Names of the other live nodes of the cluster (this node excluded); `None` with Redis.
     fn member_names(&self) -> Option<Vec<String>> {
-        let cluster = self.0.as_ref()?;
+        let cluster = self.cluster.as_ref()?;
         Some(cluster.members().into_iter().map(|m| m.node_name).collect())
     }
 
     /// Leaves the cluster.
     pub(crate) async fn shutdown(&self) {
-        if let Some(cluster) = &self.0 {
+        if let Some(cluster) = &self.cluster {
             cluster.shutdown().await;
         }
     }
@@ -70,7 +74,12 @@ pub(crate) async fn build_io(
         .await
         .map_err(|e| format!("cannot start the cluster: {e}"))?;
     tracing::info!(backend = ctr.backend(), "cluster backend selected");
-    let cluster = ClusterHandle(ctr.cluster());
+    let events = ctr.server_events();
+    crate::server_events::register(&events);
+    let cluster = ClusterHandle {
+        cluster: ctr.cluster(),
+        _events: events,
+    };
 
     // 2. The Socket.IO server, with the cluster adapter.
     let mut builder = SocketIo::builder().with_adapter::<ClusterAdapter<_>>(ctr);

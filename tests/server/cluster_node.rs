@@ -84,6 +84,7 @@
 //! | `remote.rs`   | the events on one socket, wherever it lives in the cluster          |
 //! | `reply.rs`    | what every handler shares: decoding the payload, answering the ack  |
 //! | `payloads.rs` | the request payloads of the events                                  |
+//! | `server_events.rs` | the server-to-server events the node handles (`note`, `ping`, `slow`) |
 
 mod cluster;
 mod config;
@@ -91,6 +92,7 @@ mod handlers;
 mod payloads;
 mod remote;
 mod reply;
+mod server_events;
 
 use std::{
     error::Error as StdError,

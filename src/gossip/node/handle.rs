@@ -51,6 +51,13 @@ impl Cluster {
         Self { node }
     }
 
+    /// Start this node's server-to-server events (see [`events`](crate::events)). Start
+    /// them once per node and keep (a clone of) the handle: a second start replaces the
+    /// first, whose handlers stop receiving.
+    pub fn server_events(&self) -> crate::events::ServerEvents {
+        crate::events::ServerEvents::gossip(self.node.clone())
+    }
+
     /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.node.me().name

@@ -100,7 +100,10 @@ impl Ledger {
                 *owed = Owed::Acks(*n);
                 (false, false)
             }
-            (ResponseBody::Rooms(_) | ResponseBody::Sockets(_), Owed::Answer) => (true, true),
+            (
+                ResponseBody::Rooms(_) | ResponseBody::Sockets(_) | ResponseBody::Service(_),
+                Owed::Answer,
+            ) => (true, true),
             (ResponseBody::Ack(..), Owed::Acks(n)) => {
                 *owed = Owed::Acks(n - 1);
                 (true, n == 1)
@@ -190,6 +193,21 @@ pub(crate) struct Pending {
     answered: Vec<PeerId>,
     gone: Vec<PeerId>,
     timed_out: Vec<PeerId>,
+    /// Whether the deadline passed.
+    expired: bool,
+}
+
+/// What happened to a request, as [`Pending::next_outcome`] tells it.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// A response whose content belongs to the result.
+    Kept(PeerId, ResponseBody),
+    /// The peer owes nothing more.
+    Answered(PeerId),
+    /// The peer was found gone: the request no longer waits for it.
+    Gone(PeerId),
+    /// The deadline passed while these peers still owed something.
+    TimedOut(Vec<PeerId>),
 }
 
 impl Pending {
@@ -209,6 +227,7 @@ impl Pending {
             answered: Vec::new(),
             gone: Vec::new(),
             timed_out: Vec::new(),
+            expired: false,
         }
     }
 
@@ -217,31 +236,46 @@ impl Pending {
     /// peers still waited for are logged). Cancel safe.
     pub(crate) async fn next(&mut self) -> Option<(PeerId, ResponseBody)> {
         loop {
-            tokio::select! {
-                biased;
-                progress = self.progress.recv() => match progress? {
-                    Progress::Kept(peer, body) => return Some((peer, body)),
-                    Progress::Answered(peer) => self.answered.push(peer),
-                    Progress::Gone(peer) => self.gone.push(peer),
-                },
-                () = self.deadline.as_mut() => {
-                    if self.timed_out.is_empty()
-                        && let Some(node) = self.node.upgrade()
-                    {
-                        self.timed_out = lock(&node.core).ledger.remove(self.id);
-                        self.progress.close();
-                        if !self.timed_out.is_empty() {
-                            tracing::warn!(
-                                waiting = ?self.timed_out,
-                                answered = self.answered().len(),
-                                gone = ?self.gone(),
-                                "{} timed out waiting for peers", self.what
-                            );
-                        }
-                    }
+            if let Outcome::Kept(peer, body) = self.next_outcome().await? {
+                return Some((peer, body));
+            }
+        }
+    }
+
+    /// What happened next to the request: a response worth keeping, a peer that owes
+    /// nothing more or was found gone, or, once, the peers still waited for when the
+    /// deadline passed (then logged); `None` once nothing more is expected. Cancel safe.
+    pub(crate) async fn next_outcome(&mut self) -> Option<Outcome> {
+        tokio::select! {
+            biased;
+            progress = self.progress.recv() => Some(match progress? {
+                Progress::Kept(peer, body) => Outcome::Kept(peer, body),
+                Progress::Answered(peer) => {
+                    self.answered.push(peer.clone());
+                    Outcome::Answered(peer)
+                }
+                Progress::Gone(peer) => {
+                    self.gone.push(peer.clone());
+                    Outcome::Gone(peer)
+                }
+            }),
+            () = self.deadline.as_mut(), if !self.expired => {
+                self.expired = true;
+                let node = self.node.upgrade()?;
+                self.timed_out = lock(&node.core).ledger.remove(self.id);
+                self.progress.close();
+                if self.timed_out.is_empty() {
                     return None;
                 }
+                tracing::warn!(
+                    waiting = ?self.timed_out,
+                    answered = self.answered().len(),
+                    gone = ?self.gone(),
+                    "{} timed out waiting for peers", self.what
+                );
+                Some(Outcome::TimedOut(self.timed_out.clone()))
             }
+            else => None,
         }
     }
 
@@ -307,31 +341,39 @@ pub(super) mod tests {
         }
     }
 
+    /// Rooms, sockets, or a service's answer (a server event's ack): one kept per peer.
     #[test]
     fn single_answer_requests_end_when_every_peer_answered_or_is_gone() {
-        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
-        let mut ledger = Ledger::default();
-        let mut rx = ledger.book(ID, &[a.clone(), b.clone(), c.clone()]);
-        assert!(ledger.respond(&a, ID, ResponseBody::Sockets(vec![])));
-        assert!(
-            !ledger.respond(&a, ID, ResponseBody::Sockets(vec![])),
-            "only one answer counts"
-        );
-        assert!(ledger.respond(&b, ID, ResponseBody::NotHosted));
-        assert_eq!(
-            drain(&mut rx),
-            (
-                vec![
-                    "kept a#1".into(),
-                    "answered a#1".into(),
-                    "answered b#1".into()
-                ],
-                false
-            )
-        );
-        ledger.peer_gone(&c);
-        assert_eq!(drain(&mut rx), (vec!["gone c#1".into()], true));
-        assert_eq!(ledger.len(), 0, "an ended request is forgotten");
+        let answers = [
+            ResponseBody::Sockets(vec![]),
+            ResponseBody::Service(bytes::Bytes::from_static(b"x")),
+        ];
+        for answer in answers {
+            let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+            let mut ledger = Ledger::default();
+            let mut rx = ledger.book(ID, &[a.clone(), b.clone(), c.clone()]);
+            assert!(ledger.respond(&a, ID, answer.clone()));
+            assert!(
+                !ledger.respond(&a, ID, answer.clone()),
+                "only one answer counts"
+            );
+            assert!(!ledger.respond(&a, ID, ResponseBody::AckCount(1)));
+            assert!(ledger.respond(&b, ID, ResponseBody::NotHosted));
+            assert_eq!(
+                drain(&mut rx),
+                (
+                    vec![
+                        "kept a#1".into(),
+                        "answered a#1".into(),
+                        "answered b#1".into()
+                    ],
+                    false
+                )
+            );
+            ledger.peer_gone(&c);
+            assert_eq!(drain(&mut rx), (vec!["gone c#1".into()], true));
+            assert_eq!(ledger.len(), 0, "an ended request is forgotten");
+        }
     }
 
     #[test]

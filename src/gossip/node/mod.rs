@@ -34,9 +34,8 @@ use tokio::time::Instant;
 use self::core::{Core, Effect};
 use self::outgoing::{Connecting, Outgoing, Route};
 pub use handle::{Cluster, GossipStats, MembershipEvent};
-pub(crate) use ledger::Pending;
-#[cfg(feature = "sessions")]
-pub(crate) use service::ServiceHandler;
+pub(crate) use ledger::{Outcome, Pending};
+pub(crate) use service::{ServiceHandler, ServiceReply};
 use startup::{advertised, check_seed, gossip_addrs};
 
 /// How often a node looks at what gossip knows (cheap: a read of its state).

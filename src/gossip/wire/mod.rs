@@ -11,6 +11,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+pub mod events;
 #[cfg(feature = "sessions")]
 pub mod sessions;
 
@@ -164,9 +165,9 @@ impl std::fmt::Display for Parser {
 pub struct ServiceFrame {
     /// Name of the service it is for.
     pub service: String,
-    /// When set, the receiver answers this request id with [`ResponseBody::Done`] once its
-    /// service has handled the message ([`ResponseBody::NotHosted`] if it runs no such
-    /// service).
+    /// When set, the receiver answers this request id once its service has handled the
+    /// message: [`ResponseBody::Done`], or the service's own [`ResponseBody::Service`]
+    /// answer ([`ResponseBody::NotHosted`] if it runs no such service).
     pub confirm: Option<Id>,
     /// The message, encoded by the service (see [`encode_body`]).
     pub body: Bytes,
@@ -311,6 +312,9 @@ pub enum ResponseBody {
     Sockets(#[serde(deserialize_with = "bounded::sockets")] Vec<(Id, Id)>),
     /// A confirmed service message was handled, or a join, leave or disconnect applied.
     Done,
+    /// A service's answer to a confirmed message, in the service's own encoding (see
+    /// [`encode_body`]).
+    Service(Bytes),
 }
 
 /// The result of one ack.
@@ -557,6 +561,7 @@ mod tests {
             arb_rooms().prop_map(ResponseBody::Rooms),
             proptest::collection::vec((arb_id(), arb_id()), 0..3).prop_map(ResponseBody::Sockets),
             Just(ResponseBody::Done),
+            arb_bytes().prop_map(ResponseBody::Service),
         ]
     }
     fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -718,6 +723,13 @@ mod tests {
                 }),
                 "535803 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
                  04 01 0172 00 00 00 00 00 01 ac02",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Service(Bytes::from_static(&[7, 8])),
+                }),
+                "535803 01 01010101010101010101010101010101 06 020708",
             ),
             (
                 Frame::Response(Response {
