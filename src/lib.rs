@@ -224,6 +224,8 @@ mod error;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
+#[cfg(feature = "cluster-gossip")]
+pub mod presence;
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ranges;
 #[cfg(feature = "cluster-gossip")]

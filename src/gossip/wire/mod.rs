@@ -11,6 +11,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+pub mod presence;
 #[cfg(feature = "sessions")]
 pub mod sessions;
 
