@@ -3,7 +3,9 @@
 //! on a phone and a laptop is one key with two metas.
 //!
 //! [`Presence`] comes from the same configuration as the adapter
-//! ([`ClusterAdapterCtr::presence`](crate::ClusterAdapterCtr::presence)):
+//! ([`ClusterAdapterCtr::presence`](crate::ClusterAdapterCtr::presence), or
+//! [`Cluster::presence`](crate::Cluster::presence)); the gossip backend only, so far (the
+//! Redis backend has none):
 //!
 //! - [`Presence::track`] a socket under a key of a topic with a meta, [`Presence::untrack`]
 //!   it; an entry also goes when its socket disconnects (noticed within
@@ -44,7 +46,7 @@
 //! use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr, presence::PresenceConfig};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let ctr = ClusterAdapterCtr::from_env().await?;
-//! let presence = ctr.presence(PresenceConfig::default());
+//! let presence = ctr.presence(PresenceConfig::default()).expect("the gossip backend");
 //! let (_layer, io) = SocketIo::builder()
 //!     .with_adapter::<ClusterAdapter<_>>(ctr)
 //!     .build_layer();
@@ -491,23 +493,4 @@ impl Presence {
     pub fn lagged(&self) -> u64 {
         self.shared.lagged.load(Ordering::Relaxed)
     }
-}
-
-/// Presence on the Redis backend.
-#[cfg(feature = "redis")]
-pub(crate) fn start_redis(_handle: &crate::redis::RedisHandle, config: PresenceConfig) -> Presence {
-    struct Local;
-    impl Transport for Local {
-        fn broadcast(&self, _: Vec<PresenceMsg>) {}
-    }
-    tracing::warn!("presence on the Redis backend holds this node's entries only");
-    let me = replica::Origin {
-        name: "local".into(),
-        generation: 0,
-    };
-    Presence::new(
-        Replica::new(me, config.clone(), usize::MAX),
-        Arc::new(Local),
-        &config,
-    )
 }

@@ -29,7 +29,6 @@ use tokio::time::Instant;
 use self::core::{Core, Effect};
 pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use ledger::Pending;
-#[cfg(feature = "sessions")]
 pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
 

@@ -1,9 +1,7 @@
-//! Cluster-wide services: a top-level module (say, the session store) exchanges its own
+//! Cluster-wide services: a top-level module (the session store, presence) exchanges its own
 //! messages with its instances on the other members, over the authenticated mesh. The
 //! cluster routes them by service name and knows nothing of what they mean; on request it
 //! waits until each target has handled a message.
-// Only the session store (feature `sessions`) runs a service today.
-#![cfg_attr(not(feature = "sessions"), allow(dead_code))]
 
 use std::sync::{Arc, Weak};
 
