@@ -247,3 +247,44 @@ async fn a_killed_node_loses_its_entries_everywhere(backend: Backend) {
         keys(&pb)
     );
 }
+
+/// Figures, not a check: the time from `track` on one node to the join diff on another
+/// (median and p99 over 500 tracks). Run alone:
+/// `cargo test --all-features --test presence track_to_diff_latency -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures"]
+async fn track_to_diff_latency() {
+    let mut cluster = TestCluster::new(&Backend::Gossip);
+    let (a, pa) = start(&mut cluster).await;
+    let (b, pb) = start(&mut cluster).await;
+    wait_for_namespace(&[&a, &b], "/").await;
+    let mut sub: Diffs = Box::pin(pb.subscribe("lobby"));
+    let (_tx, _rx, sid) = dummy(&a.io, "/").await;
+    let socket = a.io.get_socket(sid).unwrap();
+    let mut took = Vec::new();
+    for i in 0..500 {
+        let key = format!("user-{i}");
+        let started = std::time::Instant::now();
+        pa.track(&socket, "lobby", &key, &json!({ "device": "phone" }))
+            .unwrap();
+        let seen = within(SETTLES, async {
+            while let Some(d) = sub.next().await {
+                if d.joins.contains_key(&key) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(seen, Some(true), "{key} arrived");
+        took.push(started.elapsed());
+    }
+    took.sort();
+    println!(
+        "track -> diff on another node, {} tracks: median {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 99 / 100],
+        took[took.len() - 1]
+    );
+}

@@ -964,6 +964,50 @@ mod tests {
         assert_eq!(seqs, want, "numbered in order");
     }
 
+    fn rss_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: usize = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pages * 4096
+    }
+
+    /// Figures, not a check: the memory a replica takes per 10,000 entries of a peer
+    /// (topic `lobby`, keys `user-N`, socket ids of 16 characters, meta
+    /// `{"device":"phone"}`), from the process's resident size (Linux). Run alone:
+    /// `cargo test --all-features --lib memory_per_10000_entries -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints figures"]
+    fn memory_per_10000_entries() {
+        const N: usize = 200_000;
+        let config = PresenceConfig::default()
+            .with_max_per_topic(N)
+            .with_max_per_node(N);
+        let from = origin("peer", 1);
+        let before = rss_bytes();
+        let mut r = Replica::new(origin("me", 1), config, 1 << 20);
+        for i in 0..N {
+            let entry = PresenceEntry {
+                topic: "lobby".into(),
+                key: format!("user-{i}"),
+                socket: format!("{i:016}"),
+                meta: Bytes::copy_from_slice(br#"{"device":"phone"}"#),
+            };
+            let seq = i as u64 + 1;
+            let ops = vec![PresenceOp::Put(entry)];
+            r.on_message(&from, PresenceMsg::Delta { seq, ops });
+        }
+        let after = rss_bytes();
+        assert_eq!(r.len(), N);
+        println!(
+            "replica of {N} entries of a peer: {} bytes resident, {} KiB per 10,000 entries",
+            after.saturating_sub(before),
+            after.saturating_sub(before) * 10_000 / N / 1024
+        );
+    }
+
     // A model of a cluster: replicas, a FIFO link per ordered pair, links cut and healed.
 
     #[derive(Clone, Debug)]
