@@ -86,7 +86,8 @@ use std::{
 use bytes::Bytes;
 use futures_core::Stream;
 use serde::Serialize;
-use socketioxide::{adapter::Adapter, extract::SocketRef};
+use serde_json::json;
+use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
 use tokio::sync::broadcast;
 
 use crate::{gossip::wire::presence::PresenceMsg, rate_log::RateLog};
@@ -243,10 +244,13 @@ pub struct PresenceMeta {
 
 /// What changed in a topic: metas that appeared and metas that went, by key. A meta
 /// replaced by [`Presence::track`] is both a leave (the old one) and a join (the new one).
+///
+/// As the `presence_diff` event carries it (see [`Presence::emit_events`]):
+/// `{"topic": "lobby", "joins": {"ada": [{"node": "n1", "socket": "…", "meta": {…}}]},
+/// "leaves": {}}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PresenceDiff {
     /// The topic.
-    #[serde(skip)]
     pub topic: String,
     /// Metas that appeared, by key.
     pub joins: BTreeMap<String, Vec<PresenceMeta>>,
@@ -304,6 +308,8 @@ pub(crate) struct Shared {
     lagged: AtomicU64,
     lagged_log: RateLog,
     pub(crate) dropped_log: RateLog,
+    /// Whether [`Presence::emit_events`] was called.
+    events: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -383,6 +389,7 @@ impl Presence {
                 lagged: AtomicU64::new(0),
                 lagged_log: RateLog::new(Duration::from_secs(10)),
                 dropped_log: RateLog::new(Duration::from_secs(10)),
+                events: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -417,7 +424,65 @@ impl Presence {
             .insert((topic.to_string(), key.to_string()));
         self.shared.transport.broadcast(msgs);
         self.shared.publish(diffs);
+        drop(replica);
+        drop(local);
+        if self.shared.events.load(Ordering::Relaxed) {
+            socket.join(topic.to_string());
+            let state = json!({ "topic": topic, "state": self.list(topic) });
+            if let Err(e) = socket.emit("presence_state", &state) {
+                tracing::debug!(sid = %socket.id, "presence_state not sent: {e}");
+            }
+        }
         Ok(())
+    }
+
+    /// Send presence events to the clients, with `io` (the `SocketIo` of this node):
+    ///
+    /// - a socket tracked in a topic joins the room of that name and gets
+    ///   `presence_state`: `{"topic": …, "state": {key: [{node, socket, meta}]}}`, the
+    ///   topic as [`Presence::list`] gives it (its own entry included);
+    /// - on every change of a topic, the sockets of this node in the room of that name get
+    ///   `presence_diff`, a [`PresenceDiff`] (`{"topic", "joins", "leaves"}`). Each node
+    ///   sends the diffs to its own sockets, so every client gets each diff once. A tracked
+    ///   socket may get the diff of its own join after its `presence_state`.
+    ///
+    /// So a browser renders who is online with the plain Socket.IO client: start from
+    /// `presence_state`, then apply each `presence_diff` (remove the leaves, add the joins,
+    /// by socket). Call it once.
+    pub fn emit_events<A: Adapter>(&self, io: SocketIo<A>) {
+        self.shared.events.store(true, Ordering::Relaxed);
+        let mut rx = self.shared.diffs.subscribe();
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(d) => {
+                        let diff = PresenceDiff::from(&*d);
+                        if let Err(e) = io
+                            .to(d.topic.clone())
+                            .local()
+                            .emit("presence_diff", &diff)
+                            .await
+                        {
+                            tracing::debug!(topic = %d.topic, "presence_diff not sent to every socket: {e}");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        if let Some(s) = shared.upgrade() {
+                            s.lagged.fetch_add(n, Ordering::Relaxed);
+                            if let Some(held_back) = s.lagged_log.allow() {
+                                tracing::warn!(
+                                    missed = n,
+                                    held_back,
+                                    "presence events lagged behind: clients missed diffs"
+                                );
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Untrack `socket` from `key` in `topic` (nothing happens if it was not tracked there):

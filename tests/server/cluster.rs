@@ -85,6 +85,9 @@ pub(crate) async fn build_io(
         builder = builder.max_buffer_size(size);
     }
     let (layer, io) = builder.build_layer();
+    if let Some(p) = &presence {
+        p.emit_events(io.clone());
+    }
 
     // 3. Namespaces. With a remote adapter `ns` returns a future that resolves once the
     //    namespace is known to the cluster.
