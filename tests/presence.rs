@@ -53,6 +53,20 @@ fn listed(p: &Presence, topic: &str) -> BTreeMap<String, Vec<(String, Value)>> {
         .collect()
 }
 
+/// Wait until every one of `presences` lists `want` in `lobby`; panics with `what` and what
+/// each lists after `SETTLES`.
+async fn listed_everywhere(
+    presences: &[&Presence],
+    want: &BTreeMap<String, Vec<(String, Value)>>,
+    what: &str,
+) {
+    let all = || presences.iter().all(|p| listed(p, "lobby") == *want);
+    if !wait_until(SETTLES, all).await {
+        let seen: Vec<_> = presences.iter().map(|p| listed(p, "lobby")).collect();
+        panic!("{what}: want {want:?} everywhere, listed {seen:?}");
+    }
+}
+
 fn node_name(node: &TestNode) -> String {
     node.cluster().node_name().to_string()
 }
@@ -107,14 +121,7 @@ async fn entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(ba
         "bob".to_string(),
         vec![(node_name(&c), json!({ "device": "tablet" }))],
     );
-    assert!(
-        wait_until(SETTLES, || presences
-            .iter()
-            .all(|p| listed(p, "lobby") == want))
-        .await,
-        "listed everywhere: {:?}",
-        presences.map(|p| listed(p, "lobby"))
-    );
+    listed_everywhere(&presences, &want, "listed everywhere").await;
     assert!(pa.list("elsewhere").is_empty());
 
     // Bob's socket disconnects: a leave on every node.
@@ -123,14 +130,7 @@ async fn entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(ba
         assert!(leave_of(sub, "bob").await, "node {i} saw bob leave");
     }
     want.remove("bob");
-    assert!(
-        wait_until(SETTLES, || presences
-            .iter()
-            .all(|p| listed(p, "lobby") == want))
-        .await,
-        "bob gone everywhere: {:?}",
-        presences.map(|p| listed(p, "lobby"))
-    );
+    listed_everywhere(&presences, &want, "bob gone everywhere").await;
 
     // Untracking the phone leaves the laptop.
     pa.untrack(&sockets[0].0, "lobby", "ada");
@@ -138,14 +138,7 @@ async fn entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(ba
         "ada".to_string(),
         vec![(node_name(&b), json!({ "device": "laptop" }))],
     );
-    assert!(
-        wait_until(SETTLES, || presences
-            .iter()
-            .all(|p| listed(p, "lobby") == want))
-        .await,
-        "the phone untracked everywhere: {:?}",
-        presences.map(|p| listed(p, "lobby"))
-    );
+    listed_everywhere(&presences, &want, "the phone untracked everywhere").await;
 
     // A node that joins late gets the whole state.
     let (d, pd) = start(&mut cluster).await;
