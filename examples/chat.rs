@@ -25,6 +25,10 @@
 //! Events (all on `/`): `nick` (name) and `join` (room) answer through their ack with
 //! `{nick, room, node}`; `message` (text) sends `{nick, text, node}` to everyone in the
 //! room, the sender included; `notice` (text) tells the room who came, went or was renamed.
+//! With the gossip backend, nicknames are tracked with cluster-wide presence (the room is
+//! the topic, the nickname the key): a socket gets `presence_state` when it joins a room or
+//! changes its nickname, and the room gets `presence_diff` on every change, which the page
+//! shows as who is in the room.
 //!
 //! A message `/admin <text>` is an admin notice for every connection of every node, rooms
 //! aside: its node shows it to its own connections and sends it to the other nodes as a
@@ -50,6 +54,7 @@ use socketioxide::{
 use socketioxide_cluster::{
     ClusterAdapter, ClusterAdapterCtr,
     events::{ServerEvent, ServerEvents},
+    presence::{Presence, PresenceConfig},
 };
 
 /// A message starting with this is an admin notice for every node.
@@ -61,6 +66,7 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>chat · {NODE}
 <style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{min-height:10em}.n{color:#777}</style>
 <h3>Chat — node <b>{NODE}</b>, room <b id="room">lobby</b> as <b id="nick"></b></h3>
 <form id="who">nickname <input id="n" size="10"> room <input id="r" size="10" value="lobby"><button>Go</button></form>
+<p>In the room: <span id="online"></span></p>
 <ul id="log"></ul>
 <form id="f"><input id="m" autocomplete="off" placeholder="message"><button>Send</button></form>
 <script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>
@@ -72,6 +78,12 @@ const s = io();
 s.on("connect", () => s.emit("join", $("r").value, show));
 s.on("message", (m) => line(`${m.nick}@${m.node}: ${m.text}`));
 s.on("notice", (t) => line(t, "n"));
+// Who is in the room, from cluster-wide presence (gossip backend): the state, then the diffs.
+const online = new Map();
+const render = () => { $("online").textContent = [...new Set(online.values())].sort().join(", "); };
+const add = (metas) => { for (const [nick, list] of Object.entries(metas)) for (const m of list) online.set(m.socket, nick); };
+s.on("presence_state", (p) => { online.clear(); add(p.state); render(); });
+s.on("presence_diff", (d) => { if (d.topic !== $("room").textContent) return; for (const list of Object.values(d.leaves)) for (const m of list) online.delete(m.socket); add(d.joins); render(); });
 $("who").onsubmit = (e) => {
   e.preventDefault();
   s.emit("nick", $("n").value, (me) => s.emit("join", $("r").value, show));
@@ -183,11 +195,27 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
 }
 
 /// Registers the event handlers of a new socket, in the lobby.
-fn register<A: Adapter>(socket: SocketRef<A>, node: &str, events: &ServerEvents) {
+fn register<A: Adapter>(
+    socket: SocketRef<A>,
+    node: &str,
+    events: &ServerEvents,
+    presence: Option<Presence>,
+) {
     let me = Member::new(node, socket.id.as_str());
     socket.join(me.get().1);
+    // Presence: `(room, nick)` replaces `old` as this socket's entry.
+    let retrack = move |s: &SocketRef<A>, old: Option<(String, String)>, room: &str, nick: &str| {
+        let Some(p) = &presence else { return };
+        if let Some((old_room, old_nick)) = old {
+            p.untrack(s, &old_room, &old_nick);
+        }
+        if let Err(e) = p.track(s, room, nick, &json!({})) {
+            tracing::warn!("cannot track {nick} in {room}: {e}");
+        }
+    };
 
     let m = me.clone();
+    let track = retrack.clone();
     socket.on(
         "nick",
         async move |s: SocketRef<A>, Data::<String>(nick), ack: AckSender<A>| {
@@ -195,6 +223,7 @@ fn register<A: Adapter>(socket: SocketRef<A>, node: &str, events: &ServerEvents)
             let nick = clean(&nick, &old);
             m.set(Some(nick.clone()), None);
             if nick != old {
+                track(&s, Some((room.clone(), old.clone())), &room, &nick);
                 notice(&s, room, format!("{old} is now {nick}")).await;
             }
             let _ = ack.send(&m.info());
@@ -209,10 +238,11 @@ fn register<A: Adapter>(socket: SocketRef<A>, node: &str, events: &ServerEvents)
             let room = clean(&room, &old);
             if room != old {
                 s.leave(old.clone());
-                notice(&s, old, format!("{nick} left")).await;
+                notice(&s, old.clone(), format!("{nick} left")).await;
                 s.join(room.clone());
                 m.set(None, Some(room.clone()));
             }
+            retrack(&s, Some((old, nick.clone())), &room, &nick);
             notice(&s, room, format!("{nick} is here")).await;
             let _ = ack.send(&m.info());
         },
@@ -256,16 +286,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .or_else(|| cluster.as_ref().map(|c| c.node_name().to_owned()))
         .unwrap_or_else(|| "chat".into());
+    let presence = ctr.presence(PresenceConfig::default());
     let (layer, io) = SocketIo::builder()
         .with_adapter::<ClusterAdapter<_>>(ctr)
         .build_layer();
     on_admin(&events, io.clone());
+    if let Some(p) = &presence {
+        p.emit_events(io.clone());
+    }
     let name = node.clone();
     // The event handlers are registered by a connect middleware: it runs before the
     // client is told it is connected, whereas the connect handler runs after that, in a
     // task of its own. The page's first `join` could otherwise come first.
     let register = move |s: SocketRef<ClusterAdapter<_>>| {
-        register(s, &name, &events);
+        register(s, &name, &events, presence.clone());
         async { Ok::<_, Infallible>(()) }
     };
     io.ns("/", on_connect.with(register)).await?;

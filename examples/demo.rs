@@ -8,7 +8,9 @@
 //! its own gossip and QUIC mesh ports on 127.0.0.1 — serving a small chat page on
 //! <http://127.0.0.1:3001>, <http://127.0.0.1:3002> and <http://127.0.0.1:3003>. Open two of
 //! them in two browser tabs: a message typed on one node's page appears on the others'. Each
-//! page shows the node that served it and the live members of the cluster; the console shows
+//! page shows the node that served it, the live members of the cluster and who is online
+//! (every open page, on any node, from cluster-wide presence: a tab that closes or a node that
+//! stops drops off the list); the console shows
 //! the nodes finding each other. Stop with Ctrl-C: the nodes leave the cluster gracefully.
 //!
 //! An *admin broadcast* typed on a page goes from its node to every other node as a
@@ -53,6 +55,7 @@ use socketioxide::{
 use socketioxide_cluster::{
     Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr,
     events::{ServerEvent, ServerEvents},
+    presence::{Presence, PresenceConfig},
 };
 
 /// HTTP ports of the three nodes, unless `DEMO_PORTS` says otherwise.
@@ -65,6 +68,7 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>{NODE} · sock
 <style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{min-height:8em}</style>
 <h3>socketioxide-cluster demo — served by <b id="node">{NODE}</b> (<span id="status">connecting…</span>)</h3>
 <p>Live cluster members: <span id="members">…</span></p>
+<p>Online (you are <b id="me">…</b>): <span id="online">…</span></p>
 <ul id="log"></ul>
 <form id="f"><input id="m" autocomplete="off" placeholder="say something"><button>Send</button></form>
 <form id="a"><input id="t" autocomplete="off" placeholder="admin broadcast to every node"><button>Broadcast</button></form>
@@ -86,6 +90,13 @@ $("a").onsubmit = (e) => {
   s.emit("admin", t.value, (answers) => log("admin broadcast answered by: " + (answers.map(answer).join(", ") || "no other node")));
   t.value = "";
 };
+// Who is online, from cluster-wide presence: the state, then every diff, by socket.
+const online = new Map();
+const render = () => { $("online").textContent = [...new Set(online.values())].sort().join(", "); };
+const add = (metas) => { for (const [key, list] of Object.entries(metas)) for (const m of list) online.set(m.socket, key + "@" + m.node); };
+s.on("presence_state", (p) => { online.clear(); add(p.state); render(); });
+s.on("presence_diff", (d) => { for (const list of Object.values(d.leaves)) for (const m of list) online.delete(m.socket); add(d.joins); render(); });
+s.on("me", (key) => { $("me").textContent = key; });
 $("f").onsubmit = (e) => {
   e.preventDefault();
   const m = $("m");
@@ -139,9 +150,15 @@ fn register<A: Adapter>(socket: SocketRef<A>, cluster: &Cluster, events: &Server
     );
 }
 
-/// A new page: tell it the members.
-async fn on_connect<A: Adapter>(socket: SocketRef<A>, cluster: Cluster) {
+/// A new page: tell it the members, and track it as online (a key per tab).
+async fn on_connect<A: Adapter>(socket: SocketRef<A>, cluster: Cluster, presence: Presence) {
     let _ = socket.emit("members", &member_names(&cluster));
+    let sid = socket.id.to_string();
+    let key = format!("tab-{}", &sid[..4.min(sid.len())]);
+    let _ = socket.emit("me", &format!("{key}@{}", cluster.node_name()));
+    if let Err(e) = presence.track(&socket, "online", &key, &json!({})) {
+        tracing::warn!("cannot track the page: {e}");
+    }
 }
 
 /// Starts one node: joins the cluster (through `seed`, if any) and serves the page on
@@ -164,6 +181,7 @@ async fn start_node(
     }
     let ctr = GossipAdapterCtr::new(config).await?;
     let cluster = ctr.cluster();
+    let presence = cluster.presence(PresenceConfig::default());
     let (layer, io) = SocketIo::builder()
         .with_adapter::<GossipAdapter<_>>(ctr)
         .build_layer();
@@ -183,6 +201,8 @@ async fn start_node(
             let _ = ev.ack(&json!({ "pages": pages }));
         }
     });
+    // Pages get `presence_state` when tracked and `presence_diff` on every change.
+    presence.emit_events(io.clone());
     let on_cluster = cluster.clone();
     // The event handlers are registered by a connect middleware: it runs before the
     // client is told it is connected, whereas the connect handler runs after that, in a
@@ -192,7 +212,9 @@ async fn start_node(
         async { Ok::<_, Infallible>(()) }
     };
     let cluster_of_page = cluster.clone();
-    let on_connect = move |s: SocketRef<GossipAdapter<_>>| on_connect(s, cluster_of_page.clone());
+    let on_connect = move |s: SocketRef<GossipAdapter<_>>| {
+        on_connect(s, cluster_of_page.clone(), presence.clone())
+    };
     io.ns("/", on_connect.with(register)).await?;
 
     // Every membership change is pushed to this node's pages.

@@ -178,6 +178,21 @@ impl ClusterAdapterCtr {
             ),
         }
     }
+
+    /// This node's cluster-wide presence (see [`presence`](crate::presence)), replicated
+    /// over the mesh; `None` with the Redis backend, which has no presence yet. Call it once
+    /// per node.
+    #[cfg(feature = "cluster-gossip")]
+    pub fn presence(
+        &self,
+        config: crate::presence::PresenceConfig,
+    ) -> Option<crate::presence::Presence> {
+        match self {
+            Self::Gossip(ctr) => Some(ctr.cluster().presence(config)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
 }
 
 fn is_redis_url(s: &str) -> bool {

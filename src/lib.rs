@@ -232,6 +232,8 @@ pub mod events;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
+#[cfg(feature = "cluster-gossip")]
+pub mod presence;
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ranges;
 mod rate_log;

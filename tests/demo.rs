@@ -283,7 +283,7 @@ async fn admin_broadcast_reaches_the_other_nodes(demo: &Demo) {
 
 /// The arguments of the next packet `rx` receives that starts with `prefix` (engine.io
 /// message then socket.io packet: `42` an event, `431` the answer to ack 1) and, for an
-/// event, is not a member list.
+/// event, is not one of the status events every page gets on its own (members, presence).
 async fn next_event(rx: &mut ClientRx, prefix: &str) -> Vec<serde_json::Value> {
     loop {
         let packet = String::from(rx.recv().await.expect("the page's connection is open"));
@@ -293,7 +293,8 @@ async fn next_event(rx: &mut ClientRx, prefix: &str) -> Vec<serde_json::Value> {
         let Ok(serde_json::Value::Array(args)) = serde_json::from_str(args) else {
             continue;
         };
-        if args.first().and_then(|e| e.as_str()) != Some("members") {
+        let status = ["members", "me", "presence_state", "presence_diff"];
+        if !status.contains(&args.first().and_then(|e| e.as_str()).unwrap_or_default()) {
             return args;
         }
     }

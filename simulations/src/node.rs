@@ -10,7 +10,10 @@ use std::{
 };
 
 use socketioxide::{SocketIo, adapter::Emitter, extract::SocketRef};
-use socketioxide_cluster::{Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr};
+use socketioxide_cluster::{
+    Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr,
+    presence::{Presence, PresenceConfig},
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// The adapter every simulated node uses.
@@ -86,6 +89,10 @@ pub enum Command {
     Broadcast(u64),
     /// Fetch every socket of the cluster; answers how many, or the error.
     FetchSockets(oneshot::Sender<Result<usize, String>>),
+    /// Track the node's client under a key of a topic (presence).
+    Track(String, String),
+    /// Untrack the node's client from a key of a topic.
+    Untrack(String, String),
     /// Leave the cluster gracefully and stop.
     Leave,
 }
@@ -99,6 +106,8 @@ pub struct Handle {
     pub inbox: Arc<Mutex<Inbox>>,
     /// Commands to the node.
     pub commands: mpsc::Sender<Command>,
+    /// The node's presence.
+    pub presence: Presence,
 }
 
 /// The cluster secret of every node on real sockets.
@@ -127,11 +136,17 @@ pub async fn start(
     }
     let ctr = GossipAdapterCtr::new(configure(config)).await?;
     let cluster = ctr.cluster();
+    let presence = cluster.presence(PresenceConfig::default());
     let (_svc, io) = SocketIo::builder()
         .max_buffer_size(100_000)
         .with_adapter::<Adapter>(ctr)
         .build_svc();
-    io.ns("/", async |_: SocketRef<Adapter>| {}).await?;
+    let client = Arc::new(Mutex::new(None));
+    let slot = client.clone();
+    io.ns("/", async move |s: SocketRef<Adapter>| {
+        slot.lock().expect("client").replace(s);
+    })
+    .await?;
 
     let inbox = Arc::new(Mutex::new(Inbox::default()));
     let (client_tx, mut client_rx) = io.new_dummy_sock("/", ()).await;
@@ -150,6 +165,7 @@ pub async fn start(
 
     let (commands, mut rx) = mpsc::channel(1024);
     let leave = cluster.clone();
+    let p = presence.clone();
     let serve = async move {
         while let Some(command) = rx.recv().await {
             match command {
@@ -169,6 +185,20 @@ pub async fn start(
                         let _ = reply.send(answer);
                     });
                 }
+                Command::Track(topic, key) => {
+                    let socket = client.lock().expect("client").clone();
+                    if let Some(s) = socket
+                        && let Err(e) = p.track(&s, &topic, &key, &())
+                    {
+                        tracing::warn!("track failed: {e}");
+                    }
+                }
+                Command::Untrack(topic, key) => {
+                    let socket = client.lock().expect("client").clone();
+                    if let Some(s) = socket {
+                        p.untrack(&s, &topic, &key);
+                    }
+                }
                 Command::Leave => {
                     leave.shutdown().await;
                     return;
@@ -181,6 +211,7 @@ pub async fn start(
             cluster,
             inbox,
             commands,
+            presence,
         },
         serve,
     ))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    node::{Awaited, FirstSeen, Timings},
+    node::{Awaited, Command, FirstSeen, Timings},
     world::{World, host_name},
 };
 
@@ -385,6 +385,93 @@ pub fn slow_peer(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(SlowP
             dropped,
             evicted,
             memory_growth: None,
+        },
+        w.trace(),
+    ))
+}
+
+/// What [`presence_partition`] saw.
+#[derive(Debug)]
+pub struct PresencePartition {
+    /// Whether every node listed exactly the entries the nodes held, once healed.
+    pub converged: bool,
+    /// Simulated time from the heal until they did.
+    pub after_heal: Option<Duration>,
+    /// Entries tracked at the end, cluster-wide.
+    pub entries: usize,
+}
+
+/// `n` nodes split in two; on both sides nodes track and untrack keys of one topic (a seeded
+/// random sequence); the split heals: every node's replica must end with exactly the entries
+/// the nodes hold.
+pub fn presence_partition(
+    n: usize,
+    seed: u64,
+    timings: Timings,
+) -> anyhow::Result<(PresencePartition, Vec<String>)> {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    use std::collections::BTreeSet;
+
+    anyhow::ensure!(n >= 2, "a partition needs two nodes");
+    let (mut w, _) = formed(n, seed, timings)?;
+    let a: Vec<usize> = (0..n / 2).collect();
+    let b: Vec<usize> = (n / 2..n).collect();
+    w.partition(&a, &b);
+    w.run_until(FORM_LIMIT, |w| w.sees_exactly(&a) && w.sees_exactly(&b))?
+        .ok_or_else(|| anyhow::anyhow!("the sides did not notice the split"))?;
+
+    // What each node holds: (node, key).
+    let mut held: BTreeSet<(usize, String)> = BTreeSet::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x9e5e);
+    for _ in 0..4 * ROUNDS {
+        let node = (rng.next_u32() as usize) % n;
+        let key = format!("k{}", rng.next_u32() % 6);
+        let Some(h) = w.node(node) else { continue };
+        let command = if rng.next_u32() % 3 == 0 {
+            held.remove(&(node, key.clone()));
+            Command::Untrack("t".into(), key)
+        } else {
+            held.insert((node, key.clone()));
+            Command::Track("t".into(), key)
+        };
+        h.commands.try_send(command)?;
+        w.run_for(Duration::from_millis(10))?;
+    }
+    w.run_for(Duration::from_millis(500))?;
+    w.repair(&a, &b);
+    let all: Vec<usize> = (0..n).collect();
+    w.run_until(FORM_LIMIT, |w| w.sees_exactly(&all))?
+        .ok_or_else(|| anyhow::anyhow!("the cluster did not heal"))?;
+    let want: BTreeSet<(String, String)> = held
+        .iter()
+        .map(|(node, key)| (crate::world::host_name(*node), key.clone()))
+        .collect();
+    let listed = |h: &crate::node::Handle| -> BTreeSet<(String, String)> {
+        h.presence
+            .list("t")
+            .into_iter()
+            .flat_map(|(key, metas)| metas.into_iter().map(move |m| (m.node, key.clone())))
+            .collect()
+    };
+    let after_heal = w.run_until(DELIVERY_LIMIT, |w| {
+        all.iter()
+            .all(|i| w.node(*i).is_some_and(|h| listed(&h) == want))
+    })?;
+    let converged = all
+        .iter()
+        .all(|i| w.node(*i).is_some_and(|h| listed(&h) == want));
+    if !converged {
+        for i in &all {
+            if let Some(h) = w.node(*i) {
+                w.log(format!("node {i} lists {:?}, want {want:?}", listed(&h)));
+            }
+        }
+    }
+    Ok((
+        PresencePartition {
+            converged,
+            after_heal,
+            entries: want.len(),
         },
         w.trace(),
     ))

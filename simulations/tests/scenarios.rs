@@ -96,3 +96,21 @@ fn a_hung_node_is_dropped_and_the_others_keep_their_rate() {
     assert!(evicted < Duration::from_secs(5), "{trace}");
     assert!(s.during >= 0.5 * s.before, "{s:?}\n{trace}");
 }
+
+/// A property over seeds: nodes on both sides of a split track and untrack; once the split
+/// heals, every node's presence replica holds exactly the entries the nodes hold.
+#[test]
+fn presence_replicas_are_equal_after_a_partition_heals() {
+    for seed in 0..4 {
+        let (p, trace) = run_seeded(seed, move || {
+            scenarios::presence_partition(6, seed, Timings::default())
+        })
+        .unwrap();
+        assert!(
+            p.converged,
+            "seed {seed}: replicas differ after the heal:\n{}",
+            trace.join("\n")
+        );
+        assert!(p.entries > 0, "seed {seed}: something was tracked");
+    }
+}

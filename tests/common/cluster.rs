@@ -291,6 +291,22 @@ impl TestCluster {
         (node(self.backend.clone(), handle, ctr, |b| b).0, events)
     }
 
+    /// The cluster id (with Redis, the channel prefix).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Start one more node with its presence.
+    #[cfg(feature = "cluster-gossip")]
+    pub async fn start_with_presence(
+        &mut self,
+        config: socketioxide_cluster::presence::PresenceConfig,
+    ) -> (TestNode, socketioxide_cluster::presence::Presence) {
+        let (ctr, handle) = self.ctr().await;
+        let presence = ctr.presence(config).expect("presence runs on gossip");
+        (node(self.backend.clone(), handle, ctr, |b| b).0, presence)
+    }
+
     /// The gossip configuration of the next node of this cluster (seeded by the first).
     #[cfg(feature = "cluster-gossip")]
     pub fn next_config(&self) -> GossipAdapterConfig {

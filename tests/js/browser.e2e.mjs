@@ -1,5 +1,6 @@
 // Headless Chromium opens the demo page of two different nodes, sends a message on one
-// and sees it on the other. Started by `tests/demo.rs` with the demo running:
+// and sees it on the other; each page lists the open pages as online, and a page that
+// closes drops off the list. Started by `tests/demo.rs` with the demo running:
 //
 //   DEMO_URL_A, DEMO_URL_B  the pages of two nodes of the demo
 //   CHROMIUM                the browser binary (default /usr/bin/chromium)
@@ -70,6 +71,22 @@ test('a message typed on one node’s page appears on another node’s page, and
     for (const page of [a, b]) {
       await page.locator('#members', { hasText: 'node-1, node-2, node-3' }).waitFor();
     }
+
+    // Each page lists both pages as online (presence), and drops a page that closes.
+    const [meA, meB] = [a, b].map((p) => p.locator('#me'));
+    await meA.filter({ hasText: '@' }).waitFor();
+    await meB.filter({ hasText: '@' }).waitFor();
+    const [tabA, tabB] = [await meA.textContent(), await meB.textContent()];
+    for (const page of [a, b]) {
+      await page.locator('#online', { hasText: tabA }).waitFor();
+      await page.locator('#online', { hasText: tabB }).waitFor();
+    }
+    const c = await open(context, urlB);
+    await c.locator('#me').filter({ hasText: '@' }).waitFor();
+    const tabC = await c.locator('#me').textContent();
+    await a.locator('#online', { hasText: tabC }).waitFor();
+    await c.close();
+    await a.waitForFunction((t) => !document.getElementById('online').textContent.includes(t), tabC);
 
     const hello = `hello from ${nodeA} ${randomBytes(4).toString('hex')}`;
     await say(a, hello);

@@ -3,7 +3,7 @@
 // `tests/e2e_js.rs` with CHAT_BIN set to the example binary.
 
 import assert from 'node:assert/strict';
-import { SETTLE_MS, connect, record, request, sleep, uniq, useExampleCluster, waitUntil } from './cluster.mjs';
+import { BACKEND, SETTLE_MS, connect, record, request, sleep, uniq, useExampleCluster, waitUntil } from './cluster.mjs';
 
 const cluster = useExampleCluster({
   bin: process.env.CHAT_BIN,
@@ -16,10 +16,12 @@ async function user(index, nick, room) {
   cluster.clients.add(socket);
   const notices = record(socket, 'notice');
   const messages = record(socket, 'message');
+  const states = record(socket, 'presence_state');
+  const diffs = record(socket, 'presence_diff');
   assert.equal((await request(socket, 'nick', nick)).nick, nick);
   const me = await request(socket, 'join', room);
   assert.deepEqual(me, { nick, room, node: cluster.nodes[index].name });
-  return { socket, notices, messages };
+  return { socket, notices, messages, states, diffs };
 }
 
 cluster.test('rooms and nicknames across three chat nodes', async () => {
@@ -51,6 +53,16 @@ cluster.test('rooms and nicknames across three chat nodes', async () => {
   const renamed = await request(alice.socket, 'nick', 'alicia');
   assert.equal(renamed.nick, 'alicia');
   await waitUntil('bob to see the rename', () => bob.notices.values.includes('alice is now alicia'));
+
+  // Nicknames are tracked with presence (gossip backend): the room's members see bob join
+  // and alice renamed, carol in another room sees neither.
+  if (BACKEND !== 'redis') {
+    const inRoom = (u, nick) => u.diffs.values.some((d) => d.topic === room && d.joins[nick]);
+    await waitUntil('alice to see bob in the room', () => inRoom(alice, 'bob') || alice.states.values.some((s) => s.state.bob));
+    await waitUntil('bob to see alicia in the room', () => inRoom(bob, 'alicia'));
+    assert.ok(bob.diffs.values.some((d) => d.topic === room && d.leaves.alice), 'the old nickname left');
+    assert.ok(!carol.diffs.values.some((d) => d.topic === room), 'carol gets no diff of the room');
+  }
 
   await sleep(SETTLE_MS);
   assert.equal(carol.messages.count, 0, 'carol, in another room, gets no message');

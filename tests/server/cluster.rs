@@ -14,7 +14,11 @@ use socketioxide::{
     handler::ConnectHandler,
     socket::DisconnectReason,
 };
-use socketioxide_cluster::{Cluster, ClusterAdapter, ClusterAdapterCtr, events::ServerEvents};
+use socketioxide_cluster::{
+    Cluster, ClusterAdapter, ClusterAdapterCtr,
+    events::ServerEvents,
+    presence::{Presence, PresenceConfig},
+};
 
 use crate::{
     BoxError,
@@ -23,12 +27,12 @@ use crate::{
         on_broadcast, on_broadcast_from_socket, on_disconnect_all, on_emit_seq, on_emit_with_ack,
         on_fetch_sockets, on_join, on_leave, on_message, on_rooms, on_sockets_room, on_whoami,
     },
-    payloads::SocketsRoomReq,
+    payloads::{PresenceTrackReq, SocketsRoomReq},
     remote::{
         on_remote_disconnect, on_remote_emit, on_remote_emit_with_ack, on_remote_join,
         on_remote_leave,
     },
-    reply::reply,
+    reply::{payload, reply},
 };
 
 /// The namespaces served by every node. All of them get the same handlers.
@@ -80,6 +84,7 @@ pub(crate) async fn build_io(
         cluster: ctr.cluster(),
         _events: events,
     };
+    let presence = ctr.presence(PresenceConfig::default());
 
     // 2. The Socket.IO server, with the cluster adapter.
     let mut builder = SocketIo::builder().with_adapter::<ClusterAdapter<_>>(ctr);
@@ -90,17 +95,21 @@ pub(crate) async fn build_io(
         builder = builder.max_buffer_size(size);
     }
     let (layer, io) = builder.build_layer();
+    if let Some(p) = &presence {
+        p.emit_events(io.clone());
+    }
 
     // 3. Namespaces. With a remote adapter `ns` returns a future that resolves once the
     //    namespace is known to the cluster.
     for path in NAMESPACES {
         let node = cluster.clone();
+        let presence = presence.clone();
         // The event handlers are registered by a connect *middleware*: middlewares run
         // before the client is told that it is connected, whereas the connect handler
         // runs in a task spawned after that. A client that emits right after its
         // `connect` event could otherwise beat the registration and lose its event.
         let register = move |socket: SocketRef<_>| async move {
-            register_handlers(socket, node);
+            register_handlers(socket, node, presence);
             Ok::<_, Infallible>(())
         };
         io.ns(path, on_connect.with(register))
@@ -116,7 +125,11 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
 }
 
 /// Registers the event handlers of a new socket.
-fn register_handlers<A: Adapter>(socket: SocketRef<A>, cluster: ClusterHandle) {
+fn register_handlers<A: Adapter>(
+    socket: SocketRef<A>,
+    cluster: ClusterHandle,
+    presence: Option<Presence>,
+) {
     // The chat demo: a message is relayed to every other client of the cluster.
     socket.on("message", on_message::<A>);
 
@@ -158,6 +171,28 @@ fn register_handlers<A: Adapter>(socket: SocketRef<A>, cluster: ClusterHandle) {
     socket.on_disconnect(
         |socket: SocketRef<A>, reason: DisconnectReason| async move {
             tracing::info!(sid = %socket.id, ns = socket.ns(), %reason, "socket disconnected");
+        },
+    );
+
+    // Cluster-wide presence (the gossip backend only).
+    let Some(presence) = presence else { return };
+    let p = presence.clone();
+    socket.on(
+        "presence_track",
+        move |s: SocketRef<A>, ack: AckSender<A>, d: TryData<PresenceTrackReq>| async move {
+            let res = payload(d).and_then(|d| {
+                p.track(&s, &d.topic, &d.key, &d.meta)
+                    .map(|()| json!({ "ok": true }))
+                    .map_err(|e| e.to_string())
+            });
+            reply(ack, res);
+        },
+    );
+    socket.on(
+        "presence_list",
+        move |ack: AckSender<A>, d: TryData<String>| async move {
+            let res = payload(d).map(|topic| json!(presence.list(&topic)));
+            reply(ack, res);
         },
     );
 }

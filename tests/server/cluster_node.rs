@@ -70,6 +70,8 @@
 //! | `members`               | -                                                    | `{count, names}` of the other live nodes |
 //! | `emit_seq`              | `{count, event, to?}`                                | `{sent}`, after emitting `0..count` in order |
 //! | `disconnect_all`        | `{to?, except?}`                                     | `{ok}`                     |
+//! | `presence_track`        | `{topic, key, meta?}`                                | `{ok}`, the socket tracked (cluster-wide presence; it then gets `presence_state` and `presence_diff` events) |
+//! | `presence_list`         | topic                                                | `{key: [{node, socket, meta}]}` from this node's replica |
 //!
 //! `to` and `except` accept a room name or a list of room names. `binary` is a
 //! binary buffer: the event is then emitted with two arguments, `(data, binary)`.

@@ -100,3 +100,12 @@ fn default_ack_event() -> String {
 fn default_seq_event() -> String {
     "seq".into()
 }
+
+/// `presence_track`: track the sending socket under `key` in `topic`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PresenceTrackReq {
+    pub(crate) topic: String,
+    pub(crate) key: String,
+    #[serde(default)]
+    pub(crate) meta: Value,
+}

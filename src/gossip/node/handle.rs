@@ -156,7 +156,6 @@ impl Cluster {
     }
 
     /// The node this handle is of, for the services that run on it.
-    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn node(&self) -> &Arc<Node> {
         &self.node
     }

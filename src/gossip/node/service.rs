@@ -1,8 +1,8 @@
-//! Cluster-wide services: a top-level module (the session store, server events) exchanges
-//! its own messages with its instances on the other members, over the authenticated mesh.
-//! The cluster routes them by service name and knows nothing of what they mean; on request
-//! it waits until each target has handled a message, or answered it in the service's own
-//! encoding.
+//! Cluster-wide services: a top-level module (the session store, server events, presence)
+//! exchanges its own messages with its instances on the other members, over the
+//! authenticated mesh. The cluster routes them by service name and knows nothing of what
+//! they mean; on request it waits until each target has handled a message, or answered it
+//! in the service's own encoding.
 
 use std::sync::{Arc, Weak};
 

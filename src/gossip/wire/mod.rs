@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 pub mod events;
+pub mod presence;
 #[cfg(feature = "sessions")]
 pub mod sessions;
 

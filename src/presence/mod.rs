@@ -1,0 +1,561 @@
+//! Who is online, cluster-wide: per topic (a room name or any string), the sockets tracked
+//! under each key (say, a user id), each with a meta of its own (say, the device). One user
+//! on a phone and a laptop is one key with two metas.
+//!
+//! [`Presence`] comes from the same configuration as the adapter
+//! ([`ClusterAdapterCtr::presence`](crate::ClusterAdapterCtr::presence), or
+//! [`Cluster::presence`](crate::Cluster::presence)); the gossip backend only, so far (the
+//! Redis backend has none):
+//!
+//! - [`Presence::track`] a socket under a key of a topic with a meta, [`Presence::untrack`]
+//!   it; an entry also goes when its socket disconnects (noticed within
+//!   [`PresenceConfig::with_sweep_interval`]).
+//! - [`Presence::list`] answers from this node's replica, with no network round trip.
+//! - [`Presence::subscribe`] yields the [`PresenceDiff`]s of a topic: joins and leaves.
+//! - When a node leaves or is found dead, all its entries go on every other node, with
+//!   diffs saying so.
+//!
+//! ## How replicas converge
+//!
+//! Each node owns its entries: only it changes them, and it numbers its changes. The other
+//! nodes apply them in that order; one that misses a change (a frame dropped on a full
+//! queue) asks for the owner's whole state instead, and so does one that is behind the
+//! owner's latest number, which every node announces every
+//! [`PresenceConfig::with_announce_interval`]. A node that joins (or the other side of a
+//! healed partition) exchanges its whole state with each member. So, once messages flow
+//! again, every replica holds exactly the entries of the live nodes — a CRDT where each
+//! entry has a single writer.
+//!
+//! With the gossip backend, presence messages travel over the authenticated QUIC mesh,
+//! never over gossip.
+//!
+//! ## Bounds
+//!
+//! A node tracks at most [`PresenceConfig::with_max_per_topic`] entries in one topic and
+//! [`PresenceConfig::with_max_per_node`] in all; beyond them [`Presence::track`] fails with
+//! [`PresenceError::TopicFull`] / [`PresenceError::NodeFull`]. Topics and keys are at most
+//! 1 KiB, metas at most [`PresenceConfig::with_max_meta_bytes`] of JSON. What a peer sends
+//! beyond these bounds is dropped, counted ([`Presence::dropped`]) and logged: give every
+//! node the same settings.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use socketioxide::{SocketIo, extract::{Data, SocketRef}};
+//! use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr, presence::PresenceConfig};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctr = ClusterAdapterCtr::from_env().await?;
+//! let presence = ctr.presence(PresenceConfig::default()).expect("the gossip backend");
+//! let (_layer, io) = SocketIo::builder()
+//!     .with_adapter::<ClusterAdapter<_>>(ctr)
+//!     .build_layer();
+//!
+//! let p = presence.clone();
+//! io.ns("/", async move |s: SocketRef<ClusterAdapter<_>>| {
+//!     let p = p.clone();
+//!     s.on("join", async move |s: SocketRef<ClusterAdapter<_>>, Data::<String>(nick)| {
+//!         // Gone again when the socket disconnects, or when this node stops.
+//!         p.track(&s, "lobby", &nick, &serde_json::json!({ "since": 1 })).ok();
+//!         let online = p.list("lobby"); // nick -> metas, from every node
+//!         s.emit("online", &online.keys().collect::<Vec<_>>()).ok();
+//!     });
+//! }).await?;
+//!
+//! let mut diffs = presence.subscribe("lobby");
+//! while let Some(diff) = diffs.next().await {
+//!     println!("joined: {:?}, left: {:?}", diff.joins.keys(), diff.leaves.keys());
+//! }
+//! # Ok(()) }
+//! ```
+
+#[cfg(feature = "cluster-gossip")]
+mod gossip;
+#[cfg(feature = "cluster-gossip")]
+pub(crate) mod replica;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use serde::Serialize;
+use serde_json::json;
+use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
+use tokio::sync::broadcast;
+
+use crate::{gossip::wire::presence::PresenceMsg, rate_log::RateLog};
+use replica::{Change, Diff, Replica};
+
+/// Longest topic or key, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Settings of presence. Give every node the same.
+#[derive(Clone, Debug)]
+pub struct PresenceConfig {
+    pub(crate) max_per_topic: usize,
+    pub(crate) max_per_node: usize,
+    pub(crate) max_meta_bytes: usize,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) announce_interval: Duration,
+    pub(crate) queue: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            max_per_topic: 10_000,
+            max_per_node: 100_000,
+            max_meta_bytes: 1024,
+            sweep_interval: Duration::from_millis(100),
+            announce_interval: Duration::from_secs(1),
+            queue: 4_096,
+        }
+    }
+}
+
+impl PresenceConfig {
+    /// The defaults: 10,000 entries per topic and 100,000 in all per node, metas up to
+    /// 1 KiB, disconnected sockets swept every 100 ms, sequence announced every second,
+    /// 4,096 messages queued for peers and diffs for subscribers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Most entries one node tracks in one topic (at least 1).
+    pub fn with_max_per_topic(mut self, max: usize) -> Self {
+        self.max_per_topic = max.max(1);
+        self
+    }
+
+    /// Most entries one node tracks in all topics (at least 1).
+    pub fn with_max_per_node(mut self, max: usize) -> Self {
+        self.max_per_node = max.max(1);
+        self
+    }
+
+    /// Largest meta, in bytes of JSON (at least 2, for `{}`; at most 64 KiB).
+    pub fn with_max_meta_bytes(mut self, max: usize) -> Self {
+        self.max_meta_bytes = max.clamp(2, 64 * 1024);
+        self
+    }
+
+    /// How often this node looks for disconnected sockets to untrack (at least 1 ms).
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often this node announces its latest change number, so that a peer that missed
+    /// its last change asks for its state (at least 10 ms).
+    pub fn with_announce_interval(mut self, interval: Duration) -> Self {
+        self.announce_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many messages wait to be sent to peers, and how many diffs a subscriber may lag
+    /// behind (at least 16). A message beyond it is dropped (and counted): peers then ask
+    /// for the state. A subscriber that lags further misses diffs (logged).
+    pub fn with_queue(mut self, queue: usize) -> Self {
+        self.queue = queue.max(16);
+        self
+    }
+
+    pub(crate) fn check_entry(
+        &self,
+        topic: &str,
+        key: &str,
+        meta: &[u8],
+    ) -> Result<(), PresenceError> {
+        for (what, s) in [("topic", topic), ("key", key)] {
+            if s.len() > MAX_NAME_BYTES {
+                return Err(PresenceError::TooLong {
+                    what,
+                    len: s.len(),
+                    max: MAX_NAME_BYTES,
+                });
+            }
+        }
+        if meta.len() > self.max_meta_bytes {
+            return Err(PresenceError::TooLong {
+                what: "meta",
+                len: meta.len(),
+                max: self.max_meta_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why an entry could not be tracked.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// This node already tracks the most entries allowed in the topic.
+    #[error(
+        "this node already tracks {max} entries in topic {topic:?} (PresenceConfig::with_max_per_topic)"
+    )]
+    TopicFull {
+        /// The topic.
+        topic: String,
+        /// The limit.
+        max: usize,
+    },
+    /// This node already tracks the most entries allowed.
+    #[error("this node already tracks {max} entries (PresenceConfig::with_max_per_node)")]
+    NodeFull {
+        /// The limit.
+        max: usize,
+    },
+    /// The topic, key or meta is too long.
+    #[error("{what} of {len} bytes is longer than the limit of {max} bytes")]
+    TooLong {
+        /// `"topic"`, `"key"` or `"meta"`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The meta could not be serialized to JSON.
+    #[error("meta not serializable to JSON: {0}")]
+    Meta(String),
+    /// The socket is no longer connected.
+    #[error("the socket is not connected")]
+    NotConnected,
+}
+
+/// One tracked entry of a key.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PresenceMeta {
+    /// The node the socket is connected to.
+    pub node: String,
+    /// The socket's id.
+    pub socket: String,
+    /// The meta given to [`Presence::track`].
+    pub meta: serde_json::Value,
+}
+
+/// What changed in a topic: metas that appeared and metas that went, by key. A meta
+/// replaced by [`Presence::track`] is both a leave (the old one) and a join (the new one).
+///
+/// As the `presence_diff` event carries it (see [`Presence::emit_events`]):
+/// `{"topic": "lobby", "joins": {"ada": [{"node": "n1", "socket": "…", "meta": {…}}]},
+/// "leaves": {}}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PresenceDiff {
+    /// The topic.
+    pub topic: String,
+    /// Metas that appeared, by key.
+    pub joins: BTreeMap<String, Vec<PresenceMeta>>,
+    /// Metas that went, by key.
+    pub leaves: BTreeMap<String, Vec<PresenceMeta>>,
+}
+
+fn meta(c: &Change) -> PresenceMeta {
+    PresenceMeta {
+        node: c.node.to_string(),
+        socket: c.socket.clone(),
+        // Metas are checked to be JSON when tracked or received.
+        meta: serde_json::from_slice(&c.meta).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn by_key(changes: &[Change]) -> BTreeMap<String, Vec<PresenceMeta>> {
+    let mut out: BTreeMap<String, Vec<PresenceMeta>> = BTreeMap::new();
+    for c in changes {
+        out.entry(c.key.clone()).or_default().push(meta(c));
+    }
+    out
+}
+
+impl From<&Diff> for PresenceDiff {
+    fn from(d: &Diff) -> Self {
+        Self {
+            topic: d.topic.clone(),
+            joins: by_key(&d.joins),
+            leaves: by_key(&d.leaves),
+        }
+    }
+}
+
+/// How a presence reaches the other nodes.
+pub(crate) trait Transport: Send + Sync + 'static {
+    /// Queue deltas of this node's entries for every member, in order (called with the
+    /// replica locked, so that the order of the queue is that of the deltas).
+    fn broadcast(&self, msgs: Vec<PresenceMsg>);
+}
+
+/// A socket of this node with tracked entries.
+struct LocalSocket {
+    connected: Box<dyn Fn() -> bool + Send + Sync>,
+    /// `(topic, key)` of its entries.
+    entries: std::collections::BTreeSet<(String, String)>,
+}
+
+/// What a presence shares with its backend's tasks.
+pub(crate) struct Shared {
+    pub(crate) replica: Mutex<Replica>,
+    local: Mutex<HashMap<String, LocalSocket>>,
+    diffs: broadcast::Sender<Arc<Diff>>,
+    pub(crate) transport: Arc<dyn Transport>,
+    lagged: AtomicU64,
+    lagged_log: RateLog,
+    pub(crate) dropped_log: RateLog,
+    /// Whether [`Presence::emit_events`] was called.
+    events: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Replica> {
+        self.replica.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalSocket>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hand diffs to the subscribers (call with the replica locked, so that they keep its
+    /// order).
+    pub(crate) fn publish(&self, diffs: Vec<Diff>) {
+        for d in diffs {
+            // No subscriber is no error.
+            let _ = self.diffs.send(Arc::new(d));
+        }
+    }
+
+    /// Untrack the entries of the sockets that disconnected.
+    pub(crate) fn sweep(&self) {
+        let gone: Vec<(String, LocalSocket)> = {
+            let mut local = self.local();
+            let sids: Vec<String> = local
+                .iter()
+                .filter(|(_, s)| !(s.connected)())
+                .map(|(sid, _)| sid.clone())
+                .collect();
+            sids.into_iter()
+                .filter_map(|sid| local.remove_entry(&sid))
+                .collect()
+        };
+        if gone.is_empty() {
+            return;
+        }
+        let entries = gone.into_iter().flat_map(|(sid, s)| {
+            s.entries
+                .into_iter()
+                .map(move |(topic, key)| (topic, key, sid.clone()))
+        });
+        let mut replica = self.lock();
+        let (msgs, diffs) = replica.untrack(entries);
+        self.transport.broadcast(msgs);
+        self.publish(diffs);
+    }
+}
+
+/// Cluster-wide presence (see the [module docs](self)). Cheap to clone; get it from
+/// [`ClusterAdapterCtr::presence`](crate::ClusterAdapterCtr::presence), once per node.
+#[derive(Clone)]
+pub struct Presence {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presence")
+            .field("entries", &self.len())
+            .finish()
+    }
+}
+
+impl Presence {
+    pub(crate) fn new(
+        replica: Replica,
+        transport: Arc<dyn Transport>,
+        config: &PresenceConfig,
+    ) -> Self {
+        let (diffs, _) = broadcast::channel(config.queue);
+        Self {
+            shared: Arc::new(Shared {
+                replica: Mutex::new(replica),
+                local: Mutex::new(HashMap::new()),
+                diffs,
+                transport,
+                lagged: AtomicU64::new(0),
+                lagged_log: RateLog::new(Duration::from_secs(10)),
+                dropped_log: RateLog::new(Duration::from_secs(10)),
+                events: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Track `socket` under `key` in `topic`, with `meta` (any value that serializes to
+    /// JSON): a join for every subscriber on every node. Tracking the same socket under the
+    /// same key again replaces its meta (a leave of the old one and a join of the new one).
+    /// The entry goes when the socket disconnects.
+    pub fn track<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        topic: &str,
+        key: &str,
+        meta: &impl Serialize,
+    ) -> Result<(), PresenceError> {
+        if !socket.connected() {
+            return Err(PresenceError::NotConnected);
+        }
+        let meta = serde_json::to_vec(meta).map_err(|e| PresenceError::Meta(e.to_string()))?;
+        let sid = socket.id.to_string();
+        let mut local = self.shared.local();
+        let mut replica = self.shared.lock();
+        let (msgs, diffs) = replica.track(topic, key, &sid, Bytes::from(meta))?;
+        let s = socket.clone();
+        local
+            .entry(sid)
+            .or_insert_with(|| LocalSocket {
+                connected: Box::new(move || s.connected()),
+                entries: Default::default(),
+            })
+            .entries
+            .insert((topic.to_string(), key.to_string()));
+        self.shared.transport.broadcast(msgs);
+        self.shared.publish(diffs);
+        drop(replica);
+        drop(local);
+        if self.shared.events.load(Ordering::Relaxed) {
+            socket.join(topic.to_string());
+            let state = json!({ "topic": topic, "state": self.list(topic) });
+            if let Err(e) = socket.emit("presence_state", &state) {
+                tracing::debug!(sid = %socket.id, "presence_state not sent: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Send presence events to the clients, with `io` (the `SocketIo` of this node):
+    ///
+    /// - a socket tracked in a topic joins the room of that name and gets
+    ///   `presence_state`: `{"topic": …, "state": {key: [{node, socket, meta}]}}`, the
+    ///   topic as [`Presence::list`] gives it (its own entry included);
+    /// - on every change of a topic, the sockets of this node in the room of that name get
+    ///   `presence_diff`, a [`PresenceDiff`] (`{"topic", "joins", "leaves"}`). Each node
+    ///   sends the diffs to its own sockets, so every client gets each diff once. A tracked
+    ///   socket may get the diff of its own join after its `presence_state`.
+    ///
+    /// So a browser renders who is online with the plain Socket.IO client: start from
+    /// `presence_state`, then apply each `presence_diff` (remove the leaves, add the joins,
+    /// by socket). Call it once.
+    pub fn emit_events<A: Adapter>(&self, io: SocketIo<A>) {
+        self.shared.events.store(true, Ordering::Relaxed);
+        let mut rx = self.shared.diffs.subscribe();
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(d) => {
+                        let diff = PresenceDiff::from(&*d);
+                        if let Err(e) = io
+                            .to(d.topic.clone())
+                            .local()
+                            .emit("presence_diff", &diff)
+                            .await
+                        {
+                            tracing::debug!(topic = %d.topic, "presence_diff not sent to every socket: {e}");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        if let Some(s) = shared.upgrade() {
+                            s.lagged.fetch_add(n, Ordering::Relaxed);
+                            if let Some(held_back) = s.lagged_log.allow() {
+                                tracing::warn!(
+                                    missed = n,
+                                    held_back,
+                                    "presence events lagged behind: clients missed diffs"
+                                );
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Untrack `socket` from `key` in `topic` (nothing happens if it was not tracked there):
+    /// a leave for every subscriber on every node.
+    pub fn untrack<A: Adapter>(&self, socket: &SocketRef<A>, topic: &str, key: &str) {
+        let sid = socket.id.to_string();
+        let mut local = self.shared.local();
+        if let Some(s) = local.get_mut(&sid) {
+            s.entries.remove(&(topic.to_string(), key.to_string()));
+            if s.entries.is_empty() {
+                local.remove(&sid);
+            }
+        }
+        let mut replica = self.shared.lock();
+        let (msgs, diffs) = replica.untrack([(topic.to_string(), key.to_string(), sid)]);
+        self.shared.transport.broadcast(msgs);
+        self.shared.publish(diffs);
+    }
+
+    /// Who is present in `topic`, on every node: each key with all its metas. From this
+    /// node's replica, without a network round trip.
+    pub fn list(&self, topic: &str) -> BTreeMap<String, Vec<PresenceMeta>> {
+        let changes = self.shared.lock().list(topic);
+        by_key(&changes)
+    }
+
+    /// The diffs of `topic` from now on. A subscriber that lags more than
+    /// [`PresenceConfig::with_queue`] diffs behind misses some (logged): read
+    /// [`Presence::list`] again then.
+    pub fn subscribe(&self, topic: &str) -> impl Stream<Item = PresenceDiff> + Send + 'static {
+        let rx = self.shared.diffs.subscribe();
+        let shared = Arc::downgrade(&self.shared);
+        let topic = topic.to_string();
+        futures_util::stream::unfold((rx, shared, topic), |(mut rx, shared, topic)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(d) if d.topic == topic => {
+                        let diff = PresenceDiff::from(&*d);
+                        return Some((diff, (rx, shared, topic)));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        if let Some(s) = shared.upgrade() {
+                            s.lagged.fetch_add(n, Ordering::Relaxed);
+                            if let Some(held_back) = s.lagged_log.allow() {
+                                tracing::warn!(%topic, missed = n, held_back, "presence subscriber lagged behind and missed diffs");
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    /// How many entries this node holds, of every node.
+    pub fn len(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    /// Whether this node holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries received from peers and dropped since this presence started: beyond the
+    /// bounds, or from a node that left.
+    pub fn dropped(&self) -> u64 {
+        self.shared.lock().dropped()
+    }
+
+    /// Diffs missed by subscribers that lagged behind.
+    pub fn lagged(&self) -> u64 {
+        self.shared.lagged.load(Ordering::Relaxed)
+    }
+}
