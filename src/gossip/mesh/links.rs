@@ -58,14 +58,16 @@ struct Entry {
 
 impl Links {
     /// Keep `conn` (to or from `peer`) until it closes; its events go through the returned
-    /// inbound.
+    /// inbound. `up` counts it while it is open.
     pub(crate) fn track(
         self: &Arc<Self>,
         id: ConnId,
         peer: &PeerId,
         conn: &Connection,
         inbound: Arc<dyn Inbound>,
+        up: metrics::Gauge,
     ) -> Arc<dyn Inbound> {
+        up.increment(1.0);
         self.lock().insert(
             id.id,
             Entry {
@@ -77,6 +79,7 @@ impl Links {
         Arc::new(Tracked {
             links: self.clone(),
             inner: inbound,
+            up,
         })
     }
 
@@ -147,6 +150,8 @@ fn unreachable_reason(remote: SocketAddr) -> Closed {
 struct Tracked {
     links: Arc<Links>,
     inner: Arc<dyn Inbound>,
+    /// Counts the connection while it is open.
+    up: metrics::Gauge,
 }
 
 impl Inbound for Tracked {
@@ -164,6 +169,9 @@ impl Inbound for Tracked {
     fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &Closed) {
         // The lock is released before the node hears of it.
         let entry = self.links.lock().remove(&conn.id);
+        if entry.is_some() {
+            self.up.decrement(1.0);
+        }
         match entry {
             Some(entry) if entry.unreachable => self.inner.on_connection_closed(
                 peer,

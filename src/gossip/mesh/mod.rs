@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
+use crate::metrics::{DropReason, MeshMetrics};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 pub(crate) use tls::TlsFiles;
 
@@ -311,7 +312,7 @@ impl Mesh {
             max_frame_size,
             peer_timeout,
             queue,
-            counters: Arc::default(),
+            counters: Arc::new(Counters::new(MeshMetrics::new(&"".into()))),
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
             ca_mode: ca.is_some(),
@@ -329,6 +330,13 @@ impl Mesh {
             gossip_addr: addrs.gossip.to_string(),
             mac: None,
         };
+        // No queue exists yet: every one records under this node's name.
+        self.counters = Arc::new(Counters::new(MeshMetrics::new(&me.name)));
+    }
+
+    /// What the mesh records.
+    pub(crate) fn metrics(&self) -> &MeshMetrics {
+        &self.counters.metrics
     }
 
     /// Frames that were still queued for a peer when its connection closed or could not be
@@ -342,13 +350,14 @@ impl Mesh {
         self.counters.slow.load(Ordering::Relaxed)
     }
 
-    /// A new send queue for an outgoing connection, to hand to [`Mesh::connect_with`]:
-    /// frames may be queued in it while the connection is made.
-    pub(crate) fn queue(&self) -> (Sender, Queue) {
+    /// A new send queue for an outgoing connection to `peer`, to hand to
+    /// [`Mesh::connect_with`]: frames may be queued in it while the connection is made.
+    pub(crate) fn queue(&self, peer: &Arc<str>) -> (Sender, Queue) {
         let (tx, rx) = mpsc::channel(self.queue);
         let queue = Queue {
             rx,
             counters: self.counters.clone(),
+            peer: peer.clone(),
         };
         (Sender(tx), queue)
     }
@@ -456,7 +465,8 @@ impl Mesh {
             return;
         }
         tracing::debug!(%peer, %remote, "mesh peer authenticated (incoming)");
-        let inbound = self.links.track(id, &peer, &conn, inbound);
+        let up = self.counters.metrics.links(id.incoming).clone();
+        let inbound = self.links.track(id, &peer, &conn, inbound, up);
         loop {
             let stream = tokio::select! {
                 s = conn.accept_uni() => s,
@@ -471,7 +481,8 @@ impl Mesh {
                     let peer = peer.clone();
                     let inbound = inbound.clone();
                     let max = self.max_frame_size;
-                    tokio::spawn(read_frames(conn, stream, peer, inbound, max));
+                    let counters = self.counters.clone();
+                    tokio::spawn(read_frames(conn, stream, peer, inbound, max, counters));
                 }
                 Err(reason) => {
                     inbound.on_connection_closed(&peer, id, &(&reason).into());
@@ -532,7 +543,9 @@ impl Mesh {
         expect: Option<&PeerId>,
         inbound: Arc<dyn Inbound>,
     ) -> Result<(PeerId, Link), MeshError> {
-        self.connect_with(addr, expect, inbound, self.queue()).await
+        let name = expect.map_or_else(|| "".into(), |p| p.name.clone());
+        self.connect_with(addr, expect, inbound, self.queue(&name))
+            .await
     }
 
     /// Open an authenticated connection to the node at `addr`, and its outgoing [`Link`],
@@ -604,7 +617,8 @@ impl Mesh {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             incoming: false,
         };
-        let inbound = self.links.track(id, &peer, &conn, inbound);
+        let up = self.counters.metrics.links(id.incoming).clone();
+        let inbound = self.links.track(id, &peer, &conn, inbound, up);
         tokio::spawn(write_frames(
             conn.clone(),
             id,
@@ -695,13 +709,31 @@ pub(crate) struct Link {
     tx: Sender,
 }
 
-/// What the mesh counts of its send queues.
-#[derive(Default)]
+/// What the mesh counts of its send queues, and records.
 struct Counters {
     /// Frames left in a send queue when it went (its connection closed, or was never made).
     dropped: AtomicU64,
     /// Links closed because their peer took nothing for the peer timeout.
     slow: AtomicU64,
+    metrics: MeshMetrics,
+}
+
+impl Counters {
+    fn new(metrics: MeshMetrics) -> Self {
+        Self {
+            dropped: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// `n` frames queued for `peer` lost with its connection.
+    fn lost(&self, peer: &Arc<str>, n: usize) {
+        self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics
+            .drops
+            .record(peer, DropReason::PeerGone, n as u64);
+    }
 }
 
 /// The receiving end of a send queue (see [`Mesh::queue`]). The frames still in it when it
@@ -709,6 +741,8 @@ struct Counters {
 pub(crate) struct Queue {
     rx: mpsc::Receiver<Bytes>,
     counters: Arc<Counters>,
+    /// Whom it is for.
+    peer: Arc<str>,
 }
 
 impl Queue {
@@ -722,9 +756,7 @@ impl Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         let left = self.close();
-        self.counters
-            .dropped
-            .fetch_add(left as u64, Ordering::Relaxed);
+        self.counters.lost(&self.peer, left);
     }
 }
 
@@ -754,6 +786,11 @@ impl Sender {
     pub(crate) fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
+
+    /// How many frames wait in the queue.
+    pub(crate) fn depth(&self) -> usize {
+        self.0.max_capacity() - self.0.capacity()
+    }
 }
 
 /// Why a frame was not queued.
@@ -781,6 +818,11 @@ impl Link {
     /// The addresses the peer signed.
     pub(crate) fn addrs(&self) -> PeerAddrs {
         self.addrs
+    }
+
+    /// QUIC's current estimate of the round-trip time to the peer.
+    pub(crate) fn rtt(&self) -> Duration {
+        self.conn.rtt()
     }
 
     /// Whether the connection is still open.
@@ -815,6 +857,7 @@ async fn write_frames(
     stall: Duration,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut sizes = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
             // Everything queued goes in one write: quinn packs the frames into as few
@@ -827,14 +870,20 @@ async fn write_frames(
                     inbound.on_connection_closed(&peer, id, &Closed::Locally);
                     return;
                 }
+                // Kinds and sizes taken now: quinn takes the buffers it writes.
+                sizes.clear();
+                sizes.extend(batch.iter().map(|f| (wire::encoded_kind(f), f.len())));
                 let Err(failure) = write_all(&mut stream, &mut batch, stall).await else {
+                    for (kind, len) in sizes.drain(..) {
+                        queue.counters.metrics.sent.record(kind.unwrap_or(usize::MAX), len);
+                    }
                     batch.clear();
                     continue;
                 };
                 // Written frames are left empty; the rest of the batch and the queue are
                 // lost (the queue counts its own when dropped).
                 let unwritten = batch.iter().filter(|f| !f.is_empty()).count();
-                queue.counters.dropped.fetch_add(unwritten as u64, Ordering::Relaxed);
+                queue.counters.lost(&queue.peer, unwritten);
                 let dropped = unwritten + queue.close();
                 let reason = match failure {
                     WriteFailure::Stalled => {
@@ -904,6 +953,7 @@ async fn read_frames(
     peer: PeerId,
     inbound: Arc<dyn Inbound>,
     max_frame_size: usize,
+    counters: Arc<Counters>,
 ) {
     let mut decoder = FrameDecoder::new(max_frame_size);
     let mut applied: u32 = 0;
@@ -914,6 +964,10 @@ async fn read_frames(
                 loop {
                     match decoder.next_frame() {
                         Ok(Some(frame)) => {
+                            counters
+                                .metrics
+                                .received
+                                .record(frame.kind(), decoder.last_size());
                             if let Err(reason) = inbound.on_frame(&peer, frame) {
                                 protocol_violation(&conn, &peer, &reason);
                                 return;

@@ -9,12 +9,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 use super::{Node, lock};
 use crate::{
     gossip::peer::PeerId,
     gossip::wire::{Id, ResponseBody},
+    metrics::Outcome,
     rate_log::RateLog,
 };
 
@@ -180,6 +181,10 @@ impl Ledger {
 
 /// One request of this node, waiting for its responses until every peer asked answered in
 /// full or was found gone, or its deadline passed. Dropping it forgets the request.
+///
+/// It runs in a span of its own, `cluster_request` (kind, id, the peers waited for, and how
+/// it ended: `outcome`), and records [`crate::metrics::REQUESTS`],
+/// [`crate::metrics::REQUEST_DURATION`] and [`crate::metrics::REQUESTS_ENDED_EARLY`].
 pub(crate) struct Pending {
     progress: mpsc::UnboundedReceiver<Progress>,
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -190,6 +195,14 @@ pub(crate) struct Pending {
     answered: Vec<PeerId>,
     gone: Vec<PeerId>,
     timed_out: Vec<PeerId>,
+    /// What the request is, for its metrics.
+    kind: &'static str,
+    /// The node's name, for its metrics.
+    node_label: metrics::SharedString,
+    started: Instant,
+    /// How it ended, once it did.
+    outcome: Option<Outcome>,
+    span: tracing::Span,
 }
 
 impl Pending {
@@ -198,8 +211,21 @@ impl Pending {
         id: Id,
         progress: mpsc::UnboundedReceiver<Progress>,
         wait: Duration,
-        what: String,
+        (what, kind): (String, &'static str),
+        targets: &[PeerId],
     ) -> Self {
+        let node_label = node
+            .upgrade()
+            .map(|n| n.mesh.metrics().node.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "cluster_request",
+            node = %node_label,
+            kind,
+            id = %String::from_utf8_lossy(&id.0),
+            peers = ?targets,
+            outcome = tracing::field::Empty,
+        );
         Self {
             progress,
             deadline: Box::pin(tokio::time::sleep(wait)),
@@ -209,7 +235,49 @@ impl Pending {
             answered: Vec::new(),
             gone: Vec::new(),
             timed_out: Vec::new(),
+            kind,
+            node_label,
+            started: Instant::now(),
+            outcome: None,
+            span,
         }
+    }
+
+    /// Record how the request ended, once.
+    fn ended(&mut self, outcome: Outcome) {
+        if self.outcome.is_some() {
+            return;
+        }
+        self.outcome = Some(outcome);
+        self.span.record("outcome", outcome.label());
+        let _in = self.span.enter();
+        tracing::debug!(
+            answered = self.answered.len(),
+            gone = ?self.gone,
+            "cluster request ended: {}", outcome.label()
+        );
+        crate::metrics::request_ended(&self.node_label, self.kind, outcome, self.started.elapsed());
+    }
+
+    /// How the request ended, if it ends now.
+    fn outcome_now(&self) -> Outcome {
+        if !self.timed_out.is_empty() {
+            Outcome::TimedOut
+        } else if !self.gone.is_empty() {
+            Outcome::PeerLost
+        } else {
+            Outcome::Answered
+        }
+    }
+
+    /// A peer this request waited for was found gone.
+    fn peer_lost(&mut self, peer: PeerId) {
+        if self.gone.is_empty() {
+            crate::metrics::request_ended_early(&self.node_label, self.kind);
+        }
+        let _in = self.span.enter();
+        tracing::debug!(%peer, "cluster request stops waiting for a peer found gone");
+        self.gone.push(peer);
     }
 
     /// The next response worth keeping (rooms, sockets or an ack), in the order its peer
@@ -219,10 +287,15 @@ impl Pending {
         loop {
             tokio::select! {
                 biased;
-                progress = self.progress.recv() => match progress? {
-                    Progress::Kept(peer, body) => return Some((peer, body)),
-                    Progress::Answered(peer) => self.answered.push(peer),
-                    Progress::Gone(peer) => self.gone.push(peer),
+                progress = self.progress.recv() => match progress {
+                    Some(Progress::Kept(peer, body)) => return Some((peer, body)),
+                    Some(Progress::Answered(peer)) => self.answered.push(peer),
+                    Some(Progress::Gone(peer)) => self.peer_lost(peer),
+                    None => {
+                        let outcome = self.outcome_now();
+                        self.ended(outcome);
+                        return None;
+                    }
                 },
                 () = self.deadline.as_mut() => {
                     if self.timed_out.is_empty()
@@ -231,6 +304,7 @@ impl Pending {
                         self.timed_out = lock(&node.core).ledger.remove(self.id);
                         self.progress.close();
                         if !self.timed_out.is_empty() {
+                            let _in = self.span.enter();
                             tracing::warn!(
                                 waiting = ?self.timed_out,
                                 answered = self.answered().len(),
@@ -239,6 +313,8 @@ impl Pending {
                             );
                         }
                     }
+                    let outcome = self.outcome_now();
+                    self.ended(outcome);
                     return None;
                 }
             }
@@ -267,6 +343,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        self.ended(Outcome::Abandoned);
         if let Some(node) = self.node.upgrade() {
             lock(&node.core).ledger.remove(self.id);
         }

@@ -5,8 +5,11 @@
 mod core;
 mod handle;
 mod ledger;
+#[cfg(test)]
+mod metrics_tests;
 mod service;
 mod startup;
+mod stats;
 #[cfg(test)]
 mod stuck_peer_tests;
 #[cfg(test)]
@@ -32,6 +35,7 @@ pub(crate) use ledger::Pending;
 #[cfg(feature = "sessions")]
 pub(crate) use service::ServiceHandler;
 use startup::{advertised, check_seed, gossip_addrs};
+pub use stats::PeerStats;
 
 /// How often a node looks at what gossip knows (cheap: a read of its state).
 const GOSSIP_POLL: Duration = Duration::from_millis(100);
@@ -53,6 +57,7 @@ use crate::{
     },
     gossip::mesh::{self, ConnId, Inbound, Link, Mesh, PeerAddrs, PeerId, auth::Keyring},
     gossip::wire::{self, Frame, Id, NodeMeta, Response, ResponseBody},
+    metrics::DropReason,
 };
 
 /// Receives the requests addressed to one namespace of this node.
@@ -115,6 +120,8 @@ pub(crate) struct Node {
     joined: AtomicBool,
     /// Frames given up on before they reached the mesh (each also logged).
     dropped: AtomicU64,
+    /// Members and membership changes, as metrics.
+    metrics: crate::metrics::NodeMetrics,
     self_weak: Weak<Node>,
 }
 
@@ -270,7 +277,8 @@ impl Node {
             interval: config.gossip_interval,
             mesh_advertise: mesh_addr,
         };
-        let gossip_counters = Arc::new(GossipCounters::default());
+        crate::metrics::describe();
+        let gossip_counters = Arc::new(GossipCounters::new(&me.name));
         let transport = match (network, &keys) {
             (Some(network), _) => GossipTransport::Custom(network.gossip()),
             (None, Some(keys)) => match GossipKeys::new(&config.cluster_id, keys) {
@@ -289,6 +297,7 @@ impl Node {
             })?;
         let changes = membership.changes().await;
 
+        let me_name = me.name.clone();
         let node = Arc::new_cyclic(|self_weak| Node {
             self_weak: self_weak.clone(),
             core: Mutex::new(Core::new(me.clone())),
@@ -315,6 +324,7 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            metrics: crate::metrics::NodeMetrics::new(&me_name),
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
@@ -462,7 +472,7 @@ impl Node {
     ) -> Result<(), RequestError> {
         let targets = self.targets(to);
         if !targets.is_empty() {
-            self.dispatch(&targets, self.encode(frame)?, volatile, None)
+            self.dispatch(&targets, self.encode(frame, &targets)?, volatile, None)
                 .await;
         }
         Ok(())
@@ -481,10 +491,11 @@ impl Node {
         let targets = self.targets(to);
         let id = Id(rand::random());
         let frame = frame(id);
-        let bytes = self.encode(&frame)?;
+        let bytes = self.encode(&frame, &targets)?;
         // Booked before sending: a response can arrive before the frames are queued.
         let progress = lock(&self.core).ledger.book(id, &targets);
-        let pending = Pending::new(Arc::downgrade(self), id, progress, wait, describe(&frame));
+        let what = (describe(&frame), kind(&frame));
+        let pending = Pending::new(Arc::downgrade(self), id, progress, wait, what, &targets);
         self.dispatch(&targets, bytes, false, Some(id)).await;
         Ok(pending)
     }
@@ -500,8 +511,9 @@ impl Node {
     ) {
         for peer in targets {
             // No wait: no await point is reached.
-            if let Err(why) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await {
-                self.frame_dropped(peer, volatile, &why);
+            if let Err((reason, why)) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await
+            {
+                self.frame_dropped(peer, volatile, reason, &why);
                 if let Some(id) = awaited {
                     lock(&self.core).ledger.peer_gone_from(id, peer);
                 }
@@ -511,10 +523,17 @@ impl Node {
 
     /// Queue an encoded frame for `peer`, waiting at most `wait` for room in its queue (not
     /// at all with zero); never waiting on a connection being made.
-    async fn queue_frame(&self, peer: &PeerId, frame: Bytes, wait: Duration) -> Result<(), String> {
+    async fn queue_frame(
+        &self,
+        peer: &PeerId,
+        frame: Bytes,
+        wait: Duration,
+    ) -> Result<(), (DropReason, String)> {
         // One retry: a queue found closed (its connection just closed) is replaced.
         for _ in 0..2 {
-            let queue = self.queue_for(peer)?;
+            let queue = self
+                .queue_for(peer)
+                .map_err(|why| (DropReason::PeerGone, why))?;
             let queued = if wait.is_zero() {
                 queue.try_send(frame.clone())
             } else {
@@ -522,26 +541,39 @@ impl Node {
             };
             match queued {
                 Ok(()) => return Ok(()),
-                Err(mesh::SendError::Full) => return Err("the peer's send queue is full".into()),
+                Err(mesh::SendError::Full) => {
+                    return Err((
+                        DropReason::QueueFull,
+                        "the peer's send queue is full".into(),
+                    ));
+                }
                 Err(mesh::SendError::Closed) => {}
             }
         }
-        Err("connection closed".into())
+        Err((DropReason::PeerGone, "connection closed".into()))
     }
 
     /// Count and log (at a bounded rate) a frame for `peer` given up on.
-    fn frame_dropped(&self, peer: &PeerId, volatile: bool, why: &str) {
+    fn frame_dropped(&self, peer: &PeerId, volatile: bool, reason: DropReason, why: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.mesh.metrics().drops.record(&peer.name, reason, 1);
         if let Some(held_back) = DROP_LOG.allow() {
-            tracing::warn!(%peer, volatile, held_back, "frame dropped: {why}");
+            tracing::warn!(node = %self.me, %peer, volatile, held_back, "frame dropped: {why}");
         }
     }
 
-    /// Encode a frame, refusing one larger than peers accept (they would drop the link).
-    fn encode(&self, frame: &Frame) -> Result<Bytes, RequestError> {
+    /// Encode a frame for `targets`, refusing one larger than peers accept (they would drop
+    /// the link; counted as dropped for each target).
+    fn encode(&self, frame: &Frame, targets: &[PeerId]) -> Result<Bytes, RequestError> {
         let bytes = wire::encode(frame)?;
         let size = bytes.len() - wire::LEN_PREFIX;
         if size > self.max_frame_size {
+            for peer in targets {
+                self.mesh
+                    .metrics()
+                    .drops
+                    .record(&peer.name, DropReason::TooLarge, 1);
+            }
             return Err(RequestError::TooLarge {
                 size,
                 max: self.max_frame_size,
@@ -573,12 +605,16 @@ impl Node {
     /// on a connection being made; a requester that takes nothing is disconnected after the
     /// peer timeout, which ends the wait.
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
-        let queued = match self.encode(&Frame::Response(response)) {
+        let queued = match self.encode(&Frame::Response(response), &[]) {
             Ok(bytes) => self.queue_frame(to, bytes, self.request_timeout).await,
-            Err(e) => Err(format!("cannot encode it: {e}")),
+            Err(RequestError::TooLarge { size, max }) => Err((
+                DropReason::TooLarge,
+                format!("larger ({size} bytes) than peers accept ({max})"),
+            )),
+            Err(e) => Err((DropReason::PeerGone, format!("cannot encode it: {e}"))),
         };
-        if let Err(why) = queued {
-            self.frame_dropped(to, false, &format!("response: {why}"));
+        if let Err((reason, why)) = queued {
+            self.frame_dropped(to, false, reason, &format!("response: {why}"));
         }
     }
 
@@ -648,7 +684,7 @@ impl Node {
             .view()
             .mesh_addr(peer)
             .ok_or_else(|| "no known mesh address".to_string())?;
-        let queue = self.mesh.queue();
+        let queue = self.mesh.queue(&peer.name);
         *lock(&slot.queue) = Some(queue.0.clone());
         Ok((addr, queue))
     }
@@ -768,15 +804,26 @@ impl Node {
                                 .await;
                         });
                     }
+                    self.metrics
+                        .changed(true, lock(&self.core).view().members().count());
                     let _ = self.events.send(MembershipEvent::Joined(member));
                 }
                 Effect::Left { member, keep_link } => {
                     if !keep_link {
                         self.drop_link(&member.peer_id());
                     }
+                    self.metrics
+                        .changed(false, lock(&self.core).view().members().count());
+                    self.mesh.metrics().drops.forget(&member.node_name);
                     let _ = self.events.send(MembershipEvent::Left(member));
                 }
                 Effect::DropLink(peer) => self.drop_link(&peer),
+                Effect::Refused(peer) => {
+                    self.mesh
+                        .metrics()
+                        .drops
+                        .record(&peer.name, DropReason::Refused, 1)
+                }
                 Effect::Request(from, req) => {
                     if let Err(why) = self.deliver(&from, req) {
                         refused = Err(why);
@@ -1026,6 +1073,15 @@ pub(crate) enum To<'a> {
     Peers(&'a [PeerId]),
 }
 
+/// What a request is, for its metrics.
+fn kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Request(req) => req.kind.name(),
+        Frame::Service(_) => "service",
+        _ => "frame",
+    }
+}
+
 /// What a request is, for log lines.
 fn describe(frame: &Frame) -> String {
     match frame {
@@ -1043,6 +1099,7 @@ async fn watch_membership(
     // New nodes are connected to on the next tick: gossip tells only of changes in the
     // live set, which it judges once a gossip round.
     let mut tick = tokio::time::interval(GOSSIP_POLL);
+    let mut rtt_tick = tokio::time::interval(stats::RTT_EVERY);
     let mut gossip_stopped = std::pin::pin!(gossip_stopped);
     loop {
         {
@@ -1059,6 +1116,7 @@ async fn watch_membership(
                 }
             }
             _ = tick.tick() => {}
+            _ = rtt_tick.tick() => node.upgrade().iter().for_each(|n| n.record_rtts()),
             why = &mut gossip_stopped => {
                 if let Some(node) = node.upgrade()
                     && !node.shutting_down.load(Ordering::Relaxed)
