@@ -8,8 +8,8 @@
 //!
 //! Every name starts with `socketioxide_cluster_`. Labels have bounded cardinality: `node`
 //! (this node's name), `peer` (another node's name), and the fixed sets of values listed
-//! below; never a socket id or a room. A series for a peer that left stays until the
-//! exporter forgets it (`metrics-exporter-prometheus`: `idle_timeout`).
+//! below; never a socket id or a room. A series for a peer that left stays in the
+//! exporter (its last value) until the process restarts or the exporter forgets idle series.
 //!
 //! | name | type | unit | labels | what |
 //! | --- | --- | --- | --- | --- |
