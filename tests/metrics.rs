@@ -8,6 +8,10 @@
 //! `GET /metrics` (the Prometheus text format): members, frames, requests and gossip
 //! counters moved; then the third node is stopped while a request waits for it and killed
 //! with SIGKILL: members go down by one and requests that ended early up by at least one.
+//!
+//! `requests_run_in_a_span_and_peer_log_lines_name_this_node` captures the log lines of two
+//! nodes in this process while one asks the other and then leaves: each request has its
+//! `cluster_request` span, and every line naming a peer names the local node too.
 
 #![cfg(feature = "cluster-gossip")]
 
@@ -21,6 +25,8 @@ use std::{
 mod common;
 #[path = "common/external.rs"]
 mod external;
+#[path = "common/logs.rs"]
+mod logs;
 
 use common::{ClientRx, ClientTx, polling};
 use external::{Spawned, build_example, free_udp_port, own_group, signal_group, wait_stopped};
@@ -297,5 +303,54 @@ fn scraped_counters_follow_traffic_and_a_killed_node() {
     });
     for node in &nodes {
         let _ = std::fs::remove_file(&node.log);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_run_in_a_span_and_peer_log_lines_name_this_node() {
+    logs::capture();
+    let [a, b] = common::spawn_cluster::<2>(&common::Backend::Gossip).await;
+    common::ns_everywhere(
+        &[&a, &b],
+        "/",
+        async |_: socketioxide::extract::SocketRef<common::Adapter>| {},
+    )
+    .await;
+    let sockets = a.io.fetch_sockets().await.expect("fetch_sockets");
+    assert!(sockets.is_empty());
+    let b_name = b.cluster().node_name().to_string();
+    b.cluster().shutdown().await;
+    assert!(
+        common::wait_until(SETTLE, || a.cluster().members().is_empty()).await,
+        "b left"
+    );
+
+    let a_name = a.cluster().node_name();
+    let spans = logs::lines_with("cluster_request{");
+    assert!(
+        spans.iter().any(|l| l.contains(&format!("node={a_name}"))
+            && l.contains("kind=\"fetch_sockets\"")
+            && l.contains(&format!("peers=[{b_name}#"))
+            && l.contains("outcome=\"answered\"")),
+        "the request's span names its node, kind, peers and outcome:\n{}",
+        spans.join("\n")
+    );
+    let about_peers: Vec<String> = logs::text()
+        .lines()
+        .filter(|l| l.contains("socketioxide_cluster") && l.contains("peer="))
+        .map(String::from)
+        .collect();
+    assert!(
+        about_peers
+            .iter()
+            .any(|l| l.contains(&format!("peer={b_name}#"))),
+        "a's log says something of b:\n{}",
+        logs::text()
+    );
+    for line in &about_peers {
+        assert!(
+            line.contains("node="),
+            "a line about a peer that names no node: {line}"
+        );
     }
 }

@@ -126,7 +126,7 @@ impl GossipSessionStore {
         for peer in members {
             inner.request_snapshot(peer);
         }
-        tokio::spawn(run(Arc::downgrade(&inner), events, config.purge_interval));
+        (inner.node).spawn(run(Arc::downgrade(&inner), events, config.purge_interval));
         Self { inner }
     }
 
@@ -238,7 +238,7 @@ impl Inner {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
+        self.node.spawn(async move {
             let Ok(body) = wire::encode_body(&SessionMsg::SnapshotRequest) else {
                 return;
             };
@@ -257,7 +257,7 @@ impl Inner {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
+        self.node.spawn(async move {
             let records = inner.lock().snapshot(now_ns());
             let total = records.len();
             let budget = (inner.node.max_frame_size() / 2).min(MAX_CHUNK);

@@ -47,6 +47,9 @@ pub(crate) struct Links {
     closed: AtomicU64,
     /// Reports that concerned no connection, or were not a port unreachable.
     ignored: AtomicU64,
+    /// The span naming this node, for the log lines of reports (read by a task started
+    /// before the node has a name).
+    span: std::sync::OnceLock<tracing::Span>,
 }
 
 struct Entry {
@@ -87,6 +90,7 @@ impl Links {
     /// every authenticated connection whose remote address is exactly `dest`. Returns how
     /// many were closed.
     pub(crate) fn on_report(&self, dest: SocketAddr, port_unreachable: bool, what: &str) -> usize {
+        let _in = self.span.get().map(tracing::Span::enter);
         let mut closed = Vec::new();
         if port_unreachable {
             let dest = canonical(dest);
@@ -118,6 +122,11 @@ impl Links {
             conn.close(VarInt::from_u32(CLOSE_UNREACHABLE), b"port unreachable");
         }
         closed.len()
+    }
+
+    /// Log what reports do in `span` (it names this node).
+    pub(crate) fn set_span(&self, span: tracing::Span) {
+        let _ = self.span.set(span);
     }
 
     /// Connections closed for a port unreachable, and reports ignored, so far.

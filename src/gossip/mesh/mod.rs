@@ -31,6 +31,7 @@ use std::{
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
@@ -218,6 +219,8 @@ pub(crate) struct Mesh {
     gate: admission::Gate,
     /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
     ca_mode: bool,
+    /// The span every task of the mesh runs in: it names this node in every log line.
+    span: tracing::Span,
     /// The authenticated connections, for the socket's error reports (Linux).
     links: Arc<links::Links>,
     /// Stops the reader of the socket's error reports when the mesh goes.
@@ -316,6 +319,7 @@ impl Mesh {
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
             ca_mode: ca.is_some(),
+            span: tracing::Span::none(),
             links,
             _stop_reports: stop_reports,
         })
@@ -332,6 +336,14 @@ impl Mesh {
         };
         // No queue exists yet: every one records under this node's name.
         self.counters = Arc::new(Counters::new(MeshMetrics::new(&me.name)));
+        // At the error level, so that it is enabled whenever any log line is.
+        self.span = tracing::error_span!("cluster_node", node = %me);
+        self.links.set_span(self.span.clone());
+    }
+
+    /// The span that names this node, for the tasks of the layers above.
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.span.clone()
     }
 
     /// What the mesh records.
@@ -375,7 +387,8 @@ impl Mesh {
     /// TLS and prove the secret within the peer timeout.
     pub(crate) fn serve(self: &Arc<Self>, inbound: Arc<dyn Inbound>) {
         let mesh = self.clone();
-        tokio::spawn(async move {
+        let span = self.span();
+        let serve = async move {
             while let Some(incoming) = mesh.endpoint.accept().await {
                 let remote = incoming.remote_address();
                 let slot = match mesh.gate.admit(incoming.remote_address_validated()) {
@@ -406,7 +419,8 @@ impl Mesh {
                 };
                 let mesh = mesh.clone();
                 let inbound = inbound.clone();
-                tokio::spawn(async move {
+                let span = mesh.span();
+                let admit = async move {
                     let deadline = tokio::time::Instant::now() + mesh.peer_timeout;
                     let conn = match tokio::time::timeout_at(deadline, incoming).await {
                         Ok(Ok(conn)) => conn,
@@ -428,9 +442,11 @@ impl Mesh {
                         };
                     drop(slot);
                     mesh.serve_connection(conn, peer, inbound).await;
-                });
+                };
+                tokio::spawn(admit.instrument(span));
             }
-        });
+        };
+        tokio::spawn(serve.instrument(span));
     }
 
     /// Count and log (at a bounded rate) an incoming connection that did not prove itself.
@@ -482,7 +498,8 @@ impl Mesh {
                     let inbound = inbound.clone();
                     let max = self.max_frame_size;
                     let counters = self.counters.clone();
-                    tokio::spawn(read_frames(conn, stream, peer, inbound, max, counters));
+                    let read = read_frames(conn, stream, peer, inbound, max, counters);
+                    tokio::spawn(read.instrument(self.span()));
                 }
                 Err(reason) => {
                     inbound.on_connection_closed(&peer, id, &(&reason).into());
@@ -619,15 +636,18 @@ impl Mesh {
         };
         let up = self.counters.metrics.links(id.incoming).clone();
         let inbound = self.links.track(id, &peer, &conn, inbound, up);
-        tokio::spawn(write_frames(
-            conn.clone(),
-            id,
-            stream,
-            queue,
-            peer.clone(),
-            inbound,
-            self.peer_timeout,
-        ));
+        tokio::spawn(
+            write_frames(
+                conn.clone(),
+                id,
+                stream,
+                queue,
+                peer.clone(),
+                inbound,
+                self.peer_timeout,
+            )
+            .instrument(self.span()),
+        );
         Ok((
             peer,
             Link {

@@ -328,7 +328,7 @@ impl Node {
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
-        tokio::spawn(watch_membership(
+        node.spawn(watch_membership(
             Arc::downgrade(&node),
             changes,
             node.membership.stopped(),
@@ -339,6 +339,11 @@ impl Node {
         );
         node.join(&config.seeds, config.join_timeout).await;
         Ok(node)
+    }
+
+    /// Run `task` in a task of its own, in the span that names this node in log lines.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        tokio::spawn(tracing::Instrument::instrument(task, self.mesh.span()));
     }
 
     /// This node's identity.
@@ -597,7 +602,7 @@ impl Node {
     pub(crate) fn respond_later(self: &Arc<Self>, to: &PeerId, id: Id, body: ResponseBody) {
         let node = self.clone();
         let to = to.clone();
-        tokio::spawn(async move { node.respond(&to, Response { id, body }).await });
+        self.spawn(async move { node.respond(&to, Response { id, body }).await });
     }
 
     /// Send a response to the node that made a request. Waits for room in the requester's
@@ -646,7 +651,7 @@ impl Node {
         let (addr, queue) = self.new_queue(peer, &slot)?;
         let sender = queue.0.clone();
         let peer = peer.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Err(reason) = node.connect(&peer, &slot, guard, addr, queue).await {
                 // The frames queued meanwhile are counted by their queue.
                 if let Some(held_back) = DROP_LOG.allow() {
@@ -797,7 +802,7 @@ impl Node {
                     // thing on this node's own connection to it.
                     if let Some(node) = self.weak().upgrade() {
                         let peer = member.peer_id();
-                        tokio::spawn(async move {
+                        self.spawn(async move {
                             let meta = lock(&node.meta).clone();
                             let _ = node
                                 .send(To::Peers(&[peer]), &Frame::Meta(meta), false)
@@ -832,7 +837,7 @@ impl Node {
                 Effect::Service(from, frame) => self.on_service_frame(&from, frame),
                 Effect::ReplacedBy(by) => {
                     if let Some(node) = self.weak().upgrade() {
-                        tokio::spawn(async move { node.replaced(by).await });
+                        self.spawn(async move { node.replaced(by).await });
                     }
                 }
             }
@@ -976,7 +981,7 @@ impl Node {
         let due = lock(&self.core).due_for_connection(Instant::now());
         for (peer, first) in due {
             let node = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 if let Err(reason) = node.link(&peer).await {
                     if first {
                         tracing::warn!(%peer, "cannot verify gossip member over the mesh (will retry): {reason}");
