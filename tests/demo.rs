@@ -228,6 +228,32 @@ async fn answers_and_forms_one_cluster(demo: &Demo) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    // The operator's view: the other two members, each with a round-trip time once its
+    // connection is made, a queue depth and a dropped-frames count.
+    let node = demo.nodes[0];
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (status, body) = get(node, "/cluster/peers").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(view["node"], "node-1", "{body}");
+        let peers = view["peers"].as_array().expect("a list of peers");
+        let names: Vec<&str> = peers.iter().filter_map(|p| p["node"].as_str()).collect();
+        let measured = peers.iter().all(|p| {
+            p["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0)
+                && p["queue_depth"].is_u64()
+                && p["frames_dropped"].is_u64()
+        });
+        if names == ["node-2", "node-3"] && measured {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET /cluster/peers on node-1: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]
