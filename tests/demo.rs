@@ -309,24 +309,13 @@ async fn members_pushed(
 /// shows, named `node-4`, on loopback. Returns it with its log file.
 fn start_fourth_node(bin: &Path, seed: &str, secret: &str) -> (Spawned, std::path::PathBuf) {
     let log = std::env::temp_dir().join(format!("demo-node-4-{}.log", std::process::id()));
-    let mut cmd = std::process::Command::new(bin);
-    cmd.env("SOCKETIO_CLUSTER_ID", "demo")
-        .env("SOCKETIO_CLUSTER_SEEDS", seed)
-        .env("SOCKETIO_CLUSTER_SECRET", secret)
-        .env("SOCKETIO_CLUSTER_GOSSIP_ADDR", "127.0.0.1:0")
-        .env("SOCKETIO_CLUSTER_MESH_ADDR", "127.0.0.1:0")
-        .env("SOCKETIO_CLUSTER_NODE_NAME", "node-4")
-        .env("BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).expect("log file"))
-        .stderr(Stdio::null());
-    own_group(&mut cmd);
-    (
-        Spawned(cmd.spawn().expect("the minimal example starts")),
-        log,
-    )
+    let env = [
+        ("SOCKETIO_CLUSTER_ID", "demo".to_string()),
+        ("SOCKETIO_CLUSTER_SEEDS", seed.to_string()),
+        ("SOCKETIO_CLUSTER_SECRET", secret.to_string()),
+        ("SOCKETIO_CLUSTER_NODE_NAME", "node-4".to_string()),
+    ];
+    (external::start_minimal(bin, &env, &log), log)
 }
 
 #[test]

@@ -18,7 +18,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -29,7 +28,7 @@ mod external;
 mod logs;
 
 use common::{ClientRx, ClientTx, polling};
-use external::{Spawned, build_example, free_udp_port, own_group, signal_group, wait_stopped};
+use external::{Spawned, build_example, free_udp_port, signal_group, wait_stopped};
 use socketioxide_cluster::metrics::{self, MetricType};
 
 /// Upper bound for the nodes to start, form and notice changes.
@@ -107,21 +106,14 @@ struct Node {
 
 fn start_node(bin: &Path, cluster: &str, name: &str, gossip: SocketAddr, seed: SocketAddr) -> Node {
     let log = std::env::temp_dir().join(format!("metrics-{name}-{}.log", std::process::id()));
-    let mut cmd = std::process::Command::new(bin);
-    cmd.env("SOCKETIO_CLUSTER_ID", cluster)
-        .env("SOCKETIO_CLUSTER_SECRET", common::SECRET)
-        .env("SOCKETIO_CLUSTER_SEEDS", seed.to_string())
-        .env("SOCKETIO_CLUSTER_GOSSIP_ADDR", gossip.to_string())
-        .env("SOCKETIO_CLUSTER_MESH_ADDR", "127.0.0.1:0")
-        .env("SOCKETIO_CLUSTER_NODE_NAME", name)
-        .env("BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).expect("log file"))
-        .stderr(Stdio::null());
-    own_group(&mut cmd);
-    let process = Spawned(cmd.spawn().expect("the minimal example starts"));
+    let env = [
+        ("SOCKETIO_CLUSTER_ID", cluster.to_string()),
+        ("SOCKETIO_CLUSTER_SECRET", common::SECRET.to_string()),
+        ("SOCKETIO_CLUSTER_SEEDS", seed.to_string()),
+        ("SOCKETIO_CLUSTER_GOSSIP_ADDR", gossip.to_string()),
+        ("SOCKETIO_CLUSTER_NODE_NAME", name.to_string()),
+    ];
+    let process = external::start_minimal(bin, &env, &log);
     let started = Instant::now();
     let http = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
