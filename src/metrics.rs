@@ -318,13 +318,38 @@ impl FrameCounters {
         }
     }
 
+    /// Record what `tally` counted, and empty it.
+    pub(crate) fn record(&self, tally: &mut FrameTally) {
+        for (kind, (frames, bytes)) in tally.0.iter_mut().enumerate() {
+            if *frames > 0 {
+                self.frames[kind].increment(*frames);
+                self.bytes[kind].increment(*bytes);
+            }
+            (*frames, *bytes) = (0, 0);
+        }
+    }
+}
+
+/// Frames and bytes by kind, counted locally by one task and recorded in one go (a batch
+/// written, a chunk read): the shared counters are touched once a batch, not once a frame.
+#[cfg(feature = "cluster-gossip")]
+#[derive(Default)]
+pub(crate) struct FrameTally([(u64, u64); 5]);
+
+#[cfg(feature = "cluster-gossip")]
+impl FrameTally {
     /// One frame of kind `kind` (an index of [`FRAME_KINDS`]; others are ignored) and
     /// `len` bytes.
-    pub(crate) fn record(&self, kind: usize, len: usize) {
-        if let (Some(frames), Some(bytes)) = (self.frames.get(kind), self.bytes.get(kind)) {
-            frames.increment(1);
-            bytes.increment(len as u64);
+    pub(crate) fn add(&mut self, kind: usize, len: usize) {
+        if let Some((frames, bytes)) = self.0.get_mut(kind) {
+            *frames += 1;
+            *bytes += len as u64;
         }
+    }
+
+    /// Forget what was counted.
+    pub(crate) fn clear(&mut self) {
+        self.0 = Default::default();
     }
 }
 
@@ -663,8 +688,11 @@ pub(crate) mod tests {
             #[cfg(feature = "cluster-gossip")]
             {
                 let frames = FrameCounters::new(&node, FRAMES_SENT, BYTES_SENT);
-                frames.record(1, 40);
-                frames.record(9, 40);
+                let mut tally = FrameTally::default();
+                tally.add(1, 40);
+                tally.add(9, 40);
+                frames.record(&mut tally);
+                frames.record(&mut tally);
             }
         });
         let v = |name, labels: &[(&str, &str)]| recorder.value(name, labels);
@@ -687,7 +715,11 @@ pub(crate) mod tests {
         {
             assert_eq!(v(FRAMES_SENT, &[("kind", "response")]), 1.0);
             assert_eq!(v(BYTES_SENT, &[("kind", "response")]), 40.0);
-            assert_eq!(v(FRAMES_SENT, &[]), 1.0, "an unknown kind is not recorded");
+            assert_eq!(
+                v(FRAMES_SENT, &[]),
+                1.0,
+                "an unknown kind is not recorded, a tally once"
+            );
         }
         assert_eq!(recorder.unit(REQUEST_DURATION), Some(Unit::Seconds));
         assert_eq!(recorder.unit(BYTES_SENT), Some(Unit::Bytes));

@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
-use crate::metrics::{DropReason, MeshMetrics};
+use crate::metrics::{DropReason, FrameTally, MeshMetrics};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 pub(crate) use tls::TlsFiles;
 
@@ -877,7 +877,7 @@ async fn write_frames(
     stall: Duration,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut sizes = Vec::with_capacity(WRITE_BATCH);
+    let mut tally = FrameTally::default();
     loop {
         tokio::select! {
             // Everything queued goes in one write: quinn packs the frames into as few
@@ -891,12 +891,12 @@ async fn write_frames(
                     return;
                 }
                 // Kinds and sizes taken now: quinn takes the buffers it writes.
-                sizes.clear();
-                sizes.extend(batch.iter().map(|f| (wire::encoded_kind(f), f.len())));
+                tally.clear();
+                for frame in &batch {
+                    tally.add(wire::encoded_kind(frame).unwrap_or(usize::MAX), frame.len());
+                }
                 let Err(failure) = write_all(&mut stream, &mut batch, stall).await else {
-                    for (kind, len) in sizes.drain(..) {
-                        queue.counters.metrics.sent.record(kind.unwrap_or(usize::MAX), len);
-                    }
+                    queue.counters.metrics.sent.record(&mut tally);
                     batch.clear();
                     continue;
                 };
@@ -977,6 +977,7 @@ async fn read_frames(
 ) {
     let mut decoder = FrameDecoder::new(max_frame_size);
     let mut applied: u32 = 0;
+    let mut tally = FrameTally::default();
     loop {
         match stream.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => {
@@ -984,10 +985,7 @@ async fn read_frames(
                 loop {
                     match decoder.next_frame() {
                         Ok(Some(frame)) => {
-                            counters
-                                .metrics
-                                .received
-                                .record(frame.kind(), decoder.last_size());
+                            tally.add(frame.kind(), decoder.last_size());
                             if let Err(reason) = inbound.on_frame(&peer, frame) {
                                 protocol_violation(&conn, &peer, &reason);
                                 return;
@@ -997,10 +995,15 @@ async fn read_frames(
                             // their writes should carry several messages, not one.
                             applied = applied.wrapping_add(1);
                             if applied.is_multiple_of(YIELD_EVERY) {
+                                counters.metrics.received.record(&mut tally);
                                 tokio::task::yield_now().await;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            // The chunk is used up: record what it held.
+                            counters.metrics.received.record(&mut tally);
+                            break;
+                        }
                         Err(e) => {
                             protocol_violation(&conn, &peer, &e.to_string());
                             return;
