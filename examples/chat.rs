@@ -21,6 +21,8 @@
 //!
 //! Open <http://127.0.0.1:3001> and <http://127.0.0.1:3003>, pick the same room in both,
 //! and chat; or put `examples/nginx/nginx.conf` in front and open <http://127.0.0.1:8080>.
+//! Each node serves its metrics at `GET /metrics` in the Prometheus text format
+//! (`examples/shared/prometheus.rs`; the README shows a scrape config and a dashboard).
 //!
 //! Events (all on `/`): `nick` (name) and `join` (room) answer through their ack with
 //! `{nick, room, node}`; `message` (text) sends `{nick, text, node}` to everyone in the
@@ -61,6 +63,9 @@ use socketioxide_cluster::{
 const ADMIN: &str = "/admin ";
 /// Longest an admin notice waits for the other nodes' answers.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[path = "shared/prometheus.rs"]
+mod prometheus;
 
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>chat · {NODE}</title>
 <style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{min-height:10em}.n{color:#777}</style>
@@ -278,6 +283,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // Before the node starts: it takes its metric handles from the recorder then.
+    let metrics = prometheus::install()?;
 
     let ctr = ClusterAdapterCtr::from_env().await?;
     let cluster = ctr.cluster();
@@ -307,6 +314,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let page = PAGE.replace("{NODE}", &node);
     let app = Router::new()
         .route("/", get(move || async move { Html(page) }))
+        .merge(prometheus::router(metrics))
         .layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&bind).await?;

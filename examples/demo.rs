@@ -20,7 +20,11 @@
 //!
 //! `DEMO_PORTS=4001,4002,4003` picks other HTTP ports (`0` lets the system choose one; the
 //! URLs printed are the real ones). `GET /members` on any node answers
-//! `{"node": "node-1", "members": ["node-1", "node-2", "node-3"]}`.
+//! `{"node": "node-1", "members": ["node-1", "node-2", "node-3"]}`, and `GET /cluster/peers`
+//! is an operator's view of the other members as this node sees them:
+//! `{"node": "node-1", "peers": [{"node": "node-2", "mesh_addr": "127.0.0.1:…", "rtt_ms": 0.3,
+//! "queue_depth": 0, "frames_dropped": 0}, …]}` (`rtt_ms` is `null` while a connection is
+//! being made).
 //!
 //! The nodes share a fresh random secret, unless `SOCKETIO_CLUSTER_SECRET` is set: then they
 //! use it, and a node of your own started with the same secret, the cluster id `demo` and
@@ -228,6 +232,7 @@ async fn start_node(
 
     let page = PAGE.replace("{NODE}", &name);
     let members = cluster.clone();
+    let peers = cluster.clone();
     let app = Router::new()
         .route("/", get(move || async move { Html(page) }))
         .route(
@@ -238,11 +243,33 @@ async fn start_node(
                 Json(body)
             }),
         )
+        .route(
+            "/cluster/peers",
+            get(move || async move { Json(peer_stats(&peers)) }),
+        )
         .layer(layer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((cluster, addr))
+}
+
+/// Every other member with its round-trip time, send queue depth and dropped frames.
+fn peer_stats(cluster: &Cluster) -> Value {
+    let peers: Vec<Value> = cluster
+        .peer_stats()
+        .into_iter()
+        .map(|p| {
+            json!({
+                "node": p.member.node_name,
+                "mesh_addr": p.member.mesh_addr.to_string(),
+                "rtt_ms": p.rtt.map(|rtt| rtt.as_secs_f64() * 1_000.0),
+                "queue_depth": p.queue_depth,
+                "frames_dropped": p.frames_dropped,
+            })
+        })
+        .collect();
+    json!({ "node": cluster.node_name(), "peers": peers })
 }
 
 /// The HTTP ports: `DEMO_PORTS` (three comma-separated numbers) or the defaults.

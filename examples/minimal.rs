@@ -3,8 +3,10 @@
 //! The smallest useful server to copy: axum + socketioxide with the cluster adapter, one
 //! node per process, every setting from `SOCKETIO_CLUSTER_*` variables (see the README's
 //! configuration table) and `BIND` (the HTTP address, default `0.0.0.0:3000`). A
-//! `message` event is relayed to every other client of the cluster. SIGTERM or Ctrl-C leaves
-//! the cluster gracefully.
+//! `message` event is relayed to every other client of the cluster; a `count` event is
+//! answered (through its ack) with the number of clients on every node, a request to the
+//! whole cluster. `GET /metrics` serves the library's metrics in the Prometheus text format
+//! (`examples/shared/prometheus.rs`). SIGTERM or Ctrl-C leaves the cluster gracefully.
 //!
 //! Two nodes on one machine:
 //!
@@ -21,10 +23,13 @@
 
 use std::convert::Infallible;
 
+#[path = "shared/prometheus.rs"]
+mod prometheus;
+
 use serde_json::Value;
 use socketioxide::{
     SocketIo,
-    extract::{Data, SocketRef},
+    extract::{AckSender, Data, SocketRef},
     handler::ConnectHandler,
 };
 use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr};
@@ -34,6 +39,8 @@ type Adapter = ClusterAdapter<socketioxide::adapter::Emitter>;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
+    // Before the node starts: it takes its metric handles from the recorder then.
+    let metrics = prometheus::install()?;
 
     let ctr = ClusterAdapterCtr::from_env().await?;
     let cluster = ctr.cluster(); // `None` on Redis, which keeps no membership
@@ -45,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // task of its own. An event the client sends at once could otherwise come first.
     io.ns("/", on_connect.with(register)).await?;
 
-    let app = axum::Router::new().layer(layer);
+    let app = prometheus::router(metrics).layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0:3000".into());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
@@ -68,6 +75,16 @@ async fn register(socket: SocketRef<Adapter>) -> Result<(), Infallible> {
             // Every client of every node but the sender.
             if let Err(e) = socket.broadcast().emit("message", &msg).await {
                 tracing::warn!("cannot relay the message: {e}");
+            }
+        },
+    );
+    socket.on(
+        "count",
+        async |socket: SocketRef<Adapter>, ack: AckSender<Adapter>| {
+            // The other clients, on every node (a cluster request), and this one.
+            match socket.broadcast().fetch_sockets().await {
+                Ok(others) => drop(ack.send(&(others.len() + 1))),
+                Err(e) => tracing::warn!("cannot count the clients: {e}"),
             }
         },
     );

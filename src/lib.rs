@@ -202,6 +202,22 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Metrics
+//!
+//! The library records metrics through the [`metrics`](https://docs.rs/metrics) facade and
+//! never installs an exporter: install the one you pick (say `metrics-exporter-prometheus`,
+//! as the `minimal` and `chat` examples do to serve `GET /metrics`) before the node starts.
+//! Every name starts with `socketioxide_cluster_`: members
+//! (`socketioxide_cluster_members`), membership changes, links up, frames and bytes in and
+//! out by kind, frames dropped by peer and reason, requests by kind with their duration and
+//! how many ended early because a peer was lost, round-trip times per peer, gossip
+//! datagrams, session store records. The [`metrics`](mod@metrics) module lists each with
+//! its type, unit and labels ([`metrics::ALL`]). Labels name nodes at most, never a socket
+//! or a room.
+//!
+//! Each cluster request also runs in a `tracing` span, `cluster_request`, with its kind,
+//! id, the peers it waits for and how it ended (`outcome`).
+//!
 //! ## Security
 //!
 //! Gossip datagrams are sealed (ChaCha20-Poly1305, the cluster id bound in, replays and
@@ -232,6 +248,9 @@ pub mod events;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
+// What records frames, links and requests serves the gossip backend only.
+#[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code, unused_imports))]
+pub mod metrics;
 #[cfg(feature = "cluster-gossip")]
 pub mod presence;
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
@@ -255,7 +274,7 @@ pub use gossip::membership::Member;
 #[cfg(feature = "custom-network")]
 pub use gossip::network;
 #[cfg(feature = "cluster-gossip")]
-pub use gossip::node::{Cluster, GossipStats, MembershipEvent};
+pub use gossip::node::{Cluster, GossipStats, MembershipEvent, PeerStats};
 /// The ALPN protocol identifier of the mesh's QUIC connections (it names the protocol
 /// version: nodes of incompatible versions do not connect), for a firewall or a probe that
 /// must recognise mesh traffic.

@@ -232,6 +232,32 @@ async fn answers_and_forms_one_cluster(demo: &Demo) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    // The operator's view: the other two members, each with a round-trip time once its
+    // connection is made, a queue depth and a dropped-frames count.
+    let node = demo.nodes[0];
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (status, body) = get(node, "/cluster/peers").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(view["node"], "node-1", "{body}");
+        let peers = view["peers"].as_array().expect("a list of peers");
+        let names: Vec<&str> = peers.iter().filter_map(|p| p["node"].as_str()).collect();
+        let measured = peers.iter().all(|p| {
+            p["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0)
+                && p["queue_depth"].is_u64()
+                && p["frames_dropped"].is_u64()
+        });
+        if names == ["node-2", "node-3"] && measured {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET /cluster/peers on node-1: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A page of node-1 sends an admin broadcast: node-2 and node-3 each log it, node-2 shows
@@ -353,24 +379,13 @@ async fn members_pushed(
 /// shows, named `node-4`, on loopback. Returns it with its log file.
 fn start_fourth_node(bin: &Path, seed: &str, secret: &str) -> (Spawned, std::path::PathBuf) {
     let log = std::env::temp_dir().join(format!("demo-node-4-{}.log", std::process::id()));
-    let mut cmd = std::process::Command::new(bin);
-    cmd.env("SOCKETIO_CLUSTER_ID", "demo")
-        .env("SOCKETIO_CLUSTER_SEEDS", seed)
-        .env("SOCKETIO_CLUSTER_SECRET", secret)
-        .env("SOCKETIO_CLUSTER_GOSSIP_ADDR", "127.0.0.1:0")
-        .env("SOCKETIO_CLUSTER_MESH_ADDR", "127.0.0.1:0")
-        .env("SOCKETIO_CLUSTER_NODE_NAME", "node-4")
-        .env("BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).expect("log file"))
-        .stderr(Stdio::null());
-    own_group(&mut cmd);
-    (
-        Spawned(cmd.spawn().expect("the minimal example starts")),
-        log,
-    )
+    let env = [
+        ("SOCKETIO_CLUSTER_ID", "demo".to_string()),
+        ("SOCKETIO_CLUSTER_SEEDS", seed.to_string()),
+        ("SOCKETIO_CLUSTER_SECRET", secret.to_string()),
+        ("SOCKETIO_CLUSTER_NODE_NAME", "node-4".to_string()),
+    ];
+    (external::start_minimal(bin, &env, &log), log)
 }
 
 #[test]

@@ -8,6 +8,10 @@
 //! (baseline)" whose nodes run that build: both gossip clusters are up at once and take turns
 //! at every step of the plan with the same clients, and the report gives this build / the
 //! baseline for latency, throughput and requests.
+//! `CLUSTER_BENCH_METRICS=1` adds a column "gossip + metrics" whose nodes record the
+//! library's metrics into a Prometheus recorder (the gossip mesh column records into none),
+//! measured in turns with the gossip mesh in the same way, and the report gives recording on
+//! / off.
 //!
 //! Every node is a separate process (this binary, started again as a node), so CPU time and
 //! memory are per node; the driver holds real WebSocket clients (Engine.IO v4 / Socket.IO
@@ -107,6 +111,8 @@ impl Plan {
 pub const GOSSIP: &str = "gossip mesh (a)";
 /// Column title of the same mesh run by the baseline build.
 pub const GOSSIP_BASELINE: &str = "gossip (baseline)";
+/// Column title of the same mesh recording its metrics.
+pub const GOSSIP_METRICS: &str = "gossip + metrics";
 
 /// What one setup measured.
 #[derive(Default)]
@@ -185,6 +191,9 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
         let mut setups = vec![(GOSSIP, "gossip", this.as_path())];
         if let Some(b) = &baseline {
             setups.push((GOSSIP_BASELINE, "gossip", b));
+        }
+        if std::env::var_os("CLUSTER_BENCH_METRICS").is_some() {
+            setups.push((GOSSIP_METRICS, "gossip-metrics", this.as_path()));
         }
         columns.extend(measure(&setups, None, plan).await?);
     }

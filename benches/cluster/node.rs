@@ -72,7 +72,10 @@ async fn run() -> Result<(), BoxError> {
             }
             serve((layer, io), None).await
         }
-        "gossip" => {
+        "gossip" | "gossip-metrics" => {
+            if backend == "gossip-metrics" {
+                record_metrics()?;
+            }
             let mut config = GossipAdapterConfig::new()
                 .with_cluster_id(cluster)
                 .with_gossip_addr("127.0.0.1:0".parse()?)
@@ -114,6 +117,24 @@ async fn run() -> Result<(), BoxError> {
         }
         other => Err(format!("unknown backend {other:?}").into()),
     }
+}
+
+/// Record the library's metrics as an application serving them to Prometheus would: the
+/// Prometheus recorder installed, its upkeep every 5 s and a scrape (a rendering of the
+/// page) every 15 s.
+fn record_metrics() -> Result<(), BoxError> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        for i in 0u64.. {
+            tick.tick().await;
+            handle.run_upkeep();
+            if i % 3 == 0 {
+                std::hint::black_box(handle.render());
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Add the namespaces, waiting until a remote adapter has set them up.

@@ -192,15 +192,19 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
         Below(10.0),
     );
     if let Some(base) = cols.iter().find(|f| f.name == crate::GOSSIP_BASELINE) {
-        against_baseline(gossip, base);
+        against_baseline(gossip, base, "this build / baseline");
+    }
+    if let Some(on) = cols.iter().find(|f| f.name == crate::GOSSIP_METRICS) {
+        against_baseline(on, gossip, "metrics recorded / not recorded");
     }
 }
 
-/// This build / the baseline build, for the same gossip mesh measured in turns.
-fn against_baseline(this: &Figures, base: &Figures) {
+/// `this` / `base`, for the same gossip mesh measured in turns (`ratio` says what is
+/// divided by what).
+fn against_baseline(this: &Figures, base: &Figures, ratio: &str) {
     println!();
     println!(
-        "{} against {}, this build / baseline (latency: below 1 is faster; throughput: above 1 is more):",
+        "{} against {}, {ratio} (latency: below 1 is faster; throughput: above 1 is more):",
         this.name, base.name
     );
     let latency = |what: &str, this: &[u64], base: &[u64]| {

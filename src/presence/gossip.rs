@@ -165,8 +165,8 @@ fn start(node: Arc<Node>, config: &PresenceConfig) -> Presence {
                 .push(Target::Peer(peer), PresenceMsg::StateRequest);
         }
     }
-    tokio::spawn(send(Arc::downgrade(&node), rx));
-    tokio::spawn(run(handler, events, config.clone()));
+    node.spawn(send(Arc::downgrade(&node), rx));
+    node.spawn(run(handler, events, config.clone()));
     presence
 }
 

@@ -222,6 +222,8 @@ impl RedisDriver {
                 if let Some(item) = message(msg)
                     && let Err(e) = ordered_tx.try_send(item)
                 {
+                    metrics::counter!(crate::metrics::REDIS_DROPPED, "reason" => "queue_full")
+                        .increment(1);
                     tracing::warn!("redis message dropped, the receive queue is full: {e}");
                 }
                 Ok::<(), std::convert::Infallible>(())
@@ -364,6 +366,8 @@ async fn health_check(
     handlers: std::sync::Weak<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>,
 ) {
     let mut healthy = true;
+    let up = metrics::gauge!(crate::metrics::REDIS_UP);
+    up.set(1.0);
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         tick.tick().await;
@@ -371,6 +375,7 @@ async fn health_check(
             return;
         }
         let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        up.set(if ping.is_ok() { 1.0 } else { 0.0 });
         match (ping, healthy) {
             (Err(e), true) => {
                 tracing::warn!("redis connection lost, reconnecting: {e}");
@@ -437,11 +442,21 @@ async fn dispatch(
         {
             taken(&prev_chan, &prev_tx).await;
         }
+        let len = payload.len();
         if let Err(e) = tx.try_send((chan.clone(), payload)) {
+            metrics::counter!(crate::metrics::REDIS_DROPPED, "reason" => "queue_full").increment(1);
             tracing::warn!(%chan, "redis message dropped, subscriber queue full: {e}");
+        } else {
+            redis_message("received", len);
         }
         previous = Some((chan, tx));
     }
+}
+
+/// Record one message of `len` payload bytes published or received.
+fn redis_message(direction: &'static str, len: usize) {
+    metrics::counter!(crate::metrics::REDIS_MESSAGES, "direction" => direction).increment(1);
+    metrics::counter!(crate::metrics::REDIS_BYTES, "direction" => direction).increment(len as u64);
 }
 
 /// Wait until every message queued on `tx` was taken by its stream (bounded).
@@ -463,8 +478,9 @@ impl Driver for RedisDriver {
     type Error = RedisError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        let len = val.len();
         let res: redis::RedisResult<redis::Value> = self.conn.clone().publish(&chan, val).await;
-        res.map(drop).map_err(|e| {
+        res.map(|_| redis_message("published", len)).map_err(|e| {
             tracing::warn!(%chan, "redis publish failed, message not delivered to other nodes: {e}");
             e.into()
         })

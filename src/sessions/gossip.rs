@@ -70,6 +70,9 @@ struct Inner {
     /// Log lines about records refused or evicted: a peer or a client can cause them at will.
     refused_log: RateLog,
     evicted_log: RateLog,
+    /// Live sessions and tombstones held, as metrics.
+    records: metrics::Gauge,
+    tombstones: metrics::Gauge,
 }
 
 /// At most one log line per kind in this period.
@@ -99,6 +102,7 @@ impl crate::Cluster {
 
 impl GossipSessionStore {
     fn start(node: Arc<Node>, config: &SessionStoreConfig) -> Self {
+        let node_label = crate::metrics::label(&node.me().name);
         let replica = Replica::new(
             node.me().name.to_string(),
             config.max_sessions,
@@ -111,6 +115,8 @@ impl GossipSessionStore {
             self_weak: self_weak.clone(),
             refused_log: RateLog::new(LOG_PERIOD),
             evicted_log: RateLog::new(LOG_PERIOD),
+            records: metrics::gauge!(crate::metrics::SESSION_RECORDS, "node" => node_label.clone()),
+            tombstones: metrics::gauge!(crate::metrics::SESSION_TOMBSTONES, "node" => node_label),
         });
         let handler: Weak<dyn ServiceHandler> = Arc::downgrade(&inner) as Weak<_>;
         inner.node.register_service(SERVICE, handler);
@@ -120,7 +126,7 @@ impl GossipSessionStore {
         for peer in members {
             inner.request_snapshot(peer);
         }
-        tokio::spawn(run(Arc::downgrade(&inner), events, config.purge_interval));
+        (inner.node).spawn(run(Arc::downgrade(&inner), events, config.purge_interval));
         Self { inner }
     }
 
@@ -165,6 +171,7 @@ impl GossipSessionStore {
             // hold it (say, one that evicted it here first).
             let before = replica.evicted();
             replica.apply_own(record, now_ns());
+            inner.record_counts(&replica);
             inner.log_evictions(before, replica.evicted());
             body
         };
@@ -188,6 +195,7 @@ impl Inner {
         let before = replica.evicted();
         let applied = replica.apply(record, now_ns());
         let after = replica.evicted();
+        self.record_counts(&replica);
         drop(replica);
         self.log_evictions(before, after);
         if applied == Applied::TooFarAhead
@@ -202,6 +210,13 @@ impl Inner {
                  (a clock far off, or a misbehaving node)"
             );
         }
+    }
+
+    /// Record how many live sessions and tombstones `replica` holds.
+    fn record_counts(&self, replica: &Replica) {
+        let (sessions, tombstones) = replica.counts();
+        self.records.set(sessions as f64);
+        self.tombstones.set(tombstones as f64);
     }
 
     /// Log that records were evicted between `before` and `after`, at a bounded rate.
@@ -223,7 +238,7 @@ impl Inner {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
+        self.node.spawn(async move {
             let Ok(body) = wire::encode_body(&SessionMsg::SnapshotRequest) else {
                 return;
             };
@@ -242,7 +257,7 @@ impl Inner {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
+        self.node.spawn(async move {
             let records = inner.lock().snapshot(now_ns());
             let total = records.len();
             let budget = (inner.node.max_frame_size() / 2).min(MAX_CHUNK);
@@ -334,7 +349,12 @@ async fn run(
             _ = purge.tick() => {
                 let Some(inner) = inner.upgrade() else { return };
                 let started = Instant::now();
-                let (expired, tombstones) = inner.lock().purge(now_ns());
+                let (expired, tombstones) = {
+                    let mut replica = inner.lock();
+                    let purged = replica.purge(now_ns());
+                    inner.record_counts(&replica);
+                    purged
+                };
                 if expired + tombstones > 0 {
                     tracing::debug!(expired, tombstones, took = ?started.elapsed(), "sessions purged");
                 }

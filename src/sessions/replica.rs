@@ -261,6 +261,11 @@ impl Replica {
         self.records.len()
     }
 
+    /// How many live sessions and tombstones are held.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.by_expiry.len(), self.by_age.len())
+    }
+
     /// How many records were evicted to stay within the bounds.
     pub(crate) fn evicted(&self) -> Evicted {
         self.evicted

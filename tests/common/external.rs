@@ -333,6 +333,26 @@ pub fn free_udp_port() -> SocketAddr {
         .expect("free UDP port")
 }
 
+/// Starts the `minimal` example (`bin`) in a process group of its own, on loopback with
+/// ports the system picks (gossip, mesh, HTTP), logging at `info` without colours to `log`
+/// (its stdout), with `env` on top (say the cluster id, secret, seeds and node name).
+pub fn start_minimal(bin: &Path, env: &[(&str, String)], log: &Path) -> Spawned {
+    let mut cmd = Command::new(bin);
+    cmd.env("SOCKETIO_CLUSTER_GOSSIP_ADDR", "127.0.0.1:0")
+        .env("SOCKETIO_CLUSTER_MESH_ADDR", "127.0.0.1:0")
+        .env("BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(log).expect("log file"))
+        .stderr(Stdio::null());
+    own_group(&mut cmd);
+    Spawned(cmd.spawn().expect("the minimal example starts"))
+}
+
 /// The `READY <port>` lines of `child`'s piped stdout, as they come: the port, if it
 /// parses.
 pub fn ready_lines(child: &mut Child) -> std::sync::mpsc::Receiver<Option<u16>> {

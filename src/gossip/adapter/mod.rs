@@ -343,7 +343,7 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                 let node = self.node.clone();
                 let to = from.clone();
                 let id = req.id;
-                tokio::spawn(async move {
+                self.node.spawn(async move {
                     // The count first: the requester then knows how many acks to wait for.
                     node.respond(
                         &to,

@@ -33,8 +33,8 @@ const CODEC_WAIT: Duration = Duration::from_secs(1);
 /// At most one log line per this period about refused datagrams.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Gossip datagrams counted by the transport.
-#[derive(Default, Debug)]
+/// Gossip datagrams counted by the transport (and recorded as
+/// [`crate::metrics::GOSSIP_DATAGRAMS`]).
 pub(crate) struct GossipCounters {
     /// Datagrams sealed and sent.
     pub(crate) sealed: AtomicU64,
@@ -42,6 +42,34 @@ pub(crate) struct GossipCounters {
     pub(crate) opened: AtomicU64,
     /// Datagrams refused (did not open, stale, replayed) or dropped after opening.
     pub(crate) refused: AtomicU64,
+    metrics: crate::metrics::GossipMetrics,
+}
+
+impl GossipCounters {
+    /// Counters of the node named `node`.
+    pub(crate) fn new(node: &Arc<str>) -> Self {
+        Self {
+            sealed: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            metrics: crate::metrics::GossipMetrics::new(node),
+        }
+    }
+
+    fn sealed(&self) {
+        self.sealed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sealed.increment(1);
+    }
+
+    fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.metrics.opened.increment(1);
+    }
+
+    fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.refused.increment(1);
+    }
 }
 
 /// A chitchat transport that seals gossip under the cluster key.
@@ -148,7 +176,7 @@ impl Socket for SealedSocket {
         let mut sent = 0;
         for datagram in self.keys.seal(&self.buf[..len], now_ms()) {
             sent += self.outer.send_to(&datagram, to).await?;
-            self.counters.sealed.fetch_add(1, Ordering::Relaxed);
+            self.counters.sealed();
         }
         Ok(SendOutcome {
             num_bytes_sent: sent,
@@ -173,7 +201,7 @@ struct RefusalLog {
 
 impl RefusalLog {
     fn refused(&mut self, from: SocketAddr, why: &dyn std::fmt::Display) {
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.counters.refused();
         self.since += 1;
         let now = tokio::time::Instant::now();
         if self.last.is_none_or(|l| now.duration_since(l) >= LOG_EVERY) {
@@ -228,7 +256,7 @@ async fn pump(
                 continue;
             }
         };
-        counters.opened.fetch_add(1, Ordering::Relaxed);
+        counters.opened();
         if let Err(e) = inject.send(&envelope).await {
             log.refused(from, &format_args!("cannot hand it to the decoder: {e}"));
             continue;

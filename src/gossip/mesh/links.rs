@@ -47,6 +47,9 @@ pub(crate) struct Links {
     closed: AtomicU64,
     /// Reports that concerned no connection, or were not a port unreachable.
     ignored: AtomicU64,
+    /// The span naming this node, for the log lines of reports (read by a task started
+    /// before the node has a name).
+    span: std::sync::OnceLock<tracing::Span>,
 }
 
 struct Entry {
@@ -58,14 +61,16 @@ struct Entry {
 
 impl Links {
     /// Keep `conn` (to or from `peer`) until it closes; its events go through the returned
-    /// inbound.
+    /// inbound. `up` counts it while it is open.
     pub(crate) fn track(
         self: &Arc<Self>,
         id: ConnId,
         peer: &PeerId,
         conn: &Connection,
         inbound: Arc<dyn Inbound>,
+        up: metrics::Gauge,
     ) -> Arc<dyn Inbound> {
+        up.increment(1.0);
         self.lock().insert(
             id.id,
             Entry {
@@ -77,6 +82,7 @@ impl Links {
         Arc::new(Tracked {
             links: self.clone(),
             inner: inbound,
+            up,
         })
     }
 
@@ -84,6 +90,7 @@ impl Links {
     /// every authenticated connection whose remote address is exactly `dest`. Returns how
     /// many were closed.
     pub(crate) fn on_report(&self, dest: SocketAddr, port_unreachable: bool, what: &str) -> usize {
+        let _in = self.span.get().map(tracing::Span::enter);
         let mut closed = Vec::new();
         if port_unreachable {
             let dest = canonical(dest);
@@ -117,6 +124,11 @@ impl Links {
         closed.len()
     }
 
+    /// Log what reports do in `span` (it names this node).
+    pub(crate) fn set_span(&self, span: tracing::Span) {
+        let _ = self.span.set(span);
+    }
+
     /// Connections closed for a port unreachable, and reports ignored, so far.
     #[cfg(test)]
     pub(crate) fn counts(&self) -> (u64, u64) {
@@ -147,6 +159,8 @@ fn unreachable_reason(remote: SocketAddr) -> Closed {
 struct Tracked {
     links: Arc<Links>,
     inner: Arc<dyn Inbound>,
+    /// Counts the connection while it is open.
+    up: metrics::Gauge,
 }
 
 impl Inbound for Tracked {
@@ -164,6 +178,9 @@ impl Inbound for Tracked {
     fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &Closed) {
         // The lock is released before the node hears of it.
         let entry = self.links.lock().remove(&conn.id);
+        if entry.is_some() {
+            self.up.decrement(1.0);
+        }
         match entry {
             Some(entry) if entry.unreachable => self.inner.on_connection_closed(
                 peer,

@@ -31,9 +31,11 @@ use std::{
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
+use crate::metrics::{DropReason, FrameTally, MeshMetrics};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 pub(crate) use tls::TlsFiles;
 
@@ -217,6 +219,8 @@ pub(crate) struct Mesh {
     gate: admission::Gate,
     /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
     ca_mode: bool,
+    /// The span every task of the mesh runs in: it names this node in every log line.
+    span: tracing::Span,
     /// The authenticated connections, for the socket's error reports (Linux).
     links: Arc<links::Links>,
     /// Stops the reader of the socket's error reports when the mesh goes.
@@ -311,10 +315,11 @@ impl Mesh {
             max_frame_size,
             peer_timeout,
             queue,
-            counters: Arc::default(),
+            counters: Arc::new(Counters::new(MeshMetrics::new(&"".into()))),
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
             ca_mode: ca.is_some(),
+            span: tracing::Span::none(),
             links,
             _stop_reports: stop_reports,
         })
@@ -329,6 +334,21 @@ impl Mesh {
             gossip_addr: addrs.gossip.to_string(),
             mac: None,
         };
+        // No queue exists yet: every one records under this node's name.
+        self.counters = Arc::new(Counters::new(MeshMetrics::new(&me.name)));
+        // At the error level, so that it is enabled whenever any log line is.
+        self.span = tracing::error_span!("cluster_node", node = %me);
+        self.links.set_span(self.span.clone());
+    }
+
+    /// The span that names this node, for the tasks of the layers above.
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    /// What the mesh records.
+    pub(crate) fn metrics(&self) -> &MeshMetrics {
+        &self.counters.metrics
     }
 
     /// Frames that were still queued for a peer when its connection closed or could not be
@@ -342,13 +362,14 @@ impl Mesh {
         self.counters.slow.load(Ordering::Relaxed)
     }
 
-    /// A new send queue for an outgoing connection, to hand to [`Mesh::connect_with`]:
-    /// frames may be queued in it while the connection is made.
-    pub(crate) fn queue(&self) -> (Sender, Queue) {
+    /// A new send queue for an outgoing connection to `peer`, to hand to
+    /// [`Mesh::connect_with`]: frames may be queued in it while the connection is made.
+    pub(crate) fn queue(&self, peer: &Arc<str>) -> (Sender, Queue) {
         let (tx, rx) = mpsc::channel(self.queue);
         let queue = Queue {
             rx,
             counters: self.counters.clone(),
+            peer: peer.clone(),
         };
         (Sender(tx), queue)
     }
@@ -366,7 +387,8 @@ impl Mesh {
     /// TLS and prove the secret within the peer timeout.
     pub(crate) fn serve(self: &Arc<Self>, inbound: Arc<dyn Inbound>) {
         let mesh = self.clone();
-        tokio::spawn(async move {
+        let span = self.span();
+        let serve = async move {
             while let Some(incoming) = mesh.endpoint.accept().await {
                 let remote = incoming.remote_address();
                 let slot = match mesh.gate.admit(incoming.remote_address_validated()) {
@@ -397,7 +419,8 @@ impl Mesh {
                 };
                 let mesh = mesh.clone();
                 let inbound = inbound.clone();
-                tokio::spawn(async move {
+                let span = mesh.span();
+                let admit = async move {
                     let deadline = tokio::time::Instant::now() + mesh.peer_timeout;
                     let conn = match tokio::time::timeout_at(deadline, incoming).await {
                         Ok(Ok(conn)) => conn,
@@ -419,9 +442,11 @@ impl Mesh {
                         };
                     drop(slot);
                     mesh.serve_connection(conn, peer, inbound).await;
-                });
+                };
+                tokio::spawn(admit.instrument(span));
             }
-        });
+        };
+        tokio::spawn(serve.instrument(span));
     }
 
     /// Count and log (at a bounded rate) an incoming connection that did not prove itself.
@@ -456,7 +481,8 @@ impl Mesh {
             return;
         }
         tracing::debug!(%peer, %remote, "mesh peer authenticated (incoming)");
-        let inbound = self.links.track(id, &peer, &conn, inbound);
+        let up = self.counters.metrics.links(id.incoming).clone();
+        let inbound = self.links.track(id, &peer, &conn, inbound, up);
         loop {
             let stream = tokio::select! {
                 s = conn.accept_uni() => s,
@@ -471,7 +497,9 @@ impl Mesh {
                     let peer = peer.clone();
                     let inbound = inbound.clone();
                     let max = self.max_frame_size;
-                    tokio::spawn(read_frames(conn, stream, peer, inbound, max));
+                    let counters = self.counters.clone();
+                    let read = read_frames(conn, stream, peer, inbound, max, counters);
+                    tokio::spawn(read.instrument(self.span()));
                 }
                 Err(reason) => {
                     inbound.on_connection_closed(&peer, id, &(&reason).into());
@@ -532,7 +560,9 @@ impl Mesh {
         expect: Option<&PeerId>,
         inbound: Arc<dyn Inbound>,
     ) -> Result<(PeerId, Link), MeshError> {
-        self.connect_with(addr, expect, inbound, self.queue()).await
+        let name = expect.map_or_else(|| "".into(), |p| p.name.clone());
+        self.connect_with(addr, expect, inbound, self.queue(&name))
+            .await
     }
 
     /// Open an authenticated connection to the node at `addr`, and its outgoing [`Link`],
@@ -604,16 +634,20 @@ impl Mesh {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             incoming: false,
         };
-        let inbound = self.links.track(id, &peer, &conn, inbound);
-        tokio::spawn(write_frames(
-            conn.clone(),
-            id,
-            stream,
-            queue,
-            peer.clone(),
-            inbound,
-            self.peer_timeout,
-        ));
+        let up = self.counters.metrics.links(id.incoming).clone();
+        let inbound = self.links.track(id, &peer, &conn, inbound, up);
+        tokio::spawn(
+            write_frames(
+                conn.clone(),
+                id,
+                stream,
+                queue,
+                peer.clone(),
+                inbound,
+                self.peer_timeout,
+            )
+            .instrument(self.span()),
+        );
         Ok((
             peer,
             Link {
@@ -695,13 +729,31 @@ pub(crate) struct Link {
     tx: Sender,
 }
 
-/// What the mesh counts of its send queues.
-#[derive(Default)]
+/// What the mesh counts of its send queues, and records.
 struct Counters {
     /// Frames left in a send queue when it went (its connection closed, or was never made).
     dropped: AtomicU64,
     /// Links closed because their peer took nothing for the peer timeout.
     slow: AtomicU64,
+    metrics: MeshMetrics,
+}
+
+impl Counters {
+    fn new(metrics: MeshMetrics) -> Self {
+        Self {
+            dropped: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// `n` frames queued for `peer` lost with its connection.
+    fn lost(&self, peer: &Arc<str>, n: usize) {
+        self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics
+            .drops
+            .record(peer, DropReason::PeerGone, n as u64);
+    }
 }
 
 /// The receiving end of a send queue (see [`Mesh::queue`]). The frames still in it when it
@@ -709,6 +761,8 @@ struct Counters {
 pub(crate) struct Queue {
     rx: mpsc::Receiver<Bytes>,
     counters: Arc<Counters>,
+    /// Whom it is for.
+    peer: Arc<str>,
 }
 
 impl Queue {
@@ -722,9 +776,7 @@ impl Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         let left = self.close();
-        self.counters
-            .dropped
-            .fetch_add(left as u64, Ordering::Relaxed);
+        self.counters.lost(&self.peer, left);
     }
 }
 
@@ -761,6 +813,11 @@ impl Sender {
         let (tx, rx) = mpsc::channel(capacity);
         (Sender(tx), rx)
     }
+
+    /// How many frames wait in the queue.
+    pub(crate) fn depth(&self) -> usize {
+        self.0.max_capacity() - self.0.capacity()
+    }
 }
 
 /// Why a frame was not queued.
@@ -788,6 +845,11 @@ impl Link {
     /// The addresses the peer signed.
     pub(crate) fn addrs(&self) -> PeerAddrs {
         self.addrs
+    }
+
+    /// QUIC's current estimate of the round-trip time to the peer.
+    pub(crate) fn rtt(&self) -> Duration {
+        self.conn.rtt()
     }
 
     /// Whether the connection is still open.
@@ -822,6 +884,7 @@ async fn write_frames(
     stall: Duration,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut tally = FrameTally::default();
     loop {
         tokio::select! {
             // Everything queued goes in one write: quinn packs the frames into as few
@@ -834,14 +897,20 @@ async fn write_frames(
                     inbound.on_connection_closed(&peer, id, &Closed::Locally);
                     return;
                 }
+                // Kinds and sizes taken now: quinn takes the buffers it writes.
+                tally.clear();
+                for frame in &batch {
+                    tally.add(wire::encoded_kind(frame).unwrap_or(usize::MAX), frame.len());
+                }
                 let Err(failure) = write_all(&mut stream, &mut batch, stall).await else {
+                    queue.counters.metrics.sent.record(&mut tally);
                     batch.clear();
                     continue;
                 };
                 // Written frames are left empty; the rest of the batch and the queue are
                 // lost (the queue counts its own when dropped).
                 let unwritten = batch.iter().filter(|f| !f.is_empty()).count();
-                queue.counters.dropped.fetch_add(unwritten as u64, Ordering::Relaxed);
+                queue.counters.lost(&queue.peer, unwritten);
                 let dropped = unwritten + queue.close();
                 let reason = match failure {
                     WriteFailure::Stalled => {
@@ -911,9 +980,11 @@ async fn read_frames(
     peer: PeerId,
     inbound: Arc<dyn Inbound>,
     max_frame_size: usize,
+    counters: Arc<Counters>,
 ) {
     let mut decoder = FrameDecoder::new(max_frame_size);
     let mut applied: u32 = 0;
+    let mut tally = FrameTally::default();
     loop {
         match stream.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => {
@@ -921,6 +992,7 @@ async fn read_frames(
                 loop {
                     match decoder.next_frame() {
                         Ok(Some(frame)) => {
+                            tally.add(frame.kind(), decoder.last_size());
                             if let Err(reason) = inbound.on_frame(&peer, frame) {
                                 protocol_violation(&conn, &peer, &reason);
                                 return;
@@ -930,10 +1002,15 @@ async fn read_frames(
                             // their writes should carry several messages, not one.
                             applied = applied.wrapping_add(1);
                             if applied.is_multiple_of(YIELD_EVERY) {
+                                counters.metrics.received.record(&mut tally);
                                 tokio::task::yield_now().await;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            // The chunk is used up: record what it held.
+                            counters.metrics.received.record(&mut tally);
+                            break;
+                        }
                         Err(e) => {
                             protocol_violation(&conn, &peer, &e.to_string());
                             return;

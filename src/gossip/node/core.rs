@@ -46,6 +46,8 @@ pub(super) enum Effect {
     Service(PeerId, ServiceFrame),
     /// A newer node with this node's name proved itself: this node must leave.
     ReplacedBy(PeerId),
+    /// A frame from this peer was refused (it is refused for its parser): count it.
+    Refused(PeerId),
 }
 
 /// The node's state.
@@ -119,7 +121,7 @@ impl Core {
                     "frame dropped: the peer is refused for its socket.io parser"
                 );
             }
-            return Vec::new();
+            return vec![Effect::Refused(from.clone())];
         }
         match frame {
             Frame::Request(req) => {
@@ -367,6 +369,7 @@ mod tests {
                 Effect::Request(p, _) => format!("request from {p}"),
                 Effect::Service(p, _) => format!("service from {p}"),
                 Effect::ReplacedBy(p) => format!("replaced by {p}"),
+                Effect::Refused(p) => format!("refused from {p}"),
             })
             .collect()
     }
@@ -518,7 +521,11 @@ mod tests {
         );
         let effects = core.frame(&a, Frame::Meta(meta), Some(Parser::Common));
         assert_eq!(short(&effects), ["left a#1 (link kept)"]);
-        assert!(core.frame(&a, request(), Some(Parser::Common)).is_empty());
+        assert_eq!(
+            short(&core.frame(&a, request(), Some(Parser::Common))),
+            ["refused from a#1"],
+            "dropped, and counted"
+        );
         assert!(core.targets(To::All).is_empty());
     }
 

@@ -58,6 +58,13 @@ impl Cluster {
         crate::events::ServerEvents::gossip(self.node.clone())
     }
 
+    /// Every live member with what this node sees of it: round-trip time, send queue depth
+    /// and frames dropped, by name (an operator's view, as the `demo` example's
+    /// `/cluster/peers` shows).
+    pub fn peer_stats(&self) -> Vec<super::PeerStats> {
+        self.node.peer_stats()
+    }
+
     /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.node.me().name

@@ -9,12 +9,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 use super::{Node, lock};
 use crate::{
     gossip::peer::PeerId,
     gossip::wire::{Id, ResponseBody},
+    metrics::RequestEnd,
     rate_log::RateLog,
 };
 
@@ -183,6 +184,10 @@ impl Ledger {
 
 /// One request of this node, waiting for its responses until every peer asked answered in
 /// full or was found gone, or its deadline passed. Dropping it forgets the request.
+///
+/// It runs in a span of its own, `cluster_request` (kind, id, the peers waited for, and how
+/// it ended: `outcome`), and records [`crate::metrics::REQUESTS`],
+/// [`crate::metrics::REQUEST_DURATION`] and [`crate::metrics::REQUESTS_ENDED_EARLY`].
 pub(crate) struct Pending {
     progress: mpsc::UnboundedReceiver<Progress>,
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -195,6 +200,14 @@ pub(crate) struct Pending {
     timed_out: Vec<PeerId>,
     /// Whether the deadline passed.
     expired: bool,
+    /// What the request is, for its metrics.
+    kind: &'static str,
+    /// The node's name, for its metrics.
+    node_label: metrics::SharedString,
+    started: Instant,
+    /// How it ended, once it did.
+    end: Option<RequestEnd>,
+    span: tracing::Span,
 }
 
 /// What happened to a request, as [`Pending::next_outcome`] tells it.
@@ -216,8 +229,21 @@ impl Pending {
         id: Id,
         progress: mpsc::UnboundedReceiver<Progress>,
         wait: Duration,
-        what: String,
+        (what, kind): (String, &'static str),
+        targets: &[PeerId],
     ) -> Self {
+        let node_label = node
+            .upgrade()
+            .map(|n| n.mesh.metrics().node.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "cluster_request",
+            node = %node_label,
+            kind,
+            id = %String::from_utf8_lossy(&id.0),
+            peers = ?targets,
+            outcome = tracing::field::Empty,
+        );
         Self {
             progress,
             deadline: Box::pin(tokio::time::sleep(wait)),
@@ -228,7 +254,49 @@ impl Pending {
             gone: Vec::new(),
             timed_out: Vec::new(),
             expired: false,
+            kind,
+            node_label,
+            started: Instant::now(),
+            end: None,
+            span,
         }
+    }
+
+    /// Record how the request ended, once.
+    fn record_end(&mut self, end: RequestEnd) {
+        if self.end.is_some() {
+            return;
+        }
+        self.end = Some(end);
+        self.span.record("outcome", end.label());
+        let _in = self.span.enter();
+        tracing::debug!(
+            answered = self.answered.len(),
+            gone = ?self.gone,
+            "cluster request ended: {}", end.label()
+        );
+        crate::metrics::request_ended(&self.node_label, self.kind, end, self.started.elapsed());
+    }
+
+    /// How the request ended, if it ends now.
+    fn end_now(&self) -> RequestEnd {
+        if !self.timed_out.is_empty() {
+            RequestEnd::TimedOut
+        } else if !self.gone.is_empty() {
+            RequestEnd::PeerLost
+        } else {
+            RequestEnd::Answered
+        }
+    }
+
+    /// A peer this request waited for was found gone.
+    fn peer_lost(&mut self, peer: PeerId) {
+        if self.gone.is_empty() {
+            crate::metrics::request_ended_early(&self.node_label, self.kind);
+        }
+        let _in = self.span.enter();
+        tracing::debug!(%peer, "cluster request stops waiting for a peer found gone");
+        self.gone.push(peer);
     }
 
     /// The next response worth keeping (rooms, sockets or an ack), in the order its peer
@@ -248,25 +316,32 @@ impl Pending {
     pub(crate) async fn next_outcome(&mut self) -> Option<Outcome> {
         tokio::select! {
             biased;
-            progress = self.progress.recv() => Some(match progress? {
-                Progress::Kept(peer, body) => Outcome::Kept(peer, body),
-                Progress::Answered(peer) => {
+            progress = self.progress.recv() => match progress {
+                Some(Progress::Kept(peer, body)) => Some(Outcome::Kept(peer, body)),
+                Some(Progress::Answered(peer)) => {
                     self.answered.push(peer.clone());
-                    Outcome::Answered(peer)
+                    Some(Outcome::Answered(peer))
                 }
-                Progress::Gone(peer) => {
-                    self.gone.push(peer.clone());
-                    Outcome::Gone(peer)
+                Some(Progress::Gone(peer)) => {
+                    self.peer_lost(peer.clone());
+                    Some(Outcome::Gone(peer))
                 }
-            }),
+                None => {
+                    self.record_end(self.end_now());
+                    None
+                }
+            },
             () = self.deadline.as_mut(), if !self.expired => {
                 self.expired = true;
-                let node = self.node.upgrade()?;
-                self.timed_out = lock(&node.core).ledger.remove(self.id);
+                if let Some(node) = self.node.upgrade() {
+                    self.timed_out = lock(&node.core).ledger.remove(self.id);
+                }
                 self.progress.close();
+                self.record_end(self.end_now());
                 if self.timed_out.is_empty() {
                     return None;
                 }
+                let _in = self.span.enter();
                 tracing::warn!(
                     waiting = ?self.timed_out,
                     answered = self.answered().len(),
@@ -301,6 +376,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        self.record_end(RequestEnd::Abandoned);
         if let Some(node) = self.node.upgrade() {
             lock(&node.core).ledger.remove(self.id);
         }

@@ -9,9 +9,12 @@
 mod core;
 mod handle;
 mod ledger;
+#[cfg(test)]
+mod metrics_tests;
 mod outgoing;
 mod service;
 mod startup;
+mod stats;
 #[cfg(test)]
 mod stuck_peer_tests;
 #[cfg(test)]
@@ -37,6 +40,7 @@ pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use ledger::{Outcome, Pending};
 pub(crate) use service::{ServiceHandler, ServiceReply};
 use startup::{advertised, check_seed, gossip_addrs};
+pub use stats::PeerStats;
 
 /// How often a node looks at what gossip knows (cheap: a read of its state).
 const GOSSIP_POLL: Duration = Duration::from_millis(100);
@@ -58,6 +62,7 @@ use crate::{
     },
     gossip::mesh::{self, ConnId, Inbound, Link, Mesh, PeerAddrs, PeerId, auth::Keyring},
     gossip::wire::{self, Frame, Id, NodeMeta, Response, ResponseBody},
+    metrics::DropReason,
 };
 
 /// Receives the requests addressed to one namespace of this node.
@@ -102,6 +107,8 @@ pub(crate) struct Node {
     joined: AtomicBool,
     /// Frames given up on before they reached the mesh (each also logged).
     dropped: AtomicU64,
+    /// Members and membership changes, as metrics.
+    metrics: crate::metrics::NodeMetrics,
     self_weak: Weak<Node>,
 }
 
@@ -257,7 +264,8 @@ impl Node {
             interval: config.gossip_interval,
             mesh_advertise: mesh_addr,
         };
-        let gossip_counters = Arc::new(GossipCounters::default());
+        crate::metrics::describe();
+        let gossip_counters = Arc::new(GossipCounters::new(&me.name));
         let transport = match (network, &keys) {
             (Some(network), _) => GossipTransport::Custom(network.gossip()),
             (None, Some(keys)) => match GossipKeys::new(&config.cluster_id, keys) {
@@ -276,6 +284,7 @@ impl Node {
             })?;
         let changes = membership.changes().await;
 
+        let me_name = me.name.clone();
         let node = Arc::new_cyclic(|self_weak| Node {
             self_weak: self_weak.clone(),
             core: Mutex::new(Core::new(me.clone())),
@@ -302,10 +311,11 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            metrics: crate::metrics::NodeMetrics::new(&me_name),
         });
         node.mesh
             .serve(Arc::new(WeakInbound(Arc::downgrade(&node))));
-        tokio::spawn(watch_membership(
+        node.spawn(watch_membership(
             Arc::downgrade(&node),
             changes,
             node.membership.stopped(),
@@ -316,6 +326,11 @@ impl Node {
         );
         node.join(&config.seeds, config.join_timeout).await;
         Ok(node)
+    }
+
+    /// Run `task` in a task of its own, in the span that names this node in log lines.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        tokio::spawn(tracing::Instrument::instrument(task, self.mesh.span()));
     }
 
     /// This node's identity.
@@ -449,7 +464,7 @@ impl Node {
     ) -> Result<(), RequestError> {
         let targets = self.targets(to);
         if !targets.is_empty() {
-            self.dispatch(&targets, self.encode(frame)?, volatile, None)
+            self.dispatch(&targets, self.encode(frame, &targets)?, volatile, None)
                 .await;
         }
         Ok(())
@@ -468,10 +483,11 @@ impl Node {
         let targets = self.targets(to);
         let id = Id(rand::random());
         let frame = frame(id);
-        let bytes = self.encode(&frame)?;
+        let bytes = self.encode(&frame, &targets)?;
         // Booked before sending: a response can arrive before the frames are queued.
         let progress = lock(&self.core).ledger.book(id, &targets);
-        let pending = Pending::new(Arc::downgrade(self), id, progress, wait, describe(&frame));
+        let what = (describe(&frame), kind(&frame));
+        let pending = Pending::new(Arc::downgrade(self), id, progress, wait, what, &targets);
         self.dispatch(&targets, bytes, false, Some(id)).await;
         Ok(pending)
     }
@@ -487,8 +503,9 @@ impl Node {
     ) {
         for peer in targets {
             // No wait: no await point is reached.
-            if let Err(why) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await {
-                self.frame_dropped(peer, volatile, &why);
+            if let Err((reason, why)) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await
+            {
+                self.frame_dropped(peer, volatile, reason, &why);
                 if let Some(id) = awaited {
                     lock(&self.core).ledger.peer_gone_from(id, peer);
                 }
@@ -498,10 +515,17 @@ impl Node {
 
     /// Queue an encoded frame for `peer`, waiting at most `wait` for room in its queue (not
     /// at all with zero); never waiting on a connection being made.
-    async fn queue_frame(&self, peer: &PeerId, frame: Bytes, wait: Duration) -> Result<(), String> {
+    async fn queue_frame(
+        &self,
+        peer: &PeerId,
+        frame: Bytes,
+        wait: Duration,
+    ) -> Result<(), (DropReason, String)> {
         // One retry: a queue found closed (its connection just closed) is replaced.
         for _ in 0..2 {
-            let queue = self.queue_for(peer)?;
+            let queue = self
+                .queue_for(peer)
+                .map_err(|why| (DropReason::PeerGone, why))?;
             let queued = if wait.is_zero() {
                 queue.try_send(frame.clone())
             } else {
@@ -509,26 +533,39 @@ impl Node {
             };
             match queued {
                 Ok(()) => return Ok(()),
-                Err(mesh::SendError::Full) => return Err("the peer's send queue is full".into()),
+                Err(mesh::SendError::Full) => {
+                    return Err((
+                        DropReason::QueueFull,
+                        "the peer's send queue is full".into(),
+                    ));
+                }
                 Err(mesh::SendError::Closed) => {}
             }
         }
-        Err("connection closed".into())
+        Err((DropReason::PeerGone, "connection closed".into()))
     }
 
     /// Count and log (at a bounded rate) a frame for `peer` given up on.
-    fn frame_dropped(&self, peer: &PeerId, volatile: bool, why: &str) {
+    fn frame_dropped(&self, peer: &PeerId, volatile: bool, reason: DropReason, why: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.mesh.metrics().drops.record(&peer.name, reason, 1);
         if let Some(held_back) = DROP_LOG.allow() {
-            tracing::warn!(%peer, volatile, held_back, "frame dropped: {why}");
+            tracing::warn!(node = %self.me, %peer, volatile, held_back, "frame dropped: {why}");
         }
     }
 
-    /// Encode a frame, refusing one larger than peers accept (they would drop the link).
-    fn encode(&self, frame: &Frame) -> Result<Bytes, RequestError> {
+    /// Encode a frame for `targets`, refusing one larger than peers accept (they would drop
+    /// the link; counted as dropped for each target).
+    fn encode(&self, frame: &Frame, targets: &[PeerId]) -> Result<Bytes, RequestError> {
         let bytes = wire::encode(frame)?;
         let size = bytes.len() - wire::LEN_PREFIX;
         if size > self.max_frame_size {
+            for peer in targets {
+                self.mesh
+                    .metrics()
+                    .drops
+                    .record(&peer.name, DropReason::TooLarge, 1);
+            }
             return Err(RequestError::TooLarge {
                 size,
                 max: self.max_frame_size,
@@ -552,7 +589,7 @@ impl Node {
     pub(crate) fn respond_later(self: &Arc<Self>, to: &PeerId, id: Id, body: ResponseBody) {
         let node = self.clone();
         let to = to.clone();
-        tokio::spawn(async move { node.respond(&to, Response { id, body }).await });
+        self.spawn(async move { node.respond(&to, Response { id, body }).await });
     }
 
     /// Send a response to the node that made a request. Waits for room in the requester's
@@ -560,12 +597,16 @@ impl Node {
     /// on a connection being made; a requester that takes nothing is disconnected after the
     /// peer timeout, which ends the wait.
     pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
-        let queued = match self.encode(&Frame::Response(response)) {
+        let queued = match self.encode(&Frame::Response(response), &[]) {
             Ok(bytes) => self.queue_frame(to, bytes, self.request_timeout).await,
-            Err(e) => Err(format!("cannot encode it: {e}")),
+            Err(RequestError::TooLarge { size, max }) => Err((
+                DropReason::TooLarge,
+                format!("larger ({size} bytes) than peers accept ({max})"),
+            )),
+            Err(e) => Err((DropReason::PeerGone, format!("cannot encode it: {e}"))),
         };
-        if let Err(why) = queued {
-            self.frame_dropped(to, false, &format!("response: {why}"));
+        if let Err((reason, why)) = queued {
+            self.frame_dropped(to, false, reason, &format!("response: {why}"));
         }
     }
 
@@ -583,7 +624,7 @@ impl Node {
         let (addr, queue) = self.new_queue(peer, &connecting)?;
         let sender = queue.0.clone();
         let peer = peer.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Err(reason) = node.connect(&peer, connecting, addr, queue).await {
                 // The frames queued meanwhile are counted by their queue.
                 if let Some(held_back) = DROP_LOG.allow() {
@@ -620,7 +661,7 @@ impl Node {
             .view()
             .mesh_addr(peer)
             .ok_or_else(|| "no known mesh address".to_string())?;
-        let queue = self.mesh.queue();
+        let queue = self.mesh.queue(&peer.name);
         connecting.queue_in(queue.0.clone());
         Ok((addr, queue))
     }
@@ -726,22 +767,33 @@ impl Node {
                     // thing on this node's own connection to it.
                     if let Some(node) = self.weak().upgrade() {
                         let peer = member.peer_id();
-                        tokio::spawn(async move {
+                        self.spawn(async move {
                             let meta = lock(&node.meta).clone();
                             let _ = node
                                 .send(To::Peers(&[peer]), &Frame::Meta(meta), false)
                                 .await;
                         });
                     }
+                    self.metrics
+                        .changed(true, lock(&self.core).view().members().count());
                     let _ = self.events.send(MembershipEvent::Joined(member));
                 }
                 Effect::Left { member, keep_link } => {
                     if !keep_link {
                         self.drop_link(&member.peer_id());
                     }
+                    self.metrics
+                        .changed(false, lock(&self.core).view().members().count());
+                    self.mesh.metrics().drops.forget(&member.node_name);
                     let _ = self.events.send(MembershipEvent::Left(member));
                 }
                 Effect::DropLink(peer) => self.drop_link(&peer),
+                Effect::Refused(peer) => {
+                    self.mesh
+                        .metrics()
+                        .drops
+                        .record(&peer.name, DropReason::Refused, 1)
+                }
                 Effect::Request(from, req) => {
                     if let Err(why) = self.deliver(&from, req) {
                         refused = Err(why);
@@ -750,7 +802,7 @@ impl Node {
                 Effect::Service(from, frame) => self.on_service_frame(&from, frame),
                 Effect::ReplacedBy(by) => {
                     if let Some(node) = self.weak().upgrade() {
-                        tokio::spawn(async move { node.replaced(by).await });
+                        self.spawn(async move { node.replaced(by).await });
                     }
                 }
             }
@@ -873,7 +925,7 @@ impl Node {
         let due = lock(&self.core).due_for_connection(Instant::now());
         for (peer, first) in due {
             let node = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 if let Err(reason) = node.link(&peer).await {
                     if first {
                         tracing::warn!(%peer, "cannot verify gossip member over the mesh (will retry): {reason}");
@@ -960,6 +1012,15 @@ pub(crate) enum To<'a> {
     Peers(&'a [PeerId]),
 }
 
+/// What a request is, for its metrics.
+fn kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Request(req) => req.kind.name(),
+        Frame::Service(_) => "service",
+        _ => "frame",
+    }
+}
+
 /// What a request is, for log lines.
 fn describe(frame: &Frame) -> String {
     match frame {
@@ -977,6 +1038,7 @@ async fn watch_membership(
     // New nodes are connected to on the next tick: gossip tells only of changes in the
     // live set, which it judges once a gossip round.
     let mut tick = tokio::time::interval(GOSSIP_POLL);
+    let mut rtt_tick = tokio::time::interval(stats::RTT_EVERY);
     let mut gossip_stopped = std::pin::pin!(gossip_stopped);
     loop {
         {
@@ -993,6 +1055,7 @@ async fn watch_membership(
                 }
             }
             _ = tick.tick() => {}
+            _ = rtt_tick.tick() => node.upgrade().iter().for_each(|n| n.record_rtts()),
             why = &mut gossip_stopped => {
                 if let Some(node) = node.upgrade()
                     && !node.shutting_down.load(Ordering::Relaxed)

@@ -185,6 +185,16 @@ impl<L: OutLink> Outgoing<L> {
         forgotten
     }
 
+    /// What the slot of `peer` holds now, without waiting or making one: its open send
+    /// queue, and its link unless a connection is being made.
+    pub(super) fn peek(&self, peer: &PeerId) -> (Option<mesh::Sender>, Option<L>) {
+        let Some(slot) = lock(&self.slots).get(peer).cloned() else {
+            return (None, None);
+        };
+        let link = slot.link.try_lock().ok().and_then(|l| l.clone());
+        (slot.open_queue(), link)
+    }
+
     /// How many peers have a slot.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

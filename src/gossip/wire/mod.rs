@@ -117,6 +117,28 @@ pub enum Frame {
     Meta(NodeMeta),
 }
 
+impl Frame {
+    /// Which variant this is, as its tag on the wire: 0 `Request`, 1 `Response`, 2 `Leave`,
+    /// 3 `Service`, 4 `Meta`.
+    pub fn kind(&self) -> usize {
+        match self {
+            Self::Request(_) => 0,
+            Self::Response(_) => 1,
+            Self::Leave => 2,
+            Self::Service(_) => 3,
+            Self::Meta(_) => 4,
+        }
+    }
+}
+
+/// The [`Frame::kind`] of an encoded frame (length prefix included), read from its tag
+/// without decoding it.
+pub fn encoded_kind(encoded: &[u8]) -> Option<usize> {
+    encoded
+        .get(LEN_PREFIX + MAGIC.len() + 1)
+        .map(|&tag| usize::from(tag))
+}
+
 /// What a node tells its peers about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeMeta {
@@ -443,6 +465,8 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, De
 pub struct FrameDecoder {
     buf: BytesMut,
     max: usize,
+    /// Size of the last frame taken, length prefix included.
+    last: usize,
 }
 
 impl FrameDecoder {
@@ -451,7 +475,13 @@ impl FrameDecoder {
         Self {
             buf: BytesMut::new(),
             max,
+            last: 0,
         }
+    }
+
+    /// Size of the last frame [`FrameDecoder::next_frame`] returned, length prefix included.
+    pub fn last_size(&self) -> usize {
+        self.last
     }
 
     /// Append bytes read from the stream.
@@ -477,6 +507,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         self.buf.advance(LEN_PREFIX);
+        self.last = LEN_PREFIX + size;
         let body = self.buf.split_to(size);
         decode(&body).map(Some)
     }
@@ -615,6 +646,16 @@ mod tests {
         #[test]
         fn every_frame_round_trips(frame in arb_frame()) {
             prop_assert_eq!(decode(&body(&frame)).unwrap(), frame);
+        }
+
+        #[test]
+        fn the_kind_and_size_of_a_frame_read_from_its_bytes(frame in arb_frame()) {
+            let encoded = encode(&frame).unwrap();
+            prop_assert_eq!(encoded_kind(&encoded), Some(frame.kind()));
+            let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE);
+            dec.extend(&encoded);
+            prop_assert_eq!(dec.next_frame().unwrap().map(|f| f.kind()), Some(frame.kind()));
+            prop_assert_eq!(dec.last_size(), encoded.len());
         }
 
         #[test]

@@ -1,0 +1,56 @@
+//! What a node tells of each member for an operator's view: round-trip time, send queue
+//! depth and frames dropped; and the periodic sampling of round-trip times as metrics.
+
+use std::time::Duration;
+
+use super::Node;
+use crate::gossip::membership::Member;
+
+/// How often round-trip times are recorded as [`crate::metrics::PEER_RTT`].
+pub(super) const RTT_EVERY: Duration = Duration::from_secs(1);
+
+/// One member as this node sees it (see [`Cluster::peer_stats`](super::Cluster::peer_stats)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// The member.
+    pub member: Member,
+    /// QUIC's smoothed round-trip time on this node's connection to it; `None` while that
+    /// connection is being made.
+    pub rtt: Option<Duration>,
+    /// Frames waiting in its send queue.
+    pub queue_depth: usize,
+    /// Frames for it, or from it, dropped while it has been a member (every reason of
+    /// [`crate::metrics::FRAMES_DROPPED`]).
+    pub frames_dropped: u64,
+}
+
+impl Node {
+    /// Every member with its round-trip time, queue depth and dropped frames, by name.
+    pub(crate) fn peer_stats(&self) -> Vec<PeerStats> {
+        self.members()
+            .into_iter()
+            .map(|member| {
+                let (queue, link) = self.outgoing.peek(&member.peer_id());
+                let queue_depth = queue.map_or(0, |q| q.depth());
+                let rtt = link.filter(|l| l.is_open()).map(|l| l.rtt());
+                let frames_dropped = self.mesh.metrics().drops.of(&member.node_name);
+                PeerStats {
+                    member,
+                    rtt,
+                    queue_depth,
+                    frames_dropped,
+                }
+            })
+            .collect()
+    }
+
+    /// Record the round-trip time to every member this node has a connection to.
+    pub(super) fn record_rtts(&self) {
+        for peer in self.peer_stats() {
+            if let Some(rtt) = peer.rtt {
+                self.mesh.metrics().rtt(&peer.member.peer_id().name, rtt);
+            }
+        }
+    }
+}
