@@ -62,7 +62,7 @@
 //!     });
 //! }).await?;
 //!
-//! let mut diffs = presence.subscribe("lobby");
+//! let mut diffs = std::pin::pin!(presence.subscribe("lobby"));
 //! while let Some(diff) = diffs.next().await {
 //!     println!("joined: {:?}, left: {:?}", diff.joins.keys(), diff.leaves.keys());
 //! }
