@@ -224,7 +224,7 @@ mod tests {
     use super::*;
     use crate::{
         events::ServerEvents,
-        gossip::node::tests::{config, until},
+        gossip::node::tests::{pair, until},
     };
 
     /// A member that sends bytes the events service cannot read: dropped, counted, and
@@ -232,15 +232,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreadable_event_from_a_member_is_dropped_counted_and_answered() {
         let cluster = format!("events-garbage-{}", std::process::id());
-        let a = Node::start(&config(&cluster, "a", None)).await.unwrap();
-        let b = Node::start(&config(&cluster, "b", Some(a.addrs().0)))
-            .await
-            .unwrap();
-        let formed = until(Duration::from_secs(20), || {
-            a.members().len() == 1 && b.members().len() == 1
-        })
-        .await;
-        assert!(formed, "cluster formed");
+        let (a, b) = pair(&cluster).await;
         let events = ServerEvents::gossip(a.clone());
         let garbage = Bytes::from_static(&[0xff, 0xff, 0xff]);
         let a_id = [a.me().clone()];

@@ -1071,6 +1071,7 @@ async fn watch_membership(
 #[cfg(test)]
 mod bound_tests {
     use super::*;
+    use crate::gossip::node::tests::pair;
 
     const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
 
@@ -1085,18 +1086,6 @@ mod bound_tests {
             config = config.with_seeds([seed.to_string()]);
         }
         Node::start(&config).await.unwrap()
-    }
-
-    async fn pair(cluster: &str) -> (Arc<Node>, Arc<Node>) {
-        let a = node(cluster, None).await;
-        let b = node(cluster, Some(a.addrs().0)).await;
-        for _ in 0..500 {
-            if a.members().len() == 1 && b.members().len() == 1 {
-                return (a, b);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("cluster did not form");
     }
 
     fn ids_of(node: &Node, peer: &PeerId) -> usize {

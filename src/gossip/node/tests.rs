@@ -24,6 +24,20 @@ pub(crate) fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> Gos
     c
 }
 
+/// Two nodes `a` and `b` of `cluster`, once each is a member of the other.
+pub(crate) async fn pair(cluster: &str) -> (Arc<Node>, Arc<Node>) {
+    let a = Node::start(&config(cluster, "a", None)).await.unwrap();
+    let b = Node::start(&config(cluster, "b", Some(a.addrs().0)))
+        .await
+        .unwrap();
+    let formed = until(Duration::from_secs(20), || {
+        a.members().len() == 1 && b.members().len() == 1
+    })
+    .await;
+    assert!(formed, "cluster {cluster} formed");
+    (a, b)
+}
+
 pub(crate) async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
