@@ -83,3 +83,47 @@ async fn a_first_node_whose_seed_does_not_answer_starts_after_the_join_timeout()
     c.shutdown().await;
     assert!(!c.ready(), "not ready once it left");
 }
+
+/// Two nodes that reach the seed at the same moment are each missing from the seed's first
+/// answer to the other; and chitchat calls a node just heard of dead at its next round.
+/// Neither may make a constructor return before the other node is a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_started_together_reach_each_other_with_their_first_broadcast() {
+    for round in 0..20 {
+        let id = format!("join-together-{}-{round}", std::process::id());
+        let (_a, ca) = node(config(&id, None)).await;
+        let seed = Some(ca.gossip_addr());
+        let ((b, cb), (c, cc)) = tokio::join!(node(config(&id, seed)), node(config(&id, seed)));
+        let (_tb, mut rb) = b.new_dummy_sock("/", ()).await;
+        let (_tc, mut rc) = c.new_dummy_sock("/", ()).await;
+        for rx in [&mut rb, &mut rc] {
+            tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .expect("connect packet")
+                .unwrap();
+        }
+        b.emit("from-b", &round).await.unwrap();
+        c.emit("from-c", &round).await.unwrap();
+        for (name, rx, event) in [("c", &mut rc, "from-b"), ("b", &mut rb, "from-c")] {
+            // Each node's socket gets its own node's broadcast and the other's, in any order.
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let packet = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("round {round}: node {name} missed a broadcast: got {got:?}")
+                    })
+                    .unwrap();
+                got.push(String::from(packet));
+            }
+            let want = format!(r#"42["{event}",{round}]"#);
+            assert!(
+                got.contains(&want),
+                "round {round}: node {name} got {got:?}, not {want}"
+            );
+        }
+        for n in [&ca, &cb, &cc] {
+            n.shutdown().await;
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub(crate) mod transport;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
+    sync::Mutex,
     time::Duration,
 };
 
@@ -18,7 +19,7 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, spawn_chitchat,
     transport::{Transport, UdpTransport},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use crate::gossip::peer::PeerId;
 
@@ -26,6 +27,9 @@ use crate::gossip::peer::PeerId;
 pub(crate) const KEY_MESH: &str = "mesh";
 /// Key set by a node that is leaving on purpose.
 pub(crate) const KEY_LEAVING: &str = "leaving";
+/// Added to two gossip intervals: how long a node just heard of counts as reachable before
+/// chitchat has judged it live (see [`Membership::nodes`]).
+const JUST_HEARD_MARGIN: Duration = Duration::from_millis(100);
 
 /// A live member of the cluster, as seen by this node: a node that proved the cluster secret
 /// over the mesh. What it says about itself (server id, namespaces) comes from the member
@@ -106,6 +110,18 @@ impl Changes {
 /// The running gossip instance.
 pub(crate) struct Membership {
     handle: ChitchatHandle,
+    /// The nodes gossip lists, with when this node first saw each and whether chitchat ever
+    /// judged it live.
+    seen: Mutex<HashMap<ChitchatId, Seen>>,
+    /// How long a node just heard of counts as reachable while chitchat has not judged it
+    /// live yet (see [`Membership::nodes`]).
+    grace: Duration,
+}
+
+/// What [`Membership`] remembers of a node gossip lists.
+struct Seen {
+    first: Instant,
+    judged_live: bool,
 }
 
 /// What gossip runs on.
@@ -163,7 +179,11 @@ impl Membership {
         let handle = spawn_chitchat(config, initial, transport)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            seen: Mutex::new(HashMap::new()),
+            grace: s.interval * 2 + JUST_HEARD_MARGIN,
+        })
     }
 
     /// Tells when the set of live nodes changes.
@@ -172,12 +192,31 @@ impl Membership {
     }
 
     /// What gossip knows now, this node included: the nodes it has not found dead, with
-    /// their mesh address (a node just heard of counts at once, before its liveness is
-    /// judged, so that joining takes one exchange with a seed), and every node it lists.
+    /// their mesh address, and every node it lists.
+    ///
+    /// A node just heard of counts at once, before its liveness is judged, so that joining
+    /// takes one exchange with a seed. chitchat's failure detector calls a node dead until
+    /// it has two of its heartbeats, so a gossip round soon after the node was heard of
+    /// would mark it dead for a whole round: a node chitchat never judged live counts as
+    /// reachable for two gossip intervals after it was first seen (a node that is really
+    /// gone then costs at most that before it is left out).
     pub(crate) async fn nodes(&self) -> GossipNodes {
+        let now = Instant::now();
         self.handle
             .with_chitchat(|c| {
+                let live: HashSet<&ChitchatId> = c.live_nodes().collect();
                 let dead: HashSet<&ChitchatId> = c.dead_nodes().collect();
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.retain(|id, _| c.node_states().contains_key(id));
+                let mut judged_dead = |id: &ChitchatId| {
+                    let s = seen.entry(id.clone()).or_insert(Seen {
+                        first: now,
+                        judged_live: false,
+                    });
+                    s.judged_live |= live.contains(id);
+                    dead.contains(id)
+                        && (s.judged_live || now.duration_since(s.first) >= self.grace)
+                };
                 let peer = |id: &ChitchatId| PeerId {
                     name: id.node_id.clone(),
                     generation: id.generation_id,
@@ -186,7 +225,7 @@ impl Membership {
                     reachable: c
                         .node_states()
                         .iter()
-                        .filter(|(id, _)| !dead.contains(id))
+                        .filter(|(id, _)| !judged_dead(id))
                         .filter_map(|(id, state)| parse_node(id, state.key_values()))
                         .collect(),
                     listed: c.node_states().keys().map(peer).collect(),

@@ -22,7 +22,7 @@ pub(crate) mod tests;
 mod view;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -875,6 +875,11 @@ impl Node {
         if addrs.is_empty() {
             tracing::info!(node = %self.me, "no seed but this node: starting as the first node");
         } else {
+            // The nodes known after the previous exchange. Two nodes that reach a seed at the
+            // same moment are each missing from the seed's answer to the other, and in the
+            // next answer: the join ends once an exchange brought nobody new and every node
+            // known is proven.
+            let mut before = HashSet::new();
             loop {
                 self.membership.gossip_now(addrs.iter().copied());
                 tokio::time::sleep(JOIN_POLL).await;
@@ -884,7 +889,9 @@ impl Node {
                     .keys()
                     .filter(|p| **p == self.me || lock(&self.core).view().is_member(p))
                     .count();
-                if known.len() > 1 && proven == known.len() {
+                let settled = known.keys().all(|p| before.contains(p));
+                before = known.into_keys().collect();
+                if before.len() > 1 && proven == before.len() && settled {
                     tracing::info!(
                         node = %self.me, members = proven - 1,
                         "joined the cluster in {} ms", started.elapsed().as_millis()
@@ -892,9 +899,9 @@ impl Node {
                     break;
                 }
                 if started.elapsed() >= timeout {
-                    if known.len() > 1 {
+                    if before.len() > 1 {
                         tracing::warn!(
-                            node = %self.me, known = known.len() - 1, verified = proven.saturating_sub(1),
+                            node = %self.me, known = before.len() - 1, verified = proven.saturating_sub(1),
                             "join timeout ({} ms): starting with the members verified so far",
                             timeout.as_millis()
                         );
