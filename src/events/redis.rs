@@ -107,7 +107,7 @@ fn decode(payload: &[u8]) -> Result<Msg, String> {
 }
 
 /// `s` with the glob characters of a `PUBSUB CHANNELS` pattern escaped.
-fn glob_escape(s: &str) -> String {
+pub(crate) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

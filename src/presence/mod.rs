@@ -46,7 +46,7 @@
 //! use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr, presence::PresenceConfig};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let ctr = ClusterAdapterCtr::from_env().await?;
-//! let presence = ctr.presence(PresenceConfig::default()).expect("the gossip backend");
+//! let presence = ctr.presence(PresenceConfig::default());
 //! let (_layer, io) = SocketIo::builder()
 //!     .with_adapter::<ClusterAdapter<_>>(ctr)
 //!     .build_layer();
@@ -71,7 +71,8 @@
 
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
-#[cfg(feature = "cluster-gossip")]
+#[cfg(feature = "redis")]
+mod redis;
 pub(crate) mod replica;
 
 use std::{
@@ -88,10 +89,10 @@ use futures_core::Stream;
 use serde::Serialize;
 use serde_json::json;
 use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::{gossip::wire::presence::PresenceMsg, rate_log::RateLog};
-use replica::{Change, Diff, Replica};
+use replica::{Change, Diff, Origin, Replica};
 
 /// Longest topic or key, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -292,6 +293,58 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn broadcast(&self, msgs: Vec<PresenceMsg>);
 }
 
+/// Where a queued message goes.
+pub(crate) enum Target<P> {
+    /// Every member at the time it is sent.
+    Members,
+    /// One peer.
+    Peer(P),
+}
+
+/// The queue of messages to peers, sent in order by one task of the backend.
+pub(crate) struct Queue<P> {
+    tx: mpsc::Sender<(Target<P>, PresenceMsg)>,
+    dropped: AtomicU64,
+    log: RateLog,
+}
+
+impl<P> Queue<P> {
+    /// A queue of at most `config.queue` messages, and its receiving end.
+    pub(crate) fn new(
+        config: &PresenceConfig,
+    ) -> (Arc<Self>, mpsc::Receiver<(Target<P>, PresenceMsg)>) {
+        let (tx, rx) = mpsc::channel(config.queue);
+        let queue = Self {
+            tx,
+            dropped: AtomicU64::new(0),
+            log: RateLog::new(Duration::from_secs(10)),
+        };
+        (Arc::new(queue), rx)
+    }
+
+    pub(crate) fn push(&self, to: Target<P>, msg: PresenceMsg) {
+        if self.tx.try_send((to, msg)).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(held_back) = self.log.allow() {
+                tracing::warn!(
+                    dropped_total = n,
+                    held_back,
+                    "presence message dropped: the queue to peers is full (peers will ask \
+                     for this node's state)"
+                );
+            }
+        }
+    }
+}
+
+impl<P: Send + Sync + 'static> Transport for Queue<P> {
+    fn broadcast(&self, msgs: Vec<PresenceMsg>) {
+        for m in msgs {
+            self.push(Target::Members, m);
+        }
+    }
+}
+
 /// A socket of this node with tracked entries.
 struct LocalSocket {
     connected: Box<dyn Fn() -> bool + Send + Sync>,
@@ -328,6 +381,54 @@ impl Shared {
             // No subscriber is no error.
             let _ = self.diffs.send(Arc::new(d));
         }
+    }
+
+    /// Take in a message of the peer `peer` (the node generation `from`): apply it, queue
+    /// this node's state to `state_to` when asked for it, ask `peer` for its state when a
+    /// change was missed, and log what was dropped.
+    pub(crate) fn take_in<P: Clone + std::fmt::Display>(
+        &self,
+        queue: &Queue<P>,
+        from: &Origin,
+        peer: &P,
+        state_to: impl Fn() -> Target<P>,
+        budget: usize,
+        msg: PresenceMsg,
+    ) {
+        let mut replica = self.lock();
+        let reaction = replica.on_message(from, msg);
+        if reaction.send_state {
+            for m in replica.own_state(budget) {
+                queue.push(state_to(), m);
+            }
+        }
+        if reaction.request_state {
+            tracing::debug!(peer = %peer, "presence: a change was missed, asking for the state");
+            queue.push(Target::Peer(peer.clone()), PresenceMsg::StateRequest);
+        }
+        self.publish(reaction.diffs);
+        drop(replica);
+        if let Some((n, reason)) = reaction.dropped
+            && let Some(held_back) = self.dropped_log.allow()
+        {
+            tracing::warn!(peer = %peer, dropped = n, held_back, "presence entries from a peer dropped: {reason}");
+        }
+    }
+
+    /// Count and log (at a bounded rate) `n` items of a peer refused before they reached
+    /// the replica, for `reason`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn refused(&self, n: u64, reason: &str, from: &str) {
+        self.lock().count_dropped(n);
+        if let Some(held_back) = self.dropped_log.allow() {
+            tracing::warn!(%from, held_back, "presence message dropped: {reason}");
+        }
+    }
+
+    /// Queue the announcement of this node's latest sequence number for every member.
+    pub(crate) fn announce<P>(&self, queue: &Queue<P>) {
+        let msg = self.lock().seq_msg();
+        queue.push(Target::Members, msg);
     }
 
     /// Untrack the entries of the sockets that disconnected.

@@ -300,6 +300,24 @@ impl Replica {
         self.dropped
     }
 
+    /// Count items of peers dropped before they reached the replica (say, a message that
+    /// does not decode).
+    pub(crate) fn count_dropped(&mut self, n: u64) {
+        self.dropped += n;
+    }
+
+    /// The other nodes whose entries are held.
+    pub(crate) fn others(&self) -> Vec<Origin> {
+        self.nodes
+            .iter()
+            .filter(|(name, _)| **name != self.me.name)
+            .map(|(name, o)| Origin {
+                name: name.clone(),
+                generation: o.generation,
+            })
+            .collect()
+    }
+
     fn own(&mut self) -> &mut Owned {
         self.nodes
             .entry(self.me.name.clone())
