@@ -82,7 +82,7 @@ fn start(node: Arc<Node>, config: &PresenceConfig) -> Presence {
     let me = node.me();
     let budget = (node.max_frame_size() / 2).min(MAX_CHUNK);
     let replica = Replica::new(origin(me), config.clone(), budget);
-    let (queue, rx) = Queue::new(config);
+    let (queue, rx) = Queue::new(config, &me.name);
     let presence = Presence::new(replica, queue.clone(), config);
     let handler = Arc::new(Handler {
         shared: Arc::downgrade(&presence.shared),
@@ -165,7 +165,7 @@ async fn run(
                         if !diffs.is_empty() {
                             tracing::debug!(node = %m.node_name, "presence: the entries of a node that left removed");
                         }
-                        shared.publish(diffs);
+                        shared.publish(&replica, diffs);
                     }
                     None => return,
                 }

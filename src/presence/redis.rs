@@ -125,7 +125,7 @@ impl Presence {
             me: handle.node_name().to_string(),
         };
         let replica = Replica::new(me.clone(), config.clone(), BUDGET);
-        let (queue, rx) = Queue::new(config);
+        let (queue, rx) = Queue::new(config, &me.name);
         let (stop, stopped) = watch::channel(());
         let presence = Presence::new(
             replica,
@@ -309,7 +309,7 @@ async fn run(
                     let diffs = replica.left(origin);
                     tracing::info!(node = %origin.name, removed = diffs.iter().map(|d| d.leaves.len()).sum::<usize>(),
                         "presence: a node's channel vanished, its entries removed");
-                    shared.publish(diffs);
+                    shared.publish(&replica, diffs);
                 }
                 let mut joined: Vec<&String> = live.difference(&known).collect();
                 joined.sort();

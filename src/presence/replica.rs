@@ -295,6 +295,11 @@ impl Replica {
         }
     }
 
+    /// This node's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.me.name
+    }
+
     /// Items received from peers and dropped since the replica started.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped
