@@ -32,7 +32,6 @@ use super::{
     replica::{Origin, Replica},
 };
 use crate::{
-    events::redis::glob_escape,
     gossip::wire::presence::PresenceMsg,
     redis::{RedisDriver, RedisHandle},
 };
@@ -244,18 +243,7 @@ async fn receive(
 
 /// The names of the nodes subscribed to a channel of their own, this one excepted.
 async fn live_nodes(handle: &RedisHandle, chans: &Channels) -> Result<HashSet<String>, String> {
-    let own = chans.of("");
-    let listed: Vec<String> = redis::cmd("PUBSUB")
-        .arg("CHANNELS")
-        .arg(format!("{}*", glob_escape(&own)))
-        .query_async(&mut handle.connection())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(listed
-        .into_iter()
-        .filter_map(|c| c.strip_prefix(&own).map(str::to_string))
-        .filter(|n| *n != chans.me)
-        .collect())
+    crate::events::redis::live_nodes(&handle.connection(), &chans.of(""), &chans.me).await
 }
 
 /// List the live nodes, sweep disconnected sockets, announce this node's sequence number;
