@@ -27,7 +27,7 @@
 //! Events (all on `/`): `nick` (name) and `join` (room) answer through their ack with
 //! `{nick, room, node}`; `message` (text) sends `{nick, text, node}` to everyone in the
 //! room, the sender included; `notice` (text) tells the room who came, went or was renamed.
-//! With the gossip backend, nicknames are tracked with cluster-wide presence (the room is
+//! On either backend, nicknames are tracked with cluster-wide presence (the room is
 //! the topic, the nickname the key): a socket gets `presence_state` when it joins a room or
 //! changes its nickname, and the room gets `presence_diff` on every change, which the page
 //! shows as who is in the room.
@@ -83,7 +83,7 @@ const s = io();
 s.on("connect", () => s.emit("join", $("r").value, show));
 s.on("message", (m) => line(`${m.nick}@${m.node}: ${m.text}`));
 s.on("notice", (t) => line(t, "n"));
-// Who is in the room, from cluster-wide presence (gossip backend): the state, then the diffs.
+// Who is in the room, from cluster-wide presence: the state, then the diffs.
 const online = new Map();
 const render = () => { $("online").textContent = [...new Set(online.values())].sort().join(", "); };
 const add = (metas) => { for (const [nick, list] of Object.entries(metas)) for (const m of list) online.set(m.socket, nick); };
@@ -204,13 +204,13 @@ fn register<A: Adapter>(
     socket: SocketRef<A>,
     node: &str,
     events: &ServerEvents,
-    presence: Option<Presence>,
+    presence: Presence,
 ) {
     let me = Member::new(node, socket.id.as_str());
     socket.join(me.get().1);
     // Presence: `(room, nick)` replaces `old` as this socket's entry.
     let retrack = move |s: &SocketRef<A>, old: Option<(String, String)>, room: &str, nick: &str| {
-        let Some(p) = &presence else { return };
+        let p = &presence;
         if let Some((old_room, old_nick)) = old {
             p.untrack(s, &old_room, &old_nick);
         }
@@ -298,9 +298,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_adapter::<ClusterAdapter<_>>(ctr)
         .build_layer();
     on_admin(&events, io.clone());
-    if let Some(p) = &presence {
-        p.emit_events(io.clone());
-    }
+    presence.emit_events(io.clone());
     let name = node.clone();
     // The event handlers are registered by a connect middleware: it runs before the
     // client is told it is connected, whereas the connect handler runs after that, in a

@@ -180,17 +180,13 @@ impl ClusterAdapterCtr {
     }
 
     /// This node's cluster-wide presence (see [`presence`](crate::presence)), replicated
-    /// over the mesh; `None` with the Redis backend, which has no presence yet. Call it once
-    /// per node.
+    /// over the mesh with gossip, over Redis pub/sub with Redis. Call it once per node.
     #[cfg(feature = "cluster-gossip")]
-    pub fn presence(
-        &self,
-        config: crate::presence::PresenceConfig,
-    ) -> Option<crate::presence::Presence> {
+    pub fn presence(&self, config: crate::presence::PresenceConfig) -> crate::presence::Presence {
         match self {
-            Self::Gossip(ctr) => Some(ctr.cluster().presence(config)),
-            #[allow(unreachable_patterns)]
-            _ => None,
+            Self::Gossip(ctr) => ctr.cluster().presence(config),
+            #[cfg(feature = "redis")]
+            Self::Redis(_, handle) => crate::presence::Presence::redis(handle, &config),
         }
     }
 }

@@ -28,6 +28,8 @@
 //! | `socketioxide_cluster_gossip_datagrams_total` | counter | datagrams | `node`, `outcome` (`sealed`, `opened`, `refused`) | sealed gossip datagrams |
 //! | `socketioxide_cluster_session_records` | gauge | records | `node` | live sessions held by the shared session store (feature `sessions`) |
 //! | `socketioxide_cluster_session_tombstones` | gauge | records | `node` | deleted sessions it still remembers |
+//! | `socketioxide_cluster_presence_entries` | gauge | entries | `node` | presence entries in this node's replica, of every node (both backends) |
+//! | `socketioxide_cluster_presence_dropped_total` | counter | items | `node`, `reason` (`refused`, `queue_full`) | presence input from peers refused (beyond the bounds, not decodable, from a node that left), by item; presence messages to peers dropped, their queue full |
 //! | `socketioxide_cluster_redis_messages_total` | counter | messages | `direction` (`published`, `received`) | Redis backend: messages on its channels |
 //! | `socketioxide_cluster_redis_bytes_total` | counter | bytes | `direction` | their payload bytes |
 //! | `socketioxide_cluster_redis_messages_dropped_total` | counter | messages | `reason` (`queue_full`) | received messages dropped, their channel's queue full |
@@ -45,7 +47,7 @@
 //! `refused` (a frame from a peer refused for its socket.io parser, or a response it did
 //! not owe).
 //!
-//! The Redis backend records only the `redis_` metrics: membership, links and requests are
+//! The Redis backend records only the `redis_` and `presence_` metrics: membership, links and requests are
 //! socketioxide-redis's own there.
 
 use std::{
@@ -88,6 +90,10 @@ pub const GOSSIP_DATAGRAMS: &str = "socketioxide_cluster_gossip_datagrams_total"
 pub const SESSION_RECORDS: &str = "socketioxide_cluster_session_records";
 /// Deleted sessions the shared session store still remembers (gauge).
 pub const SESSION_TOMBSTONES: &str = "socketioxide_cluster_session_tombstones";
+/// Presence entries in this node's replica, of every node (gauge).
+pub const PRESENCE_ENTRIES: &str = "socketioxide_cluster_presence_entries";
+/// Presence input refused and presence messages dropped (counter; label `reason`).
+pub const PRESENCE_DROPPED: &str = "socketioxide_cluster_presence_dropped_total";
 /// Redis backend: messages published and received (counter; label `direction`).
 pub const REDIS_MESSAGES: &str = "socketioxide_cluster_redis_messages_total";
 /// Redis backend: payload bytes published and received (counter; label `direction`).
@@ -247,6 +253,20 @@ pub const ALL: &[Metric] = &[
         Unit::Count,
         &["node"],
         "Deleted sessions still remembered",
+    ),
+    m(
+        PRESENCE_ENTRIES,
+        G,
+        Unit::Count,
+        &["node"],
+        "Presence entries in this node's replica, of every node",
+    ),
+    m(
+        PRESENCE_DROPPED,
+        C,
+        Unit::Count,
+        &["node", "reason"],
+        "Presence input refused and presence messages dropped",
     ),
     m(
         REDIS_MESSAGES,

@@ -1,7 +1,8 @@
 //! Cluster-wide presence on real nodes (127.0.0.1): entries tracked on each node are listed
 //! on every node, several metas per key; a socket that disconnects is a leave everywhere; a
 //! node that joins late gets the whole state; a node killed with SIGKILL loses its entries
-//! everywhere once it is found dead (that node is a `cluster_node` process).
+//! everywhere once it is found dead (that node is a `cluster_node` process). Each scenario
+//! runs on both backends: gossip, and Redis (a `redis-server` of the test's own).
 #![cfg(feature = "cluster-gossip")]
 
 mod common;
@@ -17,16 +18,33 @@ use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 use socketioxide_cluster::presence::{Presence, PresenceConfig, PresenceDiff};
 
-// Gossip only: the Redis backend has no presence yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere() {
     entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(Backend::Gossip).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere() {
+    let Some(backend) = Backend::redis() else {
+        return;
+    };
+    entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(backend).await;
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_a_killed_node_loses_its_entries_everywhere() {
     a_killed_node_loses_its_entries_everywhere(Backend::Gossip).await;
+}
+
+#[cfg(all(target_os = "linux", feature = "redis"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_killed_node_loses_its_entries_everywhere() {
+    let Some(backend) = Backend::redis() else {
+        return;
+    };
+    a_killed_node_loses_its_entries_everywhere(backend).await;
 }
 
 type Diffs = Pin<Box<dyn Stream<Item = PresenceDiff> + Send>>;
@@ -68,7 +86,7 @@ async fn listed_everywhere(
 }
 
 fn node_name(node: &TestNode) -> String {
-    node.cluster().node_name().to_string()
+    node.node_name()
 }
 
 /// Read `diffs` until one has a leave of `key` (at most `SETTLES`).
@@ -157,36 +175,47 @@ async fn a_killed_node_loses_its_entries_everywhere(backend: Backend) {
     let mut cluster = TestCluster::new(&backend);
     let (a, pa) = start(&mut cluster).await;
     let (b, pb) = start(&mut cluster).await;
-    let seed = a.cluster().gossip_addr();
     let id = cluster.id().to_string();
-    let env = [
+    let mut env = vec![
         ("RUST_LOG", "info".to_string()),
         ("SOCKETIO_CLUSTER_ID", id.clone()),
         ("SOCKETIO_CLUSTER_NODE_NAME", "victim".to_string()),
-        (
-            "SOCKETIO_CLUSTER_GOSSIP_ADDR",
-            external::free_udp_port().to_string(),
-        ),
-        (
-            "SOCKETIO_CLUSTER_MESH_ADDR",
-            external::free_udp_port().to_string(),
-        ),
-        ("SOCKETIO_CLUSTER_SEEDS", seed.to_string()),
-        ("SOCKETIO_CLUSTER_SECRET", SECRET.to_string()),
-        ("SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS", "50".to_string()),
-        ("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS", "1000".to_string()),
     ];
+    match &backend {
+        #[cfg(feature = "redis")]
+        Backend::Redis(server) => env.push(("SOCKETIO_CLUSTER_BACKEND", server.url())),
+        #[allow(unreachable_patterns)]
+        _ => env.extend([
+            (
+                "SOCKETIO_CLUSTER_GOSSIP_ADDR",
+                external::free_udp_port().to_string(),
+            ),
+            (
+                "SOCKETIO_CLUSTER_MESH_ADDR",
+                external::free_udp_port().to_string(),
+            ),
+            (
+                "SOCKETIO_CLUSTER_SEEDS",
+                a.cluster().gossip_addr().to_string(),
+            ),
+            ("SOCKETIO_CLUSTER_SECRET", SECRET.to_string()),
+            ("SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS", "50".to_string()),
+            ("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS", "1000".to_string()),
+        ]),
+    }
     let log = std::env::temp_dir().join(format!("presence-victim-{id}.log"));
     let (mut victim, addr) = external::start_cluster_node(&env, &log);
-    assert!(
-        wait_until(FORMS, || [&a, &b].iter().all(|n| n
-            .cluster()
-            .members()
-            .len()
-            == 2))
-        .await,
-        "cluster formed"
-    );
+    if backend.name() == "gossip" {
+        assert!(
+            wait_until(FORMS, || [&a, &b].iter().all(|n| n
+                .cluster()
+                .members()
+                .len()
+                == 2))
+            .await,
+            "cluster formed"
+        );
+    }
 
     // The victim tracks two sockets of one key; a and b track one each.
     let mut clients = Vec::new();

@@ -60,7 +60,7 @@
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 
 use std::{
     collections::HashMap,

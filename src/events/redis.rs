@@ -118,6 +118,25 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+/// The names of the nodes subscribed to a channel `<own><name>`, `me` excepted.
+pub(crate) async fn live_nodes(
+    conn: &ConnectionManager,
+    own: &str,
+    me: &str,
+) -> Result<HashSet<String>, String> {
+    let chans: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(format!("{}*", glob_escape(own)))
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(chans
+        .into_iter()
+        .filter_map(|c| c.strip_prefix(own).map(str::to_string))
+        .filter(|n| n != me)
+        .collect())
+}
+
 type Waiting = Arc<Mutex<HashMap<u64, mpsc::Sender<(String, Answer)>>>>;
 
 /// The events service of one node on Redis.
@@ -193,18 +212,7 @@ impl RedisEvents {
 
     /// The names of the other nodes subscribed to a channel of their own.
     async fn nodes(&self) -> Result<HashSet<String>, String> {
-        let own = self.own_channel("");
-        let chans: Vec<String> = redis::cmd("PUBSUB")
-            .arg("CHANNELS")
-            .arg(format!("{}*", glob_escape(&own)))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(chans
-            .into_iter()
-            .filter_map(|c| c.strip_prefix(&own).map(str::to_string))
-            .filter(|n| *n != self.name)
-            .collect())
+        live_nodes(&self.conn, &self.own_channel(""), &self.name).await
     }
 
     pub(crate) async fn emit(&self, event: &str, data: Bytes) -> Result<(), ServerEventError> {

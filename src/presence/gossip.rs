@@ -2,20 +2,14 @@
 //! QUIC mesh as a cluster service, one ordered queue for all of them; membership events
 //! drive the state exchange with a joiner and the removal of a leaver's entries.
 
-use std::{
-    sync::{
-        Arc, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, sync::Weak};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{
-    Presence, PresenceConfig, Shared, Transport,
+    Presence, PresenceConfig, Queue, Shared, Target,
     replica::{Origin, Replica},
 };
 use crate::{
@@ -25,50 +19,10 @@ use crate::{
         self,
         presence::{PresenceMsg, SERVICE},
     },
-    rate_log::RateLog,
 };
 
 /// Largest state chunk, whatever the frame limit.
 const MAX_CHUNK: usize = 1024 * 1024;
-
-/// Where a queued message goes.
-enum Target {
-    /// Every member at the time it is sent.
-    Members,
-    /// One peer.
-    Peer(PeerId),
-}
-
-/// The queue of messages to peers, sent in order by one task.
-struct Queue {
-    tx: mpsc::Sender<(Target, PresenceMsg)>,
-    dropped: AtomicU64,
-    log: RateLog,
-}
-
-impl Queue {
-    fn push(&self, to: Target, msg: PresenceMsg) {
-        if self.tx.try_send((to, msg)).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(held_back) = self.log.allow() {
-                tracing::warn!(
-                    dropped_total = n,
-                    held_back,
-                    "presence message dropped: the queue to peers is full (peers will ask \
-                     for this node's state)"
-                );
-            }
-        }
-    }
-}
-
-impl Transport for Queue {
-    fn broadcast(&self, msgs: Vec<PresenceMsg>) {
-        for m in msgs {
-            self.push(Target::Members, m);
-        }
-    }
-}
 
 fn origin(peer: &PeerId) -> Origin {
     Origin {
@@ -80,7 +34,7 @@ fn origin(peer: &PeerId) -> Origin {
 /// Receives the presence messages of peers.
 struct Handler {
     shared: Weak<Shared>,
-    queue: Arc<Queue>,
+    queue: Arc<Queue<PeerId>>,
     budget: usize,
 }
 
@@ -105,23 +59,14 @@ impl ServiceHandler for Handler {
                 return;
             }
         };
-        let mut replica = shared.lock();
-        let reaction = replica.on_message(&origin(from), msg);
-        if reaction.send_state {
-            self.push_state(&replica, from);
-        }
-        if reaction.request_state {
-            tracing::debug!(peer = %from, "presence: a change was missed, asking for the state");
-            self.queue
-                .push(Target::Peer(from.clone()), PresenceMsg::StateRequest);
-        }
-        shared.publish(reaction.diffs);
-        drop(replica);
-        if let Some((n, reason)) = reaction.dropped
-            && let Some(held_back) = shared.dropped_log.allow()
-        {
-            tracing::warn!(peer = %from, dropped = n, held_back, "presence entries from a peer dropped: {reason}");
-        }
+        shared.take_in(
+            &self.queue,
+            &origin(from),
+            from,
+            || Target::Peer(from.clone()),
+            self.budget,
+            msg,
+        );
     }
 }
 
@@ -137,12 +82,7 @@ fn start(node: Arc<Node>, config: &PresenceConfig) -> Presence {
     let me = node.me();
     let budget = (node.max_frame_size() / 2).min(MAX_CHUNK);
     let replica = Replica::new(origin(me), config.clone(), budget);
-    let (tx, rx) = mpsc::channel(config.queue);
-    let queue = Arc::new(Queue {
-        tx,
-        dropped: AtomicU64::new(0),
-        log: RateLog::new(Duration::from_secs(10)),
-    });
+    let (queue, rx) = Queue::new(config, &me.name);
     let presence = Presence::new(replica, queue.clone(), config);
     let handler = Arc::new(Handler {
         shared: Arc::downgrade(&presence.shared),
@@ -171,7 +111,7 @@ fn start(node: Arc<Node>, config: &PresenceConfig) -> Presence {
 }
 
 /// Send the queued messages, in order.
-async fn send(node: Weak<Node>, mut rx: mpsc::Receiver<(Target, PresenceMsg)>) {
+async fn send(node: Weak<Node>, mut rx: mpsc::Receiver<(Target<PeerId>, PresenceMsg)>) {
     while let Some((to, msg)) = rx.recv().await {
         let Some(node) = node.upgrade() else { return };
         let body = match wire::encode_body(&msg) {
@@ -225,7 +165,7 @@ async fn run(
                         if !diffs.is_empty() {
                             tracing::debug!(node = %m.node_name, "presence: the entries of a node that left removed");
                         }
-                        shared.publish(diffs);
+                        shared.publish(&replica, diffs);
                     }
                     None => return,
                 }
@@ -236,8 +176,7 @@ async fn run(
             }
             _ = announce.tick() => {
                 let Some(shared) = handler.shared.upgrade() else { return };
-                let msg = shared.lock().seq_msg();
-                handler.queue.push(Target::Members, msg);
+                shared.announce(&handler.queue);
             }
         }
     }

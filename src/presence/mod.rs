@@ -4,8 +4,7 @@
 //!
 //! [`Presence`] comes from the same configuration as the adapter
 //! ([`ClusterAdapterCtr::presence`](crate::ClusterAdapterCtr::presence), or
-//! [`Cluster::presence`](crate::Cluster::presence)); the gossip backend only, so far (the
-//! Redis backend has none):
+//! [`Cluster::presence`](crate::Cluster::presence)), on either backend:
 //!
 //! - [`Presence::track`] a socket under a key of a topic with a meta, [`Presence::untrack`]
 //!   it; an entry also goes when its socket disconnects (noticed within
@@ -27,7 +26,10 @@
 //! entry has a single writer.
 //!
 //! With the gossip backend, presence messages travel over the authenticated QUIC mesh,
-//! never over gossip.
+//! never over gossip. With the Redis backend, they travel over Redis pub/sub under the
+//! backend's prefix, and a node is found dead when its own channel vanishes from
+//! `PUBSUB CHANNELS` (listed every 250 ms; Redis drops the channel as soon as the dead
+//! process's connection closes), and its entries go then.
 //!
 //! ## Bounds
 //!
@@ -46,7 +48,7 @@
 //! use socketioxide_cluster::{ClusterAdapter, ClusterAdapterCtr, presence::PresenceConfig};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let ctr = ClusterAdapterCtr::from_env().await?;
-//! let presence = ctr.presence(PresenceConfig::default()).expect("the gossip backend");
+//! let presence = ctr.presence(PresenceConfig::default());
 //! let (_layer, io) = SocketIo::builder()
 //!     .with_adapter::<ClusterAdapter<_>>(ctr)
 //!     .build_layer();
@@ -71,7 +73,8 @@
 
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
-#[cfg(feature = "cluster-gossip")]
+#[cfg(feature = "redis")]
+mod redis;
 pub(crate) mod replica;
 
 use std::{
@@ -88,10 +91,10 @@ use futures_core::Stream;
 use serde::Serialize;
 use serde_json::json;
 use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::{gossip::wire::presence::PresenceMsg, rate_log::RateLog};
-use replica::{Change, Diff, Replica};
+use replica::{Change, Diff, Origin, Replica};
 
 /// Longest topic or key, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -292,6 +295,63 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn broadcast(&self, msgs: Vec<PresenceMsg>);
 }
 
+/// Where a queued message goes.
+pub(crate) enum Target<P> {
+    /// Every member at the time it is sent.
+    Members,
+    /// One peer.
+    Peer(P),
+}
+
+/// The queue of messages to peers, sent in order by one task of the backend.
+pub(crate) struct Queue<P> {
+    tx: mpsc::Sender<(Target<P>, PresenceMsg)>,
+    dropped: AtomicU64,
+    dropped_metric: metrics::Counter,
+    log: RateLog,
+}
+
+impl<P> Queue<P> {
+    /// A queue of at most `config.queue` messages, and its receiving end.
+    pub(crate) fn new(
+        config: &PresenceConfig,
+        node: &Arc<str>,
+    ) -> (Arc<Self>, mpsc::Receiver<(Target<P>, PresenceMsg)>) {
+        let (tx, rx) = mpsc::channel(config.queue);
+        let queue = Self {
+            tx,
+            dropped: AtomicU64::new(0),
+            dropped_metric: metrics::counter!(crate::metrics::PRESENCE_DROPPED,
+                "node" => crate::metrics::label(node), "reason" => "queue_full"),
+            log: RateLog::new(Duration::from_secs(10)),
+        };
+        (Arc::new(queue), rx)
+    }
+
+    pub(crate) fn push(&self, to: Target<P>, msg: PresenceMsg) {
+        if self.tx.try_send((to, msg)).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            self.dropped_metric.increment(1);
+            if let Some(held_back) = self.log.allow() {
+                tracing::warn!(
+                    dropped_total = n,
+                    held_back,
+                    "presence message dropped: the queue to peers is full (peers will ask \
+                     for this node's state)"
+                );
+            }
+        }
+    }
+}
+
+impl<P: Send + Sync + 'static> Transport for Queue<P> {
+    fn broadcast(&self, msgs: Vec<PresenceMsg>) {
+        for m in msgs {
+            self.push(Target::Members, m);
+        }
+    }
+}
+
 /// A socket of this node with tracked entries.
 struct LocalSocket {
     connected: Box<dyn Fn() -> bool + Send + Sync>,
@@ -308,6 +368,10 @@ pub(crate) struct Shared {
     lagged: AtomicU64,
     lagged_log: RateLog,
     pub(crate) dropped_log: RateLog,
+    /// [`crate::metrics::PRESENCE_ENTRIES`] of this node.
+    entries: metrics::Gauge,
+    /// [`crate::metrics::PRESENCE_DROPPED`] of this node, for input refused.
+    refused: metrics::Counter,
     /// Whether [`Presence::emit_events`] was called.
     events: std::sync::atomic::AtomicBool,
 }
@@ -323,11 +387,66 @@ impl Shared {
 
     /// Hand diffs to the subscribers (call with the replica locked, so that they keep its
     /// order).
-    pub(crate) fn publish(&self, diffs: Vec<Diff>) {
+    pub(crate) fn publish(&self, replica: &Replica, diffs: Vec<Diff>) {
+        if !diffs.is_empty() {
+            self.entries.set(replica.len() as f64);
+        }
         for d in diffs {
             // No subscriber is no error.
             let _ = self.diffs.send(Arc::new(d));
         }
+    }
+
+    /// Take in a message of the peer `peer` (the node generation `from`): apply it, queue
+    /// this node's state to `state_to` when asked for it, ask `peer` for its state when a
+    /// change was missed, and log what was dropped.
+    pub(crate) fn take_in<P: Clone + std::fmt::Display>(
+        &self,
+        queue: &Queue<P>,
+        from: &Origin,
+        peer: &P,
+        state_to: impl Fn() -> Target<P>,
+        budget: usize,
+        msg: PresenceMsg,
+    ) {
+        let mut replica = self.lock();
+        let reaction = replica.on_message(from, msg);
+        if reaction.send_state {
+            for m in replica.own_state(budget) {
+                queue.push(state_to(), m);
+            }
+        }
+        if reaction.request_state {
+            tracing::debug!(peer = %peer, "presence: a change was missed, asking for the state");
+            queue.push(Target::Peer(peer.clone()), PresenceMsg::StateRequest);
+        }
+        self.publish(&replica, reaction.diffs);
+        drop(replica);
+        if let Some((n, _)) = reaction.dropped {
+            self.refused.increment(n);
+        }
+        if let Some((n, reason)) = reaction.dropped
+            && let Some(held_back) = self.dropped_log.allow()
+        {
+            tracing::warn!(peer = %peer, dropped = n, held_back, "presence entries from a peer dropped: {reason}");
+        }
+    }
+
+    /// Count and log (at a bounded rate) `n` items of a peer refused before they reached
+    /// the replica, for `reason`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn refused(&self, n: u64, reason: &str, from: &str) {
+        self.lock().count_dropped(n);
+        self.refused.increment(n);
+        if let Some(held_back) = self.dropped_log.allow() {
+            tracing::warn!(%from, held_back, "presence message dropped: {reason}");
+        }
+    }
+
+    /// Queue the announcement of this node's latest sequence number for every member.
+    pub(crate) fn announce<P>(&self, queue: &Queue<P>) {
+        let msg = self.lock().seq_msg();
+        queue.push(Target::Members, msg);
     }
 
     /// Untrack the entries of the sockets that disconnected.
@@ -354,7 +473,7 @@ impl Shared {
         let mut replica = self.lock();
         let (msgs, diffs) = replica.untrack(entries);
         self.transport.broadcast(msgs);
-        self.publish(diffs);
+        self.publish(&replica, diffs);
     }
 }
 
@@ -380,6 +499,10 @@ impl Presence {
         config: &PresenceConfig,
     ) -> Self {
         let (diffs, _) = broadcast::channel(config.queue);
+        let node = crate::metrics::label(replica.name());
+        let entries = metrics::gauge!(crate::metrics::PRESENCE_ENTRIES, "node" => node.clone());
+        entries.set(0.0);
+        let refused = metrics::counter!(crate::metrics::PRESENCE_DROPPED, "node" => node, "reason" => "refused");
         Self {
             shared: Arc::new(Shared {
                 replica: Mutex::new(replica),
@@ -389,6 +512,8 @@ impl Presence {
                 lagged: AtomicU64::new(0),
                 lagged_log: RateLog::new(Duration::from_secs(10)),
                 dropped_log: RateLog::new(Duration::from_secs(10)),
+                entries,
+                refused,
                 events: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -423,7 +548,7 @@ impl Presence {
             .entries
             .insert((topic.to_string(), key.to_string()));
         self.shared.transport.broadcast(msgs);
-        self.shared.publish(diffs);
+        self.shared.publish(&replica, diffs);
         drop(replica);
         drop(local);
         if self.shared.events.load(Ordering::Relaxed) {
@@ -499,7 +624,7 @@ impl Presence {
         let mut replica = self.shared.lock();
         let (msgs, diffs) = replica.untrack([(topic.to_string(), key.to_string(), sid)]);
         self.shared.transport.broadcast(msgs);
-        self.shared.publish(diffs);
+        self.shared.publish(&replica, diffs);
     }
 
     /// Who is present in `topic`, on every node: each key with all its metas. From this
@@ -557,5 +682,66 @@ impl Presence {
     /// Diffs missed by subscribers that lagged behind.
     pub fn lagged(&self) -> u64 {
         self.shared.lagged.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        gossip::wire::presence::{PresenceEntry, PresenceOp},
+        metrics::{PRESENCE_DROPPED, PRESENCE_ENTRIES, tests::TestRecorder},
+    };
+
+    fn origin(name: &str) -> Origin {
+        Origin {
+            name: name.into(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn the_entries_gauge_follows_the_replica_and_refused_input_is_counted() {
+        let recorder = TestRecorder::new();
+        let config = PresenceConfig::default().with_max_per_node(1);
+        let node: Arc<str> = "me".into();
+        let (queue, _rx) = Queue::<String>::new(&config, &node);
+        let entries = || recorder.value(PRESENCE_ENTRIES, &[("node", "me")]);
+        let refused = || recorder.value(PRESENCE_DROPPED, &[("node", "me"), ("reason", "refused")]);
+        metrics::with_local_recorder(&recorder, || {
+            let p = Presence::new(
+                Replica::new(origin("me"), config.clone(), 64 * 1024),
+                queue.clone(),
+                &config,
+            );
+            let put = |key: &str| {
+                PresenceOp::Put(PresenceEntry {
+                    topic: "t".into(),
+                    key: key.into(),
+                    socket: "s".into(),
+                    meta: Bytes::from_static(b"{}"),
+                })
+            };
+            // Two entries from a peer: the second is beyond the bound of one per node.
+            let msg = PresenceMsg::Delta {
+                seq: 1,
+                ops: vec![put("a"), put("b")],
+            };
+            let peer = "b".to_string();
+            let to = || Target::Peer(peer.clone());
+            p.shared.take_in(&queue, &origin("b"), &peer, to, 1024, msg);
+            assert_eq!(p.len(), 1);
+            assert_eq!(entries(), 1.0);
+            assert_eq!(refused(), 1.0);
+            p.shared.refused(2, "it does not decode", "b");
+            assert_eq!(refused(), 3.0);
+            assert_eq!(p.dropped(), 3);
+            // The peer is found dead: its entry goes.
+            let mut replica = p.shared.lock();
+            let diffs = replica.left(&origin("b"));
+            p.shared.publish(&replica, diffs);
+            drop(replica);
+            assert_eq!(entries(), 0.0);
+        });
     }
 }

@@ -295,9 +295,32 @@ impl Replica {
         }
     }
 
+    /// This node's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.me.name
+    }
+
     /// Items received from peers and dropped since the replica started.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Count items of peers dropped before they reached the replica (say, a message that
+    /// does not decode).
+    pub(crate) fn count_dropped(&mut self, n: u64) {
+        self.dropped += n;
+    }
+
+    /// The other nodes whose entries are held.
+    pub(crate) fn others(&self) -> Vec<Origin> {
+        self.nodes
+            .iter()
+            .filter(|(name, _)| **name != self.me.name)
+            .map(|(name, o)| Origin {
+                name: name.clone(),
+                generation: o.generation,
+            })
+            .collect()
     }
 
     fn own(&mut self) -> &mut Owned {

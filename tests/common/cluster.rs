@@ -124,9 +124,9 @@ pub struct TestNode {
 enum Handle {
     #[cfg(feature = "cluster-gossip")]
     Gossip(Cluster),
-    /// The channel prefix of the node's cluster.
+    /// The channel prefix of the node's cluster, and the node's name.
     #[cfg(feature = "redis")]
-    Redis { prefix: String },
+    Redis { prefix: String, name: String },
 }
 
 impl TestNode {
@@ -138,6 +138,16 @@ impl TestNode {
             Handle::Gossip(cluster) => cluster,
             #[allow(unreachable_patterns)]
             _ => panic!("a {:?} node has no gossip cluster", self.backend),
+        }
+    }
+
+    /// The node's name, as other nodes see it (in presence metas, server events).
+    pub fn node_name(&self) -> String {
+        match &self.handle {
+            #[cfg(feature = "cluster-gossip")]
+            Handle::Gossip(cluster) => cluster.node_name().to_string(),
+            #[cfg(feature = "redis")]
+            Handle::Redis { name, .. } => name.clone(),
         }
     }
 
@@ -153,7 +163,7 @@ impl TestNode {
                 members + usize::from(self.io.of(ns).is_some())
             }
             #[cfg(feature = "redis")]
-            (Handle::Redis { prefix }, Backend::Redis(server)) => {
+            (Handle::Redis { prefix, .. }, Backend::Redis(server)) => {
                 let client = ::redis::Client::open(server.url()).expect("redis url");
                 let mut conn = client
                     .get_multiplexed_async_connection()
@@ -303,7 +313,7 @@ impl TestCluster {
         config: socketioxide_cluster::presence::PresenceConfig,
     ) -> (TestNode, socketioxide_cluster::presence::Presence) {
         let (ctr, handle) = self.ctr().await;
-        let presence = ctr.presence(config).expect("presence runs on gossip");
+        let presence = ctr.presence(config);
         (node(self.backend.clone(), handle, ctr, |b| b).0, presence)
     }
 
@@ -347,7 +357,12 @@ impl TestCluster {
                     .await
                     .expect("node connects to redis");
                 let prefix = self.id.clone();
-                (ctr, Handle::Redis { prefix })
+                let name = ctr
+                    .redis_handle()
+                    .expect("a redis node has a handle")
+                    .node_name()
+                    .to_string();
+                (ctr, Handle::Redis { prefix, name })
             }
         }
     }

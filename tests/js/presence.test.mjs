@@ -1,15 +1,13 @@
 // Cluster-wide presence seen by the official socket.io-client: a socket tracked on one
 // node gets `presence_state`; every socket in the topic's room, on every node, gets one
 // `presence_diff` per change (a join, then a leave when a tracked socket disconnects).
-// Gossip only: the Redis backend has no presence yet.
+// On both backends.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { BACKEND, connect, record, request, uniq, useCluster, waitUntil } from './cluster.mjs';
+import { connect, record, request, uniq, useCluster, waitUntil } from './cluster.mjs';
 
-const SKIP = BACKEND === 'redis' && 'the Redis backend has no presence';
-
-describe('presence events', { skip: SKIP }, () => {
+describe('presence events', () => {
   const cluster = useCluster({ size: 3 });
 
   test('presence_state on tracking, presence_diff on every node for a join and a leave', { timeout: 60_000 }, async () => {

@@ -95,9 +95,7 @@ pub(crate) async fn build_io(
         builder = builder.max_buffer_size(size);
     }
     let (layer, io) = builder.build_layer();
-    if let Some(p) = &presence {
-        p.emit_events(io.clone());
-    }
+    presence.emit_events(io.clone());
 
     // 3. Namespaces. With a remote adapter `ns` returns a future that resolves once the
     //    namespace is known to the cluster.
@@ -125,11 +123,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
 }
 
 /// Registers the event handlers of a new socket.
-fn register_handlers<A: Adapter>(
-    socket: SocketRef<A>,
-    cluster: ClusterHandle,
-    presence: Option<Presence>,
-) {
+fn register_handlers<A: Adapter>(socket: SocketRef<A>, cluster: ClusterHandle, presence: Presence) {
     // The chat demo: a message is relayed to every other client of the cluster.
     socket.on("message", on_message::<A>);
 
@@ -174,8 +168,7 @@ fn register_handlers<A: Adapter>(
         },
     );
 
-    // Cluster-wide presence (the gossip backend only).
-    let Some(presence) = presence else { return };
+    // Cluster-wide presence.
     let p = presence.clone();
     socket.on(
         "presence_track",
