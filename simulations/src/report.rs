@@ -173,6 +173,9 @@ impl Row for Churn {
     fn columns(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("changes", Value::Count(self.changes as u64)),
+            ("crashes", Value::Count(self.crashes as u64)),
+            ("leaves", Value::Count(self.leaves as u64)),
+            ("restarted and up", Value::Count(self.rejoined as u64)),
             ("broadcasts", Value::Count(self.broadcasts as u64)),
             (
                 "delivered to stable nodes",

@@ -1,7 +1,7 @@
 //! The scenarios, in deterministic mode: each builds a [`World`], acts on it and measures in
 //! simulated time. Every wait is bounded in simulated time.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use crate::{
     node::{Awaited, Command, FirstSeen, Timings},
@@ -230,6 +230,12 @@ pub struct Churn {
     pub nodes: usize,
     /// Joins, leaves and crashes made.
     pub changes: usize,
+    /// Crashes among the changes.
+    pub crashes: usize,
+    /// Graceful leaves among the changes.
+    pub leaves: usize,
+    /// Restarted nodes that came up again (their constructor returned) before the run ended.
+    pub rejoined: usize,
     /// Broadcasts from stable nodes.
     pub broadcasts: usize,
     /// Deliveries to stable nodes' clients, and how many were expected.
@@ -254,19 +260,30 @@ pub fn churn(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(Churn, Ve
     let churners: Vec<usize> = (n / 2..n).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xc4u64);
     let (mut changes, mut id, mut sent) = (0, 0u64, Vec::new());
+    let (mut crashes, mut leaves, mut rejoined) = (0, 0, 0);
+    // Restarted nodes not up yet.
+    let mut starting = HashSet::new();
     let start = w.now();
     let mut next_change = start;
     while w.now() - start < CHURN_FOR {
+        starting.retain(|&c| {
+            let up = w.node(c).is_some();
+            rejoined += usize::from(up);
+            !up
+        });
         if w.now() >= next_change {
             let c = churners[rng.next_u32() as usize % churners.len()];
             if w.node(c).is_some() {
                 if rng.next_u32() % 2 == 0 {
                     w.crash(c);
+                    crashes += 1;
                 } else {
                     w.leave(c);
+                    leaves += 1;
                 }
             } else {
                 w.restart(c);
+                starting.insert(c);
             }
             changes += 1;
             next_change += CHURN_EVERY;
@@ -300,6 +317,9 @@ pub fn churn(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(Churn, Ve
         Churn {
             nodes: n,
             changes,
+            crashes,
+            leaves,
+            rejoined,
             broadcasts: sent.len(),
             delivered: (delivered, expected),
             duplicates,

@@ -81,9 +81,13 @@ fn churn_delivers_to_stable_nodes_once_each() {
     assert!(c.changes >= 10, "{trace}");
     assert_eq!(c.duplicates, 0, "{trace}");
     assert_eq!(c.delivered.0, c.delivered.1, "{trace}");
-    // Broadcasts go on to crashed nodes until they are found dead: those frames are dropped,
-    // and the library counts them.
-    assert!(c.dropped > 0, "{c:?}\n{trace}");
+    // The churn happened: nodes crashed, left and came back. A restarted node slow to join
+    // (held up by the state of its own earlier run, which the seeds still list) would be
+    // restarted again and again instead, and nothing would crash or leave after the first.
+    assert!(
+        c.crashes >= 5 && c.leaves >= 5 && c.rejoined >= 10,
+        "{c:?}\n{trace}"
+    );
 }
 
 #[test]

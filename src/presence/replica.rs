@@ -312,6 +312,7 @@ impl Replica {
     }
 
     /// The other nodes whose entries are held.
+    #[cfg(feature = "redis")]
     pub(crate) fn others(&self) -> Vec<Origin> {
         self.nodes
             .iter()

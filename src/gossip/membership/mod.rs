@@ -16,7 +16,8 @@ use std::{
 };
 
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, spawn_chitchat,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat, NodeState,
+    spawn_chitchat,
     transport::{Transport, UdpTransport},
 };
 use tokio::{sync::watch, time::Instant};
@@ -27,7 +28,7 @@ use crate::gossip::peer::PeerId;
 pub(crate) const KEY_MESH: &str = "mesh";
 /// Key set by a node that is leaving on purpose.
 pub(crate) const KEY_LEAVING: &str = "leaving";
-/// Added to two gossip intervals: how long a node just heard of counts as reachable before
+/// Added to gossip intervals: how long a node just heard of counts as reachable before
 /// chitchat has judged it live (see [`Membership::nodes`]).
 const JUST_HEARD_MARGIN: Duration = Duration::from_millis(100);
 
@@ -110,17 +111,17 @@ impl Changes {
 /// The running gossip instance.
 pub(crate) struct Membership {
     handle: ChitchatHandle,
-    /// The nodes gossip lists, with when this node first saw each and whether chitchat ever
-    /// judged it live.
+    /// The nodes gossip lists, with when this node first saw each, its heartbeat then and
+    /// whether chitchat ever judged it live.
     seen: Mutex<HashMap<ChitchatId, Seen>>,
-    /// How long a node just heard of counts as reachable while chitchat has not judged it
-    /// live yet (see [`Membership::nodes`]).
-    grace: Duration,
+    /// The gossip interval.
+    interval: Duration,
 }
 
 /// What [`Membership`] remembers of a node gossip lists.
 struct Seen {
     first: Instant,
+    heartbeat: Heartbeat,
     judged_live: bool,
 }
 
@@ -182,7 +183,7 @@ impl Membership {
         Ok(Self {
             handle,
             seen: Mutex::new(HashMap::new()),
-            grace: s.interval * 2 + JUST_HEARD_MARGIN,
+            interval: s.interval,
         })
     }
 
@@ -197,25 +198,44 @@ impl Membership {
     /// A node just heard of counts at once, before its liveness is judged, so that joining
     /// takes one exchange with a seed. chitchat's failure detector calls a node dead until
     /// it has two of its heartbeats, so a gossip round soon after the node was heard of
-    /// would mark it dead for a whole round: a node chitchat never judged live counts as
-    /// reachable for two gossip intervals after it was first seen (a node that is really
-    /// gone then costs at most that before it is left out).
+    /// would mark it dead for a whole round. A node chitchat never judged live therefore
+    /// counts as reachable for one gossip interval after it was first seen, and for two if
+    /// its heartbeat moved meanwhile (it is alive, chitchat has not caught up): the state of
+    /// a node that is really gone, which the seeds still list, then holds nobody up for more
+    /// than an interval. A node superseded by a newer generation of the same name (this
+    /// node's own earlier runs included) is never reachable.
     pub(crate) async fn nodes(&self) -> GossipNodes {
         let now = Instant::now();
         self.handle
             .with_chitchat(|c| {
                 let live: HashSet<&ChitchatId> = c.live_nodes().collect();
                 let dead: HashSet<&ChitchatId> = c.dead_nodes().collect();
+                let mut newest: HashMap<&str, u64> = HashMap::new();
+                for id in c.node_states().keys() {
+                    let g = newest.entry(&*id.node_id).or_default();
+                    *g = (*g).max(id.generation_id);
+                }
+                let me = c.self_chitchat_id();
+                let superseded = |id: &ChitchatId| {
+                    newest.get(&*id.node_id) != Some(&id.generation_id)
+                        || (id.node_id == me.node_id && id != me)
+                };
                 let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
                 seen.retain(|id, _| c.node_states().contains_key(id));
-                let mut judged_dead = |id: &ChitchatId| {
+                let mut judged_dead = |id: &ChitchatId, state: &NodeState| {
                     let s = seen.entry(id.clone()).or_insert(Seen {
                         first: now,
+                        heartbeat: state.heartbeat(),
                         judged_live: false,
                     });
                     s.judged_live |= live.contains(id);
-                    dead.contains(id)
-                        && (s.judged_live || now.duration_since(s.first) >= self.grace)
+                    let intervals = if state.heartbeat() == s.heartbeat {
+                        1
+                    } else {
+                        2
+                    };
+                    let grace = self.interval * intervals + JUST_HEARD_MARGIN;
+                    dead.contains(id) && (s.judged_live || now.duration_since(s.first) >= grace)
                 };
                 let peer = |id: &ChitchatId| PeerId {
                     name: id.node_id.clone(),
@@ -225,7 +245,7 @@ impl Membership {
                     reachable: c
                         .node_states()
                         .iter()
-                        .filter(|(id, _)| !judged_dead(id))
+                        .filter(|(id, state)| !superseded(id) && !judged_dead(id, state))
                         .filter_map(|(id, state)| parse_node(id, state.key_values()))
                         .collect(),
                     listed: c.node_states().keys().map(peer).collect(),

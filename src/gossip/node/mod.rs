@@ -876,9 +876,9 @@ impl Node {
             tracing::info!(node = %self.me, "no seed but this node: starting as the first node");
         } else {
             // The nodes known after the previous exchange. Two nodes that reach a seed at the
-            // same moment are each missing from the seed's answer to the other, and in the
-            // next answer: the join ends once an exchange brought nobody new and every node
-            // known is proven.
+            // same moment can each be missing from the seed's first answer to the other and
+            // appear in a later one: the join ends only after an exchange that brought nobody
+            // new, with every node known proven.
             let mut before = HashSet::new();
             loop {
                 self.membership.gossip_now(addrs.iter().copied());
