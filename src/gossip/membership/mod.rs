@@ -202,8 +202,8 @@ impl Membership {
     /// counts as reachable for one gossip interval after it was first seen, and for two if
     /// its heartbeat moved meanwhile (it is alive, chitchat has not caught up): the state of
     /// a node that is really gone, which the seeds still list, then holds nobody up for more
-    /// than an interval. A node superseded by a newer generation of the same name (this
-    /// node's own earlier runs included) is never reachable.
+    /// than an interval. A node superseded by a newer generation of its name is never
+    /// reachable, unless it has this node's name (the node settles that over the mesh).
     pub(crate) async fn nodes(&self) -> GossipNodes {
         let now = Instant::now();
         self.handle
@@ -216,9 +216,10 @@ impl Membership {
                     *g = (*g).max(id.generation_id);
                 }
                 let me = c.self_chitchat_id();
+                // This node's own name is left to the node: a newer node of that name must
+                // be reached to replace this one, an older one to be told so.
                 let superseded = |id: &ChitchatId| {
-                    newest.get(&*id.node_id) != Some(&id.generation_id)
-                        || (id.node_id == me.node_id && id != me)
+                    id.node_id != me.node_id && newest.get(&*id.node_id) != Some(&id.generation_id)
                 };
                 let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
                 seen.retain(|id, _| c.node_states().contains_key(id));

@@ -884,13 +884,18 @@ impl Node {
                 self.membership.gossip_now(addrs.iter().copied());
                 tokio::time::sleep(JOIN_POLL).await;
                 self.refresh_from_gossip().await;
-                let known = self.membership.nodes().await.reachable;
+                // Another node of this node's name (its own earlier run, or a twin it
+                // replaces) never becomes a member: the join does not wait for it.
+                let known: HashSet<PeerId> = (self.membership.nodes().await.reachable)
+                    .into_keys()
+                    .filter(|p| p.name != self.me.name || *p == self.me)
+                    .collect();
                 let proven = known
-                    .keys()
+                    .iter()
                     .filter(|p| **p == self.me || lock(&self.core).view().is_member(p))
                     .count();
-                let settled = known.keys().all(|p| before.contains(p));
-                before = known.into_keys().collect();
+                let settled = known.is_subset(&before);
+                before = known;
                 if before.len() > 1 && proven == before.len() && settled {
                     tracing::info!(
                         node = %self.me, members = proven - 1,
