@@ -220,6 +220,13 @@ fn against_baseline(this: &Figures, base: &Figures, ratio: &str) {
     for (t, b) in this.floods.iter().zip(&base.floods) {
         println!("  throughput {} B: {:.2}", t.size, t.rate / b.rate);
     }
+    // Both columns flood the same messages: on a CPU-bound node, throughput goes as the
+    // inverse of this, which the scheduling noise of one flood does not blur.
+    let cpu = |f: &Figures| f.cpu_s.iter().sum::<f64>();
+    println!(
+        "  CPU seconds of the nodes over all floods: {:.2}",
+        cpu(this) / cpu(base)
+    );
     latency("fetch_sockets", &this.fetch.0, &base.fetch.0);
     latency("broadcast_with_ack", &this.ack.0, &base.ack.0);
 }

@@ -194,8 +194,15 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
     let mut id = 0;
     let mut phase = |evicted: &mut Option<Duration>, peak_rss: &mut u64| {
         let (start, first) = (Instant::now(), id + 1);
-        while start.elapsed() < SLOW_PEER_PHASE {
-            for _ in 0..SLOW_PEER_BURST {
+        // Paced by the clock, not by the sleeps (which overshoot on a loaded machine): by
+        // the end of the phase exactly the offered rate was asked for.
+        let offered =
+            SLOW_PEER_BURST * (SLOW_PEER_PHASE.as_millis() / SLOW_PEER_EVERY.as_millis()) as u64;
+        let phase_secs = SLOW_PEER_PHASE.as_secs_f64();
+        while id + 1 - first < offered {
+            let due =
+                ((start.elapsed().as_secs_f64() / phase_secs).min(1.0) * offered as f64) as u64;
+            while id + 1 - first < due {
                 id += 1;
                 // A full command queue means node 0 is not keeping up: that broadcast is
                 // never made, and counts as not delivered.
@@ -210,7 +217,6 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
             }
             *peak_rss = (*peak_rss).max(resident_bytes());
         }
-        let elapsed = start.elapsed().as_secs_f64();
         // Room for the last ones to arrive.
         std::thread::sleep(Duration::from_millis(500));
         let delivered = (first..=id)
@@ -220,7 +226,7 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
                     .all(|h| h.handle.inbox.lock().expect("inbox").has(*id))
             })
             .count();
-        delivered as f64 / elapsed
+        delivered as f64 / phase_secs
     };
     let (mut never, mut rss_before) = (Some(Duration::ZERO), 0);
     let before = phase(&mut never, &mut rss_before);
