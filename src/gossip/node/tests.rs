@@ -49,6 +49,32 @@ pub(crate) async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bo
     cond()
 }
 
+/// A mesh that holds the secret of `cluster` and says it is `who`, sending frames of up to
+/// `max_frame_size` bytes.
+fn peer_mesh(cluster: &str, who: &PeerId, max_frame_size: usize) -> Mesh {
+    let keys = derive_keyring(cluster, &[Secret::from(SECRET)]).unwrap();
+    let keyring = Keyring::new(cluster.to_string(), Some(vec![keys[0].mesh]));
+    let mut mesh = Mesh::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        keyring,
+        None,
+        max_frame_size,
+        Duration::from_secs(2),
+        16,
+    )
+    .unwrap();
+    let own = mesh.local_addr().unwrap();
+    mesh.set_identity(
+        who,
+        PeerAddrs {
+            mesh: own,
+            gossip: own,
+        },
+    );
+    mesh
+}
+
 /// Records what the mesh tells an impostor.
 struct Closes(tokio::sync::mpsc::UnboundedSender<mesh::Closed>);
 
@@ -81,26 +107,7 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     );
 
     // The impostor holds the secret and claims b's name and generation.
-    let keys = derive_keyring(&cluster, &[Secret::from(SECRET)]).unwrap();
-    let keyring = Keyring::new(cluster.clone(), Some(vec![keys[0].mesh]));
-    let mut impostor = Mesh::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        keyring,
-        None,
-        1 << 20,
-        Duration::from_secs(2),
-        16,
-    )
-    .unwrap();
-    let own = impostor.local_addr().unwrap();
-    impostor.set_identity(
-        &b_id,
-        PeerAddrs {
-            mesh: own,
-            gossip: own,
-        },
-    );
+    let impostor = peer_mesh(&cluster, &b_id, 1 << 20);
     let (tx, mut closes) = tokio::sync::mpsc::unbounded_channel();
     // a refuses it once it proved the secret: at once (the handshake fails), or right
     // after (the connection closes as refused); a Leave it sends is never read.
@@ -132,4 +139,111 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A field of this process's `/proc/self/status`, in bytes (0 where there is none).
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// An `AllRooms` request whose target rooms are `count` names of `len` bytes each, encoded
+/// by hand as postcard would (a list is its length as a varint, then its elements), so
+/// that a list far beyond [`wire::MAX_ROOMS`] is never built in memory here.
+fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
+    let request = |rooms: Vec<String>| {
+        wire::encode(&Frame::Request(wire::Request {
+            ns: "/".into(),
+            id: wire::Id(*b"0000000000000001"),
+            origin: wire::Id(*b"0000000000000002"),
+            kind: wire::RequestKind::AllRooms,
+            opts: wire::Opts {
+                rooms,
+                ..wire::Opts::default()
+            },
+            ack_timeout_ms: None,
+        }))
+        .unwrap()
+    };
+    // The list's length is the first byte of the bodies (after the length prefix) where a
+    // frame with one room differs from one with none.
+    let (none, one) = (request(Vec::new()), request(vec![String::new()]));
+    let (none, one) = (&none[wire::LEN_PREFIX..], &one[wire::LEN_PREFIX..]);
+    let at = none.iter().zip(one).position(|(a, b)| a != b).unwrap();
+    let varint = |out: &mut Vec<u8>, mut n: usize| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let mut body = none[..at].to_vec();
+    varint(&mut body, count);
+    body.reserve(count * (len + 2));
+    for _ in 0..count {
+        varint(&mut body, len);
+        body.resize(body.len() + len, b'r');
+    }
+    body.extend_from_slice(&none[at + 1..]);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame.into()
+}
+
+/// Figures, not a check: the peak memory of a node (this process) while a peer that holds
+/// the secret sends it the largest frames it can (16 MiB, the default bound). Before lists
+/// were bounded, one frame of 16 Mi empty room names took the receiving node to a peak of
+/// 431 MB. Run alone (peaks are per process):
+/// `cargo test --all-features --lib peak_memory_under_the_largest_frames -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures"]
+async fn peak_memory_under_the_largest_frames() {
+    let cluster = format!("frames-{}", std::process::id());
+    let a = Node::start(&config(&cluster, "a", None)).await.unwrap();
+    let max = wire::DEFAULT_MAX_FRAME_SIZE;
+    let peer = peer_mesh(&cluster, &view::tests::peer("x", 1), max);
+    let cases = [
+        // The frame of the report: as many empty names as fit.
+        ("16 MiB of empty room names", rooms_frame(max - 64, 0)),
+        // The most names a list may hold, each as long as fits.
+        (
+            "65,536 room names of 250 bytes",
+            rooms_frame(wire::MAX_ROOMS, 250),
+        ),
+    ];
+    for (what, frame) in cases {
+        assert!(
+            frame.len() - wire::LEN_PREFIX <= max,
+            "{what} fits the bound"
+        );
+        let (tx, mut closes) = tokio::sync::mpsc::unbounded_channel();
+        let (_, link) = peer
+            .connect(a.addrs().1, None, Arc::new(Closes(tx)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Reset the peak to what is resident now (Linux: 5 to clear_refs).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = status_bytes("VmRSS");
+        link.send(frame, Duration::from_secs(5)).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(3), closes.recv()).await;
+        let peak = status_bytes("VmHWM");
+        println!(
+            "{what}: peak {} KiB above the {} KiB resident before ({})",
+            peak.saturating_sub(before) / 1024,
+            before / 1024,
+            match closed {
+                Ok(Some(reason)) => format!("the node closed the link: {reason:?}"),
+                _ => "the link stayed open".into(),
+            }
+        );
+        link.close(mesh::CLOSE_UNUSED, b"done");
+    }
+    a.shutdown().await;
 }
