@@ -151,9 +151,9 @@ fn status_bytes(field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// An `AllRooms` request whose target rooms are `count` names of `len` bytes each, encoded
-/// by hand as postcard would (a list is its length as a varint, then its elements), so
-/// that a list far beyond [`wire::MAX_ROOMS`] is never built in memory here.
+/// An `AllRooms` request whose target rooms are `count` names of `len` bytes each, put
+/// together from encoded parts (a list is its length, then its elements), so that a list
+/// far beyond [`wire::MAX_ROOMS`] is never built in memory here.
 fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
     let request = |rooms: Vec<String>| {
         wire::encode(&Frame::Request(wire::Request {
@@ -174,20 +174,13 @@ fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
     let (none, one) = (request(Vec::new()), request(vec![String::new()]));
     let (none, one) = (&none[wire::LEN_PREFIX..], &one[wire::LEN_PREFIX..]);
     let at = none.iter().zip(one).position(|(a, b)| a != b).unwrap();
-    let varint = |out: &mut Vec<u8>, mut n: usize| loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    };
+    // A length is encoded as the integer alone would be.
+    let length = |n: usize| wire::encode_body(&n).unwrap();
     let mut body = none[..at].to_vec();
-    varint(&mut body, count);
+    body.extend_from_slice(&length(count));
     body.reserve(count * (len + 2));
     for _ in 0..count {
-        varint(&mut body, len);
+        body.extend_from_slice(&length(len));
         body.resize(body.len() + len, b'r');
     }
     body.extend_from_slice(&none[at + 1..]);
