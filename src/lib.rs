@@ -253,6 +253,8 @@ mod init;
 pub mod metrics;
 #[cfg(feature = "cluster-gossip")]
 pub mod presence;
+#[cfg(test)]
+mod proc_status;
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ranges;
 mod rate_log;

@@ -988,16 +988,6 @@ mod tests {
         assert_eq!(seqs, want, "numbered in order");
     }
 
-    fn rss_bytes() -> usize {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-        let pages: usize = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        pages * 4096
-    }
-
     /// Figures, not a check: the memory a replica takes per 10,000 entries of a peer
     /// (topic `lobby`, keys `user-N`, socket ids of 16 characters, meta
     /// `{"device":"phone"}`), from the process's resident size (Linux). Run alone:
@@ -1010,7 +1000,7 @@ mod tests {
             .with_max_per_topic(N)
             .with_max_per_node(N);
         let from = origin("peer", 1);
-        let before = rss_bytes();
+        let before = crate::proc_status::status_bytes("VmRSS");
         let mut r = Replica::new(origin("me", 1), config, 1 << 20);
         for i in 0..N {
             let entry = PresenceEntry {
@@ -1023,12 +1013,12 @@ mod tests {
             let ops = vec![PresenceOp::Put(entry)];
             r.on_message(&from, PresenceMsg::Delta { seq, ops });
         }
-        let after = rss_bytes();
+        let after = crate::proc_status::status_bytes("VmRSS");
         assert_eq!(r.len(), N);
         println!(
             "replica of {N} entries of a peer: {} bytes resident, {} KiB per 10,000 entries",
             after.saturating_sub(before),
-            after.saturating_sub(before) * 10_000 / N / 1024
+            after.saturating_sub(before) * 10_000 / N as u64 / 1024
         );
     }
 

@@ -8,6 +8,7 @@ use crate::{
     gossip::config::GossipAdapterConfig,
     gossip::keys::{Secret, derive_keyring, tests::SECRET},
     gossip::mesh::Mesh,
+    proc_status::status_bytes,
 };
 
 pub(crate) fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {
@@ -139,16 +140,6 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     );
     a.shutdown().await;
     b.shutdown().await;
-}
-
-/// A field of this process's `/proc/self/status`, in bytes (0 where there is none).
-fn status_bytes(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
 }
 
 /// An `AllRooms` request whose target rooms are `count` names of `len` bytes each, put
