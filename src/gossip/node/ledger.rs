@@ -240,7 +240,7 @@ impl Pending {
             "cluster_request",
             node = %node_label,
             kind,
-            id = %String::from_utf8_lossy(&id.0),
+            id = %id,
             peers = ?targets,
             outcome = tracing::field::Empty,
         );

@@ -100,6 +100,14 @@ pub(crate) mod bounded {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Id(pub [u8; 16]);
 
+/// In hex: a request id is 16 random bytes, which may hold a line break or any control
+/// character, and a log line must stay one line.
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 /// Everything one node sends another over the mesh.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
@@ -682,6 +690,14 @@ mod tests {
             }
             prop_assert_eq!(out, frames);
         }
+    }
+
+    /// A random request id, shown in a log line, keeps that line one line.
+    #[test]
+    fn an_id_is_shown_in_hex() {
+        let mut raw = *b"0123456789abcde\n";
+        raw[0] = 0x1b;
+        assert_eq!(Id(raw).to_string(), "1b31323334353637383961626364650a");
     }
 
     /// The exact bytes of each frame type. A change here is a wire protocol change: bump
