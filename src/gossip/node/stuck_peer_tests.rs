@@ -23,7 +23,8 @@ use crate::{
     gossip::wire::{self, Frame, Id, Opts, PacketData, RequestKind, Value, WirePacket},
 };
 
-const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default peer timeout.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a blocked handler stays blocked, whatever the test does.
 const MAX_STALL: Duration = Duration::from_secs(30);
@@ -169,15 +170,19 @@ async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_discon
     }
     assert!(
         until(Duration::from_secs(30), || got(&on_b) == sent + 1).await,
-        "b got every broadcast: {} of {}",
+        "b got every broadcast: {} of {} ({} dropped for b, {} slow peers cut)",
         got(&on_b),
-        sent + 1
+        sent + 1,
+        a.mesh.metrics().drops.of(&b.me().name),
+        a.slow_peers_disconnected()
     );
 
     // A request to both, for a namespace neither hosts: b says so, and the stuck node is
-    // no longer waited for (its frame could not be queued, or it was disconnected) well
-    // before the request timeout, while a keeps broadcasting (as an application would),
-    // every send done at once.
+    // no longer waited for (it was disconnected) well before the request timeout, while a
+    // keeps broadcasting (as an application would), every send done at once. A broadcast
+    // goes first: if the stuck peer was already cut and is connected to afresh, its reader
+    // blocks on that broadcast on the new connection, before the request.
+    send_at_once(&a, &targets, &frame, "a broadcast before the request");
     let request = |id| {
         Frame::Request(wire::Request {
             ns: "/none".into(),
@@ -193,7 +198,8 @@ async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_discon
         .now_or_never()
         .expect("the request: the send waited")
         .expect("encodes");
-    let mut sent_meanwhile = 0;
+    // The broadcast before the request, and those sent while it waits.
+    let mut sent_meanwhile = 1;
     let mut ended = false;
     while !ended {
         tokio::select! {
@@ -379,6 +385,107 @@ async fn a_peer_past_its_byte_budget_is_cut_as_a_slow_consumer_and_the_other_get
         a.mesh.metrics().drops.of("stuck")
     );
     drop(stall);
+    for node in [a, b, stuck] {
+        node.shutdown().await;
+    }
+}
+
+/// The memory a node takes while a peer hangs, with the default budgets: 3 nodes in this
+/// process, one stops reading, and 160 MiB of broadcasts of 16 KiB go to both others in
+/// slices of 8 MiB (the healthy peer catching up between slices). Prints the most bytes
+/// held for the hung peer and the growth of the process's peak memory (VmHWM, all three
+/// nodes). A measurement, not an assertion beyond the budget: run it with
+/// `cargo test --all-features --release --lib -- --ignored --nocapture memory_during_a_hang`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement, run by hand"]
+async fn memory_during_a_hang() {
+    use crate::proc_status::status_bytes;
+    let cluster = format!("hang-memory-{}", std::process::id());
+    let a = start_with(&cluster, "a", None, |c| c).await;
+    let seed = Some(a.addrs().0);
+    let b = start_with(&cluster, "b", seed, |c| c).await;
+    let stuck = start_with(&cluster, "stuck", seed, |c| c).await;
+    let (on_b, on_stuck) = (Arc::new(Handler::default()), Arc::new(Handler::default()));
+    let (hb, hs): (Arc<dyn NamespaceHandler>, Arc<dyn NamespaceHandler>) =
+        (on_b.clone(), on_stuck.clone());
+    b.register(
+        "/",
+        "bbbbbbbbbbbbbbbb",
+        wire::Parser::Common,
+        Arc::downgrade(&hb),
+    )
+    .await;
+    stuck
+        .register(
+            "/",
+            "ssssssssssssssss",
+            wire::Parser::Common,
+            Arc::downgrade(&hs),
+        )
+        .await;
+    assert!(
+        until(Duration::from_secs(20), || [&a, &b, &stuck]
+            .iter()
+            .all(|n| n.members().len() == 2))
+        .await
+    );
+    let targets = vec![b.me().clone(), stuck.me().clone()];
+    let got = |h: &Handler| h.broadcasts.load(Ordering::Relaxed);
+    a.send(To::Peers(&targets), &broadcast("first".into()), false)
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(10), || got(&on_b) == 1
+            && got(&on_stuck) == 1)
+        .await
+    );
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let (rss_before, hwm_before) = (status_bytes("VmRSS"), status_bytes("VmHWM"));
+
+    let stall = Stall::start(&on_stuck);
+    let frame = broadcast("x".repeat(16 * 1024));
+    let (slices, per_slice) = (20, 512);
+    let (mut held_for_stuck, mut held_by_a) = (0, 0);
+    for slice in 0..slices {
+        for _ in 0..per_slice {
+            send_at_once(&a, &targets, &frame, "a broadcast");
+        }
+        let caught_up = 1 + (slice + 1) * per_slice;
+        for _ in 0..1000 {
+            let stuck_bytes = a
+                .peer_stats()
+                .iter()
+                .find(|p| p.member.node_name == "stuck")
+                .map_or(0, |p| p.queue_bytes);
+            held_for_stuck = held_for_stuck.max(stuck_bytes);
+            held_by_a = held_by_a.max(a.queued_bytes());
+            if got(&on_b) >= caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let hwm = status_bytes("VmHWM");
+    drop(stall);
+    println!(
+        "{} MiB of 16 KiB broadcasts to a healthy and a hung peer: at most {} KiB queued for \
+         the hung one (budget {} KiB), {} KiB by node a in all; {} slow peers cut, {} frames \
+         dropped for it, b got {} of {}; process VmHWM {} KiB before ({} KiB resident), {} KiB \
+         during the hang (+{} KiB)",
+        slices * per_slice * 16 / 1024,
+        held_for_stuck / 1024,
+        crate::gossip::config::DEFAULT_PEER_QUEUE_BYTES / 1024,
+        held_by_a / 1024,
+        a.slow_peers_disconnected(),
+        a.mesh.metrics().drops.of("stuck"),
+        got(&on_b),
+        1 + slices * per_slice,
+        hwm_before / 1024,
+        rss_before / 1024,
+        hwm / 1024,
+        hwm.saturating_sub(hwm_before) / 1024,
+    );
+    assert!(held_for_stuck <= crate::gossip::config::DEFAULT_PEER_QUEUE_BYTES);
     for node in [a, b, stuck] {
         node.shutdown().await;
     }
