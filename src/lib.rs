@@ -98,10 +98,10 @@
 //!   seconds. On Linux a crashed peer is noticed at once: the mesh socket keeps the ICMP
 //!   *port unreachable* its datagrams to a dead process bring back (`IP_RECVERR`), and one
 //!   from exactly a peer's address closes that peer's connections as lost.
-//!   An emit never waits on one peer: frames for a peer whose bounded send queue
-//!   is full are dropped and counted ([`Cluster::frames_dropped`]), and a peer that takes
-//!   nothing for the peer timeout while staying connected is disconnected as a slow
-//!   consumer ([`Cluster::slow_peers_disconnected`]) and connected to afresh.
+//!   An emit never waits on one peer: each peer's send queue is bounded in bytes, and a
+//!   peer that falls behind past its budget, or takes nothing for the peer timeout while
+//!   staying connected, is disconnected as a slow consumer and connected to afresh (see
+//!   [Send queues and slow consumers](#send-queues-and-slow-consumers)).
 //! - **Node**: decides who is a member (a peer proven over the mesh, whatever gossip
 //!   says), keeps one link per member, routes incoming frames to namespaces and services,
 //!   and keeps the one ledger of requests: whom each still waits for, and what each peer
@@ -158,6 +158,45 @@
 //!    |<--------- Leave -------------|---------- Leave ------------->|
 //!    |   B is dropped at once (MembershipEvent::Left)               |
 //! ```
+//!
+//! ## Send queues and slow consumers
+//!
+//! Frames wait for a peer in its send queue while its connection takes them. The queue is
+//! bounded in bytes, as Redis bounds a pub/sub client (`client-output-buffer-limit pubsub`,
+//! 32 MB by default) and NATS a subscriber (64 MiB pending):
+//!
+//! - **Per peer**: at most 64 MiB of frames
+//!   ([`with_peer_queue_bytes`](GossipAdapterConfig::with_peer_queue_bytes),
+//!   `SOCKETIO_CLUSTER_PEER_QUEUE_BYTES`), enough for any burst a Redis deployment with its
+//!   default limits delivers: the benchmark's floods (50,000 emits of 100 bytes, 5,000 of
+//!   10 KiB, as fast as one node makes them) lose nothing.
+//! - **Per node**: at most 256 MiB for all peers together
+//!   ([`with_node_queue_bytes`](GossipAdapterConfig::with_node_queue_bytes),
+//!   `SOCKETIO_CLUSTER_NODE_QUEUE_BYTES`); a broadcast queued for every peer is held, and
+//!   counted, once.
+//!
+//! An emit never waits for room. A peer whose queue would go past its budget — it stays
+//! behind while frames for it keep coming — is disconnected as a slow consumer (NATS's
+//! rule; QUIC close code 7), as is a peer that takes nothing for the peer timeout while
+//! its connection stays alive: the frame that did not fit and those still queued for it
+//! are dropped, requests stop waiting for it, and the node connects to it afresh when it
+//! next has something for it (what it missed is not replayed). A frame that does not fit
+//! the node budget is queued for no one, and the peer whose queue holds the most is cut.
+//! Responses to other nodes' requests go through the same queues and never wait either.
+//! Every dropped frame is counted ([`Cluster::frames_dropped`], and by peer and reason in
+//! [`metrics::FRAMES_DROPPED`]: `queue_full`, `node_full`, `slow_consumer`, `peer_gone`),
+//! every cut peer too ([`Cluster::slow_peers_disconnected`]), and both are logged at a
+//! bounded rate. [`Cluster::queued_bytes`] and [`PeerStats`] show what is held now.
+//!
+//! Frames already handed to QUIC when a peer crashes are not counted: quinn tells when a
+//! *finished* stream was acknowledged, not how far an open one was, and a node's frames
+//! to a peer travel on one stream that stays open. What is in doubt is bounded: the peer's
+//! flow control lets at most its stream window (1.25 MB) be written beyond what its
+//! application has read.
+//!
+//! `with_stream_buffer` and `SOCKETIO_CLUSTER_STREAM_BUFFER`, which counted frames, are
+//! deprecated for this backend: they are still checked, a node given either logs at start
+//! that they bound nothing, and the variable still sizes the Redis backend's queue.
 //!
 //! ## One parser per cluster
 //!
@@ -270,7 +309,9 @@ pub use error::{ConfigError, Error};
 #[cfg(feature = "cluster-gossip")]
 pub use gossip::adapter::{GossipAdapter, GossipAdapterCtr};
 #[cfg(feature = "cluster-gossip")]
-pub use gossip::config::{GossipAdapterConfig, Secret};
+pub use gossip::config::{
+    DEFAULT_NODE_QUEUE_BYTES, DEFAULT_PEER_QUEUE_BYTES, GossipAdapterConfig, Secret,
+};
 #[cfg(feature = "cluster-gossip")]
 pub use gossip::membership::Member;
 #[cfg(feature = "custom-network")]

@@ -41,11 +41,13 @@
 //! cluster-wide service that waits for answers). `outcome` of a request: `answered` (every
 //! peer asked answered in full), `peer_lost` (at least one was found gone, the others
 //! answered), `timed_out` (the request timeout passed), `abandoned` (the caller stopped
-//! waiting first). `reason` of a dropped frame: `queue_full` (the peer's send queue was
-//! full), `peer_gone` (its connection closed, could not be made, or this node was leaving,
-//! with the frame still queued), `too_large` (larger than peers accept: not sent to anyone),
-//! `refused` (a frame from a peer refused for its socket.io parser, or a response it did
-//! not owe).
+//! waiting first). `reason` of a dropped frame: `queue_full` (it did not fit the peer's
+//! send queue budget, and the peer was cut as a slow consumer), `node_full` (it did not fit
+//! the node's budget for all send queues: queued for no peer), `slow_consumer` (still queued
+//! when its peer was cut as a slow consumer), `peer_gone` (its connection closed, could not
+//! be made, or this node was leaving, with the frame still queued), `too_large` (larger than
+//! peers accept: not sent to anyone), `refused` (a frame from a peer refused for its
+//! socket.io parser, or a response it did not owe).
 //!
 //! The Redis backend records only the `redis_` and `presence_` metrics: membership, links and requests are
 //! socketioxide-redis's own there.
@@ -376,8 +378,12 @@ impl FrameTally {
 /// Why a frame was given up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DropReason {
-    /// The peer's send queue was full.
+    /// It did not fit the peer's send budget (the peer is cut as a slow consumer).
     QueueFull,
+    /// It did not fit the node's send budget: queued for no peer.
+    NodeFull,
+    /// Still queued when its peer was cut as a slow consumer.
+    SlowConsumer,
     /// Its connection closed, could not be made, or this node was leaving.
     PeerGone,
     /// Larger than peers accept.
@@ -391,6 +397,8 @@ impl DropReason {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
+            Self::NodeFull => "node_full",
+            Self::SlowConsumer => "slow_consumer",
             Self::PeerGone => "peer_gone",
             Self::TooLarge => "too_large",
             Self::Refused => "refused",

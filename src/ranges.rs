@@ -76,12 +76,42 @@ pub(crate) const ACK_RESPONSE_BUFFER: Setting<usize> = Setting {
     max: 1_000_000,
 };
 
-/// Frames queued per peer (gossip), or messages queued per channel (Redis).
+/// Messages queued per channel (Redis); for gossip, checked but no longer used (its peer
+/// queues are bounded in bytes: [`PEER_QUEUE_BYTES`]).
 pub(crate) const STREAM_BUFFER: Setting<usize> = Setting {
     method: "with_stream_buffer",
     var: "SOCKETIO_CLUSTER_STREAM_BUFFER",
     min: 1,
     max: 1_000_000,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+/// `n` bytes as a `usize`, at most what a tokio semaphore holds (the byte budgets are
+/// semaphores of bytes; on 64-bit targets far above any of these bounds).
+const fn bytes(n: u64) -> usize {
+    let max = tokio::sync::Semaphore::MAX_PERMITS as u64;
+    (if n < max { n } else { max }) as usize
+}
+
+/// Bytes of frames waiting for one peer (gossip): below 64 KiB a few ordinary frames fill
+/// it; 4 GiB is beyond any burst a peer should be held for. It must also hold the largest
+/// frame ([`MAX_FRAME_SIZE`]), checked with the other settings.
+pub(crate) const PEER_QUEUE_BYTES: Setting<usize> = Setting {
+    method: "with_peer_queue_bytes",
+    var: "SOCKETIO_CLUSTER_PEER_QUEUE_BYTES",
+    min: bytes(64 * 1024),
+    max: bytes(4096 * MIB),
+};
+
+/// Bytes of frames waiting for all peers of a node together (gossip), each frame counted
+/// once: it must hold one peer's budget, checked with the other settings; 64 GiB is beyond
+/// any node's memory for queues.
+pub(crate) const NODE_QUEUE_BYTES: Setting<usize> = Setting {
+    method: "with_node_queue_bytes",
+    var: "SOCKETIO_CLUSTER_NODE_QUEUE_BYTES",
+    min: bytes(64 * 1024),
+    max: bytes(64 * 1024 * MIB),
 };
 
 /// How a value of a setting is shown in an error.
@@ -115,6 +145,25 @@ impl<T: Shown> Setting<T> {
             || format!("{builder}::{} ({})", self.method, self.var),
             value,
         )
+    }
+
+    /// As [`check`](Self::check), with the smallest value raised to `min` (set by another
+    /// setting, which `why` names, shown with the range).
+    pub(crate) fn check_at_least(
+        &self,
+        builder: &str,
+        value: T,
+        min: T,
+        why: &str,
+    ) -> Result<T, ConfigError> {
+        if min > self.min && value < min {
+            return Err(ConfigError::OutOfRange {
+                setting: format!("{builder}::{} ({})", self.method, self.var),
+                value: value.show(),
+                range: format!("{} ({why}) ..= {}", min.show(), self.max.show()),
+            });
+        }
+        self.check(builder, value)
     }
 
     /// `value`, read from the environment variable, if it is in range.
@@ -205,12 +254,58 @@ mod tests {
             assert!(s.check_var(s.min - ms(1)).is_err(), "{s}");
             assert!(s.check_var(s.max + ms(1)).is_err(), "{s}");
         }
-        for s in [MAX_FRAME_SIZE, ACK_RESPONSE_BUFFER, STREAM_BUFFER] {
+        for s in [
+            MAX_FRAME_SIZE,
+            ACK_RESPONSE_BUFFER,
+            STREAM_BUFFER,
+            PEER_QUEUE_BYTES,
+            NODE_QUEUE_BYTES,
+        ] {
             assert_eq!(s.check_var(s.min).unwrap(), s.min);
             assert_eq!(s.check_var(s.max).unwrap(), s.max);
             assert!(s.check_var(s.min - 1).is_err(), "{s}");
             assert!(s.check_var(s.max + 1).is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn the_byte_budgets_have_their_ranges() {
+        assert_eq!(
+            (PEER_QUEUE_BYTES.min, PEER_QUEUE_BYTES.max),
+            (64 * 1024, 4 << 30)
+        );
+        assert_eq!(
+            (NODE_QUEUE_BYTES.min, NODE_QUEUE_BYTES.max),
+            (64 * 1024, 64 << 30)
+        );
+        let e = PEER_QUEUE_BYTES.check_var(1000).unwrap_err().to_string();
+        assert!(
+            e.contains("SOCKETIO_CLUSTER_PEER_QUEUE_BYTES") && e.contains("65536 ..= 4294967296"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_minimum_set_by_another_setting_is_named_with_the_range() {
+        let check = |v| PEER_QUEUE_BYTES.check_at_least("B", v, 1 << 20, "the largest frame");
+        assert_eq!(check(1 << 20).unwrap(), 1 << 20);
+        let e = check((1 << 20) - 1).unwrap_err().to_string();
+        assert!(
+            e.contains("B::with_peer_queue_bytes (SOCKETIO_CLUSTER_PEER_QUEUE_BYTES)")
+                && e.contains("1048576 (the largest frame) ..= 4294967296"),
+            "{e}"
+        );
+        // A minimum below the setting's own leaves its own range in force.
+        let e = PEER_QUEUE_BYTES
+            .check_at_least("B", 10, 1, "nothing")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("65536 ..= "), "{e}");
+        assert!(
+            PEER_QUEUE_BYTES
+                .check_at_least("B", (4 << 30) + 1, 1, "x")
+                .is_err()
+        );
     }
 
     #[test]

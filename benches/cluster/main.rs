@@ -37,8 +37,9 @@ use procs::{Node, cpu_seconds, memory_mib};
 
 /// Real WebSocket clients on every node.
 const CLIENTS_PER_NODE: usize = 2;
-/// Per-socket buffer (`max_buffer_size`), Redis subscriber queue and the mesh's send queue to
-/// each peer, in every setup: larger than any burst, so that a queue is not what is measured.
+/// Per-socket buffer (`max_buffer_size`) and Redis subscriber queue, in every setup: larger
+/// than any burst, so that a socket's or Redis's queue is not what is measured. The mesh's
+/// send queues keep their defaults (bounded in bytes), which hold every burst of the plan.
 const BUFFER: usize = 200_000;
 
 /// How much of everything to run.

@@ -81,7 +81,6 @@ async fn run() -> Result<(), BoxError> {
                 .with_gossip_addr("127.0.0.1:0".parse()?)
                 .with_mesh_addr("127.0.0.1:0".parse()?)
                 .with_gossip_interval(Duration::from_millis(50))
-                .with_stream_buffer(buffer)
                 .with_secret("8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7");
             if !peer.is_empty() {
                 config = config.with_seeds([peer]);

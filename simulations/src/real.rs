@@ -192,7 +192,7 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
     let (healthy, victim) = nodes.split_at(n - 1);
     let victim = &victim[0];
     let mut id = 0;
-    let mut phase = |evicted: &mut Option<Duration>, peak_rss: &mut u64| {
+    let mut phase = |evicted: &mut Option<Duration>, peak_rss: &mut u64, peak_queued: &mut u64| {
         let (start, first) = (Instant::now(), id + 1);
         // Paced by the clock, not by the sleeps (which overshoot on a loaded machine): by
         // the end of the phase exactly the offered rate was asked for.
@@ -216,6 +216,9 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
                 *evicted = Some(start.elapsed());
             }
             *peak_rss = (*peak_rss).max(resident_bytes());
+            for h in healthy {
+                *peak_queued = (*peak_queued).max(h.handle.cluster.queued_bytes() as u64);
+            }
         }
         // Room for the last ones to arrive.
         std::thread::sleep(Duration::from_millis(500));
@@ -228,14 +231,14 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
             .count();
         delivered as f64 / phase_secs
     };
-    let (mut never, mut rss_before) = (Some(Duration::ZERO), 0);
-    let before = phase(&mut never, &mut rss_before);
+    let (mut never, mut rss_before, mut queued_before) = (Some(Duration::ZERO), 0, 0);
+    let before = phase(&mut never, &mut rss_before, &mut queued_before);
     // Block the victim's only worker: it stops reading, its sockets stay open.
     victim
         .rt
         .spawn(async { std::thread::sleep(SLOW_PEER_PHASE + Duration::from_secs(1)) });
-    let (mut evicted, mut rss_during) = (None, 0);
-    let during = phase(&mut evicted, &mut rss_during);
+    let (mut evicted, mut rss_during, mut peak_queued) = (None, 0, 0);
+    let during = phase(&mut evicted, &mut rss_during, &mut peak_queued);
     let dropped = healthy
         .iter()
         .map(|h| h.handle.cluster.frames_dropped())
@@ -247,6 +250,7 @@ pub fn slow_peer(n: usize, timings: Timings) -> anyhow::Result<SlowPeer> {
         dropped,
         evicted,
         memory_growth: Some(rss_during.saturating_sub(rss_before)),
+        peak_queued,
     })
 }
 

@@ -215,6 +215,10 @@ impl Row for SlowPeer {
                 self.memory_growth
                     .map_or(Value::Never, |b| Value::Count(b / 1024)),
             ),
+            (
+                "most queued by a node during the hang (KiB)",
+                Value::Count(self.peak_queued / 1024),
+            ),
         ]
     }
     fn plotted(&self) -> (&'static str, Vec<&'static str>) {

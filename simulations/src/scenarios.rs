@@ -345,6 +345,9 @@ pub struct SlowPeer {
     pub evicted: Option<Duration>,
     /// Growth of the process's resident memory while the node hung (real-socket mode only).
     pub memory_growth: Option<u64>,
+    /// The most bytes any healthy node held in its send queues while the node hung
+    /// (sampled every tick; at most the peer budget for the hung node, 64 MiB by default).
+    pub peak_queued: u64,
 }
 
 impl SlowPeer {
@@ -368,6 +371,7 @@ pub fn slow_peer(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(SlowP
     let victim = n - 1;
     let healthy: Vec<usize> = (0..victim).collect();
     let mut id = 0;
+    let mut peak_queued = 0;
     let mut phase = |w: &mut World, evicted: &mut Option<Duration>| -> anyhow::Result<f64> {
         let (start, first) = (w.now(), id + 1);
         while w.now() - start < SLOW_PEER_PHASE {
@@ -376,6 +380,10 @@ pub fn slow_peer(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(SlowP
                 w.broadcast(0, id);
             }
             w.run_for(SLOW_PEER_EVERY)?;
+            for &i in &healthy {
+                let queued = w.node(i).map_or(0, |h| h.cluster.queued_bytes());
+                peak_queued = peak_queued.max(queued as u64);
+            }
             if evicted.is_none() && w.sees_exactly(&healthy) {
                 *evicted = Some(w.now() - start);
             }
@@ -405,6 +413,7 @@ pub fn slow_peer(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(SlowP
             dropped,
             evicted,
             memory_growth: None,
+            peak_queued,
         },
         w.trace(),
     ))

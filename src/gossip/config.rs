@@ -6,9 +6,18 @@ pub use crate::gossip::keys::Secret;
 use crate::{
     error::ConfigError,
     gossip::mesh::TlsFiles,
-    gossip::wire::DEFAULT_MAX_FRAME_SIZE,
+    gossip::wire::{DEFAULT_MAX_FRAME_SIZE, LEN_PREFIX},
     ranges::{self, env_count, env_ms},
 };
+
+/// Default budget of one peer's send queue, in bytes: 64 MiB, NATS's slow-consumer limit,
+/// and twice Redis's `client-output-buffer-limit pubsub` hard limit (32 MB), so that any
+/// burst a Redis deployment with its default limits delivers is held.
+pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default budget of all the send queues of a node together, in bytes (a frame queued for
+/// several peers counted once): 256 MiB, four peers' budgets.
+pub const DEFAULT_NODE_QUEUE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How nodes prove to each other that they belong to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +57,11 @@ pub struct GossipAdapterConfig {
     pub(crate) auth: Auth,
     pub(crate) request_timeout: Duration,
     pub(crate) ack_response_buffer: usize,
-    pub(crate) stream_buffer: usize,
+    /// Set by the deprecated `with_stream_buffer` or `SOCKETIO_CLUSTER_STREAM_BUFFER`:
+    /// checked, and bounds nothing.
+    pub(crate) stream_buffer: Option<usize>,
+    pub(crate) peer_queue_bytes: usize,
+    pub(crate) node_queue_bytes: usize,
     pub(crate) gossip_interval: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) peer_timeout: Duration,
@@ -70,7 +83,9 @@ impl Default for GossipAdapterConfig {
             auth: Auth::Missing,
             request_timeout: Duration::from_secs(5),
             ack_response_buffer: 255,
-            stream_buffer: 1024,
+            stream_buffer: None,
+            peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
+            node_queue_bytes: DEFAULT_NODE_QUEUE_BYTES,
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             peer_timeout: Duration::from_secs(2),
@@ -184,10 +199,45 @@ impl GossipAdapterConfig {
         self
     }
 
-    /// Capacity of the outgoing queue to each peer, in frames. Default 1024; 1 to
-    /// 1,000,000.
+    /// Formerly the capacity of the outgoing queue to each peer, in frames. The queues are
+    /// bounded in bytes now ([`with_peer_queue_bytes`](Self::with_peer_queue_bytes),
+    /// [`with_node_queue_bytes`](Self::with_node_queue_bytes)): the value is still checked
+    /// (1 to 1,000,000) and a warning logged at start, but it bounds nothing.
+    #[deprecated(
+        note = "peer send queues are bounded in bytes: use with_peer_queue_bytes (default \
+                64 MiB) and with_node_queue_bytes (default 256 MiB); this value bounds nothing"
+    )]
     pub fn with_stream_buffer(mut self, buffer: usize) -> Self {
-        self.stream_buffer = buffer;
+        self.stream_buffer = Some(buffer);
+        self
+    }
+
+    /// Most bytes of frames waiting to be sent to one peer. Default 64 MiB
+    /// ([`DEFAULT_PEER_QUEUE_BYTES`]); 64 KiB to 4 GiB, and at least the largest frame
+    /// ([`with_max_frame_size`](Self::with_max_frame_size)).
+    ///
+    /// An emit never waits for a peer. A peer whose queue would go past this budget (it
+    /// stays behind while frames for it keep coming) is disconnected as a slow consumer, as
+    /// Redis cuts a pub/sub client past its `client-output-buffer-limit` and NATS a slow
+    /// consumer past its pending limit: the frame that did not fit and those still queued
+    /// are dropped and counted ([`Cluster::frames_dropped`](crate::Cluster::frames_dropped),
+    /// metric reasons `queue_full` and `slow_consumer`), requests stop waiting for it, and the
+    /// node connects to it afresh for its next frame.
+    pub fn with_peer_queue_bytes(mut self, bytes: usize) -> Self {
+        self.peer_queue_bytes = bytes;
+        self
+    }
+
+    /// Most bytes of frames waiting to be sent to all peers together, a frame queued for
+    /// several peers (a broadcast) counted once. Default 256 MiB
+    /// ([`DEFAULT_NODE_QUEUE_BYTES`]); 64 KiB to 64 GiB, and at least the peer budget
+    /// ([`with_peer_queue_bytes`](Self::with_peer_queue_bytes)).
+    ///
+    /// A frame that does not fit is queued for no peer (counted, metric reason
+    /// `node_full`), and the peer whose queue holds the most bytes is disconnected as a slow
+    /// consumer, which frees its queue.
+    pub fn with_node_queue_bytes(mut self, bytes: usize) -> Self {
+        self.node_queue_bytes = bytes;
         self
     }
 
@@ -286,7 +336,9 @@ impl GossipAdapterConfig {
     /// | `SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS` | longest wait to join at start, 0 to 600,000 |
     /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes, 1,024 to 67,108,864 |
     /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer, 1 to 1,000,000 |
-    /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | per-peer queue, 1 to 1,000,000 |
+    /// | `SOCKETIO_CLUSTER_PEER_QUEUE_BYTES` | bytes queued for one peer at most, 65,536 to 4,294,967,296 |
+    /// | `SOCKETIO_CLUSTER_NODE_QUEUE_BYTES` | bytes queued for all peers at most, 65,536 to 68,719,476,736 |
+    /// | `SOCKETIO_CLUSTER_STREAM_BUFFER` | deprecated for this backend (it sizes the Redis backend's queue): checked, 1 to 1,000,000, logged at start, bounds nothing |
     /// | `SOCKETIO_CLUSTER_TLS_CA`, `SOCKETIO_CLUSTER_TLS_CERT`, `SOCKETIO_CLUSTER_TLS_KEY` | cluster-CA mode: the three PEM files of [`with_tls_ca`](Self::with_tls_ca), all three or none |
     ///
     /// A value that does not parse, or a number outside its range, is an error naming the
@@ -370,7 +422,13 @@ impl GossipAdapterConfig {
             c.ack_response_buffer = n;
         }
         if let Some(n) = env_count(&ranges::STREAM_BUFFER, get)? {
-            c.stream_buffer = n;
+            c.stream_buffer = Some(n);
+        }
+        if let Some(n) = env_count(&ranges::PEER_QUEUE_BYTES, get)? {
+            c.peer_queue_bytes = n;
+        }
+        if let Some(n) = env_count(&ranges::NODE_QUEUE_BYTES, get)? {
+            c.node_queue_bytes = n;
         }
         c.tls = tls_from(&get)?;
         Ok(c)
@@ -386,8 +444,42 @@ impl GossipAdapterConfig {
         ranges::JOIN_TIMEOUT.check(B, self.join_timeout)?;
         ranges::MAX_FRAME_SIZE.check(B, self.max_frame_size)?;
         ranges::ACK_RESPONSE_BUFFER.check(B, self.ack_response_buffer)?;
-        ranges::STREAM_BUFFER.check(B, self.stream_buffer)?;
+        if let Some(n) = self.stream_buffer {
+            ranges::STREAM_BUFFER.check(B, n)?;
+        }
+        // A peer's queue holds the largest frame; the node's, one peer's queue.
+        ranges::PEER_QUEUE_BYTES.check_at_least(
+            B,
+            self.peer_queue_bytes,
+            self.max_frame_size + LEN_PREFIX,
+            "the largest frame (with_max_frame_size) with its length prefix",
+        )?;
+        ranges::NODE_QUEUE_BYTES.check_at_least(
+            B,
+            self.node_queue_bytes,
+            self.peer_queue_bytes,
+            "the peer budget (with_peer_queue_bytes)",
+        )?;
         Ok(())
+    }
+
+    /// What the configuration asks for that no longer has an effect, each as the line to
+    /// log at start.
+    pub(crate) fn deprecations(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(n) = self.stream_buffer {
+            lines.push(format!(
+                "the stream buffer ({n}, GossipAdapterConfig::with_stream_buffer or \
+                 SOCKETIO_CLUSTER_STREAM_BUFFER) no longer bounds the gossip backend's peer \
+                 queues, which are bounded in bytes: {} bytes per peer \
+                 (with_peer_queue_bytes, SOCKETIO_CLUSTER_PEER_QUEUE_BYTES) and {} for all \
+                 peers (with_node_queue_bytes, SOCKETIO_CLUSTER_NODE_QUEUE_BYTES); a peer past \
+                 its budget is disconnected as a slow consumer. The variable still sizes the \
+                 Redis backend's queue.",
+                self.peer_queue_bytes, self.node_queue_bytes
+            ));
+        }
+        lines
     }
 }
 
@@ -531,7 +623,7 @@ mod tests {
         assert_eq!(c.gossip_interval, Duration::from_millis(10));
         assert_eq!(
             (c.max_frame_size, c.ack_response_buffer, c.stream_buffer),
-            (1024, 1, 1_000_000)
+            (1024, 1, Some(1_000_000))
         );
         c.check_ranges().expect("the ends of the ranges are fine");
         GossipAdapterConfig::new()
@@ -540,6 +632,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)]
     fn builder_values_outside_their_range_name_the_method() {
         type C = GossipAdapterConfig;
         let cases: [(C, &str); 6] = [
@@ -570,6 +663,115 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_send_queues_are_bounded_in_bytes_by_default() {
+        let c = GossipAdapterConfig::new();
+        assert_eq!(c.peer_queue_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.node_queue_bytes, 256 * 1024 * 1024);
+        assert_eq!(DEFAULT_PEER_QUEUE_BYTES, 64 * 1024 * 1024);
+        assert_eq!(DEFAULT_NODE_QUEUE_BYTES, 256 * 1024 * 1024);
+        // At least Redis's default pub/sub hard limit (32 MB), and the largest frame.
+        assert!(c.peer_queue_bytes >= 32 * 1024 * 1024);
+        assert!(c.peer_queue_bytes >= c.max_frame_size + LEN_PREFIX);
+        assert_eq!(c.stream_buffer, None);
+        assert!(c.deprecations().is_empty());
+        c.check_ranges().expect("the defaults are in range");
+    }
+
+    #[test]
+    fn the_byte_budgets_are_read_from_the_environment_and_checked() {
+        let c = from(&[
+            ("SOCKETIO_CLUSTER_PEER_QUEUE_BYTES", "1048576"),
+            ("SOCKETIO_CLUSTER_MAX_FRAME_SIZE", "65536"),
+            ("SOCKETIO_CLUSTER_NODE_QUEUE_BYTES", "8388608"),
+        ])
+        .unwrap();
+        assert_eq!((c.peer_queue_bytes, c.node_queue_bytes), (1 << 20, 8 << 20));
+        c.check_ranges().unwrap();
+        for (var, bad) in [
+            ("SOCKETIO_CLUSTER_PEER_QUEUE_BYTES", "65535"),
+            ("SOCKETIO_CLUSTER_PEER_QUEUE_BYTES", "4294967297"),
+            ("SOCKETIO_CLUSTER_PEER_QUEUE_BYTES", "-1"),
+            ("SOCKETIO_CLUSTER_NODE_QUEUE_BYTES", "0"),
+            ("SOCKETIO_CLUSTER_NODE_QUEUE_BYTES", "68719476737"),
+            ("SOCKETIO_CLUSTER_NODE_QUEUE_BYTES", "lots"),
+        ] {
+            let e = from(&[(var, bad)]).unwrap_err().to_string();
+            assert!(e.contains(var), "{var}={bad}: {e}");
+        }
+        // A peer budget that cannot hold the largest frame, a node budget that cannot hold
+        // one peer's: refused at start, naming the setting and the one that bounds it.
+        type C = GossipAdapterConfig;
+        let e = C::new()
+            .with_peer_queue_bytes(1 << 20)
+            .check_ranges()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GossipAdapterConfig::with_peer_queue_bytes")
+                && e.contains("SOCKETIO_CLUSTER_PEER_QUEUE_BYTES")
+                && e.contains("with_max_frame_size")
+                && e.contains("16777220"),
+            "{e}"
+        );
+        let e = C::new()
+            .with_node_queue_bytes(32 << 20)
+            .check_ranges()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GossipAdapterConfig::with_node_queue_bytes")
+                && e.contains("with_peer_queue_bytes")
+                && e.contains("67108864"),
+            "{e}"
+        );
+        C::new()
+            .with_max_frame_size(1024)
+            .with_peer_queue_bytes(64 * 1024)
+            .with_node_queue_bytes(64 * 1024)
+            .check_ranges()
+            .expect("the smallest budgets, with small frames");
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_stream_buffer_is_still_checked_and_its_use_is_told() {
+        // From the environment: still checked, kept, and told at start.
+        let e = from(&[("SOCKETIO_CLUSTER_STREAM_BUFFER", "0")]).unwrap_err();
+        assert!(
+            e.to_string().contains("SOCKETIO_CLUSTER_STREAM_BUFFER"),
+            "{e}"
+        );
+        let c = from(&[("SOCKETIO_CLUSTER_STREAM_BUFFER", "500")]).unwrap();
+        assert_eq!(c.stream_buffer, Some(500));
+        c.check_ranges()
+            .expect("a value in its range is still accepted");
+        let told = c.deprecations();
+        assert_eq!(told.len(), 1, "{told:?}");
+        for words in [
+            "SOCKETIO_CLUSTER_STREAM_BUFFER",
+            "with_stream_buffer",
+            "no longer bounds",
+            "SOCKETIO_CLUSTER_PEER_QUEUE_BYTES",
+            "SOCKETIO_CLUSTER_NODE_QUEUE_BYTES",
+            "67108864",
+            "slow consumer",
+        ] {
+            assert!(told[0].contains(words), "{words}: {}", told[0]);
+        }
+        // From the builder: the same, and the queues keep their byte budgets.
+        let c = GossipAdapterConfig::new().with_stream_buffer(10);
+        assert_eq!(c.deprecations().len(), 1);
+        assert_eq!(c.peer_queue_bytes, DEFAULT_PEER_QUEUE_BYTES);
+        c.check_ranges().unwrap();
+        assert!(
+            GossipAdapterConfig::new()
+                .with_stream_buffer(0)
+                .check_ranges()
+                .is_err()
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@
 //! | `remote_emit_with_ack`  | `{sid, event?, data?, timeout_ms?}`                  | `{data}`                   |
 //! | `rooms`                 | -                                                    | `{rooms}` of the namespace, cluster-wide |
 //! | `members`               | -                                                    | `{count, names}` of the other live nodes |
-//! | `emit_seq`              | `{count, event, to?}`                                | `{sent}`, after emitting `0..count` in order |
+//! | `emit_seq`              | `{count, event, to?, pad?}`                          | `{sent}`, after emitting `0..count` in order (with `pad` characters as a second argument) |
 //! | `disconnect_all`        | `{to?, except?}`                                     | `{ok}`                     |
 //! | `presence_track`        | `{topic, key, meta?}`                                | `{ok}`, the socket tracked (cluster-wide presence; it then gets `presence_state` and `presence_diff` events) |
 //! | `presence_list`         | topic                                                | `{key: [{node, socket, meta}]}` from this node's replica |

@@ -24,6 +24,8 @@ use crate::{
 
 /// Upper bound of `emit_seq` (keeps a single request bounded).
 const MAX_SEQ: u64 = 100_000;
+/// Upper bound of the padding of an `emit_seq` event.
+const MAX_PAD: usize = 64 * 1024;
 
 /// Emits `data` (plus the binary attachment, if any) with the given operators.
 async fn emit_payload<A: Adapter>(
@@ -238,12 +240,18 @@ pub(crate) async fn on_emit_seq<A: Adapter>(
         if req.count > MAX_SEQ {
             return Err(format!("count must be at most {MAX_SEQ}"));
         }
+        if req.pad > MAX_PAD {
+            return Err(format!("pad must be at most {MAX_PAD}"));
+        }
         let op = ns_op(&io, &socket)?.to(Rooms::list(req.to));
+        let pad = "x".repeat(req.pad);
         for i in 0..req.count {
-            op.clone()
-                .emit(&req.event, &i)
-                .await
-                .map_err(|e| format!("emit #{i} failed: {e}"))?;
+            let sent = if pad.is_empty() {
+                op.clone().emit(&req.event, &i).await
+            } else {
+                op.clone().emit(&req.event, &(i, &pad)).await
+            };
+            sent.map_err(|e| format!("emit #{i} failed: {e}"))?;
         }
         Ok(json!({ "sent": req.count }))
     };

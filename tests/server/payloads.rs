@@ -86,6 +86,9 @@ pub(crate) struct EmitSeqReq {
     #[serde(default = "default_seq_event")]
     pub(crate) event: String,
     pub(crate) to: Option<Rooms>,
+    /// Characters of padding sent as a second argument of each event (none by default).
+    #[serde(default)]
+    pub(crate) pad: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,7 +30,7 @@ use crate::{
     gossip::config::GossipAdapterConfig,
     gossip::node::{Cluster, NamespaceHandler, Node, Pending, To},
     gossip::peer::PeerId,
-    gossip::wire::{self, AckResult, Frame, Id, RequestKind, Response, ResponseBody},
+    gossip::wire::{self, AckResult, Frame, Id, RequestKind, ResponseBody},
     init::InitRes,
 };
 
@@ -319,8 +319,7 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
             Err(e) => {
                 tracing::warn!(peer = %from, %ns, "request dropped: {e}");
                 if req.kind.expects_response() {
-                    self.node
-                        .respond_later(from, req.id, ResponseBody::NotHosted);
+                    self.node.respond(from, req.id, ResponseBody::NotHosted);
                 }
                 return Ok(());
             }
@@ -343,20 +342,13 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                 let node = self.node.clone();
                 let to = from.clone();
                 let id = req.id;
+                // The count first: the requester then knows how many acks to wait for.
+                self.node.respond(from, id, ResponseBody::AckCount(count));
                 self.node.spawn(async move {
-                    // The count first: the requester then knows how many acks to wait for.
-                    node.respond(
-                        &to,
-                        Response {
-                            id,
-                            body: ResponseBody::AckCount(count),
-                        },
-                    )
-                    .await;
                     let mut acks = std::pin::pin!(acks);
                     while let Some((sid, res)) = acks.next().await {
                         let body = ResponseBody::Ack(convert::id(sid), ack_result(res));
-                        node.respond(&to, Response { id, body }).await;
+                        node.respond(&to, id, body);
                     }
                 });
             }
@@ -364,7 +356,7 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                 if let Err(e) = self.local.disconnect_socket(opts) {
                     tracing::warn!(peer = %from, %ns, "remote disconnect: {e:?}");
                 }
-                self.node.respond_later(from, req.id, ResponseBody::Done);
+                self.node.respond(from, req.id, ResponseBody::Done);
             }
             RequestKind::AllRooms => {
                 let rooms = self
@@ -373,16 +365,15 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     .into_iter()
                     .map(|r| r.to_string())
                     .collect();
-                self.node
-                    .respond_later(from, req.id, ResponseBody::Rooms(rooms));
+                self.node.respond(from, req.id, ResponseBody::Rooms(rooms));
             }
             RequestKind::AddSockets(rooms) => {
                 self.local.add_sockets(opts, convert::rooms_from(rooms));
-                self.node.respond_later(from, req.id, ResponseBody::Done);
+                self.node.respond(from, req.id, ResponseBody::Done);
             }
             RequestKind::DelSockets(rooms) => {
                 self.local.del_sockets(opts, convert::rooms_from(rooms));
-                self.node.respond_later(from, req.id, ResponseBody::Done);
+                self.node.respond(from, req.id, ResponseBody::Done);
             }
             RequestKind::FetchSockets => {
                 let sockets = self
@@ -392,7 +383,7 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     .map(convert::socket)
                     .collect();
                 self.node
-                    .respond_later(from, req.id, ResponseBody::Sockets(sockets));
+                    .respond(from, req.id, ResponseBody::Sockets(sockets));
             }
         }
         Ok(())

@@ -15,6 +15,7 @@
 mod admission;
 pub(crate) mod auth;
 mod links;
+mod queue;
 #[cfg(target_os = "linux")]
 mod recverr;
 mod tls;
@@ -30,13 +31,13 @@ use std::{
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
 use crate::metrics::{DropReason, FrameTally, MeshMetrics};
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
+pub(crate) use queue::{Budgets, Charged, Cut, SendError, Sender};
 pub(crate) use tls::TlsFiles;
 
 /// Close code: the peer left the cluster on purpose. Not 0: quinn closes a connection whose
@@ -52,7 +53,8 @@ pub(crate) const CLOSE_UNUSED: u32 = 3;
 /// [`Inbound::on_peer_connected`]).
 pub(crate) const CLOSE_REFUSED: u32 = 5;
 /// Close code: the peer took no byte of what was sent to it for the peer timeout while its
-/// connection stayed alive (a slow consumer, as NATS calls it).
+/// connection stayed alive, or fell so far behind that its send queue went past its byte
+/// budget (a slow consumer, as NATS calls it).
 pub(crate) const CLOSE_SLOW: u32 = 7;
 
 /// Largest [`Hello`] accepted.
@@ -210,7 +212,8 @@ pub(crate) struct Mesh {
     me: Hello,
     max_frame_size: usize,
     peer_timeout: Duration,
-    queue: usize,
+    /// The byte budgets of the send queues.
+    budgets: Arc<Budgets>,
     /// Frames given up on in send queues, and links closed as slow consumers.
     counters: Arc<Counters>,
     /// Numbers the connections.
@@ -256,7 +259,7 @@ impl Mesh {
         ca: Option<&TlsFiles>,
         max_frame_size: usize,
         peer_timeout: Duration,
-        queue: usize,
+        budgets: Arc<Budgets>,
     ) -> Result<Self, MeshError> {
         let (server_crypto, client_crypto) = tls::configs(ca).map_err(|e| match e {
             tls::TlsError::File { path, reason } => MeshError::TlsFile { path, reason },
@@ -314,7 +317,7 @@ impl Mesh {
             },
             max_frame_size,
             peer_timeout,
-            queue,
+            budgets,
             counters: Arc::new(Counters::new(MeshMetrics::new(&"".into()))),
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
@@ -352,12 +355,13 @@ impl Mesh {
     }
 
     /// Frames that were still queued for a peer when its connection closed or could not be
-    /// made.
+    /// made, or when it was cut as a slow consumer.
     pub(crate) fn frames_dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
     }
 
-    /// Outgoing links closed because their peer took nothing for the peer timeout.
+    /// Outgoing links closed as slow consumers: their peer took nothing for the peer
+    /// timeout, or its send queue went past its budget.
     pub(crate) fn slow_peers_disconnected(&self) -> u64 {
         self.counters.slow.load(Ordering::Relaxed)
     }
@@ -365,13 +369,24 @@ impl Mesh {
     /// A new send queue for an outgoing connection to `peer`, to hand to
     /// [`Mesh::connect_with`]: frames may be queued in it while the connection is made.
     pub(crate) fn queue(&self, peer: &Arc<str>) -> (Sender, Queue) {
-        let (tx, rx) = mpsc::channel(self.queue);
+        let (tx, rx) = self.budgets.queue(peer.clone());
         let queue = Queue {
             rx,
             counters: self.counters.clone(),
-            peer: peer.clone(),
         };
-        (Sender(tx), queue)
+        (tx, queue)
+    }
+
+    /// Take the node budget for an encoded frame, to queue it for one peer or several
+    /// ([`Sender::try_send`]); fails when it does not fit (then the queue holding the most
+    /// bytes is cut as a slow consumer).
+    pub(crate) fn charge(&self, frame: Bytes) -> Result<Charged, SendError> {
+        self.budgets.charge(frame)
+    }
+
+    /// Bytes queued for all peers, each frame counted once.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.budgets.node_bytes()
     }
 
     /// The bound address.
@@ -655,6 +670,7 @@ impl Mesh {
                 id,
                 addrs,
                 tx,
+                budgets: self.budgets.clone(),
             },
         ))
     }
@@ -720,20 +736,22 @@ fn exporter(conn: &Connection) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// This node's outgoing connection to one peer, with its bounded send queue.
+/// This node's outgoing connection to one peer, with its send queue (bounded in bytes).
 #[derive(Clone)]
 pub(crate) struct Link {
     conn: Connection,
     id: ConnId,
     addrs: PeerAddrs,
     tx: Sender,
+    budgets: Arc<Budgets>,
 }
 
 /// What the mesh counts of its send queues, and records.
 struct Counters {
-    /// Frames left in a send queue when it went (its connection closed, or was never made).
+    /// Frames left in a send queue when it went (its connection closed, was never made, or
+    /// was cut as a slow consumer).
     dropped: AtomicU64,
-    /// Links closed because their peer took nothing for the peer timeout.
+    /// Links closed as slow consumers.
     slow: AtomicU64,
     metrics: MeshMetrics,
 }
@@ -747,94 +765,45 @@ impl Counters {
         }
     }
 
-    /// `n` frames queued for `peer` lost with its connection.
-    fn lost(&self, peer: &Arc<str>, n: usize) {
+    /// `n` frames queued for `peer` lost for `reason`.
+    fn lost(&self, peer: &Arc<str>, n: usize, reason: DropReason) {
         self.dropped.fetch_add(n as u64, Ordering::Relaxed);
-        self.metrics
-            .drops
-            .record(peer, DropReason::PeerGone, n as u64);
+        self.metrics.drops.record(peer, reason, n as u64);
     }
 }
 
 /// The receiving end of a send queue (see [`Mesh::queue`]). The frames still in it when it
-/// is dropped are counted as dropped.
+/// is dropped are counted as dropped: as lost with a slow consumer if it was cut, else as
+/// lost with their peer.
 pub(crate) struct Queue {
-    rx: mpsc::Receiver<Bytes>,
+    rx: queue::Receiver,
     counters: Arc<Counters>,
-    /// Whom it is for.
-    peer: Arc<str>,
 }
 
 impl Queue {
-    /// Take no more frames; how many are still queued.
+    /// Take no more frames and drop those queued, counting them; how many.
     fn close(&mut self) -> usize {
-        self.rx.close();
-        self.rx.len()
+        let left = self.rx.close();
+        let reason = match self.rx.was_cut() {
+            Some(_) => DropReason::SlowConsumer,
+            None => DropReason::PeerGone,
+        };
+        self.counters.lost(self.rx.peer(), left, reason);
+        left
     }
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        let left = self.close();
-        self.counters.lost(&self.peer, left);
+        self.close();
     }
-}
-
-/// Queues frames for one outgoing connection, open or being made.
-#[derive(Clone)]
-pub(crate) struct Sender(mpsc::Sender<Bytes>);
-
-impl Sender {
-    /// Queue an encoded frame, waiting at most `wait` for room.
-    pub(crate) async fn send(&self, frame: Bytes, wait: Duration) -> Result<(), SendError> {
-        match self.0.send_timeout(frame, wait).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::Full),
-        }
-    }
-
-    /// Queue an encoded frame if there is room now.
-    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
-        self.0.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-        })
-    }
-
-    /// Whether the queue takes no more frames (its connection closed or was never made).
-    pub(crate) fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
-
-    /// A queue of `capacity` frames read by hand, for tests of what fills queues.
-    #[cfg(test)]
-    pub(crate) fn channel(capacity: usize) -> (Sender, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Sender(tx), rx)
-    }
-
-    /// How many frames wait in the queue.
-    pub(crate) fn depth(&self) -> usize {
-        self.0.max_capacity() - self.0.capacity()
-    }
-}
-
-/// Why a frame was not queued.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SendError {
-    /// The connection is closed.
-    #[error("connection closed")]
-    Closed,
-    /// The queue stayed full.
-    #[error("send queue full")]
-    Full,
 }
 
 impl Link {
-    /// Queue an encoded frame, waiting at most `wait` for room.
-    pub(crate) async fn send(&self, frame: Bytes, wait: Duration) -> Result<(), SendError> {
-        self.tx.send(frame, wait).await
+    /// Queue an encoded frame; never waits. Past the peer's budget the link is cut as a
+    /// slow consumer.
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
+        self.tx.try_send(&self.budgets.charge(frame)?)
     }
 
     /// Which connection this is.
@@ -871,9 +840,10 @@ const YIELD_EVERY: u32 = 16;
 const WRITE_BATCH: usize = 64;
 
 /// Write the frames queued for `peer` until the connection closes or the link is dropped.
-/// A peer that takes no byte for `stall` while frames wait for it (its reader is stuck,
-/// its connection alive) is disconnected as a slow consumer ([`CLOSE_SLOW`]), so that
-/// nothing waits on it; the node connects afresh when it next has something for it.
+/// A peer is disconnected as a slow consumer ([`CLOSE_SLOW`]), so that nothing waits on it
+/// and the node holds no more than its budget for it, when it takes no byte for `stall`
+/// while frames wait for it (its reader is stuck, its connection alive), or when its queue
+/// is cut (see [`queue`]). The node connects afresh when it next has something for it.
 async fn write_frames(
     conn: Connection,
     id: ConnId,
@@ -884,8 +854,10 @@ async fn write_frames(
     stall: Duration,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut chunks = Vec::with_capacity(WRITE_BATCH);
+    let cut = queue.rx.watch();
     let mut tally = FrameTally::default();
-    loop {
+    let failure = loop {
         tokio::select! {
             // Everything queued goes in one write: quinn packs the frames into as few
             // packets as fit, and takes the buffers without copying them.
@@ -899,38 +871,30 @@ async fn write_frames(
                 }
                 // Kinds and sizes taken now: quinn takes the buffers it writes.
                 tally.clear();
-                for frame in &batch {
+                chunks.clear();
+                for queued in &batch {
+                    let frame = queued.frame();
                     tally.add(wire::encoded_kind(frame).unwrap_or(usize::MAX), frame.len());
+                    chunks.push(frame.clone());
                 }
-                let Err(failure) = write_all(&mut stream, &mut batch, stall).await else {
-                    queue.counters.metrics.sent.record(&mut tally);
-                    batch.clear();
-                    continue;
-                };
-                // Written frames are left empty; the rest of the batch and the queue are
-                // lost (the queue counts its own when dropped).
-                let unwritten = batch.iter().filter(|f| !f.is_empty()).count();
-                queue.counters.lost(&queue.peer, unwritten);
-                let dropped = unwritten + queue.close();
-                let reason = match failure {
-                    WriteFailure::Stalled => {
-                        queue.counters.slow.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            %peer, dropped, peer_timeout = ?stall,
-                            "mesh peer took nothing for the peer timeout: disconnected as a slow consumer"
-                        );
-                        conn.close(VarInt::from_u32(CLOSE_SLOW), b"slow consumer");
-                        Closed::Slow
+                let written = write_all(&mut stream, &mut chunks, stall, &cut).await;
+                // The frames leave the queue, giving back their budget, once written.
+                batch.clear();
+                match written {
+                    Ok(()) => queue.counters.metrics.sent.record(&mut tally),
+                    Err(failure) => {
+                        // Written frames are left empty; the rest of the batch is lost.
+                        let unwritten = chunks.iter().filter(|f| !f.is_empty()).count();
+                        let reason = match &failure {
+                            WriteFailure::Error(_) => DropReason::PeerGone,
+                            WriteFailure::Cut(_) => DropReason::SlowConsumer,
+                        };
+                        queue.counters.lost(queue.rx.peer(), unwritten, reason);
+                        break (failure, unwritten);
                     }
-                    WriteFailure::Error(e) => {
-                        tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
-                        conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
-                        (&conn.closed().await).into()
-                    }
-                };
-                inbound.on_connection_closed(&peer, id, &reason);
-                return;
+                }
             }
+            why = cut.cut() => break (WriteFailure::Cut(why), 0),
             reason = conn.closed() => {
                 let dropped = queue.close();
                 if dropped > 0 {
@@ -940,23 +904,44 @@ async fn write_frames(
                 return;
             }
         }
-    }
+    };
+    let (failure, unwritten) = failure;
+    let reason = match failure {
+        WriteFailure::Cut(why) => {
+            // What is still queued is lost with a slow consumer.
+            let why = queue.rx.cut_now(why);
+            let dropped = unwritten + queue.close();
+            queue.counters.slow.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, dropped, "mesh peer disconnected as a slow consumer: {why}");
+            conn.close(VarInt::from_u32(CLOSE_SLOW), b"slow consumer");
+            Closed::Slow
+        }
+        WriteFailure::Error(e) => {
+            let dropped = unwritten + queue.close();
+            tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
+            conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
+            (&conn.closed().await).into()
+        }
+    };
+    inbound.on_connection_closed(&peer, id, &reason);
 }
 
 /// Why a batch was not written.
 enum WriteFailure {
-    /// The stream took no byte for the whole stall limit.
-    Stalled,
+    /// The queue was cut, or the stream took no byte for the whole stall limit
+    /// ([`Cut::Stalled`]).
+    Cut(Cut),
     /// The stream or its connection failed.
     Error(quinn::WriteError),
 }
 
-/// Write every frame of `batch`, failing when the stream takes no byte for `stall`. Written
-/// frames are left empty.
+/// Write every frame of `batch`, failing when the stream takes no byte for `stall` or the
+/// queue is `cut`. Written frames are left empty.
 async fn write_all(
     stream: &mut quinn::SendStream,
     batch: &mut [Bytes],
     stall: Duration,
+    cut: &queue::CutWatch,
 ) -> Result<(), WriteFailure> {
     let mut next = 0;
     // Each round writes at least one byte (or fails): the batch bounds the rounds.
@@ -965,10 +950,15 @@ async fn write_all(
             next += 1;
             continue;
         }
-        match tokio::time::timeout(stall, stream.write_chunks(&mut batch[next..])).await {
-            Ok(Ok(written)) => next += written.chunks,
-            Ok(Err(e)) => return Err(WriteFailure::Error(e)),
-            Err(_) => return Err(WriteFailure::Stalled),
+        tokio::select! {
+            written = tokio::time::timeout(stall, stream.write_chunks(&mut batch[next..])) => {
+                match written {
+                    Ok(Ok(written)) => next += written.chunks,
+                    Ok(Err(e)) => return Err(WriteFailure::Error(e)),
+                    Err(_) => return Err(WriteFailure::Cut(Cut::Stalled)),
+                }
+            }
+            why = cut.cut() => return Err(WriteFailure::Cut(why)),
         }
     }
     Ok(())
@@ -1084,7 +1074,7 @@ pub(crate) mod tests {
             None,
             1024,
             Duration::from_secs(2),
-            16,
+            Budgets::new(64 * 1024, 256 * 1024),
         )
         .unwrap();
         let addr = mesh.local_addr().unwrap();
@@ -1215,9 +1205,7 @@ pub(crate) mod tests {
         let (_meshes, link, mut server_rx) = connected_pair().await;
         assert!(matches!(next(&mut server_rx).await, Event::Connected(p) if p == peer("client")));
         for _ in 0..50 {
-            link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
-                .await
-                .unwrap();
+            link.send(wire::encode(&Frame::Leave).unwrap()).unwrap();
         }
         for _ in 0..50 {
             assert!(
@@ -1338,9 +1326,7 @@ pub(crate) mod tests {
             .expect("the right secret is accepted");
         assert_eq!(who, peer("server"));
         assert!(matches!(next(&mut server_rx).await, Event::Connected(p) if p == peer("good")));
-        link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        link.send(wire::encode(&Frame::Leave).unwrap()).unwrap();
         assert!(
             matches!(next(&mut server_rx).await, Event::Frame(p, f) if p == peer("good") && *f == Frame::Leave)
         );
@@ -1388,7 +1374,7 @@ pub(crate) mod tests {
         for (what, bytes, expect) in cases {
             let (client, client_in, mut client_rx) = node(what, Some("k"));
             let (_, link) = client.connect(addr, None, client_in).await.unwrap();
-            link.send(bytes, Duration::from_secs(1)).await.unwrap();
+            link.send(bytes).unwrap();
             // The server closes that connection with a protocol error and its reason.
             match next_frame_or_close(&mut client_rx).await {
                 Event::Closed(_, super::Closed::Lost(reason)) => {
@@ -1409,9 +1395,7 @@ pub(crate) mod tests {
         // The node still serves a well-behaved peer.
         let (good, good_in, _) = node("good", Some("k"));
         let (_, link) = good.connect(addr, None, good_in).await.unwrap();
-        link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        link.send(wire::encode(&Frame::Leave).unwrap()).unwrap();
         assert!(
             matches!(next_frame_or_close(&mut server_rx).await, Event::Frame(p, f) if p == peer("good") && *f == Frame::Leave)
         );
@@ -1475,9 +1459,7 @@ pub(crate) mod tests {
         // The server vanishes; the next frame to it is answered port unreachable.
         let started = tokio::time::Instant::now();
         rt.shutdown_background();
-        link.send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        link.send(wire::encode(&Frame::Leave).unwrap()).unwrap();
         match next_frame_or_close(&mut client_rx).await {
             Event::Closed(p, super::Closed::Lost(e)) => {
                 assert_eq!(p, peer("server"));

@@ -80,18 +80,29 @@ impl Cluster {
         self.node.addrs().1
     }
 
-    /// Frames to peers this node has dropped since it started: a peer's send queue was
-    /// full (an emit never waits for room), the peer was unreachable, or its connection
-    /// closed with frames still queued. Drops are logged at WARN level, at most one line a
-    /// second (with how many were held back).
+    /// Frames to peers this node has dropped since it started: a frame did not fit its
+    /// peer's send queue budget (an emit never waits for room) or the node's, frames were
+    /// still queued when their peer was cut as a slow consumer, the peer was unreachable, or
+    /// its connection closed with frames still queued. Drops are logged at WARN level, at
+    /// most one line a second (with how many were held back); the metric
+    /// [`FRAMES_DROPPED`](crate::metrics::FRAMES_DROPPED) counts them by peer and reason.
     pub fn frames_dropped(&self) -> u64 {
         self.node.frames_dropped()
     }
 
-    /// Connections to peers this node closed because the peer took nothing of what was sent
-    /// to it for the peer timeout while its connection stayed alive (a slow consumer, as
-    /// NATS calls it). Each is logged at WARN level; requests stop waiting for that peer,
-    /// and the node connects afresh when it next has something for it.
+    /// Bytes of the frames waiting in this node's send queues, for all peers (a frame queued
+    /// for several peers counted once): at most the node budget
+    /// ([`with_node_queue_bytes`](crate::GossipAdapterConfig::with_node_queue_bytes)).
+    pub fn queued_bytes(&self) -> usize {
+        self.node.queued_bytes()
+    }
+
+    /// Connections to peers this node closed as slow consumers (as NATS calls them): the
+    /// peer took nothing of what was sent to it for the peer timeout while its connection
+    /// stayed alive, or fell so far behind that its send queue went past its budget
+    /// ([`with_peer_queue_bytes`](crate::GossipAdapterConfig::with_peer_queue_bytes)). Each
+    /// is logged at WARN level; requests stop waiting for that peer, and the node connects
+    /// afresh when it next has something for it.
     pub fn slow_peers_disconnected(&self) -> u64 {
         self.node.slow_peers_disconnected()
     }

@@ -188,6 +188,9 @@ impl Node {
         for seed in &config.seeds {
             check_seed(seed).await?;
         }
+        for line in config.deprecations() {
+            tracing::warn!("{line}");
+        }
         let network = config.network.as_ref().map(|n| &n.0);
         let now = network.map_or_else(SystemTime::now, |n| n.wall_clock());
         let generation = now
@@ -232,7 +235,7 @@ impl Node {
             config.tls.as_ref(),
             config.max_frame_size,
             config.peer_timeout,
-            config.stream_buffer,
+            mesh::Budgets::new(config.peer_queue_bytes, config.node_queue_bytes),
         )
         .map_err(|e| match e {
             mesh::MeshError::Bind { addr, source } => Error::MeshBind { addr, source },
@@ -452,10 +455,11 @@ impl Node {
 
     /// Queue a frame for each peer `to` names, in order per peer, without waiting on any of
     /// them (the returned future is ready at its first poll): a peer whose send queue is
-    /// full, or to which no connection can be started, does not get it (the drop is counted
-    /// and logged at a bounded rate) and the others get theirs at once. A frame for a peer
-    /// being connected to waits in its queue until the connection is made. Fails, sending
-    /// nothing, when the frame is larger than peers accept.
+    /// past its byte budget (it is cut as a slow consumer), or to which no connection can be
+    /// started, does not get it (the drop is counted and logged at a bounded rate) and the
+    /// others get theirs at once. A frame for a peer being connected to waits in its queue
+    /// until the connection is made. Fails, sending nothing, when the frame is larger than
+    /// peers accept.
     pub(crate) async fn send(
         &self,
         to: To<'_>,
@@ -464,8 +468,7 @@ impl Node {
     ) -> Result<(), RequestError> {
         let targets = self.targets(to);
         if !targets.is_empty() {
-            self.dispatch(&targets, self.encode(frame, &targets)?, volatile, None)
-                .await;
+            self.dispatch(&targets, self.encode(frame, &targets)?, volatile, None);
         }
         Ok(())
     }
@@ -488,23 +491,21 @@ impl Node {
         let progress = lock(&self.core).ledger.book(id, &targets);
         let what = (describe(&frame), kind(&frame));
         let pending = Pending::new(Arc::downgrade(self), id, progress, wait, what, &targets);
-        self.dispatch(&targets, bytes, false, Some(id)).await;
+        self.dispatch(&targets, bytes, false, Some(id));
         Ok(pending)
     }
 
-    /// Queue an encoded frame for each of `targets`, never waiting; request `awaited` stops
-    /// waiting for a peer its frame could not be queued for.
-    async fn dispatch(
-        &self,
-        targets: &[PeerId],
-        bytes: Bytes,
-        volatile: bool,
-        awaited: Option<Id>,
-    ) {
+    /// Queue an encoded frame for each of `targets`, never waiting: it is held once, however
+    /// many queues hold it. Request `awaited` stops waiting for a peer its frame could not be
+    /// queued for.
+    fn dispatch(&self, targets: &[PeerId], bytes: Bytes, volatile: bool, awaited: Option<Id>) {
+        let charged = self.mesh.charge(bytes).map_err(queue_error);
         for peer in targets {
-            // No wait: no await point is reached.
-            if let Err((reason, why)) = self.queue_frame(peer, bytes.clone(), Duration::ZERO).await
-            {
+            let queued = charged
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|frame| self.queue_frame(peer, frame));
+            if let Err((reason, why)) = queued {
                 self.frame_dropped(peer, volatile, reason, &why);
                 if let Some(id) = awaited {
                     lock(&self.core).ledger.peer_gone_from(id, peer);
@@ -513,33 +514,22 @@ impl Node {
         }
     }
 
-    /// Queue an encoded frame for `peer`, waiting at most `wait` for room in its queue (not
-    /// at all with zero); never waiting on a connection being made.
-    async fn queue_frame(
+    /// Queue a frame for `peer`, never waiting, neither for room nor on a connection being
+    /// made.
+    fn queue_frame(
         &self,
         peer: &PeerId,
-        frame: Bytes,
-        wait: Duration,
+        frame: &mesh::Charged,
     ) -> Result<(), (DropReason, String)> {
         // One retry: a queue found closed (its connection just closed) is replaced.
         for _ in 0..2 {
             let queue = self
                 .queue_for(peer)
                 .map_err(|why| (DropReason::PeerGone, why))?;
-            let queued = if wait.is_zero() {
-                queue.try_send(frame.clone())
-            } else {
-                queue.send(frame.clone(), wait).await
-            };
-            match queued {
+            match queue.try_send(frame) {
                 Ok(()) => return Ok(()),
-                Err(mesh::SendError::Full) => {
-                    return Err((
-                        DropReason::QueueFull,
-                        "the peer's send queue is full".into(),
-                    ));
-                }
                 Err(mesh::SendError::Closed) => {}
+                Err(e) => return Err(queue_error(e)),
             }
         }
         Err((DropReason::PeerGone, "connection closed".into()))
@@ -580,25 +570,26 @@ impl Node {
         self.dropped.load(Ordering::Relaxed) + self.mesh.frames_dropped()
     }
 
-    /// Outgoing connections closed because their peer took nothing for the peer timeout.
+    /// Bytes queued for all peers, each frame counted once.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.mesh.queued_bytes()
+    }
+
+    /// Outgoing connections closed as slow consumers.
     pub(crate) fn slow_peers_disconnected(&self) -> u64 {
         self.mesh.slow_peers_disconnected()
     }
 
-    /// Send a response from a task of its own (the caller does not wait).
-    pub(crate) fn respond_later(self: &Arc<Self>, to: &PeerId, id: Id, body: ResponseBody) {
-        let node = self.clone();
-        let to = to.clone();
-        self.spawn(async move { node.respond(&to, Response { id, body }).await });
-    }
-
-    /// Send a response to the node that made a request. Waits for room in the requester's
-    /// send queue (at most the request timeout, so that a burst of acks loses none), never
-    /// on a connection being made; a requester that takes nothing is disconnected after the
-    /// peer timeout, which ends the wait.
-    pub(crate) async fn respond(&self, to: &PeerId, response: Response) {
-        let queued = match self.encode(&Frame::Response(response), &[]) {
-            Ok(bytes) => self.queue_frame(to, bytes, self.request_timeout).await,
+    /// Send a response to the node that made a request, never waiting: like any frame, it
+    /// is dropped (and counted) when the requester's send queue is past its budget, and the
+    /// requester is then cut as a slow consumer.
+    pub(crate) fn respond(&self, to: &PeerId, id: Id, body: ResponseBody) {
+        let queued = match self.encode(&Frame::Response(Response { id, body }), &[]) {
+            Ok(bytes) => self
+                .mesh
+                .charge(bytes)
+                .map_err(queue_error)
+                .and_then(|frame| self.queue_frame(to, &frame)),
             Err(RequestError::TooLarge { size, max }) => Err((
                 DropReason::TooLarge,
                 format!("larger ({size} bytes) than peers accept ({max})"),
@@ -817,10 +808,8 @@ impl Node {
             Some(h) => h.on_request(from, req),
             None => {
                 tracing::debug!(peer = %from, ns = %req.ns, "request for a namespace not hosted here");
-                if req.kind.expects_response()
-                    && let Some(node) = self.weak().upgrade()
-                {
-                    node.respond_later(from, req.id, ResponseBody::NotHosted);
+                if req.kind.expects_response() {
+                    self.respond(from, req.id, ResponseBody::NotHosted);
                 }
                 Ok(())
             }
@@ -996,7 +985,7 @@ impl Node {
             .gossip_now(members.iter().map(|m| m.gossip_addr));
         if let Ok(bytes) = wire::encode(&Frame::Leave) {
             for link in &self.outgoing.links().await {
-                let _ = link.send(bytes.clone(), Duration::from_millis(200)).await;
+                let _ = link.send(bytes.clone());
             }
         }
         lock(&self.core).ledger.release_all();
@@ -1011,6 +1000,16 @@ impl Drop for Node {
         self.mesh.close_now(mesh::CLOSE_LEAVING, b"dropped");
         self.membership.shutdown();
     }
+}
+
+/// Why a frame could not be queued, as a drop reason and a log line.
+fn queue_error(e: mesh::SendError) -> (DropReason, String) {
+    let reason = match e {
+        mesh::SendError::Closed => DropReason::PeerGone,
+        mesh::SendError::PeerBudget => DropReason::QueueFull,
+        mesh::SendError::NodeBudget => DropReason::NodeFull,
+    };
+    (reason, e.to_string())
 }
 
 /// Where a frame goes.
@@ -1257,9 +1256,7 @@ mod bound_tests {
         frame.extend_from_slice(&body);
         assert!(body.len() <= wire::DEFAULT_MAX_FRAME_SIZE);
         let link = peer.link(&member).await.unwrap();
-        link.send(Bytes::from(frame), Duration::from_secs(5))
-            .await
-            .unwrap();
+        link.send(Bytes::from(frame)).unwrap();
         // Wait until the child's peak has not moved for 3 s (bounded: 60 s).
         let mut peak = before;
         let mut still = 0;

@@ -244,6 +244,10 @@ mod tests {
 
     type Table = Outgoing<FakeLink>;
 
+    fn frame(bytes: Vec<u8>) -> mesh::Charged {
+        mesh::Charged::uncounted(Bytes::from(bytes))
+    }
+
     impl<L> Route<L> {
         fn connecting(self) -> Connecting<L> {
             match self {
@@ -273,16 +277,16 @@ mod tests {
         let table = Table::default();
         let a = peer("a", 1);
         let connecting = connect(&table, &a);
-        let (tx, rx) = mesh::Sender::channel(4);
+        let (tx, rx) = mesh::Sender::channel(1024);
         connecting.queue_in(tx);
         for i in 0..3u8 {
-            queue(&table, &a).try_send(Bytes::from(vec![i])).unwrap();
+            queue(&table, &a).try_send(&frame(vec![i])).unwrap();
         }
         assert_eq!(rx.len(), 3, "every caller found the same queue");
         let link = FakeLink::default();
         connecting.connected(link.clone());
         assert!(!link.closed());
-        queue(&table, &a).try_send(Bytes::new()).unwrap();
+        queue(&table, &a).try_send(&frame(vec![])).unwrap();
         assert_eq!(rx.len(), 4, "the queue is the connection's");
         assert_eq!(table.links().await.len(), 1);
     }
@@ -292,7 +296,7 @@ mod tests {
         let table = Table::default();
         let a = peer("a", 1);
         let connecting = connect(&table, &a);
-        let (tx, _rx) = mesh::Sender::channel(4);
+        let (tx, _rx) = mesh::Sender::channel(1024);
         connecting.queue_in(tx);
         connecting.failed();
         assert!(matches!(table.route(&a), Ok(Route::Connect(_))));
@@ -303,7 +307,7 @@ mod tests {
         let table = Table::default();
         let a = peer("a", 1);
         let connecting = connect(&table, &a);
-        let (tx, rx) = mesh::Sender::channel(4);
+        let (tx, rx) = mesh::Sender::channel(1024);
         connecting.queue_in(tx);
         // The connection closed (its queue with it) while its maker still holds the slot.
         drop(rx);
@@ -320,27 +324,21 @@ mod tests {
         let table = Table::default();
         let a = peer("a", 1);
         let old = connect(&table, &a);
-        let (old_tx, mut old_rx) = mesh::Sender::channel(4);
+        let (old_tx, mut old_rx) = mesh::Sender::channel(1024);
         old.queue_in(old_tx);
-        queue(&table, &a)
-            .try_send(Bytes::from_static(b"1"))
-            .unwrap();
-        queue(&table, &a)
-            .try_send(Bytes::from_static(b"2"))
-            .unwrap();
+        queue(&table, &a).try_send(&frame(b"1".to_vec())).unwrap();
+        queue(&table, &a).try_send(&frame(b"2".to_vec())).unwrap();
 
         // The link is replaced (say, the member restarted) while its connection is made.
         table.drop_slot(&a, b"replaced");
         // The next frame starts a connection of its own, in a new queue; the frames that
         // waited stay in the old queue, to go (or be counted dropped) with its connection.
         let new = connect(&table, &a);
-        let (new_tx, new_rx) = mesh::Sender::channel(4);
+        let (new_tx, new_rx) = mesh::Sender::channel(1024);
         new.queue_in(new_tx);
-        queue(&table, &a)
-            .try_send(Bytes::from_static(b"3"))
-            .unwrap();
+        queue(&table, &a).try_send(&frame(b"3".to_vec())).unwrap();
         assert_eq!((old_rx.len(), new_rx.len()), (2, 1));
-        assert_eq!(old_rx.try_recv().ok(), Some(Bytes::from_static(b"1")));
+        assert_eq!(old_rx.try_recv(), Some(Bytes::from_static(b"1")));
 
         // The old connection is made after all: it stays out of the table.
         let late = FakeLink::default();

@@ -40,8 +40,7 @@ pub(crate) struct ServiceReply {
 }
 
 impl ServiceReply {
-    /// Answer with the service's own `body` (see [`ResponseBody::Service`]), from a task of
-    /// its own: the caller never waits.
+    /// Answer with the service's own `body` (see [`ResponseBody::Service`]); never waits.
     pub(crate) fn send(mut self, body: Bytes) {
         self.answer(ResponseBody::Service(body));
     }
@@ -51,7 +50,7 @@ impl ServiceReply {
             return;
         }
         if let Some(node) = self.node.upgrade() {
-            node.respond_later(&self.to, self.id, body);
+            node.respond(&self.to, self.id, body);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! What a node tells of each member for an operator's view: round-trip time, send queue
-//! depth and frames dropped; and the periodic sampling of round-trip times as metrics.
+//! depth and bytes, and frames dropped; and the periodic sampling of round-trip times as metrics.
 
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub struct PeerStats {
     pub rtt: Option<Duration>,
     /// Frames waiting in its send queue.
     pub queue_depth: usize,
+    /// Bytes of the frames waiting in its send queue (at most the peer budget, see
+    /// [`with_peer_queue_bytes`](crate::GossipAdapterConfig::with_peer_queue_bytes)).
+    pub queue_bytes: usize,
     /// Frames for it, or from it, dropped while it has been a member (every reason of
     /// [`crate::metrics::FRAMES_DROPPED`]).
     pub frames_dropped: u64,
@@ -32,13 +35,15 @@ impl Node {
             .into_iter()
             .map(|member| {
                 let (queue, link) = self.outgoing.peek(&member.peer_id());
-                let queue_depth = queue.map_or(0, |q| q.depth());
+                let queue_depth = queue.as_ref().map_or(0, |q| q.depth());
+                let queue_bytes = queue.as_ref().map_or(0, |q| q.bytes());
                 let rtt = link.filter(|l| l.is_open()).map(|l| l.rtt());
                 let frames_dropped = self.mesh.metrics().drops.of(&member.node_name);
                 PeerStats {
                     member,
                     rtt,
                     queue_depth,
+                    queue_bytes,
                     frames_dropped,
                 }
             })

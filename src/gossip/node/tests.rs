@@ -62,7 +62,10 @@ fn peer_mesh(cluster: &str, who: &PeerId, max_frame_size: usize) -> Mesh {
         None,
         max_frame_size,
         Duration::from_secs(2),
-        16,
+        mesh::Budgets::new(
+            crate::gossip::config::DEFAULT_PEER_QUEUE_BYTES,
+            crate::gossip::config::DEFAULT_NODE_QUEUE_BYTES,
+        ),
     )
     .unwrap();
     let own = mesh.local_addr().unwrap();
@@ -122,9 +125,7 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
             "{e}"
         ),
         Ok((_, link)) => {
-            let _ = link
-                .send(wire::encode(&Frame::Leave).unwrap(), Duration::from_secs(1))
-                .await;
+            let _ = link.send(wire::encode(&Frame::Leave).unwrap());
             let reason = tokio::time::timeout(Duration::from_secs(5), closes.recv())
                 .await
                 .expect("a closes the impostor's connection")
@@ -215,7 +216,7 @@ async fn peak_memory_under_the_largest_frames() {
         // Reset the peak to what is resident now (Linux: 5 to clear_refs).
         std::fs::write("/proc/self/clear_refs", "5").unwrap();
         let before = status_bytes("VmRSS");
-        link.send(frame, Duration::from_secs(5)).await.unwrap();
+        link.send(frame).unwrap();
         let closed = tokio::time::timeout(Duration::from_secs(3), closes.recv()).await;
         let peak = status_bytes("VmHWM");
         println!(
@@ -230,4 +231,27 @@ async fn peak_memory_under_the_largest_frames() {
         link.close(mesh::CLOSE_UNUSED, b"done");
     }
     a.shutdown().await;
+}
+
+/// A node started with the deprecated stream buffer says, at start, that it bounds nothing
+/// and what bounds the queues now.
+#[tokio::test]
+#[allow(deprecated)]
+async fn a_node_given_the_stream_buffer_logs_that_it_bounds_nothing() {
+    let (logs, _guard) = crate::gossip::mesh::tests::capture_logs();
+    let node = Node::start(
+        &config(&format!("deprecated-{}", std::process::id()), "a", None).with_stream_buffer(64),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("with_stream_buffer"))
+        .unwrap_or_else(|| panic!("no line about the stream buffer in:\n{text}"));
+    assert!(
+        line.contains("WARN") && line.contains("no longer bounds") && line.contains("(64,"),
+        "{line}"
+    );
+    node.shutdown().await;
 }
