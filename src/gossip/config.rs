@@ -222,7 +222,9 @@ impl GossipAdapterConfig {
     /// other's chain to the CA (mutual TLS), and a peer whose certificate does not name the
     /// node it claims to be is refused. The node name must be a DNS name (letters, digits,
     /// `-`, `.`), and [`with_node_name`](Self::with_node_name) set to the name in the
-    /// certificate. The secret is still required: it seals gossip and its proof still runs.
+    /// certificate, byte for byte: names are compared exactly, not as DNS compares them (a
+    /// certificate for `chat-0` does not name `CHAT-0` nor `chat-0.`, and a wildcard
+    /// `*.chat.svc` names no node), so that one certificate names exactly one node. The secret is still required: it seals gossip and its proof still runs.
     /// Unreadable files, or a certificate the CA did not sign or that does not fit the key,
     /// stop the node at start with an error naming the file.
     ///
