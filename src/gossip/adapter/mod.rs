@@ -266,7 +266,12 @@ impl<E: SocketEmitter> GossipAdapter<E> {
             origin: self.origin,
             kind,
             opts: convert::opts(opts),
-            ack_timeout_ms: ack_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            // Peers cut a longer one to the bound: it is cut here already.
+            ack_timeout_ms: ack_timeout.map(|t| {
+                u64::try_from(t.as_millis()).map_or(wire::MAX_ACK_TIMEOUT_MS, |ms| {
+                    ms.min(wire::MAX_ACK_TIMEOUT_MS)
+                })
+            }),
         })
     }
 

@@ -36,6 +36,11 @@ pub const MAX_ROOMS: usize = 65_536;
 pub const MAX_ATTACHMENTS: usize = 4_096;
 /// Most sockets in one answer to a `fetch_sockets` request.
 pub const MAX_SOCKETS: usize = 1_048_576;
+/// Longest ack timeout a request carries, in milliseconds (10 minutes): a longer one is cut
+/// to it, on the sending node and again on decoding, so that no peer can make the node keep
+/// the ack state of its sockets for good. An emit with a longer timeout waits that long on
+/// its own node; sockets of other nodes time out after this.
+pub const MAX_ACK_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 /// Decoding of lists with a bound on their length, refused from the length prefix, before
 /// anything is allocated. Same bytes on the wire as a plain `Vec`.
@@ -86,6 +91,11 @@ pub(crate) mod bounded {
         d: D,
     ) -> Result<Vec<(super::Id, super::Id)>, D::Error> {
         Bounded::<(super::Id, super::Id), { super::MAX_SOCKETS }>::deserialize(d).map(|b| b.0)
+    }
+
+    /// An ack timeout, cut to [`super::MAX_ACK_TIMEOUT_MS`].
+    pub(crate) fn ack_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<u64>::deserialize(d).map(|t| t.map(|ms| ms.min(super::MAX_ACK_TIMEOUT_MS)))
     }
 
     pub(crate) fn attachments<'de, D: Deserializer<'de>>(
@@ -217,7 +227,9 @@ pub struct Request {
     pub kind: RequestKind,
     /// Which sockets it applies to.
     pub opts: Opts,
-    /// Ack timeout chosen by the caller, in milliseconds.
+    /// Ack timeout chosen by the caller, in milliseconds, at most
+    /// [`MAX_ACK_TIMEOUT_MS`] (a longer one decodes as that).
+    #[serde(deserialize_with = "bounded::ack_timeout")]
     pub ack_timeout_ms: Option<u64>,
 }
 
@@ -612,7 +624,7 @@ mod tests {
                 arb_id(),
                 arb_kind(),
                 arb_opts(),
-                any::<Option<u64>>()
+                proptest::option::of(0..=MAX_ACK_TIMEOUT_MS)
             )
                 .prop_map(|(ns, id, origin, kind, opts, ack_timeout_ms)| {
                     Frame::Request(Request {
@@ -977,6 +989,35 @@ mod tests {
         assert_eq!(huge[at..at + 2], [4, 0], "AddSockets with an empty list");
         huge.splice(at + 1..at + 2, [0x80, 0x80, 0x80, 0x80, 0x10]);
         assert!(matches!(decode(&huge), Err(DecodeError::Malformed(_))));
+    }
+
+    /// A peer's ack timeout is cut to its bound: `u64::MAX` would keep the ack state of
+    /// every socket the request reaches for good.
+    #[test]
+    fn ack_timeouts_are_cut_to_their_bound() {
+        let request = |ms| {
+            Frame::Request(Request {
+                ns: "/".into(),
+                id: id(1),
+                origin: id(2),
+                kind: RequestKind::FetchSockets,
+                opts: Opts::default(),
+                ack_timeout_ms: ms,
+            })
+        };
+        let max = MAX_ACK_TIMEOUT_MS;
+        for (sent, got) in [
+            (None, None),
+            (Some(0), Some(0)),
+            (Some(max), Some(max)),
+            (Some(max + 1), Some(max)),
+            (Some(u64::MAX), Some(max)),
+        ] {
+            let Ok(Frame::Request(r)) = decode(&body(&request(sent))) else {
+                panic!("{sent:?} decodes");
+            };
+            assert_eq!(r.ack_timeout_ms, got, "sent {sent:?}");
+        }
     }
 
     #[test]
