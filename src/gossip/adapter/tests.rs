@@ -110,3 +110,54 @@ async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// A peer sends requests this node cannot apply (a socket id that is none), again and
+/// again: each is dropped, and the node logs them at a bounded rate, not once each.
+#[tokio::test]
+async fn requests_dropped_are_logged_at_a_bounded_rate() {
+    let (logs, _guard) = capture_logs();
+    let cluster = format!("dropped-{}", std::process::id());
+    let ctr = GossipAdapterCtr::new(config(&cluster, "a", None))
+        .await
+        .unwrap();
+    let a = ctr.node.clone();
+    let (_svc, io) = SocketIo::builder().with_adapter::<A>(ctr).build_svc();
+    io.ns("/", async |_: SocketRef<A>| {}).await.unwrap();
+    let b = Node::start(&config(&cluster, "b", Some(a.addrs().0)))
+        .await
+        .unwrap();
+    let formed = until(Duration::from_secs(20), || {
+        a.members().len() == 1 && b.members().first().is_some_and(|m| m.hosts("/"))
+    })
+    .await;
+    assert!(formed, "a and b are members of each other");
+
+    let to_a = [a.me().clone()];
+    let Frame::Request(mut bad) =
+        broadcast(PacketData::Event(Value::Str("[\"x\"]".into(), None), None))
+    else {
+        unreachable!()
+    };
+    bad.opts.sid = Some(Id([0xff; 16]));
+    for _ in 0..50 {
+        b.send(To::Peers(&to_a), &Frame::Request(bad.clone()), false)
+            .await
+            .unwrap();
+    }
+    // Frames are handled in order: once a confirmed message is handled, so are they.
+    b.send_service(&to_a, "none", Bytes::new(), true)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request dropped"))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 2,
+        "50 requests dropped, logged in {} lines: {lines:#?}",
+        lines.len()
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}

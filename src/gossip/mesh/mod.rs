@@ -36,6 +36,7 @@ use tracing::Instrument;
 pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
 use crate::metrics::{DropReason, FrameTally, MeshMetrics};
+use crate::rate_log::RateLog;
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 pub(crate) use tls::TlsFiles;
 
@@ -54,6 +55,9 @@ pub(crate) const CLOSE_REFUSED: u32 = 5;
 /// Close code: the peer took no byte of what was sent to it for the peer timeout while its
 /// connection stayed alive (a slow consumer, as NATS calls it).
 pub(crate) const CLOSE_SLOW: u32 = 7;
+
+/// The period of the log lines a proven peer can cause at will (see [`Mesh`]'s `peer_log`).
+const PEER_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Largest [`Hello`] accepted.
 const MAX_HELLO: usize = 4096;
@@ -217,6 +221,9 @@ pub(crate) struct Mesh {
     next_conn: AtomicU64,
     /// Incoming connections that have not proved anything yet.
     gate: admission::Gate,
+    /// Log lines about proven peers that a peer can cause at will (protocol violations,
+    /// refusals): one per period, with how many were held back.
+    peer_log: Arc<RateLog>,
     /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
     ca_mode: bool,
     /// The span every task of the mesh runs in: it names this node in every log line.
@@ -318,6 +325,7 @@ impl Mesh {
             counters: Arc::new(Counters::new(MeshMetrics::new(&"".into()))),
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
+            peer_log: Arc::new(RateLog::new(PEER_LOG_PERIOD)),
             ca_mode: ca.is_some(),
             span: tracing::Span::none(),
             links,
@@ -476,7 +484,9 @@ impl Mesh {
             incoming: true,
         };
         if let Err(reason) = inbound.on_peer_connected(&peer, id, addrs) {
-            tracing::warn!(%peer, %remote, "refused mesh connection: {reason}");
+            if let Some(held_back) = self.peer_log.allow() {
+                tracing::warn!(%peer, %remote, held_back, "refused mesh connection: {reason}");
+            }
             conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
             return;
         }
@@ -498,7 +508,8 @@ impl Mesh {
                     let inbound = inbound.clone();
                     let max = self.max_frame_size;
                     let counters = self.counters.clone();
-                    let read = read_frames(conn, stream, peer, inbound, max, counters);
+                    let log = self.peer_log.clone();
+                    let read = read_frames(conn, stream, peer, inbound, max, counters, log);
                     tokio::spawn(read.instrument(self.span()));
                 }
                 Err(reason) => {
@@ -981,6 +992,7 @@ async fn read_frames(
     inbound: Arc<dyn Inbound>,
     max_frame_size: usize,
     counters: Arc<Counters>,
+    log: Arc<RateLog>,
 ) {
     let mut decoder = FrameDecoder::new(max_frame_size);
     let mut applied: u32 = 0;
@@ -994,7 +1006,7 @@ async fn read_frames(
                         Ok(Some(frame)) => {
                             tally.add(frame.kind(), decoder.last_size());
                             if let Err(reason) = inbound.on_frame(&peer, frame) {
-                                protocol_violation(&conn, &peer, &reason);
+                                protocol_violation(&conn, &peer, &reason, &log);
                                 return;
                             }
                             // Let the tasks that drain local sockets run every few frames: a
@@ -1012,7 +1024,7 @@ async fn read_frames(
                             break;
                         }
                         Err(e) => {
-                            protocol_violation(&conn, &peer, &e.to_string());
+                            protocol_violation(&conn, &peer, &e.to_string(), &log);
                             return;
                         }
                     }
@@ -1027,8 +1039,15 @@ async fn read_frames(
     }
 }
 
-fn protocol_violation(conn: &Connection, peer: &PeerId, reason: &str) {
-    tracing::warn!(%peer, remote = %conn.remote_address(), "closing mesh connection: {reason}");
+/// Close the connection of a peer that broke the protocol, with the reason; logged at a
+/// bounded rate (`log`): a peer can break it on every connection it makes.
+fn protocol_violation(conn: &Connection, peer: &PeerId, reason: &str, log: &RateLog) {
+    if let Some(held_back) = log.allow() {
+        tracing::warn!(
+            %peer, remote = %conn.remote_address(), held_back,
+            "closing mesh connection: {reason}"
+        );
+    }
     conn.close(
         VarInt::from_u32(CLOSE_PROTOCOL),
         &reason.as_bytes()[..reason.len().min(100)],
@@ -1414,6 +1433,39 @@ pub(crate) mod tests {
             .unwrap();
         assert!(
             matches!(next_frame_or_close(&mut server_rx).await, Event::Frame(p, f) if p == peer("good") && *f == Frame::Leave)
+        );
+    }
+
+    /// A peer that breaks the protocol again and again has its connection closed every
+    /// time, and the node logs it at a bounded rate, not once per connection.
+    #[tokio::test]
+    async fn protocol_violations_are_logged_at_a_bounded_rate() {
+        let (logs, _guard) = capture_logs();
+        let (server, server_in, _server_rx) = node("server", Some(STRONG));
+        server.serve(server_in);
+        let addr = server.local_addr().unwrap();
+        let (client, client_in, mut client_rx) = node("client", Some(STRONG));
+        for i in 0..20 {
+            let (_, link) = client.connect(addr, None, client_in.clone()).await.unwrap();
+            link.send(raw(b"hello world"), Duration::from_secs(1))
+                .await
+                .unwrap();
+            match next_frame_or_close(&mut client_rx).await {
+                Event::Closed(_, super::Closed::Lost(reason)) => {
+                    assert!(reason.contains("magic"), "connection {i}: {reason}")
+                }
+                other => panic!("connection {i}: expected it closed, got {other:?}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("closing mesh connection"))
+            .collect();
+        assert!(
+            !lines.is_empty() && lines.len() <= 2,
+            "20 violations logged in {} lines: {lines:#?}",
+            lines.len()
         );
     }
 
