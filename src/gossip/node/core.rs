@@ -322,11 +322,12 @@ impl Core {
             self.ledger.peer_gone(&peer);
             self.server_ids.retain(|_, p| p != &peer);
             let keep_link = self.view.is_refused(&peer);
+            let member = std::sync::Arc::unwrap_or_clone(member);
             effects.push(Effect::Left { member, keep_link });
         }
         for member in after.into_values() {
             tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
-            effects.push(Effect::Joined(member));
+            effects.push(Effect::Joined(Member::clone(&member)));
         }
         effects
     }
