@@ -17,6 +17,7 @@ pub(crate) mod auth;
 mod links;
 #[cfg(target_os = "linux")]
 mod recverr;
+mod sent;
 mod tls;
 
 use std::{
@@ -273,14 +274,16 @@ impl Mesh {
         server.transport_config(Arc::new(server_transport(peer_timeout)));
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(Arc::new(client_transport(peer_timeout)));
-        let links = Arc::new(links::Links::default());
+        let sent = Arc::new(sent::Sent::default());
+        let links = Arc::new(links::Links::new(sent.clone()));
         let (endpoint, stop_reports) = match socket {
             #[cfg(target_os = "linux")]
             None => {
                 // quinn's socket, keeping the ICMP errors its datagrams cause: a peer whose
-                // port answers unreachable has crashed (see `links`).
+                // port answers unreachable, quoting what was sent to it, has crashed (see
+                // `links`).
                 let runtime = Arc::new(quinn::TokioRuntime);
-                recverr::bind(addr, &*runtime).and_then(|(socket, reports)| {
+                recverr::bind(addr, &*runtime, sent).and_then(|(socket, reports)| {
                     let (stop, stopped) = tokio::sync::oneshot::channel();
                     tokio::spawn(links::watch(reports, links.clone(), stopped));
                     let endpoint = Endpoint::new_with_abstract_socket(
