@@ -9,8 +9,9 @@
 //! A stranger gets nothing before its proof: an incoming connection may open one
 //! bidirectional stream and send [`HANDSHAKE_WINDOW`] bytes in all (its [`Hello`]), and only
 //! a verified peer is given stream credit ([`Mesh::serve`]). At most
-//! [`admission::MAX_UNPROVEN`] connections may be proving at once, each for at most the peer
-//! timeout.
+//! [`admission::MAX_UNPROVEN`] connections may be proving at once, a few per source, part of
+//! them kept for the addresses the node knows, each for at most the handshake deadline
+//! ([`admission`]).
 
 mod admission;
 pub(crate) mod auth;
@@ -38,6 +39,7 @@ pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
 use crate::metrics::{DropReason, FrameTally, MeshMetrics};
 use crate::rate_log::RateLog;
+pub(crate) use admission::HANDSHAKE_TIMEOUT;
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 pub(crate) use tls::TlsFiles;
 
@@ -105,6 +107,11 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     /// it came on is closed with that reason ([`CLOSE_PROTOCOL`]), and nothing more of it
     /// is read.
     fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String>;
+    /// Whether `addr` is the mesh address of a member or of a node gossip lists: a
+    /// connection from it gets room at admission that strangers cannot take.
+    fn knows_address(&self, _addr: SocketAddr) -> bool {
+        false
+    }
     /// A peer authenticated an incoming connection. An error refuses it: the connection
     /// closes, and nothing of it is read.
     fn on_peer_connected(
@@ -215,6 +222,8 @@ pub(crate) struct Mesh {
     me: Hello,
     max_frame_size: usize,
     peer_timeout: Duration,
+    /// Time an incoming connection has to prove the secret.
+    handshake_timeout: Duration,
     queue: usize,
     /// Frames given up on in send queues, and links closed as slow consumers.
     counters: Arc<Counters>,
@@ -324,6 +333,7 @@ impl Mesh {
             },
             max_frame_size,
             peer_timeout,
+            handshake_timeout: admission::HANDSHAKE_TIMEOUT,
             queue,
             counters: Arc::new(Counters::new(MeshMetrics::new(&"".into()))),
             next_conn: AtomicU64::new(1),
@@ -350,6 +360,12 @@ impl Mesh {
         // At the error level, so that it is enabled whenever any log line is.
         self.span = tracing::error_span!("cluster_node", node = %me);
         self.links.set_span(self.span.clone());
+    }
+
+    /// Give incoming connections `timeout` from their first packet to a verified proof of
+    /// the secret (default [`admission::HANDSHAKE_TIMEOUT`]).
+    pub(crate) fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
     }
 
     /// The span that names this node, for the tasks of the layers above.
@@ -392,17 +408,20 @@ impl Mesh {
 
     /// Accept connections until the endpoint closes.
     ///
-    /// Each incoming connection is admitted by [`admission::admit`]: accepted while fewer
-    /// than [`admission::RETRY_ABOVE`] are proving, asked to validate its address (Retry)
-    /// beyond that, refused at [`admission::MAX_UNPROVEN`]. An accepted one must complete
-    /// TLS and prove the secret within the peer timeout.
+    /// Each incoming connection is admitted by [`admission::admit`], by its source (the
+    /// mesh address of a node `inbound` knows, or a host): asked to validate its address
+    /// (Retry) when many are proving or its source has one proving already, refused when
+    /// the room of its source, of strangers or of all is full. An accepted one must complete
+    /// TLS and prove the secret within the handshake deadline.
     pub(crate) fn serve(self: &Arc<Self>, inbound: Arc<dyn Inbound>) {
         let mesh = self.clone();
         let span = self.span();
         let serve = async move {
             while let Some(incoming) = mesh.endpoint.accept().await {
                 let remote = incoming.remote_address();
-                let slot = match mesh.gate.admit(incoming.remote_address_validated()) {
+                let known = inbound.knows_address(remote);
+                let source = admission::Source::of(remote, known);
+                let slot = match mesh.gate.admit(source, incoming.remote_address_validated()) {
                     Ok(slot) => slot,
                     Err(admission::Admission::Retry) => {
                         if let Err(e) = incoming.retry() {
@@ -411,18 +430,22 @@ impl Mesh {
                         }
                         continue;
                     }
-                    Err(_) => {
+                    Err(refusal) => {
                         incoming.refuse();
                         if let Some(suppressed) = mesh.gate.log.take() {
                             let counts = mesh.gate.counts();
+                            let why = match refusal {
+                                admission::Admission::Refuse(full) => full.to_string(),
+                                other => format!("{other:?}"),
+                            };
                             tracing::warn!(
                                 %remote,
+                                known,
                                 suppressed,
                                 refused = counts.refused,
                                 retried = counts.retried,
-                                max = admission::MAX_UNPROVEN,
-                                "refused mesh connection: too many connections still proving \
-                                 the cluster secret"
+                                unproven = mesh.gate.unproven(),
+                                "refused mesh connection: {why}"
                             );
                         }
                         continue;
@@ -432,7 +455,7 @@ impl Mesh {
                 let inbound = inbound.clone();
                 let span = mesh.span();
                 let admit = async move {
-                    let deadline = tokio::time::Instant::now() + mesh.peer_timeout;
+                    let deadline = tokio::time::Instant::now() + mesh.handshake_timeout;
                     let conn = match tokio::time::timeout_at(deadline, incoming).await {
                         Ok(Ok(conn)) => conn,
                         Ok(Err(e)) => return mesh.refused(remote, &format!("TLS: {e}")),
@@ -1180,13 +1203,13 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_stranger_gets_no_stream_credit_and_is_cut_at_the_peer_timeout() {
+    async fn a_stranger_gets_no_stream_credit_and_is_cut_at_the_handshake_deadline() {
         let (server, server_in, mut server_rx) = node("server", Some(STRONG));
         server.serve(server_in);
         let (attacker, _, _) = node("stranger", Some(STRONG));
 
-        // A stranger may open no stream for frames; it holds a slot until cut at the peer
-        // timeout (2 s), with its reason.
+        // A stranger may open no stream for frames; it holds a slot until cut at the
+        // handshake deadline (1 s), with its reason.
         let started = tokio::time::Instant::now();
         let idle = stranger(&attacker, &server).await;
         assert!(

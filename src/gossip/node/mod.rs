@@ -139,6 +139,11 @@ impl Inbound for WeakInbound {
             None => Ok(()),
         }
     }
+    fn knows_address(&self, addr: SocketAddr) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|node| lock(&node.core).view().knows_mesh_addr(addr))
+    }
     fn on_peer_connected(
         &self,
         peer: &PeerId,
@@ -244,6 +249,7 @@ impl Node {
             mesh::MeshError::TlsFile { path, reason } => Error::TlsFile { path, reason },
             other => Error::Tls(other.to_string()),
         })?;
+        mesh.set_handshake_timeout(config.handshake_timeout);
         let mesh_bound = mesh.local_addr().map_err(|source| Error::MeshBind {
             addr: config.mesh_addr,
             source,

@@ -134,6 +134,15 @@ impl View {
         self.gossip.contains_key(peer) || self.proven.contains_key(peer)
     }
 
+    /// Whether `addr` is the mesh address of a member or of a node gossip shows (an
+    /// IPv4-mapped address counts as the IPv4 one).
+    pub(super) fn knows_mesh_addr(&self, addr: SocketAddr) -> bool {
+        let same = |a: &SocketAddr| {
+            a.ip().to_canonical() == addr.ip().to_canonical() && a.port() == addr.port()
+        };
+        self.gossip.values().any(same) || self.proven.values().any(|p| same(&p.member.mesh_addr))
+    }
+
     /// Where to reach `peer`: the address it proved, else the one gossip shows.
     pub(super) fn mesh_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
         self.proven
