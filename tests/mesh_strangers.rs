@@ -145,6 +145,40 @@ fn stranger_endpoint_at(bind: SocketAddr) -> quinn::Endpoint {
     endpoint
 }
 
+/// Run `n` strangers on a runtime of their own (its threads, not the nodes'), from a thread
+/// of its own: stranger `i` is `each(endpoint, i)`, its endpoint one of `sources` bound at
+/// 127.0.0.2 and up, to look like that many hosts. The thread ends once every stranger
+/// ended or was waited for `wait`.
+fn attack<F: Future<Output = ()> + Send + 'static>(
+    sources: usize,
+    n: usize,
+    wait: Duration,
+    each: impl Fn(quinn::Endpoint, usize) -> F + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("attacker runtime");
+        rt.block_on(async move {
+            let endpoints: Vec<quinn::Endpoint> = (0..sources)
+                .map(|i| {
+                    let ip = std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8);
+                    stranger_endpoint_at(SocketAddr::from((ip, 0)))
+                })
+                .collect();
+            let strangers: Vec<_> = (0..n)
+                .map(|i| tokio::spawn(each(endpoints[i % sources].clone(), i)))
+                .collect();
+            for s in strangers {
+                let _ = tokio::time::timeout(wait, s).await;
+            }
+        });
+        rt.shutdown_timeout(Duration::from_secs(1));
+    })
+}
+
 /// One stranger: connect, maybe push junk on every stream the node lets it open, then hold
 /// the connection until `until`. Counts completed handshakes in `connected`, and junk
 /// accepted by the node's flow control in `junk_written`.
@@ -263,36 +297,18 @@ async fn unauthenticated_connections_cost_little_and_traffic_continues() {
     let until = Instant::now() + ATTACK;
     let connected = Arc::new(AtomicUsize::new(0));
     let junk_written = Arc::new(AtomicUsize::new(0));
-    let attack = {
+    let attacker = {
         let (connected, junk_written) = (connected.clone(), junk_written.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("attacker runtime");
-            rt.block_on(async move {
-                // From several hosts (127.0.0.2 and up): one host gets a few slots only.
-                let endpoints: Vec<quinn::Endpoint> = (0..16u8)
-                    .map(|i| stranger_endpoint_at(SocketAddr::from(([127, 0, 0, 2 + i], 0))))
-                    .collect();
-                let attackers: Vec<_> = (0..STRANGERS)
-                    .map(|i| {
-                        tokio::spawn(stranger(
-                            endpoints[i % endpoints.len()].clone(),
-                            victim_mesh,
-                            i < JUNK_SENDERS,
-                            until,
-                            connected.clone(),
-                            junk_written.clone(),
-                        ))
-                    })
-                    .collect();
-                for a in attackers {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
-                }
-            });
-            rt.shutdown_timeout(Duration::from_secs(1));
+        // From several hosts (127.0.0.2 and up): one host gets a few slots only.
+        attack(16, STRANGERS, Duration::from_secs(5), move |endpoint, i| {
+            stranger(
+                endpoint,
+                victim_mesh,
+                i < JUNK_SENDERS,
+                until,
+                connected.clone(),
+                junk_written.clone(),
+            )
         })
     };
 
@@ -307,7 +323,7 @@ async fn unauthenticated_connections_cost_little_and_traffic_continues() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     peak = peak.max(vm_rss_kb(pid));
-    tokio::task::spawn_blocking(move || attack.join())
+    tokio::task::spawn_blocking(move || attacker.join())
         .await
         .expect("join")
         .expect("the attack ran");
@@ -441,37 +457,14 @@ async fn a_new_node_joins_and_broadcasts_through_a_stranger_flood() {
     // The flood, from a runtime of its own (its threads, not the new node's).
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(FloodCounts::default());
-    let attack = {
+    let attacker = {
         let (stop, counts) = (stop.clone(), counts.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("attacker runtime");
-            rt.block_on(async move {
-                let endpoints: Vec<quinn::Endpoint> = (0..FLOOD_SOURCES)
-                    .map(|i| {
-                        let ip = std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8);
-                        stranger_endpoint_at(SocketAddr::from((ip, 0)))
-                    })
-                    .collect();
-                let flooders: Vec<_> = (0..FLOOD_CONNECTIONS)
-                    .map(|i| {
-                        tokio::spawn(flooder(
-                            endpoints[i % FLOOD_SOURCES].clone(),
-                            victim_mesh,
-                            stop.clone(),
-                            counts.clone(),
-                        ))
-                    })
-                    .collect();
-                for f in flooders {
-                    let _ = tokio::time::timeout(Duration::from_secs(120), f).await;
-                }
-            });
-            rt.shutdown_timeout(Duration::from_secs(1));
-        })
+        attack(
+            FLOOD_SOURCES,
+            FLOOD_CONNECTIONS,
+            Duration::from_secs(120),
+            move |endpoint, _| flooder(endpoint, victim_mesh, stop.clone(), counts.clone()),
+        )
     };
     // The flood holds all the room the node gives strangers for connections still proving
     // the secret (48 of 64; all 64 before strangers were kept out of the rest), and soon
@@ -563,7 +556,7 @@ async fn a_new_node_joins_and_broadcasts_through_a_stranger_flood() {
     }
 
     stop.store(true, Ordering::Relaxed);
-    tokio::task::spawn_blocking(move || attack.join())
+    tokio::task::spawn_blocking(move || attacker.join())
         .await
         .expect("join")
         .expect("the flood ran");

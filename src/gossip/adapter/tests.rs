@@ -44,6 +44,39 @@ fn broadcast(data: PacketData) -> Frame {
     })
 }
 
+/// Node `a` of `cluster`, serving `/` through this adapter with a socket connected there
+/// (its halves), and node `b`, a bare node that sends what a test crafts, once each is a
+/// member of the other.
+async fn a_and_b(
+    cluster: &str,
+) -> (
+    impl Sized + use<>,
+    impl Sized + use<>,
+    tokio::sync::mpsc::Receiver<engineioxide::Packet>,
+    Arc<Node>,
+    Arc<Node>,
+) {
+    let ctr = GossipAdapterCtr::new(config(cluster, "a", None))
+        .await
+        .unwrap();
+    let a = ctr.node.clone();
+    let (svc, io) = SocketIo::builder().with_adapter::<A>(ctr).build_svc();
+    io.ns("/", async |_: SocketRef<A>| {}).await.unwrap();
+    let (tx, mut rx) = io.new_dummy_sock("/", ()).await;
+    let connect = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(matches!(connect, Ok(Some(_))), "the socket connected");
+
+    let b = Node::start(&config(cluster, "b", Some(a.addrs().0)))
+        .await
+        .unwrap();
+    let formed = until(Duration::from_secs(20), || {
+        a.members().len() == 1 && b.members().first().is_some_and(|m| m.hosts("/"))
+    })
+    .await;
+    assert!(formed, "a and b are members of each other");
+    ((svc, io), tx, rx, a, b)
+}
+
 /// A peer broadcasts a msgpack payload to a node whose namespace uses the common (JSON)
 /// parser, which panics on one. The node refuses it: the link closes with a logged reason,
 /// nothing panics, nothing reaches the local socket, and the peer's next (valid) broadcast
@@ -52,25 +85,7 @@ fn broadcast(data: PacketData) -> Frame {
 async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
     let (logs, _guard) = capture_logs();
     count_panics();
-    let cluster = format!("crafted-{}", std::process::id());
-    let ctr = GossipAdapterCtr::new(config(&cluster, "a", None))
-        .await
-        .unwrap();
-    let a = ctr.node.clone();
-    let (_svc, io) = SocketIo::builder().with_adapter::<A>(ctr).build_svc();
-    io.ns("/", async |_: SocketRef<A>| {}).await.unwrap();
-    let (_tx, mut rx) = io.new_dummy_sock("/", ()).await;
-    let connect = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-    assert!(matches!(connect, Ok(Some(_))), "the socket connected");
-
-    let b = Node::start(&config(&cluster, "b", Some(a.addrs().0)))
-        .await
-        .unwrap();
-    let formed = until(Duration::from_secs(20), || {
-        a.members().len() == 1 && b.members().first().is_some_and(|m| m.hosts("/"))
-    })
-    .await;
-    assert!(formed, "a and b are members of each other");
+    let (_io, _tx, mut rx, a, b) = a_and_b(&format!("crafted-{}", std::process::id())).await;
 
     let to_a = [a.me().clone()];
     let msgpack = Value::Bytes(Bytes::from_static(&[0x92, 0xa1, 0x65, 0x01]));
@@ -116,21 +131,7 @@ async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
 #[tokio::test]
 async fn requests_dropped_are_logged_at_a_bounded_rate() {
     let (logs, _guard) = capture_logs();
-    let cluster = format!("dropped-{}", std::process::id());
-    let ctr = GossipAdapterCtr::new(config(&cluster, "a", None))
-        .await
-        .unwrap();
-    let a = ctr.node.clone();
-    let (_svc, io) = SocketIo::builder().with_adapter::<A>(ctr).build_svc();
-    io.ns("/", async |_: SocketRef<A>| {}).await.unwrap();
-    let b = Node::start(&config(&cluster, "b", Some(a.addrs().0)))
-        .await
-        .unwrap();
-    let formed = until(Duration::from_secs(20), || {
-        a.members().len() == 1 && b.members().first().is_some_and(|m| m.hosts("/"))
-    })
-    .await;
-    assert!(formed, "a and b are members of each other");
+    let (_io, _tx, _rx, a, b) = a_and_b(&format!("dropped-{}", std::process::id())).await;
 
     let to_a = [a.me().clone()];
     let Frame::Request(mut bad) =

@@ -142,12 +142,11 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     b.shutdown().await;
 }
 
-/// An `AllRooms` request whose target rooms are `count` names of `len` bytes each, put
-/// together from encoded parts (a list is its length, then its elements), so that a list
-/// far beyond [`wire::MAX_ROOMS`] is never built in memory here.
+/// An `AllRooms` request whose target rooms are `count` names of `len` bytes each (see
+/// [`list_frame`]).
 fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
-    let request = |rooms: Vec<String>| {
-        wire::encode(&Frame::Request(wire::Request {
+    let request = |rooms| {
+        Frame::Request(wire::Request {
             ns: "/".into(),
             id: wire::Id(*b"0000000000000001"),
             origin: wire::Id(*b"0000000000000002"),
@@ -157,12 +156,19 @@ fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
                 ..wire::Opts::default()
             },
             ack_timeout_ms: None,
-        }))
-        .unwrap()
+        })
     };
+    list_frame(request, count, len)
+}
+
+/// The frame `with` makes of a list of `count` names of `len` bytes each, put together from
+/// encoded parts (a list is its length, then its elements), so that a list far beyond the
+/// wire's bounds is never built in memory here.
+fn list_frame(with: impl Fn(Vec<String>) -> Frame, count: usize, len: usize) -> bytes::Bytes {
+    let encode = |names| wire::encode(&with(names)).unwrap();
     // The list's length is the first byte of the bodies (after the length prefix) where a
-    // frame with one room differs from one with none.
-    let (none, one) = (request(Vec::new()), request(vec![String::new()]));
+    // frame with one name differs from one with none.
+    let (none, one) = (encode(Vec::new()), encode(vec![String::new()]));
     let (none, one) = (&none[wire::LEN_PREFIX..], &one[wire::LEN_PREFIX..]);
     let at = none.iter().zip(one).position(|(a, b)| a != b).unwrap();
     // A length is encoded as the integer alone would be.
@@ -172,7 +178,7 @@ fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
     body.reserve(count * (len + 2));
     for _ in 0..count {
         body.extend_from_slice(&length(len));
-        body.resize(body.len() + len, b'r');
+        body.resize(body.len() + len, b'n');
     }
     body.extend_from_slice(&none[at + 1..]);
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
@@ -232,35 +238,6 @@ async fn peak_memory_under_the_largest_frames() {
     a.shutdown().await;
 }
 
-/// A [`Frame::Meta`] whose namespaces are `count` names of `len` bytes each, put together
-/// from encoded parts as [`rooms_frame`] does.
-fn meta_frame(count: usize, len: usize) -> bytes::Bytes {
-    let meta = |namespaces: Vec<String>| {
-        wire::encode(&Frame::Meta(NodeMeta {
-            version: 2,
-            server_id: None,
-            namespaces,
-            parser: None,
-        }))
-        .unwrap()
-    };
-    let (none, one) = (meta(Vec::new()), meta(vec![String::new()]));
-    let (none, one) = (&none[wire::LEN_PREFIX..], &one[wire::LEN_PREFIX..]);
-    let at = none.iter().zip(one).position(|(a, b)| a != b).unwrap();
-    let length = |n: usize| wire::encode_body(&n).unwrap();
-    let mut body = none[..at].to_vec();
-    body.extend_from_slice(&length(count));
-    body.reserve(count * (len + 2));
-    for _ in 0..count {
-        body.extend_from_slice(&length(len));
-        body.resize(body.len() + len, b'n');
-    }
-    body.extend_from_slice(&none[at + 1..]);
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame.into()
-}
-
 /// The child process of [`one_meta_frame_costs_a_node_less_than_twice_its_size`]: a node
 /// that prints its mesh address, then its peak memory each time it changes.
 const META_CHILD: &str = "META_FRAME_CHILD_CLUSTER";
@@ -317,7 +294,15 @@ async fn one_meta_frame_costs_a_node_less_than_twice_its_size() {
     };
     let mesh: SocketAddr = next_line("MESH").parse().unwrap();
     let max = wire::DEFAULT_MAX_FRAME_SIZE;
-    let frame = meta_frame(max - 64, 0);
+    let meta = |namespaces| {
+        Frame::Meta(NodeMeta {
+            version: 2,
+            server_id: None,
+            namespaces,
+            parser: None,
+        })
+    };
+    let frame = list_frame(meta, max - 64, 0);
     assert!(
         frame.len() - wire::LEN_PREFIX <= max,
         "the frame fits the bound"
