@@ -1,10 +1,11 @@
 //! The mesh gives strangers nothing: a node in a child process (the `cluster_node` test server)
 //! is hit with 200 QUIC connections from 16 addresses that complete TLS with the mesh ALPN but
-//! never prove the cluster secret, a quarter of them also opening streams and pushing junk.
+//! never prove the cluster secret, each sending unreliable datagrams if the node takes any,
+//! a quarter of them also opening streams and pushing junk.
 //! Its resident memory (`VmRSS`, /proc) must grow by less than 20 MB, while a real peer with
 //! the secret keeps exchanging broadcasts with it both ways.
 //!
-//! Nor can strangers crowd out the cluster's nodes: while 96 such connections from 16
+//! Nor can strangers crowd out the cluster's nodes: while 192 such connections from 16
 //! addresses are dialled again as soon as the node cuts them, a new node with the secret
 //! joins through it, and exchanges every broadcast with it both ways.
 //!
@@ -49,6 +50,9 @@ const JUNK_PER_STREAM: usize = 2 * 1024 * 1024;
 const ATTACK: Duration = Duration::from_secs(4);
 /// The bound on the node's growth.
 const MAX_GROWTH_KB: u64 = 20 * 1024;
+/// Unreliable datagrams each stranger tries to send (more than quinn buffers by default
+/// per connection, 1.25 MB).
+const DATAGRAM_JUNK: usize = 2 * 1024 * 1024;
 /// Most stream bytes one stranger may push before proving anything: room for a proof.
 const MAX_CREDIT_PER_STRANGER: usize = 16 * 1024;
 
@@ -179,9 +183,10 @@ fn attack<F: Future<Output = ()> + Send + 'static>(
     })
 }
 
-/// One stranger: connect, maybe push junk on every stream the node lets it open, then hold
-/// the connection until `until`. Counts completed handshakes in `connected`, and junk
-/// accepted by the node's flow control in `junk_written`.
+/// One stranger: connect, send datagrams if the node takes any, maybe push junk on every
+/// stream the node lets it open, then hold the connection until `until`. Counts completed
+/// handshakes in `connected`, junk accepted by the node's flow control in `junk_written`,
+/// and datagram bytes sent in `datagrams_sent`.
 async fn stranger(
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
@@ -189,6 +194,7 @@ async fn stranger(
     until: Instant,
     connected: Arc<AtomicUsize>,
     junk_written: Arc<AtomicUsize>,
+    datagrams_sent: Arc<AtomicUsize>,
 ) {
     let left = until.saturating_duration_since(Instant::now());
     let _ = tokio::time::timeout(left, async {
@@ -199,6 +205,17 @@ async fn stranger(
             return;
         };
         connected.fetch_add(1, Ordering::Relaxed);
+        // Unreliable datagrams, which flow control does not cover: whatever the node lets
+        // through it would buffer until read, and nothing of the mesh reads them.
+        if let Some(size) = conn.max_datagram_size() {
+            let datagram = bytes::Bytes::from(vec![0x5a; size.min(1200)]);
+            for _ in 0..DATAGRAM_JUNK / datagram.len() {
+                if conn.send_datagram_wait(datagram.clone()).await.is_err() {
+                    break;
+                }
+                datagrams_sent.fetch_add(datagram.len(), Ordering::Relaxed);
+            }
+        }
         if junk {
             let block = bytes::Bytes::from(vec![0x5a; 64 * 1024]);
             // A few bytes on the handshake stream, never finished: the node keeps waiting
@@ -297,8 +314,10 @@ async fn unauthenticated_connections_cost_little_and_traffic_continues() {
     let until = Instant::now() + ATTACK;
     let connected = Arc::new(AtomicUsize::new(0));
     let junk_written = Arc::new(AtomicUsize::new(0));
+    let datagrams_sent = Arc::new(AtomicUsize::new(0));
     let attacker = {
         let (connected, junk_written) = (connected.clone(), junk_written.clone());
+        let datagrams_sent = datagrams_sent.clone();
         // From several hosts (127.0.0.2 and up): one host gets a few slots only.
         attack(16, STRANGERS, Duration::from_secs(5), move |endpoint, i| {
             stranger(
@@ -308,6 +327,7 @@ async fn unauthenticated_connections_cost_little_and_traffic_continues() {
                 until,
                 connected.clone(),
                 junk_written.clone(),
+                datagrams_sent.clone(),
             )
         })
     };
@@ -331,9 +351,11 @@ async fn unauthenticated_connections_cost_little_and_traffic_continues() {
     let growth = peak.saturating_sub(baseline);
     eprintln!(
         "victim VmRSS: baseline {baseline} kB, peak {peak} kB during the attack (+{growth} kB); \
-         {} of {STRANGERS} strangers completed TLS, {} kB of junk the node gave credit for; {sent} broadcasts each way",
+         {} of {STRANGERS} strangers completed TLS, {} kB of junk the node gave credit for, \
+         {} kB of datagrams sent; {sent} broadcasts each way",
         connected.load(Ordering::Relaxed),
         junk_written.load(Ordering::Relaxed) / 1024,
+        datagrams_sent.load(Ordering::Relaxed) / 1024,
     );
 
     // Every broadcast made during the attack arrived, in order, both ways.

@@ -709,13 +709,16 @@ impl Mesh {
 }
 
 /// What both sides of a mesh connection share: a peer silent for `peer_timeout` is gone;
-/// keep-alives keep healthy idle links open.
+/// keep-alives keep healthy idle links open; no datagrams.
 fn base_transport(peer_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(peer_timeout).ok());
     t.keep_alive_interval(Some(peer_timeout / 4));
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(HANDSHAKE_WINDOW));
+    // The mesh sends no unreliable datagrams, and flow control does not cover them: quinn
+    // would buffer up to 1.25 MB of them per connection, a stranger's included.
+    t.datagram_receive_buffer_size(None);
     t
 }
 
