@@ -198,37 +198,75 @@ fn is_redis_url(s: &str) -> bool {
 }
 
 /// A Redis URL with every credential replaced by `***`: the user and password before `@`
-/// (`redis://user:pw@host`), and the `pass`/`password` query parameters
-/// (`unix:///run/redis.sock?pass=pw`).
+/// (`redis://user:pw@host`), the `pass`/`password` query parameters
+/// (`unix:///run/redis.sock?pass=pw`) and any fragment.
+///
+/// The URL is parsed as the Redis client parses it (the `url` crate). A credential that
+/// holds a delimiter raw (`redis://:s3cr?t@h`: `?`, `#`, `/` end the authority early, so
+/// part of it lands in the path, query or fragment) shows as an `@` past the authority, or
+/// fails to parse: then nothing but the scheme is shown.
 pub(crate) fn redact(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut out = match (base.find("://"), base.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &base[..scheme + 3], &base[at..])
+    #[cfg(feature = "redis")]
+    if let Some(shown) = redact_parsed(url) {
+        return shown;
+    }
+    redact_unparsed(url)
+}
+
+/// A well-formed URL, its credentials hidden; `None` when it does not parse, or a
+/// credential may have spilled past the authority.
+#[cfg(feature = "redis")]
+fn redact_parsed(raw: &str) -> Option<String> {
+    /// Query parameters that carry a password.
+    const SECRET_PARAMS: [&str; 4] = ["pass", "password", "passwd", "pwd"];
+    let url = url::Url::parse(raw).ok()?;
+    let spilled = url.path().contains('@') || url.fragment().is_some_and(|f| f.contains('@'));
+    if url.cannot_be_a_base() || spilled {
+        return None;
+    }
+    let mut out = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        out.push_str("***@");
+    }
+    out.push_str(url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    if let Some(query) = url.query() {
+        let mut params = Vec::new();
+        for param in query.split('&') {
+            let key = param.split_once('=').map_or(param, |(k, _)| k);
+            if SECRET_PARAMS.contains(&key.to_ascii_lowercase().as_str()) {
+                params.push(format!("{key}=***"));
+            } else if param.contains('@') {
+                return None;
+            } else {
+                params.push(param.to_string());
+            }
         }
-        (None, Some(at)) => format!("***{}", &base[at..]),
-        _ => base.to_string(),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((k, _))
-                    if ["pass", "password", "passwd", "pwd"]
-                        .contains(&k.to_ascii_lowercase().as_str()) =>
-                {
-                    format!("{k}=***")
-                }
-                _ => param.to_string(),
-            })
-            .collect();
         out.push('?');
         out.push_str(&params.join("&"));
     }
-    out
+    if url.fragment().is_some() {
+        out.push_str("#***");
+    }
+    Some(out)
+}
+
+/// What is shown of a string that is no well-formed URL: its scheme, if it has one; a
+/// plain word as it is; otherwise nothing.
+fn redact_unparsed(raw: &str) -> String {
+    let is_scheme = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    match raw.split_once("://") {
+        Some((scheme, _)) if is_scheme(scheme) => format!("{scheme}://***"),
+        None if !raw.contains(['@', ':', '/', '?', '#', '=', '&']) => raw.to_string(),
+        _ => "***".to_string(),
+    }
 }
 
 /// An adapter whose backend is chosen at run time by its [`ClusterAdapterCtr`]. Use it as
@@ -477,21 +515,82 @@ mod tests {
 
     #[test]
     fn credentials_never_appear_in_messages() {
-        assert_eq!(
-            redact("redis://user:pw@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(
-            redact("unix:///run/r.sock?db=1&pass=pw"),
-            "unix:///run/r.sock?db=1&pass=***"
-        );
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        // A well-formed URL is shown but for its credentials (parsed by the Redis client's
+        // own parser, with the Redis backend).
+        #[cfg(feature = "redis")]
+        {
+            assert_eq!(
+                redact("redis://user:pw@host:6379/0"),
+                "redis://***@host:6379/0"
+            );
+            assert_eq!(
+                redact("unix:///run/r.sock?db=1&pass=pw"),
+                "unix:///run/r.sock?db=1&pass=***"
+            );
+            assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        }
+        assert_eq!(redact("gosip"), "gosip", "a plain word is shown");
         for url in WITH_PASSWORD {
             let shown = redact(url);
             assert!(!shown.contains("hunter2"), "{url} -> {shown}");
             assert!(shown.contains("***"), "{url} -> {shown}");
         }
         assert!(is_redis_url("rediss://h") && !is_redis_url("gossip") && !is_redis_url("http://x"));
+    }
+
+    /// Passwords and user names holding the characters that delimit a URL (`@`, `?`, `#`,
+    /// `/`), raw as an operator may paste them, and IPv6 hosts: no part of a credential is
+    /// shown, and what is shown of a well-formed URL still names its host.
+    #[test]
+    fn credentials_with_delimiters_never_appear_in_messages() {
+        let hidden = |url: &str, secrets: &[&str]| {
+            let shown = redact(url);
+            for secret in secrets {
+                assert!(
+                    !shown.contains(secret),
+                    "{url} -> {shown}: shows {secret:?}"
+                );
+            }
+            assert!(shown.contains("***"), "{url} -> {shown}");
+            shown
+        };
+        for (url, secrets) in [
+            ("redis://:hun?ter2@h:6379", &["hun", "ter2"][..]),
+            ("redis://:hun#ter2@h:6379", &["hun", "ter2"]),
+            ("redis://:hun/ter2@h:6379/0", &["hun", "ter2"]),
+            ("redis://:hun@ter2@h:6379", &["hun", "ter2"]),
+            ("redis://usr@nm:hunter2@h", &["usr", "nm", "hunter2"]),
+            ("redis://usr?nm:hunter2@h", &["usr", "nm", "hunter2"]),
+            ("redis://usr#nm:hunter2@h", &["usr", "nm", "hunter2"]),
+            ("redis://usr/nm:hunter2@h", &["usr", "nm", "hunter2"]),
+            ("redis://usr:12#ter2@h", &["usr", "12", "ter2"]),
+            ("redis://usr:6379/ter2@h", &["usr", "6379", "ter2"]),
+            ("redis://:hun?ter2", &["hun", "ter2"]),
+            ("redis://[::1]:6379/0?password=hun@ter2", &["hun", "ter2"]),
+            ("unix:///run/r.sock?pass=hun#ter2", &["hun", "ter2"]),
+            (
+                "rediss://usr:hun%3Fter2@[::1]:6380",
+                &["usr", "hun", "ter2"],
+            ),
+        ] {
+            hidden(url, secrets);
+        }
+        // A well-formed URL still names its host (with the Redis backend, which parses it).
+        #[cfg(feature = "redis")]
+        {
+            assert_eq!(
+                hidden("redis://usr:hunter2@[::1]:6379/0", &["usr", "hunter2"]),
+                "redis://***@[::1]:6379/0"
+            );
+            assert_eq!(
+                hidden(
+                    "rediss://usr:hun%40ter2@[fe80::1]:6380/?protocol=resp3",
+                    &["usr", "hun", "ter2"]
+                ),
+                "rediss://***@[fe80::1]:6380/?protocol=resp3"
+            );
+            assert_eq!(redact("redis://[::1]:6379/2"), "redis://[::1]:6379/2");
+        }
     }
 
     /// The start-up error of every URL form names the URL, never its password.

@@ -97,7 +97,8 @@
 //!   keep-alives with a short idle timeout (the peer timeout) notice a hung peer in
 //!   seconds. On Linux a crashed peer is noticed at once: the mesh socket keeps the ICMP
 //!   *port unreachable* its datagrams to a dead process bring back (`IP_RECVERR`), and one
-//!   from exactly a peer's address closes that peer's connections as lost.
+//!   about exactly a peer's address that quotes a datagram this node sent there closes that
+//!   peer's connections as lost.
 //!   An emit never waits on one peer: each peer's send queue is bounded in bytes, and a
 //!   peer that falls behind past its budget, or takes nothing for the peer timeout while
 //!   staying connected, is disconnected as a slow consumer and connected to afresh (see
@@ -266,17 +267,25 @@
 //! secret shorter than 32 characters or easy to guess is refused at start
 //! ([`Error::WeakSecret`]). A node is a member while its authenticated mesh connection is
 //! open, whatever gossip says. Rotate secrets with [`GossipAdapterConfig::with_secrets`].
-//! ICMP is not authenticated: an attacker on the path who can forge a *port unreachable*
-//! from a peer's address makes a node drop its link to that peer (Linux), which then
-//! reconnects — as a forged TCP reset drops the Redis backend's connection.
-//! The README's security section says what an attacker with and without the secret can do.
+//! ICMP is not authenticated, so it is a hint: a *port unreachable* closes a peer's links
+//! only if it quotes the start of a datagram this node sent to that peer lately, which
+//! anyone off the path cannot guess (the start of a QUIC packet: the peer's connection id
+//! and encrypted bytes); any other is counted, logged at a bounded rate, and left to the
+//! peer timeout. The README's security section says what an attacker with and without the
+//! secret can do.
 //!
 //! A connection that has not proved the secret gets no room for data (one stream, 8 KiB for
-//! its proof), at most 64 are served at once for at most the peer timeout, and beyond 16 a
-//! client must validate its address (QUIC Retry). With
+//! its proof). At most 64 are served at once, 4 per source (an IPv4 address, an IPv6 /64),
+//! with 16 of the 64 kept for the mesh addresses of members and of the nodes gossip lists,
+//! so that strangers cannot crowd out the cluster's own nodes; each has the handshake
+//! deadline ([`GossipAdapterConfig::with_handshake_timeout`], 1 s) to prove the secret, and
+//! beyond 16 at once, or for a source's second one, a client must validate its address
+//! (QUIC Retry). What a member can make a node hold is bounded: every list of a frame
+//! (rooms, sockets, attachments, the namespaces a node announces: 4,096 of at most 256
+//! bytes), the server ids kept per member, an ack timeout (10 minutes at most). With
 //! [`GossipAdapterConfig::with_tls_ca`], each node also has a certificate of the cluster's
-//! CA naming it: both sides verify the other's (mutual TLS), and a node cannot claim
-//! another's name.
+//! CA naming it, exactly (no case folding, no wildcard): both sides verify the other's
+//! (mutual TLS), and a node cannot claim another's name.
 
 #[cfg(not(any(feature = "cluster-gossip", feature = "redis")))]
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");

@@ -50,6 +50,15 @@ pub(crate) const PEER_TIMEOUT: Setting<Duration> = Setting {
     max: ms(600_000),
 };
 
+/// Time an incoming mesh connection has to prove the secret: below 100 ms a loaded node
+/// cuts its own peers' handshakes; beyond a minute a stranger holds a slot too long.
+pub(crate) const HANDSHAKE_TIMEOUT: Setting<Duration> = Setting {
+    method: "with_handshake_timeout",
+    var: "SOCKETIO_CLUSTER_HANDSHAKE_TIMEOUT_MS",
+    min: ms(100),
+    max: ms(60_000),
+};
+
 /// Longest wait at start to join through the seeds: 0 starts at once (a node then joins in
 /// the background); beyond 10 min a start-up hangs too long.
 pub(crate) const JOIN_TIMEOUT: Setting<Duration> = Setting {

@@ -234,6 +234,39 @@ async fn a_node_cannot_claim_a_name_its_certificate_does_not_give() {
     );
 }
 
+/// A certificate names exactly one node: the one whose name it holds, byte for byte. The
+/// holder of a's certificate cannot join as `A` or `a.` (the same name to DNS, which
+/// ignores case and a final dot), and a wildcard certificate names no node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_names_one_node_exactly() {
+    capture_logs();
+    let pki = Pki::new("exact");
+    let ca = pki.ca("cluster-ca");
+    let id = cluster_id();
+    let [a, b] = ca_cluster(&id, &pki, &ca, ["a.chat.svc", "b.chat.svc"]).await;
+    let seed = Some(a.cluster().gossip_addr());
+    let a_cert = pki.node(&ca, "a.chat.svc", "a-again");
+    let wildcard = pki.node(&ca, "*.chat.svc", "wildcard");
+    let claims = [
+        ("A.CHAT.SVC", &a_cert),
+        ("a.chat.svc.", &a_cert),
+        ("c.chat.svc", &wildcard),
+    ];
+    let mut intruders = Vec::new();
+    for (name, files) in claims {
+        intruders.push(start_gossip(ca_config(&id, name, files, seed)).await);
+    }
+    for (name, _) in claims {
+        stays_out(&[&a, &b], name).await;
+        assert!(
+            logged(&format!(
+                r#"claims to be node "{name}", but its certificate does not name node "{name}""#
+            )),
+            "no refusal of {name} with its reason was logged"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_of_another_ca_or_none_is_refused() {
     capture_logs();

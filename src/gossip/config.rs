@@ -65,6 +65,7 @@ pub struct GossipAdapterConfig {
     pub(crate) gossip_interval: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) peer_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     pub(crate) tls: Option<TlsFiles>,
     pub(crate) join_timeout: Duration,
     pub(crate) network: Option<crate::gossip::network::Custom>,
@@ -89,6 +90,7 @@ impl Default for GossipAdapterConfig {
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             peer_timeout: Duration::from_secs(2),
+            handshake_timeout: crate::gossip::mesh::HANDSHAKE_TIMEOUT,
             tls: None,
             join_timeout: Duration::from_secs(3),
             network: None,
@@ -262,6 +264,21 @@ impl GossipAdapterConfig {
         self
     }
 
+    /// How long an incoming mesh connection has, from its first packet, to complete TLS and
+    /// prove the cluster secret; one that does not is closed, and its slot given to the
+    /// next. A handshake takes two round trips (a few milliseconds within a datacenter):
+    /// raise it only for links whose round trip nears 100 ms. Apart from the peer timeout,
+    /// which applies to proven peers only. Default 1 s; 100 ms to 1 min.
+    ///
+    /// Connections still proving the secret are bounded besides: 64 at once, 4 per source
+    /// (an IPv4 address, an IPv6 /64), and 16 of the 64 kept for the mesh addresses of
+    /// members and of the nodes gossip lists, so that strangers dialling without end crowd
+    /// out no node of the cluster.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
     /// Cluster-CA mode: each node gets its own certificate, signed by a CA of the cluster and
     /// naming the node (its node name as a DNS name in the subject alternative names), so
     /// that no node can speak for another. Paths of PEM files: the CA's certificate, this
@@ -272,7 +289,9 @@ impl GossipAdapterConfig {
     /// other's chain to the CA (mutual TLS), and a peer whose certificate does not name the
     /// node it claims to be is refused. The node name must be a DNS name (letters, digits,
     /// `-`, `.`), and [`with_node_name`](Self::with_node_name) set to the name in the
-    /// certificate. The secret is still required: it seals gossip and its proof still runs.
+    /// certificate, byte for byte: names are compared exactly, not as DNS compares them (a
+    /// certificate for `chat-0` does not name `CHAT-0` nor `chat-0.`, and a wildcard
+    /// `*.chat.svc` names no node), so that one certificate names exactly one node. The secret is still required: it seals gossip and its proof still runs.
     /// Unreadable files, or a certificate the CA did not sign or that does not fit the key,
     /// stop the node at start with an error naming the file.
     ///
@@ -333,6 +352,7 @@ impl GossipAdapterConfig {
     /// | `SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS` | request timeout, 10 to 3,600,000 |
     /// | `SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS` | gossip interval, 10 to 60,000 |
     /// | `SOCKETIO_CLUSTER_PEER_TIMEOUT_MS` | peer idle timeout, 100 to 600,000 |
+    /// | `SOCKETIO_CLUSTER_HANDSHAKE_TIMEOUT_MS` | time a mesh connection has to prove the secret, 100 to 60,000 |
     /// | `SOCKETIO_CLUSTER_JOIN_TIMEOUT_MS` | longest wait to join at start, 0 to 600,000 |
     /// | `SOCKETIO_CLUSTER_MAX_FRAME_SIZE` | largest frame in bytes, 1,024 to 67,108,864 |
     /// | `SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER` | ack buffer, 1 to 1,000,000 |
@@ -412,6 +432,9 @@ impl GossipAdapterConfig {
         if let Some(d) = env_ms(&ranges::PEER_TIMEOUT, get)? {
             c.peer_timeout = d;
         }
+        if let Some(d) = env_ms(&ranges::HANDSHAKE_TIMEOUT, get)? {
+            c.handshake_timeout = d;
+        }
         if let Some(d) = env_ms(&ranges::JOIN_TIMEOUT, get)? {
             c.join_timeout = d;
         }
@@ -441,6 +464,7 @@ impl GossipAdapterConfig {
         ranges::REQUEST_TIMEOUT.check(B, self.request_timeout)?;
         ranges::GOSSIP_INTERVAL.check(B, self.gossip_interval)?;
         ranges::PEER_TIMEOUT.check(B, self.peer_timeout)?;
+        ranges::HANDSHAKE_TIMEOUT.check(B, self.handshake_timeout)?;
         ranges::JOIN_TIMEOUT.check(B, self.join_timeout)?;
         ranges::MAX_FRAME_SIZE.check(B, self.max_frame_size)?;
         ranges::ACK_RESPONSE_BUFFER.check(B, self.ack_response_buffer)?;
@@ -560,6 +584,7 @@ mod tests {
             ("SOCKETIO_CLUSTER_SECRETS_VERIFY", "s0"),
             ("SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS", "1500"),
             ("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS", "700"),
+            ("SOCKETIO_CLUSTER_HANDSHAKE_TIMEOUT_MS", "1500"),
         ])
         .unwrap();
         assert_eq!(c.cluster_id, "chat");
@@ -573,6 +598,7 @@ mod tests {
         );
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
         assert_eq!(c.peer_timeout, Duration::from_millis(700));
+        assert_eq!(c.handshake_timeout, Duration::from_millis(1500));
     }
 
     #[test]
@@ -601,6 +627,8 @@ mod tests {
             ("SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS", "60001"),
             ("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS", "0"),
             ("SOCKETIO_CLUSTER_PEER_TIMEOUT_MS", "99"),
+            ("SOCKETIO_CLUSTER_HANDSHAKE_TIMEOUT_MS", "99"),
+            ("SOCKETIO_CLUSTER_HANDSHAKE_TIMEOUT_MS", "60001"),
             ("SOCKETIO_CLUSTER_MAX_FRAME_SIZE", "0"),
             ("SOCKETIO_CLUSTER_MAX_FRAME_SIZE", "4294967296"),
             ("SOCKETIO_CLUSTER_ACK_RESPONSE_BUFFER", "0"),
@@ -635,7 +663,7 @@ mod tests {
     #[allow(deprecated)]
     fn builder_values_outside_their_range_name_the_method() {
         type C = GossipAdapterConfig;
-        let cases: [(C, &str); 6] = [
+        let cases: [(C, &str); 7] = [
             (
                 C::new().with_request_timeout(Duration::ZERO),
                 "with_request_timeout",
@@ -647,6 +675,10 @@ mod tests {
             (
                 C::new().with_peer_timeout(Duration::ZERO),
                 "with_peer_timeout",
+            ),
+            (
+                C::new().with_handshake_timeout(Duration::from_secs(61)),
+                "with_handshake_timeout",
             ),
             (C::new().with_max_frame_size(10), "with_max_frame_size"),
             (

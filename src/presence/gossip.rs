@@ -47,6 +47,10 @@ impl Handler {
     }
 }
 
+/// Presence messages from peers that do not decode: logged at most once per period.
+static UNDECODED_LOG: crate::rate_log::RateLog =
+    crate::rate_log::RateLog::new(std::time::Duration::from_secs(10));
+
 impl ServiceHandler for Handler {
     fn on_message(&self, from: &PeerId, body: Bytes) {
         let Some(shared) = self.shared.upgrade() else {
@@ -55,7 +59,9 @@ impl ServiceHandler for Handler {
         let msg = match wire::decode_body::<PresenceMsg>(&body) {
             Ok(msg) => msg,
             Err(e) => {
-                tracing::warn!(peer = %from, "presence message dropped: {e}");
+                if let Some(held_back) = UNDECODED_LOG.allow() {
+                    tracing::warn!(peer = %from, held_back, "presence message dropped: {e}");
+                }
                 return;
             }
         };

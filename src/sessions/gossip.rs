@@ -290,12 +290,18 @@ impl Inner {
     }
 }
 
+/// Session messages from peers that do not decode: logged at most once per period.
+static UNDECODED_LOG: crate::rate_log::RateLog =
+    crate::rate_log::RateLog::new(std::time::Duration::from_secs(10));
+
 impl ServiceHandler for Inner {
     fn on_message(&self, from: &PeerId, body: Bytes) {
         let msg = match wire::decode_body::<SessionMsg>(&body) {
             Ok(msg) => msg,
             Err(e) => {
-                tracing::warn!(peer = %from, "session message dropped: {e}");
+                if let Some(held_back) = UNDECODED_LOG.allow() {
+                    tracing::warn!(peer = %from, held_back, "session message dropped: {e}");
+                }
                 return;
             }
         };

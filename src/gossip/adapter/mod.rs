@@ -32,7 +32,15 @@ use crate::{
     gossip::peer::PeerId,
     gossip::wire::{self, AckResult, Frame, Id, RequestKind, ResponseBody},
     init::InitRes,
+    rate_log::RateLog,
 };
+
+/// Requests from peers this node cannot apply in full (dropped, or failing on the local
+/// sockets): logged at most once per period, node-wide, as a peer can send them at will.
+static REQUEST_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+/// Parts of peers' answers this node cannot use (a socket, an ack): logged at most once per
+/// period, node-wide.
+static ANSWER_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 
 /// The adapter constructor: the running cluster node, shared by the adapter of every
 /// namespace. Build it once, then hand it to
@@ -239,7 +247,11 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
                 for s in &list {
                     match convert::socket_from(ns, s) {
                         Ok(s) => sockets.push(s),
-                        Err(e) => tracing::warn!(%ns, "remote socket skipped: {e}"),
+                        Err(e) => {
+                            if let Some(held_back) = ANSWER_LOG.allow() {
+                                tracing::warn!(%ns, held_back, "remote socket skipped: {e}");
+                            }
+                        }
                     }
                 }
             }
@@ -266,7 +278,12 @@ impl<E: SocketEmitter> GossipAdapter<E> {
             origin: self.origin,
             kind,
             opts: convert::opts(opts),
-            ack_timeout_ms: ack_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            // Peers cut a longer one to the bound: it is cut here already.
+            ack_timeout_ms: ack_timeout.map(|t| {
+                u64::try_from(t.as_millis()).map_or(wire::MAX_ACK_TIMEOUT_MS, |ms| {
+                    ms.min(wire::MAX_ACK_TIMEOUT_MS)
+                })
+            }),
         })
     }
 
@@ -317,7 +334,9 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
         let opts = match convert::opts_from(req.opts) {
             Ok(opts) => opts,
             Err(e) => {
-                tracing::warn!(peer = %from, %ns, "request dropped: {e}");
+                if let Some(held_back) = REQUEST_LOG.allow() {
+                    tracing::warn!(peer = %from, %ns, held_back, "request dropped: {e}");
+                }
                 if req.kind.expects_response() {
                     self.node.respond(from, req.id, ResponseBody::NotHosted);
                 }
@@ -332,8 +351,10 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
         };
         match req.kind {
             RequestKind::Broadcast(p) => {
-                if let Err(e) = self.local.broadcast(packet(p)?, opts) {
-                    tracing::warn!(peer = %from, %ns, "remote broadcast: {e:?}");
+                if let Err(e) = self.local.broadcast(packet(p)?, opts)
+                    && let Some(held_back) = REQUEST_LOG.allow()
+                {
+                    tracing::warn!(peer = %from, %ns, held_back, "remote broadcast: {e:?}");
                 }
             }
             RequestKind::BroadcastWithAck(p) => {
@@ -353,8 +374,10 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                 });
             }
             RequestKind::DisconnectSockets => {
-                if let Err(e) = self.local.disconnect_socket(opts) {
-                    tracing::warn!(peer = %from, %ns, "remote disconnect: {e:?}");
+                if let Err(e) = self.local.disconnect_socket(opts)
+                    && let Some(held_back) = REQUEST_LOG.allow()
+                {
+                    tracing::warn!(peer = %from, %ns, held_back, "remote disconnect: {e:?}");
                 }
                 self.node.respond(from, req.id, ResponseBody::Done);
             }
@@ -423,7 +446,9 @@ fn decode_ack<Err: DeserializeOwned>(sid: &Id, res: AckResult) -> Option<AckStre
     let sid = match convert::sid(sid) {
         Ok(sid) => sid,
         Err(e) => {
-            tracing::warn!("ack dropped: {e}");
+            if let Some(held_back) = ANSWER_LOG.allow() {
+                tracing::warn!(held_back, "ack dropped: {e}");
+            }
             return None;
         }
     };
@@ -432,7 +457,9 @@ fn decode_ack<Err: DeserializeOwned>(sid: &Id, res: AckResult) -> Option<AckStre
         AckResult::Err(bytes) => match wire::decode_body::<Err>(&bytes) {
             Ok(e) => Err(e),
             Err(e) => {
-                tracing::warn!(%sid, "ack error dropped, cannot decode it: {e}");
+                if let Some(held_back) = ANSWER_LOG.allow() {
+                    tracing::warn!(%sid, held_back, "ack error dropped, cannot decode it: {e}");
+                }
                 return None;
             }
         },

@@ -44,6 +44,39 @@ fn broadcast(data: PacketData) -> Frame {
     })
 }
 
+/// Node `a` of `cluster`, serving `/` through this adapter with a socket connected there
+/// (its halves), and node `b`, a bare node that sends what a test crafts, once each is a
+/// member of the other.
+async fn a_and_b(
+    cluster: &str,
+) -> (
+    impl Sized + use<>,
+    impl Sized + use<>,
+    tokio::sync::mpsc::Receiver<engineioxide::Packet>,
+    Arc<Node>,
+    Arc<Node>,
+) {
+    let ctr = GossipAdapterCtr::new(config(cluster, "a", None))
+        .await
+        .unwrap();
+    let a = ctr.node.clone();
+    let (svc, io) = SocketIo::builder().with_adapter::<A>(ctr).build_svc();
+    io.ns("/", async |_: SocketRef<A>| {}).await.unwrap();
+    let (tx, mut rx) = io.new_dummy_sock("/", ()).await;
+    let connect = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(matches!(connect, Ok(Some(_))), "the socket connected");
+
+    let b = Node::start(&config(cluster, "b", Some(a.addrs().0)))
+        .await
+        .unwrap();
+    let formed = until(Duration::from_secs(20), || {
+        a.members().len() == 1 && b.members().first().is_some_and(|m| m.hosts("/"))
+    })
+    .await;
+    assert!(formed, "a and b are members of each other");
+    ((svc, io), tx, rx, a, b)
+}
+
 /// A peer broadcasts a msgpack payload to a node whose namespace uses the common (JSON)
 /// parser, which panics on one. The node refuses it: the link closes with a logged reason,
 /// nothing panics, nothing reaches the local socket, and the peer's next (valid) broadcast
@@ -52,25 +85,7 @@ fn broadcast(data: PacketData) -> Frame {
 async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
     let (logs, _guard) = capture_logs();
     count_panics();
-    let cluster = format!("crafted-{}", std::process::id());
-    let ctr = GossipAdapterCtr::new(config(&cluster, "a", None))
-        .await
-        .unwrap();
-    let a = ctr.node.clone();
-    let (_svc, io) = SocketIo::builder().with_adapter::<A>(ctr).build_svc();
-    io.ns("/", async |_: SocketRef<A>| {}).await.unwrap();
-    let (_tx, mut rx) = io.new_dummy_sock("/", ()).await;
-    let connect = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-    assert!(matches!(connect, Ok(Some(_))), "the socket connected");
-
-    let b = Node::start(&config(&cluster, "b", Some(a.addrs().0)))
-        .await
-        .unwrap();
-    let formed = until(Duration::from_secs(20), || {
-        a.members().len() == 1 && b.members().first().is_some_and(|m| m.hosts("/"))
-    })
-    .await;
-    assert!(formed, "a and b are members of each other");
+    let (_io, _tx, mut rx, a, b) = a_and_b(&format!("crafted-{}", std::process::id())).await;
 
     let to_a = [a.me().clone()];
     let msgpack = Value::Bytes(Bytes::from_static(&[0x92, 0xa1, 0x65, 0x01]));
@@ -106,6 +121,43 @@ async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
             && l.contains("msgpack parser")
             && l.contains("common (JSON) parser")),
         "the reason is logged:\n{text}"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// A peer sends requests this node cannot apply (a socket id that is none), again and
+/// again: each is dropped, and the node logs them at a bounded rate, not once each.
+#[tokio::test]
+async fn requests_dropped_are_logged_at_a_bounded_rate() {
+    let (logs, _guard) = capture_logs();
+    let (_io, _tx, _rx, a, b) = a_and_b(&format!("dropped-{}", std::process::id())).await;
+
+    let to_a = [a.me().clone()];
+    let Frame::Request(mut bad) =
+        broadcast(PacketData::Event(Value::Str("[\"x\"]".into(), None), None))
+    else {
+        unreachable!()
+    };
+    bad.opts.sid = Some(Id([0xff; 16]));
+    for _ in 0..50 {
+        b.send(To::Peers(&to_a), &Frame::Request(bad.clone()), false)
+            .await
+            .unwrap();
+    }
+    // Frames are handled in order: once a confirmed message is handled, so are they.
+    b.send_service(&to_a, "none", Bytes::new(), true)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request dropped"))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 2,
+        "50 requests dropped, logged in {} lines: {lines:#?}",
+        lines.len()
     );
     b.shutdown().await;
     a.shutdown().await;

@@ -48,7 +48,8 @@ pub struct Member {
     pub mesh_addr: SocketAddr,
     /// socketioxide server id of the node's `SocketIo`, once it has created a namespace.
     pub server_id: Option<socketioxide_core::Uid>,
-    /// Namespaces the node hosts.
+    /// Namespaces the node hosts, as it announced them: at most 4,096 names of at most 256
+    /// bytes (a namespace beyond those bounds is served, but not announced).
     pub namespaces: Vec<String>,
 }
 

@@ -9,8 +9,12 @@
 //! ignored. Connections still being set up are left alone: a node restarted on the same port
 //! is reached normally, whatever an earlier answer said.
 //!
-//! ICMP is not authenticated: whoever can forge it on the path can make a node drop a link,
-//! which then reconnects, as a forged TCP reset can for any TCP connection.
+//! ICMP is not authenticated: anyone who can send to the host can forge a port unreachable
+//! naming a link's addresses. So one closes links only if it quotes the start of a datagram
+//! this node sent to that address lately ([`super::sent`]), which only the kernel that got
+//! it (or someone on the path, who can cut the link anyway) knows. Any other is a hint:
+//! counted, logged at a bounded rate, and left to the peer timeout, which closes a peer
+//! that is gone all the same.
 //!
 //! Elsewhere nothing reports ICMP errors: connections are tracked, and never closed here.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -27,7 +31,10 @@ use std::{
 
 use quinn::{Connection, VarInt};
 
-use super::{Closed, ConnId, Inbound, PeerAddrs, PeerId};
+use super::{
+    Closed, ConnId, Inbound, PeerAddrs, PeerId,
+    sent::{Sent, key},
+};
 use crate::{gossip::wire::Frame, rate_log::RateLog};
 
 /// Close code: the peer's port answered unreachable. The peer never reads it unless the
@@ -38,15 +45,22 @@ pub(crate) const CLOSE_UNREACHABLE: u32 = 6;
 static CLOSED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 /// Reports ignored: logged at most once per period.
 static IGNORED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+/// Port unreachables about a peer that quote no datagram sent to it: logged at most once
+/// per period.
+static UNCONFIRMED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 
 /// The authenticated connections of a mesh, and what error reports did to them.
 #[derive(Default)]
 pub(crate) struct Links {
     conns: Mutex<HashMap<u64, Entry>>,
+    /// What the socket sent to the addresses of these connections.
+    sent: Arc<Sent>,
     /// Connections closed because their peer's port was unreachable.
     closed: AtomicU64,
     /// Reports that concerned no connection, or were not a port unreachable.
     ignored: AtomicU64,
+    /// Port unreachables for a connection's address that quoted no datagram sent there.
+    unconfirmed: AtomicU64,
     /// The span naming this node, for the log lines of reports (read by a task started
     /// before the node has a name).
     span: std::sync::OnceLock<tracing::Span>,
@@ -55,11 +69,21 @@ pub(crate) struct Links {
 struct Entry {
     peer: PeerId,
     conn: Connection,
+    /// Its remote address when it was tracked, watched in [`Sent`] until it closes.
+    watched: SocketAddr,
     /// Closed here for a port unreachable.
     unreachable: bool,
 }
 
 impl Links {
+    /// No connection yet; what the socket sends is recorded in `sent`.
+    pub(crate) fn new(sent: Arc<Sent>) -> Self {
+        Self {
+            sent,
+            ..Self::default()
+        }
+    }
+
     /// Keep `conn` (to or from `peer`) until it closes; its events go through the returned
     /// inbound. `up` counts it while it is open.
     pub(crate) fn track(
@@ -71,11 +95,14 @@ impl Links {
         up: metrics::Gauge,
     ) -> Arc<dyn Inbound> {
         up.increment(1.0);
+        let watched = conn.remote_address();
+        self.sent.watch(watched);
         self.lock().insert(
             id.id,
             Entry {
                 peer: peer.clone(),
                 conn: conn.clone(),
+                watched,
                 unreachable: false,
             },
         );
@@ -86,16 +113,42 @@ impl Links {
         })
     }
 
-    /// Act on what the kernel said about a datagram to `dest`: a port unreachable closes
-    /// every authenticated connection whose remote address is exactly `dest`. Returns how
-    /// many were closed.
-    pub(crate) fn on_report(&self, dest: SocketAddr, port_unreachable: bool, what: &str) -> usize {
+    /// Act on what the kernel said about a datagram to `dest`, quoting `quoted` of it: a
+    /// port unreachable that quotes a datagram this node sent to `dest` closes every
+    /// authenticated connection whose remote address is exactly `dest`. Returns how many
+    /// were closed.
+    pub(crate) fn on_report(
+        &self,
+        dest: SocketAddr,
+        port_unreachable: bool,
+        quoted: Option<&[u8]>,
+        what: &str,
+    ) -> usize {
         let _in = self.span.get().map(tracing::Span::enter);
         let mut closed = Vec::new();
         if port_unreachable {
-            let dest = canonical(dest);
-            for entry in self.lock().values_mut() {
-                if !entry.unreachable && canonical(entry.conn.remote_address()) == dest {
+            let to = key(dest);
+            let mut conns = self.lock();
+            let matching = || {
+                conns
+                    .values()
+                    .any(|e| !e.unreachable && key(e.conn.remote_address()) == to)
+            };
+            if matching() && !quoted.is_some_and(|q| self.sent.quotes_one(dest, q)) {
+                drop(conns);
+                let unconfirmed = self.unconfirmed.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(held_back) = UNCONFIRMED_LOG.allow() {
+                    tracing::warn!(
+                        %dest, unconfirmed, held_back,
+                        "ICMP port unreachable for a mesh peer's address ignored: it quotes no \
+                         datagram this node sent there (forged, or too short to check); the \
+                         peer timeout still closes a peer that is gone"
+                    );
+                }
+                return 0;
+            }
+            for entry in conns.values_mut() {
+                if !entry.unreachable && key(entry.conn.remote_address()) == to {
                     entry.unreachable = true;
                     closed.push((entry.peer.clone(), entry.conn.clone()));
                 }
@@ -116,7 +169,8 @@ impl Links {
             if let Some(held_back) = CLOSED_LOG.allow() {
                 tracing::warn!(
                     %peer, remote = %dest, held_back,
-                    "closing mesh connection: port unreachable (ICMP), the peer's process is gone"
+                    "closing mesh connection: port unreachable (ICMP, quoting a datagram this \
+                     node sent), the peer's process is gone"
                 );
             }
             conn.close(VarInt::from_u32(CLOSE_UNREACHABLE), b"port unreachable");
@@ -129,24 +183,20 @@ impl Links {
         let _ = self.span.set(span);
     }
 
-    /// Connections closed for a port unreachable, and reports ignored, so far.
+    /// Connections closed for a port unreachable, reports ignored, and port unreachables
+    /// for a connection's address that quoted no datagram sent there, so far.
     #[cfg(test)]
-    pub(crate) fn counts(&self) -> (u64, u64) {
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
         (
             self.closed.load(Ordering::Relaxed),
             self.ignored.load(Ordering::Relaxed),
+            self.unconfirmed.load(Ordering::Relaxed),
         )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// `addr` with an IPv4-mapped IPv6 address written as IPv4, so that a dual-stack socket's
-/// view of a peer compares equal to a plain IPv4 one.
-fn canonical(addr: SocketAddr) -> (std::net::IpAddr, u16) {
-    (addr.ip().to_canonical(), addr.port())
 }
 
 /// The reason a connection closed for a port unreachable reads as: lost, not closed by this
@@ -178,7 +228,8 @@ impl Inbound for Tracked {
     fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &Closed) {
         // The lock is released before the node hears of it.
         let entry = self.links.lock().remove(&conn.id);
-        if entry.is_some() {
+        if let Some(entry) = &entry {
+            self.links.sent.unwatch(entry.watched);
             self.up.decrement(1.0);
         }
         match entry {
@@ -216,7 +267,9 @@ pub(crate) async fn watch(
         }
         for report in reports.drain(..) {
             let what = report.kind.to_string();
-            links.on_report(report.dest, report.kind == Kind::PortUnreachable, &what);
+            let unreachable = report.kind == Kind::PortUnreachable;
+            let quoted = report.quoted.as_ref().map(|q| &q[..]);
+            links.on_report(report.dest, unreachable, quoted, &what);
         }
         tokio::task::yield_now().await;
     }

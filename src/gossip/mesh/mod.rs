@@ -9,8 +9,9 @@
 //! A stranger gets nothing before its proof: an incoming connection may open one
 //! bidirectional stream and send [`HANDSHAKE_WINDOW`] bytes in all (its [`Hello`]), and only
 //! a verified peer is given stream credit ([`Mesh::serve`]). At most
-//! [`admission::MAX_UNPROVEN`] connections may be proving at once, each for at most the peer
-//! timeout.
+//! [`admission::MAX_UNPROVEN`] connections may be proving at once, a few per source, part of
+//! them kept for the addresses the node knows, each for at most the handshake deadline
+//! ([`admission`]).
 
 mod admission;
 pub(crate) mod auth;
@@ -18,6 +19,7 @@ mod links;
 mod queue;
 #[cfg(target_os = "linux")]
 mod recverr;
+mod sent;
 mod tls;
 
 use std::{
@@ -36,6 +38,8 @@ use tracing::Instrument;
 pub(crate) use crate::gossip::peer::PeerId;
 use crate::gossip::wire::{self, Frame, FrameDecoder, Hello};
 use crate::metrics::{DropReason, FrameTally, MeshMetrics};
+use crate::rate_log::RateLog;
+pub(crate) use admission::HANDSHAKE_TIMEOUT;
 use auth::{AuthError, EXPORTER_LABEL, Keyring, Role};
 pub(crate) use queue::{Budgets, Charged, Cut, SendError, Sender};
 pub(crate) use tls::TlsFiles;
@@ -56,6 +60,9 @@ pub(crate) const CLOSE_REFUSED: u32 = 5;
 /// connection stayed alive, or fell so far behind that its send queue went past its byte
 /// budget (a slow consumer, as NATS calls it).
 pub(crate) const CLOSE_SLOW: u32 = 7;
+
+/// The period of the log lines a proven peer can cause at will (see [`Mesh`]'s `peer_log`).
+const PEER_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Largest [`Hello`] accepted.
 const MAX_HELLO: usize = 4096;
@@ -102,6 +109,11 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     /// it came on is closed with that reason ([`CLOSE_PROTOCOL`]), and nothing more of it
     /// is read.
     fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String>;
+    /// Whether `addr` is the mesh address of a member or of a node gossip lists: a
+    /// connection from it gets room at admission that strangers cannot take.
+    fn knows_address(&self, _addr: SocketAddr) -> bool {
+        false
+    }
     /// A peer authenticated an incoming connection. An error refuses it: the connection
     /// closes, and nothing of it is read.
     fn on_peer_connected(
@@ -214,12 +226,17 @@ pub(crate) struct Mesh {
     peer_timeout: Duration,
     /// The byte budgets of the send queues.
     budgets: Arc<Budgets>,
+    /// Time an incoming connection has to prove the secret.
+    handshake_timeout: Duration,
     /// Frames given up on in send queues, and links closed as slow consumers.
     counters: Arc<Counters>,
     /// Numbers the connections.
     next_conn: AtomicU64,
     /// Incoming connections that have not proved anything yet.
     gate: admission::Gate,
+    /// Log lines about proven peers that a peer can cause at will (protocol violations,
+    /// refusals): one per period, with how many were held back.
+    peer_log: Arc<RateLog>,
     /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
     ca_mode: bool,
     /// The span every task of the mesh runs in: it names this node in every log line.
@@ -269,14 +286,16 @@ impl Mesh {
         server.transport_config(Arc::new(server_transport(peer_timeout)));
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(Arc::new(client_transport(peer_timeout)));
-        let links = Arc::new(links::Links::default());
+        let sent = Arc::new(sent::Sent::default());
+        let links = Arc::new(links::Links::new(sent.clone()));
         let (endpoint, stop_reports) = match socket {
             #[cfg(target_os = "linux")]
             None => {
                 // quinn's socket, keeping the ICMP errors its datagrams cause: a peer whose
-                // port answers unreachable has crashed (see `links`).
+                // port answers unreachable, quoting what was sent to it, has crashed (see
+                // `links`).
                 let runtime = Arc::new(quinn::TokioRuntime);
-                recverr::bind(addr, &*runtime).and_then(|(socket, reports)| {
+                recverr::bind(addr, &*runtime, sent).and_then(|(socket, reports)| {
                     let (stop, stopped) = tokio::sync::oneshot::channel();
                     tokio::spawn(links::watch(reports, links.clone(), stopped));
                     let endpoint = Endpoint::new_with_abstract_socket(
@@ -318,9 +337,11 @@ impl Mesh {
             max_frame_size,
             peer_timeout,
             budgets,
+            handshake_timeout: admission::HANDSHAKE_TIMEOUT,
             counters: Arc::new(Counters::new(MeshMetrics::new(&"".into()))),
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
+            peer_log: Arc::new(RateLog::new(PEER_LOG_PERIOD)),
             ca_mode: ca.is_some(),
             span: tracing::Span::none(),
             links,
@@ -342,6 +363,12 @@ impl Mesh {
         // At the error level, so that it is enabled whenever any log line is.
         self.span = tracing::error_span!("cluster_node", node = %me);
         self.links.set_span(self.span.clone());
+    }
+
+    /// Give incoming connections `timeout` from their first packet to a verified proof of
+    /// the secret (default [`admission::HANDSHAKE_TIMEOUT`]).
+    pub(crate) fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
     }
 
     /// The span that names this node, for the tasks of the layers above.
@@ -396,17 +423,20 @@ impl Mesh {
 
     /// Accept connections until the endpoint closes.
     ///
-    /// Each incoming connection is admitted by [`admission::admit`]: accepted while fewer
-    /// than [`admission::RETRY_ABOVE`] are proving, asked to validate its address (Retry)
-    /// beyond that, refused at [`admission::MAX_UNPROVEN`]. An accepted one must complete
-    /// TLS and prove the secret within the peer timeout.
+    /// Each incoming connection is admitted by [`admission::admit`], by its source (the
+    /// mesh address of a node `inbound` knows, or a host): asked to validate its address
+    /// (Retry) when many are proving or its source has one proving already, refused when
+    /// the room of its source, of strangers or of all is full. An accepted one must complete
+    /// TLS and prove the secret within the handshake deadline.
     pub(crate) fn serve(self: &Arc<Self>, inbound: Arc<dyn Inbound>) {
         let mesh = self.clone();
         let span = self.span();
         let serve = async move {
             while let Some(incoming) = mesh.endpoint.accept().await {
                 let remote = incoming.remote_address();
-                let slot = match mesh.gate.admit(incoming.remote_address_validated()) {
+                let known = inbound.knows_address(remote);
+                let source = admission::Source::of(remote, known);
+                let slot = match mesh.gate.admit(source, incoming.remote_address_validated()) {
                     Ok(slot) => slot,
                     Err(admission::Admission::Retry) => {
                         if let Err(e) = incoming.retry() {
@@ -415,18 +445,22 @@ impl Mesh {
                         }
                         continue;
                     }
-                    Err(_) => {
+                    Err(refusal) => {
                         incoming.refuse();
                         if let Some(suppressed) = mesh.gate.log.take() {
                             let counts = mesh.gate.counts();
+                            let why = match refusal {
+                                admission::Admission::Refuse(full) => full.to_string(),
+                                other => format!("{other:?}"),
+                            };
                             tracing::warn!(
                                 %remote,
+                                known,
                                 suppressed,
                                 refused = counts.refused,
                                 retried = counts.retried,
-                                max = admission::MAX_UNPROVEN,
-                                "refused mesh connection: too many connections still proving \
-                                 the cluster secret"
+                                unproven = mesh.gate.unproven(),
+                                "refused mesh connection: {why}"
                             );
                         }
                         continue;
@@ -436,7 +470,7 @@ impl Mesh {
                 let inbound = inbound.clone();
                 let span = mesh.span();
                 let admit = async move {
-                    let deadline = tokio::time::Instant::now() + mesh.peer_timeout;
+                    let deadline = tokio::time::Instant::now() + mesh.handshake_timeout;
                     let conn = match tokio::time::timeout_at(deadline, incoming).await {
                         Ok(Ok(conn)) => conn,
                         Ok(Err(e)) => return mesh.refused(remote, &format!("TLS: {e}")),
@@ -491,7 +525,9 @@ impl Mesh {
             incoming: true,
         };
         if let Err(reason) = inbound.on_peer_connected(&peer, id, addrs) {
-            tracing::warn!(%peer, %remote, "refused mesh connection: {reason}");
+            if let Some(held_back) = self.peer_log.allow() {
+                tracing::warn!(%peer, %remote, held_back, "refused mesh connection: {reason}");
+            }
             conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
             return;
         }
@@ -513,7 +549,8 @@ impl Mesh {
                     let inbound = inbound.clone();
                     let max = self.max_frame_size;
                     let counters = self.counters.clone();
-                    let read = read_frames(conn, stream, peer, inbound, max, counters);
+                    let log = self.peer_log.clone();
+                    let read = read_frames(conn, stream, peer, inbound, max, counters, log);
                     tokio::spawn(read.instrument(self.span()));
                 }
                 Err(reason) => {
@@ -688,13 +725,16 @@ impl Mesh {
 }
 
 /// What both sides of a mesh connection share: a peer silent for `peer_timeout` is gone;
-/// keep-alives keep healthy idle links open.
+/// keep-alives keep healthy idle links open; no datagrams.
 fn base_transport(peer_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(peer_timeout).ok());
     t.keep_alive_interval(Some(peer_timeout / 4));
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(HANDSHAKE_WINDOW));
+    // The mesh sends no unreliable datagrams, and flow control does not cover them: quinn
+    // would buffer up to 1.25 MB of them per connection, a stranger's included.
+    t.datagram_receive_buffer_size(None);
     t
 }
 
@@ -971,6 +1011,7 @@ async fn read_frames(
     inbound: Arc<dyn Inbound>,
     max_frame_size: usize,
     counters: Arc<Counters>,
+    log: Arc<RateLog>,
 ) {
     let mut decoder = FrameDecoder::new(max_frame_size);
     let mut applied: u32 = 0;
@@ -984,7 +1025,7 @@ async fn read_frames(
                         Ok(Some(frame)) => {
                             tally.add(frame.kind(), decoder.last_size());
                             if let Err(reason) = inbound.on_frame(&peer, frame) {
-                                protocol_violation(&conn, &peer, &reason);
+                                protocol_violation(&conn, &peer, &reason, &log);
                                 return;
                             }
                             // Let the tasks that drain local sockets run every few frames: a
@@ -1002,7 +1043,7 @@ async fn read_frames(
                             break;
                         }
                         Err(e) => {
-                            protocol_violation(&conn, &peer, &e.to_string());
+                            protocol_violation(&conn, &peer, &e.to_string(), &log);
                             return;
                         }
                     }
@@ -1017,8 +1058,15 @@ async fn read_frames(
     }
 }
 
-fn protocol_violation(conn: &Connection, peer: &PeerId, reason: &str) {
-    tracing::warn!(%peer, remote = %conn.remote_address(), "closing mesh connection: {reason}");
+/// Close the connection of a peer that broke the protocol, with the reason; logged at a
+/// bounded rate (`log`): a peer can break it on every connection it makes.
+fn protocol_violation(conn: &Connection, peer: &PeerId, reason: &str, log: &RateLog) {
+    if let Some(held_back) = log.allow() {
+        tracing::warn!(
+            %peer, remote = %conn.remote_address(), held_back,
+            "closing mesh connection: {reason}"
+        );
+    }
     conn.close(
         VarInt::from_u32(CLOSE_PROTOCOL),
         &reason.as_bytes()[..reason.len().min(100)],
@@ -1148,13 +1196,13 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_stranger_gets_no_stream_credit_and_is_cut_at_the_peer_timeout() {
+    async fn a_stranger_gets_no_stream_credit_and_is_cut_at_the_handshake_deadline() {
         let (server, server_in, mut server_rx) = node("server", Some(STRONG));
         server.serve(server_in);
         let (attacker, _, _) = node("stranger", Some(STRONG));
 
-        // A stranger may open no stream for frames; it holds a slot until cut at the peer
-        // timeout (2 s), with its reason.
+        // A stranger may open no stream for frames; it holds a slot until cut at the
+        // handshake deadline (1 s), with its reason.
         let started = tokio::time::Instant::now();
         let idle = stranger(&attacker, &server).await;
         assert!(
@@ -1398,6 +1446,37 @@ pub(crate) mod tests {
         link.send(wire::encode(&Frame::Leave).unwrap()).unwrap();
         assert!(
             matches!(next_frame_or_close(&mut server_rx).await, Event::Frame(p, f) if p == peer("good") && *f == Frame::Leave)
+        );
+    }
+
+    /// A peer that breaks the protocol again and again has its connection closed every
+    /// time, and the node logs it at a bounded rate, not once per connection.
+    #[tokio::test]
+    async fn protocol_violations_are_logged_at_a_bounded_rate() {
+        let (logs, _guard) = capture_logs();
+        let (server, server_in, _server_rx) = node("server", Some(STRONG));
+        server.serve(server_in);
+        let addr = server.local_addr().unwrap();
+        let (client, client_in, mut client_rx) = node("client", Some(STRONG));
+        for i in 0..20 {
+            let (_, link) = client.connect(addr, None, client_in.clone()).await.unwrap();
+            link.send(raw(b"hello world")).unwrap();
+            match next_frame_or_close(&mut client_rx).await {
+                Event::Closed(_, super::Closed::Lost(reason)) => {
+                    assert!(reason.contains("magic"), "connection {i}: {reason}")
+                }
+                other => panic!("connection {i}: expected it closed, got {other:?}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("closing mesh connection"))
+            .collect();
+        assert!(
+            !lines.is_empty() && lines.len() <= 2,
+            "20 violations logged in {} lines: {lines:#?}",
+            lines.len()
         );
     }
 

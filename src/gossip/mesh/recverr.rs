@@ -3,8 +3,10 @@
 //!
 //! An unconnected UDP socket drops the ICMP errors its datagrams cause unless asked to keep
 //! them. With the option on, the kernel queues each one with the destination of the datagram
-//! that caused it: a *port unreachable* for a peer's exact address means no process listens
-//! there any more (it crashed), which the mesh acts on at once ([`super::links`]).
+//! that caused it and the start of that datagram: a *port unreachable* for a peer's exact
+//! address that quotes a datagram this node sent there means no process listens there any
+//! more (it crashed), which the mesh acts on at once ([`super::links`]). The socket keeps
+//! the fingerprints of what it sends to peers for that check ([`super::sent`]).
 //!
 //! The option also makes the socket's next `recvmsg` or `sendmsg` fail once with the error
 //! (`ECONNREFUSED`). quinn's socket logs and drops such a send and retries such a receive;
@@ -27,6 +29,8 @@ use quinn::{
     udp::{RecvMeta, Transmit},
 };
 use tokio::io::{Interest, unix::AsyncFd};
+
+use super::sent::{QUOTED, Sent};
 
 /// Most errors read from the queue in one go, before other tasks get a turn.
 const MAX_READ_AT_ONCE: usize = 64;
@@ -54,6 +58,9 @@ pub(crate) struct Report {
     pub(crate) dest: SocketAddr,
     /// What came back.
     pub(crate) kind: Kind,
+    /// The start of the datagram it is about, as quoted by whoever sent the error; `None`
+    /// when fewer than [`QUOTED`] bytes were.
+    pub(crate) quoted: Option<[u8; QUOTED]>,
 }
 
 /// The kind of an error report.
@@ -102,11 +109,12 @@ impl fmt::Display for Kind {
     }
 }
 
-/// Bind the mesh socket at `addr` with error reports on: the socket for quinn, and the
-/// reader of its error queue.
+/// Bind the mesh socket at `addr` with error reports on: the socket for quinn, which
+/// records what it sends in `sent`, and the reader of its error queue.
 pub(crate) fn bind(
     addr: SocketAddr,
     runtime: &dyn Runtime,
+    sent: Arc<Sent>,
 ) -> io::Result<(Arc<dyn AsyncUdpSocket>, ErrorQueue)> {
     let socket = std::net::UdpSocket::bind(addr)?;
     let fd = socket.as_raw_fd();
@@ -126,7 +134,7 @@ pub(crate) fn bind(
     // `AsyncFd` drops it.
     let queue = ErrorQueue(unsafe { AsyncFd::register_with_interest(errors, Interest::ERROR) }?);
     let inner = runtime.wrap_udp_socket(socket)?;
-    Ok((Arc::new(RecvErrSocket(inner)), queue))
+    Ok((Arc::new(RecvErrSocket { inner, sent }), queue))
 }
 
 fn set_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
@@ -149,20 +157,36 @@ fn set_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()
 }
 
 /// quinn's socket, with the errors an ICMP answer makes a send or receive return kept from
-/// quinn.
-#[derive(Debug)]
-struct RecvErrSocket(Arc<dyn AsyncUdpSocket>);
+/// quinn, and what it sends to peers recorded.
+struct RecvErrSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    sent: Arc<Sent>,
+}
+
+impl fmt::Debug for RecvErrSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
 
 impl AsyncUdpSocket for RecvErrSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.0.clone().create_io_poller()
+        self.inner.clone().create_io_poller()
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        match self.0.try_send(transmit) {
+        match self.inner.try_send(transmit) {
+            Ok(()) => {
+                // Each segment of a batch is a datagram of its own.
+                let size = transmit.segment_size.unwrap_or(transmit.contents.len());
+                for datagram in transmit.contents.chunks(size.max(1)) {
+                    self.sent.record(transmit.destination, datagram);
+                }
+                Ok(())
+            }
             // The datagram is lost, as any datagram may be: QUIC sends it again.
             Err(e) if is_icmp_errno(&e) => Ok(()),
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -174,7 +198,7 @@ impl AsyncUdpSocket for RecvErrSocket {
     ) -> Poll<io::Result<usize>> {
         // Each such error is returned once per ICMP message: bounded, then another turn.
         for _ in 0..MAX_READ_AT_ONCE {
-            match self.0.poll_recv(cx, bufs, meta) {
+            match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Err(e)) if is_icmp_errno(&e) => continue,
                 other => return other,
             }
@@ -184,19 +208,19 @@ impl AsyncUdpSocket for RecvErrSocket {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.0.max_transmit_segments()
+        self.inner.max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.0.max_receive_segments()
+        self.inner.max_receive_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.0.may_fragment()
+        self.inner.may_fragment()
     }
 }
 
@@ -236,8 +260,7 @@ fn read_all(fd: RawFd, out: &mut Vec<Report>) -> io::Result<()> {
 fn read_one(fd: RawFd) -> io::Result<Option<Report>> {
     // SAFETY: all-zero is a valid value of these plain C structs.
     let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    // The start of the datagram that caused the error: not needed, but some room keeps
-    // the kernel from flagging the read as truncated.
+    // The start of the datagram that caused the error, as quoted.
     let mut data = [0u8; 64];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
@@ -253,17 +276,21 @@ fn read_one(fd: RawFd) -> io::Result<Option<Report>> {
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = mem::size_of_val(&control) as _;
-    loop {
+    let read = loop {
         // SAFETY: every pointer in `msg` points to a live buffer of the length given.
         let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
         if n >= 0 {
-            break;
+            break n as usize;
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-    }
+    };
+    let quoted = data
+        .get(..read.min(data.len()))
+        .and_then(|d| d.first_chunk::<QUOTED>())
+        .copied();
     let Some(dest) = sockaddr(&name, msg.msg_namelen) else {
         return Ok(None);
     };
@@ -285,6 +312,7 @@ fn read_one(fd: RawFd) -> io::Result<Option<Report>> {
                 return Ok(Some(Report {
                     dest,
                     kind: Kind::of(ee.ee_origin, ee.ee_type, ee.ee_code),
+                    quoted,
                 }));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
@@ -351,15 +379,23 @@ mod tests {
         }
     }
 
-    /// A datagram to a closed port on 127.0.0.1 comes back as a report naming that port,
-    /// and the error it leaves on the socket never reaches quinn's receive.
+    /// A datagram to a closed port on 127.0.0.1 comes back as a report naming that port
+    /// and quoting the datagram, and the error it leaves on the socket never reaches
+    /// quinn's receive.
     #[tokio::test]
-    async fn a_closed_port_is_reported_with_its_address() {
-        let (socket, queue) = bind("127.0.0.1:0".parse().unwrap(), &quinn::TokioRuntime).unwrap();
+    async fn a_closed_port_is_reported_with_its_address_and_the_datagram() {
+        let sent = Arc::new(Sent::default());
+        let (socket, queue) = bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &quinn::TokioRuntime,
+            sent.clone(),
+        )
+        .unwrap();
         let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let dest = closed.local_addr().unwrap();
         drop(closed);
-        let payload = [0u8; 32];
+        sent.watch(dest);
+        let payload: Vec<u8> = (0..32).collect();
         let mut poller = socket.clone().create_io_poller();
         std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
             .await
@@ -382,8 +418,10 @@ mod tests {
             reports,
             [Report {
                 dest,
-                kind: Kind::PortUnreachable
+                kind: Kind::PortUnreachable,
+                quoted: payload.first_chunk().copied(),
             }]
         );
+        assert!(sent.quotes_one(dest, &payload), "the datagram was recorded");
     }
 }

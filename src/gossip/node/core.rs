@@ -24,6 +24,9 @@ pub(super) const MAX_SERVER_IDS_PER_PEER: usize = 16;
 static SERVER_ID_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 /// Frames from peers refused for their parser, dropped: logged at most once per period.
 static REFUSED_FRAME_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+/// Connections lost, and nodes refused for this node's name: logged at most once per
+/// period (a peer can cause either on every connection it makes).
+static LOST_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 
 /// What the node must do after an input.
 #[derive(Debug)]
@@ -223,7 +226,9 @@ impl Core {
                 .to_string()
             }
             mesh::Closed::Refused | mesh::Closed::Lost(_) => {
-                tracing::warn!(node = %self.me, %peer, "mesh connection lost: {reason}");
+                if let Some(held_back) = LOST_LOG.allow() {
+                    tracing::warn!(node = %self.me, %peer, held_back, "mesh connection lost: {reason}");
+                }
                 self.ledger.peer_gone(peer);
                 format!("its connection was lost ({reason})")
             }
@@ -265,10 +270,12 @@ impl Core {
             tracing::debug!(node = %self.me, "refused a connection from this node itself");
             (Err("it is this node itself".into()), Vec::new())
         } else {
-            tracing::warn!(
-                node = %self.me, %peer,
-                "refused a node with this node's name and an older generation"
-            );
+            if let Some(held_back) = LOST_LOG.allow() {
+                tracing::warn!(
+                    node = %self.me, %peer, held_back,
+                    "refused a node with this node's name and an older generation"
+                );
+            }
             (
                 Err(format!("{peer} has this node's name and is not newer")),
                 Vec::new(),
@@ -315,11 +322,12 @@ impl Core {
             self.ledger.peer_gone(&peer);
             self.server_ids.retain(|_, p| p != &peer);
             let keep_link = self.view.is_refused(&peer);
+            let member = std::sync::Arc::unwrap_or_clone(member);
             effects.push(Effect::Left { member, keep_link });
         }
         for member in after.into_values() {
             tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
-            effects.push(Effect::Joined(member));
+            effects.push(Effect::Joined(Member::clone(&member)));
         }
         effects
     }

@@ -158,7 +158,11 @@ impl Cluster {
     /// docs, "One parser per cluster") is no member: it is dropped (with a
     /// [`MembershipEvent::Left`]) as soon as the nodes have told each other their parser.
     pub fn members(&self) -> Vec<Member> {
-        self.node.members()
+        self.node
+            .members()
+            .iter()
+            .map(|m| Member::clone(m))
+            .collect()
     }
 
     /// Membership changes from now on: nodes joining, leaving or found dead.

@@ -22,6 +22,9 @@ use crate::{
 /// Responses refused because a peer sent what it was not asked for: logged at most once
 /// per period, node-wide.
 static REFUSED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+/// Requests that timed out waiting for peers: logged at most once per period, node-wide
+/// (a member that reads requests and never answers times out every one).
+static TIMED_OUT_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 
 /// What one peer asked still owes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,13 +344,16 @@ impl Pending {
                 if self.timed_out.is_empty() {
                     return None;
                 }
-                let _in = self.span.enter();
-                tracing::warn!(
-                    waiting = ?self.timed_out,
-                    answered = self.answered().len(),
-                    gone = ?self.gone(),
-                    "{} timed out waiting for peers", self.what
-                );
+                if let Some(held_back) = TIMED_OUT_LOG.allow() {
+                    let _in = self.span.enter();
+                    tracing::warn!(
+                        waiting = ?self.timed_out,
+                        answered = self.answered().len(),
+                        gone = ?self.gone(),
+                        held_back,
+                        "{} timed out waiting for peers", self.what
+                    );
+                }
                 Some(Outcome::TimedOut(self.timed_out.clone()))
             }
             else => None,

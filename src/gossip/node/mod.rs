@@ -73,6 +73,11 @@ pub(crate) trait NamespaceHandler: Send + Sync + 'static {
     fn on_request(&self, from: &PeerId, req: wire::Request) -> Result<(), String>;
 }
 
+/// Namespaces not announced to peers (beyond the bounds they decode): logged at most once
+/// per period, node-wide.
+static UNANNOUNCED_LOG: crate::rate_log::RateLog =
+    crate::rate_log::RateLog::new(Duration::from_secs(10));
+
 /// Frames dropped on their way to peers (a stuck peer can cost thousands a second): logged
 /// at most once per period, node-wide.
 static DROP_LOG: crate::rate_log::RateLog = crate::rate_log::RateLog::new(Duration::from_secs(1));
@@ -133,6 +138,11 @@ impl Inbound for WeakInbound {
             Some(node) => node.on_frame(from, frame),
             None => Ok(()),
         }
+    }
+    fn knows_address(&self, addr: SocketAddr) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|node| lock(&node.core).view().knows_mesh_addr(addr))
     }
     fn on_peer_connected(
         &self,
@@ -242,6 +252,7 @@ impl Node {
             mesh::MeshError::TlsFile { path, reason } => Error::TlsFile { path, reason },
             other => Error::Tls(other.to_string()),
         })?;
+        mesh.set_handshake_timeout(config.handshake_timeout);
         let mesh_bound = mesh.local_addr().map_err(|source| Error::MeshBind {
             addr: config.mesh_addr,
             source,
@@ -346,9 +357,10 @@ impl Node {
         (self.gossip_addr, self.mesh_addr)
     }
 
-    /// The live members, other than this node.
-    pub(crate) fn members(&self) -> Vec<Member> {
-        let mut m: Vec<Member> = lock(&self.core).view().members().cloned().collect();
+    /// The live members, other than this node, sorted by name: shared with the view, not
+    /// copied (what a member says it hosts may be long).
+    pub(crate) fn members(&self) -> Vec<Arc<Member>> {
+        let mut m: Vec<Arc<Member>> = lock(&self.core).view().shared_members().cloned().collect();
         m.sort_by(|a, b| a.node_name.cmp(&b.node_name));
         m
     }
@@ -395,8 +407,16 @@ impl Node {
         let id = server_id.as_bytes().try_into().ok().map(Id);
         self.update_meta(|m| {
             m.server_id = id.or(m.server_id);
-            if !m.namespaces.iter().any(|n| n == ns) {
-                m.namespaces.push(ns.to_string());
+            // Dynamic namespaces are named by clients: the bound is logged at a bounded rate.
+            if !m.host(ns)
+                && let Some(held_back) = UNANNOUNCED_LOG.allow()
+            {
+                tracing::warn!(
+                    %ns, held_back, announced = m.namespaces.len(),
+                    "namespace not announced to peers (they count this node out of its \
+                     server_count, broadcasts still reach it): peers take at most {} names \
+                     of at most {} bytes", wire::MAX_NAMESPACES, wire::MAX_NAMESPACE_LEN
+                );
             }
             match m.parser {
                 Some(mine) if mine != parser => tracing::error!(
@@ -425,7 +445,7 @@ impl Node {
             meta.version += 1;
             meta.clone()
         };
-        let mut targets: Vec<PeerId> = self.members().iter().map(Member::peer_id).collect();
+        let mut targets: Vec<PeerId> = self.members().iter().map(|m| m.peer_id()).collect();
         let (refused, effects) = lock(&self.core).refuse_other_parsers(meta.parser);
         // No request among the effects: nothing to refuse.
         let _ = self.run(effects);
@@ -1220,7 +1240,7 @@ mod bound_tests {
         });
         let mut member = None;
         for _ in 0..500 {
-            member = peer.members().first().map(Member::peer_id);
+            member = peer.members().first().map(|m| m.peer_id());
             if member.is_some() {
                 break;
             }

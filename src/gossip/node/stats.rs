@@ -40,7 +40,7 @@ impl Node {
                 let rtt = link.filter(|l| l.is_open()).map(|l| l.rtt());
                 let frames_dropped = self.mesh.metrics().drops.of(&member.node_name);
                 PeerStats {
-                    member,
+                    member: Member::clone(&member),
                     rtt,
                     queue_depth,
                     queue_bytes,
@@ -52,9 +52,11 @@ impl Node {
 
     /// Record the round-trip time to every member this node has a connection to.
     pub(super) fn record_rtts(&self) {
-        for peer in self.peer_stats() {
-            if let Some(rtt) = peer.rtt {
-                self.mesh.metrics().rtt(&peer.member.peer_id().name, rtt);
+        for member in self.members() {
+            let peer = member.peer_id();
+            let (_, link) = self.outgoing.peek(&peer);
+            if let Some(rtt) = link.filter(|l| l.is_open()).map(|l| l.rtt()) {
+                self.mesh.metrics().rtt(&peer.name, rtt);
             }
         }
     }

@@ -135,7 +135,7 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        a.members().iter().map(Member::peer_id).collect::<Vec<_>>(),
+        a.members().iter().map(|m| m.peer_id()).collect::<Vec<_>>(),
         [b_id],
         "b is still a member of a"
     );
@@ -143,12 +143,11 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     b.shutdown().await;
 }
 
-/// An `AllRooms` request whose target rooms are `count` names of `len` bytes each, put
-/// together from encoded parts (a list is its length, then its elements), so that a list
-/// far beyond [`wire::MAX_ROOMS`] is never built in memory here.
+/// An `AllRooms` request whose target rooms are `count` names of `len` bytes each (see
+/// [`list_frame`]).
 fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
-    let request = |rooms: Vec<String>| {
-        wire::encode(&Frame::Request(wire::Request {
+    let request = |rooms| {
+        Frame::Request(wire::Request {
             ns: "/".into(),
             id: wire::Id(*b"0000000000000001"),
             origin: wire::Id(*b"0000000000000002"),
@@ -158,12 +157,19 @@ fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
                 ..wire::Opts::default()
             },
             ack_timeout_ms: None,
-        }))
-        .unwrap()
+        })
     };
+    list_frame(request, count, len)
+}
+
+/// The frame `with` makes of a list of `count` names of `len` bytes each, put together from
+/// encoded parts (a list is its length, then its elements), so that a list far beyond the
+/// wire's bounds is never built in memory here.
+fn list_frame(with: impl Fn(Vec<String>) -> Frame, count: usize, len: usize) -> bytes::Bytes {
+    let encode = |names| wire::encode(&with(names)).unwrap();
     // The list's length is the first byte of the bodies (after the length prefix) where a
-    // frame with one room differs from one with none.
-    let (none, one) = (request(Vec::new()), request(vec![String::new()]));
+    // frame with one name differs from one with none.
+    let (none, one) = (encode(Vec::new()), encode(vec![String::new()]));
     let (none, one) = (&none[wire::LEN_PREFIX..], &one[wire::LEN_PREFIX..]);
     let at = none.iter().zip(one).position(|(a, b)| a != b).unwrap();
     // A length is encoded as the integer alone would be.
@@ -173,7 +179,7 @@ fn rooms_frame(count: usize, len: usize) -> bytes::Bytes {
     body.reserve(count * (len + 2));
     for _ in 0..count {
         body.extend_from_slice(&length(len));
-        body.resize(body.len() + len, b'r');
+        body.resize(body.len() + len, b'n');
     }
     body.extend_from_slice(&none[at + 1..]);
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
@@ -254,4 +260,122 @@ async fn a_node_given_the_stream_buffer_logs_that_it_bounds_nothing() {
         "{line}"
     );
     node.shutdown().await;
+}
+
+/// The child process of [`one_meta_frame_costs_a_node_less_than_twice_its_size`]: a node
+/// that prints its mesh address, then its peak memory each time it changes.
+const META_CHILD: &str = "META_FRAME_CHILD_CLUSTER";
+
+/// A peer holding the secret sends a node one [`Frame::Meta`] of the largest size (16 MiB,
+/// the default bound) made of empty namespace names. The node, in a child process (this
+/// test again, with [`META_CHILD`] set) so that its peak memory is its own, must stay under
+/// twice the frame's size above what it held before. Unbounded, such a list decoded to
+/// hundreds of MiB, kept and copied on every gossip refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_meta_frame_costs_a_node_less_than_twice_its_size() {
+    use std::io::BufRead;
+    if let Ok(cluster) = std::env::var(META_CHILD) {
+        let a = Node::start(&config(&cluster, "a", None)).await.unwrap();
+        // Start-up (the key derivation) peaked higher than what the node holds: the peak
+        // counts from what is resident now (Linux: 5 to clear_refs).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        println!("MESH {}", a.addrs().1);
+        let mut last = 0;
+        for _ in 0..1200 {
+            let now = status_bytes("VmHWM");
+            if now != last {
+                println!("HWM {now}");
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return;
+    }
+    let cluster = format!("meta-{}", std::process::id());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--nocapture", "--test-threads=1"])
+        .arg("gossip::node::tests::one_meta_frame_costs_a_node_less_than_twice_its_size")
+        .env(META_CHILD, &cluster)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = |prefix: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the child node runs");
+        // The first line follows the test harness's own words.
+        if let Some(at) = line.find(prefix) {
+            return line[at + prefix.len()..].trim().to_string();
+        }
+    };
+    let mesh: SocketAddr = next_line("MESH").parse().unwrap();
+    let max = wire::DEFAULT_MAX_FRAME_SIZE;
+    let meta = |namespaces| {
+        Frame::Meta(NodeMeta {
+            version: 2,
+            server_id: None,
+            namespaces,
+            parser: None,
+        })
+    };
+    let frame = list_frame(meta, max - 64, 0);
+    assert!(
+        frame.len() - wire::LEN_PREFIX <= max,
+        "the frame fits the bound"
+    );
+    let peer = peer_mesh(&cluster, &view::tests::peer("x", 1), max);
+    let (tx_closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
+    let (_, link) = peer
+        .connect(mesh, None, Arc::new(Closes(tx_closed)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hwm = |line: String| {
+        line.strip_prefix("HWM")
+            .map(|v| v.trim().parse::<u64>().unwrap())
+    };
+    let before = rx.try_iter().filter_map(hwm).last().unwrap_or(0);
+    link.send(frame.clone()).unwrap();
+    // The peak once it has not moved for 3 s, at most 60 s after sending.
+    let mut peak = before;
+    let mut still = 0;
+    for _ in 0..600 {
+        match rx.try_iter().filter_map(hwm).last() {
+            Some(b) => {
+                peak = peak.max(b);
+                still = 0;
+            }
+            None => still += 1,
+        }
+        if still >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = closes.try_recv().ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    let grew = peak.saturating_sub(before);
+    println!(
+        "a Meta frame of {} bytes (empty namespace names): the node's peak rose {} KiB above \
+         the {} KiB resident before; link: {closed:?}",
+        frame.len(),
+        grew / 1024,
+        before / 1024,
+    );
+    assert!(before > 0, "the child reported its memory");
+    assert!(
+        grew < 2 * frame.len() as u64,
+        "one frame of {} bytes took the node {} KiB",
+        frame.len(),
+        grew / 1024
+    );
 }

@@ -13,6 +13,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -33,7 +34,8 @@ pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
 /// A member: its open authenticated connections and what it told about itself.
 struct Proven {
     conns: HashSet<ConnId>,
-    member: Member,
+    /// Shared with whoever asked for the members: never copied on the way.
+    member: Arc<Member>,
     /// Version of the [`NodeMeta`] applied last.
     meta_version: u64,
     /// The socket.io parser it says it uses.
@@ -72,13 +74,19 @@ pub(super) struct View {
 
 impl View {
     pub(super) fn members(&self) -> impl Iterator<Item = &Member> {
+        self.shared_members().map(|m| &**m)
+    }
+
+    /// The members, to share.
+    pub(super) fn shared_members(&self) -> impl Iterator<Item = &Arc<Member>> {
         self.proven
             .values()
             .filter(|p| !p.refused)
             .map(|p| &p.member)
     }
 
-    pub(super) fn member_map(&self) -> HashMap<PeerId, Member> {
+    /// The members by identity, shared (nothing of them is copied).
+    pub(super) fn member_map(&self) -> HashMap<PeerId, Arc<Member>> {
         self.proven
             .iter()
             .filter(|(_, m)| !m.refused)
@@ -126,6 +134,15 @@ impl View {
         self.gossip.contains_key(peer) || self.proven.contains_key(peer)
     }
 
+    /// Whether `addr` is the mesh address of a member or of a node gossip shows (an
+    /// IPv4-mapped address counts as the IPv4 one).
+    pub(super) fn knows_mesh_addr(&self, addr: SocketAddr) -> bool {
+        let same = |a: &SocketAddr| {
+            a.ip().to_canonical() == addr.ip().to_canonical() && a.port() == addr.port()
+        };
+        self.gossip.values().any(same) || self.proven.values().any(|p| same(&p.member.mesh_addr))
+    }
+
     /// Where to reach `peer`: the address it proved, else the one gossip shows.
     pub(super) fn mesh_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
         self.proven
@@ -170,14 +187,14 @@ impl View {
             peer.clone(),
             Proven {
                 conns: HashSet::from([conn]),
-                member: Member {
+                member: Arc::new(Member {
                     node_name: peer.name.to_string(),
                     generation: peer.generation,
                     gossip_addr: proof.gossip,
                     mesh_addr: proof.mesh,
                     server_id: None,
                     namespaces: Vec::new(),
-                },
+                }),
                 meta_version: 0,
                 parser: None,
                 refused: false,
@@ -202,10 +219,18 @@ impl View {
             && meta.version > p.meta_version
         {
             p.meta_version = meta.version;
-            p.member.server_id = meta
-                .server_id
-                .and_then(|id| std::str::from_utf8(&id.0).ok().and_then(|s| s.parse().ok()));
-            p.member.namespaces = meta.namespaces;
+            // A new member record: those shared before keep what they saw.
+            let old = &p.member;
+            p.member = Arc::new(Member {
+                node_name: old.node_name.clone(),
+                generation: old.generation,
+                gossip_addr: old.gossip_addr,
+                mesh_addr: old.mesh_addr,
+                server_id: meta
+                    .server_id
+                    .and_then(|id| std::str::from_utf8(&id.0).ok().and_then(|s| s.parse().ok())),
+                namespaces: meta.namespaces,
+            });
             p.parser = meta.parser.or(p.parser);
         }
     }

@@ -36,6 +36,15 @@ pub const MAX_ROOMS: usize = 65_536;
 pub const MAX_ATTACHMENTS: usize = 4_096;
 /// Most sockets in one answer to a `fetch_sockets` request.
 pub const MAX_SOCKETS: usize = 1_048_576;
+/// Most namespaces a node announces it hosts ([`NodeMeta::namespaces`]).
+pub const MAX_NAMESPACES: usize = 4_096;
+/// Longest namespace name a node announces, in bytes.
+pub const MAX_NAMESPACE_LEN: usize = 256;
+/// Longest ack timeout a request carries, in milliseconds (10 minutes): a longer one is cut
+/// to it, on the sending node and again on decoding, so that no peer can make the node keep
+/// the ack state of its sockets for good. An emit with a longer timeout waits that long on
+/// its own node; sockets of other nodes time out after this.
+pub const MAX_ACK_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 /// Decoding of lists with a bound on their length, refused from the length prefix, before
 /// anything is allocated. Same bytes on the wire as a plain `Vec`.
@@ -82,10 +91,42 @@ pub(crate) mod bounded {
         Bounded::<String, { super::MAX_ROOMS }>::deserialize(d).map(|b| b.0)
     }
 
+    /// A string of at most `MAX` bytes, refused before it is copied.
+    pub(crate) struct Name<const MAX: usize>(String);
+
+    impl<'de, const MAX: usize> Deserialize<'de> for Name<MAX> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<const MAX: usize>;
+            impl<const MAX: usize> Visitor<'_> for V<MAX> {
+                type Value = String;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    write!(f, "a string of at most {MAX} bytes")
+                }
+                fn visit_str<E: Error>(self, s: &str) -> Result<String, E> {
+                    if s.len() > MAX {
+                        return Err(E::invalid_length(s.len(), &self));
+                    }
+                    Ok(s.to_string())
+                }
+            }
+            d.deserialize_str(V::<MAX>).map(Name)
+        }
+    }
+
+    pub(crate) fn namespaces<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Bounded::<Name<{ super::MAX_NAMESPACE_LEN }>, { super::MAX_NAMESPACES }>::deserialize(d)
+            .map(|b| b.0.into_iter().map(|n| n.0).collect())
+    }
+
     pub(crate) fn sockets<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<(super::Id, super::Id)>, D::Error> {
         Bounded::<(super::Id, super::Id), { super::MAX_SOCKETS }>::deserialize(d).map(|b| b.0)
+    }
+
+    /// An ack timeout, cut to [`super::MAX_ACK_TIMEOUT_MS`].
+    pub(crate) fn ack_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<u64>::deserialize(d).map(|t| t.map(|ms| ms.min(super::MAX_ACK_TIMEOUT_MS)))
     }
 
     pub(crate) fn attachments<'de, D: Deserializer<'de>>(
@@ -154,11 +195,28 @@ pub struct NodeMeta {
     pub version: u64,
     /// socketioxide server id of the node, once it created a namespace.
     pub server_id: Option<Id>,
-    /// Namespaces the node hosts.
+    /// Namespaces the node hosts: at most [`MAX_NAMESPACES`] names of at most
+    /// [`MAX_NAMESPACE_LEN`] bytes (see [`NodeMeta::host`]).
+    #[serde(deserialize_with = "bounded::namespaces")]
     pub namespaces: Vec<String>,
     /// The socket.io parser of the node's namespaces, once it created one. Nodes with
     /// different parsers cannot exchange packets: each refuses the other.
     pub parser: Option<Parser>,
+}
+
+impl NodeMeta {
+    /// Announce that the node hosts `ns`, if the bounds a peer decodes leave room for it;
+    /// whether it is announced.
+    pub fn host(&mut self, ns: &str) -> bool {
+        if self.namespaces.iter().any(|n| n == ns) {
+            return true;
+        }
+        if ns.len() > MAX_NAMESPACE_LEN || self.namespaces.len() >= MAX_NAMESPACES {
+            return false;
+        }
+        self.namespaces.push(ns.to_string());
+        true
+    }
 }
 
 /// The socket.io parser a node's server uses: it decides how every payload a node sends
@@ -217,7 +275,9 @@ pub struct Request {
     pub kind: RequestKind,
     /// Which sockets it applies to.
     pub opts: Opts,
-    /// Ack timeout chosen by the caller, in milliseconds.
+    /// Ack timeout chosen by the caller, in milliseconds, at most
+    /// [`MAX_ACK_TIMEOUT_MS`] (a longer one decodes as that).
+    #[serde(deserialize_with = "bounded::ack_timeout")]
     pub ack_timeout_ms: Option<u64>,
 }
 
@@ -492,8 +552,22 @@ impl FrameDecoder {
         self.last
     }
 
-    /// Append bytes read from the stream.
-    pub fn extend(&mut self, data: &[u8]) {
+    /// Append bytes read from the stream. Once the length of the frame being read is
+    /// known, room for all of it is made at once: grown by doubling, a large frame would be
+    /// copied several times, and the last copy would hold up to twice its size.
+    pub fn extend(&mut self, mut data: &[u8]) {
+        if self.buf.len() < LEN_PREFIX {
+            let head = (LEN_PREFIX - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..head]);
+            data = &data[head..];
+        }
+        if let Some(prefix) = self.buf.first_chunk::<LEN_PREFIX>() {
+            let size = u32::from_be_bytes(*prefix) as usize;
+            let want = LEN_PREFIX + size;
+            if size <= self.max && want > self.buf.len() {
+                self.buf.reserve(want - self.buf.len());
+            }
+        }
         self.buf.extend_from_slice(data);
     }
 
@@ -612,7 +686,7 @@ mod tests {
                 arb_id(),
                 arb_kind(),
                 arb_opts(),
-                any::<Option<u64>>()
+                proptest::option::of(0..=MAX_ACK_TIMEOUT_MS)
             )
                 .prop_map(|(ns, id, origin, kind, opts, ack_timeout_ms)| {
                     Frame::Request(Request {
@@ -977,6 +1051,99 @@ mod tests {
         assert_eq!(huge[at..at + 2], [4, 0], "AddSockets with an empty list");
         huge.splice(at + 1..at + 2, [0x80, 0x80, 0x80, 0x80, 0x10]);
         assert!(matches!(decode(&huge), Err(DecodeError::Malformed(_))));
+    }
+
+    /// What a node says it hosts is bounded like every list: in count and in the length
+    /// of each name, refused before anything is copied; a node announces no more than that.
+    #[test]
+    fn namespaces_are_bounded_in_count_and_length() {
+        let meta = |namespaces| {
+            Frame::Meta(NodeMeta {
+                version: 1,
+                server_id: None,
+                namespaces,
+                parser: None,
+            })
+        };
+        let long = "n".repeat(MAX_NAMESPACE_LEN);
+        let at_bound = meta(vec![long.clone(); MAX_NAMESPACES]);
+        assert_eq!(decode(&body(&at_bound)).unwrap(), at_bound);
+        for too_much in [
+            meta(vec![String::new(); MAX_NAMESPACES + 1]),
+            meta(vec![format!("{long}n")]),
+        ] {
+            let err = decode(&body(&too_much)).unwrap_err();
+            assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+        }
+
+        let mut mine = NodeMeta {
+            version: 1,
+            server_id: None,
+            namespaces: Vec::new(),
+            parser: None,
+        };
+        assert!(!mine.host(&format!("{long}n")), "too long to announce");
+        for i in 0..MAX_NAMESPACES {
+            assert!(mine.host(&format!("/{i}")));
+        }
+        assert!(mine.host("/0"), "announced already");
+        assert!(!mine.host("/one-too-many"));
+        assert_eq!(mine.namespaces.len(), MAX_NAMESPACES);
+        assert_eq!(
+            decode(&body(&Frame::Meta(mine.clone()))).unwrap(),
+            Frame::Meta(mine)
+        );
+    }
+
+    /// A peer's ack timeout is cut to its bound: `u64::MAX` would keep the ack state of
+    /// every socket the request reaches for good.
+    #[test]
+    fn ack_timeouts_are_cut_to_their_bound() {
+        let request = |ms| {
+            Frame::Request(Request {
+                ns: "/".into(),
+                id: id(1),
+                origin: id(2),
+                kind: RequestKind::FetchSockets,
+                opts: Opts::default(),
+                ack_timeout_ms: ms,
+            })
+        };
+        let max = MAX_ACK_TIMEOUT_MS;
+        for (sent, got) in [
+            (None, None),
+            (Some(0), Some(0)),
+            (Some(max), Some(max)),
+            (Some(max + 1), Some(max)),
+            (Some(u64::MAX), Some(max)),
+        ] {
+            let Ok(Frame::Request(r)) = decode(&body(&request(sent))) else {
+                panic!("{sent:?} decodes");
+            };
+            assert_eq!(r.ack_timeout_ms, got, "sent {sent:?}");
+        }
+    }
+
+    /// A large frame arriving in small chunks is buffered in one allocation of its size,
+    /// not grown by doubling (which copies it several times and can hold twice its size).
+    #[test]
+    fn decoder_makes_room_for_a_frame_once_its_length_is_known() {
+        let frame = encode(&Frame::Service(ServiceFrame {
+            service: "s".into(),
+            confirm: None,
+            body: Bytes::from(vec![7; 1_000_000]),
+        }))
+        .unwrap();
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE);
+        for chunk in frame.chunks(1000) {
+            dec.extend(chunk);
+            assert!(
+                dec.buf.capacity() <= frame.len() + 1000,
+                "{}",
+                dec.buf.capacity()
+            );
+        }
+        assert!(matches!(dec.next_frame(), Ok(Some(Frame::Service(_)))));
     }
 
     #[test]
