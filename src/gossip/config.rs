@@ -10,6 +10,9 @@ use crate::{
     ranges::{self, env_count, env_ms},
 };
 
+/// The cluster id of a configuration that does not set one.
+pub(crate) const DEFAULT_CLUSTER_ID: &str = "socketioxide";
+
 /// How nodes prove to each other that they belong to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Auth {
@@ -60,7 +63,7 @@ pub struct GossipAdapterConfig {
 impl Default for GossipAdapterConfig {
     fn default() -> Self {
         Self {
-            cluster_id: "socketioxide".into(),
+            cluster_id: DEFAULT_CLUSTER_ID.into(),
             node_name: None,
             gossip_addr: SocketAddr::from(([0, 0, 0, 0], 7946)),
             gossip_advertise_addr: None,
@@ -90,6 +93,10 @@ impl GossipAdapterConfig {
     }
 
     /// Nodes only gossip with nodes of the same cluster id. Default `socketioxide`.
+    ///
+    /// With a secret, give every cluster an id of its own: the id salts the keys derived
+    /// from the secret, and clusters that keep the default share that salt (a warning is
+    /// logged at start).
     pub fn with_cluster_id(mut self, id: impl Into<String>) -> Self {
         self.cluster_id = id.into();
         self
