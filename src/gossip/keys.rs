@@ -255,27 +255,11 @@ pub(crate) mod tests {
         assert_eq!(Secret::from(random).check(), Ok(()));
     }
 
-    /// Every log line written while `f` runs, at every level.
+    /// Every log line written while `f` runs.
     fn logs_of(f: impl FnOnce()) -> String {
-        use std::sync::{Arc, Mutex};
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || Writer(sink.clone()))
-            .finish();
-        struct Writer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Writer {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        tracing::subscriber::with_default(subscriber, f);
+        let (lines, guard) = crate::gossip::mesh::tests::capture_logs();
+        f();
+        drop(guard);
         String::from_utf8(lines.lock().unwrap().clone()).unwrap()
     }
 

@@ -346,6 +346,18 @@ impl Child {
             .unwrap_or(0)
     }
 
+    /// A member of the child's cluster, once a sealed Syn of it is answered (the control),
+    /// and the child's peak memory then.
+    async fn attacked(&mut self) -> (Member, u64) {
+        let member = Member::new(&self.cluster).await;
+        assert!(
+            answers(&member, &self.cluster, self.gossip).await,
+            "the control is answered"
+        );
+        self.read(Duration::from_millis(500));
+        (member, self.peak())
+    }
+
     fn failures(&self) -> Vec<&String> {
         self.seen
             .iter()
@@ -397,25 +409,25 @@ async fn sealed_decompression_bombs_leave_the_peak_memory_bounded() {
     else {
         return;
     };
-    let member = Member::new(&child.cluster).await;
-    assert!(
-        answers(&member, &child.cluster, child.gossip).await,
-        "the control is answered"
-    );
-    child.read(Duration::from_millis(500));
-    let before = child.peak();
+    let (member, before) = child.attacked().await;
     let (syn_bomb, ack_bomb) = bombs(&child.cluster);
     member.send(&syn_bomb, child.gossip).await;
     member.send(&ack_bomb, child.gossip).await;
-    let answered = answers(&member, &child.cluster, child.gossip).await;
+    still_bounded(&mut child, &member, before, "the sealed bombs").await;
+}
+
+/// The node still answers a Syn, did not fail, and its peak memory grew by less than
+/// 64 MiB since `before` (the bombs inflate to 190 MB).
+async fn still_bounded(child: &mut Child, member: &Member, before: u64, what: &str) {
+    let answered = answers(member, &child.cluster, child.gossip).await;
     child.read(Duration::from_secs(2));
     let after = child.peak();
     println!(
-        "node VmHWM {} kB before the sealed bombs, {} kB after",
+        "node VmHWM {} kB before {what}, {} kB after",
         before / 1024,
         after / 1024
     );
-    assert!(answered, "gossip still answers after the bombs");
+    assert!(answered, "gossip still answers after {what}");
     assert!(child.failures().is_empty(), "{:?}", child.failures());
     assert!(
         after.saturating_sub(before) < 64 << 20,
@@ -434,13 +446,7 @@ async fn an_unsealed_bomb_to_the_codec_sockets_leaves_the_peak_memory_bounded() 
     else {
         return;
     };
-    let member = Member::new(&child.cluster).await;
-    assert!(
-        answers(&member, &child.cluster, child.gossip).await,
-        "the control is answered"
-    );
-    child.read(Duration::from_millis(500));
-    let before = child.peak();
+    let (member, before) = child.attacked().await;
     let (syn_bomb, _) = bombs(&child.cluster);
     let ports: Vec<u16> = udp_ports_of(child.process.id())
         .into_iter()
@@ -452,22 +458,8 @@ async fn an_unsealed_bomb_to_the_codec_sockets_leaves_the_peak_memory_bounded() 
         let _ = stranger.send_to(&syn_bomb, ("127.0.0.1", *port));
     }
     // The codec parses what reached it when the node next opens a datagram.
-    let answered = answers(&member, &child.cluster, child.gossip).await;
-    child.read(Duration::from_secs(2));
-    let after = child.peak();
-    println!(
-        "node VmHWM {} kB before the unsealed bomb to {} ports, {} kB after",
-        before / 1024,
-        ports.len(),
-        after / 1024
-    );
-    assert!(answered, "gossip still answers after the bomb");
-    assert!(child.failures().is_empty(), "{:?}", child.failures());
-    assert!(
-        after.saturating_sub(before) < 64 << 20,
-        "the peak grew by {} MB",
-        after.saturating_sub(before) >> 20
-    );
+    let what = format!("the unsealed bomb to {} ports", ports.len());
+    still_bounded(&mut child, &member, before, &what).await;
 }
 
 /// Should chitchat's task panic all the same, gossip goes on: the task is started again, on

@@ -40,15 +40,22 @@ pub(crate) struct Encoder {
     buf: Box<[u8]>,
 }
 
+/// A codec socket, and our socket at its other end, each taking datagrams from the other
+/// only.
+async fn pair() -> io::Result<(CodecSocket, UdpSocket)> {
+    let codec = CodecSocket::open(loopback())
+        .await
+        .map_err(io::Error::other)?;
+    let ours = UdpSocket::bind(loopback()).await?;
+    let codec_addr = codec.local_addr().map_err(io::Error::other)?;
+    ours.connect(codec_addr).await?;
+    only_from(codec_addr, ours.local_addr()?)?;
+    Ok((codec, ours))
+}
+
 impl Encoder {
     pub(crate) async fn open() -> io::Result<Self> {
-        let socket = CodecSocket::open(loopback())
-            .await
-            .map_err(io::Error::other)?;
-        let tap = UdpSocket::bind(loopback()).await?;
-        let codec_addr = socket.local_addr().map_err(io::Error::other)?;
-        tap.connect(codec_addr).await?;
-        only_from(codec_addr, tap.local_addr()?)?;
+        let (socket, tap) = pair().await?;
         Ok(Self {
             socket,
             tap,
@@ -111,13 +118,7 @@ fn marker_number(envelope: &ChitchatEnvelope) -> Option<u64> {
 
 impl Decoder {
     pub(crate) async fn open() -> io::Result<Self> {
-        let socket = CodecSocket::open(loopback())
-            .await
-            .map_err(io::Error::other)?;
-        let inject = UdpSocket::bind(loopback()).await?;
-        let codec_addr = socket.local_addr().map_err(io::Error::other)?;
-        inject.connect(codec_addr).await?;
-        only_from(codec_addr, inject.local_addr()?)?;
+        let (socket, inject) = pair().await?;
         Ok(Self {
             socket,
             inject,
