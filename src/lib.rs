@@ -83,8 +83,9 @@
 //!   learns those of every other node through periodic gossip rounds with a few peers
 //!   (chitchat's scuttlebutt anti-entropy). Seeds are only the first contacts: once in, a
 //!   node hears of every other. Every datagram is sealed (encrypted and authenticated)
-//!   under a key derived from the cluster secret. Gossip only says where to find nodes:
-//!   membership itself is decided by the mesh.
+//!   under a key derived from the cluster secret, for its recipient alone, and checked
+//!   before the gossip library reads it. Gossip only says where to find nodes: membership
+//!   itself is decided by the mesh.
 //! - **Mesh** (QUIC, UDP): for each member it learns of, a node opens one QUIC connection
 //!   (TLS 1.3, ephemeral certificate) and both sides prove the cluster secret with an HMAC
 //!   bound to that TLS session before any frame is read. Only then does the peer count as
@@ -260,8 +261,13 @@
 //!
 //! ## Security
 //!
-//! Gossip datagrams are sealed (ChaCha20-Poly1305, the cluster id bound in, replays and
-//! stale datagrams refused) and mesh traffic is TLS 1.3 (QUIC) with an ephemeral
+//! Gossip datagrams are sealed (ChaCha20-Poly1305 under a key of the sender's session, the
+//! cluster id and the recipient bound in: a datagram opens at the node it was sealed for,
+//! once, within 60 s of its sending time) and checked before chitchat reads them (node
+//! names, keys, compressed sizes, and what they may add to its state), so that a host
+//! holding the secret cannot crash another node's gossip or grow its state without bound;
+//! should chitchat's task stop all the same, it is started again. Mesh traffic is TLS 1.3
+//! (QUIC) with an ephemeral
 //! certificate per node, on which both sides prove the shared secret with an HMAC bound to
 //! the TLS session's exporter secret. Both keys come from the secret through Argon2id; a
 //! secret shorter than 32 characters or easy to guess is refused at start

@@ -6,6 +6,8 @@
 //! bytes are real: there the attack reaches chitchat.
 #![cfg(feature = "cluster-gossip")]
 
+mod common;
+
 use std::{
     net::{SocketAddr, UdpSocket},
     time::{Duration, Instant},
@@ -25,6 +27,17 @@ fn cluster_id(test: &str) -> String {
 }
 
 async fn node(id: &str, name: &str, seed: Option<SocketAddr>, sealed: bool) -> Cluster {
+    node_at(id, name, seed, sealed, |c| c).await
+}
+
+/// A node whose configuration `adjust` changes first.
+async fn node_at(
+    id: &str,
+    name: &str,
+    seed: Option<SocketAddr>,
+    sealed: bool,
+    adjust: impl FnOnce(GossipAdapterConfig) -> GossipAdapterConfig,
+) -> Cluster {
     let mut c = GossipAdapterConfig::new()
         .with_cluster_id(id)
         .with_node_name(name)
@@ -40,7 +53,7 @@ async fn node(id: &str, name: &str, seed: Option<SocketAddr>, sealed: bool) -> C
     if let Some(seed) = seed {
         c = c.with_seeds([seed.to_string()]);
     }
-    GossipAdapterCtr::new(c).await.unwrap().cluster()
+    GossipAdapterCtr::new(adjust(c)).await.unwrap().cluster()
 }
 
 /// Three nodes that all see each other.
@@ -304,10 +317,15 @@ async fn captured_gossip_shows_nothing_and_a_replay_is_refused() {
         assert!(!visible, "no node name or cluster id in clear");
         assert!(!contains(mesh.as_bytes()), "no address in clear");
 
-        // Delivered once to another node it opens; delivered again it is a replay.
-        let b = node(&id, "node-b", None, true).await;
+        // Delivered to a node at the address it was sealed for, it opens once; delivered
+        // again it is a replay. (It opens at no other address: see
+        // `datagrams_replayed_to_another_node_get_no_answer`.)
+        let seed_addr = capture.local_addr().unwrap();
+        drop(capture);
+        let b = node_at(&id, "node-b", None, true, |c| c.with_gossip_addr(seed_addr)).await;
         let before = b.gossip_stats();
-        capture.send_to(&datagram, b.gossip_addr()).unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(&datagram, b.gossip_addr()).unwrap();
         assert!(
             wait_until(Duration::from_secs(5), || b.gossip_stats().opened
                 > before.opened)
@@ -320,7 +338,7 @@ async fn captured_gossip_shows_nothing_and_a_replay_is_refused() {
             before.refused,
             "nothing refused so far"
         );
-        capture.send_to(&datagram, b.gossip_addr()).unwrap();
+        stranger.send_to(&datagram, b.gossip_addr()).unwrap();
         assert!(
             wait_until(Duration::from_secs(5), || b.gossip_stats().refused
                 > before.refused)
@@ -422,5 +440,74 @@ async fn a_forged_heartbeat_cannot_silence_a_member() {
         for n in &nodes {
             n.shutdown().await;
         }
+    }
+}
+
+/// A stranger captures sealed datagrams from node-a to node-b (node-b advertises a relay in
+/// front of its port, where they are copied) and replays them to node-c from a port of its
+/// own: node-c answers none of them (a datagram opens only at the node it was sealed for),
+/// and node-b, their recipient, answers none either (it opened them once already).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_replayed_to_another_node_get_no_answer() {
+    let id = cluster_id("replay-elsewhere");
+    let a = node(&id, "node-a", None, true).await;
+    let b_bind = free_udp_addr();
+    let relay = common::relay::Relay::start(b_bind).await;
+    let b = node_at(&id, "node-b", Some(a.gossip_addr()), true, |c| {
+        c.with_gossip_addr(b_bind)
+            .with_gossip_advertise_addr(relay.addr)
+    })
+    .await;
+    let c = node(&id, "node-c", Some(a.gossip_addr()), true).await;
+    let nodes = [a, b, c];
+    assert!(
+        wait_until(Duration::from_secs(10), || formed(&nodes)).await,
+        "the cluster formed"
+    );
+    let from_a = || -> Vec<Vec<u8>> {
+        relay
+            .captured()
+            .into_iter()
+            .filter(|(from, _)| *from == nodes[0].gossip_addr())
+            .map(|(_, d)| d)
+            .take(4)
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || from_a().len() == 4).await,
+        "four datagrams from node-a to node-b captured"
+    );
+    let captured = from_a();
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 70_000];
+    for (target, who) in [(&nodes[2], "node-c"), (&nodes[1], "node-b")] {
+        let before = target.gossip_stats().refused;
+        let to = if who == "node-b" {
+            b_bind
+        } else {
+            target.gossip_addr()
+        };
+        for d in &captured {
+            stranger.send_to(d, to).await.unwrap();
+        }
+        let mut answered = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout_at(deadline, stranger.recv_from(&mut buf)).await
+        {
+            answered += n;
+        }
+        assert_eq!(answered, 0, "{who} answered {answered} bytes to the replay");
+        assert!(
+            wait_until(Duration::from_secs(2), || target.gossip_stats().refused
+                >= before + captured.len() as u64)
+            .await,
+            "{who} refused the {} datagrams: {:?}",
+            captured.len(),
+            target.gossip_stats()
+        );
+    }
+    for n in &nodes {
+        n.shutdown().await;
     }
 }

@@ -276,8 +276,8 @@ pub struct GossipCost {
 }
 
 /// Bytes a sealed datagram carries on top of the gossip message: format tag, version, key
-/// id, send time, message id, part numbers, nonce and tag.
-pub const SEAL_OVERHEAD: usize = 50;
+/// id, sender's session, datagram number, send time, flags and tag.
+pub const SEAL_OVERHEAD: usize = 57;
 
 /// How long the idle cluster is measured.
 const COST_WINDOW: Duration = Duration::from_secs(10);

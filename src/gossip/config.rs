@@ -19,6 +19,13 @@ pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// several peers counted once): 256 MiB, four peers' budgets.
 pub const DEFAULT_NODE_QUEUE_BYTES: usize = 256 * 1024 * 1024;
 
+/// The cluster id of a configuration that does not set one.
+pub(crate) const DEFAULT_CLUSTER_ID: &str = "socketioxide";
+/// Longest cluster id, in bytes.
+pub(crate) const MAX_CLUSTER_ID: usize = 255;
+/// Longest node name, in bytes: what gossip carries (see the membership checks).
+pub(crate) const MAX_NODE_NAME: usize = crate::gossip::membership::envelope::MAX_NAME;
+
 /// How nodes prove to each other that they belong to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Auth {
@@ -74,7 +81,7 @@ pub struct GossipAdapterConfig {
 impl Default for GossipAdapterConfig {
     fn default() -> Self {
         Self {
-            cluster_id: "socketioxide".into(),
+            cluster_id: DEFAULT_CLUSTER_ID.into(),
             node_name: None,
             gossip_addr: SocketAddr::from(([0, 0, 0, 0], 7946)),
             gossip_advertise_addr: None,
@@ -106,16 +113,21 @@ impl GossipAdapterConfig {
         Self::default()
     }
 
-    /// Nodes only gossip with nodes of the same cluster id. Default `socketioxide`.
+    /// Nodes only gossip with nodes of the same cluster id (1 to 255 bytes). Default
+    /// `socketioxide`.
+    ///
+    /// With a secret, give every cluster an id of its own: the id salts the keys derived
+    /// from the secret, and clusters that keep the default share that salt (a warning is
+    /// logged at start).
     pub fn with_cluster_id(mut self, id: impl Into<String>) -> Self {
         self.cluster_id = id.into();
         self
     }
 
-    /// The name of this node in the cluster. Default: a random name. Two live nodes must not
-    /// share a name: a node started with the name of a live one is taken for its restart and
-    /// replaces it, and the older one leaves the cluster and reports it in
-    /// [`Cluster::failure`](crate::Cluster::failure).
+    /// The name of this node in the cluster (1 to 128 bytes). Default: a random name. Two
+    /// live nodes must not share a name: a node started with the name of a live one is taken
+    /// for its restart and replaces it, and the older one leaves the cluster and reports it
+    /// in [`Cluster::failure`](crate::Cluster::failure).
     pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
         self.node_name = Some(name.into());
         self
@@ -149,6 +161,12 @@ impl GossipAdapterConfig {
 
     /// Gossip addresses of nodes to join through, as `ip:port` or `host:port` (host names are
     /// resolved again periodically, so a headless service name works).
+    ///
+    /// Each must be an address the seed node advertises (or binds, if it binds a specific
+    /// IP): gossip to a seed is sealed for the address it is sent to, and a node opens only
+    /// what is sealed for its own addresses. A load-balanced address in front of several
+    /// nodes (a Kubernetes `ClusterIP` service) does not work as a seed; a headless service
+    /// does.
     pub fn with_seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
         self.seeds = seeds.into_iter().map(Into::into).collect();
         self
@@ -457,10 +475,33 @@ impl GossipAdapterConfig {
         Ok(c)
     }
 
-    /// Refuse a numeric setting outside the range that works, naming its builder method
-    /// and variable, and the range.
+    /// Refuse a numeric setting outside the range that works, or a node name or cluster id
+    /// of a length gossip cannot carry, naming its builder method and variable, and the
+    /// range.
     pub(crate) fn check_ranges(&self) -> Result<(), ConfigError> {
         const B: &str = "GossipAdapterConfig";
+        let length = |setting: &str, len: usize, max: usize| {
+            if (1..=max).contains(&len) {
+                return Ok(());
+            }
+            Err(ConfigError::OutOfRange {
+                setting: setting.to_string(),
+                value: format!("{len} bytes"),
+                range: format!("1..={max} bytes"),
+            })
+        };
+        if let Some(name) = &self.node_name {
+            length(
+                "GossipAdapterConfig::with_node_name (SOCKETIO_CLUSTER_NODE_NAME)",
+                name.len(),
+                MAX_NODE_NAME,
+            )?;
+        }
+        length(
+            "GossipAdapterConfig::with_cluster_id (SOCKETIO_CLUSTER_ID)",
+            self.cluster_id.len(),
+            MAX_CLUSTER_ID,
+        )?;
         ranges::REQUEST_TIMEOUT.check(B, self.request_timeout)?;
         ranges::GOSSIP_INTERVAL.check(B, self.gossip_interval)?;
         ranges::PEER_TIMEOUT.check(B, self.peer_timeout)?;
@@ -657,6 +698,27 @@ mod tests {
         GossipAdapterConfig::new()
             .check_ranges()
             .expect("the defaults are in range");
+    }
+
+    #[test]
+    fn node_names_and_cluster_ids_gossip_cannot_carry_are_refused() {
+        type C = GossipAdapterConfig;
+        let long_name = "n".repeat(MAX_NODE_NAME + 1);
+        let long_id = "c".repeat(MAX_CLUSTER_ID + 1);
+        for (c, method) in [
+            (C::new().with_node_name(""), "with_node_name"),
+            (C::new().with_node_name(long_name), "with_node_name"),
+            (C::new().with_cluster_id(""), "with_cluster_id"),
+            (C::new().with_cluster_id(long_id), "with_cluster_id"),
+        ] {
+            let e = c.check_ranges().unwrap_err().to_string();
+            assert!(e.contains(method) && e.contains("bytes"), "{e}");
+        }
+        C::new()
+            .with_node_name("n".repeat(MAX_NODE_NAME))
+            .with_cluster_id("c".repeat(MAX_CLUSTER_ID))
+            .check_ranges()
+            .unwrap();
     }
 
     #[test]

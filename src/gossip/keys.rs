@@ -11,6 +11,8 @@ use std::{fmt, sync::Arc};
 
 use ring::hkdf;
 
+use crate::gossip::config::DEFAULT_CLUSTER_ID;
+
 /// Fewest characters a secret may have.
 pub(crate) const MIN_SECRET_LEN: usize = 32;
 /// Fewest guesses (as a power of ten) the strength estimator must put on a secret: about
@@ -30,31 +32,34 @@ const ARGON2_PASSES: u32 = 2;
 pub struct Secret(Arc<[u8]>);
 
 impl Secret {
-    /// Whether the secret is strong enough; the reason if it is not.
+    /// Whether the secret is strong enough; the reason if it is not. A secret that is not
+    /// UTF-8 is judged as text too, one character per byte (Latin-1): repeated or running
+    /// bytes are as guessable as repeated or running letters.
     pub(crate) fn check(&self) -> Result<(), String> {
-        let text = std::str::from_utf8(&self.0).ok();
-        let len = text.map_or(self.0.len(), |t| t.chars().count());
+        let text: String = match std::str::from_utf8(&self.0) {
+            Ok(t) => t.to_owned(),
+            Err(_) => self.0.iter().map(|&b| char::from(b)).collect(),
+        };
+        let len = text.chars().count();
         if len < MIN_SECRET_LEN {
             return Err(format!(
                 "it has {len} characters, fewer than {MIN_SECRET_LEN}"
             ));
         }
-        if let Some(text) = text {
-            let start: String = text.chars().take(ESTIMATE_PREFIX).collect();
-            // On a thread of its own: the estimator builds hash tables and caches, which would
-            // otherwise draw on this thread's random state and change the order of its hash
-            // maps (a seeded simulation would then not repeat).
-            let guesses = std::thread::scope(|s| {
-                s.spawn(|| zxcvbn::zxcvbn(&start, &[]).guesses_log10())
-                    .join()
-                    .unwrap_or(0.0)
-            });
-            if guesses < MIN_GUESSES_LOG10 {
-                return Err(format!(
-                    "it is too easy to guess (about 10^{guesses:.0} guesses: repeated text, \
-                     words or keyboard patterns)"
-                ));
-            }
+        let start: String = text.chars().take(ESTIMATE_PREFIX).collect();
+        // On a thread of its own: the estimator builds hash tables and caches, which would
+        // otherwise draw on this thread's random state and change the order of its hash
+        // maps (a seeded simulation would then not repeat).
+        let guesses = std::thread::scope(|s| {
+            s.spawn(|| zxcvbn::zxcvbn(&start, &[]).guesses_log10())
+                .join()
+                .unwrap_or(0.0)
+        });
+        if guesses < MIN_GUESSES_LOG10 {
+            return Err(format!(
+                "it is too easy to guess (about 10^{guesses:.0} guesses: repeated text, \
+                 words or keyboard patterns)"
+            ));
         }
         Ok(())
     }
@@ -154,7 +159,20 @@ impl Keys {
 
 /// Check every secret of a keyring and derive its keys (the first signs and seals). Costs
 /// about 50 ms of CPU per secret: call it from a blocking task.
+///
+/// The cluster id salts the derivation, and only it can: it is the one setting besides the
+/// secret that every node has alike. A cluster that keeps the default id shares its salt
+/// with every other that does, so that a guess at the secret tried against one is tried
+/// against all of them at once: this is logged as a warning.
 pub(crate) fn derive_keyring(cluster_id: &str, secrets: &[Secret]) -> Result<Vec<Keys>, KeyError> {
+    if cluster_id == DEFAULT_CLUSTER_ID && !secrets.is_empty() {
+        tracing::warn!(
+            "the cluster id is the default one ({DEFAULT_CLUSTER_ID:?}): it salts the keys \
+             derived from the secret, and every deployment that keeps it shares that salt; \
+             give the cluster an id of its own (`with_cluster_id`, SOCKETIO_CLUSTER_ID), the \
+             same on every node"
+        );
+    }
     secrets
         .iter()
         .enumerate()
@@ -214,9 +232,51 @@ pub(crate) mod tests {
         ] {
             assert_eq!(Secret::from(strong).check(), Ok(()), "{strong}");
         }
-        // Random bytes that are not text are judged by their length alone.
         assert!(Secret::from(vec![0xffu8; 31]).check().is_err());
-        assert!(Secret::from(vec![0xffu8; 32]).check().is_ok());
+    }
+
+    #[test]
+    fn secrets_that_are_not_text_are_judged_too() {
+        for weak in [
+            vec![0xffu8; 40],
+            (0x80u8..0xc0).collect::<Vec<u8>>(),
+            [0xfe, 0xff].repeat(20),
+        ] {
+            assert!(
+                Secret::from(weak.clone()).check().is_err(),
+                "{weak:02x?} is accepted"
+            );
+        }
+        // 32 random bytes (not UTF-8).
+        let random: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&SECRET[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        assert!(std::str::from_utf8(&random).is_err());
+        assert_eq!(Secret::from(random).check(), Ok(()));
+    }
+
+    /// Every log line written while `f` runs.
+    fn logs_of(f: impl FnOnce()) -> String {
+        let (lines, guard) = crate::gossip::mesh::tests::capture_logs();
+        f();
+        drop(guard);
+        String::from_utf8(lines.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_secret_with_the_default_cluster_id_is_warned_about() {
+        let default = crate::GossipAdapterConfig::new().cluster_id;
+        let logs = logs_of(|| {
+            derive_keyring(&default, &[Secret::from(SECRET)]).unwrap();
+        });
+        assert!(
+            logs.contains("WARN") && logs.contains("cluster id"),
+            "no warning: {logs:?}"
+        );
+        let logs = logs_of(|| {
+            derive_keyring("chat-prod", &[Secret::from(SECRET)]).unwrap();
+        });
+        assert!(!logs.contains("WARN"), "{logs}");
     }
 
     #[test]

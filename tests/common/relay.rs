@@ -15,11 +15,18 @@ use std::{
 
 use tokio::net::UdpSocket;
 
+/// The first datagrams a relay forwards to its target, with their senders.
+type Captured = Arc<std::sync::Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
+
+/// How many datagrams a relay keeps a copy of.
+const CAPTURED: usize = 64;
+
 /// A running relay; it stops when dropped.
 pub struct Relay {
     /// The address senders use.
     pub addr: SocketAddr,
     forwarded: Arc<AtomicU64>,
+    captured: Captured,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -30,6 +37,8 @@ impl Relay {
         let addr = front.local_addr().unwrap();
         let forwarded = Arc::new(AtomicU64::new(0));
         let count = forwarded.clone();
+        let captured = Captured::default();
+        let capture = captured.clone();
         let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let answer_tasks = tasks.clone();
         let task = tokio::spawn(async move {
@@ -60,6 +69,10 @@ impl Relay {
                 };
                 if back.send(&buf[..n]).await.is_ok() {
                     count.fetch_add(1, Ordering::Relaxed);
+                    let mut capture = capture.lock().unwrap();
+                    if capture.len() < CAPTURED {
+                        capture.push((from, buf[..n].to_vec()));
+                    }
                 }
             }
         });
@@ -67,8 +80,14 @@ impl Relay {
         Self {
             addr,
             forwarded,
+            captured,
             tasks,
         }
+    }
+
+    /// Copies of the first datagrams forwarded to the target, with their senders.
+    pub fn captured(&self) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.captured.lock().unwrap().clone()
     }
 
     /// Datagrams forwarded to the target so far.

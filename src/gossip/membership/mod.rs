@@ -1,17 +1,31 @@
 //! Membership by gossip (chitchat): who is alive, and where each node's mesh listens.
 //!
-//! Gossip datagrams are sealed under a key derived from the cluster secret
-//! ([`transport`]): a host without the secret can neither read nor forge them. Still, gossip
-//! is input, never proof: a node only becomes a member once its mesh connection proved the
-//! secret, and stays one while that connection lives, whatever gossip says.
+//! Gossip datagrams are sealed under a key derived from the cluster secret, for one
+//! recipient ([`seal`], [`transport`]): a host without the secret can neither read nor
+//! forge nor redirect them. What opens is checked before chitchat parses it ([`envelope`],
+//! [`guard`]): a node holding the secret cannot crash chitchat or bloat its state. Should
+//! chitchat's task stop all the same, it is started again, on the same port and identity
+//! ([`Membership`]). Still, gossip is input, never proof: a node only becomes a member once
+//! its mesh connection proved the secret, and stays one while that connection lives,
+//! whatever gossip says.
 
+#[cfg(test)]
+mod attack_tests;
+mod clock;
+mod codec;
+pub(crate) mod envelope;
+mod guard;
+mod replay;
 pub(crate) mod seal;
 pub(crate) mod transport;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::SocketAddr,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -97,11 +111,11 @@ pub(crate) struct GossipNodes {
 }
 
 /// Tells when the set of live nodes gossip shows changes (see [`Membership::nodes`] for
-/// what it is).
-pub(crate) struct Changes(watch::Receiver<BTreeMap<ChitchatId, NodeState>>);
+/// what it is), across runs of chitchat.
+pub(crate) struct Changes(watch::Receiver<u64>);
 
 impl Changes {
-    /// Resolves once the live set changed since the last call; `false` once gossip stopped.
+    /// Resolves once the live set changed since the last call; `false` once gossip is gone.
     pub(crate) async fn changed(&mut self) -> bool {
         let changed = self.0.changed().await.is_ok();
         self.0.borrow_and_update();
@@ -109,14 +123,67 @@ impl Changes {
     }
 }
 
+/// Most times chitchat's task is started again within [`RESTART_WINDOW`]; one more stop,
+/// and gossip stays stopped (see [`Membership::stopped`]).
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
 /// The running gossip instance.
 pub(crate) struct Membership {
-    handle: ChitchatHandle,
+    inner: Arc<Inner>,
     /// The nodes gossip lists, with when this node first saw each, its heartbeat then and
     /// whether chitchat ever judged it live.
     seen: Mutex<HashMap<ChitchatId, Seen>>,
     /// The gossip interval.
     interval: Duration,
+}
+
+/// What outlives one run of chitchat.
+struct Inner {
+    /// The chitchat instance running now.
+    current: Mutex<Arc<ChitchatHandle>>,
+    settings: GossipSettings,
+    transport: Running,
+    /// Bumped when the live set changes, or chitchat starts again.
+    changes: watch::Sender<u64>,
+    /// Why gossip stopped for good, once it did.
+    stopped: watch::Sender<Option<String>>,
+    shutting_down: AtomicBool,
+    counters: Arc<transport::GossipCounters>,
+}
+
+/// The transport chitchat runs on, owned (chitchat is started again on it).
+enum Running {
+    Sealed(transport::SealedGossip),
+    Plain,
+    Custom(Arc<dyn crate::gossip::network::Network>),
+}
+
+impl Running {
+    fn transport(&self) -> &dyn Transport {
+        match self {
+            Running::Sealed(t) => t,
+            Running::Plain => &UdpTransport,
+            Running::Custom(n) => n.gossip(),
+        }
+    }
+
+    fn attach(&self, handle: Option<&ChitchatHandle>) {
+        if let Running::Sealed(t) = self {
+            t.attach(handle.map(ChitchatHandle::chitchat));
+        }
+    }
+
+    /// Release the port, once chitchat stopped for good.
+    async fn close(&self) {
+        if let Running::Sealed(t) = self {
+            t.close().await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What [`Membership`] remembers of a node gossip lists.
@@ -127,16 +194,17 @@ struct Seen {
 }
 
 /// What gossip runs on.
-pub(crate) enum GossipTransport<'a> {
+pub(crate) enum GossipTransport {
     /// UDP, sealed under the cluster key.
     Sealed(transport::SealedTransport),
     /// UDP in clear (`insecure_no_auth`).
     Plain,
-    /// A transport the caller provides (a simulated network).
-    Custom(&'a dyn Transport),
+    /// The transport of a network the caller provides (a simulated network).
+    Custom(Arc<dyn crate::gossip::network::Network>),
 }
 
 /// Settings for [`Membership::start`].
+#[derive(Clone)]
 pub(crate) struct GossipSettings {
     pub(crate) cluster_id: String,
     pub(crate) me: PeerId,
@@ -147,50 +215,81 @@ pub(crate) struct GossipSettings {
     pub(crate) mesh_advertise: SocketAddr,
 }
 
+/// The chitchat configuration of `s`.
+fn config(s: &GossipSettings) -> ChitchatConfig {
+    let chitchat_id = ChitchatId::new(s.me.name.to_string(), s.me.generation, s.advertise);
+    // Phi-accrual detection; suspicion grows after a few missed intervals.
+    let failure_detector_config = FailureDetectorConfig {
+        initial_interval: s.interval,
+        dead_node_grace_period: Duration::from_secs(3600),
+        ..FailureDetectorConfig::default()
+    };
+    ChitchatConfig {
+        chitchat_id,
+        cluster_id: s.cluster_id.clone(),
+        gossip_interval: s.interval,
+        listen_addr: s.bind,
+        seed_nodes: s.seeds.clone(),
+        failure_detector_config,
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: chitchat::ProtocolVersion::V0,
+    }
+}
+
 impl Membership {
     /// Start gossiping on `transport`.
     pub(crate) async fn start(
         s: GossipSettings,
-        transport: GossipTransport<'_>,
+        transport: GossipTransport,
+        counters: Arc<transport::GossipCounters>,
     ) -> Result<Self, String> {
-        let chitchat_id = ChitchatId::new(s.me.name.to_string(), s.me.generation, s.advertise);
-        // Phi-accrual detection; suspicion grows after a few missed intervals.
-        let failure_detector_config = FailureDetectorConfig {
-            initial_interval: s.interval,
-            dead_node_grace_period: Duration::from_secs(3600),
-            ..FailureDetectorConfig::default()
-        };
-        let config = ChitchatConfig {
-            chitchat_id,
-            cluster_id: s.cluster_id,
-            gossip_interval: s.interval,
-            listen_addr: s.bind,
-            seed_nodes: s.seeds,
-            failure_detector_config,
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
+        let transport = match transport {
+            GossipTransport::Sealed(t) => {
+                let me = ChitchatId::new(s.me.name.to_string(), s.me.generation, s.advertise);
+                Running::Sealed(t.start(s.cluster_id.clone(), me))
+            }
+            GossipTransport::Plain => Running::Plain,
+            GossipTransport::Custom(n) => Running::Custom(n),
         };
         let initial = vec![(KEY_MESH.to_string(), s.mesh_advertise.to_string())];
-        let transport: &dyn Transport = match &transport {
-            GossipTransport::Sealed(t) => t,
-            GossipTransport::Plain => &UdpTransport,
-            GossipTransport::Custom(t) => *t,
-        };
-        let handle = spawn_chitchat(config, initial, transport)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let handle = Arc::new(
+            spawn_chitchat(config(&s), initial, transport.transport())
+                .await
+                .map_err(|e| format!("{e:#}"))?,
+        );
+        transport.attach(Some(&handle));
+        let interval = s.interval;
+        let inner = Arc::new(Inner {
+            current: Mutex::new(handle.clone()),
+            settings: s,
+            transport,
+            changes: watch::channel(0).0,
+            stopped: watch::channel(None).0,
+            shutting_down: AtomicBool::new(false),
+            counters,
+        });
+        forward_changes(&inner, &handle);
+        tokio::spawn(supervise(
+            Arc::downgrade(&inner),
+            Box::pin(handle.termination_watcher()),
+        ));
         Ok(Self {
-            handle,
+            inner,
             seen: Mutex::new(HashMap::new()),
-            interval: s.interval,
+            interval,
         })
+    }
+
+    /// The chitchat instance running now.
+    fn handle(&self) -> Arc<ChitchatHandle> {
+        lock(&self.inner.current).clone()
     }
 
     /// Tells when the set of live nodes changes.
     pub(crate) async fn changes(&self) -> Changes {
-        Changes(self.handle.chitchat().lock().await.live_nodes_watcher())
+        Changes(self.inner.changes.subscribe())
     }
 
     /// What gossip knows now, this node included: the nodes it has not found dead, with
@@ -207,7 +306,7 @@ impl Membership {
     /// reachable, unless it has this node's name (the node settles that over the mesh).
     pub(crate) async fn nodes(&self) -> GossipNodes {
         let now = Instant::now();
-        self.handle
+        self.handle()
             .with_chitchat(|c| {
                 let live: HashSet<&ChitchatId> = c.live_nodes().collect();
                 let dead: HashSet<&ChitchatId> = c.dead_nodes().collect();
@@ -222,7 +321,7 @@ impl Membership {
                 let superseded = |id: &ChitchatId| {
                     id.node_id != me.node_id && newest.get(&*id.node_id) != Some(&id.generation_id)
                 };
-                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = lock(&self.seen);
                 seen.retain(|id, _| c.node_states().contains_key(id));
                 let mut judged_dead = |id: &ChitchatId, state: &NodeState| {
                     let s = seen.entry(id.clone()).or_insert(Seen {
@@ -258,33 +357,150 @@ impl Membership {
 
     /// Publish a key about this node.
     pub(crate) async fn set(&self, key: &str, value: &str) {
-        self.handle
+        self.handle()
             .with_chitchat(|c| c.self_node_state().set(key, value))
             .await;
     }
 
     /// Tell the seeds and peers right away (one gossip round to each).
     pub(crate) fn gossip_now(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let handle = self.handle();
         for addr in addrs {
-            let _ = self.handle.gossip(addr);
+            let _ = handle.gossip(addr);
         }
     }
 
-    /// Resolves when the gossip task ends, with why; it only ends by itself on a failure.
+    /// Resolves when gossip stopped for good, with why: chitchat's task stopped more than
+    /// [`MAX_RESTARTS`] times within a minute, or could not start again.
     pub(crate) fn stopped(&self) -> impl std::future::Future<Output = String> + Send + use<> {
-        let done = self.handle.termination_watcher();
+        let mut stopped = self.inner.stopped.subscribe();
         async move {
-            match done.await {
-                Ok(()) => "the gossip task ended".to_string(),
-                Err(e) => format!("{e:#}"),
+            match stopped.wait_for(Option::is_some).await {
+                Ok(why) => why.clone().unwrap_or_default(),
+                Err(_) => "the gossip task ended".to_string(),
             }
         }
     }
 
     /// Stop gossiping.
     pub(crate) fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
         // Fails only if the gossip task already stopped.
-        let _ = self.handle.initiate_shutdown();
+        let _ = self.handle().initiate_shutdown();
+    }
+}
+
+/// Bump the change counter of `inner` whenever the live set of `handle`'s run changes.
+fn forward_changes(inner: &Arc<Inner>, handle: &ChitchatHandle) {
+    let weak = Arc::downgrade(inner);
+    let chitchat = handle.chitchat();
+    tokio::spawn(async move {
+        let mut live = chitchat.lock().await.live_nodes_watcher();
+        drop(chitchat);
+        while live.changed().await.is_ok() {
+            let Some(inner) = weak.upgrade() else { return };
+            inner.changes.send_modify(|n| *n += 1);
+        }
+    });
+}
+
+/// Resolves when a run of chitchat ends, with why.
+type Termination = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Watch chitchat's task, and start it again when it stops by itself.
+async fn supervise(weak: Weak<Inner>, mut done: Termination) {
+    let mut restarts: Vec<std::time::Instant> = Vec::new();
+    loop {
+        let result = (&mut done).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let why = match result {
+            Ok(()) => "the gossip task ended".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            inner.transport.close().await;
+            inner.stopped.send_replace(Some(why));
+            return;
+        }
+        restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+        if restarts.len() >= MAX_RESTARTS {
+            inner.transport.close().await;
+            inner.stopped.send_replace(Some(format!(
+                "{why} ({} times within a minute: not started again)",
+                restarts.len() + 1
+            )));
+            return;
+        }
+        restarts.push(std::time::Instant::now());
+        inner.counters.restarted();
+        tracing::error!(
+            reason = %why,
+            "the gossip task stopped; starting it again (at most {MAX_RESTARTS} times a minute)"
+        );
+        match inner.restart().await {
+            Ok(handle) => done = Box::pin(handle.termination_watcher()),
+            Err(e) => {
+                inner.transport.close().await;
+                inner
+                    .stopped
+                    .send_replace(Some(format!("{why}; starting it again failed: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Start chitchat again on the same port and identity, with this node's own state: its
+    /// keys at their versions, its heartbeat, so that peers take what it says next.
+    async fn restart(self: &Arc<Self>) -> Result<Arc<ChitchatHandle>, String> {
+        let old = lock(&self.current).clone();
+        self.transport.attach(None);
+        let (heartbeat, max_version, keys) = old
+            .with_chitchat(|c| {
+                let s = c.self_node_state();
+                let mut keys: Vec<(String, String, u64)> = s
+                    .key_values_including_deleted()
+                    .filter(|(_, v)| !v.is_deleted())
+                    .map(|(k, v)| (k.to_string(), v.value.clone(), v.version))
+                    .collect();
+                keys.sort_by_key(|(_, _, version)| *version);
+                (s.heartbeat(), s.max_version(), keys)
+            })
+            .await;
+        drop(old);
+        let initial: Vec<(String, String)> = keys.into_iter().map(|(k, v, _)| (k, v)).collect();
+        // The port of the run that stopped may take a moment to be released (plain UDP).
+        let mut attempt = 0;
+        let handle = loop {
+            match spawn_chitchat(
+                config(&self.settings),
+                initial.clone(),
+                self.transport.transport(),
+            )
+            .await
+            {
+                Ok(h) => break Arc::new(h),
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::debug!("gossip not started again yet: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(format!("{e:#}")),
+            }
+        };
+        handle
+            .with_chitchat(|c| {
+                let s = c.self_node_state();
+                s.try_set_heartbeat(heartbeat);
+                s.set_max_version(s.max_version().max(max_version));
+            })
+            .await;
+        self.transport.attach(Some(&handle));
+        *lock(&self.current) = handle.clone();
+        forward_changes(self, &handle);
+        self.changes.send_modify(|n| *n += 1);
+        Ok(handle)
     }
 }
 

@@ -1,35 +1,51 @@
 //! The gossip transport: chitchat's envelopes sealed on the way out and opened on the way in
-//! (see [`super::seal`]), so that chitchat never parses a byte that did not open under the
-//! cluster key.
+//! (see [`super::seal`]), checked before chitchat parses them (see [`super::envelope`] and
+//! [`super::guard`]), so that chitchat never parses a byte that did not open under the
+//! cluster key and pass the checks.
 //!
-//! chitchat keeps its envelope encoding to itself, but its public UDP socket encodes on
-//! `send` and decodes on `recv`. So each node runs two of them on 127.0.0.1 as codecs: the
-//! encoder sends each outgoing envelope to a loopback tap of ours, which seals it and sends
-//! it from the gossip port; a pump task opens what arrives at the gossip port and hands the
-//! plain bytes to the decoder, whose envelope goes to chitchat with the real sender's
-//! address.
+//! Envelopes become bytes and back through chitchat's own sockets ([`super::codec`]). A
+//! pump task receives at the gossip port, opens, checks what opened, has the decoder parse
+//! it, and queues the envelope; chitchat takes it only once it passes the checks against
+//! its state at that moment. The pump, the gossip port, the sealer's session and what the
+//! receiver remembers outlive one run of chitchat: a run that stops is started again on
+//! them (see [`super::Membership`]).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    collections::HashMap,
+    net::SocketAddr,
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
-use chitchat::ChitchatEnvelope;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket as CodecSocket};
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use chitchat::{
+    Chitchat, ChitchatEnvelope, ChitchatId,
+    transport::{RecvOutcome, SendOutcome, Socket, Transport},
+};
+use tokio::{net::UdpSocket, sync::mpsc, sync::watch, task::JoinHandle};
 
-use super::seal::{GossipKeys, MAX_DATAGRAM, MAX_ENVELOPE, Opener};
+use super::{
+    clock::Clock,
+    codec::{Decoder, Encoder},
+    envelope::{self, Checked},
+    guard,
+    seal::{GossipKeys, MAX_DATAGRAM, Opener, Recipient, Sealer, Session},
+};
+use crate::rate_log::RateLog;
 
-/// Envelopes opened and waiting for chitchat; more are dropped (gossip tolerates loss).
-const INBOX: usize = 256;
-/// How long the loopback codecs may take (they answer at once unless the bytes are not an
-/// envelope, which the decoder drops in silence).
-const CODEC_WAIT: Duration = Duration::from_secs(1);
+/// Envelopes opened and waiting for chitchat, at most; more are dropped (gossip tolerates
+/// loss).
+const INBOX: usize = 64;
+/// Bytes the envelopes waiting for chitchat may hold once parsed, at most.
+const INBOX_BYTES: usize = 4 << 20;
+/// A session heard at an address this recently is what gossip to that address is sealed
+/// for; else the address itself is.
+const SESSION_FRESH_MS: u64 = 5_000;
+/// Addresses whose session is remembered, at most.
+const MAX_PEERS: usize = 4_096;
 /// At most one log line per this period about refused datagrams.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -40,8 +56,11 @@ pub(crate) struct GossipCounters {
     pub(crate) sealed: AtomicU64,
     /// Datagrams that opened.
     pub(crate) opened: AtomicU64,
-    /// Datagrams refused (did not open, stale, replayed) or dropped after opening.
+    /// Datagrams refused (did not open, stale, replayed, failed a check) or dropped after
+    /// opening.
     pub(crate) refused: AtomicU64,
+    /// Times chitchat's task stopped and was started again (any transport).
+    pub(crate) restarts: AtomicU64,
     metrics: crate::metrics::GossipMetrics,
 }
 
@@ -52,6 +71,7 @@ impl GossipCounters {
             sealed: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             metrics: crate::metrics::GossipMetrics::new(node),
         }
     }
@@ -70,9 +90,68 @@ impl GossipCounters {
         self.refused.fetch_add(1, Ordering::Relaxed);
         self.metrics.refused.increment(1);
     }
+
+    pub(crate) fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-/// A chitchat transport that seals gossip under the cluster key.
+/// Counts refusals and logs them at a bounded rate.
+struct Refusals {
+    counters: Arc<GossipCounters>,
+    log: RateLog,
+}
+
+impl Refusals {
+    fn refused(&self, from: SocketAddr, why: &dyn std::fmt::Display) {
+        self.counters.refused();
+        if let Some(held) = self.log.allow() {
+            tracing::warn!(
+                %from,
+                held_back = held,
+                "gossip datagram refused: {why} (at most one such line every 10 s; `held_back` \
+                 counts those not logged since the last)"
+            );
+        }
+    }
+}
+
+/// The session last heard at each address (from datagrams that opened).
+#[derive(Default)]
+struct Peers(HashMap<SocketAddr, (Session, u64)>);
+
+impl Peers {
+    fn heard(&mut self, from: SocketAddr, session: Session, now: u64) {
+        if self.0.len() >= MAX_PEERS && !self.0.contains_key(&from) {
+            self.0
+                .retain(|_, (_, at)| now.saturating_sub(*at) <= SESSION_FRESH_MS);
+            if self.0.len() >= MAX_PEERS {
+                let oldest = self
+                    .0
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(a, _)| *a);
+                if let Some(oldest) = oldest {
+                    self.0.remove(&oldest);
+                }
+            }
+        }
+        self.0.insert(from, (session, now));
+    }
+
+    /// Whom what goes to `to` is sealed for.
+    fn recipient(&self, to: SocketAddr, now: u64) -> Recipient {
+        match self.0.get(&to) {
+            Some((session, at)) if now.saturating_sub(*at) <= SESSION_FRESH_MS => {
+                Recipient::Session(*session)
+            }
+            _ => Recipient::Addr(to),
+        }
+    }
+}
+
+/// A chitchat transport that seals gossip under the cluster key: what
+/// [`SealedTransport::start`] makes of it once this node's identity is known.
 pub(crate) struct SealedTransport {
     keys: Arc<GossipKeys>,
     counters: Arc<GossipCounters>,
@@ -85,69 +164,160 @@ impl SealedTransport {
             counters,
         }
     }
+
+    /// The transport of the node `me` (its advertised gossip address included) in cluster
+    /// `cluster_id`.
+    pub(crate) fn start(self, cluster_id: String, me: ChitchatId) -> SealedGossip {
+        SealedGossip {
+            shared: Arc::new(Shared {
+                sealer: Mutex::new(Sealer::new(self.keys.clone())),
+                keys: self.keys,
+                refusals: Arc::new(Refusals {
+                    counters: self.counters.clone(),
+                    log: RateLog::new(LOG_EVERY),
+                }),
+                counters: self.counters,
+                unsent: RateLog::new(LOG_EVERY),
+                clock: Arc::new(Clock::default()),
+                peers: Arc::new(Mutex::new(Peers::default())),
+                cluster_id,
+                me,
+                chitchat: watch::channel(None).0,
+                running: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// The sealed transport of a node, across runs of chitchat.
+pub(crate) struct SealedGossip {
+    shared: Arc<Shared>,
 }
 
-fn loopback() -> SocketAddr {
-    (Ipv4Addr::LOCALHOST, 0).into()
+impl SealedGossip {
+    /// The chitchat instance now running on this transport (`None` while it starts
+    /// again): envelopes are checked against its state, and wait while there is none.
+    pub(crate) fn attach(&self, chitchat: Option<Arc<tokio::sync::Mutex<Chitchat>>>) {
+        self.shared.chitchat.send_replace(chitchat);
+    }
+
+    /// Stop receiving and release the gossip port, once chitchat stopped for good.
+    pub(crate) async fn close(&self) {
+        self.shared.running.lock().await.take();
+        self.shared.chitchat.send_replace(None);
+    }
+}
+
+struct Shared {
+    keys: Arc<GossipKeys>,
+    counters: Arc<GossipCounters>,
+    refusals: Arc<Refusals>,
+    /// Datagrams that could not be sent, logged at a bounded rate.
+    unsent: RateLog,
+    sealer: Mutex<Sealer>,
+    clock: Arc<Clock>,
+    peers: Arc<Mutex<Peers>>,
+    cluster_id: String,
+    me: ChitchatId,
+    chitchat: watch::Sender<Option<Arc<tokio::sync::Mutex<Chitchat>>>>,
+    /// The gossip port and its pump, once opened.
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+/// The gossip port and the pump that receives on it.
+struct Running {
+    outer: Arc<UdpSocket>,
+    /// Where the pump queues envelopes: the inbox of the socket chitchat now runs on.
+    inbox: Arc<Mutex<mpsc::Sender<Item>>>,
+    /// Bytes the envelopes in that inbox hold once parsed.
+    inbox_bytes: Arc<AtomicUsize>,
+    pump: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// An envelope waiting for chitchat.
+struct Item {
+    outcome: RecvOutcome,
+    checked: Checked,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[async_trait]
-impl Transport for SealedTransport {
+impl Transport for SealedGossip {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let outer =
-            Arc::new(UdpSocket::bind(listen_addr).await.map_err(|e| {
-                anyhow::anyhow!("failed to bind to {listen_addr}/UDP for gossip: {e}")
-            })?);
-        let encoder = CodecSocket::open(loopback()).await?;
-        let tap = UdpSocket::bind(loopback()).await?;
-        // Only the encoder's datagrams reach the tap.
-        tap.connect(encoder.local_addr()?).await?;
-        let decoder = CodecSocket::open(loopback()).await?;
-        let inject = UdpSocket::bind(loopback()).await?;
-        inject.connect(decoder.local_addr()?).await?;
+        let s = &self.shared;
         let (tx, rx) = mpsc::channel(INBOX);
-        let pump = tokio::spawn(pump(
-            outer.clone(),
-            Opener::new(self.keys.clone()),
-            decoder,
-            inject,
-            tx,
-            self.counters.clone(),
-        ));
+        let mut running = s.running.lock().await;
+        let (outer, inbox_bytes) = match &*running {
+            Some(r) => {
+                // chitchat runs again on the same port: the pump now feeds this socket (what
+                // waited for the run before is gone with its socket).
+                *lock(&r.inbox) = tx;
+                r.inbox_bytes.store(0, Ordering::Relaxed);
+                (r.outer.clone(), r.inbox_bytes.clone())
+            }
+            None => {
+                let inbox_bytes = Arc::new(AtomicUsize::new(0));
+                let outer = Arc::new(UdpSocket::bind(listen_addr).await.map_err(|e| {
+                    anyhow::anyhow!("failed to bind to {listen_addr}/UDP for gossip: {e}")
+                })?);
+                let mut addrs = vec![s.me.gossip_advertise_addr];
+                if !listen_addr.ip().is_unspecified() {
+                    addrs.push(outer.local_addr()?);
+                }
+                let opener = Opener::new(s.keys.clone(), lock(&s.sealer).session(), addrs);
+                let inbox = Arc::new(Mutex::new(tx));
+                let pump = tokio::spawn(pump(Pump {
+                    outer: outer.clone(),
+                    opener,
+                    decoder: Decoder::open().await?,
+                    inbox: inbox.clone(),
+                    inbox_bytes: inbox_bytes.clone(),
+                    peers: s.peers.clone(),
+                    clock: s.clock.clone(),
+                    refusals: s.refusals.clone(),
+                    counters: s.counters.clone(),
+                    cluster_id: s.cluster_id.clone(),
+                }));
+                *running = Some(Running {
+                    outer: outer.clone(),
+                    inbox,
+                    inbox_bytes: inbox_bytes.clone(),
+                    pump,
+                });
+                (outer, inbox_bytes)
+            }
+        };
         Ok(Box::new(SealedSocket {
             outer,
-            encoder,
-            tap,
-            keys: self.keys.clone(),
+            encoder: Encoder::open().await?,
+            shared: s.clone(),
             inbox: rx,
-            pump,
-            counters: self.counters.clone(),
-            buf: vec![0; MAX_ENVELOPE + 1].into_boxed_slice(),
+            inbox_bytes,
+            chitchat: s.chitchat.subscribe(),
+            waiting: None,
         }))
     }
 }
 
 struct SealedSocket {
     outer: Arc<UdpSocket>,
-    encoder: CodecSocket,
-    tap: UdpSocket,
-    keys: Arc<GossipKeys>,
-    inbox: mpsc::Receiver<RecvOutcome>,
-    pump: JoinHandle<()>,
-    counters: Arc<GossipCounters>,
-    buf: Box<[u8]>,
-}
-
-impl Drop for SealedSocket {
-    fn drop(&mut self) {
-        self.pump.abort();
-    }
+    encoder: Encoder,
+    shared: Arc<Shared>,
+    inbox: mpsc::Receiver<Item>,
+    inbox_bytes: Arc<AtomicUsize>,
+    chitchat: watch::Receiver<Option<Arc<tokio::sync::Mutex<Chitchat>>>>,
+    /// An envelope taken from the inbox, not yet checked against chitchat's state (kept
+    /// when chitchat drops a `recv` at a gossip tick).
+    waiting: Option<Item>,
 }
 
 #[async_trait]
@@ -161,22 +331,31 @@ impl Socket for SealedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        // Bytes an earlier, interrupted send left at the tap are not this envelope's.
-        while self.tap.try_recv(&mut self.buf).is_ok() {}
-        let tap_addr = self.tap.local_addr()?;
-        let SendOutcome { num_bytes_sent } = self.encoder.send(tap_addr, envelope).await?;
-        let len = tokio::time::timeout(CODEC_WAIT, self.tap.recv(&mut self.buf))
-            .await
-            .map_err(|_| anyhow::anyhow!("gossip encoder did not answer"))??;
-        if len != num_bytes_sent {
-            anyhow::bail!(
-                "gossip encoder answered {len} bytes for an envelope of {num_bytes_sent}"
-            );
-        }
+        let s = &self.shared;
+        let bytes = self.encoder.encode(envelope).await?;
+        let now = s.clock.now_ms();
+        let recipient = lock(&s.peers).recipient(to, now);
+        let datagrams = lock(&s.sealer).seal(bytes, &recipient, now);
         let mut sent = 0;
-        for datagram in self.keys.seal(&self.buf[..len], now_ms()) {
-            sent += self.outer.send_to(&datagram, to).await?;
-            self.counters.sealed();
+        for datagram in datagrams {
+            match self.outer.send_to(&datagram, to).await {
+                Ok(n) => {
+                    sent += n;
+                    s.counters.sealed();
+                }
+                // Not a broken transport: one address that cannot be reached (a peer may
+                // gossip any address). Said here, at a bounded rate, rather than by
+                // chitchat at every round.
+                Err(e) => {
+                    if let Some(held) = s.unsent.allow() {
+                        tracing::warn!(
+                            %to,
+                            held_back = held,
+                            "gossip datagram not sent: {e} (at most one such line every 10 s)"
+                        );
+                    }
+                }
+            }
         }
         Ok(SendOutcome {
             num_bytes_sent: sent,
@@ -184,62 +363,62 @@ impl Socket for SealedSocket {
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        // Cancel-safe: chitchat drops this future at every gossip tick.
-        self.inbox
-            .recv()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("the gossip receive task stopped"))
-    }
-}
-
-/// Counts refusals and logs them at most once per [`LOG_EVERY`].
-struct RefusalLog {
-    counters: Arc<GossipCounters>,
-    last: Option<tokio::time::Instant>,
-    since: u64,
-}
-
-impl RefusalLog {
-    fn refused(&mut self, from: SocketAddr, why: &dyn std::fmt::Display) {
-        self.counters.refused();
-        self.since += 1;
-        let now = tokio::time::Instant::now();
-        if self.last.is_none_or(|l| now.duration_since(l) >= LOG_EVERY) {
-            tracing::warn!(
-                %from,
-                refused = self.since,
-                "gossip datagram refused: {why} (at most one such line every 10 s; `refused` counts them since the last)"
-            );
-            self.last = Some(now);
-            self.since = 0;
+        // Cancel-safe: chitchat drops this future at every gossip tick; an envelope taken
+        // from the inbox waits in `self.waiting` until the next call.
+        loop {
+            if self.waiting.is_none() {
+                let item = self
+                    .inbox
+                    .recv()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("the gossip receive task stopped"))?;
+                self.waiting = Some(item);
+            }
+            let chitchat = self
+                .chitchat
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| anyhow::anyhow!("the gossip transport stopped"))?
+                .clone();
+            let Some(chitchat) = chitchat else { continue };
+            let verdict = {
+                let c = chitchat.lock().await;
+                let Some(item) = &self.waiting else { continue };
+                guard::admit(c.node_states(), &self.shared.me, &item.checked)
+            };
+            let Some(item) = self.waiting.take() else {
+                continue;
+            };
+            self.inbox_bytes
+                .fetch_sub(item.checked.decoded, Ordering::Relaxed);
+            match verdict {
+                Ok(()) => return Ok(item.outcome),
+                Err(why) => self.shared.refusals.refused(item.outcome.from_addr, &why),
+            }
         }
     }
 }
 
-/// Receives at the gossip port, opens, and has the decoder turn what opened into envelopes.
-async fn pump(
+/// What the pump works with.
+struct Pump {
     outer: Arc<UdpSocket>,
-    mut opener: Opener,
-    mut decoder: CodecSocket,
-    inject: UdpSocket,
-    inbox: mpsc::Sender<RecvOutcome>,
+    opener: Opener,
+    decoder: Decoder,
+    inbox: Arc<Mutex<mpsc::Sender<Item>>>,
+    inbox_bytes: Arc<AtomicUsize>,
+    peers: Arc<Mutex<Peers>>,
+    clock: Arc<Clock>,
+    refusals: Arc<Refusals>,
     counters: Arc<GossipCounters>,
-) {
-    let inject_addr = match inject.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("gossip receive task cannot start: {e}");
-            return;
-        }
-    };
-    let mut log = RefusalLog {
-        counters: counters.clone(),
-        last: None,
-        since: 0,
-    };
+    cluster_id: String,
+}
+
+/// Receives at the gossip port, opens, checks, and has the decoder turn what passed into
+/// envelopes for chitchat.
+async fn pump(mut p: Pump) {
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
-        let (len, from) = match outer.recv_from(&mut buf).await {
+        let (len, from) = match p.outer.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors and the like; never fatal for a UDP socket that is still open.
@@ -248,55 +427,52 @@ async fn pump(
                 continue;
             }
         };
-        let envelope = match opener.open(&buf[..len], from, now_ms()) {
-            Ok(Some(e)) => e,
-            Ok(None) => continue,
+        let now = p.clock.now_ms();
+        let opened = match p.opener.open(&buf[..len], now) {
+            Ok(o) => o,
             Err(why) => {
-                log.refused(from, &why);
+                p.refusals.refused(from, &why);
                 continue;
             }
         };
-        counters.opened();
-        if let Err(e) = inject.send(&envelope).await {
-            log.refused(from, &format_args!("cannot hand it to the decoder: {e}"));
+        lock(&p.peers).heard(from, opened.session, now);
+        let Some(bytes) = opened.envelope else {
+            continue;
+        };
+        p.counters.opened();
+        let checked = match envelope::check(&bytes, &p.cluster_id) {
+            Ok(c) => c,
+            Err(why) => {
+                p.refusals.refused(from, &why);
+                continue;
+            }
+        };
+        if p.inbox_bytes.load(Ordering::Relaxed) + checked.decoded > INBOX_BYTES {
+            p.refusals
+                .refused(from, &"gossip is busy (its inbox is full)");
             continue;
         }
-        match decode(&mut decoder, inject_addr, envelope.len()).await {
-            Some(env) => {
-                let outcome = RecvOutcome {
-                    from_addr: from,
-                    envelope: env,
-                    num_bytes_received: len,
-                };
-                if inbox.try_send(outcome).is_err() {
-                    log.refused(from, &"gossip inbox full, datagram dropped");
-                }
+        let envelope = match p.decoder.decode(&bytes).await {
+            Ok(e) => e,
+            Err(why) => {
+                p.refusals.refused(from, &why);
+                continue;
             }
-            None => log.refused(from, &"it opened, but is not a chitchat envelope"),
+        };
+        let decoded = checked.decoded;
+        let item = Item {
+            outcome: RecvOutcome {
+                from_addr: from,
+                envelope,
+                num_bytes_received: len,
+            },
+            checked,
+        };
+        p.inbox_bytes.fetch_add(decoded, Ordering::Relaxed);
+        if lock(&p.inbox).try_send(item).is_err() {
+            p.inbox_bytes.fetch_sub(decoded, Ordering::Relaxed);
+            p.refusals
+                .refused(from, &"gossip is busy (its inbox is full)");
         }
     }
-}
-
-/// The decoder's envelope for the `len` bytes just injected; `None` if it dropped them.
-async fn decode(
-    decoder: &mut CodecSocket,
-    inject_addr: SocketAddr,
-    len: usize,
-) -> Option<ChitchatEnvelope> {
-    let deadline = tokio::time::Instant::now() + CODEC_WAIT;
-    // Bounded: each turn consumes one datagram, and the deadline ends the wait.
-    for _ in 0..16 {
-        let got = tokio::time::timeout_at(deadline, decoder.recv())
-            .await
-            .ok()?;
-        match got {
-            Ok(r) if r.from_addr == inject_addr && r.num_bytes_received == len => {
-                return Some(r.envelope);
-            }
-            // Something else on the loopback port (not ours), or a leftover: skip it.
-            Ok(_) => continue,
-            Err(_) => return None,
-        }
-    }
-    None
 }

@@ -28,6 +28,10 @@ pub struct GossipStats {
     /// key, tampered with, replayed, stale, or left over when gossip was busy. Each kind is
     /// also logged, at most once every 10 s.
     pub refused: u64,
+    /// Times the gossip task stopped and was started again, on the same port and identity
+    /// (each is logged as an error). Up to three within a minute; at the fourth, gossip
+    /// stays stopped and [`Cluster::failure`] says why.
+    pub restarts: u64,
 }
 
 /// The handle of a running cluster node, from
@@ -108,7 +112,8 @@ impl Cluster {
     }
 
     /// Gossip datagrams this node sealed, opened and refused since it started (all zero in
-    /// `insecure_no_auth` mode and on a custom network, where gossip is not sealed).
+    /// `insecure_no_auth` mode and on a custom network, where gossip is not sealed), and
+    /// how many times its gossip task was started again.
     pub fn gossip_stats(&self) -> GossipStats {
         let c = self.node.gossip_counters();
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -116,13 +121,15 @@ impl Cluster {
             sealed: get(&c.sealed),
             opened: get(&c.opened),
             refused: get(&c.refused),
+            restarts: get(&c.restarts),
         }
     }
 
     /// Why this node stopped being part of the cluster on its own, or `None` while it is
-    /// part of it. It stops if its gossip task fails: rather than run on with a view of the
-    /// cluster that no longer changes, it leaves (its peers drop it at once), logs an error,
-    /// and serves its own sockets only. A health check should fail on `Some`, so that the
+    /// part of it. It stops if its gossip task fails for good (a task that stops is started
+    /// again, up to three times a minute; see [`GossipStats::restarts`]): rather than run on
+    /// with a view of the cluster that no longer changes, it leaves (its peers drop it at
+    /// once), logs an error, and serves its own sockets only. A health check should fail on `Some`, so that the
     /// process is restarted.
     pub fn failure(&self) -> Option<String> {
         self.node.failure()

@@ -281,7 +281,7 @@ impl Node {
         crate::metrics::describe();
         let gossip_counters = Arc::new(GossipCounters::new(&me.name));
         let transport = match (network, &keys) {
-            (Some(network), _) => GossipTransport::Custom(network.gossip()),
+            (Some(network), _) => GossipTransport::Custom(network.clone()),
             (None, Some(keys)) => match GossipKeys::new(&config.cluster_id, keys) {
                 Some(k) => {
                     GossipTransport::Sealed(SealedTransport::new(k, gossip_counters.clone()))
@@ -290,7 +290,7 @@ impl Node {
             },
             (None, None) => GossipTransport::Plain,
         };
-        let membership = Membership::start(settings, transport)
+        let membership = Membership::start(settings, transport, gossip_counters.clone())
             .await
             .map_err(|reason| Error::GossipBind {
                 addr: gossip_bind,
