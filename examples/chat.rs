@@ -20,7 +20,8 @@
 //! ```
 //!
 //! Open <http://127.0.0.1:3001> and <http://127.0.0.1:3003>, pick the same room in both,
-//! and chat; or put `examples/nginx/nginx.conf` in front and open <http://127.0.0.1:8080>.
+//! and chat (the page loads the Socket.IO browser client from the node itself, vendored in
+//! `examples/shared/vendor/`); or put `examples/nginx/nginx.conf` in front and open <http://127.0.0.1:8080>.
 //! Each node serves its metrics at `GET /metrics` in the Prometheus text format
 //! (`examples/shared/prometheus.rs`; the README shows a scrape config and a dashboard).
 //!
@@ -64,6 +65,8 @@ const ADMIN: &str = "/admin ";
 /// Longest an admin notice waits for the other nodes' answers.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[path = "shared/client_js.rs"]
+mod client_js;
 #[path = "shared/prometheus.rs"]
 mod prometheus;
 
@@ -74,7 +77,7 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>chat · {NODE}
 <p>In the room: <span id="online"></span></p>
 <ul id="log"></ul>
 <form id="f"><input id="m" autocomplete="off" placeholder="message"><button>Send</button></form>
-<script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>
+<script src="/socket.io.min.js"></script>
 <script>
 const $ = (id) => document.getElementById(id);
 const line = (text, cls) => { const li = document.createElement("li"); li.textContent = text; if (cls) li.className = cls; $("log").append(li); };
@@ -313,6 +316,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/", get(move || async move { Html(page) }))
         .merge(prometheus::router(metrics))
+        .merge(client_js::router())
         .layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
