@@ -243,6 +243,8 @@
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");
 
 mod backend;
+#[cfg(all(test, feature = "cluster-gossip"))]
+mod documented;
 mod error;
 pub mod events;
 #[cfg(feature = "cluster-gossip")]
@@ -283,3 +285,61 @@ pub use gossip::node::{Cluster, GossipStats, MembershipEvent, PeerStats};
 #[cfg(feature = "cluster-gossip")]
 pub use gossip::wire::ALPN as MESH_ALPN;
 pub use init::InitRes;
+
+/// The Rust snippets of the README and of every page of `docs/`, compiled (and those
+/// without `no_run` run) as doctests, with the features they need.
+#[cfg(doctest)]
+mod readme_and_docs {
+    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../README.md"))]
+    mod readme {}
+    #[doc = include_str!("../docs/benchmarks.md")]
+    mod benchmarks {}
+    #[doc = include_str!("../docs/configuration.md")]
+    mod configuration {}
+    #[doc = include_str!("../docs/deploying.md")]
+    mod deploying {}
+    #[doc = include_str!("../docs/development.md")]
+    mod development {}
+    #[doc = include_str!("../docs/failures.md")]
+    mod failures {}
+    #[doc = include_str!("../docs/limits.md")]
+    mod limits {}
+    #[doc = include_str!("../docs/metrics.md")]
+    mod metrics {}
+    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/presence.md"))]
+    mod presence {}
+    #[doc = include_str!("../docs/redis.md")]
+    mod redis {}
+    #[doc = include_str!("../docs/security.md")]
+    mod security {}
+    #[doc = include_str!("../docs/semantics.md")]
+    mod semantics {}
+    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/server-events.md"))]
+    mod server_events {}
+    #[cfg_attr(feature = "sessions", doc = include_str!("../docs/sessions.md"))]
+    mod sessions {}
+    #[doc = include_str!("../docs/simulations.md")]
+    mod simulations {}
+    #[doc = include_str!("../docs/troubleshooting.md")]
+    mod troubleshooting {}
+    #[doc = include_str!("../docs/wire-compatibility.md")]
+    mod wire_compatibility {}
+}
+
+/// Every page of `docs/` has its snippets compiled above.
+#[cfg(test)]
+#[test]
+fn every_docs_page_is_a_doctest() {
+    let lib = include_str!("lib.rs");
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for page in std::fs::read_dir(docs).expect("docs/").flatten() {
+        let name = page.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            let include = format!("include_str!(\"../docs/{name}\")");
+            assert!(
+                lib.contains(&include),
+                "docs/{name} is not among the doctests of lib.rs"
+            );
+        }
+    }
+}

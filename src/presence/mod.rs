@@ -74,7 +74,7 @@
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 pub(crate) mod replica;
 
 use std::{
