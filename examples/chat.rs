@@ -28,10 +28,11 @@
 //! Events (all on `/`): `nick` (name) and `join` (room) answer through their ack with
 //! `{nick, room, node}`; `message` (text) sends `{nick, text, node}` to everyone in the
 //! room, the sender included; `notice` (text) tells the room who came, went or was renamed.
-//! On either backend, nicknames are tracked with cluster-wide presence (the room is
-//! the topic, the nickname the key): a socket gets `presence_state` when it joins a room or
-//! changes its nickname, and the room gets `presence_diff` on every change, which the page
-//! shows as who is in the room.
+//! On either backend, who is in a room is tracked with cluster-wide presence (the room is
+//! the topic, the socket id the key, `{"nick": …}` the meta): a socket gets `presence_state`
+//! when it joins a room or changes its nickname, and the room gets `presence_diff` on every
+//! change, which the page applies as the presence module documents (a rename is a new meta
+//! of the same key: one diff, no one blinks out).
 //!
 //! A message `/admin <text>` is an admin notice for every connection of every node, rooms
 //! aside: its node shows it to its own connections and sends it to the other nodes as a
@@ -86,12 +87,22 @@ const s = io();
 s.on("connect", () => s.emit("join", $("r").value, show));
 s.on("message", (m) => line(`${m.nick}@${m.node}: ${m.text}`));
 s.on("notice", (t) => line(t, "n"));
-// Who is in the room, from cluster-wide presence: the state, then the diffs.
+// Who is in the room, from cluster-wide presence, as the presence module documents it:
+// start from `presence_state`, then apply each `presence_diff` of that topic (leaves, then
+// joins, by socket). The topic is the one of the last state: diffs of the new room that
+// come between its state and the answer to `join` count, and a rename (a new meta, one
+// diff) replaces the name in place.
+let topic = null;
 const online = new Map();
-const render = () => { $("online").textContent = [...new Set(online.values())].sort().join(", "); };
-const add = (metas) => { for (const [nick, list] of Object.entries(metas)) for (const m of list) online.set(m.socket, nick); };
-s.on("presence_state", (p) => { online.clear(); add(p.state); render(); });
-s.on("presence_diff", (d) => { if (d.topic !== $("room").textContent) return; for (const list of Object.values(d.leaves)) for (const m of list) online.delete(m.socket); add(d.joins); render(); });
+const render = () => { $("online").textContent = [...online.values()].sort().join(", "); };
+const add = (entries) => { for (const list of Object.values(entries)) for (const e of list) online.set(e.socket, e.meta.nick); };
+s.on("presence_state", (p) => { topic = p.topic; online.clear(); add(p.state); render(); });
+s.on("presence_diff", (d) => {
+  if (d.topic !== topic) return;
+  for (const list of Object.values(d.leaves)) for (const e of list) online.delete(e.socket);
+  add(d.joins);
+  render();
+});
 $("who").onsubmit = (e) => {
   e.preventDefault();
   s.emit("nick", $("n").value, (me) => s.emit("join", $("r").value, show));
@@ -209,21 +220,25 @@ fn register<A: Adapter>(
     events: &ServerEvents,
     presence: Presence,
 ) {
+    let presence_of_untrack = presence.clone();
     let me = Member::new(node, socket.id.as_str());
     socket.join(me.get().1);
-    // Presence: `(room, nick)` replaces `old` as this socket's entry.
-    let retrack = move |s: &SocketRef<A>, old: Option<(String, String)>, room: &str, nick: &str| {
-        let p = &presence;
-        if let Some((old_room, old_nick)) = old {
-            p.untrack(s, &old_room, &old_nick);
-        }
-        if let Err(e) = p.track(s, room, nick, &json!({})) {
+    // Presence: the socket is tracked in its room under its socket id, with its nickname
+    // as the meta. A rename tracks the same key again with the new meta: one diff (the old
+    // meta leaves, the new one joins) that pages apply at once, so nobody blinks out.
+    let key = socket.id.to_string();
+    let track = move |s: &SocketRef<A>, room: &str, nick: &str| {
+        if let Err(e) = presence.track(s, room, &key, &json!({ "nick": nick })) {
             tracing::warn!("cannot track {nick} in {room}: {e}");
         }
     };
+    let untrack = {
+        let (presence, key) = (presence_of_untrack, socket.id.to_string());
+        move |s: &SocketRef<A>, room: &str| presence.untrack(s, room, &key)
+    };
 
     let m = me.clone();
-    let track = retrack.clone();
+    let renamed = track.clone();
     socket.on(
         "nick",
         async move |s: SocketRef<A>, Data::<String>(nick), ack: AckSender<A>| {
@@ -231,7 +246,7 @@ fn register<A: Adapter>(
             let nick = clean(&nick, &old);
             m.set(Some(nick.clone()), None);
             if nick != old {
-                track(&s, Some((room.clone(), old.clone())), &room, &nick);
+                renamed(&s, &room, &nick);
                 notice(&s, room, format!("{old} is now {nick}")).await;
             }
             let _ = ack.send(&m.info());
@@ -246,11 +261,12 @@ fn register<A: Adapter>(
             let room = clean(&room, &old);
             if room != old {
                 s.leave(old.clone());
+                untrack(&s, &old);
                 notice(&s, old.clone(), format!("{nick} left")).await;
                 s.join(room.clone());
                 m.set(None, Some(room.clone()));
             }
-            retrack(&s, Some((old, nick.clone())), &room, &nick);
+            track(&s, &room, &nick);
             notice(&s, room, format!("{nick} is here")).await;
             let _ = ack.send(&m.info());
         },
