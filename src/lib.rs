@@ -177,8 +177,8 @@
 //! refused: a payload of the msgpack parser, …`).
 //!
 //! The Redis backend cannot tell: its protocol is socketioxide-redis's, which carries no
-//! parser. There, nodes with different parsers must not share a Redis and a prefix (see the
-//! README).
+//! parser. There, nodes with different parsers must not share a Redis and a prefix (see
+//! `docs/semantics.md`).
 //!
 //! Watching the membership, e.g. to show it on a page (as the `demo` example does):
 //!
@@ -230,7 +230,7 @@
 //! ICMP is not authenticated: an attacker on the path who can forge a *port unreachable*
 //! from a peer's address makes a node drop its link to that peer (Linux), which then
 //! reconnects — as a forged TCP reset drops the Redis backend's connection.
-//! The README's security section says what an attacker with and without the secret can do.
+//! `docs/security.md` says what an attacker with and without the secret can do.
 //!
 //! A connection that has not proved the secret gets no room for data (one stream, 8 KiB for
 //! its proof), at most 64 are served at once for at most the peer timeout, and beyond 16 a
