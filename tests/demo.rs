@@ -509,6 +509,15 @@ fn members_follow_nodes_that_come_and_go() {
                 // `GET /members` reads the same view the push was made from.
                 assert_eq!(members(*node).await, four, "{}", why("GET /members"));
             }
+            // Its constructor returned once it had joined, and it says whom it saw then, as
+            // the README shows.
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                said.lines()
+                    .any(|l| l == "node-4 joined the cluster; it sees node-1, node-2, node-3"),
+                "{}",
+                why("node-4 prints whom it sees")
+            );
             external::signal_group(&fourth.0, stop);
             for (node, _, rx) in &mut pages {
                 let names = members_pushed(rx, SETTLE, |n| n == three).await;
