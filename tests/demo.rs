@@ -509,12 +509,16 @@ fn members_follow_nodes_that_come_and_go() {
                 // `GET /members` reads the same view the push was made from.
                 assert_eq!(members(*node).await, four, "{}", why("GET /members"));
             }
-            // Its constructor returned once it had joined, and it says whom it saw then, as
-            // the README shows.
-            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            // Once its constructor returned (the others may list it a little before), it
+            // says whom it saw when it joined, as the README shows.
+            let said = || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l == "node-4 joined the cluster; it sees node-1, node-2, node-3")
+            };
             assert!(
-                said.lines()
-                    .any(|l| l == "node-4 joined the cluster; it sees node-1, node-2, node-3"),
+                common::wait_until(SETTLE, said).await,
                 "{}",
                 why("node-4 prints whom it sees")
             );
