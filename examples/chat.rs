@@ -20,17 +20,19 @@
 //! ```
 //!
 //! Open <http://127.0.0.1:3001> and <http://127.0.0.1:3003>, pick the same room in both,
-//! and chat; or put `examples/nginx/nginx.conf` in front and open <http://127.0.0.1:8080>.
+//! and chat (the page loads the Socket.IO browser client from the node itself, vendored in
+//! `examples/shared/vendor/`); or put `examples/nginx/nginx.conf` in front and open <http://127.0.0.1:8080>.
 //! Each node serves its metrics at `GET /metrics` in the Prometheus text format
 //! (`examples/shared/prometheus.rs`; the README shows a scrape config and a dashboard).
 //!
 //! Events (all on `/`): `nick` (name) and `join` (room) answer through their ack with
 //! `{nick, room, node}`; `message` (text) sends `{nick, text, node}` to everyone in the
 //! room, the sender included; `notice` (text) tells the room who came, went or was renamed.
-//! On either backend, nicknames are tracked with cluster-wide presence (the room is
-//! the topic, the nickname the key): a socket gets `presence_state` when it joins a room or
-//! changes its nickname, and the room gets `presence_diff` on every change, which the page
-//! shows as who is in the room.
+//! On either backend, who is in a room is tracked with cluster-wide presence (the room is
+//! the topic, the socket id the key, `{"nick": …}` the meta): a socket gets `presence_state`
+//! when it joins a room or changes its nickname, and the room gets `presence_diff` on every
+//! change, which the page applies as the presence module documents (a rename is a new meta
+//! of the same key: one diff, no one blinks out).
 //!
 //! A message `/admin <text>` is an admin notice for every connection of every node, rooms
 //! aside: its node shows it to its own connections and sends it to the other nodes as a
@@ -64,6 +66,8 @@ const ADMIN: &str = "/admin ";
 /// Longest an admin notice waits for the other nodes' answers.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[path = "shared/client_js.rs"]
+mod client_js;
 #[path = "shared/prometheus.rs"]
 mod prometheus;
 
@@ -74,7 +78,7 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>chat · {NODE}
 <p>In the room: <span id="online"></span></p>
 <ul id="log"></ul>
 <form id="f"><input id="m" autocomplete="off" placeholder="message"><button>Send</button></form>
-<script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>
+<script src="/socket.io.min.js"></script>
 <script>
 const $ = (id) => document.getElementById(id);
 const line = (text, cls) => { const li = document.createElement("li"); li.textContent = text; if (cls) li.className = cls; $("log").append(li); };
@@ -83,12 +87,22 @@ const s = io();
 s.on("connect", () => s.emit("join", $("r").value, show));
 s.on("message", (m) => line(`${m.nick}@${m.node}: ${m.text}`));
 s.on("notice", (t) => line(t, "n"));
-// Who is in the room, from cluster-wide presence: the state, then the diffs.
+// Who is in the room, from cluster-wide presence, as the presence module documents it:
+// start from `presence_state`, then apply each `presence_diff` of that topic (leaves, then
+// joins, by socket). The topic is the one of the last state: diffs of the new room that
+// come between its state and the answer to `join` count, and a rename (a new meta, one
+// diff) replaces the name in place.
+let topic = null;
 const online = new Map();
-const render = () => { $("online").textContent = [...new Set(online.values())].sort().join(", "); };
-const add = (metas) => { for (const [nick, list] of Object.entries(metas)) for (const m of list) online.set(m.socket, nick); };
-s.on("presence_state", (p) => { online.clear(); add(p.state); render(); });
-s.on("presence_diff", (d) => { if (d.topic !== $("room").textContent) return; for (const list of Object.values(d.leaves)) for (const m of list) online.delete(m.socket); add(d.joins); render(); });
+const render = () => { $("online").textContent = [...online.values()].sort().join(", "); };
+const add = (entries) => { for (const list of Object.values(entries)) for (const e of list) online.set(e.socket, e.meta.nick); };
+s.on("presence_state", (p) => { topic = p.topic; online.clear(); add(p.state); render(); });
+s.on("presence_diff", (d) => {
+  if (d.topic !== topic) return;
+  for (const list of Object.values(d.leaves)) for (const e of list) online.delete(e.socket);
+  add(d.joins);
+  render();
+});
 $("who").onsubmit = (e) => {
   e.preventDefault();
   s.emit("nick", $("n").value, (me) => s.emit("join", $("r").value, show));
@@ -206,21 +220,25 @@ fn register<A: Adapter>(
     events: &ServerEvents,
     presence: Presence,
 ) {
+    let presence_of_untrack = presence.clone();
     let me = Member::new(node, socket.id.as_str());
     socket.join(me.get().1);
-    // Presence: `(room, nick)` replaces `old` as this socket's entry.
-    let retrack = move |s: &SocketRef<A>, old: Option<(String, String)>, room: &str, nick: &str| {
-        let p = &presence;
-        if let Some((old_room, old_nick)) = old {
-            p.untrack(s, &old_room, &old_nick);
-        }
-        if let Err(e) = p.track(s, room, nick, &json!({})) {
+    // Presence: the socket is tracked in its room under its socket id, with its nickname
+    // as the meta. A rename tracks the same key again with the new meta: one diff (the old
+    // meta leaves, the new one joins) that pages apply at once, so nobody blinks out.
+    let key = socket.id.to_string();
+    let track = move |s: &SocketRef<A>, room: &str, nick: &str| {
+        if let Err(e) = presence.track(s, room, &key, &json!({ "nick": nick })) {
             tracing::warn!("cannot track {nick} in {room}: {e}");
         }
     };
+    let untrack = {
+        let (presence, key) = (presence_of_untrack, socket.id.to_string());
+        move |s: &SocketRef<A>, room: &str| presence.untrack(s, room, &key)
+    };
 
     let m = me.clone();
-    let track = retrack.clone();
+    let renamed = track.clone();
     socket.on(
         "nick",
         async move |s: SocketRef<A>, Data::<String>(nick), ack: AckSender<A>| {
@@ -228,7 +246,7 @@ fn register<A: Adapter>(
             let nick = clean(&nick, &old);
             m.set(Some(nick.clone()), None);
             if nick != old {
-                track(&s, Some((room.clone(), old.clone())), &room, &nick);
+                renamed(&s, &room, &nick);
                 notice(&s, room, format!("{old} is now {nick}")).await;
             }
             let _ = ack.send(&m.info());
@@ -243,11 +261,12 @@ fn register<A: Adapter>(
             let room = clean(&room, &old);
             if room != old {
                 s.leave(old.clone());
+                untrack(&s, &old);
                 notice(&s, old.clone(), format!("{nick} left")).await;
                 s.join(room.clone());
                 m.set(None, Some(room.clone()));
             }
-            retrack(&s, Some((old, nick.clone())), &room, &nick);
+            track(&s, &room, &nick);
             notice(&s, room, format!("{nick} is here")).await;
             let _ = ack.send(&m.info());
         },
@@ -313,6 +332,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/", get(move || async move { Html(page) }))
         .merge(prometheus::router(metrics))
+        .merge(client_js::router())
         .layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&bind).await?;

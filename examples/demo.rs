@@ -38,12 +38,14 @@
 //!   SOCKETIO_CLUSTER_NODE_NAME=node-4 BIND=127.0.0.1:3004 cargo run --example minimal
 //! ```
 //!
-//! The page loads the official Socket.IO browser client from its CDN. In production each
-//! node is its own process: see `examples/minimal.rs` and `examples/chat.rs`.
+//! The page loads the official Socket.IO browser client from the node itself (vendored in
+//! `examples/shared/vendor/`): the demo needs no outside network. In production each node
+//! is its own process: see `examples/minimal.rs` and `examples/chat.rs`.
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -57,13 +59,18 @@ use socketioxide::{
     handler::ConnectHandler,
 };
 use socketioxide_cluster::{
-    Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr,
+    Cluster, GossipAdapter, GossipAdapterConfig, GossipAdapterCtr, MembershipEvent,
     events::{ServerEvent, ServerEvents},
     presence::{Presence, PresenceConfig},
 };
 
+#[path = "shared/client_js.rs"]
+mod client_js;
+
 /// HTTP ports of the three nodes, unless `DEMO_PORTS` says otherwise.
 const DEFAULT_PORTS: [u16; 3] = [3001, 3002, 3003];
+/// Set once the three nodes see each other: membership changes are printed from then on.
+static FORMED: AtomicBool = AtomicBool::new(false);
 /// Longest an admin broadcast waits for the other nodes' answers.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -76,7 +83,7 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>{NODE} · sock
 <ul id="log"></ul>
 <form id="f"><input id="m" autocomplete="off" placeholder="say something"><button>Send</button></form>
 <form id="a"><input id="t" autocomplete="off" placeholder="admin broadcast to every node"><button>Broadcast</button></form>
-<script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>
+<script src="/socket.io.min.js"></script>
 <script>
 const $ = (id) => document.getElementById(id);
 const log = (t) => { const li = document.createElement("li"); li.textContent = t; $("log").append(li); };
@@ -198,7 +205,7 @@ async fn start_node(
         let (io, me) = (admin_io.clone(), me.clone());
         async move {
             let text: String = ev.data().unwrap_or_default();
-            tracing::info!(node = %me, "admin broadcast from {}: {text}", ev.from());
+            println!("{me}: admin broadcast from {}: {text}", ev.from());
             let pages = io.local().sockets().len();
             let shown = json!({ "from": ev.from(), "text": text });
             let _ = io.local().emit("admin", &shown).await;
@@ -221,12 +228,21 @@ async fn start_node(
     };
     io.ns("/", on_connect.with(register)).await?;
 
-    // Every membership change is pushed to this node's pages.
+    // Every membership change is pushed to this node's pages; node-1 also prints the
+    // changes of a formed cluster (a node of yours joining, say).
     let mut events = cluster.membership_events();
     let on_change = cluster.clone();
     tokio::spawn(async move {
-        while events.next().await.is_some() {
-            let _ = io.local().emit("members", &member_names(&on_change)).await;
+        while let Some(event) = events.next().await {
+            let names = member_names(&on_change);
+            if i == 1 && FORMED.load(Ordering::Relaxed) {
+                let (who, what) = match &event {
+                    MembershipEvent::Joined(m) => (&m.node_name, "joined"),
+                    MembershipEvent::Left(m) => (&m.node_name, "left"),
+                };
+                println!("{who} {what}; members: {}", names.join(", "));
+            }
+            let _ = io.local().emit("members", &names).await;
         }
     });
 
@@ -247,6 +263,7 @@ async fn start_node(
             "/cluster/peers",
             get(move || async move { Json(peer_stats(&peers)) }),
         )
+        .merge(client_js::router())
         .layer(layer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
@@ -289,9 +306,11 @@ fn ports() -> Result<[u16; 3], String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The console shows the lines the README shows; the library's logs only from warnings
+    // on, unless RUST_LOG asks for more (`RUST_LOG=info`).
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -348,6 +367,7 @@ async fn report_formation(nodes: &[Cluster], started: Instant) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if nodes.iter().all(|n| n.members().len() == 2) {
+        FORMED.store(true, Ordering::Relaxed);
         println!(
             "cluster formed in {} ms: {}",
             started.elapsed().as_millis(),

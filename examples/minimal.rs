@@ -8,6 +8,11 @@
 //! whole cluster. `GET /metrics` serves the library's metrics in the Prometheus text format
 //! (`examples/shared/prometheus.rs`). SIGTERM or Ctrl-C leaves the cluster gracefully.
 //!
+//! It prints two lines once its node joined: whom it sees, and where it listens
+//! (`node-4 joined the cluster; it sees node-1, node-2, node-3`, then
+//! `node-4 listening on http://127.0.0.1:3004`). Logs stay quiet but for warnings:
+//! `RUST_LOG=info` (or `debug`) shows more.
+//!
 //! Two nodes on one machine:
 //!
 //! ```sh
@@ -38,12 +43,36 @@ type Adapter = ClusterAdapter<socketioxide::adapter::Emitter>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    // Warnings and errors only, unless RUST_LOG says otherwise.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     // Before the node starts: it takes its metric handles from the recorder then.
     let metrics = prometheus::install()?;
 
     let ctr = ClusterAdapterCtr::from_env().await?;
     let cluster = ctr.cluster(); // `None` on Redis, which keeps no membership
+    // The constructor returned: the node has joined (or, seeing no other, started alone).
+    let name = match &cluster {
+        Some(cluster) => {
+            let mut seen: Vec<String> =
+                cluster.members().into_iter().map(|m| m.node_name).collect();
+            seen.sort();
+            let seen = if seen.is_empty() {
+                "no other node yet".to_owned()
+            } else {
+                seen.join(", ")
+            };
+            println!("{} joined the cluster; it sees {seen}", cluster.node_name());
+            cluster.node_name().to_owned()
+        }
+        None => {
+            println!("joined the cluster through Redis");
+            "node".to_owned()
+        }
+    };
     let (layer, io) = SocketIo::builder()
         .with_adapter::<Adapter>(ctr)
         .build_layer();
@@ -55,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = prometheus::router(metrics).layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0:3000".into());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
-    tracing::info!("listening on http://{}", listener.local_addr()?);
+    println!("{name} listening on http://{}", listener.local_addr()?);
     // Not axum's graceful shutdown: it would wait for every WebSocket to close.
     tokio::select! {
         res = axum::serve(listener, app) => res?,

@@ -218,8 +218,8 @@
 //! refused: a payload of the msgpack parser, …`).
 //!
 //! The Redis backend cannot tell: its protocol is socketioxide-redis's, which carries no
-//! parser. There, nodes with different parsers must not share a Redis and a prefix (see the
-//! README).
+//! parser. There, nodes with different parsers must not share a Redis and a prefix (see
+//! `docs/semantics.md`).
 //!
 //! Watching the membership, e.g. to show it on a page (as the `demo` example does):
 //!
@@ -277,7 +277,7 @@
 //! only if it quotes the start of a datagram this node sent to that peer lately, which
 //! anyone off the path cannot guess (the start of a QUIC packet: the peer's connection id
 //! and encrypted bytes); any other is counted, logged at a bounded rate, and left to the
-//! peer timeout. The README's security section says what an attacker with and without the
+//! peer timeout. `docs/security.md` says what an attacker with and without the
 //! secret can do.
 //!
 //! A connection that has not proved the secret gets no room for data (one stream, 8 KiB for
@@ -297,6 +297,8 @@
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");
 
 mod backend;
+#[cfg(all(test, feature = "cluster-gossip"))]
+mod documented;
 mod error;
 pub mod events;
 #[cfg(feature = "cluster-gossip")]
@@ -339,3 +341,61 @@ pub use gossip::node::{Cluster, GossipStats, MembershipEvent, PeerStats};
 #[cfg(feature = "cluster-gossip")]
 pub use gossip::wire::ALPN as MESH_ALPN;
 pub use init::InitRes;
+
+/// The Rust snippets of the README and of every page of `docs/`, compiled (and those
+/// without `no_run` run) as doctests, with the features they need.
+#[cfg(doctest)]
+mod readme_and_docs {
+    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../README.md"))]
+    mod readme {}
+    #[doc = include_str!("../docs/benchmarks.md")]
+    mod benchmarks {}
+    #[doc = include_str!("../docs/configuration.md")]
+    mod configuration {}
+    #[doc = include_str!("../docs/deploying.md")]
+    mod deploying {}
+    #[doc = include_str!("../docs/development.md")]
+    mod development {}
+    #[doc = include_str!("../docs/failures.md")]
+    mod failures {}
+    #[doc = include_str!("../docs/limits.md")]
+    mod limits {}
+    #[doc = include_str!("../docs/metrics.md")]
+    mod metrics {}
+    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/presence.md"))]
+    mod presence {}
+    #[doc = include_str!("../docs/redis.md")]
+    mod redis {}
+    #[doc = include_str!("../docs/security.md")]
+    mod security {}
+    #[doc = include_str!("../docs/semantics.md")]
+    mod semantics {}
+    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/server-events.md"))]
+    mod server_events {}
+    #[cfg_attr(feature = "sessions", doc = include_str!("../docs/sessions.md"))]
+    mod sessions {}
+    #[doc = include_str!("../docs/simulations.md")]
+    mod simulations {}
+    #[doc = include_str!("../docs/troubleshooting.md")]
+    mod troubleshooting {}
+    #[doc = include_str!("../docs/wire-compatibility.md")]
+    mod wire_compatibility {}
+}
+
+/// Every page of `docs/` has its snippets compiled above.
+#[cfg(test)]
+#[test]
+fn every_docs_page_is_a_doctest() {
+    let lib = include_str!("lib.rs");
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for page in std::fs::read_dir(docs).expect("docs/").flatten() {
+        let name = page.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            let include = format!("include_str!(\"../docs/{name}\")");
+            assert!(
+                lib.contains(&include),
+                "docs/{name} is not among the doctests of lib.rs"
+            );
+        }
+    }
+}

@@ -255,6 +255,9 @@ mod tests {
         assert!(MAX_FRAME_SIZE.check_var(64 * 1024 * 1024 + 1).is_err());
     }
 
+    /// Both ends of every range are accepted, and just beyond refused. The ranges
+    /// themselves are checked against the configuration table of `docs/configuration.md`
+    /// (`documented::configuration_defaults_and_ranges_are_the_documented_ones`).
     #[test]
     fn both_ends_of_every_range_are_accepted() {
         for s in [REQUEST_TIMEOUT, GOSSIP_INTERVAL, PEER_TIMEOUT] {

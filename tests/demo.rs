@@ -77,8 +77,18 @@ impl Demo {
         Self::start_with(&[])
     }
 
-    /// Starts the demo with `env` added to its environment.
+    /// Starts the demo with `env` added to its environment, logging at `info`.
     fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_logging(Some("info"), env)
+    }
+
+    /// Starts the demo as a newcomer does: no `RUST_LOG`.
+    fn start_as_is() -> Self {
+        Self::start_logging(None, &[])
+    }
+
+    /// Starts the demo with `RUST_LOG` set to `log` (or unset), and `env`.
+    fn start_logging(log_filter: Option<&str>, env: &[(&str, &str)]) -> Self {
         let words = readme_demo_command();
         assert_eq!(words[..2], ["cargo", "run"], "{words:?}");
         let log = std::env::temp_dir().join(format!("demo-{}.log", std::process::id()));
@@ -90,12 +100,15 @@ impl Demo {
         cmd.args(&words[1..])
             .args(external::test_features())
             .env("DEMO_PORTS", "0,0,0")
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
+        if let Some(filter) = log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
         own_group(&mut cmd);
         let mut child = cmd.spawn().expect("cargo starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -184,10 +197,33 @@ async fn members(addr: SocketAddr) -> Vec<String> {
 #[test]
 fn readme_demo_command_forms_one_cluster() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut demo = Demo::start();
+    // As a newcomer runs it: no RUST_LOG.
+    let mut demo = Demo::start_as_is();
+    demo.wait_line(SETTLE, |l| l.starts_with("Open two of the URLs"));
+    let expected = readme_demo_output();
+    assert!(
+        expected.len() >= 5,
+        "README.md shows the demo's output: {expected:?}"
+    );
+    let printed: Vec<String> = demo.stdout.iter().map(|l| digits_as_hash(l)).collect();
+    assert_eq!(
+        printed[..expected.len().min(printed.len())],
+        expected[..],
+        "the demo prints what README.md shows (digits aside)"
+    );
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(answers_and_forms_one_cluster(&demo));
     rt.block_on(admin_broadcast_reaches_the_other_nodes(&demo));
+    // node-2 and node-3 print it on the console.
+    let printed = |demo: &Demo| {
+        demo.stdout
+            .iter()
+            .filter(|l| l.ends_with(": admin broadcast from node-1: maintenance at 10:00"))
+            .count()
+    };
+    while printed(&demo) < 2 {
+        demo.wait_line(SETTLE, |l| l.contains("admin broadcast from node-1"));
+    }
 
     // Ctrl-C: every node leaves the cluster, the process ends by itself.
     external::signal_group(&demo.process.0, "INT");
@@ -198,15 +234,65 @@ fn readme_demo_command_forms_one_cluster() {
         "exit after Ctrl-C: {status:?}\n{}",
         demo.log_text()
     );
-    assert!(
-        demo.log_text().contains("leaving the cluster"),
-        "{}",
-        demo.log_text()
-    );
+    // The console held the lines above and no log line below a warning (cargo's own
+    // lines go to the same stderr).
+    let log = demo.log_text();
+    let chatty: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            [" INFO ", " DEBUG ", " TRACE "]
+                .iter()
+                .any(|lvl| l.contains(lvl))
+        })
+        .collect();
+    assert!(chatty.is_empty(), "quiet logs by default: {chatty:#?}");
+    assert_eq!(printed(&demo), 2, "{:?}", demo.stdout);
 }
 
-/// Every node answers the Socket.IO handshake, and lists the three nodes as members.
+/// The lines of README.md's first `text` block, the demo's output, digits as `#`.
+fn readme_demo_output() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    readme
+        .lines()
+        .skip_while(|l| l.trim() != "```text")
+        .skip(1)
+        .take_while(|l| l.trim() != "```")
+        .map(digits_as_hash)
+        .collect()
+}
+
+/// `line` with every run of digits replaced by one `#` (ports, durations).
+fn digits_as_hash(line: &str) -> String {
+    let mut out = String::new();
+    for c in line.chars() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('#') {
+            out.push('#');
+        }
+    }
+    out
+}
+
+/// Every node answers the Socket.IO handshake, serves the vendored browser client, and
+/// lists the three nodes as members.
 async fn answers_and_forms_one_cluster(demo: &Demo) {
+    let vendored = include_str!("../examples/shared/vendor/socket.io.min.js");
+    for &node in &demo.nodes {
+        let (status, js) = get(node, "/socket.io.min.js").await;
+        assert_eq!(status, 200, "{node} serves the browser client");
+        assert!(
+            js == vendored,
+            "{node} serves the vendored socket.io.min.js"
+        );
+        let (status, page) = get(node, "/").await;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains(r#"<script src="/socket.io.min.js">"#) && !page.contains("://"),
+            "the page loads its client from its node, and nothing from elsewhere: {page}"
+        );
+    }
     for &node in &demo.nodes {
         let (status, open) = get(node, polling::PATH).await;
         assert_eq!(status, 200, "handshake on {node}: {open}");
@@ -260,7 +346,7 @@ async fn answers_and_forms_one_cluster(demo: &Demo) {
     }
 }
 
-/// A page of node-1 sends an admin broadcast: node-2 and node-3 each log it, node-2 shows
+/// A page of node-1 sends an admin broadcast: node-2 and node-3 each print it, node-2 shows
 /// it on its page, and the sending page gets one answer per other node.
 async fn admin_broadcast_reaches_the_other_nodes(demo: &Demo) {
     let (tx1, mut rx1, _) = common::polling_client(demo.nodes[0], "/").await;
@@ -299,12 +385,6 @@ async fn admin_broadcast_reaches_the_other_nodes(demo: &Demo) {
             serde_json::json!({"from": "node-1", "text": "maintenance at 10:00"})
         ]
     );
-    let logged = demo
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("admin broadcast from node-1: maintenance at 10:00"))
-        .count();
-    assert_eq!(logged, 2, "node-2 and node-3 log it\n{}", demo.log_text());
 }
 
 /// The arguments of the next packet `rx` receives that starts with `prefix` (engine.io
@@ -429,6 +509,19 @@ fn members_follow_nodes_that_come_and_go() {
                 // `GET /members` reads the same view the push was made from.
                 assert_eq!(members(*node).await, four, "{}", why("GET /members"));
             }
+            // Once its constructor returned (the others may list it a little before), it
+            // says whom it saw when it joined, as the README shows.
+            let said = || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l == "node-4 joined the cluster; it sees node-1, node-2, node-3")
+            };
+            assert!(
+                common::wait_until(SETTLE, said).await,
+                "{}",
+                why("node-4 prints whom it sees")
+            );
             external::signal_group(&fourth.0, stop);
             for (node, _, rx) in &mut pages {
                 let names = members_pushed(rx, SETTLE, |n| n == three).await;

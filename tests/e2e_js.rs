@@ -121,14 +121,36 @@ fn e2e_examples_chat_and_minimal() {
     }
     let chat = build_example("chat", &[]);
     let minimal = build_example("minimal", &[]);
+    // The chat's page in a browser (skipped, or failed in CI, without one).
+    let chromium = if external::require("chromium") {
+        "/usr/bin/chromium"
+    } else {
+        ""
+    };
     run_node(
         &["--test", "chat.e2e.mjs", "minimal.e2e.mjs"],
         &[
             ("CHAT_BIN", &chat.to_string_lossy()),
             ("MINIMAL_BIN", &minimal.to_string_lossy()),
+            ("CHROMIUM", chromium),
         ],
         SUITE_TIMEOUT,
     );
+    // The chat on Redis too, where pages that join at the same moment are most likely to
+    // fall in each other's gap between `presence_state` and the answer to `join`.
+    #[cfg(feature = "redis")]
+    if let Some(redis) = redis_server::RedisServer::start() {
+        run_node(
+            &["--test", "chat.e2e.mjs"],
+            &[
+                ("CHAT_BIN", &chat.to_string_lossy()),
+                ("CHROMIUM", chromium),
+                ("E2E_BACKEND", "redis"),
+                ("E2E_REDIS_URL", &redis.url()),
+            ],
+            SUITE_TIMEOUT,
+        );
+    }
 }
 
 /// Starts the example with `env` and returns (exit status or `None` if it became READY,

@@ -228,9 +228,14 @@ async fn a_node_killed_while_requests_are_pending_is_not_waited_for() {
 async fn graceful_shutdown_is_seen_at_once() {
     init_tracing();
     let id = cluster_id();
-    // Slow gossip: failure detection would take well over ten seconds, so a drop within
-    // the bound below can only come from the leave itself.
-    let cfg = |seed| config(&id, seed).with_gossip_interval(Duration::from_millis(2000));
+    // Slow gossip and a long peer timeout: failure detection, or a connection that merely
+    // went silent, would take 10 s, so a drop within the bound below can only come from
+    // the leave itself.
+    let cfg = |seed| {
+        config(&id, seed)
+            .with_gossip_interval(Duration::from_millis(2000))
+            .with_peer_timeout(PEER_TIMEOUT)
+    };
     let (a, _ta, _ra) = node_with_socket(cfg(None)).await;
     let seed = Some(a.cluster().gossip_addr());
     let (b, _tb, _rb) = node_with_socket(cfg(seed)).await;
@@ -240,10 +245,11 @@ async fn graceful_shutdown_is_seen_at_once() {
 
     let leaving = c.cluster().node_name().to_string();
     c.cluster().shutdown().await;
-    // Failure detection with a 2 s gossip interval takes many seconds; a leave is seen at
-    // once. The bound leaves room for a loaded machine.
+    // A silent node is dropped after the peer timeout (10 s); a leave is seen at once. The
+    // bound, under a third of the peer timeout, leaves room for a loaded machine.
+    const PEER_TIMEOUT: Duration = Duration::from_secs(10);
     let started = Instant::now();
-    let dropped = wait_until(Duration::from_secs(5), || {
+    let dropped = wait_until(PEER_TIMEOUT / 3, || {
         [&a, &b]
             .iter()
             .all(|n| n.cluster().members().iter().all(|m| m.node_name != leaving))

@@ -2,7 +2,7 @@
 //! is hit with 200 QUIC connections from 16 addresses that complete TLS with the mesh ALPN but
 //! never prove the cluster secret, each sending unreliable datagrams if the node takes any,
 //! a quarter of them also opening streams and pushing junk.
-//! Its resident memory (`VmRSS`, /proc) must grow by less than 20 MB, while a real peer with
+//! Its resident memory (`VmRSS`, /proc) must grow by less than 6 MB (about 3 MB measured), while a real peer with
 //! the secret keeps exchanging broadcasts with it both ways.
 //!
 //! Nor can strangers crowd out the cluster's nodes: while 192 such connections from 16
@@ -48,13 +48,15 @@ const JUNK_SENDERS: usize = 50;
 const JUNK_PER_STREAM: usize = 2 * 1024 * 1024;
 /// How long the attack lasts.
 const ATTACK: Duration = Duration::from_secs(4);
-/// The bound on the node's growth.
-const MAX_GROWTH_KB: u64 = 20 * 1024;
+/// The bound on the node's growth: docs/deploying.md says about 3 MB (2,448 to 3,072 kB
+/// measured), this leaves room for a loaded machine.
+const MAX_GROWTH_KB: u64 = 6 * 1024;
 /// Unreliable datagrams each stranger tries to send (more than quinn buffers by default
 /// per connection, 1.25 MB).
 const DATAGRAM_JUNK: usize = 2 * 1024 * 1024;
-/// Most stream bytes one stranger may push before proving anything: room for a proof.
-const MAX_CREDIT_PER_STRANGER: usize = 16 * 1024;
+/// Most stream bytes one stranger may push before proving anything: the 8 KiB of the proof
+/// stream the docs state (none was granted in three runs).
+const MAX_CREDIT_PER_STRANGER: usize = 8 * 1024;
 
 /// Resident memory of `pid` in kB.
 fn vm_rss_kb(pid: u32) -> u64 {

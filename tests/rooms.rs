@@ -22,6 +22,21 @@ fn local_rooms(node: &TestNode, sid: Sid) -> Vec<String> {
     sorted(s.rooms())
 }
 
+/// The socket `sid` on `node` is in exactly `rooms`: at once on gossip, where a change is
+/// applied on every node when the call returns; on Redis, where Redis orders the change
+/// before any later message but a node applies it when it reads it, once it is read.
+async fn rooms_now(backend: &Backend, node: &TestNode, sid: Sid, rooms: &[&str]) {
+    if matches!(backend, Backend::Gossip) {
+        assert_eq!(
+            local_rooms(node, sid),
+            rooms,
+            "applied when the call returned"
+        );
+    } else {
+        wait_rooms(node, sid, rooms).await;
+    }
+}
+
 /// Wait until the socket `sid` on `node` is in exactly `rooms`.
 async fn wait_rooms(node: &TestNode, sid: Sid, rooms: &[&str]) {
     let ok = wait_until(SETTLES, || local_rooms(node, sid) == rooms).await;
@@ -55,25 +70,26 @@ async fn rooms_is_the_union_of_every_node(backend: Backend) {
     );
 }
 
-/// `io.to(room).join(..)` makes the sockets of other nodes join, and a broadcast sent right
-/// after reaches them.
+/// `io.to(room).join(..)` makes the sockets of other nodes join, in force when it returns:
+/// the rooms are already joined there, and a broadcast sent right after from a third node
+/// (which per-sender order does not cover) reaches them.
 async fn join_applies_to_sockets_on_other_nodes(backend: Backend) {
     let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
         rooms_cluster(&backend).await;
 
     // From a node whose own socket does not match.
     a.io.to("rb").join("new").await.unwrap();
-    a.io.to("new").emit("m", "to new").await.unwrap();
+    rooms_now(&backend, &b, sb, &["new", "rb"]).await;
+    c.io.to("new").emit("m", "to new").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, r#"42["m","to new"]"#);
     nothing_arrives(&[&a, &b, &c], [(&mut ra, sa), (&mut rc, sc)]).await;
-    wait_rooms(&b, sb, &["new", "rb"]).await;
     assert_eq!(local_rooms(&a, sa), ["common", "ra"]);
     assert_eq!(local_rooms(&c, sc), ["common", "rc"]);
 
     // A room with members on the sender's node and another.
     b.io.to("common").join(["x", "y"]).await.unwrap();
-    wait_rooms(&a, sa, &["common", "ra", "x", "y"]).await;
-    wait_rooms(&c, sc, &["common", "rc", "x", "y"]).await;
+    rooms_now(&backend, &a, sa, &["common", "ra", "x", "y"]).await;
+    rooms_now(&backend, &c, sc, &["common", "rc", "x", "y"]).await;
     assert_eq!(local_rooms(&b, sb), ["new", "rb"]);
     c.io.to("y").emit("m", "to y").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, r#"42["m","to y"]"#);
@@ -83,7 +99,10 @@ async fn join_applies_to_sockets_on_other_nodes(backend: Backend) {
     // Every socket.
     c.io.clone().join("everyone").await.unwrap();
     for (n, sid) in [(&a, sa), (&b, sb), (&c, sc)] {
-        let ok = wait_until(SETTLES, || local_rooms(n, sid).contains(&"everyone".into())).await;
+        let ok = match backend {
+            Backend::Gossip => local_rooms(n, sid).contains(&"everyone".into()),
+            _ => wait_until(SETTLES, || local_rooms(n, sid).contains(&"everyone".into())).await,
+        };
         assert!(ok, "{sid} joined everyone");
     }
     assert_eq!(
@@ -92,28 +111,29 @@ async fn join_applies_to_sockets_on_other_nodes(backend: Backend) {
     );
 }
 
-/// `io.to(room).leave(..)` makes the sockets of other nodes leave.
+/// `io.to(room).leave(..)` makes the sockets of other nodes leave, in force when it
+/// returns: a broadcast sent right after from another node no longer reaches them.
 async fn leave_applies_to_sockets_on_other_nodes(backend: Backend) {
     let ([a, b, c], [(_ta, mut ra, sa), (_tb, mut rb, sb), (_tc, mut rc, sc)]) =
         rooms_cluster(&backend).await;
 
     // Every socket of `common` (on a and c) leaves it, asked by b which has none.
     b.io.to("common").leave("common").await.unwrap();
-    b.io.to("common").emit("m", "lost").await.unwrap();
-    wait_rooms(&a, sa, &["ra"]).await;
-    wait_rooms(&c, sc, &["rc"]).await;
+    rooms_now(&backend, &a, sa, &["ra"]).await;
+    rooms_now(&backend, &c, sc, &["rc"]).await;
+    a.io.to("common").emit("m", "lost").await.unwrap();
     assert_eq!(sorted(b.io.rooms().await.unwrap()), ["ra", "rb", "rc"]);
     nothing_arrives(&[&a, &b, &c], [(&mut ra, sa), (&mut rb, sb), (&mut rc, sc)]).await;
 
     // Leaving a room selected by another.
     a.io.to("rb").leave(["rb", "not-joined"]).await.unwrap();
-    wait_rooms(&b, sb, &[]).await;
+    rooms_now(&backend, &b, sb, &[]).await;
     assert_eq!(sorted(c.io.rooms().await.unwrap()), ["ra", "rc"]);
 
     // Every socket leaves its rooms: nothing left anywhere.
     c.io.clone().leave(["ra", "rc"]).await.unwrap();
-    wait_rooms(&a, sa, &[]).await;
-    wait_rooms(&c, sc, &[]).await;
+    rooms_now(&backend, &a, sa, &[]).await;
+    rooms_now(&backend, &c, sc, &[]).await;
     for n in [&a, &b, &c] {
         assert!(n.io.rooms().await.unwrap().is_empty());
     }
@@ -124,7 +144,9 @@ async fn leave_applies_to_sockets_on_other_nodes(backend: Backend) {
     }
 }
 
-/// `io.to(room).disconnect()` disconnects the matching sockets of every node, and only them.
+/// `io.to(room).disconnect()` disconnects the matching sockets of every node, and only them,
+/// in force when it returns: they are gone from their nodes, and a broadcast sent right
+/// after from a third node does not reach them.
 async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
     let [a, b, c] = spawn_cluster::<3>(&backend).await;
     let (dtx, mut drx) = mpsc::unbounded_channel::<(Sid, DisconnectReason)>();
@@ -151,13 +173,18 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
 
     // A socket of another node, selected by room.
     a.io.to("rb").disconnect().await.unwrap();
+    let gone = || b.io.sockets().is_empty();
+    match backend {
+        Backend::Gossip => assert!(gone(), "gone when disconnect returned"),
+        _ => assert!(wait_until(SETTLES, gone).await),
+    }
+    c.io.to("rb").emit("m", "too late").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, "41");
     let (sid, reason) = tokio::time::timeout(SETTLES, drx.recv())
         .await
         .unwrap()
         .unwrap();
     assert_eq!((sid, reason), (sb, DisconnectReason::ServerNSDisconnect));
-    assert!(wait_until(SETTLES, || b.io.sockets().is_empty()).await);
     nothing_arrives(
         &[&a, &b, &c],
         [(&mut ra, sa), (&mut rc, sc), (&mut rc2, sc2)],
@@ -172,6 +199,12 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
 
     // Every socket but those of a room, on the sender's node and another.
     b.io.except("rc").disconnect().await.unwrap();
+    let gone = || a.io.sockets().is_empty() && c.io.sockets().len() == 1;
+    match backend {
+        Backend::Gossip => assert!(gone(), "gone when disconnect returned"),
+        _ => assert!(wait_until(SETTLES, gone).await),
+    }
+    c.io.except("rc").emit("m", "too late").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, "41");
     assert_eq!(recv(&mut rc2, ARRIVES).await, "41");
     nothing_arrives(&[&a, &b, &c], [(&mut rc, sc)]).await;
@@ -188,11 +221,6 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
     let mut expected = vec![sa, sc2];
     expected.sort();
     assert_eq!(gone, expected);
-    assert!(
-        wait_until(SETTLES, || a.io.sockets().is_empty()
-            && c.io.sockets().len() == 1)
-        .await
-    );
     let left = b.io.fetch_sockets().await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].data().id, sc);

@@ -379,6 +379,13 @@ mod gossip_only {
             );
         }
         println!("B's save started while A's was on its way in {overlapping} of 10 rounds");
+        // Without an overlap the saves were not concurrent and the rounds proved nothing. A
+        // save returns once every node holds it: 256 KiB to two peers takes longer than
+        // the 5 ms B waits.
+        assert!(
+            overlapping >= 5,
+            "B's save overlapped A's in only {overlapping} of 10 rounds"
+        );
     }
 
     /// The cap: a node holds at most `max_sessions` sessions; beyond it, the session

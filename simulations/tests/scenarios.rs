@@ -98,7 +98,9 @@ fn a_hung_node_is_dropped_and_the_others_keep_their_rate() {
         .evicted
         .expect("the hung node was dropped from the members");
     assert!(evicted < Duration::from_secs(5), "{trace}");
-    assert!(s.during >= 0.5 * s.before, "{s:?}\n{trace}");
+    // docs/simulations.md: during the hang the healthy nodes receive what they did before,
+    // 99.1 % or more simulated (this seed: 2,000 of 2,000 a second).
+    assert!(s.during >= 0.99 * s.before, "{s:?}\n{trace}");
 }
 
 /// A property over seeds: nodes on both sides of a split track and untrack; once the split

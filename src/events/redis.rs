@@ -38,7 +38,7 @@ pub(crate) const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Messages received and not yet read, per channel.
 const QUEUE: usize = 1024;
 /// How often an ack request lists the nodes still subscribed.
-const POLL: Duration = Duration::from_millis(250);
+pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// Longest node name accepted in a message: it names a channel.
 const MAX_NAME: usize = 256;
 

@@ -24,8 +24,8 @@ const MIN_GUESSES_LOG10: f64 = 18.0;
 const ESTIMATE_PREFIX: usize = 128;
 
 /// Argon2id cost: 19 MiB of memory, 2 passes, 1 lane (the OWASP recommendation).
-const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
-const ARGON2_PASSES: u32 = 2;
+pub(crate) const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
+pub(crate) const ARGON2_PASSES: u32 = 2;
 
 /// A cluster secret. Its bytes never appear in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]

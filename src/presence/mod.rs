@@ -74,7 +74,7 @@
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 pub(crate) mod replica;
 
 use std::{
@@ -552,11 +552,19 @@ impl Presence {
         drop(replica);
         drop(local);
         if self.shared.events.load(Ordering::Relaxed) {
+            // In the room first: every change applied from now on sends the socket a diff.
             socket.join(topic.to_string());
-            let state = json!({ "topic": topic, "state": self.list(topic) });
+            // The state is listed and queued for the socket with the replica locked: a
+            // change applied after the listing (on another thread) is published, so sent
+            // as a diff, only once the state is queued, and the socket gets it after the
+            // state. (Listed, then queued after the lock was released, a diff could come
+            // first: a client applying diffs from its state on would miss that change.)
+            let replica = self.shared.lock();
+            let state = json!({ "topic": topic, "state": by_key(&replica.list(topic)) });
             if let Err(e) = socket.emit("presence_state", &state) {
                 tracing::debug!(sid = %socket.id, "presence_state not sent: {e}");
             }
+            drop(replica);
         }
         Ok(())
     }
@@ -565,7 +573,8 @@ impl Presence {
     ///
     /// - a socket tracked in a topic joins the room of that name and gets
     ///   `presence_state`: `{"topic": …, "state": {key: [{node, socket, meta}]}}`, the
-    ///   topic as [`Presence::list`] gives it (its own entry included);
+    ///   topic as [`Presence::list`] gives it (its own entry included); every change not in
+    ///   that state reaches the socket as a diff after it;
     /// - on every change of a topic, the sockets of this node in the room of that name get
     ///   `presence_diff`, a [`PresenceDiff`] (`{"topic", "joins", "leaves"}`). Each node
     ///   sends the diffs to its own sockets, so every client gets each diff once. A tracked

@@ -5,21 +5,15 @@
 //   DEMO_URL_A, DEMO_URL_B  the pages of two nodes of the demo
 //   CHROMIUM                the browser binary (default /usr/bin/chromium)
 //
-// The page loads the official Socket.IO browser client from its CDN; the test answers
-// that request with the same client from node_modules, so no outside network is needed.
+// The page loads the Socket.IO browser client from its own node. The browser may reach
+// loopback only: its resolver finds no other host name, and every request the pages make
+// elsewhere is refused and recorded; the test fails if there was any.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const CLIENT_JS = fs.readFileSync(
-  path.join(here, 'node_modules', 'socket.io-client', 'dist', 'socket.io.min.js'),
-);
 const WAIT_MS = 20_000;
 
 // Without the background-networking flags Chromium keeps trying to reach its services,
@@ -32,13 +26,27 @@ const ARGS = [
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
+  // No host resolves but localhost and 127.0.0.1: nothing outside this machine is reached.
+  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
 ];
+
+/** Whether `url` points at this machine (127.0.0.0/8, ::1, localhost). */
+function loopback(url) {
+  const { protocol, hostname } = new URL(url);
+  if (protocol === 'data:' || protocol === 'blob:' || protocol === 'about:') return true;
+  return /^127\.\d+\.\d+\.\d+$/.test(hostname) || hostname === '[::1]' || hostname === 'localhost';
+}
+
+/** The requests beyond loopback the pages made (refused), and their script errors. */
+const outside = [];
 
 /** Opens `url` in a new page and waits until its socket is connected. */
 async function open(context, url) {
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
+  // Resolves once the page and its scripts are loaded (or refused).
   await page.goto(url);
+  assert.deepEqual(outside, [], `${url} reaches beyond loopback`);
   await page.locator('#status', { hasText: 'connected' }).waitFor();
   return page;
 }
@@ -59,9 +67,15 @@ test('a message typed on one node’s page appears on another node’s page, and
   });
   try {
     const context = await browser.newContext();
-    await context.route('https://cdn.socket.io/**', (route) =>
-      route.fulfill({ body: CLIENT_JS, contentType: 'application/javascript' }),
-    );
+    // Every request of every page: loopback goes through, anything else is refused and
+    // recorded.
+    await context.route('**/*', (route) => {
+      const url = route.request().url();
+      if (loopback(url)) return route.continue();
+      outside.push(url);
+      return route.abort('blockedbyclient');
+    });
+    context.on('weberror', (e) => outside.push(`page error: ${e.error().message}`));
     const a = await open(context, urlA);
     const b = await open(context, urlB);
 
@@ -107,6 +121,10 @@ test('a message typed on one node’s page appears on another node’s page, and
     const third = ['node-1', 'node-2', 'node-3'].find((n) => n !== nodeA && n !== nodeB);
     assert.match(answers, new RegExp(`${nodeB} \\(1 pages\\)`), answers);
     assert.match(answers, new RegExp(`${third} \\(0 pages\\)`), answers);
+
+    // The pages worked with loopback alone, and asked for nothing else.
+    assert.deepEqual(outside, [], 'requests beyond loopback');
+    assert.equal(await a.evaluate(() => typeof io), 'function', 'the client served by the node ran');
   } finally {
     await browser.close();
   }

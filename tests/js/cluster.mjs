@@ -33,6 +33,9 @@ export const BACKEND = process.env.E2E_BACKEND ?? 'gossip';
  */
 export const REQUEST_TIMEOUT_MS = 30_000;
 
+/** How long a silent mesh connection lives (SOCKETIO_CLUSTER_PEER_TIMEOUT_MS). */
+export const PEER_TIMEOUT_MS = 1500;
+
 const READY_TIMEOUT_MS = 30_000;
 const MEMBERS_TIMEOUT_MS = 20_000;
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -169,7 +172,7 @@ export function nodeEnv(spec) {
         SOCKETIO_CLUSTER_SEEDS: spec.seeds.map((p) => `127.0.0.1:${p}`).join(','),
         SOCKETIO_CLUSTER_SECRET: spec.secret,
         SOCKETIO_CLUSTER_GOSSIP_INTERVAL_MS: '100',
-        SOCKETIO_CLUSTER_PEER_TIMEOUT_MS: '1500',
+        SOCKETIO_CLUSTER_PEER_TIMEOUT_MS: String(PEER_TIMEOUT_MS),
         SOCKETIO_CLUSTER_REQUEST_TIMEOUT_MS: String(spec.requestTimeoutMs ?? REQUEST_TIMEOUT_MS),
       });
       break;

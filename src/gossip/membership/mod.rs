@@ -15,7 +15,7 @@ mod clock;
 mod codec;
 pub(crate) mod envelope;
 mod guard;
-mod replay;
+pub(crate) mod replay;
 pub(crate) mod seal;
 pub(crate) mod transport;
 

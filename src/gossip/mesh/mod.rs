@@ -13,7 +13,7 @@
 //! them kept for the addresses the node knows, each for at most the handshake deadline
 //! ([`admission`]).
 
-mod admission;
+pub(crate) mod admission;
 pub(crate) mod auth;
 mod links;
 mod queue;
@@ -70,7 +70,7 @@ const MAX_HELLO: usize = 4096;
 /// Connection-level receive window of a connection whose peer has not proved the secret
 /// yet: room for the peer's [`Hello`] and nothing more. An outgoing connection keeps it for
 /// good, as the other side only ever sends its [`Hello`] on it.
-const HANDSHAKE_WINDOW: u32 = 2 * MAX_HELLO as u32;
+pub(crate) const HANDSHAKE_WINDOW: u32 = 2 * MAX_HELLO as u32;
 
 /// Receive window of one stream (quinn's default): what a verified peer may have in flight
 /// on its frame stream.

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Most socketioxide server ids kept for one peer: one per `SocketIo` instance it runs.
-pub(super) const MAX_SERVER_IDS_PER_PEER: usize = 16;
+pub(crate) const MAX_SERVER_IDS_PER_PEER: usize = 16;
 /// Server ids refused beyond that bound: logged at most once per period.
 static SERVER_ID_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 /// Frames from peers refused for their parser, dropped: logged at most once per period.

@@ -7,6 +7,8 @@
 //! mesh and gossip report and carries out what they decide.
 
 mod core;
+#[cfg(test)]
+pub(crate) use core::MAX_SERVER_IDS_PER_PEER;
 mod handle;
 mod ledger;
 #[cfg(test)]

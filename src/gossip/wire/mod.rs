@@ -12,6 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub mod presence;
 #[cfg(feature = "sessions")]
 pub mod sessions;
