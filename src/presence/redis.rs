@@ -386,12 +386,16 @@ mod tests {
             let err = decode(&rmp_serde::to_vec(&env).unwrap()).unwrap_err();
             assert!(err.contains("name"), "{err}");
         }
-        // More items than a message may hold are refused while decoding.
+        // More items than a message may hold are refused while decoding, and this node
+        // never sends them.
         let mut env = delta();
         if let PresenceMsg::Delta { ops, .. } = &mut env.msg {
             let op = ops[0].clone();
             ops.resize(crate::gossip::wire::presence::MAX_ITEMS + 1, op);
         }
-        assert!(decode(&rmp_serde::to_vec(&env).unwrap()).is_err());
+        let raw = crate::gossip::wire::bounded::unchecked(|| rmp_serde::to_vec(&env).unwrap());
+        assert!(decode(&raw).is_err());
+        let err = encode(&env).unwrap_err();
+        assert!(err.contains("4097 presence operations"), "{err}");
     }
 }
