@@ -122,16 +122,8 @@ async fn send(
 ) {
     while let Some((to, item)) = rx.recv().await {
         let Some(node) = node.upgrade() else { return };
-        let msgs = match (&to, item) {
-            (_, Item::Msg(msg)) => vec![msg],
-            (Target::Peer(peer), Item::State) => {
-                queue.taking_state(peer);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                shared.state(budget)
-            }
-            (Target::Members, Item::State) => continue,
+        let Some(msgs) = queue.messages(&to, item, &shared, budget) else {
+            return;
         };
         let targets = match to {
             Target::Members => node.members().iter().map(|m| m.peer_id()).collect(),
@@ -204,34 +196,17 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Mutex, time::Duration};
+    use std::time::Duration;
 
     use super::*;
     use crate::gossip::{
         mesh::tests::capture_logs,
-        node::tests::{pair, until},
+        node::tests::{Recorder, lines_with, pair, send_garbage, until},
     };
 
-    /// Records the presence messages a node receives, in place of its presence.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<PresenceMsg>>);
-
-    impl ServiceHandler for Recorder {
-        fn on_message(&self, _: &PeerId, body: Bytes) {
-            if let Ok(msg) = wire::decode_body::<PresenceMsg>(&body) {
-                self.0.lock().unwrap().push(msg);
-            }
-        }
-    }
-
-    impl Recorder {
-        /// How many whole states were received.
-        fn states(&self) -> usize {
-            let msgs = self.0.lock().unwrap();
-            msgs.iter()
-                .filter(|m| matches!(m, PresenceMsg::State { last: true, .. }))
-                .count()
-        }
+    /// How many whole states `r` received.
+    fn states(r: &Recorder<PresenceMsg>) -> usize {
+        r.count(|m| matches!(m, PresenceMsg::State { last: true, .. }))
     }
 
     /// A member that asks for the state again and again (a few bytes each time) gets it
@@ -240,11 +215,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_state_requests_is_answered_by_one_state() {
         let (a, b) = pair(&format!("presence-burst-{}", std::process::id())).await;
-        let recorder = Arc::new(Recorder::default());
-        b.register_service(
-            SERVICE,
-            Arc::downgrade(&recorder) as Weak<dyn ServiceHandler>,
-        );
+        let recorder = Recorder::<PresenceMsg>::on(&b, SERVICE);
         let presence = start(a.clone(), &PresenceConfig::default());
         {
             let mut replica = presence.shared.lock();
@@ -260,8 +231,8 @@ mod tests {
             }
         }
         // The state a pushes to b when its presence starts.
-        assert!(until(Duration::from_secs(10), || recorder.states() >= 1).await);
-        let before = recorder.states();
+        assert!(until(Duration::from_secs(10), || states(&recorder) >= 1).await);
+        let before = states(&recorder);
 
         let request = wire::encode_body(&PresenceMsg::StateRequest).unwrap();
         let to_a = [a.me().clone()];
@@ -270,10 +241,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert!(until(Duration::from_secs(10), || recorder.states() > before).await);
+        assert!(until(Duration::from_secs(10), || states(&recorder) > before).await);
         // Whatever still comes for the burst comes within this.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let answered = recorder.states() - before;
+        let answered = states(&recorder) - before;
         assert!(
             answered <= 2,
             "{answered} states sent for one burst of 50 requests"
@@ -290,18 +261,9 @@ mod tests {
         let (logs, _guard) = capture_logs();
         let (a, b) = pair(&format!("presence-garbage-{}", std::process::id())).await;
         let presence = start(a.clone(), &PresenceConfig::default());
-        let to_a = [a.me().clone()];
-        for _ in 0..20 {
-            b.send_service(&to_a, SERVICE, Bytes::from_static(&[0xff, 0xff]), true)
-                .await
-                .unwrap();
-        }
-        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-        let warned = text
-            .lines()
-            .filter(|l| l.contains("presence message dropped"))
-            .count();
-        assert_eq!(warned, 1, "{text}");
+        send_garbage(&b, &a, SERVICE, 20).await;
+        let warned = lines_with(&logs, "presence message dropped");
+        assert_eq!(warned.len(), 1, "{warned:?}");
         assert_eq!(presence.dropped(), 20, "each counted");
         drop(presence);
         b.shutdown().await;

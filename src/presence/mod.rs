@@ -427,6 +427,25 @@ impl<P: Clone + Ord> Queue<P> {
             .insert(peer.clone(), tokio::time::Instant::now());
     }
 
+    /// The messages a queued item stands for as it is sent to `to`: itself, or this node's
+    /// state now, in chunks of about `budget` bytes (`None`: the presence is gone).
+    pub(crate) fn messages(
+        &self,
+        to: &Target<P>,
+        item: Item,
+        shared: &std::sync::Weak<Shared>,
+        budget: usize,
+    ) -> Option<Vec<PresenceMsg>> {
+        match (to, item) {
+            (_, Item::Msg(msg)) => Some(vec![msg]),
+            (Target::Peer(peer), Item::State) => {
+                self.taking_state(peer);
+                Some(shared.upgrade()?.state(budget))
+            }
+            (Target::Members, Item::State) => Some(Vec::new()),
+        }
+    }
+
     /// Queue the states owed (asked for too soon after the last one), once their interval
     /// passed; call once an interval.
     pub(crate) fn push_owed_states(&self) {

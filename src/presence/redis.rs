@@ -178,16 +178,8 @@ async fn send(
     mut rx: mpsc::Receiver<(Target<String>, Item)>,
 ) {
     while let Some((to, item)) = rx.recv().await {
-        let msgs = match (&to, item) {
-            (_, Item::Msg(msg)) => vec![msg],
-            (Target::Peer(peer), Item::State) => {
-                queue.taking_state(peer);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                shared.state(BUDGET)
-            }
-            (Target::Members, Item::State) => continue,
+        let Some(msgs) = queue.messages(&to, item, &shared, BUDGET) else {
+            return;
         };
         let chan = match to {
             Target::Members => chans.all.clone(),

@@ -498,7 +498,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        GossipAdapterConfig, gossip::wire::sessions::Version, sessions::SessionStoreConfig,
+        GossipAdapterConfig,
+        gossip::node::tests::{Recorder, lines_with, pair, send_garbage},
+        gossip::wire::sessions::Version,
+        sessions::SessionStoreConfig,
     };
 
     const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
@@ -534,21 +537,11 @@ mod tests {
         cluster: &str,
         config: &SessionStoreConfig,
     ) -> (Arc<Node>, GossipSessionStore, Arc<Node>, GossipSessionStore) {
-        let a = node(cluster, None).await;
-        let b = node(cluster, Some(a.addrs().0)).await;
+        let (a, b) = pair(cluster).await;
         let (sa, sb) = (
             GossipSessionStore::start(a.clone(), config),
             GossipSessionStore::start(b.clone(), config),
         );
-        let mut formed = false;
-        for _ in 0..500 {
-            if a.members().len() == 1 && b.members().len() == 1 {
-                formed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(formed, "cluster formed");
         (a, sa, b, sb)
     }
 
@@ -611,26 +604,9 @@ mod tests {
         a.shutdown().await;
     }
 
-    /// Records the session messages a node receives, in place of its store.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<SessionMsg>>);
-
-    impl ServiceHandler for Recorder {
-        fn on_message(&self, _: &PeerId, body: Bytes) {
-            if let Ok(msg) = wire::decode_body::<SessionMsg>(&body) {
-                self.0.lock().unwrap().push(msg);
-            }
-        }
-    }
-
-    impl Recorder {
-        /// How many whole snapshots were received.
-        fn snapshots(&self) -> usize {
-            let msgs = self.0.lock().unwrap();
-            msgs.iter()
-                .filter(|m| matches!(m, SessionMsg::Snapshot { last: true, .. }))
-                .count()
-        }
+    /// How many whole snapshots `r` received.
+    fn snapshots(r: &Recorder<SessionMsg>) -> usize {
+        r.count(|m| matches!(m, SessionMsg::Snapshot { last: true, .. }))
     }
 
     /// A member that asks for a snapshot again and again (one byte each time) gets one for
@@ -638,24 +614,9 @@ mod tests {
     /// costs nothing like a copy of every session.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_snapshot_requests_is_answered_by_one_snapshot() {
-        let cluster = format!("sessions-burst-{}", std::process::id());
-        let a = node(&cluster, None).await;
-        let b = node(&cluster, Some(a.addrs().0)).await;
-        let recorder = Arc::new(Recorder::default());
-        b.register_service(
-            SERVICE,
-            Arc::downgrade(&recorder) as Weak<dyn ServiceHandler>,
-        );
+        let (a, b) = pair(&format!("sessions-burst-{}", std::process::id())).await;
+        let recorder = Recorder::<SessionMsg>::on(&b, SERVICE);
         let store = GossipSessionStore::start(a.clone(), &SessionStoreConfig::new());
-        let mut formed = false;
-        for _ in 0..500 {
-            if a.members().len() == 1 && b.members().len() == 1 {
-                formed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(formed, "cluster formed");
         for i in 0..2_000 {
             let mut rec = user(&format!("user-{i}"));
             rec.data
@@ -671,7 +632,7 @@ mod tests {
         }
         let mut answered = false;
         for _ in 0..500 {
-            if recorder.snapshots() > 0 {
+            if snapshots(&recorder) > 0 {
                 answered = true;
                 break;
             }
@@ -680,7 +641,7 @@ mod tests {
         assert!(answered, "a snapshot came");
         // Whatever still comes for the burst comes within this.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let snapshots = recorder.snapshots();
+        let snapshots = snapshots(&recorder);
         assert!(
             snapshots <= 2,
             "{snapshots} snapshots sent for one burst of 50 requests"
@@ -696,18 +657,9 @@ mod tests {
         let (logs, _guard) = crate::gossip::mesh::tests::capture_logs();
         let cluster = format!("sessions-garbage-{}", std::process::id());
         let (a, _sa, b, _sb) = stores(&cluster, &SessionStoreConfig::new()).await;
-        let to_a = [a.me().clone()];
-        for _ in 0..20 {
-            b.send_service(&to_a, SERVICE, Bytes::from_static(&[0xff, 0xff]), true)
-                .await
-                .unwrap();
-        }
-        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-        let warned = text
-            .lines()
-            .filter(|l| l.contains("session message dropped"))
-            .count();
-        assert_eq!(warned, 1, "{text}");
+        send_garbage(&b, &a, SERVICE, 20).await;
+        let warned = lines_with(&logs, "session message dropped");
+        assert_eq!(warned.len(), 1, "{warned:?}");
         b.shutdown().await;
         a.shutdown().await;
     }

@@ -10,7 +10,7 @@ use socketioxide::{SocketIo, adapter::Emitter, extract::SocketRef};
 use super::*;
 use crate::{
     gossip::mesh::tests::capture_logs,
-    gossip::node::tests::{config, until},
+    gossip::node::tests::{config, lines_with, until},
 };
 
 type A = GossipAdapter<Emitter>;
@@ -66,11 +66,29 @@ fn link_id(from: &Node, to: &Node) -> Option<crate::gossip::mesh::ConnId> {
 
 /// Every log line about a link between nodes closed.
 fn closed_links(logs: &std::sync::Mutex<Vec<u8>>) -> Vec<String> {
-    String::from_utf8_lossy(&logs.lock().unwrap())
-        .lines()
-        .filter(|l| l.contains("closing mesh connection") || l.contains("mesh connection lost"))
-        .map(str::to_owned)
-        .collect()
+    let mut lines = lines_with(logs, "closing mesh connection");
+    lines.extend(lines_with(logs, "mesh connection lost"));
+    lines
+}
+
+/// The link from b to a is the one it was (`link`) and carries what a sends next to
+/// `on_b`, a socket of b; no node logged a link closed. Then both nodes stop.
+async fn still_linked(
+    io_a: &SocketIo<A>,
+    on_b: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet>,
+    (a, b, link): (&Node, &Node, Option<crate::gossip::mesh::ConnId>),
+    logs: &std::sync::Mutex<Vec<u8>>,
+) {
+    io_a.emit("after", &1).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), on_b.recv()).await;
+    assert_eq!(
+        got.ok().flatten().map(String::from).as_deref(),
+        Some(r#"42["after",1]"#)
+    );
+    assert_eq!(link_id(b, a), link, "the same link");
+    assert_eq!(closed_links(logs), Vec::<String>::new());
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 /// b's sockets are in one room more than a list of the wire holds: b refuses its answer to
@@ -93,17 +111,7 @@ async fn a_rooms_answer_beyond_the_list_bound_is_refused_by_its_sender() {
         "{text}"
     );
 
-    // The link still carries what follows.
-    io_a.emit("after", &1).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), on_b.recv()).await;
-    assert_eq!(
-        got.ok().flatten().map(String::from).as_deref(),
-        Some(r#"42["after",1]"#)
-    );
-    assert_eq!(link_id(&b, &a), link, "the same link");
-    assert_eq!(closed_links(&logs), Vec::<String>::new());
-    b.shutdown().await;
-    a.shutdown().await;
+    still_linked(&io_a, &mut on_b, (&a, &b, link), &logs).await;
 }
 
 /// b's answer to `fetch_sockets()` is larger than a frame: b refuses it, and a's call fails
@@ -126,14 +134,5 @@ async fn a_fetch_sockets_answer_larger_than_a_frame_is_refused_by_its_sender() {
     let text = err.to_string();
     assert!(text.contains("maximum frame size of 4096"), "{text}");
 
-    io_a.emit("after", &1).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), sockets[0].recv()).await;
-    assert_eq!(
-        got.ok().flatten().map(String::from).as_deref(),
-        Some(r#"42["after",1]"#)
-    );
-    assert_eq!(link_id(&b, &a), link, "the same link");
-    assert_eq!(closed_links(&logs), Vec::<String>::new());
-    b.shutdown().await;
-    a.shutdown().await;
+    still_linked(&io_a, &mut sockets[0], (&a, &b, link), &logs).await;
 }

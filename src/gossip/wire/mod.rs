@@ -682,6 +682,18 @@ mod tests {
         Id([c; 16])
     }
 
+    /// A request of `kind` on `/`, to the sockets `opts` select.
+    fn request(kind: RequestKind, opts: Opts) -> Frame {
+        Frame::Request(Request {
+            ns: "/".into(),
+            id: id(1),
+            origin: id(2),
+            kind,
+            opts,
+            ack_timeout_ms: None,
+        })
+    }
+
     fn body(frame: &Frame) -> Vec<u8> {
         encode(frame).unwrap()[LEN_PREFIX..].to_vec()
     }
@@ -1076,16 +1088,6 @@ mod tests {
     /// prefix, before the list is allocated; one at the bound decodes.
     #[test]
     fn lists_longer_than_their_bound_are_refused_before_allocation() {
-        let request = |kind: RequestKind, opts: Opts| {
-            Frame::Request(Request {
-                ns: "/".into(),
-                id: id(1),
-                origin: id(2),
-                kind,
-                opts,
-                ack_timeout_ms: None,
-            })
-        };
         let rooms = |n: usize| vec![String::new(); n];
         let at_bound = request(RequestKind::AddSockets(rooms(MAX_ROOMS)), Opts::default());
         assert_eq!(decode(&body(&at_bound)).unwrap(), at_bound);
@@ -1149,16 +1151,6 @@ mod tests {
     /// size and one byte beyond.
     #[test]
     fn the_encoder_refuses_exactly_what_a_peer_decoder_refuses() {
-        let request = |kind: RequestKind, opts: Opts| {
-            Frame::Request(Request {
-                ns: "/".into(),
-                id: id(1),
-                origin: id(2),
-                kind,
-                opts,
-                ack_timeout_ms: None,
-            })
-        };
         let ack = |n: usize| {
             Frame::Response(Response {
                 id: id(1),
@@ -1176,6 +1168,14 @@ mod tests {
             ),
         };
         let rooms = |n: usize| vec![String::new(); n];
+        let targeted = move |rooms: Vec<String>, except: Vec<String>| {
+            let opts = Opts {
+                rooms,
+                except,
+                ..Opts::default()
+            };
+            request(RequestKind::AllRooms, opts)
+        };
         /// What a case is, the frame with a list of `n` elements, and the list's bound.
         type Case = (&'static str, Box<dyn Fn(usize) -> Frame>, usize);
         let cases: Vec<Case> = vec![
@@ -1191,28 +1191,12 @@ mod tests {
             ),
             (
                 "rooms",
-                Box::new(move |n| {
-                    request(
-                        RequestKind::AllRooms,
-                        Opts {
-                            rooms: rooms(n),
-                            ..Opts::default()
-                        },
-                    )
-                }),
+                Box::new(move |n| targeted(rooms(n), vec![])),
                 MAX_ROOMS,
             ),
             (
                 "except",
-                Box::new(move |n| {
-                    request(
-                        RequestKind::AllRooms,
-                        Opts {
-                            except: rooms(n),
-                            ..Opts::default()
-                        },
-                    )
-                }),
+                Box::new(move |n| targeted(vec![], rooms(n))),
                 MAX_ROOMS,
             ),
             (
