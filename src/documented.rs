@@ -134,13 +134,11 @@ fn configuration_defaults_and_ranges_are_the_documented_ones() {
             "{what}: default (allowed range)"
         );
     }
-    let counted = [
-        (
-            "ack response buffer",
-            &ranges::ACK_RESPONSE_BUFFER,
-            c.ack_response_buffer,
-        ),
-    ];
+    let counted = [(
+        "ack response buffer",
+        &ranges::ACK_RESPONSE_BUFFER,
+        c.ack_response_buffer,
+    )];
     for (what, s, default) in counted {
         let cells = row(table, s.method);
         assert_eq!(cells[1], format!("`{}`", s.var), "{what}: the variable");
@@ -149,13 +147,20 @@ fn configuration_defaults_and_ranges_are_the_documented_ones() {
     // The deprecated stream buffer has a range and no default of its own.
     let s = &ranges::STREAM_BUFFER;
     let cells = row_of(table, &format!("`{}` (deprecated for gossip)", s.method));
-    assert_eq!(cells[1], format!("`{}`", s.var), "stream buffer: the variable");
+    assert_eq!(
+        cells[1],
+        format!("`{}`", s.var),
+        "stream buffer: the variable"
+    );
     assert_eq!(
         cells[2],
         format!("— ({} – {})", count(s.min), count(s.max)),
         "stream buffer"
     );
-    assert!(c.stream_buffer.is_none(), "the stream buffer has no default");
+    assert!(
+        c.stream_buffer.is_none(),
+        "the stream buffer has no default"
+    );
     // The byte budgets: default and range, then the cross-check the table names.
     let budgets = [
         ("peer queue", &ranges::PEER_QUEUE_BYTES, c.peer_queue_bytes),
@@ -225,7 +230,10 @@ fn configuration_defaults_and_ranges_are_the_documented_ones() {
     );
     assert_eq!(
         row(table, "with_node_name")[2],
-        format!("random (1 – {} bytes)", crate::gossip::config::MAX_NODE_NAME)
+        format!(
+            "random (1 – {} bytes)",
+            crate::gossip::config::MAX_NODE_NAME
+        )
     );
     assert!(c.seeds.is_empty() && row("README.md", "with_seeds")[2] == "none");
     assert!(c.node_name.is_none() && row("README.md", "with_node_name")[2] == "random");
@@ -256,7 +264,8 @@ fn presence_defaults_are_the_documented_ones() {
     says(
         doc,
         &format!(
-            "A node tracks at most {} entries per topic and {} in all",
+            "A socket has at most {} entries, a node at most {} per topic and {} in all",
+            commas(p.max_per_socket),
             commas(p.max_per_topic),
             commas(p.max_per_node)
         ),

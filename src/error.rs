@@ -103,12 +103,41 @@ pub enum RequestError {
         /// Configured maximum.
         max: usize,
     },
+    /// A list of the message goes beyond the bound a node accepts from a peer (say, a
+    /// client's event or answer with more binary attachments than that): nothing was sent.
+    #[error("message holds {len} {what}, more than the {max} a node accepts from a peer")]
+    OverBound {
+        /// What the list holds (`"binary attachments"`, `"room names"`, ...).
+        what: &'static str,
+        /// How many it holds.
+        len: usize,
+        /// How many a node accepts.
+        max: usize,
+    },
+    /// A node could not send its answer to this request (a list beyond a bound of the wire,
+    /// or larger than a frame), and said why instead.
+    #[error("node {node} could not send its answer: {reason}")]
+    AnswerRefused {
+        /// The node's name.
+        node: String,
+        /// Why, as that node tells it.
+        reason: String,
+    },
 }
 
 #[cfg(feature = "cluster-gossip")]
 impl From<crate::gossip::wire::EncodeError> for RequestError {
     fn from(e: crate::gossip::wire::EncodeError) -> Self {
-        Self::Encode(e.to_string())
+        use crate::gossip::wire::EncodeError;
+        match e {
+            EncodeError::Bound(b) => Self::OverBound {
+                what: b.what,
+                len: b.len,
+                max: b.max,
+            },
+            EncodeError::TooLarge { size, max } => Self::TooLarge { size, max },
+            EncodeError::Codec(e) => Self::Encode(e.to_string()),
+        }
     }
 }
 

@@ -280,6 +280,20 @@
 //! peer timeout. `docs/security.md` says what an attacker with and without the
 //! secret can do.
 //!
+//! A web client can hurt only itself: whatever it sends or answers is checked, on the node
+//! that holds it, against every bound peers accept (binary attachments, room names,
+//! sockets, the frame size) before anything crosses the cluster, and what cannot cross is
+//! refused for that one emit, ack or answer with an error to its caller
+//! ([`RequestError::OverBound`], [`RequestError::AnswerRefused`]; an ack that cannot
+//! cross is an error for that socket's answer). No link between nodes is closed for a
+//! client's payload. Quotas refuse new records, never evict other users' live ones
+//! (sessions, presence entries, with a share per socket).
+//!
+//! A member holding the secret is trusted for its own identity only, but the data it
+//! replicates is taken as written: with the `sessions` feature, **any member can write any
+//! session** (and so log anyone in as anyone), as any client of Redis can with the Redis
+//! backend. Keep the secret as you would the Redis password.
+//!
 //! A connection that has not proved the secret gets no room for data (one stream, 8 KiB for
 //! its proof). At most 64 are served at once, 4 per source (an IPv4 address, an IPv6 /64),
 //! with 16 of the 64 kept for the mesh addresses of members and of the nodes gossip lists,

@@ -47,6 +47,20 @@ async fn redis_a_killed_node_loses_its_entries_everywhere() {
     a_killed_node_loses_its_entries_everywhere(backend).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_one_socket_cannot_take_more_than_its_share() {
+    one_socket_cannot_take_more_than_its_share(Backend::Gossip).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_one_socket_cannot_take_more_than_its_share() {
+    let Some(backend) = Backend::redis() else {
+        return;
+    };
+    one_socket_cannot_take_more_than_its_share(backend).await;
+}
+
 type Diffs = Pin<Box<dyn Stream<Item = PresenceDiff> + Send>>;
 
 /// A node of the test cluster with its presence, serving `/`.
@@ -315,5 +329,50 @@ async fn track_to_diff_latency() {
         took[took.len() / 2],
         took[took.len() * 99 / 100],
         took[took.len() - 1]
+    );
+}
+
+/// A client whose socket the application tracks in topic after topic (say, one it names):
+/// that socket is refused beyond its share of the node's entries (100 by default), with a
+/// clear error, and the node's other sockets still track, listed on every node. The node's
+/// bound is lowered to 300 here so that, without a share, one socket would fill it.
+async fn one_socket_cannot_take_more_than_its_share(backend: Backend) {
+    let mut cluster = TestCluster::new(&backend);
+    let config = PresenceConfig::default().with_max_per_node(300);
+    let (a, pa) = cluster.start_with_presence(config.clone()).await;
+    let (b, pb) = cluster.start_with_presence(config).await;
+    for n in [&a, &b] {
+        n.io.ns("/", async |_: SocketRef<Adapter>| {})
+            .await
+            .unwrap();
+    }
+    wait_for_namespace(&[&a, &b], "/").await;
+    let (_gtx, _grx, greedy) = dummy(&a.io, "/").await;
+    let greedy = a.io.get_socket(greedy).expect("socket on its node");
+    let mut refused = None;
+    for i in 0..300 {
+        if let Err(e) = pa.track(&greedy, &format!("topic-{i}"), "greedy", &json!({})) {
+            refused = Some((i, e.to_string()));
+            break;
+        }
+    }
+    let (at, err) = refused.expect("the greedy socket is refused before the node is full");
+    assert_eq!(at, 100, "refused at its share: {err}");
+    assert!(err.contains("socket"), "{err}");
+
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let (tx, rx, sid) = dummy(&a.io, "/").await;
+        let socket = a.io.get_socket(sid).expect("socket on its node");
+        pa.track(&socket, "lobby", &format!("user-{i}"), &json!({ "i": i }))
+            .expect("another socket still tracks");
+        others.push((socket, tx, rx));
+    }
+    let listed_on_b = wait_until(SETTLES, || pb.list("lobby").len() == 3).await;
+    assert!(listed_on_b, "listed on b: {:?}", pb.list("lobby"));
+    assert_eq!(
+        pb.len(),
+        103,
+        "the greedy socket's share and the others, on b"
     );
 }

@@ -388,9 +388,9 @@ mod gossip_only {
         );
     }
 
-    /// The cap: a node holds at most `max_sessions` sessions; beyond it, the session
-    /// closest to expiry is evicted (where it is saved and where it is received) and the
-    /// save succeeds; existing sessions can still be saved and deleted.
+    /// The cap: a node holds at most `max_sessions` sessions; beyond it, a new session is
+    /// refused (where it is saved, the save fails; where it is received, it is counted) and
+    /// no live session is evicted for it; existing sessions can still be saved and deleted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cap_bounds_every_node() {
         let mut cluster = TestCluster::new(&Backend::Gossip);
@@ -415,34 +415,34 @@ mod gossip_only {
             a.create(&mut rec).await.unwrap();
             ids.push(rec);
         }
-        assert_eq!((ga.len(), gb.len()), (3, 2), "B evicted one beyond its cap");
-        assert_eq!(gb.evicted(), (1, 0));
-        assert_eq!(
-            user(&b, &ids[0].id).await,
-            None,
-            "the one closest to expiry"
-        );
+        assert_eq!((ga.len(), gb.len()), (3, 2), "B refused one beyond its cap");
+        assert_eq!((gb.refused(), gb.tombstones_evicted()), (1, 0));
+        for (i, rec) in ids.iter().enumerate().take(2) {
+            let name = format!("c{i}");
+            assert_eq!(user(&b, &rec.id).await, Some(name), "kept on B");
+        }
+        assert_eq!(user(&b, &ids[2].id).await, None, "the new one");
         let mut fourth = hour("c3");
-        a.create(&mut fourth)
-            .await
-            .expect("a full store evicts, it never refuses a save");
-        assert_eq!(user(&a, &fourth.id).await.as_deref(), Some("c3"));
-        assert_eq!(ga.len(), 3);
-        let mut updated = ids[2].clone();
+        let err = a.create(&mut fourth).await.expect_err("A is full");
+        assert!(err.to_string().contains("3 sessions"), "{err}");
+        assert_eq!(user(&a, &fourth.id).await, None);
+        assert_eq!((ga.len(), ga.refused()), (3, 1));
+        let mut updated = ids[1].clone();
         updated
             .data
-            .insert("user".into(), serde_json::json!("c2-bis"));
-        a.save(&updated).await.unwrap();
-        assert_eq!(user(&b, &ids[2].id).await.as_deref(), Some("c2-bis"));
-        a.delete(&ids[2].id).await.unwrap();
-        assert_eq!(user(&a, &ids[2].id).await, None);
-        assert_eq!(user(&b, &ids[2].id).await, None);
+            .insert("user".into(), serde_json::json!("c1-bis"));
+        a.save(&updated).await.expect("an update needs no room");
+        assert_eq!(user(&b, &ids[1].id).await.as_deref(), Some("c1-bis"));
+        a.delete(&ids[1].id).await.unwrap();
+        assert_eq!(user(&a, &ids[1].id).await, None);
+        assert_eq!(user(&b, &ids[1].id).await, None);
+        a.create(&mut fourth).await.expect("the log-out made room");
     }
 
     /// 500 log-outs with made-up session ids (as a client without a session can send), on
     /// every node, then log-ins on every node: the flood leaves nothing behind, so every
-    /// log-in works and is read everywhere; then three times the cap of log-ins: none
-    /// fails, the oldest are evicted.
+    /// log-in works and is read everywhere; then log-ins up to the cap work, the ones
+    /// beyond it fail, and every session in still loads on every node.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_out_flood_then_log_ins_work_on_every_node() {
         const CAP: usize = 20;
@@ -472,23 +472,31 @@ mod gossip_only {
                 "{name}"
             );
         }
-        let mut last = None;
-        for i in 0..3 * CAP {
+        let mut kept = Vec::new();
+        for i in 3..CAP {
             let mut rec = hour(&format!("many{i}"));
             stores[i % 3]
                 .create(&mut rec)
                 .await
-                .expect("a full store evicts, it never fails a log-in");
-            last = Some(rec);
+                .expect("a log-in below the cap");
+            kept.push((rec, format!("many{i}")));
         }
-        let last = last.unwrap();
-        let name = format!("many{}", 3 * CAP - 1);
-        assert!(converge(&stores, &last.id, Some(&name), SPREADS).await);
+        for i in 0..CAP {
+            let mut rec = hour(&format!("beyond{i}"));
+            let refused = stores[i % 3].create(&mut rec).await;
+            assert!(refused.is_err(), "a log-in beyond the cap fails");
+        }
+        for (rec, name) in &kept {
+            assert!(
+                converge(&stores, &rec.id, Some(name.as_str()), SPREADS).await,
+                "{name}"
+            );
+        }
         for store in &stores {
             let ClusterSessionStore::Gossip(g) = store else {
                 unreachable!("gossip stores");
             };
-            assert!(g.len() <= CAP, "{} records held", g.len());
+            assert_eq!(g.len(), CAP, "{} records held", g.len());
         }
     }
 

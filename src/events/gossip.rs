@@ -174,7 +174,10 @@ impl AckState {
                 };
                 return self.done.insert(peer).then_some(ack);
             }
-            // Nothing but a service answer belongs to an event's request.
+            Outcome::Kept(peer, ResponseBody::Refused(why)) => {
+                (peer, Err(ServerAckError::Refused(why)))
+            }
+            // Nothing else belongs to an event's request.
             Outcome::Kept(..) => return None,
             Outcome::Answered(peer) => (peer, Err(ServerAckError::NotRunning)),
             Outcome::Gone(peer) => (peer, Err(ServerAckError::Gone)),

@@ -141,6 +141,9 @@ pub enum ServerAckError {
     /// The answer is not valid JSON.
     #[error("the answer does not decode: {0}")]
     Malformed(String),
+    /// The node could not send its answer (larger than the cluster carries), and said why.
+    #[error("the node could not send its answer: {0}")]
+    Refused(String),
 }
 
 /// One node's answer to an event sent with [`ServerEvents::emit_with_ack`].

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{
-    Presence, PresenceConfig, Queue, Shared, Target,
+    Item, Presence, PresenceConfig, Queue, Shared, Target,
     replica::{Origin, Replica},
 };
 use crate::{
@@ -19,7 +19,12 @@ use crate::{
         self,
         presence::{PresenceMsg, SERVICE},
     },
+    rate_log::RateLog,
 };
+
+/// Presence messages this node could not send (none are expected: every entry fits a
+/// message): logged at most once per period, node-wide.
+static NOT_SENT_LOG: RateLog = RateLog::new(std::time::Duration::from_secs(10));
 
 /// Largest state chunk, whatever the frame limit.
 const MAX_CHUNK: usize = 1024 * 1024;
@@ -35,21 +40,15 @@ fn origin(peer: &PeerId) -> Origin {
 struct Handler {
     shared: Weak<Shared>,
     queue: Arc<Queue<PeerId>>,
-    budget: usize,
 }
 
 impl Handler {
-    /// Queue this node's state for `peer` (call with the replica locked).
-    fn push_state(&self, replica: &Replica, peer: &PeerId) {
-        for m in replica.own_state(self.budget) {
-            self.queue.push(Target::Peer(peer.clone()), m);
-        }
+    /// Queue this node's state for `peer`, as of its place in the queue (call with the
+    /// replica locked, so that it is placed among the deltas as they are made).
+    fn push_state(&self, _locked: &Replica, peer: &PeerId) {
+        self.queue.push_state(peer.clone());
     }
 }
-
-/// Presence messages from peers that do not decode: logged at most once per period.
-static UNDECODED_LOG: crate::rate_log::RateLog =
-    crate::rate_log::RateLog::new(std::time::Duration::from_secs(10));
 
 impl ServiceHandler for Handler {
     fn on_message(&self, from: &PeerId, body: Bytes) {
@@ -59,20 +58,12 @@ impl ServiceHandler for Handler {
         let msg = match wire::decode_body::<PresenceMsg>(&body) {
             Ok(msg) => msg,
             Err(e) => {
-                if let Some(held_back) = UNDECODED_LOG.allow() {
-                    tracing::warn!(peer = %from, held_back, "presence message dropped: {e}");
-                }
+                let from = from.to_string();
+                shared.refused(1, &format!("it does not decode: {e}"), &from);
                 return;
             }
         };
-        shared.take_in(
-            &self.queue,
-            &origin(from),
-            from,
-            || Target::Peer(from.clone()),
-            self.budget,
-            msg,
-        );
+        shared.take_in(&self.queue, &origin(from), from, msg);
     }
 }
 
@@ -92,8 +83,7 @@ fn start(node: Arc<Node>, config: &PresenceConfig) -> Presence {
     let presence = Presence::new(replica, queue.clone(), config);
     let handler = Arc::new(Handler {
         shared: Arc::downgrade(&presence.shared),
-        queue,
-        budget,
+        queue: queue.clone(),
     });
     node.register_service(
         SERVICE,
@@ -111,21 +101,29 @@ fn start(node: Arc<Node>, config: &PresenceConfig) -> Presence {
                 .push(Target::Peer(peer), PresenceMsg::StateRequest);
         }
     }
-    node.spawn(send(Arc::downgrade(&node), rx));
+    node.spawn(send(
+        Arc::downgrade(&node),
+        Arc::downgrade(&presence.shared),
+        queue,
+        budget,
+        rx,
+    ));
     node.spawn(run(handler, events, config.clone()));
     presence
 }
 
-/// Send the queued messages, in order.
-async fn send(node: Weak<Node>, mut rx: mpsc::Receiver<(Target<PeerId>, PresenceMsg)>) {
-    while let Some((to, msg)) = rx.recv().await {
+/// Send the queued messages, in order; a queued state is taken as it is sent.
+async fn send(
+    node: Weak<Node>,
+    shared: Weak<Shared>,
+    queue: Arc<Queue<PeerId>>,
+    budget: usize,
+    mut rx: mpsc::Receiver<(Target<PeerId>, Item)>,
+) {
+    while let Some((to, item)) = rx.recv().await {
         let Some(node) = node.upgrade() else { return };
-        let body = match wire::encode_body(&msg) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::warn!("presence message not encoded: {e}");
-                continue;
-            }
+        let Some(msgs) = queue.messages(&to, item, &shared, budget) else {
+            return;
         };
         let targets = match to {
             Target::Members => node.members().iter().map(|m| m.peer_id()).collect(),
@@ -134,8 +132,16 @@ async fn send(node: Weak<Node>, mut rx: mpsc::Receiver<(Target<PeerId>, Presence
         if targets.is_empty() {
             continue;
         }
-        if let Err(e) = node.send_service(&targets, SERVICE, body, false).await {
-            tracing::warn!("presence message not sent: {e}");
+        for msg in msgs {
+            let sent = match wire::encode_body(&msg) {
+                Ok(body) => node.send_service(&targets, SERVICE, body, false).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = sent
+                && let Some(held_back) = NOT_SENT_LOG.allow()
+            {
+                tracing::warn!(held_back, "presence message not sent: {e}");
+            }
         }
     }
 }
@@ -185,5 +191,82 @@ async fn run(
                 shared.announce(&handler.queue);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::gossip::{
+        mesh::tests::capture_logs,
+        node::tests::{Recorder, lines_with, pair, send_garbage, until},
+    };
+
+    /// How many whole states `r` received.
+    fn states(r: &Recorder<PresenceMsg>) -> usize {
+        r.count(|m| matches!(m, PresenceMsg::State { last: true, .. }))
+    }
+
+    /// A member that asks for the state again and again (a few bytes each time) gets it
+    /// once for all the requests that came while one was waiting to be sent, not once per
+    /// request: a request costs nothing like a copy of every entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_state_requests_is_answered_by_one_state() {
+        let (a, b) = pair(&format!("presence-burst-{}", std::process::id())).await;
+        let recorder = Recorder::<PresenceMsg>::on(&b, SERVICE);
+        let presence = start(a.clone(), &PresenceConfig::default());
+        {
+            let mut replica = presence.shared.lock();
+            for i in 0..5_000 {
+                replica
+                    .track(
+                        "lobby",
+                        &format!("user-{i}"),
+                        &format!("{i:016}"),
+                        Bytes::from_static(b"{}"),
+                    )
+                    .unwrap();
+            }
+        }
+        // The state a pushes to b when its presence starts.
+        assert!(until(Duration::from_secs(10), || states(&recorder) >= 1).await);
+        let before = states(&recorder);
+
+        let request = wire::encode_body(&PresenceMsg::StateRequest).unwrap();
+        let to_a = [a.me().clone()];
+        for _ in 0..50 {
+            b.send_service(&to_a, SERVICE, request.clone(), false)
+                .await
+                .unwrap();
+        }
+        assert!(until(Duration::from_secs(10), || states(&recorder) > before).await);
+        // Whatever still comes for the burst comes within this.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let answered = states(&recorder) - before;
+        assert!(
+            answered <= 2,
+            "{answered} states sent for one burst of 50 requests"
+        );
+        drop(presence);
+        b.shutdown().await;
+        a.shutdown().await;
+    }
+
+    /// A member that sends what presence cannot read, over and over: one warning per period,
+    /// with the count held back, not one per message.
+    #[tokio::test]
+    async fn unreadable_messages_from_a_member_are_logged_at_a_bounded_rate() {
+        let (logs, _guard) = capture_logs();
+        let (a, b) = pair(&format!("presence-garbage-{}", std::process::id())).await;
+        let presence = start(a.clone(), &PresenceConfig::default());
+        send_garbage(&b, &a, SERVICE, 20).await;
+        let warned = lines_with(&logs, "presence message dropped");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert_eq!(presence.dropped(), 20, "each counted");
+        drop(presence);
+        b.shutdown().await;
+        a.shutdown().await;
     }
 }

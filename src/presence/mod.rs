@@ -33,12 +33,16 @@
 //!
 //! ## Bounds
 //!
-//! A node tracks at most [`PresenceConfig::with_max_per_topic`] entries in one topic and
+//! One socket has at most [`PresenceConfig::with_max_per_socket`] entries (100 by default),
+//! a node at most [`PresenceConfig::with_max_per_topic`] in one topic and
 //! [`PresenceConfig::with_max_per_node`] in all; beyond them [`Presence::track`] fails with
-//! [`PresenceError::TopicFull`] / [`PresenceError::NodeFull`]. Topics and keys are at most
-//! 1 KiB, metas at most [`PresenceConfig::with_max_meta_bytes`] of JSON. What a peer sends
-//! beyond these bounds is dropped, counted ([`Presence::dropped`]) and logged: give every
-//! node the same settings.
+//! [`PresenceError::SocketFull`], [`PresenceError::TopicFull`] or
+//! [`PresenceError::NodeFull`]. No entry is ever evicted to make room. The share per socket
+//! keeps one client (whose socket the application tracks in topic after topic, say ones it
+//! names) from filling its node's bounds for everyone else. Topics, keys and socket ids are
+//! at most 1 KiB, metas at most [`PresenceConfig::with_max_meta_bytes`] of JSON. What a peer
+//! sends beyond these bounds is dropped, counted ([`Presence::dropped`]) and logged at a
+//! bounded rate: give every node the same settings.
 //!
 //! ## Example
 //!
@@ -78,7 +82,7 @@ pub(crate) mod redis;
 pub(crate) mod replica;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -96,12 +100,13 @@ use tokio::sync::{broadcast, mpsc};
 use crate::{gossip::wire::presence::PresenceMsg, rate_log::RateLog};
 use replica::{Change, Diff, Origin, Replica};
 
-/// Longest topic or key, in bytes.
+/// Longest topic, key or socket id, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
 
 /// Settings of presence. Give every node the same.
 #[derive(Clone, Debug)]
 pub struct PresenceConfig {
+    pub(crate) max_per_socket: usize,
     pub(crate) max_per_topic: usize,
     pub(crate) max_per_node: usize,
     pub(crate) max_meta_bytes: usize,
@@ -113,6 +118,7 @@ pub struct PresenceConfig {
 impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
+            max_per_socket: 100,
             max_per_topic: 10_000,
             max_per_node: 100_000,
             max_meta_bytes: 1024,
@@ -124,11 +130,19 @@ impl Default for PresenceConfig {
 }
 
 impl PresenceConfig {
-    /// The defaults: 10,000 entries per topic and 100,000 in all per node, metas up to
-    /// 1 KiB, disconnected sockets swept every 100 ms, sequence announced every second,
-    /// 4,096 messages queued for peers and diffs for subscribers.
+    /// The defaults: 100 entries per socket, 10,000 per topic and 100,000 in all per node,
+    /// metas up to 1 KiB, disconnected sockets swept every 100 ms, sequence announced every
+    /// second, 4,096 messages queued for peers and diffs for subscribers.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Most entries of one socket (at least 1): its share of the node's entries, in every
+    /// topic and under every key. Beyond it, [`Presence::track`] fails with
+    /// [`PresenceError::SocketFull`] for that socket only.
+    pub fn with_max_per_socket(mut self, max: usize) -> Self {
+        self.max_per_socket = max.max(1);
+        self
     }
 
     /// Most entries one node tracks in one topic (at least 1).
@@ -174,9 +188,10 @@ impl PresenceConfig {
         &self,
         topic: &str,
         key: &str,
+        socket: &str,
         meta: &[u8],
     ) -> Result<(), PresenceError> {
-        for (what, s) in [("topic", topic), ("key", key)] {
+        for (what, s) in [("topic", topic), ("key", key), ("socket id", socket)] {
             if s.len() > MAX_NAME_BYTES {
                 return Err(PresenceError::TooLong {
                     what,
@@ -200,6 +215,15 @@ impl PresenceConfig {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PresenceError {
+    /// The socket already has the most entries allowed for one socket.
+    #[error(
+        "this socket already has {max} presence entries, the most one socket may have \
+         (PresenceConfig::with_max_per_socket)"
+    )]
+    SocketFull {
+        /// The limit.
+        max: usize,
+    },
     /// This node already tracks the most entries allowed in the topic.
     #[error(
         "this node already tracks {max} entries in topic {topic:?} (PresenceConfig::with_max_per_topic)"
@@ -216,10 +240,11 @@ pub enum PresenceError {
         /// The limit.
         max: usize,
     },
-    /// The topic, key or meta is too long.
+    /// The topic, key, socket id or meta is too long, or the whole entry larger than a
+    /// message between nodes (half the maximum frame size, at most 1 MiB).
     #[error("{what} of {len} bytes is longer than the limit of {max} bytes")]
     TooLong {
-        /// `"topic"`, `"key"` or `"meta"`.
+        /// `"topic"`, `"key"`, `"socket id"`, `"meta"` or `"entry"`.
         what: &'static str,
         /// Its length.
         len: usize,
@@ -303,23 +328,60 @@ pub(crate) enum Target<P> {
     Peer(P),
 }
 
+/// What waits in the queue to peers.
+pub(crate) enum Item {
+    /// A message, as it is.
+    Msg(PresenceMsg),
+    /// This node's state, taken when it is sent (see [`Shared::state`]): the queue holds
+    /// no copy of the entries, and the state is as of its place in the queue.
+    State,
+}
+
+/// The states owed to peers: at most one queued per peer, and at most one taken per peer
+/// per announce interval, so that a request of a few bytes, however often a peer sends it,
+/// costs no more than one state per interval.
+/// Ordered sets and the runtime's clock: a simulated cluster replays the same run.
+struct States<P> {
+    /// Queued and not taken yet: it answers every request the peer makes meanwhile.
+    queued: BTreeSet<P>,
+    /// Asked for within an interval of the last one taken: queued at the next tick.
+    owed: BTreeSet<P>,
+    /// When the last state was taken, by peer (forgotten after an interval).
+    taken: BTreeMap<P, tokio::time::Instant>,
+}
+
+impl<P> Default for States<P> {
+    fn default() -> Self {
+        Self {
+            queued: BTreeSet::new(),
+            owed: BTreeSet::new(),
+            taken: BTreeMap::new(),
+        }
+    }
+}
+
 /// The queue of messages to peers, sent in order by one task of the backend.
 pub(crate) struct Queue<P> {
-    tx: mpsc::Sender<(Target<P>, PresenceMsg)>,
+    tx: mpsc::Sender<(Target<P>, Item)>,
+    states: Mutex<States<P>>,
+    /// The least time between two states taken for one peer.
+    state_interval: Duration,
     dropped: AtomicU64,
     dropped_metric: metrics::Counter,
     log: RateLog,
 }
 
-impl<P> Queue<P> {
+impl<P: Clone + Ord> Queue<P> {
     /// A queue of at most `config.queue` messages, and its receiving end.
     pub(crate) fn new(
         config: &PresenceConfig,
         node: &Arc<str>,
-    ) -> (Arc<Self>, mpsc::Receiver<(Target<P>, PresenceMsg)>) {
+    ) -> (Arc<Self>, mpsc::Receiver<(Target<P>, Item)>) {
         let (tx, rx) = mpsc::channel(config.queue);
         let queue = Self {
             tx,
+            states: Mutex::default(),
+            state_interval: config.announce_interval,
             dropped: AtomicU64::new(0),
             dropped_metric: metrics::counter!(crate::metrics::PRESENCE_DROPPED,
                 "node" => crate::metrics::label(node), "reason" => "queue_full"),
@@ -329,27 +391,113 @@ impl<P> Queue<P> {
     }
 
     pub(crate) fn push(&self, to: Target<P>, msg: PresenceMsg) {
-        if self.tx.try_send((to, msg)).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            self.dropped_metric.increment(1);
-            if let Some(held_back) = self.log.allow() {
-                tracing::warn!(
-                    dropped_total = n,
-                    held_back,
-                    "presence message dropped: the queue to peers is full (peers will ask \
-                     for this node's state)"
-                );
+        self.push_item(to, Item::Msg(msg));
+    }
+
+    /// Queue this node's state for `peer`, unless one is queued for it already (it answers
+    /// this request too); one taken for it less than an interval ago makes this one wait for
+    /// [`Queue::push_owed_states`].
+    pub(crate) fn push_state(&self, peer: P) {
+        {
+            let mut states = lock(&self.states);
+            if states.queued.contains(&peer) {
+                return;
             }
+            let recent = states
+                .taken
+                .get(&peer)
+                .is_some_and(|t| t.elapsed() < self.state_interval);
+            if recent {
+                states.owed.insert(peer);
+                return;
+            }
+            states.queued.insert(peer.clone());
         }
+        if !self.push_item(Target::Peer(peer.clone()), Item::State) {
+            lock(&self.states).queued.remove(&peer);
+        }
+    }
+
+    /// The state queued for `peer` is being taken: a request from now on asks for another.
+    pub(crate) fn taking_state(&self, peer: &P) {
+        let mut states = lock(&self.states);
+        states.queued.remove(peer);
+        states
+            .taken
+            .insert(peer.clone(), tokio::time::Instant::now());
+    }
+
+    /// The messages a queued item stands for as it is sent to `to`: itself, or this node's
+    /// state now, in chunks of about `budget` bytes (`None`: the presence is gone).
+    pub(crate) fn messages(
+        &self,
+        to: &Target<P>,
+        item: Item,
+        shared: &std::sync::Weak<Shared>,
+        budget: usize,
+    ) -> Option<Vec<PresenceMsg>> {
+        match (to, item) {
+            (_, Item::Msg(msg)) => Some(vec![msg]),
+            (Target::Peer(peer), Item::State) => {
+                self.taking_state(peer);
+                Some(shared.upgrade()?.state(budget))
+            }
+            (Target::Members, Item::State) => Some(Vec::new()),
+        }
+    }
+
+    /// Queue the states owed (asked for too soon after the last one), once their interval
+    /// passed; call once an interval.
+    pub(crate) fn push_owed_states(&self) {
+        let due: Vec<P> = {
+            let mut states = lock(&self.states);
+            let interval = self.state_interval;
+            states.taken.retain(|_, t| t.elapsed() < interval);
+            let States { owed, taken, .. } = &mut *states;
+            let due: Vec<P> = owed
+                .iter()
+                .filter(|p| !taken.contains_key(*p))
+                .cloned()
+                .collect();
+            for p in &due {
+                owed.remove(p);
+            }
+            due
+        };
+        for peer in due {
+            self.push_state(peer);
+        }
+    }
+
+    /// Whether it was queued (else dropped, counted and logged).
+    fn push_item(&self, to: Target<P>, item: Item) -> bool {
+        if self.tx.try_send((to, item)).is_ok() {
+            return true;
+        }
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.dropped_metric.increment(1);
+        if let Some(held_back) = self.log.allow() {
+            tracing::warn!(
+                dropped_total = n,
+                held_back,
+                "presence message dropped: the queue to peers is full (peers will ask \
+                 for this node's state)"
+            );
+        }
+        false
     }
 }
 
-impl<P: Send + Sync + 'static> Transport for Queue<P> {
+impl<P: Clone + Ord + Send + Sync + 'static> Transport for Queue<P> {
     fn broadcast(&self, msgs: Vec<PresenceMsg>) {
         for m in msgs {
             self.push(Target::Members, m);
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A socket of this node with tracked entries.
@@ -397,24 +545,26 @@ impl Shared {
         }
     }
 
+    /// This node's state, in chunks of about `budget` bytes, as of now.
+    pub(crate) fn state(&self, budget: usize) -> Vec<PresenceMsg> {
+        self.lock().own_state(budget)
+    }
+
     /// Take in a message of the peer `peer` (the node generation `from`): apply it, queue
-    /// this node's state to `state_to` when asked for it, ask `peer` for its state when a
-    /// change was missed, and log what was dropped.
-    pub(crate) fn take_in<P: Clone + std::fmt::Display>(
+    /// this node's state for `peer` when asked for it (one queued answers every request
+    /// until it is sent), ask `peer` for its state when a change was missed, and log (at a
+    /// bounded rate) what was dropped.
+    pub(crate) fn take_in<P: Clone + Ord + std::fmt::Display>(
         &self,
         queue: &Queue<P>,
         from: &Origin,
         peer: &P,
-        state_to: impl Fn() -> Target<P>,
-        budget: usize,
         msg: PresenceMsg,
     ) {
         let mut replica = self.lock();
         let reaction = replica.on_message(from, msg);
         if reaction.send_state {
-            for m in replica.own_state(budget) {
-                queue.push(state_to(), m);
-            }
+            queue.push_state(peer.clone());
         }
         if reaction.request_state {
             tracing::debug!(peer = %peer, "presence: a change was missed, asking for the state");
@@ -434,7 +584,6 @@ impl Shared {
 
     /// Count and log (at a bounded rate) `n` items of a peer refused before they reached
     /// the replica, for `reason`.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn refused(&self, n: u64, reason: &str, from: &str) {
         self.lock().count_dropped(n);
         self.refused.increment(n);
@@ -443,10 +592,12 @@ impl Shared {
         }
     }
 
-    /// Queue the announcement of this node's latest sequence number for every member.
-    pub(crate) fn announce<P>(&self, queue: &Queue<P>) {
+    /// Queue the announcement of this node's latest sequence number for every member, and
+    /// the states owed to peers.
+    pub(crate) fn announce<P: Clone + Ord>(&self, queue: &Queue<P>) {
         let msg = self.lock().seq_msg();
         queue.push(Target::Members, msg);
+        queue.push_owed_states();
     }
 
     /// Untrack the entries of the sockets that disconnected.
@@ -737,8 +888,7 @@ mod tests {
                 ops: vec![put("a"), put("b")],
             };
             let peer = "b".to_string();
-            let to = || Target::Peer(peer.clone());
-            p.shared.take_in(&queue, &origin("b"), &peer, to, 1024, msg);
+            p.shared.take_in(&queue, &origin("b"), &peer, msg);
             assert_eq!(p.len(), 1);
             assert_eq!(entries(), 1.0);
             assert_eq!(refused(), 1.0);

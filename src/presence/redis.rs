@@ -28,13 +28,18 @@ use socketioxide_redis::drivers::Driver;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Presence, PresenceConfig, Queue, Shared, Target, Transport,
+    Item, Presence, PresenceConfig, Queue, Shared, Target, Transport,
     replica::{Origin, Replica},
 };
 use crate::{
     gossip::wire::presence::PresenceMsg,
+    rate_log::RateLog,
     redis::{RedisDriver, RedisHandle},
 };
+
+/// Presence messages this node could not send (none are expected: every entry fits a
+/// message): logged at most once per period, node-wide.
+static NOT_SENT_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 
 /// Largest message accepted from Redis, in bytes.
 pub(crate) const MAX_MESSAGE: usize = 4 * 1024 * 1024;
@@ -136,7 +141,13 @@ impl Presence {
         );
         let shared = Arc::downgrade(&presence.shared);
         let (ready_tx, ready) = watch::channel(false);
-        tokio::spawn(send(handle.driver(), chans.clone(), generation, rx));
+        tokio::spawn(send(
+            handle.driver(),
+            chans.clone(),
+            generation,
+            (shared.clone(), queue.clone()),
+            rx,
+        ));
         tokio::spawn(receive(
             handle.driver(),
             chans.clone(),
@@ -158,32 +169,40 @@ impl Presence {
     }
 }
 
-/// Publish the queued messages, in order.
+/// Publish the queued messages, in order; a queued state is taken as it is published.
 async fn send(
     driver: RedisDriver,
     chans: Channels,
     generation: u64,
-    mut rx: mpsc::Receiver<(Target<String>, PresenceMsg)>,
+    (shared, queue): (Weak<Shared>, Arc<Queue<String>>),
+    mut rx: mpsc::Receiver<(Target<String>, Item)>,
 ) {
-    while let Some((to, msg)) = rx.recv().await {
-        let env = Envelope {
-            from: chans.me.clone(),
-            generation,
-            msg,
-        };
-        let bytes = match encode(&env) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!("presence message not sent: {e}");
-                continue;
-            }
+    while let Some((to, item)) = rx.recv().await {
+        let Some(msgs) = queue.messages(&to, item, &shared, BUDGET) else {
+            return;
         };
         let chan = match to {
             Target::Members => chans.all.clone(),
             Target::Peer(name) => chans.of(&name),
         };
-        // The driver logs a failed publish; peers repair the loss from the announcements.
-        let _ = driver.publish(chan, bytes).await;
+        for msg in msgs {
+            let env = Envelope {
+                from: chans.me.clone(),
+                generation,
+                msg,
+            };
+            let bytes = match encode(&env) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    if let Some(held_back) = NOT_SENT_LOG.allow() {
+                        tracing::warn!(held_back, "presence message not sent: {e}");
+                    }
+                    continue;
+                }
+            };
+            // The driver logs a failed publish; peers repair the loss from the announcements.
+            let _ = driver.publish(chan.clone(), bytes).await;
+        }
     }
 }
 
@@ -231,7 +250,7 @@ async fn receive(
                 }
                 let from = Origin { name: env.from.as_str().into(), generation: env.generation };
                 let peer = env.from;
-                shared.take_in(&queue, &from, &peer, || Target::Peer(peer.clone()), BUDGET, env.msg);
+                shared.take_in(&queue, &from, &peer, env.msg);
             }
             _ = stopped.changed() => break,
         }
@@ -304,9 +323,7 @@ async fn run(
                 for name in joined {
                     tracing::debug!(node = %name, "presence: a node appeared, exchanging states");
                     replica.joined(&Origin { name: name.as_str().into(), generation: u64::MAX });
-                    for m in replica.own_state(BUDGET) {
-                        queue.push(Target::Peer(name.clone()), m);
-                    }
+                    queue.push_state(name.clone());
                     queue.push(Target::Peer(name.clone()), PresenceMsg::StateRequest);
                 }
                 drop(replica);
@@ -386,12 +403,16 @@ mod tests {
             let err = decode(&rmp_serde::to_vec(&env).unwrap()).unwrap_err();
             assert!(err.contains("name"), "{err}");
         }
-        // More items than a message may hold are refused while decoding.
+        // More items than a message may hold are refused while decoding, and this node
+        // never sends them.
         let mut env = delta();
         if let PresenceMsg::Delta { ops, .. } = &mut env.msg {
             let op = ops[0].clone();
             ops.resize(crate::gossip::wire::presence::MAX_ITEMS + 1, op);
         }
-        assert!(decode(&rmp_serde::to_vec(&env).unwrap()).is_err());
+        let raw = crate::gossip::wire::bounded::unchecked(|| rmp_serde::to_vec(&env).unwrap());
+        assert!(decode(&raw).is_err());
+        let err = encode(&env).unwrap_err();
+        assert!(err.contains("4097 presence operations"), "{err}");
     }
 }

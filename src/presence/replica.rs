@@ -20,14 +20,16 @@
 //!
 //! ## Bounds
 //!
-//! A node tracks at most `max_per_topic` entries in one topic and `max_per_node` in all; a
-//! local track beyond them is refused with a [`PresenceError`]. What peers send is held to
-//! the same bounds (and to the size limits of topics, keys and metas): what is beyond them
-//! is dropped and counted ([`Replica::dropped`]). At most [`MAX_ORIGINS`] other nodes are
+//! A socket has at most `max_per_socket` entries, and a node at most `max_per_topic` in one
+//! topic and `max_per_node` in all; a local track beyond them is refused with a
+//! [`PresenceError`], and nothing is evicted for it. What peers send is held to the same
+//! bounds (and to the size limits of topics, keys, socket ids and metas), each entry as it
+//! arrives, state chunks included: what is beyond them is dropped and counted
+//! ([`Replica::dropped`]). At most [`MAX_ORIGINS`] other nodes are
 //! held and [`MAX_GONE`] gone ones remembered.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -124,6 +126,8 @@ struct Owned {
     seq: u64,
     topics: BTreeMap<String, BTreeMap<EntryKey, Bytes>>,
     len: usize,
+    /// How many entries each socket has.
+    sockets: HashMap<String, usize>,
     /// A delta was missed: deltas are ignored until a state arrives.
     awaiting_state: bool,
     /// A state being received, chunk by chunk.
@@ -144,6 +148,7 @@ impl Owned {
             seq: 0,
             topics: BTreeMap::new(),
             len: 0,
+            sockets: HashMap::new(),
             awaiting_state: false,
             pending: None,
         }
@@ -151,6 +156,36 @@ impl Owned {
 
     fn topic_len(&self, topic: &str) -> usize {
         self.topics.get(topic).map_or(0, BTreeMap::len)
+    }
+
+    fn socket_len(&self, socket: &str) -> usize {
+        self.sockets.get(socket).copied().unwrap_or(0)
+    }
+
+    /// Why a new entry of `socket` in `topic` does not fit, if it does not.
+    fn room_for(
+        &self,
+        limits: &PresenceConfig,
+        topic: &str,
+        socket: &str,
+    ) -> Result<(), PresenceError> {
+        if self.socket_len(socket) >= limits.max_per_socket {
+            return Err(PresenceError::SocketFull {
+                max: limits.max_per_socket,
+            });
+        }
+        if self.topic_len(topic) >= limits.max_per_topic {
+            return Err(PresenceError::TopicFull {
+                topic: topic.to_string(),
+                max: limits.max_per_topic,
+            });
+        }
+        if self.len >= limits.max_per_node {
+            return Err(PresenceError::NodeFull {
+                max: limits.max_per_node,
+            });
+        }
+        Ok(())
     }
 
     /// Put an entry, within the limits: whether it changed anything, or `Err` (nothing
@@ -162,7 +197,10 @@ impl Owned {
         e: PresenceEntry,
         diffs: &mut Diffs,
     ) -> Result<bool, ()> {
-        if limits.check_entry(&e.topic, &e.key, &e.meta).is_err() {
+        if limits
+            .check_entry(&e.topic, &e.key, &e.socket, &e.meta)
+            .is_err()
+        {
             return Err(());
         }
         let k = (e.key, e.socket);
@@ -170,9 +208,7 @@ impl Owned {
             .topics
             .get(&e.topic)
             .is_some_and(|t| t.contains_key(&k));
-        if !exists
-            && (self.len >= limits.max_per_node || self.topic_len(&e.topic) >= limits.max_per_topic)
-        {
+        if !exists && self.room_for(limits, &e.topic, &k.1).is_err() {
             return Err(());
         }
         let topic = self.topics.entry(e.topic.clone()).or_default();
@@ -184,6 +220,7 @@ impl Owned {
             }
             None => {
                 self.len += 1;
+                *self.sockets.entry(k.1.clone()).or_default() += 1;
                 diffs.join(&e.topic, node, &k, &e.meta);
             }
         }
@@ -201,6 +238,12 @@ impl Owned {
             self.topics.remove(topic);
         }
         self.len -= 1;
+        if let Some(n) = self.sockets.get_mut(&k.1) {
+            *n -= 1;
+            if *n == 0 {
+                self.sockets.remove(&k.1);
+            }
+        }
         diffs.leave(topic, node, &k, &meta);
         true
     }
@@ -212,6 +255,7 @@ impl Owned {
             }
         }
         self.len = 0;
+        self.sockets.clear();
     }
 
     /// Replace every entry by `entries`, with the diff between the two.
@@ -224,6 +268,7 @@ impl Owned {
     ) -> u64 {
         let old = std::mem::take(&mut self.topics);
         self.len = 0;
+        self.sockets.clear();
         let mut scratch = Diffs::default();
         let mut dropped = 0;
         for e in entries {
@@ -343,7 +388,16 @@ impl Replica {
         socket: &str,
         meta: Bytes,
     ) -> Result<(Vec<PresenceMsg>, Vec<Diff>), PresenceError> {
-        self.limits.check_entry(topic, key, &meta)?;
+        self.limits.check_entry(topic, key, socket, &meta)?;
+        // An entry larger than a message could be tracked here but never reach a peer.
+        let size = ENTRY_OVERHEAD + topic.len() + key.len() + socket.len() + meta.len();
+        if size > self.budget {
+            return Err(PresenceError::TooLong {
+                what: "entry",
+                len: size,
+                max: self.budget,
+            });
+        }
         let limits = self.limits.clone();
         let own = self.own();
         let exists = own
@@ -351,17 +405,7 @@ impl Replica {
             .get(topic)
             .is_some_and(|t| t.contains_key(&(key.to_string(), socket.to_string())));
         if !exists {
-            if own.topic_len(topic) >= limits.max_per_topic {
-                return Err(PresenceError::TopicFull {
-                    topic: topic.to_string(),
-                    max: limits.max_per_topic,
-                });
-            }
-            if own.len >= limits.max_per_node {
-                return Err(PresenceError::NodeFull {
-                    max: limits.max_per_node,
-                });
-            }
+            own.room_for(&limits, topic, socket)?;
         }
         Ok(self.local(vec![PresenceOp::Put(PresenceEntry {
             topic: topic.to_string(),
@@ -580,8 +624,12 @@ impl Replica {
                         }
                     };
                     if let Some(mut p) = pending {
+                        // Checked as they arrive: what is beyond the bounds is never held.
                         for e in entries {
-                            if p.entries.len() < room {
+                            let fits = limits
+                                .check_entry(&e.topic, &e.key, &e.socket, &e.meta)
+                                .is_ok();
+                            if fits && p.entries.len() < room {
                                 p.entries.push(e);
                             } else {
                                 dropped += 1;
@@ -963,6 +1011,120 @@ mod tests {
         let r = small.on_message(&big.me.clone(), state[0].clone());
         assert_eq!(r.dropped.map(|d| d.0), Some(2));
         assert_eq!(small.list("t").len(), 3);
+    }
+
+    /// One socket takes at most its share of a node's entries (by default 100): beyond it
+    /// its tracks are refused with a clear error, and other sockets still track. A peer's
+    /// socket is held to the same share.
+    #[test]
+    fn a_socket_takes_at_most_its_share_and_others_still_track() {
+        let config = PresenceConfig::default().with_max_per_node(1_000);
+        let mut a = Replica::new(origin("a", 1), config.clone(), 1 << 20);
+        let mut first_refused = None;
+        for i in 0..1_000 {
+            if let Err(e) = a.track(&format!("t{i}"), "k", "greedy", meta("")) {
+                first_refused = Some((i, e));
+                break;
+            }
+        }
+        let (at, err) =
+            first_refused.expect("the greedy socket is refused before the node is full");
+        assert_eq!(at, 100, "the default share of one socket");
+        assert!(err.to_string().contains("socket"), "{err}");
+        a.track("t0", "k", "greedy", meta("again"))
+            .expect("an update of its own entry needs no room");
+        for i in 0..100 {
+            a.track(&format!("t{i}"), "k", "modest", meta(""))
+                .expect("another socket still tracks");
+        }
+        // A peer's socket beyond its share: dropped and counted.
+        let mut b = Replica::new(origin("b", 1), config, 1 << 20);
+        let ops = (0..101)
+            .map(|i| {
+                PresenceOp::Put(PresenceEntry {
+                    topic: format!("t{i}"),
+                    key: "k".into(),
+                    socket: "greedy".into(),
+                    meta: meta(""),
+                })
+            })
+            .collect();
+        let r = b.on_message(&origin("c", 1), PresenceMsg::Delta { seq: 1, ops });
+        assert_eq!(r.dropped.map(|d| d.0), Some(1));
+        assert_eq!(b.len(), 100);
+    }
+
+    /// An entry larger than a message (with a maximum frame size far below the largest
+    /// meta allowed) could be tracked but never reach a peer: refused when tracked.
+    #[test]
+    fn an_entry_larger_than_a_message_is_refused_when_tracked() {
+        let mut a = Replica::new(origin("a", 1), PresenceConfig::default(), 512);
+        a.track("t", "k", "s", meta("small")).unwrap();
+        let err = a.track("t", "k2", "s", meta(&"x".repeat(600))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PresenceError::TooLong {
+                    what: "entry",
+                    max: 512,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    /// The socket of a peer's entry is checked like its topic and key.
+    #[test]
+    fn a_peers_entry_with_an_oversized_socket_is_dropped() {
+        let mut b = replica("b");
+        let entry = |socket: String| {
+            PresenceOp::Put(PresenceEntry {
+                topic: "t".into(),
+                key: "k".into(),
+                socket,
+                meta: meta(""),
+            })
+        };
+        let ops = vec![
+            entry("x".repeat(super::super::MAX_NAME_BYTES + 1)),
+            entry("s".into()),
+        ];
+        let r = b.on_message(&origin("c", 1), PresenceMsg::Delta { seq: 1, ops });
+        assert_eq!(r.dropped.map(|d| d.0), Some(1));
+        assert_eq!(keys(&b, "t"), vec![("k".into(), "c".into(), "s".into())]);
+    }
+
+    /// The entries of a state arriving in chunks are checked as each chunk arrives: what is
+    /// beyond the bounds is never buffered.
+    #[test]
+    fn state_chunks_are_checked_as_they_arrive() {
+        let config = PresenceConfig::default().with_max_meta_bytes(10);
+        let mut b = Replica::new(origin("b", 1), config, 1 << 20);
+        let entry = |socket: &str, m: &str| PresenceEntry {
+            topic: "t".into(),
+            key: "k".into(),
+            socket: socket.into(),
+            meta: meta(m),
+        };
+        let chunk = PresenceMsg::State {
+            seq: 1,
+            chunk: 0,
+            last: false,
+            entries: vec![
+                entry("s1", ""),
+                entry("s2", "a meta longer than ten bytes"),
+                entry(&"x".repeat(super::super::MAX_NAME_BYTES + 1), ""),
+            ],
+        };
+        let r = b.on_message(&origin("c", 1), chunk);
+        assert_eq!(r.dropped.map(|d| d.0), Some(2), "dropped on arrival");
+        let buffered = b
+            .nodes
+            .get("c")
+            .and_then(|o| o.pending.as_ref())
+            .map(|p| p.entries.len());
+        assert_eq!(buffered, Some(1), "only the valid entry is buffered");
     }
 
     #[test]

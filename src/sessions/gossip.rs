@@ -7,11 +7,15 @@
 //! - When a store starts it pulls a snapshot from each member; when a member joins, each
 //!   side pushes its snapshot to the other and pulls the other's: a new node catches up,
 //!   a restarted node too, and two sides of a healed partition exchange what they missed.
-//!   Snapshots travel in chunks under the frame limit.
+//!   Snapshots travel in chunks under the frame limit, read from the store one at a time,
+//!   the next once the peer handled the last; one snapshot at a time per peer answers every
+//!   request it made meanwhile.
 //! - A purge task drops expired sessions and old tombstones; caps on sessions and on
-//!   tombstones bound the rest (by eviction, never by refusing a save).
+//!   tombstones bound the rest: a new session beyond its cap is refused (never a live one
+//!   evicted for it), the oldest tombstone beyond its cap evicted.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -27,7 +31,7 @@ use tower_sessions_core::{
 
 use super::{
     SessionStoreConfig,
-    replica::{Applied, Evicted, Replica, chunks},
+    replica::{Applied, Cursor, Replica, fits_a_chunk},
 };
 use crate::{
     gossip::node::{MembershipEvent, Node, ServiceHandler},
@@ -40,10 +44,8 @@ use crate::{
 };
 
 /// Largest snapshot chunk, whatever the frame limit: keeps one catch-up from holding a
-/// peer link for long.
+/// peer link for long. A session's record must fit one (see [`Inner::budget`]).
 const MAX_CHUNK: usize = 1024 * 1024;
-/// Room for the frame header and service name around a session message.
-const FRAME_OVERHEAD: usize = 64;
 
 /// A `tower-sessions` store replicated to every node of the gossip cluster. Cheap to clone;
 /// get it from [`Cluster::session_store`](crate::Cluster::session_store) or
@@ -67,9 +69,14 @@ struct Inner {
     node: Arc<Node>,
     replica: Mutex<Replica>,
     self_weak: Weak<Inner>,
-    /// Log lines about records refused or evicted: a peer or a client can cause them at will.
+    /// Log lines about records refused or evicted, and messages unread: a peer or a client
+    /// can cause them at will.
     refused_log: RateLog,
+    full_log: RateLog,
     evicted_log: RateLog,
+    unreadable_log: RateLog,
+    /// The peers a snapshot is being sent to: one at a time each.
+    snapshots: Mutex<HashSet<PeerId>>,
     /// Live sessions and tombstones held, as metrics.
     records: metrics::Gauge,
     tombstones: metrics::Gauge,
@@ -114,7 +121,10 @@ impl GossipSessionStore {
             replica: Mutex::new(replica),
             self_weak: self_weak.clone(),
             refused_log: RateLog::new(LOG_PERIOD),
+            full_log: RateLog::new(LOG_PERIOD),
             evicted_log: RateLog::new(LOG_PERIOD),
+            unreadable_log: RateLog::new(LOG_PERIOD),
+            snapshots: Mutex::default(),
             records: metrics::gauge!(crate::metrics::SESSION_RECORDS, "node" => node_label.clone()),
             tombstones: metrics::gauge!(crate::metrics::SESSION_TOMBSTONES, "node" => node_label),
         });
@@ -141,15 +151,35 @@ impl GossipSessionStore {
         self.len() == 0
     }
 
-    /// How many records this node evicted to stay within its caps since it started:
-    /// live sessions (those closest to expiry first) and tombstones (the oldest first).
+    /// How many records this node evicted to stay within its caps since it started: live
+    /// sessions (always 0: a new session beyond the cap is refused instead) and tombstones
+    /// (the oldest first).
+    #[deprecated(
+        since = "0.1.0",
+        note = "live sessions are no longer evicted (a new one beyond the cap is refused): \
+                use `refused` and `tombstones_evicted`"
+    )]
     pub fn evicted(&self) -> (u64, u64) {
-        let e = self.inner.lock().evicted();
-        (e.sessions, e.tombstones)
+        (0, self.tombstones_evicted())
+    }
+
+    /// How many tombstones (of deleted sessions) this node evicted to stay within
+    /// [`SessionStoreConfig::with_max_tombstones`] since it started, the oldest first.
+    pub fn tombstones_evicted(&self) -> u64 {
+        self.inner.lock().evicted()
+    }
+
+    /// How many new sessions this node refused since it started, because it held
+    /// [`SessionStoreConfig::with_max_sessions`] live ones: saved here (the save failed)
+    /// or received from a peer.
+    pub fn refused(&self) -> u64 {
+        self.inner.lock().refused()
     }
 
     /// Merge a write of this node locally, send it to every member, and wait until each
-    /// has merged it too (or is gone, or the request timeout passed).
+    /// has merged it too (or is gone, or the request timeout passed). A new session is
+    /// refused at the cap, and a session larger than a snapshot chunk always: neither is
+    /// sent.
     ///
     /// Merged here first, so that a member that joins meanwhile gets it in the snapshot
     /// this node pushes to it.
@@ -158,21 +188,31 @@ impl GossipSessionStore {
         let body = {
             let mut replica = inner.lock();
             let record = replica.write(id, state, now_ms());
-            let body =
-                wire::encode_body(&SessionMsg::Put(vec![record.clone()])).map_err(backend)?;
-            let max = inner.node.max_frame_size();
-            if body.len() + FRAME_OVERHEAD > max {
+            let budget = inner.budget();
+            if let Err(size) = fits_a_chunk(&record, budget) {
                 return Err(backend(format!(
-                    "session of {} bytes exceeds the cluster's maximum frame size of {max} bytes",
-                    body.len()
+                    "session of {size} bytes is larger than the {budget} bytes a node sends \
+                     in one snapshot chunk (half the cluster's maximum frame size, at most \
+                     1 MiB): refused, it could never reach a node that catches up"
                 )));
             }
+            let body =
+                wire::encode_body(&SessionMsg::Put(vec![record.clone()])).map_err(backend)?;
             // A deletion of a session not held here is still sent: another node may
-            // hold it (say, one that evicted it here first).
-            let before = replica.evicted();
-            replica.apply_own(record, now_ns());
+            // hold it.
+            let evicted = replica.evicted();
+            let applied = replica.apply_own(record, now_ns());
             inner.record_counts(&replica);
-            inner.log_evictions(before, replica.evicted());
+            inner.log_evictions(evicted, replica.evicted());
+            if applied == Applied::Full {
+                let max = replica.max_sessions();
+                drop(replica);
+                inner.log_full("this node", max);
+                return Err(backend(format!(
+                    "this node holds {max} sessions, the most allowed \
+                     (SessionStoreConfig::with_max_sessions): the new session is refused"
+                )));
+            }
             body
         };
         let members: Vec<PeerId> = inner.node.members().iter().map(|m| m.peer_id()).collect();
@@ -189,25 +229,48 @@ impl Inner {
         self.replica.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The largest snapshot chunk, in bytes: half the frame limit, at most [`MAX_CHUNK`].
+    fn budget(&self) -> usize {
+        (self.node.max_frame_size() / 2).min(MAX_CHUNK)
+    }
+
     fn apply(&self, record: SessionRecord, from: &str) {
         let ts_ms = record.version.ts_ms;
         let mut replica = self.lock();
         let before = replica.evicted();
         let applied = replica.apply(record, now_ns());
         let after = replica.evicted();
+        let max = replica.max_sessions();
         self.record_counts(&replica);
         drop(replica);
         self.log_evictions(before, after);
-        if applied == Applied::TooFarAhead
-            && let Some(held_back) = self.refused_log.allow()
-        {
+        match applied {
+            Applied::TooFarAhead => {
+                if let Some(held_back) = self.refused_log.allow() {
+                    tracing::warn!(
+                        from,
+                        version_ms = ts_ms,
+                        now_ms = now_ms(),
+                        held_back,
+                        "session record refused: its version is too far ahead of this node's \
+                         clock (a clock far off, or a misbehaving node)"
+                    );
+                }
+            }
+            Applied::Full => self.log_full(from, max),
+            Applied::New | Applied::Replaced | Applied::Stale => {}
+        }
+    }
+
+    /// Log, at a bounded rate, that a new session written by `from` was refused at the cap.
+    fn log_full(&self, from: &str, max: usize) {
+        if let Some(held_back) = self.full_log.allow() {
             tracing::warn!(
                 from,
-                version_ms = ts_ms,
-                now_ms = now_ms(),
+                max,
                 held_back,
-                "session record refused: its version is too far ahead of this node's clock \
-                 (a clock far off, or a misbehaving node)"
+                "new session refused: this node holds the most sessions allowed \
+                 (SessionStoreConfig::with_max_sessions; give every node the same)"
             );
         }
     }
@@ -219,17 +282,15 @@ impl Inner {
         self.tombstones.set(tombstones as f64);
     }
 
-    /// Log that records were evicted between `before` and `after`, at a bounded rate.
-    fn log_evictions(&self, before: Evicted, after: Evicted) {
+    /// Log that tombstones were evicted between `before` and `after`, at a bounded rate.
+    fn log_evictions(&self, before: u64, after: u64) {
         if after != before
             && let Some(held_back) = self.evicted_log.allow()
         {
             tracing::warn!(
-                evicted_sessions = after.sessions,
-                evicted_tombstones = after.tombstones,
+                evicted_tombstones = after,
                 held_back,
-                "session store at its cap: evicted the sessions closest to expiry / the \
-                 oldest tombstones (totals since start)"
+                "session store at its cap of tombstones: evicted the oldest (total since start)"
             );
         }
     }
@@ -253,53 +314,70 @@ impl Inner {
         });
     }
 
+    /// Send `peer` a snapshot, unless one is being sent to it: that one answers (the
+    /// sessions written since it started reach the peer as every write does).
     fn send_snapshot(&self, peer: PeerId) {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
+        if !lock(&self.snapshots).insert(peer.clone()) {
+            tracing::debug!(%peer, "session snapshot already being sent to this peer");
+            return;
+        }
         self.node.spawn(async move {
-            let records = inner.lock().snapshot(now_ns());
-            let total = records.len();
-            let budget = (inner.node.max_frame_size() / 2).min(MAX_CHUNK);
-            let (chunks, too_large) = chunks(records, budget);
-            if !too_large.is_empty() {
-                tracing::warn!(%peer, skipped = too_large.len(), budget, "sessions larger than a snapshot chunk left out of the snapshot");
-            }
-            let n = chunks.len();
-            for (i, records) in chunks.into_iter().enumerate() {
-                let msg = SessionMsg::Snapshot {
-                    records,
-                    last: i + 1 == n,
-                };
-                let sent = match wire::encode_body(&msg) {
-                    Ok(body) => {
-                        inner
-                            .node
-                            .send_service(std::slice::from_ref(&peer), SERVICE, body, false)
-                            .await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = sent {
-                    tracing::warn!(%peer, "session snapshot interrupted: {e}");
-                    return;
-                }
-            }
-            tracing::debug!(%peer, records = total, chunks = n, "session snapshot sent");
+            inner.stream_snapshot(&peer).await;
+            lock(&inner.snapshots).remove(&peer);
         });
+    }
+
+    /// Send `peer` every record held, chunk by chunk, each read from the store when the
+    /// peer handled the one before: a snapshot never holds more than one chunk here.
+    async fn stream_snapshot(&self, peer: &PeerId) {
+        let budget = self.budget();
+        let (mut cursor, mut records, mut chunks, mut skipped) = (Cursor::Start, 0, 0, 0);
+        loop {
+            let (chunk, next, too_large) = self.lock().snapshot_chunk(cursor, now_ns(), budget);
+            records += chunk.len();
+            chunks += 1;
+            skipped += too_large;
+            let msg = SessionMsg::Snapshot {
+                records: chunk,
+                last: next.is_none(),
+            };
+            let sent = match wire::encode_body(&msg) {
+                Ok(body) => {
+                    self.node
+                        .send_service(std::slice::from_ref(peer), SERVICE, body, true)
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(%peer, "session snapshot interrupted: {e}");
+                return;
+            }
+            match next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(%peer, skipped, budget, "sessions larger than a snapshot chunk left out of the snapshot");
+        }
+        tracing::debug!(%peer, records, chunks, "session snapshot sent");
     }
 }
 
-/// Session messages from peers that do not decode: logged at most once per period.
-static UNDECODED_LOG: crate::rate_log::RateLog =
-    crate::rate_log::RateLog::new(std::time::Duration::from_secs(10));
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl ServiceHandler for Inner {
     fn on_message(&self, from: &PeerId, body: Bytes) {
         let msg = match wire::decode_body::<SessionMsg>(&body) {
             Ok(msg) => msg,
             Err(e) => {
-                if let Some(held_back) = UNDECODED_LOG.allow() {
+                if let Some(held_back) = self.unreadable_log.allow() {
                     tracing::warn!(peer = %from, held_back, "session message dropped: {e}");
                 }
                 return;
@@ -420,7 +498,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        GossipAdapterConfig, gossip::wire::sessions::Version, sessions::SessionStoreConfig,
+        GossipAdapterConfig,
+        gossip::node::tests::{Recorder, lines_with, pair, send_garbage},
+        gossip::wire::sessions::Version,
+        sessions::SessionStoreConfig,
     };
 
     const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
@@ -449,6 +530,138 @@ mod tests {
     async fn user_of(store: &GossipSessionStore, id: &Id) -> Option<String> {
         let r = store.load(id).await.unwrap()?;
         Some(r.data.get("user")?.as_str()?.to_string())
+    }
+
+    /// Two nodes `a` and `b` of `cluster`, each a member of the other, with a store each.
+    async fn stores(
+        cluster: &str,
+        config: &SessionStoreConfig,
+    ) -> (Arc<Node>, GossipSessionStore, Arc<Node>, GossipSessionStore) {
+        let (a, b) = pair(cluster).await;
+        let (sa, sb) = (
+            GossipSessionStore::start(a.clone(), config),
+            GossipSessionStore::start(b.clone(), config),
+        );
+        (a, sa, b, sb)
+    }
+
+    /// At the cap, a new session is refused with a clear error (anonymous visitors or a
+    /// login endpoint hammered by one client cannot log real users out); the sessions held
+    /// still load on every node, and an update of one of them still succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_cap_a_new_session_is_refused_and_live_ones_load_everywhere() {
+        let cluster = format!("sessions-cap-{}", std::process::id());
+        let config = SessionStoreConfig::new().with_max_sessions(2);
+        let (a, sa, b, sb) = stores(&cluster, &config).await;
+        let mut live = Vec::new();
+        for name in ["ada", "bob"] {
+            let mut rec = user(name);
+            sa.create(&mut rec).await.unwrap();
+            live.push((rec, name));
+        }
+        let mut visitor = user("visitor");
+        let err = sa.create(&mut visitor).await.expect_err("beyond the cap");
+        assert!(err.to_string().contains("2 sessions"), "{err}");
+        for store in [&sa, &sb] {
+            for (rec, name) in &live {
+                assert_eq!(user_of(store, &rec.id).await.as_deref(), Some(*name));
+            }
+            assert_eq!(user_of(store, &visitor.id).await, None);
+        }
+        // An update needs no room.
+        let (mut ada, _) = live[0].clone();
+        ada.data.insert("user".into(), serde_json::json!("ada2"));
+        sa.save(&ada).await.unwrap();
+        assert_eq!(user_of(&sb, &ada.id).await.as_deref(), Some("ada2"));
+        // A session written on b at its cap: refused there too.
+        let mut other = user("other");
+        assert!(sb.create(&mut other).await.is_err());
+        assert_eq!(sa.refused() + sb.refused(), 2, "both refusals counted");
+        b.shutdown().await;
+        a.shutdown().await;
+    }
+
+    /// A session larger than a snapshot chunk could be saved but never reached a node that
+    /// catches up: it is refused at save, with a clear error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_too_large_for_a_snapshot_is_refused_at_save() {
+        let cluster = format!("sessions-large-{}", std::process::id());
+        let (a, sa, b, sb) = stores(&cluster, &SessionStoreConfig::new()).await;
+        let mut big = user("big");
+        big.data
+            .insert("blob".into(), serde_json::json!("x".repeat(MAX_CHUNK)));
+        let err = sa
+            .create(&mut big)
+            .await
+            .expect_err("too large to catch up with");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        assert_eq!(user_of(&sa, &big.id).await, None);
+        assert_eq!(user_of(&sb, &big.id).await, None);
+        let mut small = user("small");
+        sa.create(&mut small).await.unwrap();
+        assert_eq!(user_of(&sb, &small.id).await.as_deref(), Some("small"));
+        b.shutdown().await;
+        a.shutdown().await;
+    }
+
+    /// How many whole snapshots `r` received.
+    fn snapshots(r: &Recorder<SessionMsg>) -> usize {
+        r.count(|m| matches!(m, SessionMsg::Snapshot { last: true, .. }))
+    }
+
+    /// A member that asks for a snapshot again and again (one byte each time) gets one for
+    /// all the requests that came while one was being sent, not one per request: a request
+    /// costs nothing like a copy of every session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_snapshot_requests_is_answered_by_one_snapshot() {
+        let (a, b) = pair(&format!("sessions-burst-{}", std::process::id())).await;
+        let recorder = Recorder::<SessionMsg>::on(&b, SERVICE);
+        let store = GossipSessionStore::start(a.clone(), &SessionStoreConfig::new());
+        for i in 0..2_000 {
+            let mut rec = user(&format!("user-{i}"));
+            rec.data
+                .insert("pad".into(), serde_json::json!("x".repeat(200)));
+            store.create(&mut rec).await.unwrap();
+        }
+        let request = wire::encode_body(&SessionMsg::SnapshotRequest).unwrap();
+        let to_a = [a.me().clone()];
+        for _ in 0..50 {
+            b.send_service(&to_a, SERVICE, request.clone(), false)
+                .await
+                .unwrap();
+        }
+        let mut answered = false;
+        for _ in 0..500 {
+            if snapshots(&recorder) > 0 {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answered, "a snapshot came");
+        // Whatever still comes for the burst comes within this.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let snapshots = snapshots(&recorder);
+        assert!(
+            snapshots <= 2,
+            "{snapshots} snapshots sent for one burst of 50 requests"
+        );
+        b.shutdown().await;
+        a.shutdown().await;
+    }
+
+    /// A member that sends what the store cannot read, over and over: one warning per
+    /// period, with the count held back, not one per message.
+    #[tokio::test]
+    async fn unreadable_messages_from_a_member_are_logged_at_a_bounded_rate() {
+        let (logs, _guard) = crate::gossip::mesh::tests::capture_logs();
+        let cluster = format!("sessions-garbage-{}", std::process::id());
+        let (a, _sa, b, _sb) = stores(&cluster, &SessionStoreConfig::new()).await;
+        send_garbage(&b, &a, SERVICE, 20).await;
+        let warned = lines_with(&logs, "session message dropped");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        b.shutdown().await;
+        a.shutdown().await;
     }
 
     /// A member (it holds the secret) sends a session whose version is at the end of time,

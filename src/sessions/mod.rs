@@ -11,16 +11,29 @@
 //!   silent one at most the request timeout), so losing any node, even the one that took
 //!   the save, loses no session; an expiry applies everywhere; a node that joins exchanges
 //!   snapshots with each member. Memory is bounded by expiry (a periodic purge), by
-//!   [`SessionStoreConfig::with_max_sessions`] (beyond it, the session closest to expiry is
-//!   evicted, counted and logged: a save is never refused for room) and, apart, by
-//!   [`SessionStoreConfig::with_max_tombstones`] (the oldest tombstone is evicted). Deleting
+//!   [`SessionStoreConfig::with_max_sessions`] and, apart, by
+//!   [`SessionStoreConfig::with_max_tombstones`] (the oldest tombstone is evicted). At the
+//!   cap of sessions a **new** session is refused with an error (the save fails where it is
+//!   made; a node that receives one is counted, [`GossipSessionStore::refused`], and logs
+//!   it): a live session is never evicted for another, so a client that makes the
+//!   application create sessions (anonymous visitors, a login endpoint) cannot log real
+//!   users out. A save of a session held, and a deletion, always succeed. A session's
+//!   record is at most half the maximum frame size, and at most 1 MiB: a larger one is
+//!   refused at save, since it could never reach a node that catches up. Deleting
 //!   a session a node does not hold leaves nothing behind, so log-outs with made-up cookies
 //!   cost no memory.
 //!
 //!   Every node of the cluster should run the store: a member without it answers that it
 //!   has none (so saves do not wait for it) and holds nothing.
 //! - **Redis** ([`RedisSessionStore`]): one key per session on the backend's Redis
-//!   connection, expiring with the session.
+//!   connection, expiring with the session. There is no cap of this library's: Redis's
+//!   own `maxmemory` bounds the store, and its eviction policy decides what happens at
+//!   the bound (`noeviction` refuses new writes; an `allkeys-*` or `volatile-*` policy
+//!   evicts live sessions, logging users out).
+//!
+//! Any node holding the cluster secret (or, in cluster-CA mode, a certificate of the CA)
+//! can write any session, as any client of the Redis can on that backend: protect the
+//! secret as you would the Redis password.
 //!
 //! ## Concurrent writes
 //!
@@ -127,10 +140,11 @@ impl SessionStoreConfig {
         Self::default()
     }
 
-    /// Most live sessions a node holds (at least 1). Beyond it, the session closest to
-    /// expiry is evicted from this node, counted
-    /// ([`GossipSessionStore::evicted`]) and logged; a save is never refused for room.
-    /// Give every node the same cap, so that they evict the same sessions.
+    /// Most live sessions a node holds (at least 1). At the cap, a new session is refused:
+    /// its save fails with an error naming this setting, or, received from a peer, it is
+    /// counted ([`GossipSessionStore::refused`]) and logged; expired sessions make room
+    /// first, and no live session is ever evicted for a new one. A save of a session held
+    /// always succeeds. Give every node the same cap, so that they hold the same sessions.
     pub fn with_max_sessions(mut self, max: usize) -> Self {
         self.max_sessions = max.max(1);
         self

@@ -19,10 +19,13 @@
 //!
 //! ## Bounds
 //!
-//! Live sessions and tombstones are bounded apart, so that neither can crowd out the other:
-//! beyond `max_sessions`, the session closest to expiry is evicted; beyond
-//! `max_tombstones`, the oldest tombstone. Both are counted ([`Replica::evicted`]); a save
-//! is never refused for room. A received record whose version is further ahead of this
+//! Live sessions and tombstones are bounded apart, so that neither can crowd out the other.
+//! At `max_sessions`, a new session is refused ([`Applied::Full`], counted in
+//! [`Replica::refused`]) once the expired ones are dropped: a live session is never evicted
+//! for another (one client making the application create sessions would otherwise log real
+//! users out), and a write of a session held always succeeds. Beyond `max_tombstones`, the
+//! oldest tombstone is evicted and counted ([`Replica::evicted`]): a tombstone only guards a
+//! deletion against an older save still in flight. A received record whose version is further ahead of this
 //! node's clock than [`MAX_AHEAD_LIVE`] (a session) or [`MAX_AHEAD_DELETED`] (a tombstone)
 //! is refused: a version at the end of time would win over every later write, log-outs
 //! included. A deletion is allowed further ahead than a save, so that a log-out written
@@ -72,15 +75,20 @@ pub(crate) enum Applied {
     Stale,
     /// Its version is too far ahead of this node's clock: refused.
     TooFarAhead,
+    /// A session this node does not hold, while it holds `max_sessions` live ones: refused.
+    Full,
 }
 
-/// Records evicted to stay within the bounds, since the replica started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Evicted {
-    /// Live sessions evicted (those closest to expiry first).
-    pub(crate) sessions: u64,
-    /// Tombstones evicted (the oldest first).
-    pub(crate) tombstones: u64,
+/// Where a snapshot being sent stands: live sessions go first, by expiry, then tombstones,
+/// by age; each chunk starts after the record the previous one ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    /// Nothing sent yet.
+    Start,
+    /// After the live session `(expiry_unix_ns, id)`.
+    Live(i128, i128),
+    /// After the tombstone `(version ts_ms, id)`.
+    Tombstone(u64, i128),
 }
 
 /// The records of one node.
@@ -95,7 +103,10 @@ pub(crate) struct Replica {
     by_expiry: BTreeSet<(i128, i128)>,
     /// Tombstones by age: `(version ts_ms, id)`.
     by_age: BTreeSet<(u64, i128)>,
-    evicted: Evicted,
+    /// Tombstones evicted to stay within the bound, since the replica started.
+    evicted: u64,
+    /// New sessions refused at the cap, since the replica started.
+    refused: u64,
 }
 
 impl Replica {
@@ -115,7 +126,8 @@ impl Replica {
             records: HashMap::new(),
             by_expiry: BTreeSet::new(),
             by_age: BTreeSet::new(),
-            evicted: Evicted::default(),
+            evicted: 0,
+            refused: 0,
         }
     }
 
@@ -159,10 +171,27 @@ impl Replica {
             }
             None => Applied::New,
         };
+        if applied == Applied::New && !self.room_for_a_session(now_ns) {
+            self.refused += 1;
+            return Applied::Full;
+        }
         self.remove(id);
         self.insert(record);
-        self.evict_beyond_bounds(id);
+        self.evict_tombstones_beyond_bound(id);
         applied
+    }
+
+    /// Whether a new live session fits, once the expired ones are dropped.
+    fn room_for_a_session(&mut self, now_ns: i128) -> bool {
+        while self.by_expiry.len() >= self.max_sessions {
+            match self.by_expiry.first() {
+                Some(&(expiry, id)) if expiry <= now_ns => {
+                    self.remove(id);
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 
     fn insert(&mut self, record: SessionRecord) {
@@ -190,22 +219,15 @@ impl Replica {
         Some(record)
     }
 
-    /// Evict the sessions closest to expiry and the oldest tombstones beyond the bounds,
-    /// never `keep` (the record just written).
-    fn evict_beyond_bounds(&mut self, keep: i128) {
-        while self.by_expiry.len() > self.max_sessions {
-            let Some(&(_, id)) = self.by_expiry.iter().find(|(_, id)| *id != keep) else {
-                break;
-            };
-            self.remove(id);
-            self.evicted.sessions += 1;
-        }
+    /// Evict the oldest tombstones beyond their bound, never `keep` (the record just
+    /// written). Live sessions are never evicted: a new one beyond theirs is refused.
+    fn evict_tombstones_beyond_bound(&mut self, keep: i128) {
         while self.by_age.len() > self.max_tombstones {
             let Some(&(_, id)) = self.by_age.iter().find(|(_, id)| *id != keep) else {
                 break;
             };
             self.remove(id);
-            self.evicted.tombstones += 1;
+            self.evicted += 1;
         }
     }
 
@@ -247,13 +269,59 @@ impl Replica {
         (expired.len(), old.len())
     }
 
-    /// Every record worth sending to a node that catches up: live sessions and tombstones.
-    pub(crate) fn snapshot(&self, now_ns: i128) -> Vec<SessionRecord> {
-        self.records
-            .values()
-            .filter(|r| !self.is_dead(r, now_ns))
-            .cloned()
-            .collect()
+    /// The next chunk of a snapshot, after `cursor`: the records worth sending to a node
+    /// that catches up (live sessions, then tombstones), at most
+    /// [`MAX_RECORDS`](wire::sessions::MAX_RECORDS) of them, whose encoding stays within
+    /// `budget` bytes; and where the next chunk starts, `None` after the last. A record
+    /// alone larger than the budget (held from a peer with a larger frame size) is left
+    /// out and counted in the third element. Records written meanwhile reach the peer on
+    /// their own, as every write does: the chunks need not be taken at one instant.
+    pub(crate) fn snapshot_chunk(
+        &self,
+        cursor: Cursor,
+        now_ns: i128,
+        budget: usize,
+    ) -> (Vec<SessionRecord>, Option<Cursor>, usize) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let live = match cursor {
+            Cursor::Start => Some(self.by_expiry.range(..)),
+            Cursor::Live(expiry, id) => {
+                Some(self.by_expiry.range((Excluded((expiry, id)), Unbounded)))
+            }
+            Cursor::Tombstone(..) => None,
+        };
+        let tombstones = match cursor {
+            Cursor::Tombstone(ts, id) => self.by_age.range((Excluded((ts, id)), Unbounded)),
+            _ => self.by_age.range(..),
+        };
+        let next = live
+            .into_iter()
+            .flatten()
+            .map(|&(expiry, id)| (Cursor::Live(expiry, id), id))
+            .chain(tombstones.map(|&(ts, id)| (Cursor::Tombstone(ts, id), id)));
+        let mut chunk = Vec::new();
+        let mut used = CHUNK_OVERHEAD;
+        let mut at = cursor;
+        let mut too_large = 0;
+        for (position, id) in next {
+            let Some(record) = self.records.get(&id).filter(|r| !self.is_dead(r, now_ns)) else {
+                at = position;
+                continue;
+            };
+            let size = record_size(record);
+            if size.saturating_add(CHUNK_OVERHEAD) > budget {
+                too_large += 1;
+                at = position;
+                continue;
+            }
+            if used + size > budget || chunk.len() >= wire::sessions::MAX_RECORDS {
+                return (chunk, Some(at), too_large);
+            }
+            used += size;
+            chunk.push(record.clone());
+            at = position;
+        }
+        (chunk, None, too_large)
     }
 
     /// How many records (sessions and tombstones) are held.
@@ -266,9 +334,19 @@ impl Replica {
         (self.by_expiry.len(), self.by_age.len())
     }
 
-    /// How many records were evicted to stay within the bounds.
-    pub(crate) fn evicted(&self) -> Evicted {
+    /// How many tombstones were evicted to stay within their bound.
+    pub(crate) fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// The most live sessions held.
+    pub(crate) fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// How many new sessions were refused at the cap.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// An expired session, or a tombstone past its TTL.
@@ -286,36 +364,22 @@ fn tombstone_expired(ts_ms: u64, ttl_ms: u64, now_ns: i128) -> bool {
     i128::from(ts_ms.saturating_add(ttl_ms)) * 1_000_000 <= now_ns
 }
 
-/// Split `records` into chunks whose encoding stays within `budget` bytes each (at least
-/// one chunk, possibly empty); records that alone exceed the budget are returned apart.
-pub(crate) fn chunks(
-    records: Vec<SessionRecord>,
-    budget: usize,
-) -> (Vec<Vec<SessionRecord>>, Vec<SessionRecord>) {
-    /// Room for the message and vector headers around the records.
-    const OVERHEAD: usize = 16;
-    let mut out = vec![Vec::new()];
-    let mut too_large = Vec::new();
-    let mut used = OVERHEAD;
-    for r in records {
-        let size = wire::encode_body(&r).map_or(usize::MAX, |b| b.len());
-        if size.saturating_add(OVERHEAD) > budget {
-            too_large.push(r);
-            continue;
-        }
-        let full = out
-            .last()
-            .is_some_and(|c| c.len() >= wire::sessions::MAX_RECORDS);
-        if used + size > budget || full {
-            out.push(Vec::new());
-            used = OVERHEAD;
-        }
-        used += size;
-        if let Some(last) = out.last_mut() {
-            last.push(r);
-        }
+/// Room for the message and list headers around the records of a snapshot chunk.
+const CHUNK_OVERHEAD: usize = 16;
+
+/// The encoded size of `record`.
+fn record_size(record: &SessionRecord) -> usize {
+    wire::encode_body(record).map_or(usize::MAX, |b| b.len())
+}
+
+/// Whether `record` fits a snapshot chunk of `budget` bytes: a record that does not could be
+/// saved, but would never reach a node that catches up.
+pub(crate) fn fits_a_chunk(record: &SessionRecord, budget: usize) -> Result<(), usize> {
+    let size = record_size(record);
+    if size.saturating_add(CHUNK_OVERHEAD) > budget {
+        return Err(size);
     }
-    (out, too_large)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -413,7 +477,7 @@ mod tests {
             Applied::Stale,
             "arrives expired"
         );
-        assert!(r.snapshot(HOUR_NS).is_empty());
+        assert_eq!(r.snapshot_chunk(Cursor::Start, HOUR_NS, 1 << 20).0, vec![]);
     }
 
     #[test]
@@ -431,8 +495,10 @@ mod tests {
         );
     }
 
+    /// At the cap a new session is refused, whoever wrote it, and counted; a write of a
+    /// session held still succeeds; an expired session makes room.
     #[test]
-    fn at_the_cap_the_session_closest_to_expiry_is_evicted_and_counted() {
+    fn at_the_cap_a_new_session_is_refused_and_no_live_one_evicted() {
         let mut r = Replica::new("a", 2, 100, Duration::from_secs(60));
         let expiring = |id, expiry_ns| SessionRecord {
             state: SessionState::Live {
@@ -451,18 +517,36 @@ mod tests {
             },
             1,
         );
+        assert_eq!(r.apply_own(third, 0), Applied::Full);
         assert_eq!(
-            r.apply_own(third, 0),
-            Applied::New,
-            "a save is never refused"
+            r.apply(expiring(4, 4 * HOUR_NS), 0),
+            Applied::Full,
+            "from a peer too"
         );
-        assert!(r.get(3, 0).is_some() && r.get(1, 0).is_some());
-        assert!(r.get(2, 0).is_none(), "the one closest to expiry went");
-        assert_eq!(r.evicted().sessions, 1);
-        // Even a new session closer to expiry than every other is kept: the one written.
-        assert_eq!(r.apply(expiring(4, 1), 0), Applied::New);
-        assert!(r.get(4, 0).is_some());
-        assert_eq!(r.evicted().sessions, 2);
+        assert!(r.get(1, 0).is_some() && r.get(2, 0).is_some(), "both kept");
+        assert!(!r.holds(3) && !r.holds(4));
+        assert_eq!(r.refused(), 2);
+        // A write of a session held needs no room, a deletion neither.
+        let update = r.write(
+            2,
+            SessionState::Live {
+                expiry_unix_ns: 5 * HOUR_NS,
+                data: Bytes::new(),
+            },
+            2,
+        );
+        assert_eq!(r.apply_own(update, 0), Applied::Replaced);
+        let logout = r.write(1, SessionState::Deleted, 3);
+        assert_eq!(r.apply_own(logout, 0), Applied::Replaced);
+        assert_eq!(
+            r.apply(expiring(5, 4 * HOUR_NS), 0),
+            Applied::New,
+            "the log-out made room"
+        );
+        // Once a session expired, it makes room for a new one.
+        assert_eq!(r.apply(expiring(6, 4 * HOUR_NS), 0), Applied::Full);
+        assert_eq!(r.apply(expiring(6, 6 * HOUR_NS), 4 * HOUR_NS), Applied::New);
+        assert!(!r.holds(5), "the expired one went");
     }
 
     #[test]
@@ -476,12 +560,12 @@ mod tests {
         }
         assert_eq!(r.len(), 2, "two tombstones at most");
         assert!(!r.holds(0), "the oldest tombstone went");
-        assert_eq!(r.evicted().tombstones, 1);
+        assert_eq!(r.evicted(), 1);
         for id in 10..13 {
             assert_eq!(r.apply(live(id, 1, "a", "x"), 0), Applied::New);
         }
         assert_eq!(r.len(), 5, "three sessions beside the tombstones");
-        assert_eq!(r.evicted().sessions, 0);
+        assert_eq!(r.refused(), 0);
     }
 
     #[test]
@@ -517,25 +601,41 @@ mod tests {
         );
     }
 
+    /// A snapshot read chunk by chunk: each within the budget, every record once, those
+    /// too large for a chunk left out and counted.
     #[test]
-    fn chunks_stay_within_the_budget_and_keep_every_record() {
-        let records: Vec<SessionRecord> = (0..50).map(|i| live(i, 1, "n", "0123456789")).collect();
+    fn snapshot_chunks_stay_within_the_budget_and_keep_every_record() {
+        let mut r = Replica::new("n", 1_000, 1_000, Duration::from_secs(3600));
+        for i in 0..50 {
+            r.apply(live(i, 1, "n", "0123456789"), 0);
+        }
+        for i in 0..10 {
+            r.apply(deleted(i, 2, "n"), 0);
+        }
+        r.apply(live(99, 1, "n", &"x".repeat(500)), 0);
         let budget = 200;
-        let (split, too_large) = chunks(records.clone(), budget);
-        assert!(too_large.is_empty());
-        assert!(split.len() > 1);
-        let mut seen = 0;
-        for c in &split {
+        let (mut cursor, mut seen, mut chunks, mut skipped) = (Cursor::Start, Vec::new(), 0, 0);
+        loop {
+            let (records, next, too_large) = r.snapshot_chunk(cursor, 0, budget);
+            chunks += 1;
+            skipped += too_large;
             let msg = SessionMsg::Snapshot {
-                records: c.clone(),
-                last: true,
+                records: records.clone(),
+                last: next.is_none(),
             };
             assert!(wire::encode_body(&msg).unwrap().len() <= budget);
-            seen += c.len();
+            seen.extend(records.iter().map(|r| r.id));
+            match next {
+                Some(next) => cursor = next,
+                None => break,
+            }
         }
-        assert_eq!(seen, records.len());
-        let big = live(99, 1, "n", &"x".repeat(500));
-        assert_eq!(chunks(vec![big.clone()], budget), (vec![vec![]], vec![big]));
+        seen.sort_unstable();
+        assert_eq!(seen, (0..50).collect::<Vec<i128>>(), "every record once");
+        assert!(chunks > 2, "{chunks}");
+        assert_eq!(skipped, 1, "the one too large for a chunk");
+        assert_eq!(fits_a_chunk(&live(1, 1, "n", "x"), budget), Ok(()));
+        assert!(fits_a_chunk(&live(99, 1, "n", &"x".repeat(500)), budget).is_err());
     }
 
     fn arb_record() -> impl Strategy<Value = SessionRecord> {

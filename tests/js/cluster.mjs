@@ -220,6 +220,7 @@ export class Node {
     this.name = spec.name;
     this.proc = null;
     this.logs = [];
+    this.watchers = [];
     this.ctl = null;
     if (process.env.E2E_LOG_DIR) fs.mkdirSync(process.env.E2E_LOG_DIR, { recursive: true });
   }
@@ -255,8 +256,19 @@ export class Node {
     return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
   }
 
+  /**
+   * Collects, from now on, this node's log lines that match `pattern` (a regexp): the
+   * returned array fills as they are written.
+   */
+  watchLogs(pattern) {
+    const seen = [];
+    this.watchers.push({ pattern, seen });
+    return seen;
+  }
+
   log(line) {
     this.logs.push(line);
+    for (const { pattern, seen } of this.watchers) if (pattern.test(line)) seen.push(line);
     if (this.logs.length > LOG_TAIL_LINES) this.logs.shift();
     if (process.env.E2E_VERBOSE === '1') process.stderr.write(`[${this.name}] ${line}\n`);
     const dir = process.env.E2E_LOG_DIR;

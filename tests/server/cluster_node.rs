@@ -57,7 +57,7 @@
 //! | `message`               | any text                                             | - (broadcast to everyone else) |
 //! | `whoami`                | -                                                    | `{id, ns, node, rooms}`    |
 //! | `join` / `leave`        | room or [rooms]                                      | `{rooms}` of the socket    |
-//! | `broadcast`             | `{event, data?, to?, except?, binary?}`              | `{ok}` once sent           |
+//! | `broadcast`             | `{event, data?, to?, except?, binary?, binaries?}`   | `{ok}` once sent           |
 //! | `broadcast_from_socket` | `{event, data?, to?, except?, binary?}`              | `{ok}` (sender excluded)   |
 //! | `emit_with_ack`         | `{event?, data?, to?, except?, timeout_ms?}`         | `{acks: [{id, data}], errors: [{id, error}]}` |
 //! | `fetch_sockets`         | `{to?, except?, rooms?}`                             | `{sockets: [{id, ns, server_id, rooms}]}` |
@@ -74,7 +74,8 @@
 //! | `presence_list`         | topic                                                | `{key: [{node, socket, meta}]}` from this node's replica |
 //!
 //! `to` and `except` accept a room name or a list of room names. `binary` is a
-//! binary buffer: the event is then emitted with two arguments, `(data, binary)`.
+//! binary buffer: the event is then emitted with two arguments, `(data, binary)`;
+//! `binaries` a list of them, emitted as `(data, [binaries])`.
 //!
 //! ## Files
 //!

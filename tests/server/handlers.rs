@@ -27,14 +27,18 @@ const MAX_SEQ: u64 = 100_000;
 /// Upper bound of the padding of an `emit_seq` event.
 const MAX_PAD: usize = 64 * 1024;
 
-/// Emits `data` (plus the binary attachment, if any) with the given operators.
+/// Emits `data` (plus the binary attachment or attachments, if any) with the given
+/// operators.
 async fn emit_payload<A: Adapter>(
     op: BroadcastOperators<A>,
     event: &str,
     data: &Value,
     binary: Bytes,
+    binaries: Vec<Bytes>,
 ) -> Result<(), String> {
-    let res = if binary.is_empty() {
+    let res = if !binaries.is_empty() {
+        op.emit(event, &(data, binaries)).await
+    } else if binary.is_empty() {
         op.emit(event, data).await
     } else {
         op.emit(event, &(data, binary)).await
@@ -96,7 +100,7 @@ pub(crate) async fn on_broadcast<A: Adapter>(
         let op = ns_op(&io, &socket)?
             .to(Rooms::list(req.to))
             .except(Rooms::list(req.except));
-        emit_payload(op, &req.event, &req.data, req.binary).await?;
+        emit_payload(op, &req.event, &req.data, req.binary, req.binaries).await?;
         Ok(json!({ "ok": true }))
     };
     reply(ack, res.await);
@@ -114,7 +118,7 @@ pub(crate) async fn on_broadcast_from_socket<A: Adapter>(
             .broadcast()
             .to(Rooms::list(req.to))
             .except(Rooms::list(req.except));
-        emit_payload(op, &req.event, &req.data, req.binary).await?;
+        emit_payload(op, &req.event, &req.data, req.binary, req.binaries).await?;
         Ok(json!({ "ok": true }))
     };
     reply(ack, res.await);

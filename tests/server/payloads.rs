@@ -34,6 +34,10 @@ pub(crate) struct BroadcastReq {
     /// `Bytes` fields.)
     #[serde(default)]
     pub(crate) binary: Bytes,
+    /// Optional binary attachments, emitted as a second argument (a list) when not empty:
+    /// a client's event with many attachments that the handler relays.
+    #[serde(default)]
+    pub(crate) binaries: Vec<Bytes>,
 }
 
 #[derive(Debug, Deserialize)]

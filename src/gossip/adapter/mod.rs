@@ -2,6 +2,8 @@
 //! the other nodes, and applies their requests to the local sockets. One instance per
 //! namespace; all share the node held by [`GossipAdapterCtr`].
 
+#[cfg(test)]
+mod bounds_tests;
 mod convert;
 #[cfg(test)]
 mod tests;
@@ -190,13 +192,14 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
         if opts.is_local(self.uid) {
             return Ok(self.local.rooms(opts).into_iter().collect());
         }
-        let pending = self
+        let mut pending = self
             .request(RequestKind::AllRooms, &opts, None, self.request_timeout)
             .await?;
         let mut rooms = self.local.rooms(opts);
-        for body in pending.collect().await {
-            if let ResponseBody::Rooms(r) = body {
-                rooms.extend(convert::rooms_from(r));
+        while let Some((peer, body)) = pending.next().await {
+            match body {
+                ResponseBody::Rooms(r) => rooms.extend(convert::rooms_from(r)),
+                body => refused(&peer, body)?,
             }
         }
         Ok(rooms.into_iter().collect())
@@ -237,20 +240,22 @@ impl<E: SocketEmitter> CoreAdapter<E> for GossipAdapter<E> {
         if opts.is_local(self.uid) {
             return Ok(self.local.fetch_sockets(opts));
         }
-        let pending = self
+        let mut pending = self
             .request(RequestKind::FetchSockets, &opts, None, self.request_timeout)
             .await?;
         let mut sockets = self.local.fetch_sockets(opts);
         let ns = self.local.path();
-        for body in pending.collect().await {
-            if let ResponseBody::Sockets(list) = body {
-                for s in &list {
-                    match convert::socket_from(ns, s) {
-                        Ok(s) => sockets.push(s),
-                        Err(e) => {
-                            if let Some(held_back) = ANSWER_LOG.allow() {
-                                tracing::warn!(%ns, held_back, "remote socket skipped: {e}");
-                            }
+        while let Some((peer, body)) = pending.next().await {
+            let ResponseBody::Sockets(list) = body else {
+                refused(&peer, body)?;
+                continue;
+            };
+            for s in &list {
+                match convert::socket_from(ns, s) {
+                    Ok(s) => sockets.push(s),
+                    Err(e) => {
+                        if let Some(held_back) = ANSWER_LOG.allow() {
+                            tracing::warn!(%ns, held_back, "remote socket skipped: {e}");
                         }
                     }
                 }
@@ -369,7 +374,15 @@ impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
                     let mut acks = std::pin::pin!(acks);
                     while let Some((sid, res)) = acks.next().await {
                         let body = ResponseBody::Ack(convert::id(sid), ack_result(res));
-                        node.respond(&to, id, body);
+                        // A client's answer that cannot cross (say, more binary attachments
+                        // than a node accepts) is an error for that socket on the requester.
+                        let refused = |why: String| {
+                            let why = format!(
+                                "the answer of socket {sid} cannot cross the cluster: {why}"
+                            );
+                            ResponseBody::Ack(convert::id(sid), refused_ack::<E::AckError>(&why))
+                        };
+                        node.respond_or(&to, id, body, refused);
                     }
                 });
             }
@@ -424,6 +437,34 @@ fn ack_result<Err: serde::Serialize>(res: Result<Value, Err>) -> AckResult {
             }
         }),
     }
+}
+
+/// The error of a request whose answer from `peer` is `body`, if it says the peer could
+/// not send its answer.
+fn refused(peer: &PeerId, body: ResponseBody) -> Result<(), RequestError> {
+    match body {
+        ResponseBody::Refused(reason) => Err(RequestError::AnswerRefused {
+            node: peer.name.to_string(),
+            reason,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// socketioxide's ack error for an answer that could not be parsed, with `why`, encoded as
+/// the application's ack error type `Err` (socketioxide's `AckError`) decodes it; empty
+/// (the requester then drops it, logged) for an error type that has no such variant.
+fn refused_ack<Err: DeserializeOwned>(why: &str) -> AckResult {
+    /// The shape of socketioxide's `AckError::Decode`: variant 0, holding the parser
+    /// error's text.
+    #[derive(serde::Serialize)]
+    enum Decode<'a> {
+        Decode(&'a str),
+    }
+    let encoded = wire::encode_body(&Decode::Decode(why))
+        .ok()
+        .filter(|bytes| wire::decode_body::<Err>(bytes).is_ok());
+    AckResult::Err(encoded.unwrap_or_default())
 }
 
 /// The acks of remote sockets, as they arrive.

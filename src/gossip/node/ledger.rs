@@ -38,7 +38,8 @@ enum Owed {
 /// What the ledger tells the requester of one request.
 #[derive(Debug)]
 pub(super) enum Progress {
-    /// A response whose content belongs to the result: rooms, sockets, or an ack.
+    /// A response whose content belongs to the result: rooms, sockets, an ack, or why the
+    /// peer could not send its answer.
     Kept(PeerId, ResponseBody),
     /// The peer owes nothing more.
     Answered(PeerId),
@@ -112,6 +113,8 @@ impl Ledger {
                 *owed = Owed::Acks(n - 1);
                 (true, n == 1)
             }
+            // The peer could not send what it owed, and says why: nothing more comes.
+            (ResponseBody::Refused(_), _) => (true, true),
             (_, owed) => {
                 if let Some(held_back) = REFUSED_LOG.allow() {
                     tracing::warn!(peer = %from, ?owed, held_back, "response dropped: not what the peer owes");
@@ -456,6 +459,37 @@ pub(super) mod tests {
             assert_eq!(drain(&mut rx), (vec!["gone c#1".into()], true));
             assert_eq!(ledger.len(), 0, "an ended request is forgotten");
         }
+    }
+
+    /// A peer whose answer cannot cross says so instead: kept (the requester tells its
+    /// caller why), and the peer owes nothing more, whatever it owed.
+    #[test]
+    fn a_refused_answer_is_kept_and_ends_what_the_peer_owed() {
+        let (a, b) = (peer("a"), peer("b"));
+        let refused = || ResponseBody::Refused("too many rooms".into());
+        let mut ledger = Ledger::default();
+        let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+        assert!(ledger.respond(&a, ID, refused()));
+        assert!(
+            !ledger.respond(&a, ID, ResponseBody::Rooms(vec![])),
+            "nothing after it"
+        );
+        assert!(ledger.respond(&b, ID, ResponseBody::AckCount(3)));
+        assert!(ledger.respond(&b, ID, ack()));
+        assert!(ledger.respond(&b, ID, refused()));
+        assert_eq!(
+            drain(&mut rx),
+            (
+                vec![
+                    "kept a#1".into(),
+                    "answered a#1".into(),
+                    "kept b#1".into(),
+                    "kept b#1".into(),
+                    "answered b#1".into()
+                ],
+                true
+            )
+        );
     }
 
     #[test]

@@ -83,6 +83,10 @@ static UNANNOUNCED_LOG: crate::rate_log::RateLog =
 /// Frames dropped on their way to peers (a stuck peer can cost thousands a second): logged
 /// at most once per period, node-wide.
 static DROP_LOG: crate::rate_log::RateLog = crate::rate_log::RateLog::new(Duration::from_secs(1));
+/// Frames refused before sending because peers would refuse them (a client's payload can
+/// cause one at will): logged at most once per period, node-wide.
+static REFUSED_LOG: crate::rate_log::RateLog =
+    crate::rate_log::RateLog::new(Duration::from_secs(10));
 
 /// The running node, shared by the cluster handle and every namespace adapter.
 pub(crate) struct Node {
@@ -566,24 +570,27 @@ impl Node {
         }
     }
 
-    /// Encode a frame for `targets`, refusing one larger than peers accept (they would drop
-    /// the link; counted as dropped for each target).
+    /// Encode a frame for `targets` with the wire's one check of what peers accept: a frame
+    /// a peer would refuse (a list beyond its bound, larger than a frame; the peer would
+    /// drop the link) is refused here, counted as dropped for each target and logged at a
+    /// bounded rate. Nothing of it is sent.
     fn encode(&self, frame: &Frame, targets: &[PeerId]) -> Result<Bytes, RequestError> {
-        let bytes = wire::encode(frame)?;
-        let size = bytes.len() - wire::LEN_PREFIX;
-        if size > self.max_frame_size {
+        let err = match wire::encode_within(frame, self.max_frame_size) {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) => e,
+        };
+        if !matches!(err, wire::EncodeError::Codec(_)) {
             for peer in targets {
                 self.mesh
                     .metrics()
                     .drops
                     .record(&peer.name, DropReason::TooLarge, 1);
             }
-            return Err(RequestError::TooLarge {
-                size,
-                max: self.max_frame_size,
-            });
+            if let Some(held_back) = REFUSED_LOG.allow() {
+                tracing::warn!(node = %self.me, held_back, "{} not sent to peers: {err}", describe(frame));
+            }
         }
-        Ok(bytes)
+        Err(err.into())
     }
 
     /// Frames to peers dropped since the node started: given up on before reaching the mesh,
@@ -604,9 +611,29 @@ impl Node {
 
     /// Send a response to the node that made a request, never waiting: like any frame, it
     /// is dropped (and counted) when the requester's send queue is past its budget, and the
-    /// requester is then cut as a slow consumer.
+    /// requester is then cut as a slow consumer. A response that cannot cross (a list
+    /// beyond a bound of the wire, larger than a frame) goes as [`ResponseBody::Refused`]
+    /// instead, so that the requester learns at once why it gets nothing.
     pub(crate) fn respond(&self, to: &PeerId, id: Id, body: ResponseBody) {
-        let queued = match self.encode(&Frame::Response(Response { id, body }), &[]) {
+        self.respond_or(to, id, body, ResponseBody::Refused);
+    }
+
+    /// [`Node::respond`], sending `refused(why)` in place of a response that cannot cross.
+    pub(crate) fn respond_or(
+        &self,
+        to: &PeerId,
+        id: Id,
+        body: ResponseBody,
+        refused: impl FnOnce(String) -> ResponseBody,
+    ) {
+        let encoded = match self.encode(&Frame::Response(Response { id, body }), &[]) {
+            Err(e @ (RequestError::OverBound { .. } | RequestError::TooLarge { .. })) => {
+                let body = refused(e.to_string());
+                self.encode(&Frame::Response(Response { id, body }), &[])
+            }
+            encoded => encoded,
+        };
+        let queued = match encoded {
             Ok(bytes) => self
                 .mesh
                 .charge(bytes)
@@ -1059,6 +1086,7 @@ fn describe(frame: &Frame) -> String {
     match frame {
         Frame::Request(req) => format!("request {} on namespace {}", req.kind.name(), req.ns),
         Frame::Service(msg) => format!("message to service {}", msg.service),
+        Frame::Response(_) => "response".into(),
         _ => "frame".into(),
     }
 }

@@ -50,6 +50,16 @@ impl Node {
             .collect()
     }
 
+    /// The connection this node sends its frames for `peer` on, while one is open.
+    #[cfg(test)]
+    pub(crate) fn link_to(
+        &self,
+        peer: &crate::gossip::peer::PeerId,
+    ) -> Option<crate::gossip::mesh::ConnId> {
+        let (_, link) = self.outgoing.peek(peer);
+        link.filter(|l| l.is_open()).map(|l| l.id())
+    }
+
     /// Record the round-trip time to every member this node has a connection to.
     pub(super) fn record_rtts(&self) {
         for member in self.members() {

@@ -39,6 +39,62 @@ pub(crate) async fn pair(cluster: &str) -> (Arc<Node>, Arc<Node>) {
     (a, b)
 }
 
+/// Records the messages of type `M` a node receives for a service, in place of the service.
+pub(crate) struct Recorder<M>(std::sync::Mutex<Vec<M>>);
+
+impl<M> Default for Recorder<M> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::default())
+    }
+}
+
+impl<M: serde::de::DeserializeOwned + Send + 'static> ServiceHandler for Recorder<M> {
+    fn on_message(&self, _: &PeerId, body: Bytes) {
+        if let Ok(msg) = wire::decode_body::<M>(&body) {
+            lock(&self.0).push(msg);
+        }
+    }
+}
+
+impl<M: serde::de::DeserializeOwned + Send + 'static> Recorder<M> {
+    /// A recorder of the messages `node` receives for `service`, in place of the service.
+    pub(crate) fn on(node: &Node, service: &str) -> Arc<Self> {
+        let recorder = Arc::new(Self::default());
+        node.register_service(
+            service,
+            Arc::downgrade(&recorder) as Weak<dyn ServiceHandler>,
+        );
+        recorder
+    }
+}
+
+impl<M> Recorder<M> {
+    /// How many of the messages received so far `pred` holds for.
+    pub(crate) fn count(&self, pred: impl Fn(&M) -> bool) -> usize {
+        lock(&self.0).iter().filter(|m| pred(m)).count()
+    }
+}
+
+/// `from` sends `n` messages no service can read to the instance of `service` on `to`,
+/// each confirmed: once this returns, `to` handled them all.
+pub(crate) async fn send_garbage(from: &Arc<Node>, to: &Node, service: &str, n: usize) {
+    let to = [to.me().clone()];
+    for _ in 0..n {
+        from.send_service(&to, service, Bytes::from_static(&[0xff, 0xff]), true)
+            .await
+            .unwrap();
+    }
+}
+
+/// The lines of `logs` (see `capture_logs`) holding `needle`.
+pub(crate) fn lines_with(logs: &std::sync::Mutex<Vec<u8>>, needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&lock(logs))
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
 pub(crate) async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {

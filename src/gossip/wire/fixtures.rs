@@ -153,6 +153,7 @@ fn variants(frame: &Frame) -> Vec<&'static str> {
                 ResponseBody::Rooms(_) => vec!["ResponseBody::Rooms"],
                 ResponseBody::Sockets(_) => vec!["ResponseBody::Sockets"],
                 ResponseBody::Done => vec!["ResponseBody::Done"],
+                ResponseBody::Refused(_) => vec!["ResponseBody::Refused"],
                 ResponseBody::Service(_) => vec!["ResponseBody::Service"],
             };
             [vec!["Frame::Response"], body].concat()
@@ -197,6 +198,7 @@ const ALL_VARIANTS: &[&str] = &[
     "ResponseBody::Rooms",
     "ResponseBody::Sockets",
     "ResponseBody::Done",
+    "ResponseBody::Refused",
     "ResponseBody::Service",
     "AckResult::Ok",
     "AckResult::Err",
@@ -503,6 +505,12 @@ fn fixtures() -> Vec<Fixture> {
             ])),
         ),
         frame("response-done", response(ResponseBody::Done)),
+        frame(
+            "response-refused",
+            response(ResponseBody::Refused(
+                "message holds 4097 binary attachments, more than the 4096 a node accepts".into(),
+            )),
+        ),
         service(
             "events-event",
             events::SERVICE,

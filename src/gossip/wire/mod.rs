@@ -21,9 +21,9 @@ pub mod sessions;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"SX";
 /// The protocol version carried by every frame. Bumped on any incompatible change.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The ALPN protocol identifier of the QUIC mesh.
-pub const ALPN: &[u8] = b"socketioxide-cluster/3";
+pub const ALPN: &[u8] = b"socketioxide-cluster/4";
 /// Size of the length prefix of each frame on a stream.
 pub const LEN_PREFIX: usize = 4;
 /// Default largest frame accepted, in bytes (16 MiB).
@@ -48,16 +48,73 @@ pub const MAX_NAMESPACE_LEN: usize = 256;
 /// its own node; sockets of other nodes time out after this.
 pub const MAX_ACK_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
-/// Decoding of lists with a bound on their length, refused from the length prefix, before
-/// anything is allocated. Same bytes on the wire as a plain `Vec`.
+/// Lists with a bound on their length, checked on both sides of the wire: encoding refuses
+/// a list longer than its bound (so that a node never sends what its peers refuse), and
+/// decoding refuses one from its length prefix, before anything is allocated. Same bytes on
+/// the wire as a plain `Vec`.
+///
+/// Every bound of the decoder is declared here, with `bound!` or as a module of the same
+/// shape, and used with `#[serde(with = "...")]`, so that the encoder checks it too; a bound
+/// given to the decoder alone (a `deserialize_with`) fails a test of this module.
 pub(crate) mod bounded {
-    use std::{fmt, marker::PhantomData};
+    use std::{cell::Cell, fmt, marker::PhantomData};
 
-    use bytes::Bytes;
     use serde::{
-        Deserialize, Deserializer,
-        de::{Error, SeqAccess, Visitor},
+        Deserialize, Deserializer, Serialize, Serializer,
+        de::{Error as _, SeqAccess, Visitor},
+        ser::Error as _,
     };
+
+    /// A bound a value went beyond while it was being encoded.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Exceeded {
+        /// What the list holds, as a plural noun (`"binary attachments"`).
+        pub what: &'static str,
+        /// How many it holds.
+        pub len: usize,
+        /// How many a node accepts.
+        pub max: usize,
+    }
+
+    thread_local! {
+        /// The bound the value being encoded on this thread went beyond: the encoder's error
+        /// carries no message, so [`super::encode`] reads it here.
+        static EXCEEDED: Cell<Option<Exceeded>> = const { Cell::new(None) };
+        /// Set while a test encodes, on purpose, what a node must refuse.
+        #[cfg(test)]
+        static UNCHECKED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The bound the last encoding on this thread went beyond, if any (and forget it).
+    pub(super) fn take_exceeded() -> Option<Exceeded> {
+        EXCEEDED.with(Cell::take)
+    }
+
+    /// Encode with `f` without checking bounds: what a misbehaving peer would send.
+    #[cfg(test)]
+    pub(crate) fn unchecked<R>(f: impl FnOnce() -> R) -> R {
+        UNCHECKED.with(|u| u.set(true));
+        let out = f();
+        UNCHECKED.with(|u| u.set(false));
+        out
+    }
+
+    /// Refuse, while encoding, a list of `len` elements with a bound of `max`.
+    pub(crate) fn check<S: Serializer>(
+        what: &'static str,
+        len: usize,
+        max: usize,
+    ) -> Result<(), S::Error> {
+        #[cfg(test)]
+        if UNCHECKED.with(Cell::get) {
+            return Ok(());
+        }
+        if len <= max {
+            return Ok(());
+        }
+        EXCEEDED.with(|e| e.set(Some(Exceeded { what, len, max })));
+        Err(S::Error::custom(format!("{len} {what}, more than {max}")))
+    }
 
     /// A list of at most `MAX` elements.
     pub(crate) struct Bounded<T, const MAX: usize>(pub(crate) Vec<T>);
@@ -89,8 +146,70 @@ pub(crate) mod bounded {
         }
     }
 
-    pub(crate) fn rooms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-        Bounded::<String, { super::MAX_ROOMS }>::deserialize(d).map(|b| b.0)
+    /// A module `$name` for `#[serde(with = "...")]` on a `Vec<$t>` field: at most `$max`
+    /// elements, `$what` naming them in errors.
+    macro_rules! bound {
+        ($(#[$doc:meta])* $name:ident, $t:ty, $max:expr, $what:literal) => {
+            $(#[$doc])*
+            pub(crate) mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                pub(crate) fn serialize<S: serde::Serializer>(
+                    v: &[$t],
+                    s: S,
+                ) -> Result<S::Ok, S::Error> {
+                    $crate::gossip::wire::bounded::check::<S>($what, v.len(), $max)?;
+                    serde::Serialize::serialize(v, s)
+                }
+
+                pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+                    d: D,
+                ) -> Result<Vec<$t>, D::Error> {
+                    <$crate::gossip::wire::bounded::Bounded<$t, { $max }> as serde::Deserialize>::deserialize(d)
+                        .map(|b| b.0)
+                }
+            }
+        };
+    }
+    pub(crate) use bound;
+
+    bound!(
+        /// Room names (target, excepted, joined, left, answered).
+        rooms,
+        String,
+        crate::gossip::wire::MAX_ROOMS,
+        "room names"
+    );
+    bound!(
+        /// Sockets answered to `fetch_sockets`.
+        sockets,
+        (crate::gossip::wire::Id, crate::gossip::wire::Id),
+        crate::gossip::wire::MAX_SOCKETS,
+        "sockets"
+    );
+
+    /// The binary attachments of a payload, if any.
+    pub(crate) mod attachments {
+        use bytes::Bytes;
+
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(
+            v: &Option<Vec<Bytes>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            let len = v.as_ref().map_or(0, Vec::len);
+            check::<S>("binary attachments", len, super::super::MAX_ATTACHMENTS)?;
+            v.serialize(s)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<Bytes>>, D::Error> {
+            Option::<Bounded<Bytes, { super::super::MAX_ATTACHMENTS }>>::deserialize(d)
+                .map(|o| o.map(|b| b.0))
+        }
     }
 
     /// A string of at most `MAX` bytes, refused before it is copied.
@@ -104,7 +223,7 @@ pub(crate) mod bounded {
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                     write!(f, "a string of at most {MAX} bytes")
                 }
-                fn visit_str<E: Error>(self, s: &str) -> Result<String, E> {
+                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<String, E> {
                     if s.len() > MAX {
                         return Err(E::invalid_length(s.len(), &self));
                     }
@@ -115,26 +234,41 @@ pub(crate) mod bounded {
         }
     }
 
-    pub(crate) fn namespaces<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-        Bounded::<Name<{ super::MAX_NAMESPACE_LEN }>, { super::MAX_NAMESPACES }>::deserialize(d)
-            .map(|b| b.0.into_iter().map(|n| n.0).collect())
+    /// The namespaces a node announces: at most [`super::MAX_NAMESPACES`] names of at most
+    /// [`super::MAX_NAMESPACE_LEN`] bytes.
+    pub(crate) mod namespaces {
+        use super::*;
+        use crate::gossip::wire::{MAX_NAMESPACE_LEN, MAX_NAMESPACES};
+
+        pub(crate) fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+            check::<S>("namespaces", v.len(), MAX_NAMESPACES)?;
+            let longest = v.iter().map(String::len).max().unwrap_or(0);
+            check::<S>("bytes in a namespace name", longest, MAX_NAMESPACE_LEN)?;
+            v.serialize(s)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<String>, D::Error> {
+            Bounded::<Name<MAX_NAMESPACE_LEN>, MAX_NAMESPACES>::deserialize(d)
+                .map(|b| b.0.into_iter().map(|n| n.0).collect())
+        }
     }
 
-    pub(crate) fn sockets<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(super::Id, super::Id)>, D::Error> {
-        Bounded::<(super::Id, super::Id), { super::MAX_SOCKETS }>::deserialize(d).map(|b| b.0)
-    }
+    /// An ack timeout, cut to [`super::MAX_ACK_TIMEOUT_MS`] on both sides of the wire.
+    pub(crate) mod ack_timeout {
+        use super::*;
+        use crate::gossip::wire::MAX_ACK_TIMEOUT_MS;
 
-    /// An ack timeout, cut to [`super::MAX_ACK_TIMEOUT_MS`].
-    pub(crate) fn ack_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        Option::<u64>::deserialize(d).map(|t| t.map(|ms| ms.min(super::MAX_ACK_TIMEOUT_MS)))
-    }
+        pub(crate) fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            v.map(|ms| ms.min(MAX_ACK_TIMEOUT_MS)).serialize(s)
+        }
 
-    pub(crate) fn attachments<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Vec<Bytes>>, D::Error> {
-        Option::<Bounded<Bytes, { super::MAX_ATTACHMENTS }>>::deserialize(d).map(|o| o.map(|b| b.0))
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<u64>, D::Error> {
+            Option::<u64>::deserialize(d).map(|t| t.map(|ms| ms.min(MAX_ACK_TIMEOUT_MS)))
+        }
     }
 }
 
@@ -199,7 +333,7 @@ pub struct NodeMeta {
     pub server_id: Option<Id>,
     /// Namespaces the node hosts: at most [`MAX_NAMESPACES`] names of at most
     /// [`MAX_NAMESPACE_LEN`] bytes (see [`NodeMeta::host`]).
-    #[serde(deserialize_with = "bounded::namespaces")]
+    #[serde(with = "bounded::namespaces")]
     pub namespaces: Vec<String>,
     /// The socket.io parser of the node's namespaces, once it created one. Nodes with
     /// different parsers cannot exchange packets: each refuses the other.
@@ -279,7 +413,7 @@ pub struct Request {
     pub opts: Opts,
     /// Ack timeout chosen by the caller, in milliseconds, at most
     /// [`MAX_ACK_TIMEOUT_MS`] (a longer one decodes as that).
-    #[serde(deserialize_with = "bounded::ack_timeout")]
+    #[serde(with = "bounded::ack_timeout")]
     pub ack_timeout_ms: Option<u64>,
 }
 
@@ -295,9 +429,9 @@ pub enum RequestKind {
     /// Answer with the rooms of the matching sockets.
     AllRooms,
     /// Make the matching sockets join rooms.
-    AddSockets(#[serde(deserialize_with = "bounded::rooms")] Vec<String>),
+    AddSockets(#[serde(with = "bounded::rooms")] Vec<String>),
     /// Make the matching sockets leave rooms.
-    DelSockets(#[serde(deserialize_with = "bounded::rooms")] Vec<String>),
+    DelSockets(#[serde(with = "bounded::rooms")] Vec<String>),
     /// Answer with the matching sockets.
     FetchSockets,
 }
@@ -330,10 +464,10 @@ pub struct Opts {
     /// Flag bits (local, broadcast, volatile).
     pub flags: u8,
     /// Target rooms; empty means every socket.
-    #[serde(deserialize_with = "bounded::rooms")]
+    #[serde(with = "bounded::rooms")]
     pub rooms: Vec<String>,
     /// Rooms whose sockets are excluded.
-    #[serde(deserialize_with = "bounded::rooms")]
+    #[serde(with = "bounded::rooms")]
     pub except: Vec<String>,
     /// The sender socket, excluded from broadcasts or targeted alone.
     pub sid: Option<Id>,
@@ -375,7 +509,7 @@ pub enum Value {
     /// A text payload with optional binary attachments.
     Str(
         String,
-        #[serde(deserialize_with = "bounded::attachments")] Option<Vec<Bytes>>,
+        #[serde(with = "bounded::attachments")] Option<Vec<Bytes>>,
     ),
     /// A binary payload (msgpack parser).
     Bytes(Bytes),
@@ -400,14 +534,17 @@ pub enum ResponseBody {
     /// One ack from one socket.
     Ack(Id, AckResult),
     /// Rooms of the matching sockets.
-    Rooms(#[serde(deserialize_with = "bounded::rooms")] Vec<String>),
+    Rooms(#[serde(with = "bounded::rooms")] Vec<String>),
     /// The matching sockets, by socket id and socketioxide server id.
-    Sockets(#[serde(deserialize_with = "bounded::sockets")] Vec<(Id, Id)>),
+    Sockets(#[serde(with = "bounded::sockets")] Vec<(Id, Id)>),
     /// A confirmed service message was handled, or a join, leave or disconnect applied.
     Done,
     /// A service's answer to a confirmed message, in the service's own encoding (see
     /// [`encode_body`]).
     Service(Bytes),
+    /// The responder's answer cannot cross (beyond a bound of the wire, or larger than a
+    /// frame): why, instead of it. Nothing more follows from the responder.
+    Refused(String),
 }
 
 /// The result of one ack.
@@ -444,14 +581,40 @@ pub enum DecodeError {
     Malformed(String),
 }
 
-/// A value that cannot be encoded (say, a serializer error of an application's ack error
-/// type).
+/// Why a value cannot be sent to a peer: what the peer's decoder would refuse is refused
+/// here, before anything is sent.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct EncodeError(#[from] postcard::Error);
+pub enum EncodeError {
+    /// A list goes beyond the bound a node accepts.
+    #[error("it holds {} {}, more than the {} a node accepts", .0.len, .0.what, .0.max)]
+    Bound(bounded::Exceeded),
+    /// The encoded frame is larger than the maximum frame size.
+    #[error("message of {size} bytes exceeds the cluster's maximum frame size of {max} bytes")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The value cannot be encoded (say, a serializer error of an application's ack error
+    /// type).
+    #[error("{0}")]
+    Codec(postcard::Error),
+}
 
-/// Encode a frame with its header and length prefix, ready to write on a stream.
+impl From<postcard::Error> for EncodeError {
+    fn from(e: postcard::Error) -> Self {
+        match bounded::take_exceeded() {
+            Some(exceeded) => Self::Bound(exceeded),
+            None => Self::Codec(e),
+        }
+    }
+}
+
+/// Encode a frame with its header and length prefix, ready to write on a stream. Refuses a
+/// list beyond its bound (see [`encode_within`] for the frame size too).
 pub fn encode(frame: &Frame) -> Result<Bytes, EncodeError> {
+    bounded::take_exceeded();
     let mut out = vec![0u8; LEN_PREFIX];
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -460,6 +623,21 @@ pub fn encode(frame: &Frame) -> Result<Bytes, EncodeError> {
         u32::try_from(out.len() - LEN_PREFIX).map_err(|_| postcard::Error::SerializeBufferFull)?;
     out[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
     Ok(Bytes::from(out))
+}
+
+/// Encode a frame for peers that accept frames of at most `max_frame_size` bytes: what this
+/// returns, a peer's [`FrameDecoder`] of that size decodes; what a peer would refuse (a list
+/// beyond its bound, a frame too large) is refused here. The one check every sender uses.
+pub fn encode_within(frame: &Frame, max_frame_size: usize) -> Result<Bytes, EncodeError> {
+    let bytes = encode(frame)?;
+    let size = bytes.len() - LEN_PREFIX;
+    if size > max_frame_size {
+        return Err(EncodeError::TooLarge {
+            size,
+            max: max_frame_size,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Decode one frame body (without the length prefix).
@@ -498,8 +676,9 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, DecodeError> {
 }
 
 /// Encode the body of a [`ServiceFrame`], or an application's ack error (no header: the
-/// frame carries it).
+/// frame carries it). Refuses a list beyond its bound, as [`encode`] does.
 pub fn encode_body<T: Serialize>(value: &T) -> Result<Bytes, EncodeError> {
+    bounded::take_exceeded();
     Ok(postcard::to_allocvec(value).map(Bytes::from)?)
 }
 
@@ -606,6 +785,18 @@ mod tests {
         Id([c; 16])
     }
 
+    /// A request of `kind` on `/`, to the sockets `opts` select.
+    fn request(kind: RequestKind, opts: Opts) -> Frame {
+        Frame::Request(Request {
+            ns: "/".into(),
+            id: id(1),
+            origin: id(2),
+            kind,
+            opts,
+            ack_timeout_ms: None,
+        })
+    }
+
     fn body(frame: &Frame) -> Vec<u8> {
         encode(frame).unwrap()[LEN_PREFIX..].to_vec()
     }
@@ -678,6 +869,7 @@ mod tests {
             proptest::collection::vec((arb_id(), arb_id()), 0..3).prop_map(ResponseBody::Sockets),
             Just(ResponseBody::Done),
             arb_bytes().prop_map(ResponseBody::Service),
+            ".{0,8}".prop_map(ResponseBody::Refused),
         ]
     }
     fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -785,7 +977,7 @@ mod tests {
             data: PacketData::Event(Value::Str("[\"a\"]".into(), None), Some(3)),
         };
         let cases: Vec<(Frame, &str)> = vec![
-            (Frame::Leave, "535803 02"),
+            (Frame::Leave, "535804 02"),
             (
                 Frame::Meta(NodeMeta {
                     version: 300,
@@ -793,7 +985,7 @@ mod tests {
                     namespaces: vec!["/".into()],
                     parser: Some(Parser::MsgPack),
                 }),
-                "535803 04 ac02 01 01010101010101010101010101010101 01 012f 01 01",
+                "535804 04 ac02 01 01010101010101010101010101010101 01 012f 01 01",
             ),
             (
                 Frame::Meta(NodeMeta {
@@ -802,7 +994,7 @@ mod tests {
                     namespaces: vec![],
                     parser: None,
                 }),
-                "535803 04 01 00 00 00",
+                "535804 04 01 00 00 00",
             ),
             (
                 Frame::Service(ServiceFrame {
@@ -810,7 +1002,7 @@ mod tests {
                     confirm: None,
                     body: Bytes::from_static(&[1, 2]),
                 }),
-                "535803 03 0173 00 020102",
+                "535804 03 0173 00 020102",
             ),
             (
                 Frame::Service(ServiceFrame {
@@ -818,14 +1010,14 @@ mod tests {
                     confirm: Some(id(1)),
                     body: Bytes::new(),
                 }),
-                "535803 03 0173 01 01010101010101010101010101010101 00",
+                "535804 03 0173 01 01010101010101010101010101010101 00",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::Done,
                 }),
-                "535803 01 01010101010101010101010101010101 05",
+                "535804 01 01010101010101010101010101010101 05",
             ),
             (
                 Frame::Request(Request {
@@ -842,7 +1034,7 @@ mod tests {
                     },
                     ack_timeout_ms: None,
                 }),
-                "535803 00 012f 72727272727272727272727272727272 6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f \
+                "535804 00 012f 72727272727272727272727272727272 6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f \
                  00 012f 02 00 055b2261225d 00 01 06 \
                  02 01 0178 00 00 01 73737373737373737373737373737373 00",
             ),
@@ -855,7 +1047,7 @@ mod tests {
                     opts: Opts::default(),
                     ack_timeout_ms: Some(300),
                 }),
-                "535803 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
+                "535804 00 022f6e 01010101010101010101010101010101 02020202020202020202020202020202 \
                  04 01 0172 00 00 00 00 00 01 ac02",
             ),
             (
@@ -863,21 +1055,28 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::Service(Bytes::from_static(&[7, 8])),
                 }),
-                "535803 01 01010101010101010101010101010101 06 020708",
+                "535804 01 01010101010101010101010101010101 06 020708",
+            ),
+            (
+                Frame::Response(Response {
+                    id: id(1),
+                    body: ResponseBody::Refused("no".into()),
+                }),
+                "535804 01 01010101010101010101010101010101 07 026e6f",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::NotHosted,
                 }),
-                "535803 01 01010101010101010101010101010101 00",
+                "535804 01 01010101010101010101010101010101 00",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::AckCount(300),
                 }),
-                "535803 01 01010101010101010101010101010101 01 ac02",
+                "535804 01 01010101010101010101010101010101 01 ac02",
             ),
             (
                 Frame::Response(Response {
@@ -887,7 +1086,7 @@ mod tests {
                         AckResult::Ok(Value::Str("1".into(), Some(vec![Bytes::from_static(&[9])]))),
                     ),
                 }),
-                "535803 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                "535804 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
                  00 00 0131 01 01 0109",
             ),
             (
@@ -895,7 +1094,7 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::Ack(id(2), AckResult::Err(Bytes::from_static(&[7]))),
                 }),
-                "535803 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
+                "535804 01 01010101010101010101010101010101 02 02020202020202020202020202020202 \
                  01 0107",
             ),
             (
@@ -903,14 +1102,14 @@ mod tests {
                     id: id(1),
                     body: ResponseBody::Rooms(vec!["a".into()]),
                 }),
-                "535803 01 01010101010101010101010101010101 03 01 0161",
+                "535804 01 01010101010101010101010101010101 03 01 0161",
             ),
             (
                 Frame::Response(Response {
                     id: id(1),
                     body: ResponseBody::Sockets(vec![(id(3), id(4))]),
                 }),
-                "535803 01 01010101010101010101010101010101 04 01 \
+                "535804 01 01010101010101010101010101010101 04 01 \
                  03030303030303030303030303030303 04040404040404040404040404040404",
             ),
         ];
@@ -935,7 +1134,7 @@ mod tests {
         let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             got,
-            format!("535803 0161 ac02 0162 0163 01{}", "07".repeat(32)).replace(' ', "")
+            format!("535804 0161 ac02 0162 0163 01{}", "07".repeat(32)).replace(' ', "")
         );
         assert_eq!(decode_hello(&bytes).unwrap(), hello);
         let insecure = Hello { mac: None, ..hello };
@@ -992,16 +1191,6 @@ mod tests {
     /// prefix, before the list is allocated; one at the bound decodes.
     #[test]
     fn lists_longer_than_their_bound_are_refused_before_allocation() {
-        let request = |kind: RequestKind, opts: Opts| {
-            Frame::Request(Request {
-                ns: "/".into(),
-                id: id(1),
-                origin: id(2),
-                kind,
-                opts,
-                ack_timeout_ms: None,
-            })
-        };
         let rooms = |n: usize| vec![String::new(); n];
         let at_bound = request(RequestKind::AddSockets(rooms(MAX_ROOMS)), Opts::default());
         assert_eq!(decode(&body(&at_bound)).unwrap(), at_bound);
@@ -1044,8 +1233,13 @@ mod tests {
             }),
         ];
         for frame in too_many {
-            let err = decode(&body(&frame)).unwrap_err();
+            // A misbehaving peer's frame: refused by the decoder.
+            let raw = bounded::unchecked(|| body(&frame));
+            let err = decode(&raw).unwrap_err();
             assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+            // This node's own: refused before it is sent, naming the bound.
+            let err = encode(&frame).unwrap_err();
+            assert!(matches!(err, EncodeError::Bound(_)), "{err}");
         }
         // A length prefix announcing 2^32 rooms in a tiny frame: refused, nothing allocated.
         let mut huge = body(&request(RequestKind::AddSockets(vec![]), Opts::default()));
@@ -1074,7 +1268,8 @@ mod tests {
             meta(vec![String::new(); MAX_NAMESPACES + 1]),
             meta(vec![format!("{long}n")]),
         ] {
-            let err = decode(&body(&too_much)).unwrap_err();
+            assert!(encode(&too_much).is_err(), "a node never sends it");
+            let err = decode(&bounded::unchecked(|| body(&too_much))).unwrap_err();
             assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
         }
 
@@ -1146,6 +1341,144 @@ mod tests {
             );
         }
         assert!(matches!(dec.next_frame(), Ok(Some(Frame::Service(_)))));
+    }
+
+    /// What the encoder accepts, a peer decodes, and what it refuses, a peer would refuse:
+    /// for every bounded list at its bound and one beyond, and for a frame at the maximum
+    /// size and one byte beyond.
+    #[test]
+    fn the_encoder_refuses_exactly_what_a_peer_decoder_refuses() {
+        let ack = |n: usize| {
+            Frame::Response(Response {
+                id: id(1),
+                body: ResponseBody::Ack(
+                    id(2),
+                    AckResult::Ok(Value::Str("[]".into(), Some(vec![Bytes::new(); n]))),
+                ),
+            })
+        };
+        let packet = |n: usize| WirePacket {
+            ns: "/".into(),
+            data: PacketData::BinaryEvent(
+                Value::Str("[]".into(), Some(vec![Bytes::new(); n])),
+                None,
+            ),
+        };
+        let rooms = |n: usize| vec![String::new(); n];
+        let targeted = move |rooms: Vec<String>, except: Vec<String>| {
+            let opts = Opts {
+                rooms,
+                except,
+                ..Opts::default()
+            };
+            request(RequestKind::AllRooms, opts)
+        };
+        /// What a case is, the frame with a list of `n` elements, and the list's bound.
+        type Case = (&'static str, Box<dyn Fn(usize) -> Frame>, usize);
+        let cases: Vec<Case> = vec![
+            (
+                "add",
+                Box::new(move |n| request(RequestKind::AddSockets(rooms(n)), Opts::default())),
+                MAX_ROOMS,
+            ),
+            (
+                "del",
+                Box::new(move |n| request(RequestKind::DelSockets(rooms(n)), Opts::default())),
+                MAX_ROOMS,
+            ),
+            (
+                "rooms",
+                Box::new(move |n| targeted(rooms(n), vec![])),
+                MAX_ROOMS,
+            ),
+            (
+                "except",
+                Box::new(move |n| targeted(vec![], rooms(n))),
+                MAX_ROOMS,
+            ),
+            (
+                "answer",
+                Box::new(move |n| {
+                    Frame::Response(Response {
+                        id: id(1),
+                        body: ResponseBody::Rooms(rooms(n)),
+                    })
+                }),
+                MAX_ROOMS,
+            ),
+            (
+                "sockets",
+                Box::new(|n| {
+                    Frame::Response(Response {
+                        id: id(1),
+                        body: ResponseBody::Sockets(vec![(id(3), id(4)); n]),
+                    })
+                }),
+                MAX_SOCKETS,
+            ),
+            ("ack", Box::new(ack), MAX_ATTACHMENTS),
+            (
+                "broadcast",
+                Box::new(move |n| request(RequestKind::Broadcast(packet(n)), Opts::default())),
+                MAX_ATTACHMENTS,
+            ),
+            (
+                "with ack",
+                Box::new(move |n| {
+                    request(RequestKind::BroadcastWithAck(packet(n)), Opts::default())
+                }),
+                MAX_ATTACHMENTS,
+            ),
+        ];
+        for (what, frame, max) in cases {
+            for n in [max, max + 1] {
+                let frame = frame(n);
+                let raw = bounded::unchecked(|| encode(&frame).unwrap());
+                let mut peer = FrameDecoder::new(usize::MAX);
+                peer.extend(&raw);
+                let decoded = peer.next_frame();
+                let sent = encode(&frame);
+                assert_eq!(sent.is_ok(), decoded.is_ok(), "{what} of {n}: {sent:?}");
+                if let Err(e) = sent {
+                    assert!(e.to_string().contains(&format!("{n} ")), "{e}");
+                }
+            }
+        }
+        // The frame size: at the maximum, and one byte beyond.
+        let frame = Frame::Service(ServiceFrame {
+            service: "s".into(),
+            confirm: None,
+            body: Bytes::from(vec![0; 100]),
+        });
+        let size = encode(&frame).unwrap().len() - LEN_PREFIX;
+        for max in [size, size - 1] {
+            let mut peer = FrameDecoder::new(max);
+            peer.extend(&encode(&frame).unwrap());
+            let sent = encode_within(&frame, max);
+            assert_eq!(sent.is_ok(), peer.next_frame().is_ok(), "max {max}");
+            if let Err(e) = sent {
+                assert!(matches!(e, EncodeError::TooLarge { .. }), "{e}");
+            }
+        }
+    }
+
+    /// Every bound of the decoder is one of `bounded`'s, checked by the encoder too: a field
+    /// bounded for decoding alone (`deserialize_with`) would let this node send what its
+    /// peers refuse, closing its links.
+    #[test]
+    fn no_bound_is_checked_on_decoding_alone() {
+        for (file, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("events.rs", include_str!("events.rs")),
+            ("presence.rs", include_str!("presence.rs")),
+            ("sessions.rs", include_str!("sessions.rs")),
+        ] {
+            let attr = concat!("deserialize", "_with =");
+            assert!(
+                !text.contains(attr),
+                "{file} bounds a field for decoding alone"
+            );
+        }
     }
 
     #[test]

@@ -22,13 +22,14 @@ pub const SERVICE: &str = "presence";
 /// once decoded). Deltas and state chunks are cut to stay within it.
 pub const MAX_ITEMS: usize = 4_096;
 
-fn ops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PresenceOp>, D::Error> {
-    super::bounded::Bounded::<PresenceOp, MAX_ITEMS>::deserialize(d).map(|b| b.0)
-}
-
-fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PresenceEntry>, D::Error> {
-    super::bounded::Bounded::<PresenceEntry, MAX_ITEMS>::deserialize(d).map(|b| b.0)
-}
+super::bounded::bound!(
+    /// The operations of a delta.
+    ops, PresenceOp, MAX_ITEMS, "presence operations"
+);
+super::bounded::bound!(
+    /// The entries of a state chunk.
+    entries, PresenceEntry, MAX_ITEMS, "presence entries"
+);
 
 /// What one node's presence tells another's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +39,7 @@ pub enum PresenceMsg {
         /// Sequence number: one more than the previous delta of the sender.
         seq: u64,
         /// The changes, applied in order.
-        #[serde(deserialize_with = "ops")]
+        #[serde(with = "ops")]
         ops: Vec<PresenceOp>,
     },
     /// The sender asks for the receiver's own entries (a [`PresenceMsg::State`]).
@@ -54,7 +55,7 @@ pub enum PresenceMsg {
         /// Whether this is the final chunk.
         last: bool,
         /// Entries of this chunk.
-        #[serde(deserialize_with = "entries")]
+        #[serde(with = "entries")]
         entries: Vec<PresenceEntry>,
     },
     /// The sender's latest sequence number, sent periodically: a receiver behind it asks
@@ -220,6 +221,12 @@ mod tests {
             seq: 1,
             ops: vec![PresenceOp::Put(entry); MAX_ITEMS + 1],
         };
-        assert!(decode_body::<PresenceMsg>(&encode_body(&over).unwrap()).is_err());
+        let raw = crate::gossip::wire::bounded::unchecked(|| encode_body(&over).unwrap());
+        assert!(decode_body::<PresenceMsg>(&raw).is_err());
+        let err = encode_body(&over).unwrap_err();
+        assert!(
+            err.to_string().contains("4097 presence operations"),
+            "{err}"
+        );
     }
 }

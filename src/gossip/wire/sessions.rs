@@ -15,21 +15,22 @@ pub const SERVICE: &str = "sessions";
 /// decoded). Snapshot chunks are cut to stay within it.
 pub const MAX_RECORDS: usize = 16_384;
 
-fn records<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SessionRecord>, D::Error> {
-    super::bounded::Bounded::<SessionRecord, MAX_RECORDS>::deserialize(d).map(|b| b.0)
-}
+super::bounded::bound!(
+    /// The records of a message.
+    records, SessionRecord, MAX_RECORDS, "session records"
+);
 
 /// What one node's session store tells another's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SessionMsg {
     /// Records saved or deleted on the sender: the receiver merges each.
-    Put(#[serde(deserialize_with = "records")] Vec<SessionRecord>),
+    Put(#[serde(with = "records")] Vec<SessionRecord>),
     /// The sender asks for every record the receiver holds (catch-up after a join).
     SnapshotRequest,
     /// One chunk of the answer to a [`SessionMsg::SnapshotRequest`]; `last` on the final one.
     Snapshot {
         /// Records of this chunk.
-        #[serde(deserialize_with = "records")]
+        #[serde(with = "records")]
         records: Vec<SessionRecord>,
         /// Whether this is the final chunk.
         last: bool,
@@ -184,6 +185,9 @@ mod tests {
             records: vec![record; MAX_RECORDS + 1],
             last: true,
         };
-        assert!(decode_body::<SessionMsg>(&encode_body(&over).unwrap()).is_err());
+        let raw = crate::gossip::wire::bounded::unchecked(|| encode_body(&over).unwrap());
+        assert!(decode_body::<SessionMsg>(&raw).is_err());
+        let err = encode_body(&over).unwrap_err();
+        assert!(err.to_string().contains("16385 session records"), "{err}");
     }
 }
