@@ -8,7 +8,7 @@
 //! | `dummies <n>`            | connects `n` in-process sockets to `/many` that ack  | `ok`                        |
 //! | `fetch <rounds>`         | `fetch_sockets()` on `/many`, one after the other    | `ok <sockets> <ns>...`      |
 //! | `ack <rounds>`           | `emit_with_ack` on `/many`, waiting for every ack    | `ok <min acks> <ns>...`     |
-//! | `rooms <rounds>`         | `to(sid).join(room)`, then `to(sid).leave(room)`, on `/many`, of a socket of another node (of this one, alone) | `ok 1 <ns>...` (one sample per join and per leave) |
+//! | `rooms <rounds>`         | `join(room)`, then `leave(room)`, of a socket of `/many` on another node (on this one, alone), found with `fetch_sockets` | `ok 1 <ns>...` (one sample per join and per leave) |
 //!
 //! Timestamps are `CLOCK_REALTIME` in ns, the clock the driver's clients read too.
 
@@ -242,17 +242,16 @@ async fn command<A: Adapter>(io: &SocketIo<A>, line: &str) -> Result<String, Box
         }
         "rooms" => {
             let ns = io.of(MANY).ok_or("no /many namespace")?;
-            let sid = remote_sid(&ns).await?;
+            let socket = std::sync::Arc::new(remote_socket(&ns).await?);
             let mut join = true;
             timed(num()? * 2, || {
-                let (ns, first) = (ns.clone(), join);
+                let (socket, first) = (socket.clone(), join);
                 join = !join;
                 async move {
-                    let op = ns.to(sid);
                     let res = if first {
-                        op.join("bench-room").await
+                        socket.join("bench-room").await
                     } else {
-                        op.leave("bench-room").await
+                        socket.leave("bench-room").await
                     };
                     res.map_err(|e| format!("join/leave: {e:?}"))?;
                     Ok(1)
@@ -264,18 +263,25 @@ async fn command<A: Adapter>(io: &SocketIo<A>, line: &str) -> Result<String, Box
     }
 }
 
-/// The id of a socket of `/many` on another node (on this one, for a single node).
-async fn remote_sid<A: Adapter>(
+/// A socket of `/many` on another node (on this one, for a single node).
+async fn remote_socket<A: Adapter>(
     ns: &socketioxide::operators::BroadcastOperators<A>,
-) -> Result<socketioxide::socket::Sid, BoxError> {
-    let local: Vec<_> = ns.clone().local().sockets().into_iter().map(|s| s.id).collect();
-    let all = ns.clone().fetch_sockets().await;
-    all.map_err(|e| format!("fetch_sockets: {e:?}"))?
+) -> Result<socketioxide::socket::RemoteSocket<A>, BoxError> {
+    let local: Vec<_> = ns
+        .clone()
+        .local()
+        .sockets()
         .into_iter()
-        .map(|s| s.data().id)
-        .find(|id| !local.contains(id))
-        .or_else(|| local.first().copied())
-        .ok_or_else(|| "no socket on /many".into())
+        .map(|s| s.id)
+        .collect();
+    let all = ns.clone().fetch_sockets().await;
+    let mut all = all.map_err(|e| format!("fetch_sockets: {e:?}"))?;
+    let at = all
+        .iter()
+        .position(|s| !local.contains(&s.data().id))
+        .or((!all.is_empty()).then_some(0))
+        .ok_or("no socket on /many")?;
+    Ok(all.swap_remove(at))
 }
 
 /// Run `round` `rounds` times, one after the other: `ok <fewest items> <ns>...`.
