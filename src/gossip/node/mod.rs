@@ -129,8 +129,8 @@ pub(crate) struct Node {
     resumes: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     /// The next token of [`Node::resumes`].
     next_resume: AtomicU64,
-    /// The task that sends the flush round in flight and ends it at its timeout: one at a
-    /// time (a round starts once the one before ended), the one before is stopped.
+    /// The task that ends the flush round in flight at its timeout: one at a time (a round
+    /// starts once the one before ended), the one before is stopped.
     round_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Members and membership changes, as metrics.
     metrics: crate::metrics::NodeMetrics,
@@ -825,25 +825,24 @@ impl Node {
 
     /// Send flush round `id` to `to`, and end it once the round timeout passed.
     fn flush(&self, id: Id, to: Vec<PeerId>) {
-        let Some(node) = self.weak().upgrade() else {
-            return;
-        };
+        // The timer first: a round that ends while its frames are queued (none could be)
+        // starts the next one, whose timer replaces this one.
+        let node = self.weak();
         let timeout = self.request_timeout / 2;
-        let task = async move {
-            match node.encode(&Frame::Flush(id), &to) {
-                Ok(bytes) => node.dispatch(&to, bytes, false, Some(id)).await,
-                Err(e) => tracing::warn!("flush round not sent: {e}"),
-            }
-            let node = Arc::downgrade(&node);
+        let timer = async move {
             tokio::time::sleep(timeout).await;
             if let Some(node) = node.upgrade() {
                 let effects = lock(&node.core).round_expired(id);
                 let _ = node.run(effects);
             }
         };
-        let task = tokio::spawn(tracing::Instrument::instrument(task, self.mesh.span()));
-        if let Some(before) = lock(&self.round_task).replace(task.abort_handle()) {
+        let timer = tokio::spawn(tracing::Instrument::instrument(timer, self.mesh.span()));
+        if let Some(before) = lock(&self.round_task).replace(timer.abort_handle()) {
             before.abort();
+        }
+        match self.encode(&Frame::Flush(id), &to) {
+            Ok(bytes) => self.dispatch(&to, bytes, false, Some(id)),
+            Err(e) => tracing::warn!("flush round not sent: {e}"),
         }
     }
 
@@ -913,11 +912,7 @@ impl Node {
                 }
                 Effect::Service(from, frame) => self.on_service_frame(&from, frame),
                 Effect::Flush { id, to } => self.flush(id, to),
-                Effect::AnswerFlush(to, id) => {
-                    if let Some(node) = self.weak().upgrade() {
-                        node.respond_later(&to, id, ResponseBody::Done);
-                    }
-                }
+                Effect::AnswerFlush(to, id) => self.respond(&to, id, ResponseBody::Done),
                 Effect::Apply(from, req) => {
                     // Its own frame was handled long ago: nothing to close.
                     if let Err(why) = self.deliver(&from, req) {
