@@ -126,6 +126,27 @@
 //! timeout, or a graceful leave — is no longer waited for. The request returns what it has, never later than the request
 //! timeout.
 //!
+//! Two orders hold on both backends:
+//!
+//! - **Per-sender order**: two emits made on one node reach a client on another node in the
+//!   order they were made (one stream per pair of nodes on gossip, Redis's order on Redis).
+//! - **One order for what has returned**: an emit that returned on one node is applied on
+//!   every node before a `join`, `leave` or `disconnect` that any node starts afterwards.
+//!   Kick a user out of a room right after a post to it returned on another node: the user
+//!   gets the post. On gossip, an emit returns once its frames are queued for each peer, so
+//!   a node that receives such a change, and the node that starts it for its own sockets,
+//!   applies it only once every other member has answered a flush; each member answers on
+//!   its own stream, behind everything it had queued for that node, so those frames have
+//!   been applied first. Emits pay nothing for it; a state change pays one more round trip
+//!   (a node none of whose sockets it selects answers at once while it holds nothing
+//!   else), and one flush round serves every change that arrived before it was sent. At most 4,096 changes (64 MiB) wait on a
+//!   node; past that they are applied at once, in order, and logged. Emits and requests that
+//!   arrive while a change waits are not held behind it: only what returned before the change
+//!   started comes first, and the change is in force when it returns. On Redis, an emit
+//!   returns once Redis has it and every node applies its channels in Redis's order, so it
+//!   holds at no further cost. Operations on the local sockets only (`socket.join` in a
+//!   handler, `io.local()`) are applied at once on both backends, as with socketioxide-redis.
+//!
 //! ```text
 //!  node A                         node B                         node C
 //!    |  joining: gossip rounds (UDP) with a seed, then with everyone  |
@@ -147,8 +168,10 @@
 //!    |   A stops waiting for C: returns its own + B's sockets       |
 //!    |                              |                               |
 //!  io.to("user-1").leave("room"): in force on B and C when it returns
-//!    |---- Request(DelSockets) ---->|  B applies it, then answers   |
-//!    |<--- Response(Done) ----------|                               |
+//!    |---- Request(DelSockets) ---->|  B holds it (its socket is in the room)
+//!    |                              |---- Flush ------------------->|
+//!    |                              |<--- Response(Done) -----------| behind C's emits
+//!    |<--- Response(Done) ----------|  B applied C's emits, then it |
 //!    |                              |                               |
 //!  io.emit_with_ack("ask"):                                         |
 //!    |---- Request(BroadcastWithAck) ->|                            |

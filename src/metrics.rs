@@ -35,7 +35,7 @@
 //! | `socketioxide_cluster_redis_messages_dropped_total` | counter | messages | `reason` (`queue_full`) | received messages dropped, their channel's queue full |
 //! | `socketioxide_cluster_redis_up` | gauge | boolean | none | 1 while the Redis connection answers its health check, else 0 |
 //!
-//! `kind` of a frame: `request`, `response`, `leave`, `service`, `meta`. `kind` of a
+//! `kind` of a frame: `request`, `response`, `leave`, `service`, `meta`, `flush`. `kind` of a
 //! request: the operation (`fetch_sockets`, `rooms`, `broadcast_with_ack`, `add_sockets`,
 //! `del_sockets`, `disconnect_sockets`, `broadcast`) or `service` (a message to a
 //! cluster-wide service that waits for answers). `outcome` of a request: `answered` (every
@@ -319,13 +319,14 @@ pub(crate) fn label(name: &Arc<str>) -> SharedString {
 
 /// The kinds of frames, in the order of the wire's frame variants.
 #[cfg(feature = "cluster-gossip")]
-pub(crate) const FRAME_KINDS: [&str; 5] = ["request", "response", "leave", "service", "meta"];
+pub(crate) const FRAME_KINDS: [&str; 6] =
+    ["request", "response", "leave", "service", "meta", "flush"];
 
 /// Frames and bytes, by frame kind, in one direction: handles taken once.
 #[cfg(feature = "cluster-gossip")]
 pub(crate) struct FrameCounters {
-    frames: [Counter; 5],
-    bytes: [Counter; 5],
+    frames: [Counter; 6],
+    bytes: [Counter; 6],
 }
 
 #[cfg(feature = "cluster-gossip")]
@@ -356,7 +357,7 @@ impl FrameCounters {
 /// written, a chunk read): the shared counters are touched once a batch, not once a frame.
 #[cfg(feature = "cluster-gossip")]
 #[derive(Default)]
-pub(crate) struct FrameTally([(u64, u64); 5]);
+pub(crate) struct FrameTally([(u64, u64); 6]);
 
 #[cfg(feature = "cluster-gossip")]
 impl FrameTally {

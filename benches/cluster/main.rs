@@ -89,6 +89,8 @@ enum Step {
     Fetch(u64),
     /// `broadcast_with_ack` rounds.
     Ack(u64),
+    /// Rounds of a join then a leave of a socket of another node.
+    Rooms(u64),
 }
 
 impl Plan {
@@ -104,6 +106,7 @@ impl Plan {
         steps.push(Step::Sockets(self.sockets));
         steps.extend(sliced(self.requests, Step::Fetch));
         steps.extend(sliced(self.requests, Step::Ack));
+        steps.extend(sliced(self.requests, Step::Rooms));
         steps
     }
 }
@@ -132,6 +135,8 @@ pub struct Figures {
     pub fetch: (Vec<u64>, u64),
     /// `broadcast_with_ack` round trips (ns) and the fewest acks one collected.
     pub ack: (Vec<u64>, u64),
+    /// Remote join and leave round trips (ns), each one a sample.
+    pub rooms: Vec<u64>,
     /// Resident memory of each node at rest, MiB.
     pub rest_mib: Vec<f64>,
     /// Peak resident memory of each node, MiB.
@@ -314,6 +319,11 @@ impl<'r> Setup<'r> {
                 let (ack, acks) = samples(&self.nodes[0].cmd(&format!("ack {rounds}")).await?)?;
                 self.fig.ack.0.extend(ack);
                 self.fig.ack.1 = self.fig.ack.1.min(acks);
+                Ok(())
+            }
+            Step::Rooms(rounds) => {
+                let (rooms, _) = samples(&self.nodes[0].cmd(&format!("rooms {rounds}")).await?)?;
+                self.fig.rooms.extend(rooms);
                 Ok(())
             }
         }

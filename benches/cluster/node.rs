@@ -8,6 +8,7 @@
 //! | `dummies <n>`            | connects `n` in-process sockets to `/many` that ack  | `ok`                        |
 //! | `fetch <rounds>`         | `fetch_sockets()` on `/many`, one after the other    | `ok <sockets> <ns>...`      |
 //! | `ack <rounds>`           | `emit_with_ack` on `/many`, waiting for every ack    | `ok <min acks> <ns>...`     |
+//! | `rooms <rounds>`         | `join(room)`, then `leave(room)`, of a socket of `/many` on another node (on this one, alone), found with `fetch_sockets` | `ok 1 <ns>...` (one sample per join and per leave) |
 //!
 //! Timestamps are `CLOCK_REALTIME` in ns, the clock the driver's clients read too.
 
@@ -239,8 +240,48 @@ async fn command<A: Adapter>(io: &SocketIo<A>, line: &str) -> Result<String, Box
             })
             .await
         }
+        "rooms" => {
+            let ns = io.of(MANY).ok_or("no /many namespace")?;
+            let socket = std::sync::Arc::new(remote_socket(&ns).await?);
+            let mut join = true;
+            timed(num()? * 2, || {
+                let (socket, first) = (socket.clone(), join);
+                join = !join;
+                async move {
+                    let res = if first {
+                        socket.join("bench-room").await
+                    } else {
+                        socket.leave("bench-room").await
+                    };
+                    res.map_err(|e| format!("join/leave: {e:?}"))?;
+                    Ok(1)
+                }
+            })
+            .await
+        }
         other => Err(format!("unknown command {other:?}").into()),
     }
+}
+
+/// A socket of `/many` on another node (on this one, for a single node).
+async fn remote_socket<A: Adapter>(
+    ns: &socketioxide::operators::BroadcastOperators<A>,
+) -> Result<socketioxide::socket::RemoteSocket<A>, BoxError> {
+    let local: Vec<_> = ns
+        .clone()
+        .local()
+        .sockets()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let all = ns.clone().fetch_sockets().await;
+    let mut all = all.map_err(|e| format!("fetch_sockets: {e:?}"))?;
+    let at = all
+        .iter()
+        .position(|s| !local.contains(&s.data().id))
+        .or((!all.is_empty()).then_some(0))
+        .ok_or("no socket on /many")?;
+    Ok(all.swap_remove(at))
 }
 
 /// Run `round` `rounds` times, one after the other: `ok <fewest items> <ns>...`.

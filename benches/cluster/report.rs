@@ -107,6 +107,13 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
         cols.iter().map(|f| ms(&f.ack)),
     );
     row(
+        "remote join / leave of one socket p50 / p99",
+        cols.iter().map(|f| {
+            let p = pcts(&f.rooms);
+            format!("{:.2} / {:.2} ms", p[0] / 1e3, p[1] / 1e3)
+        }),
+    );
+    row(
         "memory at rest per node, MiB (max)",
         cols.iter().map(|f| format!("{:.1}", max(&f.rest_mib))),
     );
@@ -155,6 +162,12 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
             "added latency p99, gossip / redis",
             g_added[1] / r_added[1],
             AtMost(0.8),
+        );
+        let (g_rooms, r_rooms) = (pcts(&gossip.rooms), pcts(&redis.rooms));
+        println!(
+            "  remote join / leave p50 / p99, gossip / redis: {:.2} / {:.2}",
+            g_rooms[0] / r_rooms[0],
+            g_rooms[1] / r_rooms[1]
         );
         for (g, r) in gossip.floods.iter().zip(&redis.floods) {
             goal(
@@ -229,6 +242,7 @@ fn against_baseline(this: &Figures, base: &Figures, ratio: &str) {
     );
     latency("fetch_sockets", &this.fetch.0, &base.fetch.0);
     latency("broadcast_with_ack", &this.ack.0, &base.ack.0);
+    latency("remote join / leave", &this.rooms, &base.rooms);
 }
 
 /// A goal of the benchmark.

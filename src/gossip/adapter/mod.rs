@@ -306,10 +306,21 @@ impl<E: SocketEmitter> GossipAdapter<E> {
 
     /// Send a request that changes state on other nodes (join, leave, disconnect) and wait
     /// until every node it went to applied it, found gone, or the request timeout: once
-    /// this returns, a broadcast from any node sees the change.
+    /// this returns, a broadcast from any node sees the change. Meanwhile this node waits
+    /// until it has applied what the other members queued for it before now, as each node
+    /// asked does before applying the request (see the node's barrier): the caller applies
+    /// this node's part next, after every emit that returned before this call.
     async fn apply(&self, kind: RequestKind, opts: &BroadcastOptions) -> Result<(), RequestError> {
         let pending = self.request(kind, opts, None, self.request_timeout).await?;
-        pending.collect().await;
+        // A request for one other server has no part here.
+        let here = opts.server_id.is_none_or(|s| s == self.uid);
+        let sockets = here && !self.local.sockets(opts.clone()).is_empty();
+        let ordered = async {
+            if here {
+                self.node.ordered(sockets).await;
+            }
+        };
+        futures_util::join!(pending.collect(), ordered);
         Ok(())
     }
 
@@ -334,6 +345,10 @@ fn to(opts: &BroadcastOptions) -> To<'static> {
 }
 
 impl<E: SocketEmitter> NamespaceHandler for GossipAdapter<E> {
+    fn selects_sockets(&self, req: &wire::Request) -> bool {
+        convert::opts_from(req.opts.clone()).is_ok_and(|opts| !self.local.sockets(opts).is_empty())
+    }
+
     fn on_request(&self, from: &PeerId, req: wire::Request) -> Result<(), String> {
         let ns = self.local.path();
         let opts = match convert::opts_from(req.opts) {

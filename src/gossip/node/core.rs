@@ -1,5 +1,6 @@
 //! The node's state and its rules, without I/O: who is a member ([`View`]), the requests
-//! waiting for responses ([`Ledger`]), and the socketioxide server ids peers run. Inputs
+//! waiting for responses ([`Ledger`]), the joins, leaves and disconnects waiting for their
+//! flush round ([`Barrier`]), and the socketioxide server ids peers run. Inputs
 //! are what the mesh, gossip and the requester report (a peer proven, a connection
 //! closed, a frame in, what gossip shows); each returns the [`Effect`]s the node must carry
 //! out (close a link, tell the application, hand a request to its namespace). The tokio
@@ -7,7 +8,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use super::{ledger::Ledger, view::View};
+use super::{
+    barrier::{Barrier, Held, Order},
+    ledger::Ledger,
+    view::View,
+};
 use crate::{
     gossip::{
         membership::{GossipNodes, Member},
@@ -27,6 +32,21 @@ static REFUSED_FRAME_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 /// Connections lost, and nodes refused for this node's name: logged at most once per
 /// period (a peer can cause either on every connection it makes).
 static LOST_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+/// Flush rounds that timed out: logged at most once per period.
+static ROUND_TIMEOUT_LOG: RateLog = RateLog::new(Duration::from_secs(10));
+
+/// What a join, leave or disconnect from a peer selects here, as its namespace said when it
+/// arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// Its namespace is not hosted here: answered so at once.
+    NotHosted,
+    /// No socket of this node now: with nothing held, applied at once (nothing here can see
+    /// its order with the emits still on their way).
+    NoSocket,
+    /// Sockets of this node: it waits for its flush round.
+    Sockets,
+}
 
 /// What the node must do after an input.
 #[derive(Debug)]
@@ -51,6 +71,20 @@ pub(super) enum Effect {
     ReplacedBy(PeerId),
     /// A frame from this peer was refused (it is refused for its parser): count it.
     Refused(PeerId),
+    /// Ask each of `to` for a flush answer to round `id` (see [`super::barrier`]), and end
+    /// the round with [`Core::round_expired`] once the round timeout passed.
+    Flush {
+        /// The round.
+        id: Id,
+        /// The members asked.
+        to: Vec<PeerId>,
+    },
+    /// Answer this peer's flush `id` with `Done`, behind everything queued for it.
+    AnswerFlush(PeerId, Id),
+    /// A join, leave or disconnect from a peer, now ordered: hand it to its namespace.
+    Apply(PeerId, wire::Request),
+    /// This node's own part of a state change it started, now ordered: resume it.
+    Resume(u64),
 }
 
 /// The node's state.
@@ -59,6 +93,8 @@ pub(super) struct Core {
     view: View,
     /// Requests waiting for responses.
     pub(super) ledger: Ledger,
+    /// Joins, leaves and disconnects waiting for their flush round.
+    barrier: Barrier,
     /// socketioxide server ids learned from requests, for peers gossip has not shown yet.
     server_ids: HashMap<Id, PeerId>,
     /// Peers refused for their parser: logged at most once per period (a refused peer
@@ -72,6 +108,7 @@ impl Core {
             me,
             view: View::default(),
             ledger: Ledger::default(),
+            barrier: Barrier::default(),
             server_ids: HashMap::new(),
             parser_log: RateLog::new(Duration::from_secs(10)),
         }
@@ -105,17 +142,30 @@ impl Core {
         }
     }
 
-    /// A frame from `from`; `mine` is this node's parser, once it knows it.
+    /// A frame from `from`, a join, leave or disconnect selecting sockets here.
+    #[cfg(test)]
     pub(super) fn frame(
         &mut self,
         from: &PeerId,
         frame: Frame,
         mine: Option<Parser>,
     ) -> Vec<Effect> {
+        self.frame_in(from, frame, mine, Scope::Sockets)
+    }
+
+    /// A frame from `from`; `mine` is this node's parser, once it knows it; `scope` what a
+    /// join, leave or disconnect selects here.
+    pub(super) fn frame_in(
+        &mut self,
+        from: &PeerId,
+        frame: Frame,
+        mine: Option<Parser>,
+        scope: Scope,
+    ) -> Vec<Effect> {
         if self.view.is_refused(from)
             && matches!(
                 frame,
-                Frame::Request(_) | Frame::Response(_) | Frame::Service(_)
+                Frame::Request(_) | Frame::Response(_) | Frame::Service(_) | Frame::Flush(_)
             )
         {
             if let Some(held_back) = REFUSED_FRAME_LOG.allow() {
@@ -129,12 +179,24 @@ impl Core {
         match frame {
             Frame::Request(req) => {
                 self.learn_server_id(req.origin, from);
-                vec![Effect::Request(from.clone(), req)]
+                let hold = req.kind.changes_state()
+                    && match scope {
+                        Scope::NotHosted => false,
+                        Scope::NoSocket => !self.barrier.is_idle(),
+                        Scope::Sockets => true,
+                    };
+                if hold {
+                    self.hold(Held::Request(from.clone(), Box::new(req)))
+                } else {
+                    vec![Effect::Request(from.clone(), req)]
+                }
             }
             Frame::Response(res) => {
                 self.ledger.respond(from, res.id, res.body);
-                Vec::new()
+                self.settle()
             }
+            // Answered at once, whatever this node holds: see the barrier's rules.
+            Frame::Flush(id) => vec![Effect::AnswerFlush(from.clone(), id)],
             Frame::Leave => self.mark_left(from, "it left the cluster"),
             Frame::Service(frame) => vec![Effect::Service(from.clone(), frame)],
             Frame::Meta(meta) => {
@@ -304,8 +366,105 @@ impl Core {
     pub(super) fn mark_left(&mut self, peer: &PeerId, why: &str) -> Vec<Effect> {
         let mut effects = self.change_view(why, |v| v.leave(peer));
         self.ledger.peer_gone(peer);
+        effects.extend(self.settle());
         effects.push(Effect::DropLink(peer.clone()));
         effects
+    }
+
+    /// This node's own part of a join, leave or disconnect it started: resumed by
+    /// [`Effect::Resume`] with `token` once ordered. One that selects no socket here
+    /// (`sockets` false) is resumed at once when nothing is held.
+    pub(super) fn order_local(&mut self, token: u64, sockets: bool) -> Vec<Effect> {
+        if !sockets && self.barrier.is_idle() {
+            return vec![Effect::Resume(token)];
+        }
+        self.hold(Held::Local(token))
+    }
+
+    /// The round timeout of flush round `id` passed: what it served is applied, whoever
+    /// has not answered.
+    pub(super) fn round_expired(&mut self, id: Id) -> Vec<Effect> {
+        let waiting = self.ledger.remove(id);
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        if let Some(held_back) = ROUND_TIMEOUT_LOG.allow() {
+            tracing::warn!(
+                node = %self.me, ?waiting, held_back,
+                "flush round timed out: the joins, leaves and disconnects it held are applied \
+                 without waiting for these members any longer"
+            );
+        }
+        let members = self.member_ids();
+        let orders = self.barrier.round_ended(id, &members);
+        self.carry_out(orders)
+    }
+
+    /// Request `id`'s frame could not be queued for `peer`: it does not wait for it.
+    pub(super) fn not_sent(&mut self, id: Id, peer: &PeerId) -> Vec<Effect> {
+        self.ledger.peer_gone_from(id, peer);
+        self.settle()
+    }
+
+    /// No request waits for `peer` any longer (its connection could not be made).
+    pub(super) fn stop_waiting_for(&mut self, peer: &PeerId) -> Vec<Effect> {
+        self.ledger.peer_gone(peer);
+        self.settle()
+    }
+
+    /// This node is leaving: no request waits any longer, and every state change held is
+    /// applied, in order.
+    pub(super) fn release_all(&mut self) -> Vec<Effect> {
+        self.ledger.release_all();
+        self.ledger.take_ended_rounds();
+        let orders = self.barrier.release_all();
+        self.carry_out(orders)
+    }
+
+    /// State changes applied without waiting so far, past the barrier's bounds.
+    #[cfg(test)]
+    pub(super) fn unordered(&self) -> u64 {
+        self.barrier.unordered()
+    }
+
+    /// Hold a state change until its flush round ended.
+    fn hold(&mut self, change: Held) -> Vec<Effect> {
+        let members = self.member_ids();
+        let orders = self.barrier.hold(change, &members);
+        self.carry_out(orders)
+    }
+
+    /// The flush rounds the ledger saw end: what they served is applied.
+    fn settle(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for id in self.ledger.take_ended_rounds() {
+            let members = self.member_ids();
+            let orders = self.barrier.round_ended(id, &members);
+            effects.extend(self.carry_out(orders));
+        }
+        effects
+    }
+
+    /// The effects of the barrier's orders; a round is booked in the ledger.
+    fn carry_out(&mut self, orders: Vec<Order>) -> Vec<Effect> {
+        orders
+            .into_iter()
+            .map(|order| match order {
+                Order::Flush { id, to } => {
+                    self.ledger.book_round(id, &to);
+                    Effect::Flush { id, to }
+                }
+                Order::Apply(Held::Request(from, req)) => Effect::Apply(from, *req),
+                Order::Apply(Held::Local(token)) => Effect::Resume(token),
+            })
+            .collect()
+    }
+
+    /// The members, in a fixed order (a round asks them in it).
+    fn member_ids(&self) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = self.view.members().map(Member::peer_id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Change the view; who joined and who left the members.
@@ -329,17 +488,18 @@ impl Core {
             tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
             effects.push(Effect::Joined(Member::clone(&member)));
         }
+        effects.extend(self.settle());
         effects
     }
 }
 
 /// The races the node must get right, driven without sockets: what each input decides.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::gossip::{
         node::{
-            To,
+            To, barrier,
             ledger::tests::drain as seen,
             view::tests::{conn, peer, proof as addrs},
         },
@@ -350,7 +510,7 @@ mod tests {
 
     /// A core named "me" with `peers` admitted, each on an incoming connection numbered
     /// from 1.
-    fn core_with(peers: &[&PeerId]) -> Core {
+    pub(in crate::gossip::node) fn core_with(peers: &[&PeerId]) -> Core {
         let mut core = Core::new(peer("me", 10));
         for (i, p) in peers.iter().enumerate() {
             let (admitted, effects) = core.admit(p, conn(i as u64 + 1, true), addrs());
@@ -361,7 +521,7 @@ mod tests {
     }
 
     /// Effects, written short: `joined a#1`, `left a#1`, `drop a#1`, ...
-    fn short(effects: &[Effect]) -> Vec<String> {
+    pub(in crate::gossip::node) fn short(effects: &[Effect]) -> Vec<String> {
         effects
             .iter()
             .map(|e| match e {
@@ -378,6 +538,10 @@ mod tests {
                 Effect::Service(p, _) => format!("service from {p}"),
                 Effect::ReplacedBy(p) => format!("replaced by {p}"),
                 Effect::Refused(p) => format!("refused from {p}"),
+                Effect::Flush { to, .. } => format!("flush to {}", barrier::tests::names(to)),
+                Effect::AnswerFlush(p, _) => format!("answer flush of {p}"),
+                Effect::Apply(p, r) => format!("apply {} from {p}", r.kind.name()),
+                Effect::Resume(t) => format!("resume {t}"),
             })
             .collect()
     }

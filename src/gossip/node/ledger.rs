@@ -1,6 +1,8 @@
 //! The request ledger: every request waiting for responses, whom it still waits for, and
 //! what each peer asked may still send back. Pure: driven by responses and by peers found
 //! gone; what a requester sees comes out of one channel per request, read by [`Pending`].
+//! The node's own flush rounds (see [`super::barrier`]) wait here too: when one ends, its
+//! id is kept for the core to take ([`Ledger::take_ended_rounds`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -48,11 +50,19 @@ pub(super) enum Progress {
     Gone(PeerId),
 }
 
+/// Who waits for one request.
+enum Waiter {
+    /// A requester, reading [`Progress`] from this channel. Unbounded, but never holds
+    /// more than the peers asked owe: one answer each, then as many acks as each announced
+    /// for itself.
+    Requester(mpsc::UnboundedSender<Progress>),
+    /// The node's flush round: only its end matters.
+    Round,
+}
+
 /// One request waiting for responses.
 struct Entry {
-    /// Unbounded, but never holds more than the peers asked owe: one answer each, then as
-    /// many acks as each announced for itself.
-    progress: mpsc::UnboundedSender<Progress>,
+    waiter: Waiter,
     /// The peers asked.
     asked: HashSet<PeerId>,
     /// The peers still owing something, and what.
@@ -63,6 +73,8 @@ struct Entry {
 #[derive(Default)]
 pub(super) struct Ledger {
     entries: HashMap<Id, Entry>,
+    /// Flush rounds that ended (every peer asked answered or was found gone), not taken yet.
+    ended_rounds: Vec<Id>,
 }
 
 impl Ledger {
@@ -71,14 +83,29 @@ impl Ledger {
     pub(super) fn book(&mut self, id: Id, targets: &[PeerId]) -> mpsc::UnboundedReceiver<Progress> {
         let (tx, rx) = mpsc::unbounded_channel();
         if !targets.is_empty() {
-            let entry = Entry {
-                progress: tx,
-                asked: targets.iter().cloned().collect(),
-                owed: targets.iter().map(|p| (p.clone(), Owed::Answer)).collect(),
-            };
-            self.entries.insert(id, entry);
+            self.insert(id, Waiter::Requester(tx), targets);
         }
         rx
+    }
+
+    /// Book flush round `id`, sent to `targets` (at least one): it ends once each answered
+    /// or was found gone, and its id is then given by [`Ledger::take_ended_rounds`].
+    pub(super) fn book_round(&mut self, id: Id, targets: &[PeerId]) {
+        self.insert(id, Waiter::Round, targets);
+    }
+
+    fn insert(&mut self, id: Id, waiter: Waiter, targets: &[PeerId]) {
+        let entry = Entry {
+            waiter,
+            asked: targets.iter().cloned().collect(),
+            owed: targets.iter().map(|p| (p.clone(), Owed::Answer)).collect(),
+        };
+        self.entries.insert(id, entry);
+    }
+
+    /// The flush rounds that ended since the last call, in the order they ended.
+    pub(super) fn take_ended_rounds(&mut self) -> Vec<Id> {
+        std::mem::take(&mut self.ended_rounds)
     }
 
     /// A response from `from` to request `id`. Only what the peer still owes is taken: a
@@ -122,13 +149,12 @@ impl Ledger {
                 return false;
             }
         };
-        // Fails only when the request was just dropped: nothing to tell then.
         if keep {
-            let _ = entry.progress.send(Progress::Kept(from.clone(), body));
+            entry.tell(Progress::Kept(from.clone(), body));
         }
         if done {
             entry.owed.remove(from);
-            let _ = entry.progress.send(Progress::Answered(from.clone()));
+            entry.tell(Progress::Answered(from.clone()));
             self.end_if_done(id);
         }
         true
@@ -151,16 +177,17 @@ impl Ledger {
             if let Owed::Acks(n) = owed {
                 tracing::info!(%peer, owed_acks = n, "request stops waiting for a peer that is gone");
             }
-            let _ = entry.progress.send(Progress::Gone(peer.clone()));
+            entry.tell(Progress::Gone(peer.clone()));
             self.end_if_done(id);
         }
     }
 
-    /// Every request stops waiting for anyone (this node is leaving).
+    /// Every request stops waiting for anyone (this node is leaving); flush rounds end
+    /// without being given as ended (the barrier releases everything itself).
     pub(super) fn release_all(&mut self) {
         for entry in self.entries.values() {
             for peer in entry.owed.keys() {
-                let _ = entry.progress.send(Progress::Gone(peer.clone()));
+                entry.tell(Progress::Gone(peer.clone()));
             }
         }
         self.entries.clear();
@@ -180,10 +207,26 @@ impl Ledger {
         self.entries.len()
     }
 
-    /// Drop the entry of a request owed nothing more: its receiver ends.
+    /// Drop the entry of a request owed nothing more: its receiver ends, or, for a flush
+    /// round, its id is kept as ended.
     fn end_if_done(&mut self, id: Id) {
-        if self.entries.get(&id).is_some_and(|e| e.owed.is_empty()) {
-            self.entries.remove(&id);
+        if self.entries.get(&id).is_some_and(|e| e.owed.is_empty())
+            && let Some(Entry {
+                waiter: Waiter::Round,
+                ..
+            }) = self.entries.remove(&id)
+        {
+            self.ended_rounds.push(id);
+        }
+    }
+}
+
+impl Entry {
+    /// Tell the requester, if one reads (it fails only when the request was just dropped:
+    /// nothing to tell then).
+    fn tell(&self, progress: Progress) {
+        if let Waiter::Requester(tx) = &self.waiter {
+            let _ = tx.send(progress);
         }
     }
 }

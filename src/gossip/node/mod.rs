@@ -2,10 +2,12 @@
 //! requests waiting for responses. Knows nothing of socket.io: namespaces are routing keys,
 //! frames are opaque beyond their routing fields.
 //!
-//! Its decisions are made without I/O, in [`core`] (who is a member, what waits for whom)
-//! and [`outgoing`] (the link table); this module is the shell that feeds them what the
-//! mesh and gossip report and carries out what they decide.
+//! Its decisions are made without I/O, in [`core`] (who is a member, what waits for whom,
+//! with [`barrier`] for the order of state changes) and [`outgoing`] (the link table); this
+//! module is the shell that feeds them what the mesh and gossip report and carries out what
+//! they decide.
 
+mod barrier;
 mod core;
 #[cfg(test)]
 pub(crate) use core::MAX_SERVER_IDS_PER_PEER;
@@ -13,6 +15,8 @@ mod handle;
 mod ledger;
 #[cfg(test)]
 mod metrics_tests;
+#[cfg(test)]
+mod order_tests;
 mod outgoing;
 mod service;
 mod startup;
@@ -36,7 +40,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use self::core::{Core, Effect};
+use self::core::{Core, Effect, Scope};
 use self::outgoing::{Connecting, Outgoing, Route};
 pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use ledger::{Outcome, Pending};
@@ -73,6 +77,9 @@ pub(crate) trait NamespaceHandler: Send + Sync + 'static {
     /// one a well-behaved peer sends (say, a payload of another socket.io parser): nothing
     /// of it was applied, and the connection it came on is closed with that reason.
     fn on_request(&self, from: &PeerId, req: wire::Request) -> Result<(), String>;
+
+    /// Whether `req` (a join, leave or disconnect) selects a socket of this node now.
+    fn selects_sockets(&self, req: &wire::Request) -> bool;
 }
 
 /// Namespaces not announced to peers (beyond the bounds they decode): logged at most once
@@ -118,6 +125,13 @@ pub(crate) struct Node {
     joined: AtomicBool,
     /// Frames given up on before they reached the mesh (each also logged).
     dropped: AtomicU64,
+    /// This node's own parts of state changes waiting for their flush round, by token.
+    resumes: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    /// The next token of [`Node::resumes`].
+    next_resume: AtomicU64,
+    /// The task that ends the flush round in flight at its timeout: one at a time (a round
+    /// starts once the one before ended), the one before is stopped.
+    round_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Members and membership changes, as metrics.
     metrics: crate::metrics::NodeMetrics,
     self_weak: Weak<Node>,
@@ -331,6 +345,9 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            resumes: Mutex::default(),
+            next_resume: AtomicU64::new(0),
+            round_task: Mutex::default(),
             metrics: crate::metrics::NodeMetrics::new(&me_name),
         });
         node.mesh
@@ -534,7 +551,8 @@ impl Node {
             if let Err((reason, why)) = queued {
                 self.frame_dropped(peer, volatile, reason, &why);
                 if let Some(id) = awaited {
-                    lock(&self.core).ledger.peer_gone_from(id, peer);
+                    let effects = lock(&self.core).not_sent(id, peer);
+                    let _ = self.run(effects);
                 }
             }
         }
@@ -786,14 +804,67 @@ impl Node {
 
     /// Pending requests stop waiting for `peer`.
     fn stop_waiting_for(&self, peer: &PeerId) {
-        lock(&self.core).ledger.peer_gone(peer);
+        let effects = lock(&self.core).stop_waiting_for(peer);
+        let _ = self.run(effects);
+    }
+
+    /// Wait until this node has applied every frame the other members had queued for it
+    /// before now (see [`barrier`]): its own part of a join, leave or disconnect is applied
+    /// then. `sockets` says whether the change selects sockets of this node; one that does
+    /// not goes at once while nothing is held. Bounded by the round timeout (twice, behind
+    /// a round in flight).
+    pub(crate) async fn ordered(&self, sockets: bool) {
+        let token = self.next_resume.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.resumes).insert(token, tx);
+        let effects = lock(&self.core).order_local(token, sockets);
+        let _ = self.run(effects);
+        // Fails only when the node dropped the token (it is stopping): nothing to wait for.
+        let _ = rx.await;
+    }
+
+    /// Send flush round `id` to `to`, and end it once the round timeout passed.
+    fn flush(&self, id: Id, to: Vec<PeerId>) {
+        // The timer first: a round that ends while its frames are queued (none could be)
+        // starts the next one, whose timer replaces this one.
+        let node = self.weak();
+        let timeout = self.request_timeout / 2;
+        let timer = async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(node) = node.upgrade() {
+                let effects = lock(&node.core).round_expired(id);
+                let _ = node.run(effects);
+            }
+        };
+        let timer = tokio::spawn(tracing::Instrument::instrument(timer, self.mesh.span()));
+        if let Some(before) = lock(&self.round_task).replace(timer.abort_handle()) {
+            before.abort();
+        }
+        match self.encode(&Frame::Flush(id), &to) {
+            Ok(bytes) => self.dispatch(&to, bytes, false, Some(id)),
+            Err(e) => tracing::warn!("flush round not sent: {e}"),
+        }
     }
 
     /// A frame from `from`. An error closes the connection it came on, with that reason.
     fn on_frame(&self, from: &PeerId, frame: Frame) -> Result<(), String> {
         let mine = lock(&self.meta).parser;
-        let effects = lock(&self.core).frame(from, frame, mine);
+        // Read for joins, leaves and disconnects only.
+        let scope = match &frame {
+            Frame::Request(req) if req.kind.changes_state() => self.scope(req),
+            _ => Scope::NotHosted,
+        };
+        let effects = lock(&self.core).frame_in(from, frame, mine, scope);
         self.run(effects)
+    }
+
+    /// What a join, leave or disconnect selects here, as its namespace says now.
+    fn scope(&self, req: &wire::Request) -> Scope {
+        match read(&self.handlers).get(&req.ns).and_then(Weak::upgrade) {
+            None => Scope::NotHosted,
+            Some(h) if h.selects_sockets(req) => Scope::Sockets,
+            Some(_) => Scope::NoSocket,
+        }
     }
 
     /// Carry out what the core decided. An error says a request was refused by its
@@ -840,6 +911,19 @@ impl Node {
                     }
                 }
                 Effect::Service(from, frame) => self.on_service_frame(&from, frame),
+                Effect::Flush { id, to } => self.flush(id, to),
+                Effect::AnswerFlush(to, id) => self.respond(&to, id, ResponseBody::Done),
+                Effect::Apply(from, req) => {
+                    // Its own frame was handled long ago: nothing to close.
+                    if let Err(why) = self.deliver(&from, req) {
+                        tracing::warn!(peer = %from, "state change dropped: {why}");
+                    }
+                }
+                Effect::Resume(token) => {
+                    if let Some(tx) = lock(&self.resumes).remove(&token) {
+                        let _ = tx.send(());
+                    }
+                }
                 Effect::ReplacedBy(by) => {
                     if let Some(node) = self.weak().upgrade() {
                         self.spawn(async move { node.replaced(by).await });
@@ -1037,7 +1121,8 @@ impl Node {
                 let _ = link.send(bytes.clone());
             }
         }
-        lock(&self.core).ledger.release_all();
+        let effects = lock(&self.core).release_all();
+        let _ = self.run(effects);
         self.mesh.close(mesh::CLOSE_LEAVING, b"leaving").await;
         self.membership.shutdown();
     }

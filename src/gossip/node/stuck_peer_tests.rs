@@ -60,6 +60,10 @@ impl NamespaceHandler for Handler {
         }
         Ok(())
     }
+
+    fn selects_sockets(&self, _: &wire::Request) -> bool {
+        true
+    }
 }
 
 /// Blocks a node's handler until dropped (also when the test fails).

@@ -159,6 +159,7 @@ fn variants(frame: &Frame) -> Vec<&'static str> {
             [vec!["Frame::Response"], body].concat()
         }
         Frame::Leave => vec!["Frame::Leave"],
+        Frame::Flush(_) => vec!["Frame::Flush"],
         Frame::Service(_) => vec!["Frame::Service"],
         Frame::Meta(m) => match m.parser {
             None => vec!["Frame::Meta", "Parser::None"],
@@ -175,6 +176,7 @@ const ALL_VARIANTS: &[&str] = &[
     "Frame::Leave",
     "Frame::Service",
     "Frame::Meta",
+    "Frame::Flush",
     "RequestKind::Broadcast",
     "RequestKind::BroadcastWithAck",
     "RequestKind::DisconnectSockets",
@@ -338,6 +340,7 @@ fn fixtures() -> Vec<Fixture> {
             shows: vec!["Hello+insecure"],
         },
         frame("leave", Frame::Leave),
+        frame("flush", Frame::Flush(id(b'f'))),
         frame(
             "meta-common",
             Frame::Meta(NodeMeta {

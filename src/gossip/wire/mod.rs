@@ -300,11 +300,16 @@ pub enum Frame {
     /// What the sender says about itself (its server id, the namespaces it hosts). Only
     /// ever applied to the sender: it travels on the sender's own connection.
     Meta(NodeMeta),
+    /// The sender holds a join, leave or disconnect until the receiver answered this request
+    /// id with [`ResponseBody::Done`]. The receiver answers at once, on its own connection
+    /// to the sender, behind every frame it queued for the sender before: once the answer
+    /// is in, the sender has applied all of them.
+    Flush(Id),
 }
 
 impl Frame {
     /// Which variant this is, as its tag on the wire: 0 `Request`, 1 `Response`, 2 `Leave`,
-    /// 3 `Service`, 4 `Meta`.
+    /// 3 `Service`, 4 `Meta`, 5 `Flush`.
     pub fn kind(&self) -> usize {
         match self {
             Self::Request(_) => 0,
@@ -312,6 +317,7 @@ impl Frame {
             Self::Leave => 2,
             Self::Service(_) => 3,
             Self::Meta(_) => 4,
+            Self::Flush(_) => 5,
         }
     }
 }
@@ -442,6 +448,15 @@ impl RequestKind {
     /// so that it is in force on every node when the call that made it returns.
     pub fn expects_response(&self) -> bool {
         !matches!(self, Self::Broadcast(_))
+    }
+
+    /// Whether the request changes state (join, leave, disconnect): the receiver applies it
+    /// only after what every other member queued for it before (see [`Frame::Flush`]).
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            Self::AddSockets(_) | Self::DelSockets(_) | Self::DisconnectSockets
+        )
     }
 
     /// The kind's name, for log lines.
@@ -894,6 +909,7 @@ mod tests {
                 }),
             (arb_id(), arb_body()).prop_map(|(id, body)| Frame::Response(Response { id, body })),
             Just(Frame::Leave),
+            arb_id().prop_map(Frame::Flush),
             (".{0,8}", proptest::option::of(arb_id()), arb_bytes()).prop_map(
                 |(service, confirm, body)| Frame::Service(ServiceFrame {
                     service,
@@ -978,6 +994,10 @@ mod tests {
         };
         let cases: Vec<(Frame, &str)> = vec![
             (Frame::Leave, "535804 02"),
+            (
+                Frame::Flush(id(9)),
+                "535804 05 09090909090909090909090909090909",
+            ),
             (
                 Frame::Meta(NodeMeta {
                     version: 300,
