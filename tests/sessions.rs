@@ -333,28 +333,43 @@ mod gossip_only {
         assert!(converge(&[&a, &b, &c], &saved.id, None, SPREADS).await);
     }
 
-    /// Saves of one session on A and B at the same time, B's started 5 ms after A's wrote
-    /// its version (so B's clock reads later), while A's is on its way: B's wins on every
-    /// node, whichever reached it first. A's save carries 256 KiB more, so that it tends
-    /// to reach C after B's. Checked once, right after both saves returned.
+    /// Saves of one session on A and B at the same time, B's started once the clock has
+    /// moved two milliseconds past A's write (so B's version is later), while A's is on its
+    /// way: B's wins on every node, whichever reached it first. A's save carries 768 KiB more (a session is at most 1 MiB),
+    /// so that it tends to reach C after B's. Checked once, right after both saves returned.
+    /// Rounds go on until five of them overlapped (at most 40): a round where A's save
+    /// returned before B's started is still checked, but proves nothing of concurrency.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_later_write_by_the_writers_clocks_wins() {
+        const OVERLAPS: usize = 5;
+        const MAX_ROUNDS: usize = 40;
         let (_cluster, nodes) = three(&Backend::Gossip, SessionStoreConfig::new()).await;
         let [a, b, c] = [&nodes[0].1, &nodes[1].1, &nodes[2].1];
-        let padding = serde_json::json!("x".repeat(256 * 1024));
+        let padding = serde_json::json!("x".repeat(768 * 1024));
         let with_user = |base: &Record, user: String| Record {
             data: HashMap::from([("user".to_string(), serde_json::json!(user))]),
             ..base.clone()
         };
+        let wall_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_millis()
+        };
         let mut overlapping = 0;
-        for round in 0..10 {
+        let mut rounds = 0;
+        while overlapping < OVERLAPS && rounds < MAX_ROUNDS {
+            let round = rounds;
+            rounds += 1;
             let mut base = hour("start");
             a.create(&mut base).await.unwrap();
             let mut from_a = with_user(&base, format!("a{round}"));
             from_a.data.insert("padding".into(), padding.clone());
             let from_b = with_user(&base, format!("b{round}"));
             let a_done = std::sync::atomic::AtomicBool::new(false);
-            // `join!` polls A's save first: it writes its version before its first await.
+            // `join!` polls A's save first: it writes its version before its first await, so
+            // the clock read at B's first poll is at least A's, and two milliseconds later
+            // B's version is later than A's (which is at most one past the base's).
             let (ra, rb) = tokio::join!(
                 async {
                     let r = a.save(&from_a).await;
@@ -362,7 +377,13 @@ mod gossip_only {
                     r
                 },
                 async {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let after_a = wall_ms();
+                    for _ in 0..1_000 {
+                        if wall_ms() > after_a + 1 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                     if !a_done.load(std::sync::atomic::Ordering::SeqCst) {
                         overlapping += 1;
                     }
@@ -378,13 +399,11 @@ mod gossip_only {
                 "round {round}: the later write wins everywhere"
             );
         }
-        println!("B's save started while A's was on its way in {overlapping} of 10 rounds");
-        // Without an overlap the saves were not concurrent and the rounds proved nothing. A
-        // save returns once every node holds it: 256 KiB to two peers takes longer than
-        // the 5 ms B waits.
+        println!("B's save started while A's was on its way in {overlapping} of {rounds} rounds");
+        // Without an overlap the saves were not concurrent and the rounds proved nothing.
         assert!(
-            overlapping >= 5,
-            "B's save overlapped A's in only {overlapping} of 10 rounds"
+            overlapping >= OVERLAPS,
+            "B's save overlapped A's in only {overlapping} of {rounds} rounds"
         );
     }
 
