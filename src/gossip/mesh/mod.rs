@@ -696,7 +696,10 @@ impl Mesh {
                 queue,
                 peer.clone(),
                 inbound,
-                self.peer_timeout,
+                WriterLimits {
+                    stall: self.peer_timeout,
+                    log: self.peer_log.clone(),
+                },
             )
             .instrument(self.span()),
         );
@@ -879,6 +882,13 @@ const YIELD_EVERY: u32 = 16;
 /// Most frames handed to quinn in one write.
 const WRITE_BATCH: usize = 64;
 
+/// What bounds a link's writer: how long a peer may take nothing while frames wait for it,
+/// and the rate of the warnings its end writes (a member can open and end links at will).
+struct WriterLimits {
+    stall: Duration,
+    log: Arc<RateLog>,
+}
+
 /// Write the frames queued for `peer` until the connection closes or the link is dropped.
 /// A peer is disconnected as a slow consumer ([`CLOSE_SLOW`]), so that nothing waits on it
 /// and the node holds no more than its budget for it, when it takes no byte for `stall`
@@ -891,7 +901,7 @@ async fn write_frames(
     mut queue: Queue,
     peer: PeerId,
     inbound: Arc<dyn Inbound>,
-    stall: Duration,
+    WriterLimits { stall, log }: WriterLimits,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut chunks = Vec::with_capacity(WRITE_BATCH);
@@ -937,8 +947,10 @@ async fn write_frames(
             why = cut.cut() => break (WriteFailure::Cut(why), 0),
             reason = conn.closed() => {
                 let dropped = queue.close();
-                if dropped > 0 {
-                    tracing::warn!(%peer, dropped, "mesh link closed with frames still queued: {reason}");
+                if dropped > 0
+                    && let Some(held_back) = log.allow()
+                {
+                    tracing::warn!(%peer, dropped, held_back, "mesh link closed with frames still queued: {reason}");
                 }
                 inbound.on_connection_closed(&peer, id, &(&reason).into());
                 return;
@@ -952,13 +964,17 @@ async fn write_frames(
             let why = queue.rx.cut_now(why);
             let dropped = unwritten + queue.close();
             queue.counters.slow.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, dropped, "mesh peer disconnected as a slow consumer: {why}");
+            if let Some(held_back) = log.allow() {
+                tracing::warn!(%peer, dropped, held_back, "mesh peer disconnected as a slow consumer: {why}");
+            }
             conn.close(VarInt::from_u32(CLOSE_SLOW), b"slow consumer");
             Closed::Slow
         }
         WriteFailure::Error(e) => {
             let dropped = unwritten + queue.close();
-            tracing::warn!(%peer, dropped, "mesh write failed, closing link: {e}");
+            if let Some(held_back) = log.allow() {
+                tracing::warn!(%peer, dropped, held_back, "mesh write failed, closing link: {e}");
+            }
             conn.close(VarInt::from_u32(CLOSE_UNUSED), b"write failed");
             (&conn.closed().await).into()
         }
