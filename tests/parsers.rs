@@ -33,6 +33,10 @@ fn count_panics() {
 async fn a_node_with_another_parser_is_refused_and_the_others_keep_working() {
     logs::capture();
     count_panics();
+    // Installed before any node starts: a node takes its metric handles when it starts.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the one recorder of this test binary");
     let mut cluster = TestCluster::new(&Backend::Gossip);
     let json_a = cluster.start(|b| b).await;
     let json_b = cluster.start(|b| b).await;
@@ -90,6 +94,13 @@ async fn a_node_with_another_parser_is_refused_and_the_others_keep_working() {
         msgpack.io.emit("from-msgpack", &i).await.expect("emit");
     }
     nothing_arrives(&[&json_a, &json_b], [(&mut a.1, a.2), (&mut b.1, b.2)]).await;
+    // The markers come from the JSON nodes, so they are not ordered after a msgpack
+    // broadcast that would come late: what shows none will is that the msgpack node wrote
+    // no request frame (a broadcast is one) to any peer, while the JSON nodes' were
+    // counted.
+    let page = metrics.render();
+    assert!(requests_sent(&page, &name(&json_a)) > 0.0, "{page}");
+    assert_eq!(requests_sent(&page, &name(&msgpack)), 0.0, "{page}");
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "nothing panicked");
     assert_eq!(
         names(&json_a),
@@ -97,4 +108,14 @@ async fn a_node_with_another_parser_is_refused_and_the_others_keep_working() {
         "still refused, no flapping"
     );
     assert!(names(&msgpack).is_empty());
+}
+
+/// Request frames (broadcasts among them) `node` wrote to its peers, from a Prometheus page.
+fn requests_sent(page: &str, node: &str) -> f64 {
+    let labels = [format!("node=\"{node}\""), "kind=\"request\"".to_string()];
+    page.lines()
+        .filter(|l| l.starts_with("socketioxide_cluster_frames_sent_total{"))
+        .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -40,34 +40,18 @@ async fn three(backend: &Backend) -> (Vec<TestNode>, Vec<ServerEvents>) {
         events.push(ev);
     }
     wait_formed(&nodes.iter().collect::<Vec<_>>()).await;
-    // On gossip every node's constructor returned once it had joined, and its events
-    // handle serves at once: the first event of each node is answered by both others
-    // (asked once).
-    if matches!(backend, Backend::Gossip) {
-        for ev in &events {
-            let acks = answers(ev, "ready", &(), Duration::from_secs(5)).await;
-            assert!(
-                acks.len() == 2 && acks.values().all(Result::is_ok),
-                "{} hears from both others at once: {acks:?}",
-                ev.node_name()
-            );
-        }
-        return (nodes, events);
-    }
-    // On Redis an events handle subscribes in the background (`server_events()` cannot
-    // wait): an event sent right after the last node's handle was made may miss that node
-    // (asked once, 3 of 3 runs answered by one node only). Wait until each answers the
-    // others.
+    // Once each handle is ready (on gossip at once, on Redis once subscribed), the first
+    // event of each node is answered by both others (asked once).
     for ev in &events {
-        let mut all = false;
-        for _ in 0..100 {
-            let acks = answers(ev, "ready", &(), Duration::from_millis(500)).await;
-            if acks.len() == 2 && acks.values().all(Result::is_ok) {
-                all = true;
-                break;
-            }
-        }
-        assert!(all, "{} hears from both others", ev.node_name());
+        ev.ready(SETTLES).await.expect("subscribed");
+    }
+    for ev in &events {
+        let acks = answers(ev, "ready", &(), Duration::from_secs(5)).await;
+        assert!(
+            acks.len() == 2 && acks.values().all(Result::is_ok),
+            "{} hears from both others at once: {acks:?}",
+            ev.node_name()
+        );
     }
     (nodes, events)
 }

@@ -422,6 +422,27 @@ impl ServerEvents {
         }
     }
 
+    /// Wait (at most `limit`) until this handle hears the events other nodes emit. On
+    /// gossip it does from the moment it is made ([`server_events`] returns a serving
+    /// handle), and this returns at once. On Redis the handle subscribes in the
+    /// background (making it cannot wait): an event emitted elsewhere before that is done
+    /// may not reach this node, and this returns once it is, or an error if subscribing
+    /// failed or took longer than `limit`. Await it before telling other nodes this one is
+    /// ready.
+    ///
+    /// [`server_events`]: crate::ClusterAdapterCtr::server_events
+    pub async fn ready(&self, limit: Duration) -> Result<(), ServerEventError> {
+        match &self.backend {
+            #[cfg(feature = "cluster-gossip")]
+            Backend::Gossip(_) => {
+                let _ = limit;
+                Ok(())
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => r.subscribed(limit).await,
+        }
+    }
+
     /// Handle the events named `event` that other nodes emit (replacing an earlier
     /// handler of that name). Each runs in a task of its own; answer with
     /// [`ServerEvent::ack`].

@@ -185,7 +185,7 @@ impl RedisEvents {
     }
 
     /// Wait (at most `limit`) until this node's channels are subscribed.
-    async fn subscribed(&self, limit: Duration) -> Result<(), ServerEventError> {
+    pub(crate) async fn subscribed(&self, limit: Duration) -> Result<(), ServerEventError> {
         let mut ready = self.ready.clone();
         let state = tokio::time::timeout(limit, ready.wait_for(Option::is_some)).await;
         match state {
