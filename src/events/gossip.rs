@@ -24,6 +24,15 @@ use crate::{
     },
 };
 
+impl crate::Cluster {
+    /// Start this node's server-to-server events (see [`events`](crate::events)). Start
+    /// them once per node and keep (a clone of) the handle: a second start replaces the
+    /// first, whose handlers stop receiving.
+    pub fn server_events(&self) -> super::ServerEvents {
+        super::ServerEvents::gossip(self.node().clone())
+    }
+}
+
 /// Room for the frame header and service name around an event message.
 const FRAME_OVERHEAD: usize = 64;
 

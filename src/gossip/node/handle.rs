@@ -55,13 +55,6 @@ impl Cluster {
         Self { node }
     }
 
-    /// Start this node's server-to-server events (see [`events`](crate::events)). Start
-    /// them once per node and keep (a clone of) the handle: a second start replaces the
-    /// first, whose handlers stop receiving.
-    pub fn server_events(&self) -> crate::events::ServerEvents {
-        crate::events::ServerEvents::gossip(self.node.clone())
-    }
-
     /// Every live member with what this node sees of it: round-trip time, send queue depth
     /// and frames dropped, by name (an operator's view, as the `demo` example's
     /// `/cluster/peers` shows).
