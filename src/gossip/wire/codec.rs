@@ -1,6 +1,7 @@
 //! Encoding and decoding: a frame with its header (`MAGIC ‖ VERSION`) and length prefix, a
-//! [`Hello`], the body of a service message; and why either fails ([`EncodeError`],
-//! [`DecodeError`]).
+//! [`Hello`], the body of a service message. Why either fails ([`EncodeError`],
+//! [`DecodeError`]), and what a refused encoding tells the caller of a cluster operation
+//! ([`RequestError`]).
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -8,6 +9,7 @@ use serde::Serialize;
 use super::{Frame, Hello, LEN_PREFIX, MAGIC, VERSION, bounded};
 #[cfg(doc)]
 use super::{FrameDecoder, ServiceFrame};
+use crate::error::RequestError;
 
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,6 +62,22 @@ impl From<postcard::Error> for EncodeError {
         match bounded::take_exceeded() {
             Some(exceeded) => Self::Bound(exceeded),
             None => Self::Codec(e),
+        }
+    }
+}
+
+/// What a sender that refuses to encode tells its caller: the same refusal, as the error of
+/// a cluster operation.
+impl From<EncodeError> for RequestError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::Bound(b) => Self::OverBound {
+                what: b.what,
+                len: b.len,
+                max: b.max,
+            },
+            EncodeError::TooLarge { size, max } => Self::TooLarge { size, max },
+            EncodeError::Codec(e) => Self::Encode(e.to_string()),
         }
     }
 }
