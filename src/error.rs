@@ -126,22 +126,6 @@ pub enum RequestError {
 }
 
 #[cfg(feature = "cluster-gossip")]
-impl From<crate::gossip::wire::EncodeError> for RequestError {
-    fn from(e: crate::gossip::wire::EncodeError) -> Self {
-        use crate::gossip::wire::EncodeError;
-        match e {
-            EncodeError::Bound(b) => Self::OverBound {
-                what: b.what,
-                len: b.len,
-                max: b.max,
-            },
-            EncodeError::TooLarge { size, max } => Self::TooLarge { size, max },
-            EncodeError::Codec(e) => Self::Encode(e.to_string()),
-        }
-    }
-}
-
-#[cfg(feature = "cluster-gossip")]
 impl From<RequestError> for socketioxide_core::adapter::errors::AdapterError {
     fn from(e: RequestError) -> Self {
         Self(Box::new(e))
