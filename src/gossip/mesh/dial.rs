@@ -114,7 +114,7 @@ impl Mesh {
                 inbound,
                 WriterLimits {
                     stall: self.peer_timeout,
-                    log: self.peer_log.clone(),
+                    log: self.link_end_log.clone(),
                 },
             )
             .instrument(self.span()),

@@ -52,6 +52,10 @@ pub(crate) struct Mesh {
     /// Log lines about proven peers that a peer can cause at will (protocol violations,
     /// refusals): one per period, with how many were held back.
     pub(super) peer_log: Arc<RateLog>,
+    /// Log lines of links that end with frames lost (closed with frames queued, a slow
+    /// consumer cut, a failed write): one per period, with how many were held back, apart
+    /// from `peer_log` so that neither kind hides the other.
+    pub(super) link_end_log: Arc<RateLog>,
     /// Cluster-CA mode: a peer's certificate must name the node its hello claims.
     pub(super) ca_mode: bool,
     /// The span every task of the mesh runs in: it names this node in every log line.
@@ -157,6 +161,7 @@ impl Mesh {
             next_conn: AtomicU64::new(1),
             gate: admission::Gate::default(),
             peer_log: Arc::new(RateLog::new(PEER_LOG_PERIOD)),
+            link_end_log: Arc::new(RateLog::new(PEER_LOG_PERIOD)),
             ca_mode: ca.is_some(),
             span: tracing::Span::none(),
             links,
