@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{
-    Item, Presence, PresenceConfig, Queue, Shared, Target,
+    Presence, PresenceConfig, Shared,
+    queue::{Item, Queue, Target},
     replica::{Origin, Replica},
 };
 use crate::{

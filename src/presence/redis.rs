@@ -28,7 +28,8 @@ use socketioxide_redis::drivers::Driver;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Item, Presence, PresenceConfig, Queue, Shared, Target, Transport,
+    Presence, PresenceConfig, Shared,
+    queue::{Item, Queue, Target, Transport},
     replica::{Origin, Replica},
 };
 use crate::{
