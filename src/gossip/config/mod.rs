@@ -353,6 +353,21 @@ impl GossipAdapterConfig {
         self
     }
 
+    /// Warn when the keys derived from the secrets are salted with the default cluster id:
+    /// a cluster that keeps it shares its salt with every other that does, so that a guess
+    /// at the secret tried against one is tried against all of them at once.
+    pub(crate) fn warn_if_default_salt(&self) {
+        let keyring = matches!(&self.auth, Auth::Secrets(secrets) if !secrets.is_empty());
+        if keyring && self.cluster_id == DEFAULT_CLUSTER_ID {
+            tracing::warn!(
+                "the cluster id is the default one ({DEFAULT_CLUSTER_ID:?}): it salts the keys \
+                 derived from the secret, and every deployment that keeps it shares that salt; \
+                 give the cluster an id of its own (`with_cluster_id`, SOCKETIO_CLUSTER_ID), the \
+                 same on every node"
+            );
+        }
+    }
+
     /// Refuse a numeric setting outside the range that works, or a node name or cluster id
     /// of a length gossip cannot carry, naming its builder method and variable, and the
     /// range.

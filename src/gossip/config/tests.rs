@@ -308,3 +308,41 @@ fn secret_is_redacted_in_debug() {
     assert!(!dbg.contains("other-one"), "{dbg}");
     assert!(dbg.contains("redacted"));
 }
+
+/// Every log line written while `f` runs.
+fn logs_of(f: impl FnOnce()) -> String {
+    let (lines, guard) = crate::gossip::mesh::tests::capture_logs();
+    f();
+    drop(guard);
+    String::from_utf8(lines.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn a_secret_with_the_default_cluster_id_is_warned_about() {
+    use crate::gossip::keys::tests::SECRET;
+    let logs = logs_of(|| {
+        GossipAdapterConfig::new()
+            .with_secret(SECRET)
+            .warn_if_default_salt()
+    });
+    assert!(
+        logs.contains("WARN") && logs.contains("cluster id"),
+        "no warning: {logs:?}"
+    );
+    let logs = logs_of(|| {
+        GossipAdapterConfig::new()
+            .with_cluster_id("chat-prod")
+            .with_secret(SECRET)
+            .warn_if_default_salt();
+    });
+    assert!(!logs.contains("WARN"), "{logs}");
+    let logs = logs_of(|| {
+        GossipAdapterConfig::new()
+            .insecure_no_auth()
+            .warn_if_default_salt()
+    });
+    assert!(
+        !logs.contains("WARN"),
+        "without a secret there is no salt: {logs}"
+    );
+}
