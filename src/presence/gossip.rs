@@ -68,7 +68,7 @@ impl ServiceHandler for Handler {
     }
 }
 
-impl crate::Cluster {
+impl crate::gossip::node::Cluster {
     /// Start this node's presence (see [`presence`](crate::presence)). Start one per
     /// node: a second one replaces the first.
     pub fn presence(&self, config: PresenceConfig) -> Presence {

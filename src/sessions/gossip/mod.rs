@@ -99,7 +99,7 @@ fn backend(e: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(e.to_string())
 }
 
-impl crate::Cluster {
+impl crate::gossip::node::Cluster {
     /// Start this node's replicated session store (feature `sessions`; see
     /// [`sessions`](crate::sessions)). Start one per node: a second one replaces the first.
     pub fn session_store(&self, config: SessionStoreConfig) -> GossipSessionStore {
