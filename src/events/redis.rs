@@ -106,37 +106,6 @@ fn decode(payload: &[u8]) -> Result<Msg, String> {
     rmp_serde::from_slice(payload).map_err(|e| e.to_string())
 }
 
-/// `s` with the glob characters of a `PUBSUB CHANNELS` pattern escaped.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The names of the nodes subscribed to a channel `<own><name>`, `me` excepted.
-pub(crate) async fn live_nodes(
-    conn: &ConnectionManager,
-    own: &str,
-    me: &str,
-) -> Result<HashSet<String>, String> {
-    let chans: Vec<String> = redis::cmd("PUBSUB")
-        .arg("CHANNELS")
-        .arg(format!("{}*", glob_escape(own)))
-        .query_async(&mut conn.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(chans
-        .into_iter()
-        .filter_map(|c| c.strip_prefix(own).map(str::to_string))
-        .filter(|n| n != me)
-        .collect())
-}
-
 type Waiting = Arc<Mutex<HashMap<u64, mpsc::Sender<(String, Answer)>>>>;
 
 /// The events service of one node on Redis.
@@ -212,7 +181,7 @@ impl RedisEvents {
 
     /// The names of the other nodes subscribed to a channel of their own.
     async fn nodes(&self) -> Result<HashSet<String>, String> {
-        live_nodes(&self.conn, &self.own_channel(""), &self.name).await
+        crate::redis::live_nodes(&self.conn, &self.own_channel(""), &self.name).await
     }
 
     pub(crate) async fn emit(&self, event: &str, data: Bytes) -> Result<(), ServerEventError> {
@@ -481,11 +450,5 @@ mod tests {
         assert!(decode(&[0xc1]).is_err());
         let err = decode(&vec![0; MAX_MESSAGE + 1]).unwrap_err();
         assert!(err.contains("exceeds"), "{err}");
-    }
-
-    #[test]
-    fn channel_patterns_match_only_their_prefix() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(glob_escape("plain-1"), "plain-1");
     }
 }

@@ -11,8 +11,6 @@ use std::{fmt, sync::Arc};
 
 use ring::hkdf;
 
-use crate::gossip::config::DEFAULT_CLUSTER_ID;
-
 /// Fewest characters a secret may have.
 pub(crate) const MIN_SECRET_LEN: usize = 32;
 /// Fewest guesses (as a power of ten) the strength estimator must put on a secret: about
@@ -161,18 +159,9 @@ impl Keys {
 /// about 50 ms of CPU per secret: call it from a blocking task.
 ///
 /// The cluster id salts the derivation, and only it can: it is the one setting besides the
-/// secret that every node has alike. A cluster that keeps the default id shares its salt
-/// with every other that does, so that a guess at the secret tried against one is tried
-/// against all of them at once: this is logged as a warning.
+/// secret that every node has alike (a cluster that keeps the default id shares its salt
+/// with every other that does: the configuration warns of it at start).
 pub(crate) fn derive_keyring(cluster_id: &str, secrets: &[Secret]) -> Result<Vec<Keys>, KeyError> {
-    if cluster_id == DEFAULT_CLUSTER_ID && !secrets.is_empty() {
-        tracing::warn!(
-            "the cluster id is the default one ({DEFAULT_CLUSTER_ID:?}): it salts the keys \
-             derived from the secret, and every deployment that keeps it shares that salt; \
-             give the cluster an id of its own (`with_cluster_id`, SOCKETIO_CLUSTER_ID), the \
-             same on every node"
-        );
-    }
     secrets
         .iter()
         .enumerate()
@@ -253,30 +242,6 @@ pub(crate) mod tests {
             .collect();
         assert!(std::str::from_utf8(&random).is_err());
         assert_eq!(Secret::from(random).check(), Ok(()));
-    }
-
-    /// Every log line written while `f` runs.
-    fn logs_of(f: impl FnOnce()) -> String {
-        let (lines, guard) = crate::gossip::mesh::tests::capture_logs();
-        f();
-        drop(guard);
-        String::from_utf8(lines.lock().unwrap().clone()).unwrap()
-    }
-
-    #[test]
-    fn a_secret_with_the_default_cluster_id_is_warned_about() {
-        let default = crate::GossipAdapterConfig::new().cluster_id;
-        let logs = logs_of(|| {
-            derive_keyring(&default, &[Secret::from(SECRET)]).unwrap();
-        });
-        assert!(
-            logs.contains("WARN") && logs.contains("cluster id"),
-            "no warning: {logs:?}"
-        );
-        let logs = logs_of(|| {
-            derive_keyring("chat-prod", &[Secret::from(SECRET)]).unwrap();
-        });
-        assert!(!logs.contains("WARN"), "{logs}");
     }
 
     #[test]

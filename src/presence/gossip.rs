@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{
-    Item, Presence, PresenceConfig, Queue, Shared, Target,
+    Presence, PresenceConfig, Shared,
+    queue::{Item, Queue, Target},
     replica::{Origin, Replica},
 };
 use crate::{
@@ -67,7 +68,7 @@ impl ServiceHandler for Handler {
     }
 }
 
-impl crate::Cluster {
+impl crate::gossip::node::Cluster {
     /// Start this node's presence (see [`presence`](crate::presence)). Start one per
     /// node: a second one replaces the first.
     pub fn presence(&self, config: PresenceConfig) -> Presence {

@@ -28,7 +28,8 @@ use socketioxide_redis::drivers::Driver;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Item, Presence, PresenceConfig, Queue, Shared, Target, Transport,
+    Presence, PresenceConfig, Shared,
+    queue::{Item, Queue, Target, Transport},
     replica::{Origin, Replica},
 };
 use crate::{
@@ -262,7 +263,7 @@ async fn receive(
 
 /// The names of the nodes subscribed to a channel of their own, this one excepted.
 async fn live_nodes(handle: &RedisHandle, chans: &Channels) -> Result<HashSet<String>, String> {
-    crate::events::redis::live_nodes(&handle.connection(), &chans.of(""), &chans.me).await
+    crate::redis::live_nodes(&handle.connection(), &chans.of(""), &chans.me).await
 }
 
 /// List the live nodes, sweep disconnected sockets, announce this node's sequence number;

@@ -26,7 +26,10 @@
 //! certificates (mutual TLS) gets the one of [`RedisTls::with_client_cert_pem`]
 //! (`SOCKETIO_CLUSTER_REDIS_CLIENT_CERT` and `SOCKETIO_CLUSTER_REDIS_CLIENT_KEY`).
 
+mod live_nodes;
 pub(crate) mod outage;
+
+pub(crate) use live_nodes::live_nodes;
 
 use std::{
     collections::HashMap,

@@ -196,6 +196,7 @@ impl Node {
                 None
             }
             Auth::Secrets(secrets) => {
+                config.warn_if_default_salt();
                 let (cluster_id, secrets) = (config.cluster_id.clone(), secrets.clone());
                 let derive = move || keys::derive_keyring(&cluster_id, &secrets);
                 let derived = if config.network.is_some() {
