@@ -110,7 +110,9 @@ impl RedisTls {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     }
 
-    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, crate::error::ConfigError> {
+    fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, crate::error::ConfigError> {
         let read = |var: &'static str| -> Result<Option<Vec<u8>>, crate::error::ConfigError> {
             get(var)
                 .map(|path| {
