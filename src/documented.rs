@@ -368,6 +368,28 @@ fn security_bounds_are_the_documented_ones() {
     );
 }
 
+/// The figures of the README's security table: a socket's share of presence, a stranger's
+/// share of the mesh's admission and how long it holds it.
+#[test]
+fn the_security_table_states_the_code_s_values() {
+    let readme = "README.md";
+    says(
+        readme,
+        &format!(
+            "fill its socket's presence share ({})",
+            commas(PresenceConfig::default().max_per_socket)
+        ),
+    );
+    says(
+        readme,
+        &format!(
+            "hold {} mesh handshakes per address, each for {}",
+            admission::MAX_PER_SOURCE,
+            duration(admission::HANDSHAKE_TIMEOUT)
+        ),
+    );
+}
+
 /// The bounds of server events (`docs/server-events.md`).
 #[test]
 fn server_event_bounds_are_the_documented_ones() {
