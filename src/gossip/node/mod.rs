@@ -1218,22 +1218,7 @@ async fn watch_membership(
 #[cfg(test)]
 mod bound_tests {
     use super::*;
-    use crate::gossip::node::tests::pair;
-
-    const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
-
-    async fn node(cluster: &str, seed: Option<SocketAddr>) -> Arc<Node> {
-        let mut config = GossipAdapterConfig::new()
-            .with_cluster_id(cluster)
-            .with_gossip_addr("127.0.0.1:0".parse().unwrap())
-            .with_mesh_addr("127.0.0.1:0".parse().unwrap())
-            .with_gossip_interval(Duration::from_millis(50))
-            .with_secret(SECRET);
-        if let Some(seed) = seed {
-            config = config.with_seeds([seed.to_string()]);
-        }
-        Node::start(&config).await.unwrap()
-    }
+    use crate::gossip::node::tests::{pair, start as node};
 
     fn ids_of(node: &Node, peer: &PeerId) -> usize {
         lock(&node.core).server_ids_of(peer)

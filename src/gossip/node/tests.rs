@@ -25,6 +25,15 @@ pub(crate) fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> Gos
     c
 }
 
+/// A node of `cluster` with a name of its own, seeded with `seed`.
+pub(crate) async fn start(cluster: &str, seed: Option<SocketAddr>) -> Arc<Node> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Node::start(&config(cluster, &format!("node-{n}"), seed))
+        .await
+        .unwrap()
+}
+
 /// Two nodes `a` and `b` of `cluster`, once each is a member of the other.
 pub(crate) async fn pair(cluster: &str) -> (Arc<Node>, Arc<Node>) {
     let a = Node::start(&config(cluster, "a", None)).await.unwrap();

@@ -5,26 +5,10 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::{
-    GossipAdapterConfig,
     gossip::node::tests::{Recorder, lines_with, pair, send_garbage},
     gossip::wire::sessions::Version,
     sessions::SessionStoreConfig,
 };
-
-const SECRET: &str = "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a3c5e7";
-
-async fn node(cluster: &str, seed: Option<std::net::SocketAddr>) -> Arc<Node> {
-    let mut config = GossipAdapterConfig::new()
-        .with_cluster_id(cluster)
-        .with_gossip_addr("127.0.0.1:0".parse().unwrap())
-        .with_mesh_addr("127.0.0.1:0".parse().unwrap())
-        .with_gossip_interval(Duration::from_millis(50))
-        .with_secret(SECRET);
-    if let Some(seed) = seed {
-        config = config.with_seeds([seed.to_string()]);
-    }
-    Node::start(&config).await.unwrap()
-}
 
 fn user(name: &str) -> Record {
     Record {
@@ -177,18 +161,8 @@ async fn unreadable_messages_from_a_member_are_logged_at_a_bounded_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_at_the_end_of_time_from_a_member_is_refused() {
     let cluster = format!("far-future-{}", std::process::id());
-    let a = node(&cluster, None).await;
-    let b = node(&cluster, Some(a.addrs().0)).await;
+    let (a, b) = pair(&cluster).await;
     let store = GossipSessionStore::start(a.clone(), &SessionStoreConfig::new());
-    let mut formed = false;
-    for _ in 0..500 {
-        if a.members().len() == 1 && b.members().len() == 1 {
-            formed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(formed, "cluster formed");
 
     let mut rec = user("ada");
     store.create(&mut rec).await.unwrap();
