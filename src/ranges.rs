@@ -222,7 +222,8 @@ pub(crate) fn env_count(
     setting.check_var(n).map(Some)
 }
 
-fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
+/// The value of the variable `var`, trimmed and parsed; an error naming `var` otherwise.
+pub(crate) fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
 where
     T::Err: fmt::Display,
 {

@@ -1,12 +1,12 @@
 //! A [`GossipAdapterConfig`] read from the `SOCKETIO_CLUSTER_*` environment variables.
 
-use std::{fmt, net::SocketAddr};
+use std::net::SocketAddr;
 
 use super::{Auth, GossipAdapterConfig, Secret};
 use crate::{
     error::ConfigError,
     gossip::mesh::TlsFiles,
-    ranges::{self, env_count, env_ms},
+    ranges::{self, env_count, env_ms, parse},
 };
 
 impl GossipAdapterConfig {
@@ -173,14 +173,4 @@ fn split_list(v: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
-}
-
-fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
-where
-    T::Err: fmt::Display,
-{
-    v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-        var,
-        reason: format!("{v:?}: {e}"),
-    })
 }

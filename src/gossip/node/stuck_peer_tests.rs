@@ -96,10 +96,6 @@ fn broadcast(body: String) -> Frame {
     })
 }
 
-async fn start(cluster: &str, name: &str, seed: Option<std::net::SocketAddr>) -> Arc<Node> {
-    start_with(cluster, name, seed, |c| c.with_peer_timeout(PEER_TIMEOUT)).await
-}
-
 async fn start_with(
     cluster: &str,
     name: &str,
@@ -110,21 +106,28 @@ async fn start_with(
     Node::start(&config).await.expect("node starts")
 }
 
-/// Send `frame` from `from` to `targets`: the send must be done at its first poll, that
-/// is without waiting on any peer.
-fn send_at_once(from: &Node, targets: &[PeerId], frame: &Frame, what: &str) {
-    let sent = from.send(To::Peers(targets), frame, false).now_or_never();
-    assert!(sent.is_some(), "{what}: the send waited");
-    sent.unwrap().expect("encodes");
+/// Nodes `a`, `b` and `stuck`, each started with `settings`, once they formed a cluster and
+/// a first broadcast from `a` reached the handlers of both others.
+struct Three {
+    a: Arc<Node>,
+    b: Arc<Node>,
+    stuck: Arc<Node>,
+    on_b: Arc<Handler>,
+    on_stuck: Arc<Handler>,
+    /// `b` and `stuck`.
+    targets: Vec<PeerId>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_disconnected() {
-    let cluster = format!("stuck-peer-{}", std::process::id());
-    let a = start(&cluster, "a", None).await;
-    let b = start(&cluster, "b", Some(a.addrs().0)).await;
-    let stuck = start(&cluster, "stuck", Some(a.addrs().0)).await;
+async fn three(
+    cluster: &str,
+    settings: impl Fn(GossipAdapterConfig) -> GossipAdapterConfig + Copy,
+) -> Three {
+    let a = start_with(cluster, "a", None, settings).await;
+    let seed = Some(a.addrs().0);
+    let b = start_with(cluster, "b", seed, settings).await;
+    let stuck = start_with(cluster, "stuck", seed, settings).await;
     let (on_b, on_stuck) = (Arc::new(Handler::default()), Arc::new(Handler::default()));
+    // The nodes hold their handlers weakly: `on_b` and `on_stuck` keep them alive.
     let (hb, hs): (Arc<dyn NamespaceHandler>, Arc<dyn NamespaceHandler>) =
         (on_b.clone(), on_stuck.clone());
     b.register(
@@ -151,7 +154,6 @@ async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_discon
     );
     let targets = vec![b.me().clone(), stuck.me().clone()];
     // Both links are up and read: a first broadcast reaches both.
-    let got = |h: &Handler| h.broadcasts.load(Ordering::Relaxed);
     a.send(To::Peers(&targets), &broadcast("first".into()), false)
         .await
         .unwrap();
@@ -161,6 +163,40 @@ async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_discon
         .await,
         "the first broadcast reached both"
     );
+    Three {
+        a,
+        b,
+        stuck,
+        on_b,
+        on_stuck,
+        targets,
+    }
+}
+
+/// Broadcasts a handler received.
+fn got(h: &Handler) -> u64 {
+    h.broadcasts.load(Ordering::Relaxed)
+}
+
+/// Send `frame` from `from` to `targets`: the send must be done at its first poll, that
+/// is without waiting on any peer.
+fn send_at_once(from: &Node, targets: &[PeerId], frame: &Frame, what: &str) {
+    let sent = from.send(To::Peers(targets), frame, false).now_or_never();
+    assert!(sent.is_some(), "{what}: the send waited");
+    sent.unwrap().expect("encodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_stops_reading_never_slows_emits_to_the_others_and_is_disconnected() {
+    let cluster = format!("stuck-peer-{}", std::process::id());
+    let Three {
+        a,
+        b,
+        stuck,
+        on_b,
+        on_stuck,
+        targets,
+    } = three(&cluster, |c| c.with_peer_timeout(PEER_TIMEOUT)).await;
 
     // The stuck node stops reading. A burst of 20,000 broadcasts of 1 KiB, each sent at its
     // first poll and none waiting for anyone: far more than the stuck node's QUIC windows
@@ -295,46 +331,14 @@ async fn a_peer_past_its_byte_budget_is_cut_as_a_slow_consumer_and_the_other_get
             .with_max_frame_size(64 * 1024)
             .with_peer_queue_bytes(BUDGET)
     };
-    let a = start_with(&cluster, "a", None, settings).await;
-    let seed = Some(a.addrs().0);
-    let b = start_with(&cluster, "b", seed, settings).await;
-    let stuck = start_with(&cluster, "stuck", seed, settings).await;
-    let (on_b, on_stuck) = (Arc::new(Handler::default()), Arc::new(Handler::default()));
-    let (hb, hs): (Arc<dyn NamespaceHandler>, Arc<dyn NamespaceHandler>) =
-        (on_b.clone(), on_stuck.clone());
-    b.register(
-        "/",
-        "bbbbbbbbbbbbbbbb",
-        wire::Parser::Common,
-        Arc::downgrade(&hb),
-    )
-    .await;
-    stuck
-        .register(
-            "/",
-            "ssssssssssssssss",
-            wire::Parser::Common,
-            Arc::downgrade(&hs),
-        )
-        .await;
-    assert!(
-        until(Duration::from_secs(20), || [&a, &b, &stuck]
-            .iter()
-            .all(|n| n.members().len() == 2))
-        .await,
-        "the three nodes formed a cluster"
-    );
-    let targets = vec![b.me().clone(), stuck.me().clone()];
-    let got = |h: &Handler| h.broadcasts.load(Ordering::Relaxed);
-    a.send(To::Peers(&targets), &broadcast("first".into()), false)
-        .await
-        .unwrap();
-    assert!(
-        until(Duration::from_secs(10), || got(&on_b) == 1
-            && got(&on_stuck) == 1)
-        .await,
-        "the first broadcast reached both"
-    );
+    let Three {
+        a,
+        b,
+        stuck,
+        on_b,
+        on_stuck,
+        targets,
+    } = three(&cluster, settings).await;
 
     // The stuck node stops reading; 8 MiB go to both in slices of 256 KiB (a quarter of the
     // budget), each sent at once, the healthy peer catching up between slices.
@@ -405,44 +409,14 @@ async fn a_peer_past_its_byte_budget_is_cut_as_a_slow_consumer_and_the_other_get
 async fn memory_during_a_hang() {
     use crate::proc_status::status_bytes;
     let cluster = format!("hang-memory-{}", std::process::id());
-    let a = start_with(&cluster, "a", None, |c| c).await;
-    let seed = Some(a.addrs().0);
-    let b = start_with(&cluster, "b", seed, |c| c).await;
-    let stuck = start_with(&cluster, "stuck", seed, |c| c).await;
-    let (on_b, on_stuck) = (Arc::new(Handler::default()), Arc::new(Handler::default()));
-    let (hb, hs): (Arc<dyn NamespaceHandler>, Arc<dyn NamespaceHandler>) =
-        (on_b.clone(), on_stuck.clone());
-    b.register(
-        "/",
-        "bbbbbbbbbbbbbbbb",
-        wire::Parser::Common,
-        Arc::downgrade(&hb),
-    )
-    .await;
-    stuck
-        .register(
-            "/",
-            "ssssssssssssssss",
-            wire::Parser::Common,
-            Arc::downgrade(&hs),
-        )
-        .await;
-    assert!(
-        until(Duration::from_secs(20), || [&a, &b, &stuck]
-            .iter()
-            .all(|n| n.members().len() == 2))
-        .await
-    );
-    let targets = vec![b.me().clone(), stuck.me().clone()];
-    let got = |h: &Handler| h.broadcasts.load(Ordering::Relaxed);
-    a.send(To::Peers(&targets), &broadcast("first".into()), false)
-        .await
-        .unwrap();
-    assert!(
-        until(Duration::from_secs(10), || got(&on_b) == 1
-            && got(&on_stuck) == 1)
-        .await
-    );
+    let Three {
+        a,
+        b,
+        stuck,
+        on_b,
+        on_stuck,
+        targets,
+    } = three(&cluster, |c| c).await;
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
     let (rss_before, hwm_before) = (status_bytes("VmRSS"), status_bytes("VmHWM"));
 
