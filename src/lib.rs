@@ -341,6 +341,9 @@ pub mod events;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
+// Used by every backend's requests; a build without one uses none of it.
+#[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
+mod ledger;
 // What records frames, links and requests serves the gossip backend only.
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code, unused_imports))]
 pub mod metrics;

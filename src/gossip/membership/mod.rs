@@ -103,6 +103,7 @@ pub(crate) fn parse_node<'a>(
 }
 
 /// What gossip knows (see [`Membership::nodes`]).
+#[derive(Debug, Default)]
 pub(crate) struct GossipNodes {
     /// Nodes not found dead and not leaving, with their mesh address.
     pub(crate) reachable: HashMap<PeerId, SocketAddr>,

@@ -5,6 +5,7 @@ use std::{sync::OnceLock, time::Duration};
 use super::tests::{config, until};
 use super::*;
 use crate::metrics::{self as m, tests::TestRecorder};
+use bytes::Bytes;
 
 /// The recorder of this test binary, installed once: nodes started from then on record
 /// into it (each test's nodes have names of their own).

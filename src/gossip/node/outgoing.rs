@@ -221,7 +221,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::gossip::node::view::tests::peer;
+    use crate::gossip::node::machine::view::tests::peer;
 
     /// A link that only says whether it was closed.
     #[derive(Clone, Default)]

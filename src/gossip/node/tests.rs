@@ -4,12 +4,14 @@
 use std::{sync::Arc, time::Duration};
 
 use super::*;
+use crate::gossip::mesh::auth::Keyring;
 use crate::{
     gossip::config::GossipAdapterConfig,
     gossip::keys::{Secret, derive_keyring, tests::SECRET},
     gossip::mesh::Mesh,
     proc_status::status_bytes,
 };
+use bytes::Bytes;
 
 pub(crate) fn config(cluster: &str, name: &str, seed: Option<SocketAddr>) -> GossipAdapterConfig {
     let mut c = GossipAdapterConfig::new()
@@ -169,7 +171,7 @@ async fn a_peer_claiming_a_connected_member_cannot_make_it_leave() {
     let b_id = b.me().clone();
     assert!(
         until(Duration::from_secs(10), || {
-            lock(&a.core).view().has_incoming(&b_id) && b.members().len() == 1
+            lock(&a.state).machine.view().has_incoming(&b_id) && b.members().len() == 1
         })
         .await,
         "a and b are members of each other, b connected to a"
@@ -263,7 +265,7 @@ async fn peak_memory_under_the_largest_frames() {
     let cluster = format!("frames-{}", std::process::id());
     let a = Node::start(&config(&cluster, "a", None)).await.unwrap();
     let max = wire::DEFAULT_MAX_FRAME_SIZE;
-    let peer = peer_mesh(&cluster, &view::tests::peer("x", 1), max);
+    let peer = peer_mesh(&cluster, &machine::view::tests::peer("x", 1), max);
     let cases = [
         // The frame of the report: as many empty names as fit.
         ("16 MiB of empty room names", rooms_frame(max - 64, 0)),
@@ -384,7 +386,7 @@ async fn one_meta_frame_costs_a_node_less_than_twice_its_size() {
     let mesh: SocketAddr = next_line("MESH").parse().unwrap();
     let max = wire::DEFAULT_MAX_FRAME_SIZE;
     let meta = |namespaces| {
-        Frame::Meta(NodeMeta {
+        Frame::Meta(wire::NodeMeta {
             version: 2,
             server_id: None,
             namespaces,
@@ -396,7 +398,7 @@ async fn one_meta_frame_costs_a_node_less_than_twice_its_size() {
         frame.len() - wire::LEN_PREFIX <= max,
         "the frame fits the bound"
     );
-    let peer = peer_mesh(&cluster, &view::tests::peer("x", 1), max);
+    let peer = peer_mesh(&cluster, &machine::view::tests::peer("x", 1), max);
     let (tx_closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
     let (_, link) = peer
         .connect(mesh, None, Arc::new(Closes(tx_closed)))

@@ -13,7 +13,7 @@ use super::{ResponseBody, encode_body};
 
 /// A 16-byte identifier: a socket id, a socketioxide server id or a request id, as the
 /// 16 ASCII characters socketioxide uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Id(pub [u8; 16]);
 
 /// In hex: a request id is 16 random bytes, which may hold a line break or any control

@@ -55,16 +55,16 @@ use crate::{
 };
 
 /// Most state changes held at once.
-pub(super) const MAX_HELD: usize = 4_096;
+pub(in crate::gossip::node) const MAX_HELD: usize = 4_096;
 /// Most bytes of state changes held at once (room names counted at their size in memory).
-pub(super) const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
+pub(in crate::gossip::node) const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 
 /// State changes applied without waiting, past the bounds: logged at most once per period.
 static UNORDERED_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 
 /// A state change waiting for its round.
 #[derive(Debug)]
-pub(super) enum Held {
+pub(in crate::gossip::node) enum Held {
     /// A join, leave or disconnect from a peer, for one of this node's namespaces.
     Request(PeerId, Box<wire::Request>),
     /// This node's own part of a state change it started, resumed by this token.
@@ -73,7 +73,7 @@ pub(super) enum Held {
 
 /// What the core must do.
 #[derive(Debug)]
-pub(super) enum Order {
+pub(in crate::gossip::node) enum Order {
     /// Ask each of `to` for a flush answer to `id`; the round ends once each answered or
     /// was found gone, or after the round timeout.
     Flush {
@@ -94,7 +94,7 @@ struct Round {
 
 /// The state changes waiting for their round.
 #[derive(Default)]
-pub(super) struct Barrier {
+pub(in crate::gossip::node) struct Barrier {
     in_flight: Option<Round>,
     /// Received since the round in flight was sent: served by the next one.
     next: Vec<(Held, usize)>,
@@ -109,7 +109,7 @@ pub(super) struct Barrier {
 
 impl Barrier {
     /// A state change to apply once ordered; `members` are the live members now.
-    pub(super) fn hold(&mut self, change: Held, members: &[PeerId]) -> Vec<Order> {
+    pub(in crate::gossip::node) fn hold(&mut self, change: Held, members: &[PeerId]) -> Vec<Order> {
         let bytes = size(&change);
         if self.held + 1 > MAX_HELD || self.held_bytes + bytes > MAX_HELD_BYTES {
             return self.overflow(change);
@@ -126,7 +126,11 @@ impl Barrier {
     /// Round `id` ended: every member asked answered or was found gone, or it timed out.
     /// What it served is applied, and the next round starts if anything waits for one. A
     /// round that is not the one in flight (ended already) changes nothing.
-    pub(super) fn round_ended(&mut self, id: Id, members: &[PeerId]) -> Vec<Order> {
+    pub(in crate::gossip::node) fn round_ended(
+        &mut self,
+        id: Id,
+        members: &[PeerId],
+    ) -> Vec<Order> {
         if self.in_flight.as_ref().is_none_or(|r| r.id != id) {
             return Vec::new();
         }
@@ -142,7 +146,7 @@ impl Barrier {
 
     /// Apply everything held, in order, without waiting (this node is leaving: no answer
     /// will come). A round still in the ledger changes nothing when it ends.
-    pub(super) fn release_all(&mut self) -> Vec<Order> {
+    pub(in crate::gossip::node) fn release_all(&mut self) -> Vec<Order> {
         let mut all = self.in_flight.take().map(|r| r.serves).unwrap_or_default();
         all.append(&mut self.next);
         self.release(all)
@@ -150,24 +154,24 @@ impl Barrier {
 
     /// How many state changes are held, and their bytes.
     #[cfg(test)]
-    pub(super) fn held(&self) -> (usize, usize) {
+    pub(in crate::gossip::node) fn held(&self) -> (usize, usize) {
         (self.held, self.held_bytes)
     }
 
     /// State changes applied without waiting so far, past the bounds.
     #[cfg(test)]
-    pub(super) fn unordered(&self) -> u64 {
+    pub(in crate::gossip::node) fn unordered(&self) -> u64 {
         self.unordered
     }
 
     /// Whether nothing is held and no round is in flight.
-    pub(super) fn is_idle(&self) -> bool {
+    pub(in crate::gossip::node) fn is_idle(&self) -> bool {
         self.in_flight.is_none() && self.next.is_empty()
     }
 
     /// The id of the round in flight, if one is.
     #[cfg(test)]
-    pub(super) fn in_flight(&self) -> Option<Id> {
+    pub(in crate::gossip::node) fn in_flight(&self) -> Option<Id> {
         self.in_flight.as_ref().map(|r| r.id)
     }
 
@@ -265,10 +269,10 @@ fn size(change: &Held) -> usize {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::gossip::node) mod tests {
     use super::*;
     use crate::gossip::{
-        node::view::tests::peer,
+        node::machine::view::tests::peer,
         wire::{Opts, RequestKind},
     };
 

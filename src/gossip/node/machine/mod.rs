@@ -1,25 +1,37 @@
-//! The node's state and its rules, without I/O: who is a member ([`View`]), the requests
-//! waiting for responses ([`Ledger`]), the joins, leaves and disconnects waiting for their
-//! flush round ([`Barrier`]), and the socketioxide server ids peers run. Inputs
-//! are what the mesh, gossip and the requester report (a peer proven, a connection
-//! closed, a frame in, what gossip shows); each returns the [`Effect`]s the node must carry
-//! out (close a link, tell the application, hand a request to its namespace). The tokio
-//! shell around it (`Node`) owns the sockets, the link table and the tasks.
+//! The node as a deterministic state machine: who is a member ([`View`]), the requests
+//! waiting for answers (the crate's [`Ledger`]), the joins, leaves and disconnects waiting
+//! for their flush round ([`Barrier`]), the socketioxide server ids peers run, what this
+//! node tells members about itself, and where the node is in its life (joining, ready,
+//! left, and why). It takes each [`Input`] with the time it happened
+//! ([`Machine::handle`]), returns the [`Effect`]s the node must carry out, and says when it
+//! next needs to be woken ([`Machine::next_timeout`]). No I/O, no tokio, no lock: the shell
+//! around it (`Node`) owns the sockets, channels, timers and the outgoing link table, and
+//! decides nothing.
 
-use std::{collections::HashMap, time::Duration};
+mod barrier;
+mod io;
+mod life;
+pub(super) mod view;
 
-use super::{
-    barrier::{Barrier, Held, Order},
-    ledger::Ledger,
-    view::View,
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
 };
+
+pub(crate) use io::{Effect, Input, MetaChange, Scope, To};
+pub(super) use view::View;
+
+use barrier::{Barrier, Held, Order};
+use life::Life;
+
 use crate::{
     gossip::{
         membership::{GossipNodes, Member},
         mesh::{self, ConnId, PeerAddrs},
         peer::PeerId,
-        wire::{self, Frame, Id, Parser, ServiceFrame},
+        wire::{Frame, Id, NodeMeta, ResponseBody},
     },
+    ledger::{Answer, Ledger, Owed, Settled},
     rate_log::RateLog,
 };
 
@@ -35,96 +47,131 @@ static LOST_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 /// Flush rounds that timed out: logged at most once per period.
 static ROUND_TIMEOUT_LOG: RateLog = RateLog::new(Duration::from_secs(10));
 
-/// What a join, leave or disconnect from a peer selects here, as its namespace said when it
-/// arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Scope {
-    /// Its namespace is not hosted here: answered so at once.
-    NotHosted,
-    /// No socket of this node now: with nothing held, applied at once (nothing here can see
-    /// its order with the emits still on their way).
-    NoSocket,
-    /// Sockets of this node: it waits for its flush round.
-    Sockets,
-}
-
-/// What the node must do after an input.
-#[derive(Debug)]
-pub(super) enum Effect {
-    /// A member joined: it hears this node's metadata, and the application hears of it.
-    Joined(Member),
-    /// A member left: the application hears of it, and the link to it is closed, unless it
-    /// was refused for its parser (this node's metadata may still be on its way to it).
-    Left {
-        /// Who.
-        member: Member,
-        /// Keep the link open.
-        keep_link: bool,
-    },
-    /// Close the link to this peer (it left, or a newer generation displaced it).
-    DropLink(PeerId),
-    /// Hand a request to the namespace it names.
-    Request(PeerId, wire::Request),
-    /// Hand a message to the service it names.
-    Service(PeerId, ServiceFrame),
-    /// A newer node with this node's name proved itself: this node must leave.
-    ReplacedBy(PeerId),
-    /// A frame from this peer was refused (it is refused for its parser): count it.
-    Refused(PeerId),
-    /// Ask each of `to` for a flush answer to round `id` (see [`super::barrier`]), and end
-    /// the round with [`Core::round_expired`] once the round timeout passed.
-    Flush {
-        /// The round.
-        id: Id,
-        /// The members asked.
-        to: Vec<PeerId>,
-    },
-    /// Answer this peer's flush `id` with `Done`, behind everything queued for it.
-    AnswerFlush(PeerId, Id),
-    /// A join, leave or disconnect from a peer, now ordered: hand it to its namespace.
-    Apply(PeerId, wire::Request),
-    /// This node's own part of a state change it started, now ordered: resume it.
-    Resume(u64),
+/// What a response does to what its peer owes.
+impl Answer for ResponseBody {
+    fn settle(&self, owed: Owed) -> Option<Settled> {
+        let (keep, then) = match (self, owed) {
+            (Self::NotHosted | Self::Done | Self::AckCount(0), Owed::Answer) => (false, None),
+            (Self::AckCount(n), Owed::Answer) => (false, Some(Owed::Acks(*n))),
+            (Self::Rooms(_) | Self::Sockets(_) | Self::Service(_), Owed::Answer) => (true, None),
+            (Self::Ack(..), Owed::Acks(n)) => (true, (n > 1).then(|| Owed::Acks(n - 1))),
+            // The peer could not send what it owed, and says why: nothing more comes.
+            (Self::Refused(_), _) => (true, None),
+            _ => return None,
+        };
+        Some(Settled { keep, then })
+    }
 }
 
 /// The node's state.
-pub(super) struct Core {
+pub(crate) struct Machine {
     me: PeerId,
+    /// The time of the input being handled.
+    now: Instant,
     view: View,
-    /// Requests waiting for responses.
-    pub(super) ledger: Ledger,
+    /// Requests waiting for responses, and this node's flush rounds.
+    ledger: Ledger<Id, PeerId, ResponseBody>,
     /// Joins, leaves and disconnects waiting for their flush round.
     barrier: Barrier,
+    /// How long a flush round waits for answers.
+    round_timeout: Duration,
     /// socketioxide server ids learned from requests, for peers gossip has not shown yet.
     server_ids: HashMap<Id, PeerId>,
+    /// What this node tells members about itself.
+    meta: NodeMeta,
+    /// Joining, ready, or left.
+    life: Life,
     /// Peers refused for their parser: logged at most once per period (a refused peer
     /// can come back by reconnecting).
     parser_log: RateLog,
 }
 
-impl Core {
-    pub(super) fn new(me: PeerId) -> Self {
+impl Machine {
+    /// The machine of node `me`, at `now`; a flush round waits `round_timeout` at most.
+    pub(crate) fn new(me: PeerId, now: Instant, round_timeout: Duration) -> Self {
         Self {
             me,
+            now,
             view: View::default(),
             ledger: Ledger::default(),
             barrier: Barrier::default(),
+            round_timeout,
             server_ids: HashMap::new(),
+            meta: NodeMeta {
+                version: 1,
+                server_id: None,
+                namespaces: Vec::new(),
+                parser: None,
+            },
+            life: Life::default(),
             parser_log: RateLog::new(Duration::from_secs(10)),
         }
     }
 
+    /// Handle `input`, which happened at `now` (never earlier than the time of the input
+    /// before): the effects to carry out, in order.
+    pub(crate) fn handle(&mut self, input: Input, now: Instant) -> Vec<Effect> {
+        self.now = self.now.max(now);
+        let mut effects = match input {
+            Input::Start { seeds, timeout } => self.start(seeds, timeout),
+            Input::Frame(from, frame, scope) => self.frame_in(&from, frame, scope),
+            Input::Proven(peer, conn, addrs) => self.admit(&peer, conn, addrs),
+            Input::Closed(peer, conn, reason) => self.closed(&peer, conn, &reason),
+            Input::Gossip(nodes) => self.gossip(nodes),
+            Input::Known(known) => self.known(known),
+            Input::Asked { id, targets, wait } => {
+                self.ledger.book(id, &targets, self.now + wait);
+                Vec::new()
+            }
+            Input::NotSent(id, peer) => {
+                self.ledger.peer_gone_from(id, &peer);
+                Vec::new()
+            }
+            Input::Unreachable(peer) => {
+                self.ledger.peer_gone(&peer);
+                Vec::new()
+            }
+            Input::Abandoned(id) => {
+                self.ledger.remove(id);
+                Vec::new()
+            }
+            Input::Ordered { token, sockets } => self.order_local(token, sockets),
+            Input::Meta(change) => self.change_meta(change),
+            Input::GossipStopped(why) => self.gossip_stopped(why),
+            Input::Shutdown => self.leave(None),
+            Input::Tick => self.tick(),
+        };
+        effects.extend(self.settle());
+        effects.extend(
+            (self.ledger.take_progress().into_iter())
+                .map(|(id, progress)| Effect::Tell(id, progress)),
+        );
+        effects
+    }
+
+    /// When the machine must next be handed [`Input::Tick`], if it waits for anything.
+    pub(crate) fn next_timeout(&mut self) -> Option<Instant> {
+        let join = self.life.join_deadline();
+        match (self.ledger.next_deadline(), join) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Who is a member, and what gossip shows.
-    pub(super) fn view(&self) -> &View {
+    pub(crate) fn view(&self) -> &View {
         &self.view
     }
 
-    /// The peers a frame goes to.
-    pub(super) fn targets(&self, to: super::To<'_>) -> Vec<PeerId> {
+    /// The peers a frame goes to; none once the node left.
+    pub(crate) fn targets(&self, to: To<'_>) -> Vec<PeerId> {
+        if self.life.has_left() {
+            return Vec::new();
+        }
         match to {
-            super::To::All => self.view.members().map(Member::peer_id).collect(),
-            super::To::Peers(peers) => peers.to_vec(),
-            super::To::Server(id) => {
+            To::All => self.view.members().map(Member::peer_id).collect(),
+            To::Peers(peers) => peers.to_vec(),
+            To::Server(id) => {
                 let uid = std::str::from_utf8(&id.0).ok();
                 let by_gossip = self.view.members().find(|m| {
                     m.server_id
@@ -142,26 +189,15 @@ impl Core {
         }
     }
 
-    /// A frame from `from`, a join, leave or disconnect selecting sockets here.
-    #[cfg(test)]
-    pub(super) fn frame(
-        &mut self,
-        from: &PeerId,
-        frame: Frame,
-        mine: Option<Parser>,
-    ) -> Vec<Effect> {
-        self.frame_in(from, frame, mine, Scope::Sockets)
+    /// Time passed: requests and flush rounds past their deadline stop waiting, and a join
+    /// past its timeout ends.
+    fn tick(&mut self) -> Vec<Effect> {
+        self.ledger.expire(self.now);
+        self.join_timed_out()
     }
 
-    /// A frame from `from`; `mine` is this node's parser, once it knows it; `scope` what a
-    /// join, leave or disconnect selects here.
-    pub(super) fn frame_in(
-        &mut self,
-        from: &PeerId,
-        frame: Frame,
-        mine: Option<Parser>,
-        scope: Scope,
-    ) -> Vec<Effect> {
+    /// A frame from `from`; `scope` what a join, leave or disconnect selects here.
+    fn frame_in(&mut self, from: &PeerId, frame: Frame, scope: Scope) -> Vec<Effect> {
         if self.view.is_refused(from)
             && matches!(
                 frame,
@@ -193,7 +229,7 @@ impl Core {
             }
             Frame::Response(res) => {
                 self.ledger.respond(from, res.id, res.body);
-                self.settle()
+                Vec::new()
             }
             // Answered at once, whatever this node holds: see the barrier's rules.
             Frame::Flush(id) => vec![Effect::AnswerFlush(from.clone(), id)],
@@ -201,20 +237,17 @@ impl Core {
             Frame::Service(frame) => vec![Effect::Service(from.clone(), frame)],
             Frame::Meta(meta) => {
                 self.view.meta(from, meta);
-                self.refuse_other_parsers(mine).1
+                self.refuse_other_parsers().1
             }
         }
     }
 
-    /// Refuse the members that say they use another socket.io parser than `mine` (once
+    /// Refuse the members that say they use another socket.io parser than this node's (once
     /// this node knows it): they are members no more, and nothing but this node's metadata
     /// is sent to them. Their connections stay open, so that each hears the other's parser
     /// and both refuse each other. Returns the peers refused now.
-    pub(super) fn refuse_other_parsers(
-        &mut self,
-        mine: Option<Parser>,
-    ) -> (Vec<PeerId>, Vec<Effect>) {
-        let Some(mine) = mine else {
+    fn refuse_other_parsers(&mut self) -> (Vec<PeerId>, Vec<Effect>) {
+        let Some(mine) = self.meta.parser else {
             return (Vec::new(), Vec::new());
         };
         let mut refused = Vec::new();
@@ -262,12 +295,10 @@ impl Core {
     }
 
     /// Connection `conn` to or from `peer` closed.
-    pub(super) fn closed(
-        &mut self,
-        peer: &PeerId,
-        conn: ConnId,
-        reason: &mesh::Closed,
-    ) -> Vec<Effect> {
+    fn closed(&mut self, peer: &PeerId, conn: ConnId, reason: &mesh::Closed) -> Vec<Effect> {
+        if self.life.has_left() {
+            return Vec::new();
+        }
         let why = match reason {
             mesh::Closed::Leaving => {
                 return self.mark_left(peer, "it closed its connection to leave");
@@ -299,14 +330,12 @@ impl Core {
     }
 
     /// `peer` proved the cluster secret on connection `conn`: admit it, unless the view
-    /// refuses (see [`super::view::Refusal`]) or it has this node's name. The error says
-    /// why it is refused.
-    pub(super) fn admit(
-        &mut self,
-        peer: &PeerId,
-        conn: ConnId,
-        addrs: PeerAddrs,
-    ) -> (Result<(), String>, Vec<Effect>) {
+    /// refuses (see [`view::Refusal`]) or it has this node's name ([`Effect::Refuse`] says
+    /// why).
+    fn admit(&mut self, peer: &PeerId, conn: ConnId, addrs: PeerAddrs) -> Vec<Effect> {
+        if self.life.has_left() {
+            return vec![Effect::Refuse("this node left the cluster".into())];
+        }
         if peer.name == self.me.name {
             return self.same_name(peer);
         }
@@ -318,19 +347,31 @@ impl Core {
                 Err(e) => refused = Some(e.to_string()),
             });
         effects.extend(displaced.map(Effect::DropLink));
-        (refused.map_or(Ok(()), Err), effects)
+        effects.extend(refused.map(Effect::Refuse));
+        effects
     }
 
     /// `peer` proved the cluster secret under this node's own name: never a member. If it
     /// is newer, it replaces this node, which leaves.
-    fn same_name(&self, peer: &PeerId) -> (Result<(), String>, Vec<Effect>) {
-        if peer.generation > self.me.generation {
-            let why = format!("{peer} has this node's name and is newer: this node leaves");
-            (Err(why), vec![Effect::ReplacedBy(peer.clone())])
+    fn same_name(&mut self, peer: &PeerId) -> Vec<Effect> {
+        let why = if peer.generation > self.me.generation {
+            tracing::error!(
+                node = %self.me, newer = %peer,
+                "a newer node with the same name joined and replaces this one: this node leaves \
+                 the cluster and serves its own sockets only (give every node a unique name; \
+                 Cluster::failure() reports this for health checks)"
+            );
+            let mut effects = vec![Effect::Refuse(format!(
+                "{peer} has this node's name and is newer: this node leaves"
+            ))];
+            effects.extend(self.leave(Some(format!(
+                "replaced by {peer}, a newer node with the same name"
+            ))));
+            return effects;
         } else if peer.generation == self.me.generation {
             // Gossip may still show an earlier process of this node at this very address.
             tracing::debug!(node = %self.me, "refused a connection from this node itself");
-            (Err("it is this node itself".into()), Vec::new())
+            "it is this node itself".to_string()
         } else {
             if let Some(held_back) = LOST_LOG.allow() {
                 tracing::warn!(
@@ -338,35 +379,36 @@ impl Core {
                     "refused a node with this node's name and an older generation"
                 );
             }
-            (
-                Err(format!("{peer} has this node's name and is not newer")),
-                Vec::new(),
-            )
-        }
+            format!("{peer} has this node's name and is not newer")
+        };
+        vec![Effect::Refuse(why)]
     }
 
-    /// Apply what gossip shows now (this node excluded).
-    pub(super) fn gossip(&mut self, nodes: GossipNodes) -> Vec<Effect> {
+    /// Apply what gossip shows now (this node excluded); connect to the peers it shows
+    /// that have not proved themselves, with backoff.
+    fn gossip(&mut self, nodes: GossipNodes) -> Vec<Effect> {
+        if self.life.has_left() {
+            return Vec::new();
+        }
         let GossipNodes { reachable, listed } = nodes;
-        let effects = self.change_view("gossip", |v| {
+        let mut effects = self.change_view("gossip", |v| {
             v.apply_gossip(reachable, |p| listed.contains(p))
         });
         let view = &self.view;
         self.server_ids.retain(|_, p| view.knows(p));
+        let due = self.view.due_for_connection(self.now);
+        effects.extend(
+            due.into_iter()
+                .map(|(peer, first)| Effect::Connect { peer, first }),
+        );
         effects
-    }
-
-    /// The peers to try to connect to now, and whether each is a first try.
-    pub(super) fn due_for_connection(&mut self, now: tokio::time::Instant) -> Vec<(PeerId, bool)> {
-        self.view.due_for_connection(now)
     }
 
     /// `peer` is gone (it left, or its connection was lost): it is no member, no request
     /// waits for it, and its link closes.
-    pub(super) fn mark_left(&mut self, peer: &PeerId, why: &str) -> Vec<Effect> {
+    fn mark_left(&mut self, peer: &PeerId, why: &str) -> Vec<Effect> {
         let mut effects = self.change_view(why, |v| v.leave(peer));
         self.ledger.peer_gone(peer);
-        effects.extend(self.settle());
         effects.push(Effect::DropLink(peer.clone()));
         effects
     }
@@ -374,49 +416,17 @@ impl Core {
     /// This node's own part of a join, leave or disconnect it started: resumed by
     /// [`Effect::Resume`] with `token` once ordered. One that selects no socket here
     /// (`sockets` false) is resumed at once when nothing is held.
-    pub(super) fn order_local(&mut self, token: u64, sockets: bool) -> Vec<Effect> {
+    fn order_local(&mut self, token: u64, sockets: bool) -> Vec<Effect> {
         if !sockets && self.barrier.is_idle() {
             return vec![Effect::Resume(token)];
         }
         self.hold(Held::Local(token))
     }
 
-    /// The round timeout of flush round `id` passed: what it served is applied, whoever
-    /// has not answered.
-    pub(super) fn round_expired(&mut self, id: Id) -> Vec<Effect> {
-        let waiting = self.ledger.remove(id);
-        if waiting.is_empty() {
-            return Vec::new();
-        }
-        if let Some(held_back) = ROUND_TIMEOUT_LOG.allow() {
-            tracing::warn!(
-                node = %self.me, ?waiting, held_back,
-                "flush round timed out: the joins, leaves and disconnects it held are applied \
-                 without waiting for these members any longer"
-            );
-        }
-        let members = self.member_ids();
-        let orders = self.barrier.round_ended(id, &members);
-        self.carry_out(orders)
-    }
-
-    /// Request `id`'s frame could not be queued for `peer`: it does not wait for it.
-    pub(super) fn not_sent(&mut self, id: Id, peer: &PeerId) -> Vec<Effect> {
-        self.ledger.peer_gone_from(id, peer);
-        self.settle()
-    }
-
-    /// No request waits for `peer` any longer (its connection could not be made).
-    pub(super) fn stop_waiting_for(&mut self, peer: &PeerId) -> Vec<Effect> {
-        self.ledger.peer_gone(peer);
-        self.settle()
-    }
-
     /// This node is leaving: no request waits any longer, and every state change held is
     /// applied, in order.
-    pub(super) fn release_all(&mut self) -> Vec<Effect> {
+    fn release_all(&mut self) -> Vec<Effect> {
         self.ledger.release_all();
-        self.ledger.take_ended_rounds();
         let orders = self.barrier.release_all();
         self.carry_out(orders)
     }
@@ -437,7 +447,16 @@ impl Core {
     /// The flush rounds the ledger saw end: what they served is applied.
     fn settle(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
-        for id in self.ledger.take_ended_rounds() {
+        for (id, waiting) in self.ledger.take_ended_rounds() {
+            if !waiting.is_empty()
+                && let Some(held_back) = ROUND_TIMEOUT_LOG.allow()
+            {
+                tracing::warn!(
+                    node = %self.me, ?waiting, held_back,
+                    "flush round timed out: the joins, leaves and disconnects it held are \
+                     applied without waiting for these members any longer"
+                );
+            }
             let members = self.member_ids();
             let orders = self.barrier.round_ended(id, &members);
             effects.extend(self.carry_out(orders));
@@ -451,7 +470,8 @@ impl Core {
             .into_iter()
             .map(|order| match order {
                 Order::Flush { id, to } => {
-                    self.ledger.book_round(id, &to);
+                    self.ledger
+                        .book_round(id, &to, self.now + self.round_timeout);
                     Effect::Flush { id, to }
                 }
                 Order::Apply(Held::Request(from, req)) => Effect::Apply(from, *req),
@@ -482,17 +502,27 @@ impl Core {
             self.server_ids.retain(|_, p| p != &peer);
             let keep_link = self.view.is_refused(&peer);
             let member = std::sync::Arc::unwrap_or_clone(member);
-            effects.push(Effect::Left { member, keep_link });
+            effects.push(Effect::MemberLeft { member, keep_link });
         }
         for member in after.into_values() {
             tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
-            effects.push(Effect::Joined(Member::clone(&member)));
+            // A new member hears from this node what it says about itself, first thing on
+            // this node's own connection to it.
+            effects.push(Effect::SendMeta(vec![member.peer_id()], self.meta.clone()));
+            effects.push(Effect::MemberJoined(Member::clone(&member)));
         }
-        effects.extend(self.settle());
         effects
     }
 }
 
 /// The races the node must get right, driven without sockets: what each input decides.
 #[cfg(test)]
+mod ledger_tests;
+#[cfg(test)]
+mod order_tests;
+#[cfg(test)]
 pub(super) mod tests;
+#[cfg(test)]
+mod world;
+#[cfg(test)]
+mod world_tests;

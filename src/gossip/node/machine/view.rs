@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 use crate::{
     gossip::membership::Member,
@@ -27,9 +27,9 @@ use crate::{
 };
 
 /// First delay before connecting again to a live peer that could not be verified.
-pub(super) const RETRY_MIN: Duration = Duration::from_millis(500);
+pub(in crate::gossip::node) const RETRY_MIN: Duration = Duration::from_millis(500);
 /// Longest delay between such attempts.
-pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
+pub(in crate::gossip::node) const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// A member: its open authenticated connections and what it told about itself.
 struct Proven {
@@ -46,7 +46,7 @@ struct Proven {
 
 /// Why a connection was not admitted.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum Refusal {
+pub(in crate::gossip::node) enum Refusal {
     /// The peer left on purpose; it does not come back under the same generation.
     #[error("{0} left the cluster; a restarted node comes back with a new generation")]
     Left(PeerId),
@@ -61,7 +61,7 @@ pub(super) enum Refusal {
 
 /// Who is in the cluster, as this node sees it.
 #[derive(Default)]
-pub(super) struct View {
+pub(in crate::gossip::node) struct View {
     /// Members, by identity.
     proven: HashMap<PeerId, Proven>,
     /// Nodes gossip shows live and not leaving, with their mesh address: whom to verify.
@@ -73,12 +73,12 @@ pub(super) struct View {
 }
 
 impl View {
-    pub(super) fn members(&self) -> impl Iterator<Item = &Member> {
+    pub(in crate::gossip::node) fn members(&self) -> impl Iterator<Item = &Member> {
         self.shared_members().map(|m| &**m)
     }
 
     /// The members, to share.
-    pub(super) fn shared_members(&self) -> impl Iterator<Item = &Arc<Member>> {
+    pub(in crate::gossip::node) fn shared_members(&self) -> impl Iterator<Item = &Arc<Member>> {
         self.proven
             .values()
             .filter(|p| !p.refused)
@@ -86,7 +86,7 @@ impl View {
     }
 
     /// The members by identity, shared (nothing of them is copied).
-    pub(super) fn member_map(&self) -> HashMap<PeerId, Arc<Member>> {
+    pub(in crate::gossip::node) fn member_map(&self) -> HashMap<PeerId, Arc<Member>> {
         self.proven
             .iter()
             .filter(|(_, m)| !m.refused)
@@ -95,18 +95,21 @@ impl View {
     }
 
     /// Whether `peer` is a member.
-    pub(super) fn is_member(&self, peer: &PeerId) -> bool {
+    pub(in crate::gossip::node) fn is_member(&self, peer: &PeerId) -> bool {
         self.proven.get(peer).is_some_and(|p| !p.refused)
     }
 
     /// Whether `peer` is connected but refused for its parser.
-    pub(super) fn is_refused(&self, peer: &PeerId) -> bool {
+    pub(in crate::gossip::node) fn is_refused(&self, peer: &PeerId) -> bool {
         self.proven.get(peer).is_some_and(|p| p.refused)
     }
 
     /// Refuse the connected peers that say they use another parser than `mine`. Returns
     /// those refused now, with their parser.
-    pub(super) fn refuse_other_parsers(&mut self, mine: Parser) -> Vec<(PeerId, Parser)> {
+    pub(in crate::gossip::node) fn refuse_other_parsers(
+        &mut self,
+        mine: Parser,
+    ) -> Vec<(PeerId, Parser)> {
         let mut refused = Vec::new();
         for (peer, p) in &mut self.proven {
             if let Some(theirs) = p.parser
@@ -122,7 +125,7 @@ impl View {
 
     /// Whether `peer` has an open incoming connection here.
     #[cfg(test)]
-    pub(super) fn has_incoming(&self, peer: &PeerId) -> bool {
+    pub(in crate::gossip::node) fn has_incoming(&self, peer: &PeerId) -> bool {
         self.proven
             .get(peer)
             .is_some_and(|p| p.conns.iter().any(|c| c.incoming))
@@ -130,13 +133,13 @@ impl View {
 
     /// Whether gossip shows `peer`, or it is a member (so its link, address and server ids
     /// are worth keeping).
-    pub(super) fn knows(&self, peer: &PeerId) -> bool {
+    pub(in crate::gossip::node) fn knows(&self, peer: &PeerId) -> bool {
         self.gossip.contains_key(peer) || self.proven.contains_key(peer)
     }
 
     /// Whether `addr` is the mesh address of a member or of a node gossip shows (an
     /// IPv4-mapped address counts as the IPv4 one).
-    pub(super) fn knows_mesh_addr(&self, addr: SocketAddr) -> bool {
+    pub(in crate::gossip::node) fn knows_mesh_addr(&self, addr: SocketAddr) -> bool {
         let same = |a: &SocketAddr| {
             a.ip().to_canonical() == addr.ip().to_canonical() && a.port() == addr.port()
         };
@@ -144,7 +147,7 @@ impl View {
     }
 
     /// Where to reach `peer`: the address it proved, else the one gossip shows.
-    pub(super) fn mesh_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
+    pub(in crate::gossip::node) fn mesh_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
         self.proven
             .get(peer)
             .map(|p| p.member.mesh_addr)
@@ -153,7 +156,7 @@ impl View {
 
     /// `peer` proved the cluster secret on connection `conn`. An older generation of the
     /// same node is displaced (it restarted): it is returned, and no longer a member.
-    pub(super) fn connected(
+    pub(in crate::gossip::node) fn connected(
         &mut self,
         peer: &PeerId,
         conn: ConnId,
@@ -204,7 +207,7 @@ impl View {
     }
 
     /// Connection `conn` of `peer` closed: with its last one, it is no longer a member.
-    pub(super) fn closed(&mut self, peer: &PeerId, conn: ConnId) {
+    pub(in crate::gossip::node) fn closed(&mut self, peer: &PeerId, conn: ConnId) {
         if let Some(p) = self.proven.get_mut(peer) {
             p.conns.remove(&conn);
             if p.conns.is_empty() {
@@ -214,7 +217,7 @@ impl View {
     }
 
     /// What `peer` says about itself, over its own connection; older news is ignored.
-    pub(super) fn meta(&mut self, peer: &PeerId, meta: NodeMeta) {
+    pub(in crate::gossip::node) fn meta(&mut self, peer: &PeerId, meta: NodeMeta) {
         if let Some(p) = self.proven.get_mut(peer)
             && meta.version > p.meta_version
         {
@@ -236,7 +239,7 @@ impl View {
     }
 
     /// `peer` left on purpose: ignore it even while gossip still shows it.
-    pub(super) fn leave(&mut self, peer: &PeerId) {
+    pub(in crate::gossip::node) fn leave(&mut self, peer: &PeerId) {
         self.left.insert(peer.clone());
         self.proven.remove(peer);
         self.gossip.remove(peer);
@@ -246,7 +249,7 @@ impl View {
     /// A new gossip view: `next` are the live nodes that are not leaving, with their mesh
     /// address; `listed` tells whether gossip still knows a peer at all (a peer that left
     /// is forgotten once gossip forgets it). Members are not touched.
-    pub(super) fn apply_gossip(
+    pub(in crate::gossip::node) fn apply_gossip(
         &mut self,
         next: HashMap<PeerId, SocketAddr>,
         listed: impl Fn(&PeerId) -> bool,
@@ -262,7 +265,10 @@ impl View {
 
     /// Live peers not verified yet whose next connection attempt is due at `now`, each with
     /// whether it is the first attempt; the backoff of each doubles, up to [`RETRY_MAX`].
-    pub(super) fn due_for_connection(&mut self, now: Instant) -> Vec<(PeerId, bool)> {
+    pub(in crate::gossip::node) fn due_for_connection(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(PeerId, bool)> {
         let Self {
             gossip,
             proven,
@@ -286,7 +292,7 @@ impl View {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::gossip::node) mod tests {
     use super::*;
     use crate::gossip::wire::Id;
 

@@ -1,7 +1,17 @@
-//! Unit tests of `ledger`.
+//! Unit tests of the request ledger with the gossip node's responses: what each answer
+//! does to what its peer owes ([`Answer for ResponseBody`](super::Answer)), and deadlines.
 
-use super::*;
-use crate::gossip::wire::{AckResult, Value};
+use std::time::{Duration, Instant};
+
+use crate::{
+    gossip::{
+        peer::PeerId,
+        wire::{AckResult, Id, ResponseBody, Value},
+    },
+    ledger::{Ledger, Progress},
+};
+
+type Requests = Ledger<Id, PeerId, ResponseBody>;
 
 fn peer(name: &str) -> PeerId {
     PeerId {
@@ -16,20 +26,25 @@ fn ack() -> ResponseBody {
 
 const ID: Id = Id([1; 16]);
 
-/// What came out of a request's channel so far, and whether it ended.
-pub(in crate::gossip::node) fn drain(
-    rx: &mut mpsc::UnboundedReceiver<Progress>,
-) -> (Vec<String>, bool) {
+/// A deadline no test reaches.
+fn later() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
+
+/// What the requester was told since the last call, and whether its request ended.
+fn drain(ledger: &mut Requests) -> (Vec<String>, bool) {
     let mut seen = Vec::new();
-    loop {
-        match rx.try_recv() {
-            Ok(Progress::Kept(p, _)) => seen.push(format!("kept {p}")),
-            Ok(Progress::Answered(p)) => seen.push(format!("answered {p}")),
-            Ok(Progress::Gone(p)) => seen.push(format!("gone {p}")),
-            Err(mpsc::error::TryRecvError::Empty) => return (seen, false),
-            Err(mpsc::error::TryRecvError::Disconnected) => return (seen, true),
+    let mut ended = false;
+    for (_, progress) in ledger.take_progress() {
+        match progress {
+            Progress::Kept(p, _) => seen.push(format!("kept {p}")),
+            Progress::Answered(p) => seen.push(format!("answered {p}")),
+            Progress::Gone(p) => seen.push(format!("gone {p}")),
+            Progress::TimedOut(ps) => seen.push(format!("timed out {ps:?}")),
+            Progress::Ended => ended = true,
         }
     }
+    (seen, ended)
 }
 
 /// Rooms, sockets, or a service's answer (a server event's ack): one kept per peer.
@@ -41,8 +56,8 @@ fn single_answer_requests_end_when_every_peer_answered_or_is_gone() {
     ];
     for answer in answers {
         let (a, b, c) = (peer("a"), peer("b"), peer("c"));
-        let mut ledger = Ledger::default();
-        let mut rx = ledger.book(ID, &[a.clone(), b.clone(), c.clone()]);
+        let mut ledger = Requests::default();
+        ledger.book(ID, &[a.clone(), b.clone(), c.clone()], later());
         assert!(ledger.respond(&a, ID, answer.clone()));
         assert!(
             !ledger.respond(&a, ID, answer.clone()),
@@ -51,7 +66,7 @@ fn single_answer_requests_end_when_every_peer_answered_or_is_gone() {
         assert!(!ledger.respond(&a, ID, ResponseBody::AckCount(1)));
         assert!(ledger.respond(&b, ID, ResponseBody::NotHosted));
         assert_eq!(
-            drain(&mut rx),
+            drain(&mut ledger),
             (
                 vec![
                     "kept a#1".into(),
@@ -62,7 +77,7 @@ fn single_answer_requests_end_when_every_peer_answered_or_is_gone() {
             )
         );
         ledger.peer_gone(&c);
-        assert_eq!(drain(&mut rx), (vec!["gone c#1".into()], true));
+        assert_eq!(drain(&mut ledger), (vec!["gone c#1".into()], true));
         assert_eq!(ledger.len(), 0, "an ended request is forgotten");
     }
 }
@@ -73,8 +88,8 @@ fn single_answer_requests_end_when_every_peer_answered_or_is_gone() {
 fn a_refused_answer_is_kept_and_ends_what_the_peer_owed() {
     let (a, b) = (peer("a"), peer("b"));
     let refused = || ResponseBody::Refused("too many rooms".into());
-    let mut ledger = Ledger::default();
-    let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+    let mut ledger = Requests::default();
+    ledger.book(ID, &[a.clone(), b.clone()], later());
     assert!(ledger.respond(&a, ID, refused()));
     assert!(
         !ledger.respond(&a, ID, ResponseBody::Rooms(vec![])),
@@ -84,7 +99,7 @@ fn a_refused_answer_is_kept_and_ends_what_the_peer_owed() {
     assert!(ledger.respond(&b, ID, ack()));
     assert!(ledger.respond(&b, ID, refused()));
     assert_eq!(
-        drain(&mut rx),
+        drain(&mut ledger),
         (
             vec![
                 "kept a#1".into(),
@@ -101,33 +116,33 @@ fn a_refused_answer_is_kept_and_ends_what_the_peer_owed() {
 #[test]
 fn state_changes_end_when_every_peer_applied_them() {
     let (a, b) = (peer("a"), peer("b"));
-    let mut ledger = Ledger::default();
-    let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+    let mut ledger = Requests::default();
+    ledger.book(ID, &[a.clone(), b.clone()], later());
     assert!(ledger.respond(&a, ID, ResponseBody::Done));
-    assert!(!drain(&mut rx).1);
+    assert!(!drain(&mut ledger).1);
     assert!(ledger.respond(&b, ID, ResponseBody::NotHosted));
-    assert_eq!(drain(&mut rx), (vec!["answered b#1".into()], true));
+    assert_eq!(drain(&mut ledger), (vec!["answered b#1".into()], true));
 }
 
 #[test]
 fn only_the_peers_asked_may_answer() {
     let (a, stranger) = (peer("a"), peer("z"));
-    let mut ledger = Ledger::default();
-    let mut rx = ledger.book(ID, std::slice::from_ref(&a));
+    let mut ledger = Requests::default();
+    ledger.book(ID, std::slice::from_ref(&a), later());
     assert!(!ledger.respond(&stranger, ID, ResponseBody::Rooms(vec![])));
     assert!(!ledger.respond(&stranger, ID, ResponseBody::AckCount(1)));
     assert!(
         !ledger.respond(&a, Id([2; 16]), ResponseBody::Rooms(vec![])),
         "another request"
     );
-    assert_eq!(drain(&mut rx), (vec![], false));
+    assert_eq!(drain(&mut ledger), (vec![], false));
 }
 
 #[test]
 fn ack_requests_wait_for_every_announced_ack() {
     let (a, b) = (peer("a"), peer("b"));
-    let mut ledger = Ledger::default();
-    let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+    let mut ledger = Requests::default();
+    ledger.book(ID, &[a.clone(), b.clone()], later());
     assert!(!ledger.respond(&a, ID, ack()), "an ack before the count");
     assert!(ledger.respond(&a, ID, ResponseBody::AckCount(2)));
     assert!(
@@ -141,13 +156,13 @@ fn ack_requests_wait_for_every_announced_ack() {
     );
     assert!(ledger.respond(&a, ID, ack()));
     assert_eq!(
-        drain(&mut rx),
+        drain(&mut ledger),
         (vec!["answered b#1".into(), "kept a#1".into()], false)
     );
     assert!(ledger.respond(&a, ID, ack()));
     assert!(!ledger.respond(&a, ID, ack()), "no ack beyond the count");
     assert_eq!(
-        drain(&mut rx),
+        drain(&mut ledger),
         (vec!["kept a#1".into(), "answered a#1".into()], true)
     );
 }
@@ -155,8 +170,8 @@ fn ack_requests_wait_for_every_announced_ack() {
 #[test]
 fn a_gone_peer_releases_the_acks_it_still_owed() {
     let (a, b) = (peer("a"), peer("b"));
-    let mut ledger = Ledger::default();
-    let mut rx = ledger.book(ID, &[a.clone(), b.clone()]);
+    let mut ledger = Requests::default();
+    ledger.book(ID, &[a.clone(), b.clone()], later());
     ledger.respond(&a, ID, ResponseBody::AckCount(3));
     ledger.respond(&a, ID, ack());
     ledger.respond(&b, ID, ResponseBody::AckCount(1));
@@ -164,7 +179,7 @@ fn a_gone_peer_releases_the_acks_it_still_owed() {
     assert!(!ledger.respond(&a, ID, ack()), "no longer waited for");
     assert!(ledger.respond(&b, ID, ack()));
     assert_eq!(
-        drain(&mut rx),
+        drain(&mut ledger),
         (
             vec![
                 "kept a#1".into(),
@@ -179,10 +194,41 @@ fn a_gone_peer_releases_the_acks_it_still_owed() {
 
 #[test]
 fn nothing_to_wait_for_ends_at_once_and_release_ends_everything() {
-    let mut ledger = Ledger::default();
-    assert!(drain(&mut ledger.book(ID, &[])).1);
-    let mut rx = ledger.book(ID, &[peer("a")]);
+    let mut ledger = Requests::default();
+    ledger.book(ID, &[], later());
+    assert!(drain(&mut ledger).1);
+    ledger.book(ID, &[peer("a")], later());
     ledger.release_all();
-    assert_eq!(drain(&mut rx), (vec!["gone a#1".into()], true));
+    assert_eq!(drain(&mut ledger), (vec!["gone a#1".into()], true));
     assert_eq!(ledger.len(), 0);
+}
+
+/// A request past its deadline ends, telling whom it still waited for; a round past its
+/// deadline is given as ended with them; a late answer changes nothing.
+#[test]
+fn deadlines_end_requests_and_rounds_with_whom_they_waited_for() {
+    let (a, b) = (peer("a"), peer("b"));
+    let t0 = Instant::now();
+    let round = Id([2; 16]);
+    let mut ledger = Requests::default();
+    ledger.book(ID, &[a.clone(), b.clone()], t0 + Duration::from_secs(2));
+    ledger.book_round(round, &[a.clone(), b.clone()], t0 + Duration::from_secs(1));
+    assert_eq!(ledger.next_deadline(), Some(t0 + Duration::from_secs(1)));
+    assert!(ledger.respond(&a, ID, ResponseBody::Done));
+    assert!(ledger.respond(&b, round, ResponseBody::Done));
+    ledger.expire(t0 + Duration::from_millis(999));
+    assert!(ledger.take_ended_rounds().is_empty(), "not yet");
+    ledger.expire(t0 + Duration::from_secs(1));
+    assert_eq!(ledger.take_ended_rounds(), [(round, vec![a.clone()])]);
+    assert_eq!(ledger.next_deadline(), Some(t0 + Duration::from_secs(2)));
+    ledger.expire(t0 + Duration::from_secs(2));
+    assert_eq!(
+        drain(&mut ledger),
+        (
+            vec!["answered a#1".into(), format!("timed out {:?}", [&b])],
+            true
+        )
+    );
+    assert!(!ledger.respond(&b, ID, ResponseBody::Done), "late");
+    assert_eq!((ledger.len(), ledger.next_deadline()), (0, None));
 }

@@ -1,0 +1,188 @@
+//! The node's bounds with real sockets: server ids and link slots a peer can make it keep,
+//! and the peak memory of the largest frames.
+
+use super::*;
+use crate::gossip::node::tests::{pair, start as node};
+use bytes::Bytes;
+
+fn ids_of(node: &Node, peer: &PeerId) -> usize {
+    lock(&node.state).machine.server_ids_of(peer)
+}
+
+/// A member sending requests from 1,000 server ids: the node keeps 16 of them, and
+/// none once the member left. Two real nodes on 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_ids_a_peer_sends_are_bounded_and_forgotten() {
+    let (a, b) = pair(&format!("server-ids-{}", std::process::id())).await;
+    let to_a = [a.me().clone()];
+    for i in 0..1_000u32 {
+        let mut origin = [b'x'; 16];
+        origin[..4].copy_from_slice(&i.to_be_bytes());
+        let frame = Frame::Request(wire::Request {
+            ns: "/not-hosted".into(),
+            id: Id([0; 16]),
+            origin: Id(origin),
+            kind: wire::RequestKind::DisconnectSockets,
+            opts: wire::Opts::default(),
+            ack_timeout_ms: None,
+        });
+        b.send(To::Peers(&to_a), &frame, false).await.unwrap();
+    }
+    // Frames are handled in order: once a confirmed message is handled, so are they.
+    b.send_service(&to_a, "none", bytes::Bytes::new(), true)
+        .await
+        .unwrap();
+    let b_id = b.me().clone();
+    assert_eq!(ids_of(&a, &b_id), MAX_SERVER_IDS_PER_PEER);
+    b.shutdown().await;
+    let mut forgotten = false;
+    for _ in 0..500 {
+        if ids_of(&a, &b_id) == 0 {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        forgotten,
+        "the server ids of a peer that left are forgotten"
+    );
+    a.shutdown().await;
+}
+
+/// A link slot opened for a peer gossip showed (here: one never reached) is dropped
+/// once gossip no longer shows it.
+#[tokio::test]
+async fn link_slots_of_peers_only_seen_in_gossip_are_forgotten() {
+    let a = node(&format!("slots-{}", std::process::id()), None).await;
+    for i in 0..10 {
+        let ghost = PeerId {
+            name: format!("ghost-{i}").into(),
+            generation: 1,
+        };
+        assert!(a.link(&ghost).await.is_err(), "no address known");
+    }
+    assert_eq!(a.outgoing.len(), 10);
+    a.refresh_from_gossip().await;
+    assert_eq!(a.outgoing.len(), 0, "slots of unknown peers dropped");
+    a.shutdown().await;
+}
+
+/// The peak memory (VmHWM) of one node that receives the largest frame a peer can
+/// send: 16 MiB (the default maximum) of empty room names. The node runs in a child
+/// process (this test again, with `PEAK_CHILD_SEED` set) that prints its VmHWM as it
+/// changes; this process is the peer. A measurement, not an assertion: run it with
+/// `cargo test --all-features --lib -- --ignored --nocapture peak_memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn peak_memory_under_the_largest_frame() {
+    use std::io::BufRead;
+    let hwm = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .map(String::from)
+            })
+            .unwrap_or_default()
+    };
+    if let Ok(seed) = std::env::var("PEAK_CHILD_SEED") {
+        let cluster = std::env::var("PEAK_CLUSTER").unwrap();
+        let _node = node(&cluster, Some(seed.parse().unwrap())).await;
+        let mut last = String::new();
+        for _ in 0..600 {
+            let now = hwm();
+            if now != last {
+                println!("{now}");
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return;
+    }
+    let cluster = format!("peak-{}", std::process::id());
+    let peer = node(&cluster, None).await;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "--nocapture"])
+        .arg("gossip::node::bound_tests::peak_memory_under_the_largest_frame")
+        .env("PEAK_CHILD_SEED", peer.addrs().0.to_string())
+        .env("PEAK_CLUSTER", &cluster)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(kb) = line
+                .strip_prefix("VmHWM:")
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                let _ = tx.send(kb);
+            }
+        }
+    });
+    let mut member = None;
+    for _ in 0..500 {
+        member = peer.members().first().map(|m| m.peer_id());
+        if member.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let member = member.expect("the child node joined");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rx.try_iter().last().unwrap_or_default();
+
+    // AddSockets with n empty room names, filling the largest frame.
+    let empty = wire::encode(&Frame::Request(wire::Request {
+        ns: "/".into(),
+        id: Id([1; 16]),
+        origin: Id([2; 16]),
+        kind: wire::RequestKind::AddSockets(vec![]),
+        opts: wire::Opts::default(),
+        ack_timeout_ms: None,
+    }))
+    .unwrap();
+    let at = wire::LEN_PREFIX + 3 + 1 + 2 + 32;
+    assert_eq!(empty[at..at + 2], [4, 0]);
+    let n = wire::DEFAULT_MAX_FRAME_SIZE - (empty.len() - wire::LEN_PREFIX) - 4;
+    let mut body = empty[wire::LEN_PREFIX..at + 1].to_vec();
+    let mut v = n;
+    while v >= 0x80 {
+        body.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    body.push(v as u8);
+    body.resize(body.len() + n, 0);
+    body.extend_from_slice(&empty[at + 2..]);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    assert!(body.len() <= wire::DEFAULT_MAX_FRAME_SIZE);
+    let link = peer.link(&member).await.unwrap();
+    link.send(Bytes::from(frame)).unwrap();
+    // Wait until the child's peak has not moved for 3 s (bounded: 60 s).
+    let mut peak = before;
+    let mut still = 0;
+    for _ in 0..600 {
+        match rx.try_iter().last() {
+            Some(kb) => {
+                peak = kb;
+                still = 0;
+            }
+            None => still += 1,
+        }
+        if still >= 30 && peak > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "frame of {} bytes ({n} empty room names): node VmHWM {before} kB before, {peak} kB after",
+        body.len()
+    );
+}
