@@ -270,30 +270,41 @@ impl Node {
     /// once, the timer is woken when the machine needs waking earlier, and the other effects
     /// are returned to be carried out (outside the lock).
     pub(super) fn drive(&self, input: Input) -> Vec<Effect> {
-        let mut state = lock(&self.state);
-        let effects = state.machine.handle(input, now());
-        let mut rest = Vec::with_capacity(effects.len());
-        for effect in effects {
-            match effect {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let mut effects = state.machine.handle(input, now());
+        // Most inputs (a frame in) tell nobody: their effects go back as they are.
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::Tell(..) | Effect::Resume(_)))
+        {
+            let mut abandoned = Vec::new();
+            effects.retain_mut(|effect| match effect {
                 Effect::Tell(id, progress) => {
+                    let progress = std::mem::replace(progress, pending::Progress::Ended);
                     let ended = matches!(progress, pending::Progress::Ended);
-                    let sent = match state.requesters.get(&id) {
+                    let sent = match state.requesters.get(id) {
                         Some(tx) if !ended => tx.send(progress).is_ok(),
                         _ => false,
                     };
                     if ended {
-                        state.requesters.remove(&id);
-                    } else if !sent && state.requesters.remove(&id).is_some() {
+                        state.requesters.remove(id);
+                    } else if !sent && state.requesters.remove(id).is_some() {
                         // Its requester stopped waiting.
-                        state.machine.handle(Input::Abandoned(id), now());
+                        abandoned.push(*id);
                     }
+                    false
                 }
                 Effect::Resume(token) => {
-                    if let Some(tx) = state.resumes.remove(&token) {
+                    if let Some(tx) = state.resumes.remove(token) {
                         let _ = tx.send(());
                     }
+                    false
                 }
-                other => rest.push(other),
+                _ => true,
+            });
+            for id in abandoned {
+                state.machine.handle(Input::Abandoned(id), now());
             }
         }
         let next = state.machine.next_timeout();
@@ -301,7 +312,7 @@ impl Node {
             state.wake_at = next;
             self.timer.notify_one();
         }
-        rest
+        effects
     }
 
     /// [`Node::drive`], carrying out the effects. An error says a request was refused by
