@@ -146,19 +146,6 @@ impl ClusterAdapterCtr {
         }
     }
 
-    /// The server-to-server events of this node (see [`events`](crate::events)): over the
-    /// mesh with gossip, over Redis pub/sub with Redis. Call it once per node, before the
-    /// constructor goes to socketioxide, and keep (a clone of) the handle: its handlers run
-    /// while it lives.
-    pub fn server_events(&self) -> crate::events::ServerEvents {
-        match self {
-            #[cfg(feature = "cluster-gossip")]
-            Self::Gossip(ctr) => ctr.cluster().server_events(),
-            #[cfg(feature = "redis")]
-            Self::Redis(_, handle) => crate::events::ServerEvents::redis(handle),
-        }
-    }
-
     /// The login-session store of this backend (feature `sessions`): replicated over the
     /// mesh with gossip, kept in Redis with Redis. Call it once per node.
     #[cfg(feature = "sessions")]

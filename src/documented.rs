@@ -403,9 +403,6 @@ fn server_event_bounds_are_the_documented_ones() {
     #[cfg(feature = "redis")]
     says(
         "docs/server-events.md",
-        &format!(
-            "checks again every {}",
-            duration(crate::events::redis::POLL)
-        ),
+        &format!("checks again every {}", duration(crate::bus::redis::POLL)),
     );
 }

@@ -334,10 +334,13 @@
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");
 
 mod backend;
+mod bus;
+mod codec;
 #[cfg(all(test, feature = "cluster-gossip"))]
 mod documented;
 mod error;
 pub mod events;
+mod features;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;

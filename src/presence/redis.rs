@@ -263,7 +263,8 @@ async fn receive(
 
 /// The names of the nodes subscribed to a channel of their own, this one excepted.
 async fn live_nodes(handle: &RedisHandle, chans: &Channels) -> Result<HashSet<String>, String> {
-    crate::redis::live_nodes(&handle.connection(), &chans.of(""), &chans.me).await
+    let chans_now = crate::redis::subscribed_under(&handle.connection(), &chans.of("")).await?;
+    Ok(chans_now.into_iter().filter(|n| *n != chans.me).collect())
 }
 
 /// List the live nodes, sweep disconnected sockets, announce this node's sequence number;

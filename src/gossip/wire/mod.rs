@@ -15,12 +15,11 @@
 //! - [`bounded`]: the bound of every list a frame holds, checked on both sides;
 //! - [`codec`]: encoding and decoding, and why either fails; [`decoder`]: a stream cut
 //!   into frames;
-//! - [`events`], [`presence`], [`sessions`]: the messages of the cluster-wide services.
+//! - [`presence`], [`sessions`]: the messages of the cluster-wide services.
 
 pub(crate) mod bounded;
 mod codec;
 mod decoder;
-pub mod events;
 #[cfg(test)]
 mod fixtures;
 mod frame;
