@@ -165,17 +165,6 @@ impl ClusterAdapterCtr {
             ),
         }
     }
-
-    /// This node's cluster-wide presence (see [`presence`](crate::presence)), replicated
-    /// over the mesh with gossip, over Redis pub/sub with Redis. Call it once per node.
-    #[cfg(feature = "cluster-gossip")]
-    pub fn presence(&self, config: crate::presence::PresenceConfig) -> crate::presence::Presence {
-        match self {
-            Self::Gossip(ctr) => ctr.cluster().presence(config),
-            #[cfg(feature = "redis")]
-            Self::Redis(_, handle) => crate::presence::Presence::redis(handle, &config),
-        }
-    }
 }
 
 fn is_redis_url(s: &str) -> bool {

@@ -285,7 +285,7 @@ fn presence_defaults_are_the_documented_ones() {
         doc,
         &format!(
             "(listed every {}; Redis drops it",
-            duration(crate::presence::redis::POLL)
+            duration(crate::bus::redis::POLL)
         ),
     );
 }

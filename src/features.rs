@@ -6,7 +6,12 @@ use std::sync::Arc;
 
 #[cfg(feature = "cluster-gossip")]
 use crate::Cluster;
-use crate::{ClusterAdapterCtr, bus::Bus, events::ServerEvents};
+use crate::{
+    ClusterAdapterCtr,
+    bus::Bus,
+    events::ServerEvents,
+    presence::{Presence, PresenceConfig},
+};
 
 impl ClusterAdapterCtr {
     /// The bus of this node's backend.
@@ -26,6 +31,12 @@ impl ClusterAdapterCtr {
     pub fn server_events(&self) -> ServerEvents {
         ServerEvents::start(self.bus())
     }
+
+    /// This node's cluster-wide presence (see [`presence`](crate::presence)), replicated
+    /// over the mesh with gossip, over Redis pub/sub with Redis. Call it once per node.
+    pub fn presence(&self, config: PresenceConfig) -> Presence {
+        Presence::start(self.bus(), &config)
+    }
 }
 
 #[cfg(feature = "cluster-gossip")]
@@ -35,5 +46,11 @@ impl Cluster {
     /// first, whose handlers stop receiving.
     pub fn server_events(&self) -> ServerEvents {
         ServerEvents::start(self.bus())
+    }
+
+    /// Start this node's presence (see [`presence`](crate::presence)). Start one per
+    /// node: a second one replaces the first.
+    pub fn presence(&self, config: PresenceConfig) -> Presence {
+        Presence::start(self.bus(), &config)
     }
 }

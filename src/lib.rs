@@ -350,7 +350,6 @@ mod ledger;
 // What records frames, links and requests serves the gossip backend only.
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code, unused_imports))]
 pub mod metrics;
-#[cfg(feature = "cluster-gossip")]
 pub mod presence;
 #[cfg(test)]
 mod proc_status;
@@ -405,7 +404,7 @@ mod readme_and_docs {
     mod limits {}
     #[doc = include_str!("../docs/metrics.md")]
     mod metrics {}
-    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/presence.md"))]
+    #[doc = include_str!("../docs/presence.md")]
     mod presence {}
     #[doc = include_str!("../docs/redis.md")]
     mod redis {}
@@ -413,7 +412,7 @@ mod readme_and_docs {
     mod security {}
     #[doc = include_str!("../docs/semantics.md")]
     mod semantics {}
-    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/server-events.md"))]
+    #[doc = include_str!("../docs/server-events.md")]
     mod server_events {}
     #[cfg_attr(feature = "sessions", doc = include_str!("../docs/sessions.md"))]
     mod sessions {}

@@ -10,7 +10,7 @@
 //!   nothing notices a hung subscriber.
 
 mod common;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "cluster-gossip"))]
 #[path = "common/external.rs"]
 mod external;
 
@@ -167,8 +167,9 @@ backend_tests!(
     missing_handlers_and_silent_ones_are_told,
 );
 
-/// A node of this process asking two `cluster_node` processes.
-#[cfg(target_os = "linux")]
+/// A node of this process asking two `cluster_node` processes (an example that needs the
+/// gossip feature).
+#[cfg(all(target_os = "linux", feature = "cluster-gossip"))]
 mod processes {
     use std::{net::SocketAddr, path::PathBuf};
 

@@ -65,7 +65,6 @@ pub(crate) enum MemberChange {
 
 /// Where a message goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // `One`: presence, next.
 pub(crate) enum To {
     /// Every live member, as the bus knows them when it sends.
     All,
@@ -174,7 +173,6 @@ impl Registration {
 }
 
 /// What every cluster-wide feature needs of a backend (see the [module docs](self)).
-#[allow(dead_code)] // `members`, `changes`, `spawn`: presence, next.
 pub(crate) trait Bus: Send + Sync + 'static {
     /// This node.
     fn me(&self) -> &NodeId;

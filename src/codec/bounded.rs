@@ -122,6 +122,7 @@ macro_rules! bound {
 pub(crate) use bound;
 
 /// A string of at most `MAX` bytes, refused before it is copied.
+#[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 pub(crate) struct Name<const MAX: usize>(pub(crate) String);
 
 impl<'de, const MAX: usize> Deserialize<'de> for Name<MAX> {

@@ -16,6 +16,7 @@ pub enum EncodeError {
     #[error("it holds {} {}, more than the {} a node accepts", .0.len, .0.what, .0.max)]
     Bound(bounded::Exceeded),
     /// The encoded frame is larger than the maximum frame size.
+    #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
     #[error("message of {size} bytes exceeds the cluster's maximum frame size of {max} bytes")]
     TooLarge {
         /// Encoded size.

@@ -15,7 +15,7 @@
 //! - [`bounded`]: the bound of every list a frame holds, checked on both sides;
 //! - [`codec`]: encoding and decoding, and why either fails; [`decoder`]: a stream cut
 //!   into frames;
-//! - [`presence`], [`sessions`]: the messages of the cluster-wide services.
+//! - [`sessions`]: the messages of the session store.
 
 pub(crate) mod bounded;
 mod codec;
@@ -23,7 +23,6 @@ mod decoder;
 #[cfg(test)]
 mod fixtures;
 mod frame;
-pub mod presence;
 mod request;
 #[cfg(feature = "sessions")]
 pub mod sessions;
