@@ -145,26 +145,6 @@ impl ClusterAdapterCtr {
             _ => None,
         }
     }
-
-    /// The login-session store of this backend (feature `sessions`): replicated over the
-    /// mesh with gossip, kept in Redis with Redis. Call it once per node.
-    #[cfg(feature = "sessions")]
-    #[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
-    pub fn session_store(
-        &self,
-        config: crate::sessions::SessionStoreConfig,
-    ) -> crate::sessions::ClusterSessionStore {
-        match self {
-            #[cfg(feature = "cluster-gossip")]
-            Self::Gossip(ctr) => {
-                crate::sessions::ClusterSessionStore::Gossip(ctr.cluster().session_store(config))
-            }
-            #[cfg(feature = "redis")]
-            Self::Redis(_, handle) => crate::sessions::ClusterSessionStore::Redis(
-                crate::sessions::RedisSessionStore::new(handle),
-            ),
-        }
-    }
 }
 
 fn is_redis_url(s: &str) -> bool {

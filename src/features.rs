@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 #[cfg(feature = "cluster-gossip")]
 use crate::Cluster;
+#[cfg(all(feature = "sessions", feature = "cluster-gossip"))]
+use crate::sessions::GossipSessionStore;
+#[cfg(feature = "sessions")]
+use crate::sessions::{ClusterSessionStore, SessionStoreConfig};
 use crate::{
     ClusterAdapterCtr,
     bus::Bus,
@@ -37,6 +41,24 @@ impl ClusterAdapterCtr {
     pub fn presence(&self, config: PresenceConfig) -> Presence {
         Presence::start(self.bus(), &config)
     }
+
+    /// The login-session store of this backend (feature `sessions`): replicated over the
+    /// mesh with gossip (on the bus), kept in Redis with Redis (Redis itself is the store:
+    /// nothing to replicate, and `config` has no setting for it). Call it once per node.
+    #[cfg(feature = "sessions")]
+    pub fn session_store(&self, config: SessionStoreConfig) -> ClusterSessionStore {
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip(_) => {
+                ClusterSessionStore::Gossip(GossipSessionStore::start(self.bus(), &config))
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(_, handle) => {
+                let _ = config;
+                ClusterSessionStore::Redis(crate::sessions::RedisSessionStore::new(handle))
+            }
+        }
+    }
 }
 
 #[cfg(feature = "cluster-gossip")]
@@ -52,5 +74,12 @@ impl Cluster {
     /// node: a second one replaces the first.
     pub fn presence(&self, config: PresenceConfig) -> Presence {
         Presence::start(self.bus(), &config)
+    }
+
+    /// Start this node's replicated session store (feature `sessions`; see
+    /// [`sessions`](crate::sessions)). Start one per node: a second one replaces the first.
+    #[cfg(feature = "sessions")]
+    pub fn session_store(&self, config: SessionStoreConfig) -> GossipSessionStore {
+        GossipSessionStore::start(self.bus(), &config)
     }
 }

@@ -14,8 +14,11 @@
 //!   they carry;
 //! - [`bounded`]: the bound of every list a frame holds, checked on both sides;
 //! - [`codec`]: encoding and decoding, and why either fails; [`decoder`]: a stream cut
-//!   into frames;
-//! - [`sessions`]: the messages of the session store.
+//!   into frames.
+//!
+//! The cluster-wide features' messages live beside them (`events::wire`,
+//! `presence::wire`, `sessions::wire`) and travel in [`ServiceFrame`]s as bodies this module
+//! never reads.
 
 pub(crate) mod bounded;
 mod codec;
@@ -24,8 +27,6 @@ mod decoder;
 mod fixtures;
 mod frame;
 mod request;
-#[cfg(feature = "sessions")]
-pub mod sessions;
 #[cfg(test)]
 mod tests;
 
