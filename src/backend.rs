@@ -24,6 +24,10 @@ use crate::{error::Error, init::InitRes};
 /// (`redis://…`, `rediss://…`).
 pub const BACKEND_VAR: &str = "SOCKETIO_CLUSTER_BACKEND";
 
+/// Longest a Redis node waits, at start, for the features' bus to be subscribed.
+#[cfg(feature = "redis")]
+const BUS_SUBSCRIBED: Duration = Duration::from_secs(5);
+
 /// The constructor of a [`ClusterAdapter`]: the running backend.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -107,13 +111,20 @@ impl ClusterAdapterCtr {
         tls: crate::redis::RedisTls,
     ) -> Result<Self, Error> {
         crate::redis::check_ranges(&config)?;
-        crate::redis::connect_with_handle(url, config, &tls)
+        let failed = |reason: String| Error::Redis {
+            url: redact(url),
+            reason,
+        };
+        let (ctr, handle) = crate::redis::connect_with_handle(url, config, &tls)
             .await
-            .map(|(ctr, handle)| Self::Redis(ctr, handle))
-            .map_err(|e| Error::Redis {
-                url: redact(url),
-                reason: e.to_string(),
-            })
+            .map_err(|e| failed(e.to_string()))?;
+        // The node is on the features' bus once this returns: listed by the others, and
+        // hearing what they send.
+        crate::bus::redis::RedisBus::of(&handle)
+            .subscribed(BUS_SUBSCRIBED)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Self::Redis(ctr, handle))
     }
 
     /// The gossip cluster handle, when running the gossip backend.

@@ -73,7 +73,7 @@ impl ServerEvent {
     }
 
     /// Answer the sender with `data` (nothing happens if it waits for none). An event
-    /// dropped without an answer answers [`ServerAckError::NoAck`].
+    /// dropped without an answer answers [`ServerAckError::NoAck`](super::ServerAckError::NoAck).
     pub fn ack(mut self, data: &impl Serialize) -> Result<(), ServerEventError> {
         let json = serde_json::to_vec(data).map_err(|e| ServerEventError::Encode(e.to_string()))?;
         if json.len() > self.max_ack {

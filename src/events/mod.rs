@@ -225,15 +225,10 @@ impl ServerEvents {
         self.service.node_name()
     }
 
-    /// Wait (at most `limit`) until this handle hears the events other nodes emit. On
-    /// gossip it does from the moment it is made ([`server_events`] returns a serving
-    /// handle), and this returns at once. On Redis the node subscribes in the background
-    /// (making the handle cannot wait): an event emitted elsewhere before that is done
-    /// may not reach this node, and this returns once it is, or an error if subscribing
-    /// failed or took longer than `limit`. Await it before telling other nodes this one is
-    /// ready.
-    ///
-    /// [`server_events`]: crate::ClusterAdapterCtr::server_events
+    /// Wait (at most `limit`) until this handle hears the events other nodes emit. A node
+    /// is on its bus once its constructor returned (on Redis, subscribed to the bus's
+    /// channels), so a handle hears events from the moment it is made and this returns
+    /// at once; it fails, saying why, only if the node's subscription to Redis failed.
     pub async fn ready(&self, limit: Duration) -> Result<(), ServerEventError> {
         Ok(self.service.ready(limit).await?)
     }

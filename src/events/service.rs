@@ -23,6 +23,17 @@ use crate::{
 /// Room for the encoding of an answer around its JSON.
 const REPLY_OVERHEAD: usize = 16;
 
+/// A refused cluster request, as the error of an event (kept for callers that convert).
+#[cfg(feature = "cluster-gossip")]
+impl From<crate::error::RequestError> for ServerEventError {
+    fn from(e: crate::error::RequestError) -> Self {
+        match e {
+            crate::error::RequestError::TooLarge { size, max } => Self::TooLarge { size, max },
+            other => Self::Backend(other.to_string()),
+        }
+    }
+}
+
 impl From<BusError> for ServerEventError {
     fn from(e: BusError) -> Self {
         match e {

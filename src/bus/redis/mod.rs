@@ -1,8 +1,8 @@
 //! The bus on the Redis backend, over pub/sub on the backend's connection:
 //!
-//! - every node subscribes, before its constructor returns, to `<prefix>-bus` (messages
-//!   to all) and to its own channel `<prefix>-bus#<name>#<generation>` (messages to it,
-//!   and the answers to its requests);
+//! - every node subscribes, before its constructor (`ClusterAdapterCtr::redis`) returns,
+//!   to `<prefix>-bus` (messages to all) and to its own channel
+//!   `<prefix>-bus#<name>#<generation>` (messages to it, and the answers to its requests);
 //! - the members are the nodes subscribed to a channel of their own ([`members`]), listed
 //!   with `PUBSUB CHANNELS` when a request is sent and every [`POLL`] while a request
 //!   waits or a feature follows the members; a node is also a member from its first
