@@ -7,17 +7,17 @@
 //!   with `PUBSUB CHANNELS` when a request is sent and every [`POLL`] while a request
 //!   waits or a feature follows the members; a node is also a member from its first
 //!   message on;
-//! - a request is numbered and booked in the one [`ledger`] before it is published; each
-//!   node asked answers on the sender's channel, and a node whose channel vanished is no
-//!   longer waited for.
+//! - a request is numbered and booked in the crate's one request ledger ([`requests`])
+//!   before it is published; each node asked answers on the sender's channel, and a node
+//!   whose channel vanished is no longer waited for.
 //!
 //! Messages are [`envelope`]s; what cannot be read is dropped, counted
 //! ([`REDIS_DROPPED`](crate::metrics::REDIS_DROPPED), reason `unreadable`) and logged at a
 //! bounded rate.
 
 pub(crate) mod envelope;
-pub(crate) mod ledger;
 pub(crate) mod members;
+pub(crate) mod requests;
 
 use std::{
     any::Any,
@@ -31,18 +31,16 @@ use futures_core::{future::BoxFuture, stream::BoxStream};
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::ConnectionManager;
 use socketioxide_redis::drivers::Driver;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
-use super::{
-    Bus, BusError, Handler, MemberChange, NodeId, Outcome, Registration, Replies, Reply, To,
-};
+use super::{Bus, BusError, Handler, MemberChange, NodeId, Registration, Replies, Reply, To};
 use crate::{
     rate_log::RateLog,
     redis::{RedisDriver, RedisHandle},
 };
 use envelope::{Answer, Envelope, Frame, MAX_MESSAGE, OVERHEAD};
-use ledger::{Ledger, Stray};
 use members::Known;
+use requests::{Answered, Requests};
 
 /// How often the members are listed while someone needs them.
 pub(crate) const POLL: Duration = Duration::from_millis(250);
@@ -53,11 +51,9 @@ const CHANGES: usize = 1024;
 /// At most one log line per kind in this period.
 const LOG_PERIOD: Duration = Duration::from_secs(10);
 
-/// Messages that could not be read, answers no request waited for, requests timed out:
-/// a node or anyone with access to Redis can cause them at will.
+/// Messages that could not be read, answers not sent: a node or anyone with access to
+/// Redis can cause them at will.
 static UNREADABLE_LOG: RateLog = RateLog::new(LOG_PERIOD);
-static STRAY_LOG: RateLog = RateLog::new(LOG_PERIOD);
-static TIMED_OUT_LOG: RateLog = RateLog::new(LOG_PERIOD);
 static NOT_SENT_LOG: RateLog = RateLog::new(LOG_PERIOD);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,7 +70,7 @@ pub(crate) struct RedisBus {
     /// `<prefix>-bus#`: what every node's own channel starts with.
     own_prefix: String,
     services: RwLock<HashMap<&'static str, Weak<dyn Handler>>>,
-    ledger: Arc<Mutex<Ledger>>,
+    requests: Requests,
     known: Mutex<Known>,
     changes: broadcast::Sender<MemberChange>,
     /// One listing at a time: each is applied in the order it was taken.
@@ -127,7 +123,7 @@ impl RedisBus {
             all,
             own_prefix,
             services: RwLock::default(),
-            ledger: Arc::default(),
+            requests: Requests::default(),
             known: Mutex::default(),
             changes: broadcast::channel(CHANGES).0,
             listing: tokio::sync::Mutex::new(()),
@@ -179,7 +175,7 @@ impl RedisBus {
                 MemberChange::Joined(node) => tracing::debug!(%node, "bus: a node joined"),
                 MemberChange::Left(node) => {
                     tracing::info!(%node, "bus: a node's channel vanished, it left");
-                    lock(&self.ledger).gone(node);
+                    self.requests.gone(node);
                 }
             }
             // No feature following the members is no error.
@@ -283,24 +279,14 @@ impl RedisBus {
                 None => self.answer(&from, id, Answer::NotHosted),
             },
             Frame::Answer { id, answer } => {
-                let outcome = match answer {
-                    Answer::Body(body) => Outcome::Answer(from.clone(), body),
-                    Answer::Done | Answer::NotHosted => Outcome::Done(from.clone()),
-                    Answer::Refused(why) => Outcome::Refused(from.clone(), why),
+                let answer = match answer {
+                    Answer::Body(body) => Answered::Body(body),
+                    Answer::Done | Answer::NotHosted => Answered::Done,
+                    Answer::Refused(why) => Answered::Refused(why),
                 };
-                let taken = lock(&self.ledger).answer(id, &from, outcome);
-                match taken {
-                    Ok(()) => {}
-                    // Say, an answer that came after the request's deadline.
-                    Err(Stray::NoRequest) => {
-                        tracing::debug!(%from, "bus: answer to no request waiting here");
-                    }
-                    Err(Stray::NotWaited) => {
-                        if let Some(held_back) = STRAY_LOG.allow() {
-                            tracing::debug!(%from, held_back, "bus: answer dropped: the request does not wait for it");
-                        }
-                    }
-                }
+                // One that no request waits for (say, after its deadline) is dropped and
+                // logged by the ledger.
+                self.requests.answer(&from, id, answer);
             }
         }
     }
@@ -390,7 +376,7 @@ impl Bus for RedisBus {
     ) -> BoxFuture<'_, Result<Replies, BusError>> {
         async move {
             self.check_size(&body)?;
-            let deadline = tokio::time::Instant::now() + wait;
+            let deadline = std::time::Instant::now() + wait;
             self.subscribed(wait).await?;
             let (chan, nodes) = match to {
                 To::All => (
@@ -400,15 +386,12 @@ impl Bus for RedisBus {
                 To::One(node) => (members::channel(&self.own_prefix, &node), vec![node]),
             };
             // Booked before publishing: an answer can come before the publish returns.
-            let (id, rx) = lock(&self.ledger).book(nodes.into_iter().collect());
-            let booked = Booked {
-                ledger: self.ledger.clone(),
-                id,
-            };
+            // Should the publish fail, the replies are dropped: the request is forgotten.
+            let (id, replies) = self.requests.book(&nodes, deadline);
             let service = service.to_string();
             self.publish(chan, Frame::Request { service, id, body })
                 .await?;
-            Ok(replies(rx, deadline, booked))
+            Ok(replies)
         }
         .boxed()
     }
@@ -416,46 +399,6 @@ impl Bus for RedisBus {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         tokio::spawn(task);
     }
-}
-
-/// A request booked in the ledger; forgotten there when it is dropped (its replies ended,
-/// or were dropped), and when the publish failed.
-struct Booked {
-    ledger: Arc<Mutex<Ledger>>,
-    id: u64,
-}
-
-impl Drop for Booked {
-    fn drop(&mut self) {
-        lock(&self.ledger).cancel(self.id);
-    }
-}
-
-/// The outcomes of a booked request until every node answered or was found gone, or the
-/// deadline passed (then the nodes still waited for, together).
-fn replies(rx: mpsc::Receiver<Outcome>, deadline: tokio::time::Instant, booked: Booked) -> Replies {
-    Replies::new(futures_util::stream::unfold(
-        (rx, booked, false),
-        move |(mut rx, booked, ended)| async move {
-            if ended {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                outcome = rx.recv() => Some((outcome?, (rx, booked, false))),
-                () = tokio::time::sleep_until(deadline) => {
-                    let late = lock(&booked.ledger).cancel(booked.id);
-                    if late.is_empty() {
-                        return None;
-                    }
-                    if let Some(held_back) = TIMED_OUT_LOG.allow() {
-                        tracing::warn!(waiting = ?late, held_back, "bus: request timed out waiting for nodes");
-                    }
-                    Some((Outcome::TimedOut(late), (rx, booked, true)))
-                }
-            }
-        },
-    ))
 }
 
 /// Subscribe to the bus's channels (both, or neither), list the members once, then hand
@@ -518,7 +461,7 @@ async fn watch_members(bus: Weak<RedisBus>) {
     loop {
         tick.tick().await;
         let Some(bus) = bus.upgrade() else { return };
-        let needed = bus.changes.receiver_count() > 0 || !lock(&bus.ledger).is_empty();
+        let needed = bus.changes.receiver_count() > 0 || !bus.requests.is_empty();
         if needed && let Err(e) = bus.refresh().await {
             tracing::debug!("bus: cannot list the nodes on redis: {e}");
         }
