@@ -114,7 +114,10 @@
 //!
 //! In the source, the gossip backend is `src/gossip/` (`membership`, `mesh`, `node`,
 //! `adapter`, over the leaves `peer`, `keys` and `wire`), the Redis backend `src/redis/`,
-//! and [`ClusterAdapter`], which dispatches to either, `src/backend.rs`.
+//! and [`ClusterAdapter`], which dispatches to either, `src/backend.rs`. The cluster-wide
+//! features ([`events`], [`presence`], `sessions`) are written once over a bus
+//! (`src/bus/`: members and their changes, publish, request with answers) with a gossip
+//! and a Redis implementation, and started in one place (`src/features.rs`).
 //!
 //! A broadcast is sent to every member and answered by none. A request that expects
 //! answers (`fetch_sockets`, `rooms`, acks, and `join`, `leave` and `disconnect` of other
@@ -344,6 +347,7 @@ mod features;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
+mod peer;
 // Used by every backend's requests; a build without one uses none of it.
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ledger;

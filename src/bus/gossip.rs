@@ -37,7 +37,7 @@ pub(crate) struct GossipBus {
 impl GossipBus {
     /// The bus of `node`.
     pub(crate) fn start(node: Arc<Node>) -> Arc<dyn Bus> {
-        let me = node_id(node.me());
+        let me = node.me().clone();
         Arc::new(Self { node, me })
     }
 }
@@ -46,20 +46,6 @@ impl Cluster {
     /// The bus the cluster-wide features of this node run on.
     pub(crate) fn bus(&self) -> Arc<dyn Bus> {
         GossipBus::start(self.node().clone())
-    }
-}
-
-fn node_id(peer: &PeerId) -> NodeId {
-    NodeId {
-        name: peer.name.clone(),
-        generation: peer.generation,
-    }
-}
-
-fn peer_id(node: &NodeId) -> PeerId {
-    PeerId {
-        name: node.name.clone(),
-        generation: node.generation,
     }
 }
 
@@ -76,7 +62,7 @@ impl GossipBus {
     fn targets(&self, to: To) -> Vec<PeerId> {
         match to {
             To::All => self.node.members().iter().map(|m| m.peer_id()).collect(),
-            To::One(node) => vec![peer_id(&node)],
+            To::One(node) => vec![node],
         }
     }
 }
@@ -87,7 +73,7 @@ struct Route(Weak<dyn Handler>);
 impl ServiceHandler for Route {
     fn on_message(&self, from: &PeerId, body: Bytes) {
         if let Some(handler) = self.0.upgrade() {
-            handler.on_message(&node_id(from), body);
+            handler.on_message(from, body);
         }
     }
 
@@ -100,7 +86,7 @@ impl ServiceHandler for Route {
                 reply.send(body);
             }
         });
-        handler.on_request(&node_id(from), body, reply);
+        handler.on_request(from, body, reply);
     }
 }
 
@@ -110,19 +96,15 @@ impl Bus for GossipBus {
     }
 
     fn members(&self) -> Vec<NodeId> {
-        self.node
-            .members()
-            .iter()
-            .map(|m| node_id(&m.peer_id()))
-            .collect()
+        self.node.members().iter().map(|m| m.peer_id()).collect()
     }
 
     fn changes(&self) -> BoxStream<'static, MemberChange> {
         self.node
             .events()
             .map(|ev| match ev {
-                MembershipEvent::Joined(m) => MemberChange::Joined(node_id(&m.peer_id())),
-                MembershipEvent::Left(m) => MemberChange::Left(node_id(&m.peer_id())),
+                MembershipEvent::Joined(m) => MemberChange::Joined(m.peer_id()),
+                MembershipEvent::Left(m) => MemberChange::Left(m.peer_id()),
             })
             .boxed()
     }
@@ -200,24 +182,20 @@ fn outcomes(pending: Pending) -> Replies {
                     Ledger::Kept(peer, ResponseBody::Service(body))
                         if told.insert(peer.clone()) =>
                     {
-                        Outcome::Answer(node_id(&peer), body)
+                        Outcome::Answer(peer, body)
                     }
                     Ledger::Kept(peer, ResponseBody::Refused(why)) if told.insert(peer.clone()) => {
-                        Outcome::Refused(node_id(&peer), why)
+                        Outcome::Refused(peer, why)
                     }
                     // Nothing else answers a service's request.
                     Ledger::Kept(..) => continue,
                     Ledger::Answered(peer) if told.contains(&peer) => continue,
-                    Ledger::Answered(peer) => Outcome::Done(node_id(&peer)),
+                    Ledger::Answered(peer) => Outcome::Done(peer),
                     Ledger::Gone(peer) if told.contains(&peer) => continue,
-                    Ledger::Gone(peer) => Outcome::Gone(node_id(&peer)),
-                    Ledger::TimedOut(peers) => Outcome::TimedOut(
-                        peers
-                            .iter()
-                            .filter(|p| !told.contains(*p))
-                            .map(node_id)
-                            .collect(),
-                    ),
+                    Ledger::Gone(peer) => Outcome::Gone(peer),
+                    Ledger::TimedOut(peers) => {
+                        Outcome::TimedOut(peers.into_iter().filter(|p| !told.contains(p)).collect())
+                    }
                 };
                 return Some((outcome, (pending, told)));
             }

@@ -22,7 +22,6 @@ pub(crate) mod redis;
 
 use std::{
     any::Any,
-    fmt,
     pin::Pin,
     sync::{Arc, Weak},
     task::{Context, Poll},
@@ -33,26 +32,8 @@ use bytes::Bytes;
 use futures_core::{Stream, future::BoxFuture, stream::BoxStream};
 
 /// A node of the cluster, as the bus names it: its name and its generation (a restarted
-/// node is a new one).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct NodeId {
-    /// Node name.
-    pub(crate) name: Arc<str>,
-    /// Generation: when the node (gossip) or its bus (Redis) started.
-    pub(crate) generation: u64,
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.name, self.generation)
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
+/// node is a new one). The gossip node's peer id, the same on both backends.
+pub(crate) use crate::peer::PeerId as NodeId;
 
 /// A change of the live members.
 #[derive(Clone, Debug, PartialEq, Eq)]
