@@ -24,6 +24,10 @@ use crate::{error::Error, init::InitRes};
 /// (`redis://…`, `rediss://…`).
 pub const BACKEND_VAR: &str = "SOCKETIO_CLUSTER_BACKEND";
 
+/// Longest a Redis node waits, at start, for the features' bus to be subscribed.
+#[cfg(feature = "redis")]
+const BUS_SUBSCRIBED: Duration = Duration::from_secs(5);
+
 /// The constructor of a [`ClusterAdapter`]: the running backend.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -107,13 +111,20 @@ impl ClusterAdapterCtr {
         tls: crate::redis::RedisTls,
     ) -> Result<Self, Error> {
         crate::redis::check_ranges(&config)?;
-        crate::redis::connect_with_handle(url, config, &tls)
+        let failed = |reason: String| Error::Redis {
+            url: redact(url),
+            reason,
+        };
+        let (ctr, handle) = crate::redis::connect_with_handle(url, config, &tls)
             .await
-            .map(|(ctr, handle)| Self::Redis(ctr, handle))
-            .map_err(|e| Error::Redis {
-                url: redact(url),
-                reason: e.to_string(),
-            })
+            .map_err(|e| failed(e.to_string()))?;
+        // The node is on the features' bus once this returns: listed by the others, and
+        // hearing what they send.
+        crate::bus::redis::RedisBus::of(&handle)
+            .subscribed(BUS_SUBSCRIBED)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Self::Redis(ctr, handle))
     }
 
     /// The gossip cluster handle, when running the gossip backend.
@@ -143,50 +154,6 @@ impl ClusterAdapterCtr {
             Self::Redis(_, handle) => Some(handle.clone()),
             #[allow(unreachable_patterns)]
             _ => None,
-        }
-    }
-
-    /// The server-to-server events of this node (see [`events`](crate::events)): over the
-    /// mesh with gossip, over Redis pub/sub with Redis. Call it once per node, before the
-    /// constructor goes to socketioxide, and keep (a clone of) the handle: its handlers run
-    /// while it lives.
-    pub fn server_events(&self) -> crate::events::ServerEvents {
-        match self {
-            #[cfg(feature = "cluster-gossip")]
-            Self::Gossip(ctr) => ctr.cluster().server_events(),
-            #[cfg(feature = "redis")]
-            Self::Redis(_, handle) => crate::events::ServerEvents::redis(handle),
-        }
-    }
-
-    /// The login-session store of this backend (feature `sessions`): replicated over the
-    /// mesh with gossip, kept in Redis with Redis. Call it once per node.
-    #[cfg(feature = "sessions")]
-    #[cfg_attr(not(feature = "cluster-gossip"), allow(unused_variables))]
-    pub fn session_store(
-        &self,
-        config: crate::sessions::SessionStoreConfig,
-    ) -> crate::sessions::ClusterSessionStore {
-        match self {
-            #[cfg(feature = "cluster-gossip")]
-            Self::Gossip(ctr) => {
-                crate::sessions::ClusterSessionStore::Gossip(ctr.cluster().session_store(config))
-            }
-            #[cfg(feature = "redis")]
-            Self::Redis(_, handle) => crate::sessions::ClusterSessionStore::Redis(
-                crate::sessions::RedisSessionStore::new(handle),
-            ),
-        }
-    }
-
-    /// This node's cluster-wide presence (see [`presence`](crate::presence)), replicated
-    /// over the mesh with gossip, over Redis pub/sub with Redis. Call it once per node.
-    #[cfg(feature = "cluster-gossip")]
-    pub fn presence(&self, config: crate::presence::PresenceConfig) -> crate::presence::Presence {
-        match self {
-            Self::Gossip(ctr) => ctr.cluster().presence(config),
-            #[cfg(feature = "redis")]
-            Self::Redis(_, handle) => crate::presence::Presence::redis(handle, &config),
         }
     }
 }

@@ -285,7 +285,7 @@ fn presence_defaults_are_the_documented_ones() {
         doc,
         &format!(
             "(listed every {}; Redis drops it",
-            duration(crate::presence::redis::POLL)
+            duration(crate::bus::redis::POLL)
         ),
     );
 }
@@ -403,9 +403,6 @@ fn server_event_bounds_are_the_documented_ones() {
     #[cfg(feature = "redis")]
     says(
         "docs/server-events.md",
-        &format!(
-            "checks again every {}",
-            duration(crate::events::redis::POLL)
-        ),
+        &format!("checks again every {}", duration(crate::bus::redis::POLL)),
     );
 }

@@ -114,7 +114,10 @@
 //!
 //! In the source, the gossip backend is `src/gossip/` (`membership`, `mesh`, `node`,
 //! `adapter`, over the leaves `peer`, `keys` and `wire`), the Redis backend `src/redis/`,
-//! and [`ClusterAdapter`], which dispatches to either, `src/backend.rs`.
+//! and [`ClusterAdapter`], which dispatches to either, `src/backend.rs`. The cluster-wide
+//! features ([`events`], [`presence`], `sessions`) are written once over a bus
+//! (`src/bus/`: members and their changes, publish, request with answers) with a gossip
+//! and a Redis implementation, and started in one place (`src/features.rs`).
 //!
 //! A broadcast is sent to every member and answered by none. A request that expects
 //! answers (`fetch_sockets`, `rooms`, acks, and `join`, `leave` and `disconnect` of other
@@ -334,20 +337,23 @@
 compile_error!("enable at least one backend: the `cluster-gossip` feature (default) or `redis`");
 
 mod backend;
+mod bus;
+mod codec;
 #[cfg(all(test, feature = "cluster-gossip"))]
 mod documented;
 mod error;
 pub mod events;
+mod features;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
+mod peer;
 // Used by every backend's requests; a build without one uses none of it.
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ledger;
 // What records frames, links and requests serves the gossip backend only.
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code, unused_imports))]
 pub mod metrics;
-#[cfg(feature = "cluster-gossip")]
 pub mod presence;
 #[cfg(test)]
 mod proc_status;
@@ -402,7 +408,7 @@ mod readme_and_docs {
     mod limits {}
     #[doc = include_str!("../docs/metrics.md")]
     mod metrics {}
-    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/presence.md"))]
+    #[doc = include_str!("../docs/presence.md")]
     mod presence {}
     #[doc = include_str!("../docs/redis.md")]
     mod redis {}
@@ -410,7 +416,7 @@ mod readme_and_docs {
     mod security {}
     #[doc = include_str!("../docs/semantics.md")]
     mod semantics {}
-    #[cfg_attr(feature = "cluster-gossip", doc = include_str!("../docs/server-events.md"))]
+    #[doc = include_str!("../docs/server-events.md")]
     mod server_events {}
     #[cfg_attr(feature = "sessions", doc = include_str!("../docs/sessions.md"))]
     mod sessions {}

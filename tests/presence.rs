@@ -2,15 +2,15 @@
 //! on every node, several metas per key; a socket that disconnects is a leave everywhere; a
 //! node that joins late gets the whole state; a node killed with SIGKILL loses its entries
 //! everywhere once it is found dead (that node is a `cluster_node` process). Each scenario
-//! runs on both backends: gossip, and Redis (a `redis-server` of the test's own).
-#![cfg(feature = "cluster-gossip")]
+//! runs on both backends: gossip, and Redis (a `redis-server` of the test's own), and the
+//! Redis ones in a build without gossip too.
 
 mod common;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "cluster-gossip"))]
 #[path = "common/external.rs"]
 mod external;
 
-use std::{collections::BTreeMap, pin::Pin, time::Duration};
+use std::{collections::BTreeMap, pin::Pin};
 
 use common::*;
 use futures_util::{Stream, StreamExt};
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 use socketioxide_cluster::presence::{Presence, PresenceConfig, PresenceDiff};
 
+#[cfg(feature = "cluster-gossip")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere() {
     entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(Backend::Gossip).await;
@@ -32,13 +33,14 @@ async fn redis_entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywh
     entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(backend).await;
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "cluster-gossip"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_a_killed_node_loses_its_entries_everywhere() {
     a_killed_node_loses_its_entries_everywhere(Backend::Gossip).await;
 }
 
-#[cfg(all(target_os = "linux", feature = "redis"))]
+// The killed node is a `cluster_node` process, an example that needs the gossip feature.
+#[cfg(all(target_os = "linux", feature = "redis", feature = "cluster-gossip"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_killed_node_loses_its_entries_everywhere() {
     let Some(backend) = Backend::redis() else {
@@ -47,6 +49,7 @@ async fn redis_a_killed_node_loses_its_entries_everywhere() {
     a_killed_node_loses_its_entries_everywhere(backend).await;
 }
 
+#[cfg(feature = "cluster-gossip")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_one_socket_cannot_take_more_than_its_share() {
     one_socket_cannot_take_more_than_its_share(Backend::Gossip).await;
@@ -184,7 +187,7 @@ async fn entries_are_listed_everywhere_and_a_disconnect_is_a_leave_everywhere(ba
 }
 
 /// The node's process is killed: the others find it dead.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "cluster-gossip"))]
 async fn a_killed_node_loses_its_entries_everywhere(backend: Backend) {
     let mut cluster = TestCluster::new(&backend);
     let (a, pa) = start(&mut cluster).await;
@@ -275,7 +278,7 @@ async fn a_killed_node_loses_its_entries_everywhere(backend: Backend) {
 
     external::signal_group(&victim.0, "KILL");
     assert!(
-        external::wait_bounded(&mut victim.0, Duration::from_secs(10)).is_some(),
+        external::wait_bounded(&mut victim.0, std::time::Duration::from_secs(10)).is_some(),
         "the victim is dead"
     );
     assert!(
@@ -294,6 +297,7 @@ async fn a_killed_node_loses_its_entries_everywhere(backend: Backend) {
 /// Figures, not a check: the time from `track` on one node to the join diff on another
 /// (median and p99 over 500 tracks). Run alone:
 /// `cargo test --all-features --test presence track_to_diff_latency -- --ignored --nocapture`.
+#[cfg(feature = "cluster-gossip")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "prints figures"]
 async fn track_to_diff_latency() {

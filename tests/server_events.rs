@@ -3,14 +3,14 @@
 //! - Three nodes in this process: an event reaches the two other nodes (and not its
 //!   sender); an ack request yields one answer per other node and ends once both answered
 //!   (its timeout is far longer than the test's bound); a node without a handler, or whose
-//!   handler does not answer, says so.
+//!   handler does not answer, says so; a node that runs no server events says so too.
 //! - A node asking two `cluster_node` processes (Linux): a node killed while the request
 //!   runs is not waited for; a hung one (SIGSTOP) is found gone after the peer timeout on
 //!   gossip (its item says `Gone`, not `Timeout`), and costs the timeout on Redis, where
 //!   nothing notices a hung subscriber.
 
 mod common;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "cluster-gossip"))]
 #[path = "common/external.rs"]
 mod external;
 
@@ -161,14 +161,30 @@ async fn missing_handlers_and_silent_ones_are_told(backend: Backend) {
     }
 }
 
+/// A node that runs no server events is still a member: asked, it answers `NotRunning` at
+/// once, on both backends (its ack is neither missing nor a `Timeout`).
+async fn a_node_without_server_events_answers_not_running(backend: Backend) {
+    let mut cluster = TestCluster::new(&backend);
+    let (asker, events) = cluster.start_with_events().await;
+    let plain = cluster.start(|b| b).await;
+    wait_formed(&[&asker, &plain]).await;
+    events.ready(SETTLES).await.expect("subscribed");
+    let acks = answers(&events, "anyone", &(), ACK_TIMEOUT).await;
+    let want: BTreeMap<String, Result<Value, ServerAckError>> =
+        [(plain.node_name(), Err(ServerAckError::NotRunning))].into();
+    assert_eq!(acks, want);
+}
+
 backend_tests!(
     an_event_reaches_every_other_node,
     acks_give_one_answer_per_node_and_end_when_all_answered,
     missing_handlers_and_silent_ones_are_told,
+    a_node_without_server_events_answers_not_running,
 );
 
-/// A node of this process asking two `cluster_node` processes.
-#[cfg(target_os = "linux")]
+/// A node of this process asking two `cluster_node` processes (an example that needs the
+/// gossip feature).
+#[cfg(all(target_os = "linux", feature = "cluster-gossip"))]
 mod processes {
     use std::{net::SocketAddr, path::PathBuf};
 

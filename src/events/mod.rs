@@ -13,12 +13,15 @@
 //!   keep-alives silent for the peer timeout, or a graceful leave): a killed or hung node
 //!   costs at most the peer timeout, not the ack timeout.
 //! - **Redis**: events go through Redis pub/sub on channels under the backend's prefix.
-//!   Each node also subscribes to a channel of its own name; an ack request lists those
-//!   channels (`PUBSUB CHANNELS`) to know which nodes to wait for, and checks them again
-//!   while it waits, so a node whose subscription vanished (its process died, its
-//!   connection to Redis closed) is no longer waited for. A hung node whose connection
-//!   stays open is waited for until the timeout. The node name is
-//!   `SOCKETIO_CLUSTER_NODE_NAME` when set, else a random one; give every node its own.
+//!   Each node is subscribed to a channel of its own; an ack request lists those channels
+//!   (`PUBSUB CHANNELS`) to know which nodes to wait for, and checks them again while it
+//!   waits, so a node whose subscription vanished (its process died, its connection to
+//!   Redis closed) is no longer waited for. A hung node whose connection stays open is
+//!   waited for until the timeout. The node name is `SOCKETIO_CLUSTER_NODE_NAME` when set,
+//!   else a random one; give every node its own.
+//!
+//! Both are the node's bus (the crate's `bus` module): this module is written once over
+//! it. A node that runs no server events answers [`ServerAckError::NotRunning`] at once.
 //!
 //! The data of an event and of an answer is any `serde` value, sent as JSON. Event names
 //! are 1 to [`MAX_EVENT_NAME`] bytes. Handlers never run on the node's receiving path:
@@ -57,37 +60,32 @@
 //! # Ok(()) }
 //! ```
 
-#[cfg(feature = "cluster-gossip")]
-mod gossip;
-#[cfg(feature = "redis")]
-pub(crate) mod redis;
+mod handlers;
+mod service;
+#[cfg(test)]
+mod tests;
+pub(crate) mod wire;
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_core::Stream;
-use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::Semaphore;
+use serde::Serialize;
 
-use crate::rate_log::RateLog;
+pub use handlers::ServerEvent;
+use handlers::{Handler, Handlers, check_name, to_json};
+use service::EventService;
+use wire::EventReply;
 
 /// Longest event name, in bytes.
 pub const MAX_EVENT_NAME: usize = 256;
 /// Most handlers of incoming events running at once on one node.
 pub const MAX_RUNNING: usize = 1024;
-
-/// At most one log line per kind of dropped event in this period.
-const LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// An error of emitting an event, or of reading or answering one.
 #[derive(Debug, thiserror::Error)]
@@ -165,14 +163,14 @@ impl ServerAck {
     }
 
     /// The ack of `node` from what it replied.
-    fn from_answer(node: impl Into<String>, answer: Answer) -> Self {
+    fn from_answer(node: impl Into<String>, answer: EventReply) -> Self {
         let result = match answer {
-            Answer::Ack(json) => {
+            EventReply::Ack(json) => {
                 serde_json::from_slice(&json).map_err(|e| ServerAckError::Malformed(e.to_string()))
             }
-            Answer::NoAck => Err(ServerAckError::NoAck),
-            Answer::NoHandler => Err(ServerAckError::NoHandler),
-            Answer::Overloaded => Err(ServerAckError::Overloaded),
+            EventReply::NoAck => Err(ServerAckError::NoAck),
+            EventReply::NoHandler => Err(ServerAckError::NoHandler),
+            EventReply::Overloaded => Err(ServerAckError::Overloaded),
         };
         Self::new(node, result)
     }
@@ -196,195 +194,11 @@ impl Stream for ServerAcks {
     }
 }
 
-/// What a node answers to an event sent with an ack (each backend has its own encoding).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Answer {
-    Ack(Bytes),
-    NoAck,
-    NoHandler,
-    Overloaded,
-}
-
-/// Sends a node's answer back to the sender of an event, once.
-pub(crate) type Replier = Box<dyn FnOnce(Answer) + Send>;
-
-/// An event received from another node, handed to the handler of its name.
-pub struct ServerEvent {
-    from: String,
-    event: String,
-    data: Bytes,
-    reply: Option<Replier>,
-    max_ack: usize,
-}
-
-impl std::fmt::Debug for ServerEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerEvent")
-            .field("from", &self.from)
-            .field("event", &self.event)
-            .field("data_len", &self.data.len())
-            .field("wants_ack", &self.wants_ack())
-            .finish()
-    }
-}
-
-impl ServerEvent {
-    /// The name of the node that emitted it.
-    pub fn from(&self) -> &str {
-        &self.from
-    }
-
-    /// The event's name.
-    pub fn event(&self) -> &str {
-        &self.event
-    }
-
-    /// The data, decoded from its JSON.
-    pub fn data<T: DeserializeOwned>(&self) -> Result<T, ServerEventError> {
-        serde_json::from_slice(&self.data).map_err(|e| ServerEventError::Decode(e.to_string()))
-    }
-
-    /// The data as JSON text.
-    pub fn raw_data(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// Whether the sender waits for an answer.
-    pub fn wants_ack(&self) -> bool {
-        self.reply.is_some()
-    }
-
-    /// Answer the sender with `data` (nothing happens if it waits for none). An event
-    /// dropped without an answer answers [`ServerAckError::NoAck`].
-    pub fn ack(mut self, data: &impl Serialize) -> Result<(), ServerEventError> {
-        let json = serde_json::to_vec(data).map_err(|e| ServerEventError::Encode(e.to_string()))?;
-        if json.len() > self.max_ack {
-            return Err(ServerEventError::TooLarge {
-                size: json.len(),
-                max: self.max_ack,
-            });
-        }
-        if let Some(reply) = self.reply.take() {
-            reply(Answer::Ack(Bytes::from(json)));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ServerEvent {
-    fn drop(&mut self) {
-        if let Some(reply) = self.reply.take() {
-            reply(Answer::NoAck);
-        }
-    }
-}
-
-type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-type Handler = Arc<dyn Fn(ServerEvent) -> BoxFuture + Send + Sync>;
-
-/// The handlers of one node and what bounds them; shared by both backends.
-pub(crate) struct Handlers {
-    table: RwLock<HashMap<String, Handler>>,
-    running: Arc<Semaphore>,
-    dropped: AtomicU64,
-    dropped_log: RateLog,
-}
-
-impl Handlers {
-    fn new() -> Self {
-        Self {
-            table: RwLock::default(),
-            running: Arc::new(Semaphore::new(MAX_RUNNING)),
-            dropped: AtomicU64::new(0),
-            dropped_log: RateLog::new(LOG_PERIOD),
-        }
-    }
-
-    /// An event from `from`: run its handler in a task of its own, or answer why not.
-    /// Never waits.
-    pub(crate) fn deliver(
-        &self,
-        from: String,
-        event: String,
-        data: Bytes,
-        reply: Option<Replier>,
-        max_ack: usize,
-    ) {
-        if check_name(&event).is_err() {
-            self.refuse(&from, "its event name is empty or too long");
-            if let Some(reply) = reply {
-                reply(Answer::NoHandler);
-            }
-            return;
-        }
-        let handler = self
-            .table
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&event)
-            .cloned();
-        let Some(handler) = handler else {
-            tracing::debug!(%from, %event, "server event without a handler here");
-            if let Some(reply) = reply {
-                reply(Answer::NoHandler);
-            }
-            return;
-        };
-        let Ok(permit) = self.running.clone().try_acquire_owned() else {
-            self.refuse(&from, "as many handlers as allowed are running");
-            if let Some(reply) = reply {
-                reply(Answer::Overloaded);
-            }
-            return;
-        };
-        let ev = ServerEvent {
-            from,
-            event,
-            data,
-            reply,
-            max_ack,
-        };
-        tokio::spawn(async move {
-            handler(ev).await;
-            drop(permit);
-        });
-    }
-
-    /// Count and log (at a bounded rate) an event from `from` dropped for `why`.
-    pub(crate) fn refuse(&self, from: &str, why: &str) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        if let Some(held_back) = self.dropped_log.allow() {
-            tracing::warn!(%from, held_back, "server event dropped: {why}");
-        }
-    }
-}
-
-fn check_name(event: &str) -> Result<(), ServerEventError> {
-    if event.is_empty() || event.len() > MAX_EVENT_NAME {
-        return Err(ServerEventError::EventName(event.len()));
-    }
-    Ok(())
-}
-
-fn to_json(data: &impl Serialize) -> Result<Bytes, ServerEventError> {
-    serde_json::to_vec(data)
-        .map(Bytes::from)
-        .map_err(|e| ServerEventError::Encode(e.to_string()))
-}
-
-#[derive(Clone)]
-enum Backend {
-    #[cfg(feature = "cluster-gossip")]
-    Gossip(Arc<gossip::GossipEvents>),
-    #[cfg(feature = "redis")]
-    Redis(Arc<redis::RedisEvents>),
-}
-
 /// Server-to-server events of one node (see the [module docs](self)). Cheap to clone.
 #[derive(Clone)]
 pub struct ServerEvents {
     handlers: Arc<Handlers>,
-    backend: Backend,
+    service: Arc<EventService>,
 }
 
 impl std::fmt::Debug for ServerEvents {
@@ -397,50 +211,26 @@ impl std::fmt::Debug for ServerEvents {
 }
 
 impl ServerEvents {
-    #[cfg(feature = "cluster-gossip")]
-    pub(crate) fn gossip(node: Arc<crate::gossip::node::Node>) -> Self {
+    /// Start this node's server events on `bus`. A second start on one node replaces the
+    /// first, whose handlers stop receiving.
+    pub(crate) fn start(bus: Arc<dyn crate::bus::Bus>) -> Self {
         let handlers = Arc::new(Handlers::new());
-        let backend = Backend::Gossip(gossip::GossipEvents::start(node, handlers.clone()));
-        Self { handlers, backend }
-    }
-
-    #[cfg(feature = "redis")]
-    pub(crate) fn redis(handle: &crate::redis::RedisHandle) -> Self {
-        let handlers = Arc::new(Handlers::new());
-        let backend = Backend::Redis(redis::RedisEvents::start(handle, handlers.clone()));
-        Self { handlers, backend }
+        let service = EventService::start(bus, handlers.clone());
+        Self { handlers, service }
     }
 
     /// This node's name, as other nodes see it in [`ServerEvent::from`] and
     /// [`ServerAck::node`].
     pub fn node_name(&self) -> &str {
-        match &self.backend {
-            #[cfg(feature = "cluster-gossip")]
-            Backend::Gossip(g) => g.node_name(),
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => r.node_name(),
-        }
+        self.service.node_name()
     }
 
-    /// Wait (at most `limit`) until this handle hears the events other nodes emit. On
-    /// gossip it does from the moment it is made ([`server_events`] returns a serving
-    /// handle), and this returns at once. On Redis the handle subscribes in the
-    /// background (making it cannot wait): an event emitted elsewhere before that is done
-    /// may not reach this node, and this returns once it is, or an error if subscribing
-    /// failed or took longer than `limit`. Await it before telling other nodes this one is
-    /// ready.
-    ///
-    /// [`server_events`]: crate::ClusterAdapterCtr::server_events
+    /// Wait (at most `limit`) until this handle hears the events other nodes emit. A node
+    /// is on its bus once its constructor returned (on Redis, subscribed to the bus's
+    /// channels), so a handle hears events from the moment it is made and this returns
+    /// at once; it fails, saying why, only if the node's subscription to Redis failed.
     pub async fn ready(&self, limit: Duration) -> Result<(), ServerEventError> {
-        match &self.backend {
-            #[cfg(feature = "cluster-gossip")]
-            Backend::Gossip(_) => {
-                let _ = limit;
-                Ok(())
-            }
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => r.subscribed(limit).await,
-        }
+        Ok(self.service.ready(limit).await?)
     }
 
     /// Handle the events named `event` that other nodes emit (replacing an earlier
@@ -472,13 +262,7 @@ impl ServerEvents {
     /// queued for each live member; Redis: published).
     pub async fn emit(&self, event: &str, data: &impl Serialize) -> Result<(), ServerEventError> {
         check_name(event)?;
-        let data = to_json(data)?;
-        match &self.backend {
-            #[cfg(feature = "cluster-gossip")]
-            Backend::Gossip(g) => g.emit(event, data).await,
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => r.emit(event, data).await,
-        }
+        self.service.emit(event, to_json(data)?).await
     }
 
     /// Emit `event` with `data` to every other node and read their answers: one
@@ -491,13 +275,9 @@ impl ServerEvents {
         timeout: Duration,
     ) -> Result<ServerAcks, ServerEventError> {
         check_name(event)?;
-        let data = to_json(data)?;
-        match &self.backend {
-            #[cfg(feature = "cluster-gossip")]
-            Backend::Gossip(g) => g.emit_with_ack(event, data, timeout).await,
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => r.emit_with_ack(event, data, timeout).await,
-        }
+        self.service
+            .emit_with_ack(event, to_json(data)?, timeout)
+            .await
     }
 
     /// Events from other nodes this node dropped since the handle was made: unreadable,
@@ -507,6 +287,3 @@ impl ServerEvents {
         self.handlers.dropped.load(Ordering::Relaxed)
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -2,8 +2,9 @@
 //! an authenticated QUIC mesh.
 //!
 //! From the bottom up (imports only run down):
-//! - [`peer`], [`keys`], [`wire`]: leaves. Who a node is; the keys derived from the
-//!   cluster secret; the frames nodes exchange and their binary encoding.
+//! - [`peer`] (the crate's, shared with the bus), [`keys`], [`wire`]: leaves. Who a node
+//!   is; the keys derived from the cluster secret; the frames nodes exchange and their
+//!   binary encoding.
 //! - [`membership`]: gossip (chitchat over sealed UDP datagrams): which nodes exist and
 //!   where their mesh listens. Input only, never proof.
 //! - [`mesh`]: QUIC connections whose peers proved the secret, one ordered stream of frames
@@ -25,5 +26,5 @@ pub(crate) mod network;
 #[cfg(feature = "custom-network")]
 pub mod network;
 pub(crate) mod node;
-pub(crate) mod peer;
+pub(crate) use crate::peer;
 pub(crate) mod wire;

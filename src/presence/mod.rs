@@ -29,7 +29,9 @@
 //! never over gossip. With the Redis backend, they travel over Redis pub/sub under the
 //! backend's prefix, and a node is found dead when its own channel vanishes from
 //! `PUBSUB CHANNELS` (listed every 250 ms; Redis drops the channel as soon as the dead
-//! process's connection closes), and its entries go then.
+//! process's connection closes), and its entries go then. Both are the node's bus (the
+//! crate's `bus` module): presence is written once over it, and runs in a build with the
+//! `redis` feature alone too.
 //!
 //! ## Bounds
 //!
@@ -76,12 +78,12 @@
 //! ```
 
 mod config;
-#[cfg(feature = "cluster-gossip")]
-mod gossip;
 mod queue;
-#[cfg(feature = "redis")]
-pub(crate) mod redis;
 pub(crate) mod replica;
+mod service;
+#[cfg(all(test, feature = "cluster-gossip"))]
+mod tests;
+pub(crate) mod wire;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -99,10 +101,11 @@ use serde_json::json;
 use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
 use tokio::sync::broadcast;
 
-use crate::{gossip::wire::presence::PresenceMsg, rate_log::RateLog};
+use crate::{bus::NodeId, rate_log::RateLog};
 pub use config::{MAX_NAME_BYTES, PresenceConfig, PresenceError};
-use queue::{Queue, Target, Transport};
-use replica::{Change, Diff, Origin, Replica};
+use queue::{Queue, Target};
+use replica::{Change, Diff, Replica};
+use wire::PresenceMsg;
 
 /// One tracked entry of a key.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -170,7 +173,8 @@ pub(crate) struct Shared {
     pub(crate) replica: Mutex<Replica>,
     local: Mutex<HashMap<String, LocalSocket>>,
     diffs: broadcast::Sender<Arc<Diff>>,
-    pub(crate) transport: Arc<dyn Transport>,
+    /// This node's messages to the others, in order.
+    pub(crate) queue: Arc<Queue<NodeId>>,
     lagged: AtomicU64,
     lagged_log: RateLog,
     pub(crate) dropped_log: RateLog,
@@ -208,25 +212,20 @@ impl Shared {
         self.lock().own_state(budget)
     }
 
-    /// Take in a message of the peer `peer` (the node generation `from`): apply it, queue
-    /// this node's state for `peer` when asked for it (one queued answers every request
-    /// until it is sent), ask `peer` for its state when a change was missed, and log (at a
-    /// bounded rate) what was dropped.
-    pub(crate) fn take_in<P: Clone + Ord + std::fmt::Display>(
-        &self,
-        queue: &Queue<P>,
-        from: &Origin,
-        peer: &P,
-        msg: PresenceMsg,
-    ) {
+    /// Take in a message of the node `from`: apply it, queue this node's state for `from`
+    /// when asked for it (one queued answers every request until it is sent), ask `from`
+    /// for its state when a change was missed, and log (at a bounded rate) what was
+    /// dropped.
+    pub(crate) fn take_in(&self, from: &NodeId, msg: PresenceMsg) {
         let mut replica = self.lock();
         let reaction = replica.on_message(from, msg);
         if reaction.send_state {
-            queue.push_state(peer.clone());
+            self.queue.push_state(from.clone());
         }
         if reaction.request_state {
-            tracing::debug!(peer = %peer, "presence: a change was missed, asking for the state");
-            queue.push(Target::Peer(peer.clone()), PresenceMsg::StateRequest);
+            tracing::debug!(peer = %from, "presence: a change was missed, asking for the state");
+            self.queue
+                .push(Target::Peer(from.clone()), PresenceMsg::StateRequest);
         }
         self.publish(&replica, reaction.diffs);
         drop(replica);
@@ -236,7 +235,7 @@ impl Shared {
         if let Some((n, reason)) = reaction.dropped
             && let Some(held_back) = self.dropped_log.allow()
         {
-            tracing::warn!(peer = %peer, dropped = n, held_back, "presence entries from a peer dropped: {reason}");
+            tracing::warn!(peer = %from, dropped = n, held_back, "presence entries from a peer dropped: {reason}");
         }
     }
 
@@ -252,10 +251,10 @@ impl Shared {
 
     /// Queue the announcement of this node's latest sequence number for every member, and
     /// the states owed to peers.
-    pub(crate) fn announce<P: Clone + Ord>(&self, queue: &Queue<P>) {
+    pub(crate) fn announce(&self) {
         let msg = self.lock().seq_msg();
-        queue.push(Target::Members, msg);
-        queue.push_owed_states();
+        self.queue.push(Target::Members, msg);
+        self.queue.push_owed_states();
     }
 
     /// Untrack the entries of the sockets that disconnected.
@@ -281,7 +280,7 @@ impl Shared {
         });
         let mut replica = self.lock();
         let (msgs, diffs) = replica.untrack(entries);
-        self.transport.broadcast(msgs);
+        self.queue.broadcast(msgs);
         self.publish(&replica, diffs);
     }
 }
@@ -304,7 +303,7 @@ impl std::fmt::Debug for Presence {
 impl Presence {
     pub(crate) fn new(
         replica: Replica,
-        transport: Arc<dyn Transport>,
+        queue: Arc<Queue<NodeId>>,
         config: &PresenceConfig,
     ) -> Self {
         let (diffs, _) = broadcast::channel(config.queue);
@@ -317,7 +316,7 @@ impl Presence {
                 replica: Mutex::new(replica),
                 local: Mutex::new(HashMap::new()),
                 diffs,
-                transport,
+                queue,
                 lagged: AtomicU64::new(0),
                 lagged_log: RateLog::new(Duration::from_secs(10)),
                 dropped_log: RateLog::new(Duration::from_secs(10)),
@@ -356,7 +355,7 @@ impl Presence {
             })
             .entries
             .insert((topic.to_string(), key.to_string()));
-        self.shared.transport.broadcast(msgs);
+        self.shared.queue.broadcast(msgs);
         self.shared.publish(&replica, diffs);
         drop(replica);
         drop(local);
@@ -441,7 +440,7 @@ impl Presence {
         }
         let mut replica = self.shared.lock();
         let (msgs, diffs) = replica.untrack([(topic.to_string(), key.to_string(), sid)]);
-        self.shared.transport.broadcast(msgs);
+        self.shared.queue.broadcast(msgs);
         self.shared.publish(&replica, diffs);
     }
 
@@ -504,15 +503,15 @@ impl Presence {
 }
 
 #[cfg(test)]
-mod tests {
+mod unit_tests {
     use super::*;
     use crate::{
-        gossip::wire::presence::{PresenceEntry, PresenceOp},
         metrics::{PRESENCE_DROPPED, PRESENCE_ENTRIES, tests::TestRecorder},
+        presence::wire::{PresenceEntry, PresenceOp},
     };
 
-    fn origin(name: &str) -> Origin {
-        Origin {
+    fn origin(name: &str) -> NodeId {
+        NodeId {
             name: name.into(),
             generation: 1,
         }
@@ -523,7 +522,7 @@ mod tests {
         let recorder = TestRecorder::new();
         let config = PresenceConfig::default().with_max_per_node(1);
         let node: Arc<str> = "me".into();
-        let (queue, _rx) = Queue::<String>::new(&config, &node);
+        let (queue, _rx) = Queue::<NodeId>::new(&config, &node);
         let entries = || recorder.value(PRESENCE_ENTRIES, &[("node", "me")]);
         let refused = || recorder.value(PRESENCE_DROPPED, &[("node", "me"), ("reason", "refused")]);
         metrics::with_local_recorder(&recorder, || {
@@ -545,8 +544,7 @@ mod tests {
                 seq: 1,
                 ops: vec![put("a"), put("b")],
             };
-            let peer = "b".to_string();
-            p.shared.take_in(&queue, &origin("b"), &peer, msg);
+            p.shared.take_in(&origin("b"), msg);
             assert_eq!(p.len(), 1);
             assert_eq!(entries(), 1.0);
             assert_eq!(refused(), 1.0);

@@ -14,14 +14,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{PresenceConfig, Shared};
-use crate::{gossip::wire::presence::PresenceMsg, rate_log::RateLog};
-
-/// How a presence reaches the other nodes.
-pub(crate) trait Transport: Send + Sync + 'static {
-    /// Queue deltas of this node's entries for every member, in order (called with the
-    /// replica locked, so that the order of the queue is that of the deltas).
-    fn broadcast(&self, msgs: Vec<PresenceMsg>);
-}
+use crate::{presence::wire::PresenceMsg, rate_log::RateLog};
 
 /// Where a queued message goes.
 pub(crate) enum Target<P> {
@@ -95,6 +88,14 @@ impl<P: Clone + Ord> Queue<P> {
 
     pub(crate) fn push(&self, to: Target<P>, msg: PresenceMsg) {
         self.push_item(to, Item::Msg(msg));
+    }
+
+    /// Queue deltas of this node's entries for every member, in order (call with the
+    /// replica locked, so that the order of the queue is that of the deltas).
+    pub(crate) fn broadcast(&self, msgs: Vec<PresenceMsg>) {
+        for m in msgs {
+            self.push(Target::Members, m);
+        }
     }
 
     /// Queue this node's state for `peer`, unless one is queued for it already (it answers
@@ -188,14 +189,6 @@ impl<P: Clone + Ord> Queue<P> {
             );
         }
         false
-    }
-}
-
-impl<P: Clone + Ord + Send + Sync + 'static> Transport for Queue<P> {
-    fn broadcast(&self, msgs: Vec<PresenceMsg>) {
-        for m in msgs {
-            self.push(Target::Members, m);
-        }
     }
 }
 

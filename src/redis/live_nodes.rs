@@ -1,7 +1,5 @@
-//! Which nodes are on Redis: those subscribed to a channel of their name (`PUBSUB
-//! CHANNELS`), as server events and presence list them.
-
-use std::collections::HashSet;
+//! The channels subscribed on Redis under a prefix (`PUBSUB CHANNELS`): how the bus lists
+//! the nodes, each subscribed to a channel of its own.
 
 use redis::aio::ConnectionManager;
 
@@ -17,22 +15,21 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-/// The names of the nodes subscribed to a channel `<own><name>`, `me` excepted.
-pub(crate) async fn live_nodes(
+/// The channels subscribed on Redis whose name starts with `prefix`, as the rest of
+/// their name.
+pub(crate) async fn subscribed_under(
     conn: &ConnectionManager,
-    own: &str,
-    me: &str,
-) -> Result<HashSet<String>, String> {
+    prefix: &str,
+) -> Result<Vec<String>, String> {
     let chans: Vec<String> = redis::cmd("PUBSUB")
         .arg("CHANNELS")
-        .arg(format!("{}*", glob_escape(own)))
+        .arg(format!("{}*", glob_escape(prefix)))
         .query_async(&mut conn.clone())
         .await
         .map_err(|e| e.to_string())?;
     Ok(chans
         .into_iter()
-        .filter_map(|c| c.strip_prefix(own).map(str::to_string))
-        .filter(|n| n != me)
+        .filter_map(|c| c.strip_prefix(prefix).map(str::to_string))
         .collect())
 }
 

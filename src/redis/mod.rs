@@ -29,12 +29,13 @@
 mod live_nodes;
 pub(crate) mod outage;
 
-pub(crate) use live_nodes::live_nodes;
+pub(crate) use live_nodes::subscribed_under;
 
 use std::{
+    any::Any,
     collections::HashMap,
     fmt,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -308,6 +309,8 @@ pub(crate) async fn connect_with_handle(
         prefix: config.prefix.to_string(),
         driver: driver.clone(),
         node_name,
+        request_timeout: config.request_timeout,
+        features: Arc::default(),
     };
     Ok((RedisAdapterCtr::new_with_driver(driver, config), handle))
 }
@@ -320,6 +323,9 @@ pub struct RedisHandle {
     prefix: String,
     driver: RedisDriver,
     node_name: String,
+    request_timeout: Duration,
+    /// What the layers above keep per connection (the bus of the cluster-wide features).
+    features: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl fmt::Debug for RedisHandle {
@@ -341,6 +347,16 @@ impl RedisHandle {
     /// The driver, whose subscriptions survive a Redis restart.
     pub(crate) fn driver(&self) -> RedisDriver {
         self.driver.clone()
+    }
+
+    /// The backend's request timeout.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// What the layers above keep per connection, shared by every clone of the handle.
+    pub(crate) fn features(&self) -> &OnceLock<Arc<dyn Any + Send + Sync>> {
+        &self.features
     }
 
     /// The prefix of the backend's channels and keys (the cluster id).

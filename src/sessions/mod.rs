@@ -24,12 +24,15 @@
 //!   cost no memory.
 //!
 //!   Every node of the cluster should run the store: a member without it answers that it
-//!   has none (so saves do not wait for it) and holds nothing.
+//!   has none (so saves do not wait for it) and holds nothing. The store is written over
+//!   the node's bus (the crate's `bus` module, as server events and presence are), not
+//!   over the mesh itself.
 //! - **Redis** ([`RedisSessionStore`]): one key per session on the backend's Redis
 //!   connection, expiring with the session. There is no cap of this library's: Redis's
 //!   own `maxmemory` bounds the store, and its eviction policy decides what happens at
 //!   the bound (`noeviction` refuses new writes; an `allkeys-*` or `volatile-*` policy
-//!   evicts live sessions, logging users out).
+//!   evicts live sessions, logging users out). Redis itself is the store, so nothing is
+//!   replicated and this store uses no bus.
 //!
 //! Any node holding the cluster secret (or, in cluster-CA mode, a certificate of the CA)
 //! can write any session, as any client of the Redis can on that backend: protect the
@@ -92,12 +95,14 @@
 //! [`tower-sessions`]: https://docs.rs/tower-sessions
 
 mod auth;
-#[cfg(feature = "cluster-gossip")]
-mod gossip;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "cluster-gossip")]
 mod replica;
+#[cfg(feature = "cluster-gossip")]
+mod replicated;
+#[cfg(feature = "cluster-gossip")]
+pub(crate) mod wire;
 
 use std::time::Duration;
 
@@ -108,10 +113,10 @@ use tower_sessions_core::{
 };
 
 pub use auth::{AuthError, HandshakeSession, SessionAuth};
-#[cfg(feature = "cluster-gossip")]
-pub use gossip::GossipSessionStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisSessionStore;
+#[cfg(feature = "cluster-gossip")]
+pub use replicated::GossipSessionStore;
 
 /// Settings of the gossip session store (the Redis store has none: Redis expires keys).
 #[derive(Clone, Debug)]
@@ -185,29 +190,30 @@ pub enum ClusterSessionStore {
     Redis(RedisSessionStore),
 }
 
-macro_rules! each {
-    ($self:expr, $s:ident => $body:expr) => {
-        match $self {
+impl ClusterSessionStore {
+    /// The store of the backend.
+    fn store(&self) -> &dyn SessionStore {
+        match self {
             #[cfg(feature = "cluster-gossip")]
-            ClusterSessionStore::Gossip($s) => $body,
+            Self::Gossip(s) => s,
             #[cfg(feature = "redis")]
-            ClusterSessionStore::Redis($s) => $body,
+            Self::Redis(s) => s,
         }
-    };
+    }
 }
 
 #[async_trait::async_trait]
 impl SessionStore for ClusterSessionStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        each!(self, s => s.create(record).await)
+        self.store().create(record).await
     }
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        each!(self, s => s.save(record).await)
+        self.store().save(record).await
     }
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        each!(self, s => s.load(session_id).await)
+        self.store().load(session_id).await
     }
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
-        each!(self, s => s.delete(session_id).await)
+        self.store().delete(session_id).await
     }
 }

@@ -307,7 +307,6 @@ impl TestCluster {
     }
 
     /// Start one more node with its presence.
-    #[cfg(feature = "cluster-gossip")]
     pub async fn start_with_presence(
         &mut self,
         config: socketioxide_cluster::presence::PresenceConfig,

@@ -6,9 +6,10 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{Frame, Hello, LEN_PREFIX, MAGIC, VERSION, bounded};
+use super::{Frame, Hello, LEN_PREFIX, MAGIC, VERSION};
 #[cfg(doc)]
 use super::{FrameDecoder, ServiceFrame};
+pub use crate::codec::EncodeError;
 use crate::error::RequestError;
 
 /// Why a frame could not be decoded.
@@ -36,36 +37,6 @@ pub enum DecodeError {
     Malformed(String),
 }
 
-/// Why a value cannot be sent to a peer: what the peer's decoder would refuse is refused
-/// here, before anything is sent.
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    /// A list goes beyond the bound a node accepts.
-    #[error("it holds {} {}, more than the {} a node accepts", .0.len, .0.what, .0.max)]
-    Bound(bounded::Exceeded),
-    /// The encoded frame is larger than the maximum frame size.
-    #[error("message of {size} bytes exceeds the cluster's maximum frame size of {max} bytes")]
-    TooLarge {
-        /// Encoded size.
-        size: usize,
-        /// Configured maximum.
-        max: usize,
-    },
-    /// The value cannot be encoded (say, a serializer error of an application's ack error
-    /// type).
-    #[error("{0}")]
-    Codec(postcard::Error),
-}
-
-impl From<postcard::Error> for EncodeError {
-    fn from(e: postcard::Error) -> Self {
-        match bounded::take_exceeded() {
-            Some(exceeded) => Self::Bound(exceeded),
-            None => Self::Codec(e),
-        }
-    }
-}
-
 /// What a sender that refuses to encode tells its caller: the same refusal, as the error of
 /// a cluster operation.
 impl From<EncodeError> for RequestError {
@@ -85,7 +56,7 @@ impl From<EncodeError> for RequestError {
 /// Encode a frame with its header and length prefix, ready to write on a stream. Refuses a
 /// list beyond its bound (see [`encode_within`] for the frame size too).
 pub fn encode(frame: &Frame) -> Result<Bytes, EncodeError> {
-    bounded::take_exceeded();
+    crate::codec::bounded::take_exceeded();
     let mut out = vec![0u8; LEN_PREFIX];
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -133,21 +104,12 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, DecodeError> {
 /// Encode the body of a [`ServiceFrame`], or an application's ack error (no header: the
 /// frame carries it). Refuses a list beyond its bound, as [`encode`] does.
 pub fn encode_body<T: Serialize>(value: &T) -> Result<Bytes, EncodeError> {
-    bounded::take_exceeded();
-    Ok(postcard::to_allocvec(value).map(Bytes::from)?)
+    crate::codec::encode_body(value)
 }
 
 /// Decode what [`encode_body`] encoded; trailing bytes are an error.
 pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    Ok(value)
+    crate::codec::decode_body(body).map_err(DecodeError::Malformed)
 }
 
 fn decode_versioned<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {

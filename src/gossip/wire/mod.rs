@@ -14,20 +14,19 @@
 //!   they carry;
 //! - [`bounded`]: the bound of every list a frame holds, checked on both sides;
 //! - [`codec`]: encoding and decoding, and why either fails; [`decoder`]: a stream cut
-//!   into frames;
-//! - [`events`], [`presence`], [`sessions`]: the messages of the cluster-wide services.
+//!   into frames.
+//!
+//! The cluster-wide features' messages live beside them (`events::wire`,
+//! `presence::wire`, `sessions::wire`) and travel in [`ServiceFrame`]s as bodies this module
+//! never reads.
 
 pub(crate) mod bounded;
 mod codec;
 mod decoder;
-pub mod events;
 #[cfg(test)]
 mod fixtures;
 mod frame;
-pub mod presence;
 mod request;
-#[cfg(feature = "sessions")]
-pub mod sessions;
 #[cfg(test)]
 mod tests;
 

@@ -36,7 +36,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{PresenceConfig, PresenceError};
-use crate::gossip::wire::presence::{MAX_ITEMS, PresenceEntry, PresenceMsg, PresenceOp};
+use crate::presence::wire::{MAX_ITEMS, PresenceEntry, PresenceMsg, PresenceOp};
 use owned::{Diffs, Owned, Pending, change};
 
 mod owned;
@@ -48,14 +48,9 @@ pub(crate) const MAX_GONE: usize = 1_024;
 /// Bytes counted per entry on top of its strings, when cutting state chunks.
 const ENTRY_OVERHEAD: usize = 16;
 
-/// A node generation: the owner of entries.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct Origin {
-    /// Node name.
-    pub(crate) name: Arc<str>,
-    /// Generation of the node (a restarted node has a new, higher one).
-    pub(crate) generation: u64,
-}
+/// A node generation, the owner of entries: a node as the bus names it (a restarted node
+/// has a new, higher generation).
+pub(crate) use crate::bus::NodeId as Origin;
 
 /// One entry seen in a diff or a listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,19 +134,6 @@ impl Replica {
     /// does not decode).
     pub(crate) fn count_dropped(&mut self, n: u64) {
         self.dropped += n;
-    }
-
-    /// The other nodes whose entries are held.
-    #[cfg(feature = "redis")]
-    pub(crate) fn others(&self) -> Vec<Origin> {
-        self.nodes
-            .iter()
-            .filter(|(name, _)| **name != self.me.name)
-            .map(|(name, o)| Origin {
-                name: name.clone(),
-                generation: o.generation,
-            })
-            .collect()
     }
 
     fn own(&mut self) -> &mut Owned {

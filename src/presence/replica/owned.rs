@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::{Change, Diff};
 use crate::{
-    gossip::wire::presence::PresenceEntry,
+    presence::wire::PresenceEntry,
     presence::{PresenceConfig, PresenceError},
 };
 

@@ -38,10 +38,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::gossip::wire::{
-    self,
-    sessions::{SessionRecord, SessionState, Version},
-};
+use super::wire::{self, SessionRecord, SessionState, Version};
 
 /// How far ahead of this node's clock the version of a received session may be.
 pub(crate) const MAX_AHEAD_LIVE: Duration = Duration::from_secs(5 * 60);
@@ -271,7 +268,7 @@ impl Replica {
 
     /// The next chunk of a snapshot, after `cursor`: the records worth sending to a node
     /// that catches up (live sessions, then tombstones), at most
-    /// [`MAX_RECORDS`](wire::sessions::MAX_RECORDS) of them, whose encoding stays within
+    /// [`MAX_RECORDS`](wire::MAX_RECORDS) of them, whose encoding stays within
     /// `budget` bytes; and where the next chunk starts, `None` after the last. A record
     /// alone larger than the budget (held from a peer with a larger frame size) is left
     /// out and counted in the third element. Records written meanwhile reach the peer on
@@ -314,7 +311,7 @@ impl Replica {
                 at = position;
                 continue;
             }
-            if used + size > budget || chunk.len() >= wire::sessions::MAX_RECORDS {
+            if used + size > budget || chunk.len() >= wire::MAX_RECORDS {
                 return (chunk, Some(at), too_large);
             }
             used += size;
@@ -369,7 +366,7 @@ const CHUNK_OVERHEAD: usize = 16;
 
 /// The encoded size of `record`.
 fn record_size(record: &SessionRecord) -> usize {
-    wire::encode_body(record).map_or(usize::MAX, |b| b.len())
+    crate::codec::encode_body(record).map_or(usize::MAX, |b| b.len())
 }
 
 /// Whether `record` fits a snapshot chunk of `budget` bytes: a record that does not could be

@@ -2,7 +2,7 @@
 //! tombstone purge and snapshot chunks.
 
 use super::*;
-use crate::gossip::wire::sessions::SessionMsg;
+use crate::sessions::wire::SessionMsg;
 use proptest::prelude::*;
 
 const HOUR_NS: i128 = 3_600_000_000_000;
@@ -240,7 +240,7 @@ fn snapshot_chunks_stay_within_the_budget_and_keep_every_record() {
             records: records.clone(),
             last: next.is_none(),
         };
-        assert!(wire::encode_body(&msg).unwrap().len() <= budget);
+        assert!(crate::codec::encode_body(&msg).unwrap().len() <= budget);
         seen.extend(records.iter().map(|r| r.id));
         match next {
             Some(next) => cursor = next,

@@ -1,5 +1,6 @@
-//! Who a node is: its name and its generation. Proven by a peer over the mesh, announced
-//! in gossip; a leaf every layer names.
+//! Who a node is: its name and its generation. On gossip, proven by a peer over the mesh
+//! and announced in gossip; on Redis, named by the node's channel on the bus. A leaf every
+//! layer names.
 
 use std::{fmt, sync::Arc};
 
@@ -8,7 +9,8 @@ use std::{fmt, sync::Arc};
 pub(crate) struct PeerId {
     /// Node name.
     pub(crate) name: Arc<str>,
-    /// Generation: start time of the process, in ms since the Unix epoch.
+    /// Generation: when the node started (gossip: its process, in ms since the Unix epoch;
+    /// Redis: its bus, in ns), so that a restarted node has a higher one.
     pub(crate) generation: u64,
 }
 

@@ -1,8 +1,8 @@
-//! Messages of the replicated session store (feature `sessions`), carried in
-//! [`ServiceFrame`](super::ServiceFrame)s of the service [`SERVICE`].
+//! Messages of the replicated session store (feature `sessions`), in the bus's bodies
+//! under the service [`SERVICE`].
 //!
-//! Same rules as the rest of the wire module: owned types, postcard, a round-trip and a
-//! golden-bytes test for each.
+//! Same rules as the mesh's wire types: owned types, postcard ([`crate::codec`]), a
+//! round-trip and a golden-bytes test for each.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ pub const SERVICE: &str = "sessions";
 /// decoded). Snapshot chunks are cut to stay within it.
 pub const MAX_RECORDS: usize = 16_384;
 
-super::bounded::bound!(
+crate::codec::bounded::bound!(
     /// The records of a message.
     records, SessionRecord, MAX_RECORDS, "session records"
 );
@@ -75,7 +75,7 @@ pub enum SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::wire::{decode_body, encode_body};
+    use crate::codec::{decode_body, encode_body};
     use proptest::prelude::*;
 
     fn arb_record() -> impl Strategy<Value = SessionRecord> {
@@ -185,7 +185,7 @@ mod tests {
             records: vec![record; MAX_RECORDS + 1],
             last: true,
         };
-        let raw = crate::gossip::wire::bounded::unchecked(|| encode_body(&over).unwrap());
+        let raw = crate::codec::bounded::unchecked(|| encode_body(&over).unwrap());
         assert!(decode_body::<SessionMsg>(&raw).is_err());
         let err = encode_body(&over).unwrap_err();
         assert!(err.to_string().contains("16385 session records"), "{err}");

@@ -1,32 +1,32 @@
-//! Messages of cluster-wide presence, carried in [`ServiceFrame`](super::ServiceFrame)s of
-//! the service [`SERVICE`].
+//! Messages of cluster-wide presence, in the bus's bodies (whichever backend carries them)
+//! under the service [`SERVICE`].
 //!
 //! Each node owns its entries and numbers its changes (one sequence per node generation):
 //! a [`PresenceMsg::Delta`] carries the changes of one sequence number, a
 //! [`PresenceMsg::State`] all the entries of the sender (in chunks), a
 //! [`PresenceMsg::Seq`] the sender's last sequence number so that a receiver that missed
-//! the last delta notices. Who sent a message is known from the authenticated link: no
-//! message names its origin.
+//! the last delta notices. Who sent a message is known from the bus (on gossip, the
+//! authenticated link): no message names its origin.
 //!
-//! Same rules as the rest of the wire module: owned types, postcard, a round-trip and a
-//! golden-bytes test for each.
+//! Same rules as the mesh's wire types: owned types, postcard ([`crate::codec`]), a
+//! round-trip and a golden-bytes test for each.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The service name presence messages travel under.
-pub const SERVICE: &str = "presence";
+pub(crate) const SERVICE: &str = "presence";
 
 /// Most operations or entries in one presence message (an entry takes a few bytes on the
 /// wire and about 100 in memory: the bound keeps a message from growing many times its size
 /// once decoded). Deltas and state chunks are cut to stay within it.
-pub const MAX_ITEMS: usize = 4_096;
+pub(crate) const MAX_ITEMS: usize = 4_096;
 
-super::bounded::bound!(
+crate::codec::bounded::bound!(
     /// The operations of a delta.
     ops, PresenceOp, MAX_ITEMS, "presence operations"
 );
-super::bounded::bound!(
+crate::codec::bounded::bound!(
     /// The entries of a state chunk.
     entries, PresenceEntry, MAX_ITEMS, "presence entries"
 );
@@ -95,7 +95,7 @@ pub struct PresenceEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::wire::{decode_body, encode_body};
+    use crate::codec::{decode_body, encode_body};
     use proptest::prelude::*;
 
     fn arb_entry() -> impl Strategy<Value = PresenceEntry> {
@@ -221,7 +221,7 @@ mod tests {
             seq: 1,
             ops: vec![PresenceOp::Put(entry); MAX_ITEMS + 1],
         };
-        let raw = crate::gossip::wire::bounded::unchecked(|| encode_body(&over).unwrap());
+        let raw = crate::codec::bounded::unchecked(|| encode_body(&over).unwrap());
         assert!(decode_body::<PresenceMsg>(&raw).is_err());
         let err = encode_body(&over).unwrap_err();
         assert!(

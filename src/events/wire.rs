@@ -1,28 +1,28 @@
-//! Messages of server-to-server events, carried in [`ServiceFrame`](super::ServiceFrame)s
-//! of the service [`SERVICE`]; the answer to one sent with an ack travels back as a
-//! [`ResponseBody::Service`](super::ResponseBody::Service) holding an [`EventReply`].
+//! The messages of server events, in the bus's bodies (whichever backend carries them):
+//! an event ([`EventMsg`]) under the service [`SERVICE`], and the answer to one sent with
+//! an ack ([`EventReply`]).
 //!
-//! Same rules as the rest of the wire module: owned types, postcard, a round-trip and a
-//! golden-bytes test for each.
+//! Same rules as the mesh's wire types: owned types, postcard ([`crate::codec`]), a
+//! round-trip and a golden-bytes test for each.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The service name server events travel under.
-pub const SERVICE: &str = "events";
+pub(crate) const SERVICE: &str = "events";
 
 /// An event emitted by the sending node to the others.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventMsg {
+pub(crate) struct EventMsg {
     /// The event's name.
-    pub event: String,
+    pub(crate) event: String,
     /// Its data, as JSON.
-    pub data: Bytes,
+    pub(crate) data: Bytes,
 }
 
 /// What a node answers to an event sent with an ack.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum EventReply {
+pub(crate) enum EventReply {
     /// The handler's answer, as JSON.
     Ack(Bytes),
     /// The handler ended without answering.
@@ -36,7 +36,7 @@ pub enum EventReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::wire::{decode_body, encode_body};
+    use crate::codec::{decode_body, encode_body};
     use proptest::prelude::*;
 
     fn arb_bytes() -> impl Strategy<Value = Bytes> {

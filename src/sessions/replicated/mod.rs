@@ -1,5 +1,6 @@
-//! The session store of the gossip backend: every node holds every session, replicated over
-//! the authenticated QUIC mesh (never over gossip).
+//! The replicated session store (the store of the gossip backend): every node holds every
+//! session, replicated over the node's bus — on gossip, the authenticated QUIC mesh (never
+//! gossip itself). Written over the bus alone: it knows no backend.
 //!
 //! - A save or delete is merged locally, then sent to every verified member; it returns
 //!   once each has merged it (or was found gone, or the request timeout passed), so a
@@ -21,6 +22,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tower_sessions_core::{
@@ -32,18 +34,15 @@ use tower_sessions_core::{
 use super::{
     SessionStoreConfig,
     replica::{Applied, Cursor, Replica, fits_a_chunk},
+    wire::{SERVICE, SessionMsg, SessionRecord, SessionState},
 };
 use crate::{
-    gossip::node::{MembershipEvent, Node, ServiceHandler},
-    gossip::peer::PeerId,
-    gossip::wire::{
-        self,
-        sessions::{SERVICE, SessionMsg, SessionRecord, SessionState},
-    },
+    bus::{self, Bus, MemberChange, NodeId, Registration, To},
+    codec,
     rate_log::RateLog,
 };
 
-/// Largest snapshot chunk, whatever the frame limit: keeps one catch-up from holding a
+/// Largest snapshot chunk, whatever the bus carries: keeps one catch-up from holding a
 /// peer link for long. A session's record must fit one (see [`Inner::budget`]).
 const MAX_CHUNK: usize = 1024 * 1024;
 
@@ -59,14 +58,16 @@ pub struct GossipSessionStore {
 impl std::fmt::Debug for GossipSessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GossipSessionStore")
-            .field("node", self.inner.node.me())
+            .field("node", self.inner.bus.me())
             .field("records", &self.len())
             .finish()
     }
 }
 
 struct Inner {
-    node: Arc<Node>,
+    bus: Arc<dyn Bus>,
+    /// Routes the store's messages to it while it lives.
+    _registration: Registration,
     replica: Mutex<Replica>,
     self_weak: Weak<Inner>,
     /// Log lines about records refused or evicted, and messages unread: a peer or a client
@@ -76,7 +77,7 @@ struct Inner {
     evicted_log: RateLog,
     unreadable_log: RateLog,
     /// The peers a snapshot is being sent to: one at a time each.
-    snapshots: Mutex<HashSet<PeerId>>,
+    snapshots: Mutex<HashSet<NodeId>>,
     /// Live sessions and tombstones held, as metrics.
     records: metrics::Gauge,
     tombstones: metrics::Gauge,
@@ -99,25 +100,20 @@ fn backend(e: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(e.to_string())
 }
 
-impl crate::gossip::node::Cluster {
-    /// Start this node's replicated session store (feature `sessions`; see
-    /// [`sessions`](crate::sessions)). Start one per node: a second one replaces the first.
-    pub fn session_store(&self, config: SessionStoreConfig) -> GossipSessionStore {
-        GossipSessionStore::start(self.node().clone(), &config)
-    }
-}
-
 impl GossipSessionStore {
-    fn start(node: Arc<Node>, config: &SessionStoreConfig) -> Self {
-        let node_label = crate::metrics::label(&node.me().name);
+    /// This node's replicated store on `bus` (one per node: a second one replaces the
+    /// first).
+    pub(crate) fn start(bus: Arc<dyn Bus>, config: &SessionStoreConfig) -> Self {
+        let node_label = crate::metrics::label(&bus.me().name);
         let replica = Replica::new(
-            node.me().name.to_string(),
+            bus.me().name.to_string(),
             config.max_sessions,
             config.max_tombstones,
             config.tombstone_ttl,
         );
-        let inner = Arc::new_cyclic(|self_weak| Inner {
-            node,
+        let inner = Arc::new_cyclic(|self_weak: &Weak<Inner>| Inner {
+            _registration: bus.register(SERVICE, self_weak.clone() as Weak<dyn bus::Handler>),
+            bus,
             replica: Mutex::new(replica),
             self_weak: self_weak.clone(),
             refused_log: RateLog::new(LOG_PERIOD),
@@ -128,15 +124,14 @@ impl GossipSessionStore {
             records: metrics::gauge!(crate::metrics::SESSION_RECORDS, "node" => node_label.clone()),
             tombstones: metrics::gauge!(crate::metrics::SESSION_TOMBSTONES, "node" => node_label),
         });
-        let handler: Weak<dyn ServiceHandler> = Arc::downgrade(&inner) as Weak<_>;
-        inner.node.register_service(SERVICE, handler);
-        // Subscribe before asking the current members, so that no join falls in between.
-        let events = inner.node.events();
-        let members: Vec<PeerId> = inner.node.members().iter().map(|m| m.peer_id()).collect();
-        for peer in members {
+        // Follow the changes before asking the current members, so that no join falls in
+        // between.
+        let changes = inner.bus.changes();
+        for peer in inner.bus.members() {
             inner.request_snapshot(peer);
         }
-        (inner.node).spawn(run(Arc::downgrade(&inner), events, config.purge_interval));
+        let run = run(Arc::downgrade(&inner), changes, config.purge_interval);
+        inner.bus.spawn(Box::pin(run));
         Self { inner }
     }
 
@@ -197,7 +192,7 @@ impl GossipSessionStore {
                 )));
             }
             let body =
-                wire::encode_body(&SessionMsg::Put(vec![record.clone()])).map_err(backend)?;
+                codec::encode_body(&SessionMsg::Put(vec![record.clone()])).map_err(backend)?;
             // A deletion of a session not held here is still sent: another node may
             // hold it.
             let evicted = replica.evicted();
@@ -215,10 +210,9 @@ impl GossipSessionStore {
             }
             body
         };
-        let members: Vec<PeerId> = inner.node.members().iter().map(|m| m.peer_id()).collect();
         inner
-            .node
-            .send_service(&members, SERVICE, body, true)
+            .bus
+            .send(To::All, SERVICE, body, true)
             .await
             .map_err(backend)
     }
@@ -229,9 +223,10 @@ impl Inner {
         self.replica.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The largest snapshot chunk, in bytes: half the frame limit, at most [`MAX_CHUNK`].
+    /// The largest snapshot chunk, in bytes: half what the bus carries, at most
+    /// [`MAX_CHUNK`].
     fn budget(&self) -> usize {
-        (self.node.max_frame_size() / 2).min(MAX_CHUNK)
+        (self.bus.max_body() / 2).min(MAX_CHUNK)
     }
 
     fn apply(&self, record: SessionRecord, from: &str) {
@@ -295,28 +290,28 @@ impl Inner {
         }
     }
 
-    fn request_snapshot(&self, peer: PeerId) {
+    fn request_snapshot(&self, peer: NodeId) {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
-        self.node.spawn(async move {
-            let Ok(body) = wire::encode_body(&SessionMsg::SnapshotRequest) else {
+        self.bus.spawn(Box::pin(async move {
+            let Ok(body) = codec::encode_body(&SessionMsg::SnapshotRequest) else {
                 return;
             };
             tracing::debug!(%peer, "asking for a session snapshot");
             if let Err(e) = inner
-                .node
-                .send_service(std::slice::from_ref(&peer), SERVICE, body, false)
+                .bus
+                .send(To::One(peer.clone()), SERVICE, body, false)
                 .await
             {
                 tracing::warn!(%peer, "session snapshot request not sent: {e}");
             }
-        });
+        }));
     }
 
     /// Send `peer` a snapshot, unless one is being sent to it: that one answers (the
     /// sessions written since it started reach the peer as every write does).
-    fn send_snapshot(&self, peer: PeerId) {
+    fn send_snapshot(&self, peer: NodeId) {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
@@ -324,15 +319,15 @@ impl Inner {
             tracing::debug!(%peer, "session snapshot already being sent to this peer");
             return;
         }
-        self.node.spawn(async move {
+        self.bus.spawn(Box::pin(async move {
             inner.stream_snapshot(&peer).await;
             lock(&inner.snapshots).remove(&peer);
-        });
+        }));
     }
 
     /// Send `peer` every record held, chunk by chunk, each read from the store when the
     /// peer handled the one before: a snapshot never holds more than one chunk here.
-    async fn stream_snapshot(&self, peer: &PeerId) {
+    async fn stream_snapshot(&self, peer: &NodeId) {
         let budget = self.budget();
         let (mut cursor, mut records, mut chunks, mut skipped) = (Cursor::Start, 0, 0, 0);
         loop {
@@ -344,13 +339,13 @@ impl Inner {
                 records: chunk,
                 last: next.is_none(),
             };
-            let sent = match wire::encode_body(&msg) {
+            let sent = match codec::encode_body(&msg) {
                 Ok(body) => {
-                    self.node
-                        .send_service(std::slice::from_ref(peer), SERVICE, body, true)
+                    self.bus
+                        .send(To::One(peer.clone()), SERVICE, body, true)
                         .await
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => Err(bus::BusError::Backend(e.to_string())),
             };
             if let Err(e) = sent {
                 tracing::warn!(%peer, "session snapshot interrupted: {e}");
@@ -372,9 +367,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl ServiceHandler for Inner {
-    fn on_message(&self, from: &PeerId, body: Bytes) {
-        let msg = match wire::decode_body::<SessionMsg>(&body) {
+impl bus::Handler for Inner {
+    fn on_message(&self, from: &NodeId, body: Bytes) {
+        let msg = match codec::decode_body::<SessionMsg>(&body) {
             Ok(msg) => msg,
             Err(e) => {
                 if let Some(held_back) = self.unreadable_log.allow() {
@@ -408,26 +403,26 @@ impl ServiceHandler for Inner {
 /// store.
 async fn run(
     inner: Weak<Inner>,
-    mut events: std::pin::Pin<Box<dyn futures_core::Stream<Item = MembershipEvent> + Send>>,
+    mut changes: BoxStream<'static, MemberChange>,
     purge_interval: std::time::Duration,
 ) {
     let mut purge = tokio::time::interval(purge_interval);
     purge.tick().await;
     loop {
         tokio::select! {
-            ev = events.next() => match ev {
-                Some(MembershipEvent::Joined(member)) => match inner.upgrade() {
+            change = changes.next() => match change {
+                Some(MemberChange::Joined(member)) => match inner.upgrade() {
                     Some(inner) => {
                         // Push what this node holds (the member may have missed writes made
                         // here just before it joined) and pull what it holds (it may have
                         // pushed before this store existed, or be the other side of a
                         // healed partition).
-                        inner.send_snapshot(member.peer_id());
-                        inner.request_snapshot(member.peer_id());
+                        inner.send_snapshot(member.clone());
+                        inner.request_snapshot(member);
                     }
                     None => return,
                 },
-                Some(MembershipEvent::Left(_)) => {}
+                Some(MemberChange::Left(_)) => {}
                 None => return,
             },
             _ = purge.tick() => {

@@ -5,9 +5,12 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::{
-    gossip::node::tests::{Recorder, lines_with, pair, send_garbage},
-    gossip::wire::sessions::Version,
-    sessions::SessionStoreConfig,
+    bus::gossip::GossipBus,
+    gossip::node::{
+        Node,
+        tests::{Recorder, lines_with, pair, send_garbage},
+    },
+    sessions::{SessionStoreConfig, wire::Version},
 };
 
 fn user(name: &str) -> Record {
@@ -30,8 +33,8 @@ async fn stores(
 ) -> (Arc<Node>, GossipSessionStore, Arc<Node>, GossipSessionStore) {
     let (a, b) = pair(cluster).await;
     let (sa, sb) = (
-        GossipSessionStore::start(a.clone(), config),
-        GossipSessionStore::start(b.clone(), config),
+        GossipSessionStore::start(GossipBus::start(a.clone()), config),
+        GossipSessionStore::start(GossipBus::start(b.clone()), config),
     );
     (a, sa, b, sb)
 }
@@ -107,14 +110,14 @@ fn snapshots(r: &Recorder<SessionMsg>) -> usize {
 async fn a_burst_of_snapshot_requests_is_answered_by_one_snapshot() {
     let (a, b) = pair(&format!("sessions-burst-{}", std::process::id())).await;
     let recorder = Recorder::<SessionMsg>::on(&b, SERVICE);
-    let store = GossipSessionStore::start(a.clone(), &SessionStoreConfig::new());
+    let store = GossipSessionStore::start(GossipBus::start(a.clone()), &SessionStoreConfig::new());
     for i in 0..2_000 {
         let mut rec = user(&format!("user-{i}"));
         rec.data
             .insert("pad".into(), serde_json::json!("x".repeat(200)));
         store.create(&mut rec).await.unwrap();
     }
-    let request = wire::encode_body(&SessionMsg::SnapshotRequest).unwrap();
+    let request = codec::encode_body(&SessionMsg::SnapshotRequest).unwrap();
     let to_a = [a.me().clone()];
     for _ in 0..50 {
         b.send_service(&to_a, SERVICE, request.clone(), false)
@@ -162,7 +165,7 @@ async fn unreadable_messages_from_a_member_are_logged_at_a_bounded_rate() {
 async fn a_version_at_the_end_of_time_from_a_member_is_refused() {
     let cluster = format!("far-future-{}", std::process::id());
     let (a, b) = pair(&cluster).await;
-    let store = GossipSessionStore::start(a.clone(), &SessionStoreConfig::new());
+    let store = GossipSessionStore::start(GossipBus::start(a.clone()), &SessionStoreConfig::new());
 
     let mut rec = user("ada");
     store.create(&mut rec).await.unwrap();
@@ -180,7 +183,7 @@ async fn a_version_at_the_end_of_time_from_a_member_is_refused() {
             data: Bytes::from_static(br#"{"user":"mallory"}"#),
         },
     };
-    let body = wire::encode_body(&SessionMsg::Put(vec![pinned(rec.id.0), pinned(7)])).unwrap();
+    let body = codec::encode_body(&SessionMsg::Put(vec![pinned(rec.id.0), pinned(7)])).unwrap();
     let a_id = a.me().clone();
     b.send_service(&[a_id], SERVICE, body, true).await.unwrap();
 
