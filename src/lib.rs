@@ -347,8 +347,9 @@ mod features;
 #[cfg(feature = "cluster-gossip")]
 mod gossip;
 mod init;
+mod lagging;
 mod peer;
-// Used by every backend's requests; a build without one uses none of it.
+// Flush rounds and ack counts are the gossip node's: a Redis-only build uses the rest.
 #[cfg_attr(not(feature = "cluster-gossip"), allow(dead_code))]
 mod ledger;
 // What records frames, links and requests serves the gossip backend only.

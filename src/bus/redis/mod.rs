@@ -302,22 +302,7 @@ impl Bus for RedisBus {
     }
 
     fn changes(&self) -> BoxStream<'static, MemberChange> {
-        let rx = self.changes.subscribe();
-        futures_util::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(change) => return Some((change, rx)),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(
-                            skipped = n,
-                            "bus: membership changes lagged; changes dropped"
-                        );
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .boxed()
+        crate::lagging::stream(self.changes.subscribe(), "bus: membership changes").boxed()
     }
 
     fn max_body(&self) -> usize {

@@ -198,21 +198,10 @@ impl Node {
 
     /// A stream of membership changes from now on.
     pub(crate) fn events(&self) -> Pin<Box<dyn Stream<Item = MembershipEvent> + Send>> {
-        let rx = self.events.subscribe();
-        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => return Some((ev, rx)),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(
-                            skipped = n,
-                            "membership event stream lagged; events dropped"
-                        );
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        }))
+        Box::pin(crate::lagging::stream(
+            self.events.subscribe(),
+            "membership event stream",
+        ))
     }
 
     /// How many nodes, this one included, host the namespace `ns`.

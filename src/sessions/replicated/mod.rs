@@ -16,7 +16,7 @@
 //!   evicted for it), the oldest tombstone beyond its cap evicted.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -76,8 +76,9 @@ struct Inner {
     full_log: RateLog,
     evicted_log: RateLog,
     unreadable_log: RateLog,
-    /// The peers a snapshot is being sent to: one at a time each.
-    snapshots: Mutex<HashSet<NodeId>>,
+    /// The peers a snapshot is being sent to (one at a time each), and whether each asked
+    /// for another meanwhile.
+    snapshots: Mutex<HashMap<NodeId, bool>>,
     /// Live sessions and tombstones held, as metrics.
     records: metrics::Gauge,
     tombstones: metrics::Gauge,
@@ -309,19 +310,36 @@ impl Inner {
         }));
     }
 
-    /// Send `peer` a snapshot, unless one is being sent to it: that one answers (the
-    /// sessions written since it started reach the peer as every write does).
+    /// Send `peer` a snapshot. While one is being sent to it, it is sent once more when
+    /// that one ends: the peer may not have taken the one under way (its store was not
+    /// running yet when it joined), and a second request is the peer saying so.
     fn send_snapshot(&self, peer: NodeId) {
         let Some(inner) = self.self_weak.upgrade() else {
             return;
         };
-        if !lock(&self.snapshots).insert(peer.clone()) {
-            tracing::debug!(%peer, "session snapshot already being sent to this peer");
-            return;
+        {
+            let mut snapshots = lock(&self.snapshots);
+            if let Some(again) = snapshots.get_mut(&peer) {
+                tracing::debug!(%peer, "session snapshot being sent to this peer: sent again after it");
+                *again = true;
+                return;
+            }
+            snapshots.insert(peer.clone(), false);
         }
         self.bus.spawn(Box::pin(async move {
-            inner.stream_snapshot(&peer).await;
-            lock(&inner.snapshots).remove(&peer);
+            // Bounded: each round follows a request the peer made while the one before
+            // was under way.
+            loop {
+                inner.stream_snapshot(&peer).await;
+                let mut snapshots = lock(&inner.snapshots);
+                match snapshots.get_mut(&peer) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        snapshots.remove(&peer);
+                        return;
+                    }
+                }
+            }
         }));
     }
 
