@@ -10,7 +10,7 @@ use crate::gossip::{
     mesh,
     node::machine::view::tests::{conn, peer},
     peer::PeerId,
-    wire::{Frame, Id, Opts, PacketData, Request, RequestKind, Response, ResponseBody, WirePacket},
+    wire::{Frame, Id, PacketData, RequestKind, Response, ResponseBody, WirePacket},
 };
 
 /// A core named "me", with `peers` admitted.
@@ -19,14 +19,7 @@ fn node(peers: &[&PeerId]) -> Probe {
 }
 
 fn request(n: u8, kind: RequestKind) -> Frame {
-    Frame::Request(Request {
-        ns: "/".into(),
-        id: Id([n; 16]),
-        origin: Id([0; 16]),
-        kind,
-        opts: Opts::default(),
-        ack_timeout_ms: None,
-    })
+    Frame::Request(super::world::request(n, kind))
 }
 
 fn leave(n: u8) -> Frame {

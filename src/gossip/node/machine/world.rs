@@ -518,7 +518,7 @@ pub(super) fn id(name: &str, generation: u64) -> PeerId {
 }
 
 /// Request `n` of `kind` (its id is `n` repeated).
-fn request(n: u8, kind: RequestKind) -> Request {
+pub(super) fn request(n: u8, kind: RequestKind) -> Request {
     Request {
         ns: "/".into(),
         id: Id([n; 16]),
