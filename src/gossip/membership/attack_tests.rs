@@ -268,7 +268,6 @@ struct Child {
 
 impl Child {
     async fn start(test: &str) -> Option<Self> {
-        use std::io::BufRead;
         if let Ok(cluster) = std::env::var("BOMB_CHILD_CLUSTER") {
             let node = node(&cluster, "target", None).await;
             // On a line of its own: the test harness has begun one with the test's name.
@@ -290,20 +289,8 @@ impl Child {
             return None;
         }
         let cluster = cluster_id(test.rsplit("::").next().unwrap_or("bomb"));
-        let mut process = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "--nocapture", "--test-threads", "1", test])
-            .env("BOMB_CHILD_CLUSTER", &cluster)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel::<String>();
-        let out = process.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let (process, lines) =
+            crate::proc_status::child_test(test, &[("BOMB_CHILD_CLUSTER", &cluster)], false);
         let mut child = Self {
             process,
             lines,

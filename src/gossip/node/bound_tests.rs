@@ -76,20 +76,17 @@ async fn link_slots_of_peers_only_seen_in_gossip_are_forgotten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn peak_memory_under_the_largest_frame() {
-    use std::io::BufRead;
     let hwm = || {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .map(String::from)
-            })
-            .unwrap_or_default()
+        let kib = crate::proc_status::status_bytes("VmHWM") / 1024;
+        format!("VmHWM: {kib} kB")
     };
     if let Ok(seed) = std::env::var("PEAK_CHILD_SEED") {
         let cluster = std::env::var("PEAK_CLUSTER").unwrap();
-        let _node = node(&cluster, Some(seed.parse().unwrap())).await;
+        // A name of its own: the parent's first node is `node-0` too, and a node of the
+        // same name would replace it instead of joining.
+        let config =
+            crate::gossip::node::tests::config(&cluster, "child", Some(seed.parse().unwrap()));
+        let _node = Node::start(&config).await.unwrap();
         let mut last = String::new();
         for _ in 0..600 {
             let now = hwm();
@@ -103,22 +100,19 @@ async fn peak_memory_under_the_largest_frame() {
     }
     let cluster = format!("peak-{}", std::process::id());
     let peer = node(&cluster, None).await;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "--nocapture"])
-        .arg("gossip::node::bound_tests::peak_memory_under_the_largest_frame")
-        .env("PEAK_CHILD_SEED", peer.addrs().0.to_string())
-        .env("PEAK_CLUSTER", &cluster)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let seed = peer.addrs().0.to_string();
+    let (mut child, lines) = crate::proc_status::child_test(
+        "gossip::node::bound_tests::peak_memory_under_the_largest_frame",
+        &[("PEAK_CHILD_SEED", &seed), ("PEAK_CLUSTER", &cluster)],
+        true,
+    );
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
-    let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+        for line in lines {
+            // The first line follows the test harness's own "test ... " on the same line.
             if let Some(kb) = line
-                .strip_prefix("VmHWM:")
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .split_once("VmHWM:")
+                .and_then(|(_, v)| v.trim().trim_end_matches("kB").trim().parse().ok())
             {
                 let _ = tx.send(kb);
             }

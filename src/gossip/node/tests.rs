@@ -340,7 +340,6 @@ const META_CHILD: &str = "META_FRAME_CHILD_CLUSTER";
 /// hundreds of MiB, kept and copied on every gossip refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_meta_frame_costs_a_node_less_than_twice_its_size() {
-    use std::io::BufRead;
     if let Ok(cluster) = std::env::var(META_CHILD) {
         let a = Node::start(&config(&cluster, "a", None)).await.unwrap();
         // Start-up (the key derivation) peaked higher than what the node holds: the peak
@@ -359,21 +358,11 @@ async fn one_meta_frame_costs_a_node_less_than_twice_its_size() {
         return;
     }
     let cluster = format!("meta-{}", std::process::id());
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "--nocapture", "--test-threads=1"])
-        .arg("gossip::node::tests::one_meta_frame_costs_a_node_less_than_twice_its_size")
-        .env(META_CHILD, &cluster)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = crate::proc_status::child_test(
+        "gossip::node::tests::one_meta_frame_costs_a_node_less_than_twice_its_size",
+        &[(META_CHILD, &cluster)],
+        false,
+    );
     let next_line = |prefix: &str| loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
