@@ -1,6 +1,9 @@
 //! Side by side, in one run on this machine: (a) the gossip adapter, (b) socketioxide-redis on
 //! a local `redis-server` (and this crate's Redis backend), (c) one node with the local adapter
-//! (the ceiling), plus the floor: one bare quinn stream hop and one loopback TCP hop.
+//! (the ceiling), plus the floor: one bare quinn stream hop and one loopback TCP hop. The
+//! ceiling is measured twice, in turns: with the clients of one node of the cluster, and
+//! with as many clients as the whole cluster has (c6), the same deliveries as a cluster's on
+//! the same cores.
 //!
 //! `cargo bench --all-features --bench cluster` (needs `redis-server` on the `PATH` for the
 //! Redis columns). `CLUSTER_BENCH_SMOKE=1` runs a few rounds of everything only.
@@ -37,6 +40,8 @@ use procs::{Node, cpu_seconds, memory_mib};
 
 /// Real WebSocket clients on every node.
 const CLIENTS_PER_NODE: usize = 2;
+/// Nodes of a cluster.
+const CLUSTER_NODES: usize = 3;
 /// Per-socket buffer (`max_buffer_size`) and Redis subscriber queue, in every setup: larger
 /// than any burst, so that a socket's or Redis's queue is not what is measured. The mesh's
 /// send queues keep their defaults (bounded in bytes), which hold every burst of the plan.
@@ -111,6 +116,8 @@ impl Plan {
     }
 }
 
+/// Column title of the single node serving as many clients as a whole cluster.
+pub const SINGLE_ALL: &str = "single node, clients of 3 (c6)";
 /// Column title of the gossip mesh.
 pub const GOSSIP: &str = "gossip mesh (a)";
 /// Column title of the same mesh run by the baseline build.
@@ -192,7 +199,11 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
     }
     let quinn = floor::quinn_hop(plan.floor).await?;
     let tcp = floor::tcp_hop(plan.floor).await?;
-    let mut columns = measure(&[("single node (c)", "local", &this)], None, plan).await?;
+    let singles = [
+        ("single node (c)", "local", this.as_path()),
+        (SINGLE_ALL, "local-all", this.as_path()),
+    ];
+    let mut columns = measure(&singles, None, plan).await?;
     if wanted("gossip") {
         let mut setups = vec![(GOSSIP, "gossip", this.as_path())];
         if let Some(b) = &baseline {
@@ -267,7 +278,12 @@ impl<'r> Setup<'r> {
     ) -> Result<Self, BoxError> {
         eprintln!("measuring {name} ...");
         let cluster = format!("bench-{}-{backend}-{index}", std::process::id());
-        let count = if backend == "local" { 1 } else { 3 };
+        // `local-all`: one node with the clients of a whole cluster.
+        let (backend, count, per_node) = match backend {
+            "local" => ("local", 1, CLIENTS_PER_NODE),
+            "local-all" => ("local", 1, CLIENTS_PER_NODE * CLUSTER_NODES),
+            other => (other, CLUSTER_NODES, CLIENTS_PER_NODE),
+        };
         let mut nodes: Vec<Node> = Vec::new();
         for _ in 0..count {
             let peer = match (redis, nodes.first()) {
@@ -279,7 +295,7 @@ impl<'r> Setup<'r> {
         }
         let mut clients = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
-            for _ in 0..CLIENTS_PER_NODE {
+            for _ in 0..per_node {
                 clients.push(Client::connect(i, n.port).await?);
             }
         }

@@ -41,8 +41,21 @@ impl From<postcard::Error> for EncodeError {
 
 /// Encode a message body (no header). Refuses a list beyond its bound.
 pub(crate) fn encode_body<T: Serialize>(value: &T) -> Result<Bytes, EncodeError> {
+    encode_after(&[], value).map(Bytes::from)
+}
+
+/// `header` followed by the encoding of `value`, in one allocation of the exact size (a
+/// buffer grown as the encoder writes is reallocated and copied about ten times for a
+/// frame of a few hundred bytes). Refuses a list beyond its bound.
+pub(crate) fn encode_after<T: Serialize + ?Sized>(
+    header: &[u8],
+    value: &T,
+) -> Result<Vec<u8>, EncodeError> {
     bounded::take_exceeded();
-    Ok(postcard::to_allocvec(value).map(Bytes::from)?)
+    let size = postcard::experimental::serialized_size(value)?;
+    let mut out = Vec::with_capacity(header.len() + size);
+    out.extend_from_slice(header);
+    Ok(postcard::to_extend(value, out)?)
 }
 
 /// Decode what [`encode_body`] encoded; trailing bytes are an error (said in the message).

@@ -2,7 +2,9 @@
 //!
 //! A secret must resist offline guessing: at least [`MIN_SECRET_LEN`] characters, and not
 //! guessable by a password-strength estimator (`zxcvbn`): no repeated phrase, keyboard walk
-//! or dictionary word run. From each secret of the keyring, Argon2id (memory-hard) derives
+//! or dictionary word run. A generated secret (hex or base64 of at least 256 bits with no
+//! repeat, run or sequence in it) is accepted without the estimator: its dictionaries take
+//! about 6 MiB for the life of the process once loaded. From each secret of the keyring, Argon2id (memory-hard) derives
 //! once, at start, a master key; HKDF-SHA256 splits it into the key of the mesh proof and
 //! the key that seals gossip. Whoever tests a guess against anything seen on the network
 //! pays one Argon2id run per guess.
@@ -44,6 +46,9 @@ impl Secret {
                 "it has {len} characters, fewer than {MIN_SECRET_LEN}"
             ));
         }
+        if generated(&text) {
+            return Ok(());
+        }
         let start: String = text.chars().take(ESTIMATE_PREFIX).collect();
         // On a thread of its own: the estimator builds hash tables and caches, which would
         // otherwise draw on this thread's random state and change the order of its hash
@@ -61,6 +66,42 @@ impl Secret {
         }
         Ok(())
     }
+}
+
+/// Fewest bits a secret must carry, at the size of its alphabet, to be taken as generated.
+const GENERATED_BITS: usize = 256;
+
+/// Whether `text` reads as a secret drawn at random (`openssl rand -hex 32`, `openssl rand
+/// -base64 32`): hex or base64 carrying at least [`GENERATED_BITS`], with a dozen distinct
+/// characters or more and no trace of a pattern: no character five times in a row, no
+/// five characters in a step (`12345`, `acegi`), no eight characters twice. About one
+/// random hex secret in 500 shows such a trace by chance; it then goes through the
+/// estimator, as every other secret does.
+fn generated(text: &str) -> bool {
+    let body = text.trim_end_matches('=').as_bytes();
+    let bits_per_char = if body.iter().all(u8::is_ascii_hexdigit) {
+        4
+    } else if body
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"+/-_".contains(&b))
+    {
+        6
+    } else {
+        return false;
+    };
+    let distinct: std::collections::HashSet<u8> = body.iter().map(u8::to_ascii_lowercase).collect();
+    let repeat = body.windows(5).any(|w| w.iter().all(|&b| b == w[0]));
+    let step = body.windows(5).any(|w| {
+        let d = i16::from(w[1]) - i16::from(w[0]);
+        d != 0 && w.windows(2).all(|p| i16::from(p[1]) - i16::from(p[0]) == d)
+    });
+    let mut eights = std::collections::HashSet::new();
+    let twice = body.windows(8).any(|w| !eights.insert(w));
+    body.len() * bits_per_char >= GENERATED_BITS
+        && distinct.len() >= 12
+        && !repeat
+        && !step
+        && !twice
 }
 
 impl fmt::Debug for Secret {
@@ -222,6 +263,32 @@ pub(crate) mod tests {
             assert_eq!(Secret::from(strong).check(), Ok(()), "{strong}");
         }
         assert!(Secret::from(vec![0xffu8; 31]).check().is_err());
+    }
+
+    #[test]
+    fn generated_secrets_skip_the_estimator_and_patterned_ones_do_not() {
+        for random in [
+            SECRET,
+            OTHER,
+            // `openssl rand -base64 32`.
+            "q8bM3xZ0u1wqkV7x0f1l2Jc8PqZr+X2bq9kq0o3yJcM=",
+        ] {
+            assert!(generated(random), "{random}");
+        }
+        for patterned in [
+            // Short of 256 bits.
+            "b1946ac92492d2347c6235b4d2611184",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "deadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeef",
+            // A run of one character, a sequence, few distinct characters.
+            "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1aeeeee",
+            "8f3a9c1e5b7d2046a1c3e5f7092b4d6e8fa0c2e4b6d8f0a1c3e5b7d9f1a56789",
+            "abcdabdcadbcacbdacdbbacdbadcbcadbcdabdacbdcacabdcadbcbadcbdacdab",
+            // Not hex or base64.
+            "correct horse battery staple correct horse battery staple 123456",
+        ] {
+            assert!(!generated(patterned), "{patterned}");
+        }
     }
 
     #[test]

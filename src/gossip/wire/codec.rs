@@ -56,11 +56,9 @@ impl From<EncodeError> for RequestError {
 /// Encode a frame with its header and length prefix, ready to write on a stream. Refuses a
 /// list beyond its bound (see [`encode_within`] for the frame size too).
 pub fn encode(frame: &Frame) -> Result<Bytes, EncodeError> {
-    crate::codec::bounded::take_exceeded();
-    let mut out = vec![0u8; LEN_PREFIX];
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    let mut out = postcard::to_extend(frame, out)?;
+    let mut header = [0u8; LEN_PREFIX + 3];
+    header[LEN_PREFIX..].copy_from_slice(&[MAGIC[0], MAGIC[1], VERSION]);
+    let mut out = crate::codec::encode_after(&header, frame)?;
     let len =
         u32::try_from(out.len() - LEN_PREFIX).map_err(|_| postcard::Error::SerializeBufferFull)?;
     out[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -90,10 +88,7 @@ pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
 /// Encode a [`Hello`] with the frame header (no length prefix: it travels alone on its
 /// stream).
 pub fn encode_hello(hello: &Hello) -> Result<Vec<u8>, EncodeError> {
-    Ok(postcard::to_extend(
-        hello,
-        vec![MAGIC[0], MAGIC[1], VERSION],
-    )?)
+    crate::codec::encode_after(&[MAGIC[0], MAGIC[1], VERSION], hello)
 }
 
 /// Decode a [`Hello`].
