@@ -61,7 +61,7 @@ async fn socket(io: &SocketIo<A>) -> tokio::sync::mpsc::Receiver<engineioxide::P
 
 /// The link `from` sends its frames to `to` on.
 fn link_id(from: &Node, to: &Node) -> Option<crate::gossip::mesh::ConnId> {
-    from.link_to(to.me())
+    from.link_to(to.me()).map(|l| l.id())
 }
 
 /// Every log line about a link between nodes closed.

@@ -154,12 +154,6 @@ impl Charged {
     pub(crate) fn frame(&self) -> &Bytes {
         &self.0.0
     }
-
-    /// A frame outside any node budget, for tests of what fills queues.
-    #[cfg(test)]
-    pub(crate) fn uncounted(frame: Bytes) -> Self {
-        Self(Arc::new((frame, None)))
-    }
 }
 
 /// A frame in a queue, holding its bytes of the peer budget (and its share of the node's).
@@ -254,13 +248,6 @@ impl Sender {
     pub(crate) fn bytes(&self) -> usize {
         self.shared.bytes()
     }
-
-    /// A queue of `budget` bytes, outside any node budget, read by hand: for tests of what
-    /// fills queues.
-    #[cfg(test)]
-    pub(crate) fn channel(budget: usize) -> (Sender, Receiver) {
-        Budgets::new(budget, budget).queue("test".into())
-    }
 }
 
 /// Tells whether a queue was cut, apart from its [`Receiver`] (which the writer borrows
@@ -328,20 +315,6 @@ impl Receiver {
         }
         self.shared.frames.fetch_sub(dropped, Ordering::Relaxed);
         dropped
-    }
-
-    /// Frames waiting.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.rx.len()
-    }
-
-    /// The next frame waiting, if any.
-    #[cfg(test)]
-    pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
-        let q = self.rx.try_recv().ok()?;
-        self.shared.frames.fetch_sub(1, Ordering::Relaxed);
-        Some(q.frame().clone())
     }
 }
 

@@ -3,10 +3,12 @@
 //! frames are opaque beyond their routing fields.
 //!
 //! Every decision is made without I/O by the node's state machine ([`machine`]): who is a
-//! member, what waits for whom, the order of state changes, joining, leaving. This module is
-//! the shell around it: it owns the sockets (the mesh, gossip), the channels requesters and
-//! waiters read, the timer that wakes the machine, and the table of outgoing links
-//! ([`outgoing`]); it feeds the machine what they report and carries out what it decides.
+//! member, what waits for whom, the order of state changes, joining, leaving, and which
+//! outgoing link each frame goes to, when a connection is made, dropped or abandoned. This
+//! module is the shell around it: it owns the sockets (the mesh and its links, gossip),
+//! the send queues and connection attempts ([`connect`]), the channels requesters and
+//! waiters read, and the timer that wakes the machine; it feeds the machine what they
+//! report and carries out what it decides.
 
 #[cfg(test)]
 mod bound_tests;
@@ -17,7 +19,6 @@ mod machine;
 pub(crate) use machine::MAX_SERVER_IDS_PER_PEER;
 #[cfg(test)]
 mod metrics_tests;
-mod outgoing;
 mod pending;
 mod send;
 mod service;
@@ -41,8 +42,7 @@ use std::{
 use futures_core::Stream;
 use tokio::sync::{broadcast, mpsc};
 
-use self::machine::{Effect, Input, Machine, MetaChange, Scope};
-use self::outgoing::Outgoing;
+use self::machine::{Effect, Input, Machine, MetaChange, Route, Scope, SendQueue};
 use self::tasks::now;
 pub use handle::{Cluster, GossipStats, MembershipEvent};
 pub(crate) use machine::To;
@@ -52,7 +52,7 @@ pub use stats::PeerStats;
 
 use crate::{
     gossip::membership::{KEY_LEAVING, Member, Membership, transport::GossipCounters},
-    gossip::mesh::{self, ConnId, Inbound, Mesh, PeerAddrs, PeerId},
+    gossip::mesh::{self, ConnId, Inbound, Link, Mesh, PeerAddrs, PeerId},
     gossip::wire::{self, Frame, Id, ResponseBody},
     metrics::DropReason,
 };
@@ -98,8 +98,9 @@ pub(crate) struct Node {
     timer: Arc<tokio::sync::Notify>,
     /// Gossip datagrams sealed, opened and refused.
     gossip: Arc<GossipCounters>,
-    /// This node's outgoing connections.
-    outgoing: Outgoing,
+    /// The send queues the machine had made for connection attempts not started yet, by
+    /// attempt.
+    made: Arc<Mutex<HashMap<u64, (mesh::Sender, mesh::Queue)>>>,
     handlers: RwLock<HashMap<String, Weak<dyn NamespaceHandler>>>,
     /// Cluster-wide services, by name.
     services: RwLock<HashMap<String, Weak<dyn service::ServiceHandler>>>,
@@ -111,10 +112,16 @@ pub(crate) struct Node {
     self_weak: Weak<Node>,
 }
 
-/// The machine and the channels of those who wait on it: requesters, and this node's own
-/// parts of state changes waiting for their flush round.
+/// The machine, the channels of those who wait on it (requesters, and this node's own
+/// parts of state changes waiting for their flush round), and the outgoing connections it
+/// decides on.
 struct State {
-    machine: Machine,
+    machine: Machine<mesh::Sender>,
+    /// The connections this node made and holds, by id (the machine says whose link each
+    /// is).
+    links: HashMap<ConnId, Link>,
+    /// The connection attempts under way, by attempt.
+    attempts: HashMap<u64, tokio::task::AbortHandle>,
     requesters: HashMap<Id, mpsc::UnboundedSender<pending::Progress>>,
     resumes: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
     next_token: u64,
@@ -250,58 +257,109 @@ impl Node {
         lock(&self.state).machine.failure().map(String::from)
     }
 
-    /// The peers a frame goes to.
-    pub(super) fn targets(&self, to: To<'_>) -> Vec<PeerId> {
-        lock(&self.state).machine.targets(to)
+    /// Where a frame for the peers `to` names goes: the send queue of each one's link (a
+    /// connection started for those without one), in one look at the machine.
+    pub(super) fn routes(&self, to: To<'_>) -> Vec<Route<mesh::Sender>> {
+        let mut routes = Vec::new();
+        let rest = {
+            let mut state = lock(&self.state);
+            let effects = state.machine.routes(to, &mut routes);
+            self.carry_out_locked(&mut state, effects)
+        };
+        if !rest.is_empty() {
+            let _ = self.run(rest);
+        }
+        routes
+    }
+
+    /// Where a frame for `peer` goes, as [`Node::routes`] says.
+    pub(super) fn route(&self, peer: &PeerId) -> Result<mesh::Sender, &'static str> {
+        let (route, rest) = {
+            let mut state = lock(&self.state);
+            let (route, effects) = state.machine.route(peer);
+            (route, self.carry_out_locked(&mut state, effects))
+        };
+        if !rest.is_empty() {
+            let _ = self.run(rest);
+        }
+        route
     }
 
     /// Hand `input` to the machine, now: what it tells requesters and waiters is told at
-    /// once, the timer is woken when the machine needs waking earlier, and the other effects
-    /// are returned to be carried out (outside the lock).
+    /// once, its decisions about links are carried out at once, the timer is woken when the
+    /// machine needs waking earlier, and the other effects are returned to be carried out
+    /// (outside the lock).
     pub(super) fn drive(&self, input: Input) -> Vec<Effect> {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        let mut effects = state.machine.handle(input, now());
-        // Most inputs (a frame in) tell nobody: their effects go back as they are.
-        if effects
-            .iter()
-            .any(|e| matches!(e, Effect::Tell(..) | Effect::Resume(_)))
-        {
-            let mut abandoned = Vec::new();
-            effects.retain_mut(|effect| match effect {
-                Effect::Tell(id, progress) => {
-                    let progress = std::mem::replace(progress, pending::Progress::Ended);
-                    let ended = matches!(progress, pending::Progress::Ended);
-                    let sent = match state.requesters.get(id) {
-                        Some(tx) if !ended => tx.send(progress).is_ok(),
-                        _ => false,
-                    };
-                    if ended {
-                        state.requesters.remove(id);
-                    } else if !sent && state.requesters.remove(id).is_some() {
-                        // Its requester stopped waiting.
-                        abandoned.push(*id);
-                    }
-                    false
-                }
-                Effect::Resume(token) => {
-                    if let Some(tx) = state.resumes.remove(token) {
-                        let _ = tx.send(());
-                    }
-                    false
-                }
-                _ => true,
-            });
-            for id in abandoned {
-                state.machine.handle(Input::Abandoned(id), now());
-            }
-        }
+        self.drive_locked(&mut lock(&self.state), input)
+    }
+
+    /// [`Node::drive`], with the lock on the state held.
+    fn drive_locked(&self, state: &mut State, input: Input) -> Vec<Effect> {
+        let effects = state.machine.handle(input, now());
+        let effects = self.carry_out_locked(state, effects);
         let next = state.machine.next_timeout();
         if next.is_some_and(|next| state.wake_at.is_none_or(|at| next < at)) {
             state.wake_at = next;
             self.timer.notify_one();
         }
         effects
+    }
+
+    /// Carry out, under the lock, what cannot wait for it to be released: tell requesters
+    /// and waiters, and start, abandon and close links (an abort that follows a start must
+    /// find it). The other effects are returned.
+    fn carry_out_locked(&self, state: &mut State, effects: Vec<Effect>) -> Vec<Effect> {
+        // Most inputs (a frame in) decide nothing of the kind: their effects go back as
+        // they are.
+        let handled = |e: &Effect| {
+            matches!(
+                e,
+                Effect::Tell(..)
+                    | Effect::Resume(_)
+                    | Effect::Connect { .. }
+                    | Effect::Abort { .. }
+                    | Effect::CloseLink { .. }
+            )
+        };
+        if !effects.iter().any(handled) {
+            return effects;
+        }
+        let mut rest = Vec::new();
+        let mut abandoned = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Tell(id, progress) => {
+                    let ended = matches!(progress, pending::Progress::Ended);
+                    let sent = match state.requesters.get(&id) {
+                        Some(tx) if !ended => tx.send(progress).is_ok(),
+                        _ => false,
+                    };
+                    if ended {
+                        state.requesters.remove(&id);
+                    } else if !sent && state.requesters.remove(&id).is_some() {
+                        // Its requester stopped waiting.
+                        abandoned.push(id);
+                    }
+                }
+                Effect::Resume(token) => {
+                    if let Some(tx) = state.resumes.remove(&token) {
+                        let _ = tx.send(());
+                    }
+                }
+                Effect::Connect {
+                    peer,
+                    addr,
+                    attempt,
+                } => self.start_attempt(state, peer, addr, attempt),
+                Effect::Abort { peer, attempt } => self.abort_attempt(state, &peer, attempt),
+                Effect::CloseLink { peer, conn, why } => self.close_link(state, &peer, conn, why),
+                other => rest.push(other),
+            }
+        }
+        for id in abandoned {
+            state.machine.handle(Input::Abandoned(id), now());
+        }
+        rest
     }
 
     /// [`Node::drive`], carrying out the effects. An error says a request was refused by
@@ -364,10 +422,7 @@ impl Node {
                     self.metrics.changed(true, self.member_count());
                     let _ = self.events.send(MembershipEvent::Joined(member));
                 }
-                Effect::MemberLeft { member, keep_link } => {
-                    if !keep_link {
-                        self.drop_link(&member.peer_id());
-                    }
+                Effect::MemberLeft { member } => {
                     self.metrics.changed(false, self.member_count());
                     self.mesh.metrics().drops.forget(&member.node_name);
                     let _ = self.events.send(MembershipEvent::Left(member));
@@ -377,8 +432,6 @@ impl Node {
                         tracing::warn!(node = %self.me, "cannot tell members about this node: {e}");
                     }
                 }
-                Effect::DropLink(peer) => self.drop_link(&peer),
-                Effect::Connect { peer, first } => self.verify(peer, first),
                 Effect::Refused(peer) => {
                     self.mesh
                         .metrics()
@@ -391,8 +444,11 @@ impl Node {
                     }
                 }
                 Effect::Service(from, frame) => self.on_service_frame(&from, frame),
-                Effect::Flush { id, to } => match self.encode(&Frame::Flush(id), &to) {
-                    Ok(bytes) => self.dispatch(&to, bytes, false, Some(id)),
+                Effect::Flush { id, to } => match self.encode(&Frame::Flush(id), to.iter()) {
+                    Ok(bytes) => {
+                        let routes = self.routes(To::Peers(&to));
+                        self.dispatch(routes, bytes, false, Some(id));
+                    }
                     Err(e) => tracing::warn!("flush round not sent: {e}"),
                 },
                 Effect::AnswerFlush(to, id) => self.respond(&to, id, ResponseBody::Done),
@@ -409,8 +465,15 @@ impl Node {
                         self.spawn(async move { node.leave(rest).await });
                     }
                 }
-                // Told by `drive`; the join loop and `admit` read the machine themselves.
-                Effect::Tell(..) | Effect::Resume(_) | Effect::Ready | Effect::Refuse(_) => {}
+                // Carried out under the lock; the join loop and `admit` read the machine
+                // themselves.
+                Effect::Tell(..)
+                | Effect::Resume(_)
+                | Effect::Connect { .. }
+                | Effect::Abort { .. }
+                | Effect::CloseLink { .. }
+                | Effect::Ready
+                | Effect::Refuse(_) => {}
             }
         }
         refused
@@ -436,19 +499,16 @@ impl Node {
         }
     }
 
-    /// Forget the outgoing connections of peers neither gossip nor a verified connection
-    /// shows any more (say, peers only ever seen in gossip).
-    pub(super) fn forget_unknown_peers(&self) {
-        let forgotten = self
-            .outgoing
-            .forget(|p| lock(&self.state).machine.view().knows(p));
-        for peer in forgotten {
-            tracing::debug!(%peer, "forgot a peer no longer known");
-        }
-    }
-
     pub(super) fn on_connection_closed(&self, peer: &PeerId, conn: ConnId, reason: &mesh::Closed) {
-        let _ = self.feed(Input::Closed(peer.clone(), conn, reason.clone()));
+        let effects = {
+            let mut state = lock(&self.state);
+            state.links.remove(&conn);
+            self.drive_locked(
+                &mut state,
+                Input::Closed(peer.clone(), conn, reason.clone()),
+            )
+        };
+        let _ = self.run(effects);
     }
 
     /// `peer` proved the cluster secret on connection `conn`: admit it, unless the machine
@@ -472,9 +532,7 @@ impl Node {
     pub(super) async fn refresh_from_gossip(self: &Arc<Self>) {
         let mut nodes = self.membership.nodes().await;
         nodes.reachable.remove(&self.me);
-        let effects = self.drive(Input::Gossip(nodes));
-        self.forget_unknown_peers();
-        let _ = self.run(effects);
+        let _ = self.feed(Input::Gossip(nodes));
     }
 
     /// Join through the seeds: gossip with them at once and again every few milliseconds,
@@ -534,7 +592,8 @@ impl Node {
         self.membership
             .gossip_now(members.iter().map(|m| m.gossip_addr));
         if let Ok(bytes) = wire::encode(&Frame::Leave) {
-            for link in &self.outgoing.links().await {
+            let links: Vec<Link> = lock(&self.state).links.values().cloned().collect();
+            for link in &links {
                 let _ = link.send(bytes.clone());
             }
         }

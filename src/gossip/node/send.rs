@@ -10,7 +10,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{DROP_LOG, Input, Node, Pending, REFUSED_LOG, To, lock};
+use super::{DROP_LOG, Input, Node, Pending, REFUSED_LOG, Route, To, lock};
 use crate::{
     error::RequestError,
     gossip::mesh::{self, PeerId},
@@ -42,9 +42,10 @@ impl Node {
         frame: &Frame,
         volatile: bool,
     ) -> Result<(), RequestError> {
-        let targets = self.targets(to);
-        if !targets.is_empty() {
-            self.dispatch(&targets, self.encode(frame, &targets)?, volatile, None);
+        let routes = self.routes(to);
+        if !routes.is_empty() {
+            let bytes = self.encode(frame, routes.iter().map(|(peer, _)| peer))?;
+            self.dispatch(routes, bytes, volatile, None);
         }
         Ok(())
     }
@@ -59,10 +60,11 @@ impl Node {
         wait: Duration,
         frame: impl FnOnce(Id) -> Frame,
     ) -> Result<Pending, RequestError> {
-        let targets = self.targets(to);
+        let routes = self.routes(to);
+        let targets: Vec<PeerId> = routes.iter().map(|(peer, _)| peer.clone()).collect();
         let id = Id(rand::random());
         let frame = frame(id);
-        let bytes = self.encode(&frame, &targets)?;
+        let bytes = self.encode(&frame, targets.iter())?;
         // Booked before sending: a response can arrive before the frames are queued.
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.state).requesters.insert(id, tx);
@@ -73,54 +75,53 @@ impl Node {
         });
         let what = (describe(&frame), kind(&frame));
         let pending = Pending::new(&self.mesh.metrics().node, id, rx, what, &targets);
-        self.dispatch(&targets, bytes, false, Some(id));
+        self.dispatch(routes, bytes, false, Some(id));
         Ok(pending)
     }
 
-    /// Queue an encoded frame for each of `targets`, never waiting: it is held once, however
+    /// Queue an encoded frame on each of `routes`, never waiting: it is held once, however
     /// many queues hold it. Request `awaited` stops waiting for a peer its frame could not be
     /// queued for.
     pub(super) fn dispatch(
         &self,
-        targets: &[PeerId],
+        routes: Vec<Route<mesh::Sender>>,
         bytes: Bytes,
         volatile: bool,
         awaited: Option<Id>,
     ) {
         let charged = self.mesh.charge(bytes).map_err(queue_error);
-        for peer in targets {
+        for (peer, route) in routes {
             let queued = charged
                 .as_ref()
                 .map_err(Clone::clone)
-                .and_then(|frame| self.queue_frame(peer, frame));
+                .and_then(|frame| self.queue_frame(&peer, route, frame));
             if let Err((reason, why)) = queued {
-                self.frame_dropped(peer, volatile, reason, &why);
+                self.frame_dropped(&peer, volatile, reason, &why);
                 if let Some(id) = awaited {
-                    let _ = self.feed(Input::NotSent(id, peer.clone()));
+                    let _ = self.feed(Input::NotSent(id, peer));
                 }
             }
         }
     }
 
-    /// Queue a frame for `peer`, never waiting, neither for room nor on a connection being
-    /// made.
+    /// Queue a frame for `peer` on `route`, never waiting, neither for room nor on a
+    /// connection being made. A queue found closed (its connection just closed) is
+    /// replaced once.
     pub(super) fn queue_frame(
         &self,
         peer: &PeerId,
+        route: Result<mesh::Sender, &'static str>,
         frame: &mesh::Charged,
     ) -> Result<(), (DropReason, String)> {
-        // One retry: a queue found closed (its connection just closed) is replaced.
-        for _ in 0..2 {
-            let queue = self
-                .queue_for(peer)
-                .map_err(|why| (DropReason::PeerGone, why))?;
-            match queue.try_send(frame) {
-                Ok(()) => return Ok(()),
-                Err(mesh::SendError::Closed) => {}
-                Err(e) => return Err(queue_error(e)),
-            }
+        let gone = |why: &str| (DropReason::PeerGone, why.to_string());
+        match route.map_err(gone)?.try_send(frame) {
+            Err(mesh::SendError::Closed) => {}
+            sent => return sent.map_err(queue_error),
         }
-        Err((DropReason::PeerGone, "connection closed".into()))
+        match self.route(peer).map_err(gone)?.try_send(frame) {
+            Err(mesh::SendError::Closed) => Err(gone("connection closed")),
+            sent => sent.map_err(queue_error),
+        }
     }
 
     /// Count and log (at a bounded rate) a frame for `peer` given up on.
@@ -142,7 +143,11 @@ impl Node {
     /// a peer would refuse (a list beyond its bound, larger than a frame; the peer would
     /// drop the link) is refused here, counted as dropped for each target and logged at a
     /// bounded rate. Nothing of it is sent.
-    pub(super) fn encode(&self, frame: &Frame, targets: &[PeerId]) -> Result<Bytes, RequestError> {
+    pub(super) fn encode<'a>(
+        &self,
+        frame: &Frame,
+        targets: impl Iterator<Item = &'a PeerId>,
+    ) -> Result<Bytes, RequestError> {
         let err = match wire::encode_within(frame, self.max_frame_size) {
             Ok(bytes) => return Ok(bytes),
             Err(e) => e,
@@ -194,10 +199,11 @@ impl Node {
         body: ResponseBody,
         refused: impl FnOnce(String) -> ResponseBody,
     ) {
-        let encoded = match self.encode(&Frame::Response(Response { id, body }), &[]) {
+        let none = std::iter::empty();
+        let encoded = match self.encode(&Frame::Response(Response { id, body }), none) {
             Err(e @ (RequestError::OverBound { .. } | RequestError::TooLarge { .. })) => {
                 let body = refused(e.to_string());
-                self.encode(&Frame::Response(Response { id, body }), &[])
+                self.encode(&Frame::Response(Response { id, body }), std::iter::empty())
             }
             encoded => encoded,
         };
@@ -206,7 +212,7 @@ impl Node {
                 .mesh
                 .charge(bytes)
                 .map_err(queue_error)
-                .and_then(|frame| self.queue_frame(to, &frame)),
+                .and_then(|frame| self.queue_frame(to, self.route(to), &frame)),
             Err(RequestError::TooLarge { size, max }) => Err((
                 DropReason::TooLarge,
                 format!("larger ({size} bytes) than peers accept ({max})"),

@@ -10,9 +10,8 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    Node, State, WeakInbound,
+    Node, State, WeakInbound, lock,
     machine::Machine,
-    outgoing::Outgoing,
     startup::{advertised, check_seed, gossip_addrs},
     tasks::{now, wake_machine, watch_membership},
 };
@@ -166,11 +165,24 @@ impl Node {
         let changes = membership.changes().await;
 
         let me_name = me.name.clone();
-        let machine = Machine::new(me.clone(), self::now(), config.request_timeout / 2);
+        let mesh = Arc::new(mesh);
+        let made: Arc<Mutex<HashMap<u64, (mesh::Sender, mesh::Queue)>>> = Arc::default();
+        let make = {
+            let (mesh, made) = (mesh.clone(), made.clone());
+            move |peer: &PeerId, attempt: u64| {
+                let (tx, rx) = mesh.queue(&peer.name);
+                lock(&made).insert(attempt, (tx.clone(), rx));
+                tx
+            }
+        };
+        let round = config.request_timeout / 2;
+        let machine = Machine::new(me.clone(), self::now(), round, Box::new(make));
         let node = Arc::new_cyclic(|self_weak| Node {
             self_weak: self_weak.clone(),
             state: Mutex::new(State {
                 machine,
+                links: HashMap::new(),
+                attempts: HashMap::new(),
                 requesters: HashMap::new(),
                 resumes: HashMap::new(),
                 next_token: 0,
@@ -183,10 +195,10 @@ impl Node {
             mesh_addr,
             request_timeout: config.request_timeout,
             max_frame_size: config.max_frame_size,
-            mesh: Arc::new(mesh),
+            mesh,
             membership,
             gossip: gossip_counters,
-            outgoing: Outgoing::default(),
+            made,
             handlers: RwLock::default(),
             services: RwLock::default(),
             events: broadcast::channel(256).0,

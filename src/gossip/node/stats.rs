@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
-use super::Node;
-use crate::gossip::membership::Member;
+use super::{Node, lock};
+use crate::gossip::{
+    membership::Member,
+    mesh::{self, Link},
+    peer::PeerId,
+};
 
 /// How often round-trip times are recorded as [`crate::metrics::PEER_RTT`].
 pub(super) const RTT_EVERY: Duration = Duration::from_secs(1);
@@ -34,7 +38,7 @@ impl Node {
         self.members()
             .into_iter()
             .map(|member| {
-                let (queue, link) = self.outgoing.peek(&member.peer_id());
+                let (queue, link) = self.peek(&member.peer_id());
                 let queue_depth = queue.as_ref().map_or(0, |q| q.depth());
                 let queue_bytes = queue.as_ref().map_or(0, |q| q.bytes());
                 let rtt = link.filter(|l| l.is_open()).map(|l| l.rtt());
@@ -50,21 +54,28 @@ impl Node {
             .collect()
     }
 
+    /// What the link to `peer` holds now: its send queue, if it takes frames, and its
+    /// connection, once made.
+    fn peek(&self, peer: &PeerId) -> (Option<mesh::Sender>, Option<Link>) {
+        let state = lock(&self.state);
+        let Some((conn, queue)) = state.machine.link(peer) else {
+            return (None, None);
+        };
+        let queue = Some(queue.clone()).filter(|q| !q.is_closed());
+        (queue, conn.and_then(|c| state.links.get(&c).cloned()))
+    }
+
     /// The connection this node sends its frames for `peer` on, while one is open.
     #[cfg(test)]
-    pub(crate) fn link_to(
-        &self,
-        peer: &crate::gossip::peer::PeerId,
-    ) -> Option<crate::gossip::mesh::ConnId> {
-        let (_, link) = self.outgoing.peek(peer);
-        link.filter(|l| l.is_open()).map(|l| l.id())
+    pub(crate) fn link_to(&self, peer: &PeerId) -> Option<Link> {
+        self.peek(peer).1.filter(|l| l.is_open())
     }
 
     /// Record the round-trip time to every member this node has a connection to.
     pub(super) fn record_rtts(&self) {
         for member in self.members() {
             let peer = member.peer_id();
-            let (_, link) = self.outgoing.peek(&peer);
+            let (_, link) = self.peek(&peer);
             if let Some(rtt) = link.filter(|l| l.is_open()).map(|l| l.rtt()) {
                 self.mesh.metrics().rtt(&peer.name, rtt);
             }

@@ -2,7 +2,7 @@
 //! ([`Effect`]): the whole of its contract with the shell that owns the sockets, channels and
 //! timers.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use crate::{
     gossip::{
@@ -74,6 +74,28 @@ pub(crate) enum Input {
     Proven(PeerId, ConnId, PeerAddrs),
     /// A connection to or from a peer closed.
     Closed(PeerId, ConnId, mesh::Closed),
+    /// Connection attempt `attempt` to `peer` ([`Effect::Connect`]) was made as `conn`: the
+    /// peer proved the cluster secret on it, with the addresses it says are its own.
+    Connected {
+        /// To whom.
+        peer: PeerId,
+        /// Which attempt.
+        attempt: u64,
+        /// The connection made.
+        conn: ConnId,
+        /// The addresses the peer signed.
+        addrs: PeerAddrs,
+    },
+    /// Connection attempt `attempt` to `peer` could not be made, for `reason`; what was
+    /// queued on it is dropped.
+    ConnectFailed {
+        /// To whom.
+        peer: PeerId,
+        /// Which attempt.
+        attempt: u64,
+        /// Why.
+        reason: String,
+    },
     /// What gossip shows now (this node excluded).
     Gossip(GossipNodes),
     /// While joining: the nodes gossip shows reachable now, this node included.
@@ -89,8 +111,6 @@ pub(crate) enum Input {
     },
     /// Request `id`'s frame could not be queued for a peer.
     NotSent(Id, PeerId),
-    /// No connection to this peer could be made: nothing waits for it any longer.
-    Unreachable(PeerId),
     /// The requester of `id` stopped waiting.
     Abandoned(Id),
     /// This node's own part of a join, leave or disconnect it started, resumed by
@@ -117,27 +137,44 @@ pub(crate) enum Input {
 pub(crate) enum Effect {
     /// A member joined: the application hears of it.
     MemberJoined(Member),
-    /// A member left: the application hears of it, and the link to it is closed, unless it
-    /// was refused for its parser (this node's metadata may still be on its way to it).
+    /// A member left: the application hears of it. (Its link is closed by the effects
+    /// before, unless it was refused for its parser: this node's metadata may still be on
+    /// its way to it.)
     MemberLeft {
         /// Who.
         member: Member,
-        /// Keep the link open.
-        keep_link: bool,
     },
     /// Send what this node says about itself to these peers.
     SendMeta(Vec<PeerId>, NodeMeta),
-    /// Close the link to this peer (it left, or a newer generation displaced it).
-    DropLink(PeerId),
     /// Refuse the connection just proven, for this reason.
     Refuse(String),
-    /// Connect to a peer gossip shows and that has not proved itself; `first` is whether it
-    /// is the first attempt.
+    /// Start connection attempt `attempt` to `peer` at `addr`, writing the send queue made
+    /// for that attempt (see [`super::MakeQueue`]); its result comes back as
+    /// [`Input::Connected`] or [`Input::ConnectFailed`].
     Connect {
-        /// Who.
+        /// To whom.
         peer: PeerId,
-        /// The first attempt.
-        first: bool,
+        /// Where.
+        addr: SocketAddr,
+        /// Which attempt.
+        attempt: u64,
+    },
+    /// Stop making connection attempt `attempt` to `peer`: what was queued on it is
+    /// dropped. Its result, if it comes anyway, is closed.
+    Abort {
+        /// To whom.
+        peer: PeerId,
+        /// Which attempt.
+        attempt: u64,
+    },
+    /// Close this node's connection `conn` to `peer`, for `why`.
+    CloseLink {
+        /// To whom.
+        peer: PeerId,
+        /// Which connection.
+        conn: ConnId,
+        /// Why.
+        why: Closing,
     },
     /// Hand a request to the namespace it names.
     Request(PeerId, wire::Request),
@@ -162,7 +199,21 @@ pub(crate) enum Effect {
     Tell(Id, Progress<PeerId, ResponseBody>),
     /// The join ended: the node is ready.
     Ready,
-    /// Leave the cluster: tell gossip and every peer, close the mesh (why, when the node
-    /// did not choose to, is [`super::Machine::failure`]).
+    /// Leave the cluster: tell gossip, and every peer on the connections this node made,
+    /// then close the mesh, every connection with it (why, when the node did not choose
+    /// to, is [`super::Machine::failure`]). The machine keeps no link slot from then on.
     Leave,
+}
+
+/// Why this node closes one of its own connections ([`Effect::CloseLink`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// Its peer left, or a newer generation of it replaced it.
+    Replaced,
+    /// Its peer is no longer known (gossip does not show it, it proved nothing).
+    Forgotten,
+    /// It was made after its slot was dropped: nothing sends on it.
+    Late,
+    /// The peer was refused on it (see [`Effect::Refuse`]).
+    Refused,
 }

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Effect, Machine, MetaChange};
+use super::{Effect, Machine, MetaChange, SendQueue};
 use crate::{
     gossip::{peer::PeerId, wire},
     rate_log::RateLog,
@@ -57,7 +57,7 @@ impl Life {
     }
 }
 
-impl Machine {
+impl<S: SendQueue> Machine<S> {
     /// Whether the node joined (or waited out the join timeout) and has not left.
     pub(crate) fn is_ready(&self) -> bool {
         matches!(self.life, Life::Ready)
@@ -178,6 +178,7 @@ impl Machine {
         self.life = Life::Left { failure };
         let mut effects = vec![Effect::Leave];
         effects.extend(self.release_all());
+        effects.extend(self.drop_all_links());
         effects
     }
 

@@ -11,6 +11,8 @@
 mod barrier;
 mod io;
 mod life;
+mod links;
+pub(super) mod slots;
 pub(super) mod view;
 
 use std::{
@@ -18,11 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub(crate) use io::{Effect, Input, MetaChange, Scope, To};
+pub(crate) use io::{Closing, Effect, Input, MetaChange, Scope, To};
+pub(crate) use links::Route;
+pub(crate) use slots::{MakeQueue, SendQueue};
 pub(super) use view::View;
 
 use barrier::{Barrier, Held, Order};
 use life::Life;
+use slots::Slots;
 
 use crate::{
     gossip::{
@@ -63,8 +68,8 @@ impl Answer for ResponseBody {
     }
 }
 
-/// The node's state.
-pub(crate) struct Machine {
+/// The node's state; `S` is the send queue of a link (see [`slots`]).
+pub(crate) struct Machine<S> {
     me: PeerId,
     /// The time of the input being handled.
     now: Instant,
@@ -84,11 +89,19 @@ pub(crate) struct Machine {
     /// Peers refused for their parser: logged at most once per period (a refused peer
     /// can come back by reconnecting).
     parser_log: RateLog,
+    /// This node's outgoing link to each peer.
+    links: Slots<S>,
 }
 
-impl Machine {
-    /// The machine of node `me`, at `now`; a flush round waits `round_timeout` at most.
-    pub(crate) fn new(me: PeerId, now: Instant, round_timeout: Duration) -> Self {
+impl<S: SendQueue> Machine<S> {
+    /// The machine of node `me`, at `now`; a flush round waits `round_timeout` at most;
+    /// the send queue of each connection attempt is made by `make`.
+    pub(crate) fn new(
+        me: PeerId,
+        now: Instant,
+        round_timeout: Duration,
+        make: MakeQueue<S>,
+    ) -> Self {
         Self {
             me,
             now,
@@ -105,6 +118,7 @@ impl Machine {
             },
             life: Life::default(),
             parser_log: RateLog::new(Duration::from_secs(10)),
+            links: Slots::new(make),
         }
     }
 
@@ -117,6 +131,17 @@ impl Machine {
             Input::Frame(from, frame, scope) => self.frame_in(&from, frame, scope),
             Input::Proven(peer, conn, addrs) => self.admit(&peer, conn, addrs),
             Input::Closed(peer, conn, reason) => self.closed(&peer, conn, &reason),
+            Input::Connected {
+                peer,
+                attempt,
+                conn,
+                addrs,
+            } => self.link_up(&peer, attempt, conn, addrs),
+            Input::ConnectFailed {
+                peer,
+                attempt,
+                reason,
+            } => self.attempt_failed(&peer, attempt, &reason),
             Input::Gossip(nodes) => self.gossip(nodes),
             Input::Known(known) => self.known(known),
             Input::Asked { id, targets, wait } => {
@@ -125,10 +150,6 @@ impl Machine {
             }
             Input::NotSent(id, peer) => {
                 self.ledger.peer_gone_from(id, &peer);
-                Vec::new()
-            }
-            Input::Unreachable(peer) => {
-                self.ledger.peer_gone(&peer);
                 Vec::new()
             }
             Input::Abandoned(id) => {
@@ -164,29 +185,33 @@ impl Machine {
     }
 
     /// The peers a frame goes to; none once the node left.
+    #[cfg(test)]
     pub(crate) fn targets(&self, to: To<'_>) -> Vec<PeerId> {
         if self.life.has_left() {
             return Vec::new();
         }
         match to {
-            To::All => self.view.members().map(Member::peer_id).collect(),
+            To::All => self.view.member_ids().cloned().collect(),
             To::Peers(peers) => peers.to_vec(),
-            To::Server(id) => {
-                let uid = std::str::from_utf8(&id.0).ok();
-                let by_gossip = self.view.members().find(|m| {
-                    m.server_id
-                        .map(|s| Some(s.to_string()) == uid.map(String::from))
-                        == Some(true)
-                });
-                let peer = by_gossip
-                    .map(Member::peer_id)
-                    .or_else(|| self.server_ids.get(&id).cloned());
-                if peer.is_none() {
-                    tracing::warn!(server = ?uid, "no live node has this server id; nothing sent");
-                }
-                peer.into_iter().collect()
-            }
+            To::Server(id) => self.server(id).into_iter().collect(),
         }
+    }
+
+    /// The member running the socketioxide server `id`, if one does.
+    fn server(&self, id: Id) -> Option<PeerId> {
+        let uid = std::str::from_utf8(&id.0).ok();
+        let by_gossip = self.view.members().find(|m| {
+            m.server_id
+                .map(|s| Some(s.to_string()) == uid.map(String::from))
+                == Some(true)
+        });
+        let peer = by_gossip
+            .map(Member::peer_id)
+            .or_else(|| self.server_ids.get(&id).cloned());
+        if peer.is_none() {
+            tracing::warn!(server = ?uid, "no live node has this server id; nothing sent");
+        }
+        peer
     }
 
     /// Time passed: requests and flush rounds past their deadline stop waiting, and a join
@@ -296,6 +321,7 @@ impl Machine {
 
     /// Connection `conn` to or from `peer` closed.
     fn closed(&mut self, peer: &PeerId, conn: ConnId, reason: &mesh::Closed) -> Vec<Effect> {
+        self.links.closed(peer, conn);
         if self.life.has_left() {
             return Vec::new();
         }
@@ -346,7 +372,9 @@ impl Machine {
                 Ok(old) => displaced = old,
                 Err(e) => refused = Some(e.to_string()),
             });
-        effects.extend(displaced.map(Effect::DropLink));
+        if let Some(old) = displaced {
+            effects.extend(self.drop_link(&old, Closing::Replaced));
+        }
         effects.extend(refused.map(Effect::Refuse));
         effects
     }
@@ -396,11 +424,11 @@ impl Machine {
         });
         let view = &self.view;
         self.server_ids.retain(|_, p| view.knows(p));
+        effects.extend(self.forget_unknown_links());
         let due = self.view.due_for_connection(self.now);
-        effects.extend(
-            due.into_iter()
-                .map(|(peer, first)| Effect::Connect { peer, first }),
-        );
+        for (peer, first) in due {
+            effects.extend(self.verify(&peer, first));
+        }
         effects
     }
 
@@ -409,7 +437,7 @@ impl Machine {
     fn mark_left(&mut self, peer: &PeerId, why: &str) -> Vec<Effect> {
         let mut effects = self.change_view(why, |v| v.leave(peer));
         self.ledger.peer_gone(peer);
-        effects.push(Effect::DropLink(peer.clone()));
+        effects.extend(self.drop_link(peer, Closing::Replaced));
         effects
     }
 
@@ -500,9 +528,13 @@ impl Machine {
             tracing::info!(node = %self.me, %peer, "member left: {why}");
             self.ledger.peer_gone(&peer);
             self.server_ids.retain(|_, p| p != &peer);
-            let keep_link = self.view.is_refused(&peer);
             let member = std::sync::Arc::unwrap_or_clone(member);
-            effects.push(Effect::MemberLeft { member, keep_link });
+            effects.push(Effect::MemberLeft { member });
+            // A peer refused for its parser keeps its link: this node's metadata may still
+            // be on its way to it.
+            if !self.view.is_refused(&peer) {
+                effects.extend(self.drop_link(&peer, Closing::Replaced));
+            }
         }
         for member in after.into_values() {
             tracing::info!(node = %self.me, peer = %member.peer_id(), mesh = %member.mesh_addr, "member joined");
@@ -518,6 +550,8 @@ impl Machine {
 /// The races the node must get right, driven without sockets: what each input decides.
 #[cfg(test)]
 mod ledger_tests;
+#[cfg(test)]
+mod link_tests;
 #[cfg(test)]
 mod order_tests;
 #[cfg(test)]

@@ -183,14 +183,14 @@ fn a_member_found_gone_or_not_reached_is_not_waited_for() {
     let mut me = node(&[&a, &b, &c]);
     let id = round(&me.frame(&a, leave(1)));
     let effects = me.close(&b, conn(2, true), mesh::Closed::Lost("reset".into()));
-    assert_eq!(short(&effects), ["left b#1"], "c still owes");
+    assert_eq!(short(&effects), ["left b#1", "abort b#1"], "c still owes");
     assert_eq!(handed(&me.input(Input::NotSent(id, c.clone()))), [1]);
 
     let mut me = node(&[&a, &b]);
     let id = round(&me.frame(&a, leave(1)));
     assert_eq!(
         short(&me.frame(&b, Frame::Leave)),
-        ["left b#1", "drop b#1", "apply del_sockets from a#1"]
+        ["left b#1", "abort b#1", "apply del_sockets from a#1"]
     );
     assert!(me.frame(&b, done(id)).is_empty());
 }
@@ -209,7 +209,7 @@ fn the_next_round_asks_the_members_of_its_moment() {
     let effects = me.frame(&b, Frame::Leave);
     assert_eq!(
         short(&effects),
-        ["left b#1", "drop b#1", "resume 1", "flush to a#1,c#1"]
+        ["left b#1", "abort b#1", "resume 1", "flush to a#1,c#1"]
     );
 }
 
@@ -301,7 +301,9 @@ fn leaving_applies_every_held_change_in_order() {
             "leave",
             "apply del_sockets from a#1",
             "resume 5",
-            "apply add_sockets from b#1"
+            "apply add_sockets from b#1",
+            "abort a#1",
+            "abort b#1"
         ]
     );
     assert!(me.advance(ROUND).is_empty());

@@ -5,6 +5,7 @@ use std::ops::{Deref, DerefMut};
 
 use super::*;
 use crate::gossip::{
+    node::machine::slots::tests::{FakeQueue, maker},
     node::machine::view::tests::{conn, peer, proof as addrs},
     wire::{self, NodeMeta, Opts, Parser, RequestKind, Response, ResponseBody},
 };
@@ -16,7 +17,7 @@ pub(in crate::gossip::node) const ROUND: Duration = Duration::from_secs(1);
 
 /// A machine with its own clock, recording what it tells the requesters of its requests.
 pub(in crate::gossip::node) struct Probe {
-    machine: Machine,
+    machine: Machine<FakeQueue>,
     now: Instant,
     /// What requesters were told, written short, not read yet.
     told: Vec<String>,
@@ -25,14 +26,14 @@ pub(in crate::gossip::node) struct Probe {
 }
 
 impl Deref for Probe {
-    type Target = Machine;
-    fn deref(&self) -> &Machine {
+    type Target = Machine<FakeQueue>;
+    fn deref(&self) -> &Machine<FakeQueue> {
         &self.machine
     }
 }
 
 impl DerefMut for Probe {
-    fn deref_mut(&mut self) -> &mut Machine {
+    fn deref_mut(&mut self) -> &mut Machine<FakeQueue> {
         &mut self.machine
     }
 }
@@ -42,7 +43,7 @@ impl Probe {
     pub(in crate::gossip::node) fn new(me: PeerId) -> Self {
         let now = Instant::now();
         let mut probe = Self {
-            machine: Machine::new(me, now, ROUND),
+            machine: Machine::new(me, now, ROUND, maker()),
             now,
             told: Vec::new(),
             ended: false,
@@ -153,18 +154,21 @@ impl Probe {
 }
 
 /// A machine named "me" with `peers` admitted, each on an incoming connection numbered
-/// from 1.
+/// from 1, and this node's own connection to each being made (a frame went to it).
 pub(in crate::gossip::node) fn core_with(peers: &[&PeerId]) -> Probe {
     let mut probe = Probe::new(peer("me", 10));
     for (i, p) in peers.iter().enumerate() {
         let (admitted, effects) = probe.prove(p, conn(i as u64 + 1, true));
         admitted.unwrap();
         assert_eq!(short(&effects), [format!("joined {p}")]);
+        let (route, effects) = probe.route(p);
+        assert!(route.is_ok());
+        assert_eq!(short(&effects), [format!("connect {p}")]);
     }
     probe
 }
 
-/// Effects, written short: `joined a#1`, `left a#1`, `drop a#1`, ... (what this node tells
+/// Effects, written short: `joined a#1`, `left a#1`, `abort a#1`, ... (what this node tells
 /// a new member about itself goes with `joined`, and is not written).
 pub(in crate::gossip::node) fn short(effects: &[Effect]) -> Vec<String> {
     effects
@@ -172,18 +176,13 @@ pub(in crate::gossip::node) fn short(effects: &[Effect]) -> Vec<String> {
         .filter_map(|e| {
             Some(match e {
                 Effect::MemberJoined(m) => format!("joined {}", m.peer_id()),
-                Effect::MemberLeft { member, keep_link } => {
-                    format!(
-                        "left {}{}",
-                        member.peer_id(),
-                        if *keep_link { " (link kept)" } else { "" }
-                    )
-                }
+                Effect::MemberLeft { member } => format!("left {}", member.peer_id()),
                 Effect::SendMeta(to, _) if to.len() == 1 => return None,
                 Effect::SendMeta(to, _) => format!("meta to {}", barrier::tests::names(to)),
-                Effect::DropLink(p) => format!("drop {p}"),
                 Effect::Refuse(why) => format!("refuse: {why}"),
-                Effect::Connect { peer, first } => format!("connect {peer} (first: {first})"),
+                Effect::Connect { peer, .. } => format!("connect {peer}"),
+                Effect::Abort { peer, .. } => format!("abort {peer}"),
+                Effect::CloseLink { peer, why, .. } => format!("close {peer} ({why:?})"),
                 Effect::Request(p, _) => format!("request from {p}"),
                 Effect::Service(p, _) => format!("service from {p}"),
                 Effect::Refused(p) => format!("refused from {p}"),
@@ -221,7 +220,7 @@ fn a_member_lost_while_a_request_waits_ends_the_wait_and_its_link() {
     core.ask(&[a.clone(), b.clone()]);
     assert!(core.frame(&b, response(ResponseBody::Done)).is_empty());
     let effects = core.close(&a, conn(1, true), mesh::Closed::Lost("reset".into()));
-    assert_eq!(short(&effects), ["left a#1"]);
+    assert_eq!(short(&effects), ["left a#1", "abort a#1"]);
     assert_eq!(
         core.seen(),
         (vec!["answered b#1".into(), "gone a#1".into()], true)
@@ -236,7 +235,7 @@ fn a_member_that_says_it_leaves_is_gone_at_once() {
     core.ask(&[a.clone(), b.clone()]);
     assert_eq!(
         short(&core.frame(&a, Frame::Leave)),
-        ["left a#1", "drop a#1"]
+        ["left a#1", "abort a#1"]
     );
     assert_eq!(
         core.seen(),
@@ -257,7 +256,7 @@ fn a_restart_with_a_new_generation_replaces_the_member_and_ends_its_waits() {
     core.ask(std::slice::from_ref(&old));
     let (admitted, effects) = core.prove(&new, conn(2, true));
     admitted.unwrap();
-    assert_eq!(short(&effects), ["left a#1", "joined a#2", "drop a#1"]);
+    assert_eq!(short(&effects), ["left a#1", "abort a#1", "joined a#2"]);
     assert_eq!(core.seen(), (vec!["gone a#1".into()], true));
     // The old generation's late close notice changes nothing.
     assert!(
@@ -306,7 +305,7 @@ fn a_link_replaced_while_a_request_waits_keeps_the_member_and_the_wait() {
     );
     assert_eq!(
         short(&core.close(&a, conn(1, true), mesh::Closed::Unused)),
-        ["left a#1"],
+        ["left a#1", "abort a#1"],
         "its last connection closed"
     );
     assert_eq!(core.seen(), (vec!["gone a#1".into()], true));
@@ -344,7 +343,7 @@ fn a_peer_with_another_parser_is_refused_and_its_requests_dropped() {
     }));
     assert_eq!(short(&core.frame(&a, request())), ["request from a#1"]);
     let effects = core.frame(&a, Frame::Meta(meta));
-    assert_eq!(short(&effects), ["left a#1 (link kept)"]);
+    assert_eq!(short(&effects), ["left a#1"], "its link is kept");
     assert_eq!(
         short(&core.frame(&a, request())),
         ["refused from a#1"],
@@ -399,7 +398,7 @@ fn a_node_whose_gossip_stopped_leaves_and_then_refuses_everything() {
     let mut core = core_with(&[&a]);
     assert!(core.is_ready());
     let effects = core.input(Input::GossipStopped("the socket closed".into()));
-    assert_eq!(short(&effects), ["leave"]);
+    assert_eq!(short(&effects), ["leave", "abort a#1"]);
     assert_eq!(core.failure(), Some("gossip stopped: the socket closed"));
     assert!(!core.is_ready() && core.has_left());
     assert!(core.targets(To::All).is_empty());
@@ -432,7 +431,8 @@ fn registering_a_parser_refuses_the_members_of_the_other_and_tells_them() {
     };
     assert_eq!(
         short(&core.input(Input::Meta(host))),
-        ["left a#1 (link kept)", "meta to b#1,a#1"]
+        ["left a#1", "meta to b#1,a#1"],
+        "a's link is kept"
     );
     assert_eq!(core.targets(To::All), std::slice::from_ref(&b));
     let unhost = Input::Meta(MetaChange::Unhost("/".into()));

@@ -85,6 +85,14 @@ impl View {
             .map(|p| &p.member)
     }
 
+    /// The members' identities.
+    pub(in crate::gossip::node) fn member_ids(&self) -> impl Iterator<Item = &PeerId> {
+        self.proven
+            .iter()
+            .filter(|(_, p)| !p.refused)
+            .map(|(peer, _)| peer)
+    }
+
     /// The members by identity, shared (nothing of them is copied).
     pub(in crate::gossip::node) fn member_map(&self) -> HashMap<PeerId, Arc<Member>> {
         self.proven

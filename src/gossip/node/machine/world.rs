@@ -1,18 +1,21 @@
 //! An in-memory world for the node's state machine: several machines wired together by
 //! links that keep each sender's order, under one clock the test moves, with the faults a
 //! real network and real processes have (delay, loss, partition, crash, a restart under a
-//! newer generation). What the shell would carry out is done here by hand: frames go on
-//! links, a connection is made when a frame needs one, the flush and requests are answered,
-//! and what requesters are told is recorded. Every race is then a plain, deterministic test
-//! that runs in milliseconds (see `world_tests`).
+//! newer generation). What the shell would carry out is done here by hand: frames go to
+//! the send queue the machine names, a connection attempt the machine starts takes a
+//! handshake (a round trip) and comes back made or failed, queued frames go out once it is
+//! made, the flush and requests are answered, and what requesters are told is recorded.
+//! Every race is then a plain, deterministic test that runs in milliseconds (see
+//! `world_tests`).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use super::{Effect, Input, Machine, Scope, To};
+use super::{Effect, Input, Machine, MakeQueue, Scope, SendQueue, To};
 use crate::{
     gossip::{
         membership::GossipNodes,
@@ -29,7 +32,8 @@ use crate::{
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a link takes by default, one way.
 pub(super) const LATENCY: Duration = Duration::from_millis(1);
-/// How long a node takes to find a silent peer's connection dead.
+/// How long a node takes to find a silent peer's connection dead, and to give up
+/// connecting to a peer that does not answer.
 pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most steps one [`World::run_for`] takes: every run ends.
 const MAX_STEPS: usize = 100_000;
@@ -51,11 +55,49 @@ pub(super) struct Seen {
     pub(super) refused: Vec<String>,
     /// Whether it became ready.
     pub(super) ready: bool,
+    /// What it did with its own links, in order, since the world was made: `connect b#1`,
+    /// `abort b#1`, `close b#1 (Late)`.
+    pub(super) links: Vec<String>,
 }
+
+/// A send queue of the world: frames wait in it until its connection is made.
+#[derive(Clone, Default)]
+pub(super) struct Queue(Arc<Mutex<Waiting>>);
+
+#[derive(Default)]
+struct Waiting {
+    frames: VecDeque<Frame>,
+    /// Its connection, once made.
+    conn: Option<u64>,
+    closed: bool,
+}
+
+impl Queue {
+    fn with<T>(&self, f: impl FnOnce(&mut Waiting) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn close(&self) {
+        self.with(|w| {
+            w.closed = true;
+            w.frames.clear();
+        });
+    }
+}
+
+impl SendQueue for Queue {
+    fn is_closed(&self) -> bool {
+        self.with(|w| w.closed)
+    }
+}
+
+/// The queues a machine had made for its attempts, by attempt, until started.
+type Made = Arc<Mutex<HashMap<u64, Queue>>>;
 
 /// One node of the world.
 struct Host {
-    machine: Machine,
+    machine: Machine<Queue>,
+    made: Made,
     addrs: PeerAddrs,
     /// Whether its process runs.
     up: bool,
@@ -78,6 +120,18 @@ enum Event {
         conn: ConnId,
         reason: mesh::Closed,
     },
+    /// The handshake of `from`'s connection attempt `attempt` to `to` ends.
+    Handshake {
+        from: PeerId,
+        to: PeerId,
+        attempt: u64,
+    },
+    /// `from`'s connection attempt `attempt` to `to` gives up.
+    GiveUp {
+        from: PeerId,
+        to: PeerId,
+        attempt: u64,
+    },
 }
 
 /// The world.
@@ -87,8 +141,12 @@ pub(super) struct World {
     /// Events to come, by time and then by the order they were made in.
     events: BTreeMap<(Instant, u64), Event>,
     seq: u64,
-    /// The open connection from one node to another, by its id.
-    conns: BTreeMap<(PeerId, PeerId), u64>,
+    /// The open connections, by id: who made it, to whom.
+    conns: BTreeMap<u64, (PeerId, PeerId)>,
+    /// The send queue each open connection writes.
+    queues: HashMap<u64, Queue>,
+    /// Connection attempts under way, by node and attempt, with their queue.
+    attempts: HashMap<(PeerId, u64), Queue>,
     /// When the last frame on each connection arrives: a link keeps its sender's order.
     last: HashMap<u64, Instant>,
     /// One-way latency of the links from one node to another, when not [`LATENCY`].
@@ -97,6 +155,11 @@ pub(super) struct World {
     cut: HashSet<(PeerId, PeerId)>,
     /// Frames to drop, by sender and receiver: the next `n` frames on that link.
     lose: HashMap<(PeerId, PeerId), usize>,
+    /// New connections refused, by maker and peer (those open live on).
+    refuse: HashSet<(PeerId, PeerId)>,
+    /// Nodes whose aborts come too late to stop an attempt (its task already finished):
+    /// the attempt ends as it would have.
+    late_aborts: HashSet<PeerId>,
     next_conn: u64,
     next_token: u64,
 }
@@ -111,10 +174,14 @@ impl World {
             events: BTreeMap::new(),
             seq: 0,
             conns: BTreeMap::new(),
+            queues: HashMap::new(),
+            attempts: HashMap::new(),
             last: HashMap::new(),
             latency: HashMap::new(),
             cut: HashSet::new(),
             lose: HashMap::new(),
+            refuse: HashSet::new(),
+            late_aborts: HashSet::new(),
             next_conn: 0,
             next_token: 0,
         };
@@ -123,6 +190,9 @@ impl World {
         }
         world.gossip();
         world.run_for(Duration::from_millis(50));
+        for host in world.hosts.values_mut() {
+            host.seen.links.clear();
+        }
         world
     }
 
@@ -134,8 +204,19 @@ impl World {
             mesh: addr(port),
             gossip: addr(port + 1),
         };
+        let made = Made::default();
+        let make: MakeQueue<Queue> = {
+            let made = made.clone();
+            Box::new(move |_, attempt| {
+                let queue = Queue::default();
+                let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
+                made.insert(attempt, queue.clone());
+                queue
+            })
+        };
         let host = Host {
-            machine: Machine::new(me.clone(), self.now, REQUEST_TIMEOUT / 2),
+            machine: Machine::new(me.clone(), self.now, REQUEST_TIMEOUT / 2, make),
+            made,
             addrs,
             up: true,
             seen: Seen::default(),
@@ -151,7 +232,7 @@ impl World {
     }
 
     /// The machine of `node`.
-    pub(super) fn machine(&self, node: &PeerId) -> &Machine {
+    pub(super) fn machine(&self, node: &PeerId) -> &Machine<Queue> {
         &self.hosts[node].machine
     }
 
@@ -161,9 +242,56 @@ impl World {
         self.cut.remove(&(b.clone(), a.clone()));
     }
 
-    /// `from` connects to `to` now, as a connection attempt already under way would.
+    /// `from` connects to `to` now, as a connection attempt already under way would (both
+    /// ends prove themselves at once; no link slot of `from` holds it).
     pub(super) fn connect_now(&mut self, from: &PeerId, to: &PeerId) -> bool {
-        self.connect(from, to).is_some()
+        if !self.reaches(from, to) {
+            return false;
+        }
+        let Some(id) = self.handshake(from, to) else {
+            return false;
+        };
+        let outgoing = ConnId {
+            id,
+            incoming: false,
+        };
+        let addrs = self.hosts[to].addrs;
+        if self.input(from, Input::Proven(to.clone(), outgoing, addrs)) {
+            self.conns.remove(&id);
+            return false;
+        }
+        true
+    }
+
+    /// The connection `from` made to `to`, if one is open.
+    pub(super) fn conn(&self, from: &PeerId, to: &PeerId) -> Option<u64> {
+        (self.conns.iter())
+            .find(|(_, (f, t))| f == from && t == to)
+            .map(|(id, _)| *id)
+    }
+
+    /// Every connection `from` made to `to` closes now, as if `from`'s shell closed it (each
+    /// end hears of it: `from` at once, `to` a link's latency later).
+    pub(super) fn close(&mut self, from: &PeerId, to: &PeerId) {
+        while let Some(conn) = self.conn(from, to) {
+            self.close_conn(conn, mesh::Closed::Unused);
+        }
+    }
+
+    /// New connections from `from` to `to` are refused (`refuse`), or no longer; those
+    /// open live on.
+    pub(super) fn refuse(&mut self, from: &PeerId, to: &PeerId, refuse: bool) {
+        let key = (from.clone(), to.clone());
+        if refuse {
+            self.refuse.insert(key);
+        } else {
+            self.refuse.remove(&key);
+        }
+    }
+
+    /// The connection attempts `node` aborts finish anyway (its aborts come too late).
+    pub(super) fn late_aborts(&mut self, node: &PeerId) {
+        self.late_aborts.insert(node.clone());
     }
 
     /// Links from `from` to `to` take `latency` one way from now on.
@@ -199,17 +327,19 @@ impl World {
     /// Every connection between `a` and `b` ends, lost: each side finds it after `after`
     /// (a node that crashed finds nothing).
     fn lost_after(&mut self, a: &PeerId, b: &PeerId, after: Duration, why: &str) {
-        for (from, to) in [(a, b), (b, a)] {
-            let Some(conn) = self.conns.remove(&(from.clone(), to.clone())) else {
-                continue;
-            };
-            for (at, peer) in [(from, to), (to, from)] {
+        let between: Vec<(u64, PeerId, PeerId)> = (self.conns.iter())
+            .filter(|(_, (f, t))| (f == a && t == b) || (f == b && t == a))
+            .map(|(id, (f, t))| (*id, f.clone(), t.clone()))
+            .collect();
+        for (id, from, to) in between {
+            self.conns.remove(&id);
+            for (at, peer) in [(&from, &to), (&to, &from)] {
                 let event = Event::Closed {
                     at: at.clone(),
                     peer: peer.clone(),
                     conn: ConnId {
-                        id: conn,
-                        incoming: at == to,
+                        id,
+                        incoming: *at == to,
                     },
                     reason: mesh::Closed::Lost(why.into()),
                 };
@@ -234,6 +364,15 @@ impl World {
         }
     }
 
+    /// What gossip shows `node` now: `shown`, at their addresses.
+    pub(super) fn gossip_to(&mut self, node: &PeerId, shown: &[&PeerId]) {
+        let reachable = (shown.iter())
+            .map(|p| ((*p).clone(), self.hosts[*p].addrs.mesh))
+            .collect();
+        let listed = shown.iter().map(|p| (*p).clone()).collect();
+        self.input(node, Input::Gossip(GossipNodes { reachable, listed }));
+    }
+
     /// `from` broadcasts emit `n` to every member it knows (nothing waits for it).
     pub(super) fn emit(&mut self, from: &PeerId, n: u8) {
         let packet = WirePacket {
@@ -241,9 +380,7 @@ impl World {
             data: PacketData::Disconnect,
         };
         let frame = Frame::Request(request(n, RequestKind::Broadcast(packet)));
-        for to in self.hosts[from].machine.targets(To::All) {
-            self.send(from, &to, frame.clone());
-        }
+        self.send_to(from, To::All, frame);
     }
 
     /// `from` asks every member it knows with request `n` of `kind`; this node's own part
@@ -252,16 +389,25 @@ impl World {
         let changes = kind.changes_state();
         let req = request(n, kind);
         let id = req.id;
-        let targets = self.hosts[from].machine.targets(To::All);
-        let wait = REQUEST_TIMEOUT;
-        let asked = Input::Asked {
-            id,
-            targets: targets.clone(),
-            wait,
+        let Some(host) = self.hosts.get_mut(from).filter(|h| h.up) else {
+            return id;
         };
-        self.input(from, asked);
-        for to in &targets {
-            self.send(from, to, Frame::Request(req.clone()));
+        let mut routes = Vec::new();
+        let effects = host.machine.routes(To::All, &mut routes);
+        let targets = routes.iter().map(|(p, _)| p.clone()).collect();
+        let wait = REQUEST_TIMEOUT;
+        self.input(from, Input::Asked { id, targets, wait });
+        for effect in effects {
+            self.carry_out(from, effect);
+        }
+        let frame = Frame::Request(req);
+        for (to, route) in routes {
+            match route {
+                Ok(queue) => self.push(from, &to, &queue, frame.clone()),
+                Err(_) => {
+                    self.input(from, Input::NotSent(id, to));
+                }
+            }
         }
         if changes {
             let token = self.next_token;
@@ -325,7 +471,7 @@ impl World {
                 conn,
                 frame,
             } => {
-                if self.conns.get(&(from.clone(), to.clone())) != Some(&conn) {
+                if !self.conns.contains_key(&conn) {
                     return; // Its connection closed: lost with it.
                 }
                 self.input(&to, Input::Frame(from, *frame, Scope::Sockets));
@@ -336,20 +482,155 @@ impl World {
                 conn,
                 reason,
             } => {
-                self.conns.retain(|_, c| *c != conn.id);
+                self.conns.remove(&conn.id);
+                if let Some(queue) = self.queues.remove(&conn.id) {
+                    queue.close();
+                }
                 self.input(&at, Input::Closed(peer, conn, reason));
+            }
+            Event::Handshake { from, to, attempt } => self.handshake_ends(&from, &to, attempt),
+            Event::GiveUp { from, to, attempt } => {
+                if let Some(queue) = self.attempts.remove(&(from.clone(), attempt)) {
+                    queue.close();
+                    let reason = "timed out".into();
+                    let failed = Input::ConnectFailed {
+                        peer: to,
+                        attempt,
+                        reason,
+                    };
+                    self.input(&from, failed);
+                }
             }
         }
     }
 
-    /// Send `frame` from `from` to `to` on `from`'s connection to it, made first if there
-    /// is none (both ends prove themselves, as the mesh's handshake does).
-    fn send(&mut self, from: &PeerId, to: &PeerId, frame: Frame) {
-        if !self.hosts.get(from).is_some_and(|h| h.up) {
+    /// Whether `from` and `to` are both up and reach each other.
+    fn reaches(&self, from: &PeerId, to: &PeerId) -> bool {
+        self.hosts.get(from).is_some_and(|h| h.up)
+            && self.hosts.get(to).is_some_and(|h| h.up)
+            && !self.cut.contains(&(from.clone(), to.clone()))
+    }
+
+    /// One way from `from` to `to`.
+    fn latency(&self, from: &PeerId, to: &PeerId) -> Duration {
+        let key = (from.clone(), to.clone());
+        self.latency.get(&key).copied().unwrap_or(LATENCY)
+    }
+
+    /// The handshake of attempt `attempt` from `from` to `to` ends: if `to` answers, it
+    /// proves itself and `from` hears the connection was made (what waited in its queue
+    /// goes out, unless the machine closes it); if not, `from` gives up at the peer timeout.
+    fn handshake_ends(&mut self, from: &PeerId, to: &PeerId, attempt: u64) {
+        let key = (from.clone(), attempt);
+        if !self.attempts.contains_key(&key) {
+            return; // Aborted.
+        }
+        if !self.reaches(from, to) {
+            let at = self.now + PEER_TIMEOUT.saturating_sub(self.latency(from, to) * 2);
+            let (from, to) = (from.clone(), to.clone());
+            self.schedule(at, Event::GiveUp { from, to, attempt });
             return;
         }
+        let Some(queue) = self.attempts.remove(&key) else {
+            return;
+        };
+        let refused = self.refuse.contains(&(from.clone(), to.clone()));
+        let made = if refused {
+            None
+        } else {
+            self.handshake(from, to)
+        };
+        let Some(id) = made else {
+            queue.close();
+            let reason = "refused by the peer".into();
+            let failed = Input::ConnectFailed {
+                peer: to.clone(),
+                attempt,
+                reason,
+            };
+            self.input(from, failed);
+            return;
+        };
+        self.queues.insert(id, queue.clone());
+        let connected = Input::Connected {
+            peer: to.clone(),
+            attempt,
+            conn: ConnId {
+                id,
+                incoming: false,
+            },
+            addrs: self.hosts[to].addrs,
+        };
+        self.input(from, connected);
+        if !self.conns.contains_key(&id) {
+            return; // Closed by the machine, or refused.
+        }
+        let waiting: Vec<Frame> = queue.with(|w| {
+            w.conn = Some(id);
+            w.frames.drain(..).collect()
+        });
+        for frame in waiting {
+            self.transmit(from, to, id, frame);
+        }
+    }
+
+    /// A connection from `from` to `to`, proven to `to`: its id. `None` when `to` refuses.
+    fn handshake(&mut self, from: &PeerId, to: &PeerId) -> Option<u64> {
+        self.next_conn += 1;
+        let id = self.next_conn;
+        let addrs = self.hosts[from].addrs;
+        self.conns.insert(id, (from.clone(), to.clone()));
+        let incoming = ConnId { id, incoming: true };
+        if self.input(to, Input::Proven(from.clone(), incoming, addrs)) {
+            self.conns.remove(&id);
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Send `frame` from `from` to `to`, on the send queue `from`'s machine names.
+    fn send(&mut self, from: &PeerId, to: &PeerId, frame: Frame) {
+        self.send_to(from, To::Peers(std::slice::from_ref(to)), frame);
+    }
+
+    /// Send `frame` from `from` to the peers `to` names, on the send queues its machine
+    /// names (connections started as it says).
+    fn send_to(&mut self, from: &PeerId, to: To<'_>, frame: Frame) {
+        let Some(host) = self.hosts.get_mut(from).filter(|h| h.up) else {
+            return;
+        };
+        let mut routes = Vec::new();
+        let effects = host.machine.routes(to, &mut routes);
+        for effect in effects {
+            self.carry_out(from, effect);
+        }
+        for (to, route) in routes {
+            if let Ok(queue) = route {
+                self.push(from, &to, &queue, frame.clone());
+            }
+        }
+    }
+
+    /// Put `frame` in `queue`: on its connection at once if it is made, else it waits.
+    fn push(&mut self, from: &PeerId, to: &PeerId, queue: &Queue, frame: Frame) {
+        let conn = queue.with(|w| match w.conn {
+            _ if w.closed => None,
+            Some(conn) => Some(conn),
+            None => {
+                w.frames.push_back(frame.clone());
+                None
+            }
+        });
+        if let Some(conn) = conn {
+            self.transmit(from, to, conn, frame);
+        }
+    }
+
+    /// `frame` goes on connection `conn` from `from` to `to`, behind what it carries (unless
+    /// the network loses it).
+    fn transmit(&mut self, from: &PeerId, to: &PeerId, conn: u64, frame: Frame) {
         let key = (from.clone(), to.clone());
-        if self.cut.contains(&key) {
+        if !self.hosts.get(from).is_some_and(|h| h.up) || self.cut.contains(&key) {
             return;
         }
         if let Some(n) = self.lose.get_mut(&key)
@@ -358,14 +639,7 @@ impl World {
             *n -= 1;
             return;
         }
-        let conn = match self.conns.get(&key) {
-            Some(conn) => *conn,
-            None => match self.connect(from, to) {
-                Some(conn) => conn,
-                None => return,
-            },
-        };
-        let latency = self.latency.get(&key).copied().unwrap_or(LATENCY);
+        let latency = self.latency(from, to);
         let at = (self.now + latency).max(self.last.get(&conn).copied().unwrap_or(self.now));
         self.last.insert(conn, at);
         let event = Event::Frame {
@@ -377,30 +651,37 @@ impl World {
         self.schedule(at, event);
     }
 
-    /// Connect `from` to `to`: each proves itself to the other at once. `None` when `to` is
-    /// down or either refuses.
-    fn connect(&mut self, from: &PeerId, to: &PeerId) -> Option<u64> {
-        if !self.hosts.get(to).is_some_and(|h| h.up)
-            || self.cut.contains(&(from.clone(), to.clone()))
-        {
-            return None;
-        }
-        self.next_conn += 1;
-        let id = self.next_conn;
-        let (from_addrs, to_addrs) = (self.hosts[from].addrs, self.hosts[to].addrs);
-        self.conns.insert((from.clone(), to.clone()), id);
-        let incoming = ConnId { id, incoming: true };
-        let outgoing = ConnId {
-            id,
-            incoming: false,
+    /// Connection `conn` closes, closed by the node that made it: it hears so at once, its
+    /// peer once what the connection carries arrived.
+    fn close_conn(&mut self, conn: u64, reason: mesh::Closed) {
+        let Some((from, to)) = self.conns.remove(&conn) else {
+            return;
         };
-        let refused = self.input(to, Input::Proven(from.clone(), incoming, from_addrs))
-            || self.input(from, Input::Proven(to.clone(), outgoing, to_addrs));
-        if refused {
-            self.conns.remove(&(from.clone(), to.clone()));
-            return None;
+        if let Some(queue) = self.queues.remove(&conn) {
+            queue.close();
         }
-        Some(id)
+        let arrives = (self.now + self.latency(&from, &to))
+            .max(self.last.get(&conn).copied().unwrap_or(self.now));
+        let at_peer = Event::Closed {
+            at: to.clone(),
+            peer: from.clone(),
+            conn: ConnId {
+                id: conn,
+                incoming: true,
+            },
+            reason,
+        };
+        self.schedule(arrives, at_peer);
+        let here = Event::Closed {
+            at: from,
+            peer: to,
+            conn: ConnId {
+                id: conn,
+                incoming: false,
+            },
+            reason: mesh::Closed::Locally,
+        };
+        self.schedule(self.now, here);
     }
 
     /// Hand `input` to `node`'s machine now and carry out its effects; whether it refused
@@ -420,7 +701,8 @@ impl World {
 
     /// What the shell would do with `effect` of `node`.
     fn carry_out(&mut self, node: &PeerId, effect: Effect) {
-        let seen = &mut self.hosts.get_mut(node).expect("a host").seen;
+        let host = self.hosts.get_mut(node).expect("a host");
+        let seen = &mut host.seen;
         match effect {
             Effect::MemberJoined(m) => seen.members.push(format!("+{}", m.peer_id())),
             Effect::MemberLeft { member, .. } => {
@@ -451,27 +733,41 @@ impl World {
                     self.send(node, &from, Frame::Response(Response { id: req.id, body }));
                 }
             }
-            Effect::SendMeta(to, meta) => {
-                for peer in to {
-                    self.send(node, &peer, Frame::Meta(meta.clone()));
-                }
-            }
-            Effect::Flush { id, to } => {
-                for peer in to {
-                    self.send(node, &peer, Frame::Flush(id));
-                }
-            }
+            Effect::SendMeta(to, meta) => self.send_to(node, To::Peers(&to), Frame::Meta(meta)),
+            Effect::Flush { id, to } => self.send_to(node, To::Peers(&to), Frame::Flush(id)),
             Effect::AnswerFlush(to, id) => {
                 let body = ResponseBody::Done;
                 self.send(node, &to, Frame::Response(Response { id, body }));
             }
-            Effect::Connect { peer, .. } => {
-                if !self.conns.contains_key(&(node.clone(), peer.clone())) {
-                    self.connect(node, &peer);
+            Effect::Connect { peer, attempt, .. } => {
+                seen.links.push(format!("connect {peer}"));
+                let made = host
+                    .made
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&attempt);
+                let queue = made.expect("a queue made for the attempt");
+                let handshake = self.latency(node, &peer) + self.latency(&peer, node);
+                self.attempts.insert((node.clone(), attempt), queue);
+                let from = node.clone();
+                let event = Event::Handshake {
+                    from,
+                    to: peer,
+                    attempt,
+                };
+                self.schedule(self.now + handshake, event);
+            }
+            Effect::Abort { peer, attempt } => {
+                seen.links.push(format!("abort {peer}"));
+                if !self.late_aborts.contains(node)
+                    && let Some(queue) = self.attempts.remove(&(node.clone(), attempt))
+                {
+                    queue.close();
                 }
             }
-            Effect::DropLink(peer) => {
-                self.conns.remove(&(node.clone(), peer));
+            Effect::CloseLink { peer, conn, why } => {
+                seen.links.push(format!("close {peer} ({why:?})"));
+                self.close_conn(conn.id, mesh::Closed::Unused);
             }
             Effect::Leave => self.leave(node),
             Effect::Service(..) | Effect::Refused(_) => {}
@@ -481,13 +777,13 @@ impl World {
     /// `node` leaves: it says so on each of its connections, behind what they carry, then
     /// closes every connection; each peer sees them close as leaving.
     fn leave(&mut self, node: &PeerId) {
-        let conns: Vec<((PeerId, PeerId), u64)> = (self.conns.iter())
-            .filter(|((from, to), _)| from == node || to == node)
-            .map(|(k, c)| (k.clone(), *c))
+        let conns: Vec<(u64, PeerId, PeerId)> = (self.conns.iter())
+            .filter(|(_, (from, to))| from == node || to == node)
+            .map(|(id, (from, to))| (*id, from.clone(), to.clone()))
             .collect();
-        for ((from, to), conn) in conns {
+        for (conn, from, to) in conns {
             let (peer, incoming) = if from == *node {
-                self.send(node, &to, Frame::Leave);
+                self.transmit(node, &to, conn, Frame::Leave);
                 (to, true)
             } else {
                 (from, false)

@@ -271,3 +271,125 @@ fn emits_from_one_node_arrive_in_the_order_sent() {
     let order: Vec<u8> = handed(&world, "a").into_iter().map(|(n, _)| n).collect();
     assert_eq!(order, [1, 2, 3, 4, 5]);
 }
+
+/// A link dropped while its connection is made (gossip no longer shows the peer) is
+/// abandoned; when the connection is made anyway (the abort came too late), it is closed,
+/// not kept, and the peer is not admitted on it. Shown again, the peer gets a connection
+/// afresh.
+#[test]
+fn a_link_dropped_while_its_connection_is_made_starts_afresh_and_the_late_connection_is_closed() {
+    let mut world = World::new(&["a", "b"]);
+    let (a, b, c) = (id("a", 1), id("b", 1), id("c", 1));
+    world.boot(c.clone(), false);
+    world.delay(&a, &c, ms(30));
+    world.late_aborts(&a);
+    world.gossip_to(&a, &[&b, &c]);
+    world.run_for(ms(10));
+    world.gossip_to(&a, &[&b]);
+    world.run_for(ms(50));
+    assert_eq!(
+        world.seen(&a).links[..],
+        ["connect c#1", "abort c#1", "close c#1 (Late)"]
+    );
+    assert_eq!(world.conn(&a, &c), None, "closed, not kept");
+    assert!(
+        !world.machine(&a).view().is_member(&c),
+        "not admitted on it"
+    );
+    world.gossip_to(&a, &[&b, &c]);
+    world.run_for(ms(100));
+    assert_eq!(
+        world.seen(&a).links[3..],
+        ["connect c#1"],
+        "{:?}",
+        world.seen(&a).links
+    );
+    assert!(world.conn(&a, &c).is_some());
+    assert!(world.machine(&a).view().is_member(&c));
+}
+
+/// A connection that cannot be made ends at once what waited on it (a request's answer
+/// from that peer), not at the request's timeout; the next frame starts a new connection.
+#[test]
+fn a_failed_connection_ends_the_waits_on_it_and_the_next_frame_starts_a_new_one() {
+    let mut world = World::new(&["a", "b"]);
+    let (a, b) = (id("a", 1), id("b", 1));
+    world.close(&a, &b);
+    world.refuse(&a, &b, true);
+    let req = world.ask(&a, 3, RequestKind::FetchSockets);
+    world.run_for(LATENCY * 3);
+    assert_eq!(told(&world, "a", req), ["gone b#1"]);
+    assert!(ended(&world, "a", req));
+    assert!(world.machine(&a).view().is_member(&b), "b's own link lives");
+    world.refuse(&a, &b, false);
+    world.emit(&a, 4);
+    world.run_for(ms(10));
+    assert_eq!(world.seen(&a).links[..], ["connect b#1", "connect b#1"]);
+    assert_eq!(handed(&world, "b"), [(4, "broadcast")], "3 was lost");
+}
+
+/// Frames for a peer whose connection is being made wait in its one queue, and go out in
+/// the order sent once it is made.
+#[test]
+fn frames_queued_while_connecting_go_out_in_order_once_connected() {
+    let mut world = World::new(&["a", "b"]);
+    let (a, b) = (id("a", 1), id("b", 1));
+    world.close(&a, &b);
+    world.delay(&a, &b, ms(10));
+    for n in 1..=5 {
+        world.emit(&a, n);
+    }
+    world.run_for(ms(15));
+    assert!(handed(&world, "b").is_empty(), "still connecting");
+    world.run_for(ms(20));
+    let order: Vec<u8> = handed(&world, "b").into_iter().map(|(n, _)| n).collect();
+    assert_eq!(order, [1, 2, 3, 4, 5]);
+    assert_eq!(world.seen(&a).links[..], ["connect b#1"], "one connection");
+}
+
+/// A connection attempt to a member that is found gone meanwhile (its own connection
+/// found dead) is abandoned at once, and the request waiting on it ends then, long before
+/// the attempt would have given up.
+#[test]
+fn a_connection_attempt_to_a_member_that_leaves_is_abandoned_at_once_and_its_waiter_ends() {
+    let mut world = World::new(&["a", "b"]);
+    let (a, b) = (id("a", 1), id("b", 1));
+    world.close(&a, &b);
+    world.run_for(LATENCY * 2);
+    world.crash(&b, ms(100));
+    let req = world.ask(&a, 3, RequestKind::FetchSockets);
+    world.run_for(ms(99));
+    assert!(!ended(&world, "a", req));
+    assert!(world.machine(&a).link(&b).is_some(), "being made");
+    world.run_for(ms(2));
+    assert_eq!(told(&world, "a", req), ["gone b#1"]);
+    assert!(ended(&world, "a", req));
+    assert_eq!(world.seen(&a).links[..], ["connect b#1", "abort b#1"]);
+    assert!(world.machine(&a).link(&b).is_none(), "abandoned at once");
+    world.run_for(PEER_TIMEOUT);
+    assert_eq!(world.seen(&a).links.len(), 2, "nothing comes of it");
+}
+
+/// A member restarted under a newer generation: once the new one proved itself, the link
+/// to the old one is closed, and frames go to the new one on a link of its own.
+#[test]
+fn a_replaced_generations_link_is_closed() {
+    let mut world = World::new(&["a", "b"]);
+    let (a, b1, b2) = (id("a", 1), id("b", 1), id("b", 2));
+    assert!(world.conn(&a, &b1).is_some());
+    world.boot(b2.clone(), false);
+    assert!(world.connect_now(&b2, &a));
+    // What a tells its new member about itself starts a link of its own.
+    assert_eq!(
+        world.seen(&a).links[..],
+        ["close b#1 (Replaced)", "connect b#2"]
+    );
+    assert_eq!(world.conn(&a, &b1), None);
+    world.emit(&a, 7);
+    world.run_for(ms(10));
+    assert_eq!(
+        world.seen(&b2).handed,
+        [(7, "broadcast")],
+        "the new generation gets what follows"
+    );
+}
