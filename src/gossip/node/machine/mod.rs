@@ -1,12 +1,14 @@
 //! The node as a deterministic state machine: who is a member ([`View`]), the requests
 //! waiting for answers (the crate's [`Ledger`]), the joins, leaves and disconnects waiting
 //! for their flush round ([`Barrier`]), the socketioxide server ids peers run, what this
-//! node tells members about itself, and where the node is in its life (joining, ready,
-//! left, and why). It takes each [`Input`] with the time it happened
-//! ([`Machine::handle`]), returns the [`Effect`]s the node must carry out, and says when it
-//! next needs to be woken ([`Machine::next_timeout`]). No I/O, no tokio, no lock: the shell
-//! around it (`Node`) owns the sockets, channels, timers and the outgoing link table, and
-//! decides nothing.
+//! node tells members about itself, where the node is in its life (joining, ready, left,
+//! and why), and its outgoing link to each peer ([`slots`], decided on in [`links`]:
+//! which send queue a frame goes to, when a connection starts, is dropped or abandoned).
+//! It takes each [`Input`] with the time it happened ([`Machine::handle`]), returns the
+//! [`Effect`]s the node must carry out, and says when it next needs to be woken
+//! ([`Machine::next_timeout`]); a send asks it for the queues of its targets
+//! ([`Machine::routes`]). No I/O, no tokio, no lock: the shell around it (`Node`) owns
+//! the sockets, send queues, channels and timers, and decides nothing.
 
 mod barrier;
 mod io;
