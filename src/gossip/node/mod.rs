@@ -257,34 +257,6 @@ impl Node {
         lock(&self.state).machine.failure().map(String::from)
     }
 
-    /// Where a frame for the peers `to` names goes: the send queue of each one's link (a
-    /// connection started for those without one), in one look at the machine.
-    pub(super) fn routes(&self, to: To<'_>) -> Vec<Route<mesh::Sender>> {
-        let mut routes = Vec::new();
-        let rest = {
-            let mut state = lock(&self.state);
-            let effects = state.machine.routes(to, &mut routes);
-            self.carry_out_locked(&mut state, effects)
-        };
-        if !rest.is_empty() {
-            let _ = self.run(rest);
-        }
-        routes
-    }
-
-    /// Where a frame for `peer` goes, as [`Node::routes`] says.
-    pub(super) fn route(&self, peer: &PeerId) -> Result<mesh::Sender, &'static str> {
-        let (route, rest) = {
-            let mut state = lock(&self.state);
-            let (route, effects) = state.machine.route(peer);
-            (route, self.carry_out_locked(&mut state, effects))
-        };
-        if !rest.is_empty() {
-            let _ = self.run(rest);
-        }
-        route
-    }
-
     /// Hand `input` to the machine, now: what it tells requesters and waiters is told at
     /// once, its decisions about links are carried out at once, the timer is woken when the
     /// machine needs waking earlier, and the other effects are returned to be carried out

@@ -79,6 +79,34 @@ impl Node {
         Ok(pending)
     }
 
+    /// Where a frame for the peers `to` names goes: the send queue of each one's link (a
+    /// connection started for those without one), in one look at the machine.
+    pub(super) fn routes(&self, to: To<'_>) -> Vec<Route<mesh::Sender>> {
+        let mut routes = Vec::new();
+        let rest = {
+            let mut state = lock(&self.state);
+            let effects = state.machine.routes(to, &mut routes);
+            self.carry_out_locked(&mut state, effects)
+        };
+        if !rest.is_empty() {
+            let _ = self.run(rest);
+        }
+        routes
+    }
+
+    /// Where a frame for `peer` goes, as [`Node::routes`] says.
+    pub(super) fn route(&self, peer: &PeerId) -> Result<mesh::Sender, &'static str> {
+        let (route, rest) = {
+            let mut state = lock(&self.state);
+            let (route, effects) = state.machine.route(peer);
+            (route, self.carry_out_locked(&mut state, effects))
+        };
+        if !rest.is_empty() {
+            let _ = self.run(rest);
+        }
+        route
+    }
+
     /// Queue an encoded frame on each of `routes`, never waiting: it is held once, however
     /// many queues hold it. Request `awaited` stops waiting for a peer its frame could not be
     /// queued for.
