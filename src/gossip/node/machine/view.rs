@@ -70,6 +70,9 @@ pub(in crate::gossip::node) struct View {
     left: HashSet<PeerId>,
     /// When to try again to connect to a live peer not verified yet, and the next backoff.
     retry: HashMap<PeerId, (Instant, Duration)>,
+    /// Whether a peer was ever refused for its parser: until then, no frame needs the
+    /// look-up of its sender's refusal (one per frame received).
+    ever_refused: bool,
 }
 
 impl View {
@@ -109,7 +112,7 @@ impl View {
 
     /// Whether `peer` is connected but refused for its parser.
     pub(in crate::gossip::node) fn is_refused(&self, peer: &PeerId) -> bool {
-        self.proven.get(peer).is_some_and(|p| p.refused)
+        self.ever_refused && self.proven.get(peer).is_some_and(|p| p.refused)
     }
 
     /// Refuse the connected peers that say they use another parser than `mine`. Returns
@@ -125,6 +128,7 @@ impl View {
                 && !p.refused
             {
                 p.refused = true;
+                self.ever_refused = true;
                 refused.push((peer.clone(), theirs));
             }
         }
