@@ -4,9 +4,9 @@
 //! guessable by a password-strength estimator (`zxcvbn`): no repeated phrase, keyboard walk
 //! or dictionary word run. A generated secret (hex or base64 of at least 256 bits with no
 //! repeat, run or sequence in it) is accepted without the estimator: its dictionaries take
-//! about 6 MiB for the life of the process once loaded. From each secret of the keyring, Argon2id (memory-hard) derives
-//! once, at start, a master key; HKDF-SHA256 splits it into the key of the mesh proof and
-//! the key that seals gossip. Whoever tests a guess against anything seen on the network
+//! about 6 MiB for the life of the process once loaded. From each secret of the keyring,
+//! Argon2id (memory-hard) derives once, at start, a master key; HKDF-SHA256 splits it into
+//! the key of the mesh proof and the key that seals gossip. Whoever tests a guess against anything seen on the network
 //! pays one Argon2id run per guess.
 
 use std::{fmt, sync::Arc};
