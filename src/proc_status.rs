@@ -13,7 +13,8 @@ pub(crate) fn status_bytes(field: &str) -> u64 {
 
 /// Run test `test` of this test binary again, alone, in a child process with `env` set
 /// (`ignored` for a test marked `#[ignore]`): the child and the lines it prints, on a
-/// channel read by a thread of their own.
+/// channel read by a thread of their own. Only gossip's tests run a node in a child.
+#[cfg(feature = "cluster-gossip")]
 pub(crate) fn child_test(
     test: &str,
     env: &[(&str, &str)],

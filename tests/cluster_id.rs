@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use socketioxide::extract::SocketRef;
 
 /// Nodes `x` of one cluster and `y` of another, each hosting `/` with one client per node:
 /// the requests of each cluster see only its own sockets, and a broadcast in each reaches
@@ -63,7 +62,7 @@ async fn two_clusters_sharing_a_seed_stay_apart() {
     let start = async |config: socketioxide_cluster::GossipAdapterConfig| {
         let node = start_gossip(config).await;
         node.io
-            .ns("/", async |_: SocketRef<Adapter>| {})
+            .ns("/", async |_: socketioxide::extract::SocketRef<Adapter>| {})
             .await
             .unwrap();
         node

@@ -26,7 +26,7 @@ fn local_rooms(node: &TestNode, sid: Sid) -> Vec<String> {
 /// applied on every node when the call returns; on Redis, where Redis orders the change
 /// before any later message but a node applies it when it reads it, once it is read.
 async fn rooms_now(backend: &Backend, node: &TestNode, sid: Sid, rooms: &[&str]) {
-    if matches!(backend, Backend::Gossip) {
+    if backend.applies_on_return() {
         assert_eq!(
             local_rooms(node, sid),
             rooms,
@@ -99,9 +99,11 @@ async fn join_applies_to_sockets_on_other_nodes(backend: Backend) {
     // Every socket.
     c.io.clone().join("everyone").await.unwrap();
     for (n, sid) in [(&a, sa), (&b, sb), (&c, sc)] {
-        let ok = match backend {
-            Backend::Gossip => local_rooms(n, sid).contains(&"everyone".into()),
-            _ => wait_until(SETTLES, || local_rooms(n, sid).contains(&"everyone".into())).await,
+        let joined = || local_rooms(n, sid).contains(&"everyone".into());
+        let ok = if backend.applies_on_return() {
+            joined()
+        } else {
+            wait_until(SETTLES, joined).await
         };
         assert!(ok, "{sid} joined everyone");
     }
@@ -174,9 +176,10 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
     // A socket of another node, selected by room.
     a.io.to("rb").disconnect().await.unwrap();
     let gone = || b.io.sockets().is_empty();
-    match backend {
-        Backend::Gossip => assert!(gone(), "gone when disconnect returned"),
-        _ => assert!(wait_until(SETTLES, gone).await),
+    if backend.applies_on_return() {
+        assert!(gone(), "gone when disconnect returned");
+    } else {
+        assert!(wait_until(SETTLES, gone).await);
     }
     c.io.to("rb").emit("m", "too late").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, "41");
@@ -200,9 +203,10 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
     // Every socket but those of a room, on the sender's node and another.
     b.io.except("rc").disconnect().await.unwrap();
     let gone = || a.io.sockets().is_empty() && c.io.sockets().len() == 1;
-    match backend {
-        Backend::Gossip => assert!(gone(), "gone when disconnect returned"),
-        _ => assert!(wait_until(SETTLES, gone).await),
+    if backend.applies_on_return() {
+        assert!(gone(), "gone when disconnect returned");
+    } else {
+        assert!(wait_until(SETTLES, gone).await);
     }
     c.io.except("rc").emit("m", "too late").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, "41");

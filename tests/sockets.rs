@@ -198,9 +198,9 @@ async fn remote_socket_join_leave_and_rooms(backend: Backend) {
     // right after, from a third node (which per-sender order does not cover), reaches the
     // socket. On Redis, which orders the join before later messages, b applies it when it
     // reads it.
-    let gossip = matches!(backend, Backend::Gossip);
+    let at_once = backend.applies_on_return();
     remote.join(["x", "y"]).await.unwrap();
-    if gossip {
+    if at_once {
         assert_eq!(
             local_rooms(sb1),
             ["rb", "x", "y"],
@@ -215,7 +215,7 @@ async fn remote_socket_join_leave_and_rooms(backend: Backend) {
     assert_eq!(local_rooms(sb2), ["rb"]);
 
     remote.leave("x").await.unwrap();
-    if gossip {
+    if at_once {
         assert_eq!(local_rooms(sb1), ["rb", "y"], "left when leave returned");
     }
     c.io.to("x").emit("m", "lost").await.unwrap();
@@ -250,7 +250,7 @@ async fn remote_socket_disconnect_disconnects_only_that_socket(backend: Backend)
     fetch_one(&c, sb2).await.disconnect().await.unwrap();
     // In force when it returns: on gossip the socket is gone from b at once, and a
     // broadcast right after from a (not the node that disconnected it) does not reach it.
-    if matches!(backend, Backend::Gossip) {
+    if backend.applies_on_return() {
         assert!(
             b.io.get_socket(sb2).is_none(),
             "gone when disconnect returned"

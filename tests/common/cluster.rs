@@ -94,6 +94,18 @@ impl Backend {
         redis_server::RedisServer::start().map(|s| Self::Redis(s.into()))
     }
 
+    /// Whether a join, leave or disconnect of a remote socket is applied on every node when
+    /// the call returns: on gossip it is; on Redis, which orders the change before any
+    /// later message, a node applies it when it reads it.
+    pub fn applies_on_return(&self) -> bool {
+        match self {
+            #[cfg(feature = "cluster-gossip")]
+            Self::Gossip => true,
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => false,
+        }
+    }
+
     /// `"gossip"` or `"redis"`.
     pub fn name(&self) -> &'static str {
         match self {
