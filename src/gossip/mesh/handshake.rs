@@ -22,6 +22,12 @@ pub(crate) const HANDSHAKE_WINDOW: u32 = 2 * MAX_HELLO as u32;
 /// on its frame stream.
 const STREAM_WINDOW: u32 = 1_250_000;
 
+/// Packets the peer may receive without acknowledging them at once (QUIC's ack-frequency
+/// extension; QUIC's default, 1, acknowledges every second packet): fewer
+/// acknowledgements, fewer wake-ups of both sides per frame. The peer still acknowledges
+/// within its ack delay, and at once when packets go missing.
+const ACK_ELICITING_THRESHOLD: u32 = 10;
+
 /// Unidirectional streams a verified peer may have open at once (its frame stream, and the
 /// next one while the previous finishes).
 pub(super) const PEER_UNI_STREAMS: u32 = 2;
@@ -49,6 +55,9 @@ fn base_transport(peer_timeout: Duration) -> TransportConfig {
     // The mesh sends no unreliable datagrams, and flow control does not cover them: quinn
     // would buffer up to 1.25 MB of them per connection, a stranger's included.
     t.datagram_receive_buffer_size(None);
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+    t.ack_frequency_config(Some(acks));
     t
 }
 
