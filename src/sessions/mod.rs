@@ -1,3 +1,6 @@
+// This page links to the Redis store: built with gossip alone, that link has nothing to
+// point at and shows as plain text.
+#![cfg_attr(not(feature = "redis"), allow(rustdoc::broken_intra_doc_links))]
 //! Login sessions shared by every node (feature `sessions`): a [`tower-sessions`] store
 //! that any node can read and write, and a Socket.IO connect middleware that accepts a
 //! connection only with a live login session, on whichever node the connection lands.
