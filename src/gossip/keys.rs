@@ -6,8 +6,8 @@
 //! repeat, run or sequence in it) is accepted without the estimator: its dictionaries take
 //! about 6 MiB for the life of the process once loaded. From each secret of the keyring,
 //! Argon2id (memory-hard) derives once, at start, a master key; HKDF-SHA256 splits it into
-//! the key of the mesh proof and the key that seals gossip. Whoever tests a guess against anything seen on the network
-//! pays one Argon2id run per guess.
+//! the key of the mesh proof and the key that seals gossip. Whoever tests a guess against
+//! anything seen on the network pays one Argon2id run per guess.
 
 use std::{fmt, sync::Arc};
 
