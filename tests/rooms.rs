@@ -100,12 +100,7 @@ async fn join_applies_to_sockets_on_other_nodes(backend: Backend) {
     c.io.clone().join("everyone").await.unwrap();
     for (n, sid) in [(&a, sa), (&b, sb), (&c, sc)] {
         let joined = || local_rooms(n, sid).contains(&"everyone".into());
-        let ok = if backend.applies_on_return() {
-            joined()
-        } else {
-            wait_until(SETTLES, joined).await
-        };
-        assert!(ok, "{sid} joined everyone");
+        assert!(backend.applied(joined).await, "{sid} joined everyone");
     }
     assert_eq!(
         sorted(a.io.rooms().await.unwrap()),
@@ -176,11 +171,10 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
     // A socket of another node, selected by room.
     a.io.to("rb").disconnect().await.unwrap();
     let gone = || b.io.sockets().is_empty();
-    if backend.applies_on_return() {
-        assert!(gone(), "gone when disconnect returned");
-    } else {
-        assert!(wait_until(SETTLES, gone).await);
-    }
+    assert!(
+        backend.applied(gone).await,
+        "{backend:?}: gone after disconnect returned"
+    );
     c.io.to("rb").emit("m", "too late").await.unwrap();
     assert_eq!(recv(&mut rb, ARRIVES).await, "41");
     let (sid, reason) = tokio::time::timeout(SETTLES, drx.recv())
@@ -203,11 +197,10 @@ async fn disconnect_applies_to_sockets_on_other_nodes(backend: Backend) {
     // Every socket but those of a room, on the sender's node and another.
     b.io.except("rc").disconnect().await.unwrap();
     let gone = || a.io.sockets().is_empty() && c.io.sockets().len() == 1;
-    if backend.applies_on_return() {
-        assert!(gone(), "gone when disconnect returned");
-    } else {
-        assert!(wait_until(SETTLES, gone).await);
-    }
+    assert!(
+        backend.applied(gone).await,
+        "{backend:?}: gone after disconnect returned"
+    );
     c.io.except("rc").emit("m", "too late").await.unwrap();
     assert_eq!(recv(&mut ra, ARRIVES).await, "41");
     assert_eq!(recv(&mut rc2, ARRIVES).await, "41");

@@ -106,6 +106,17 @@ impl Backend {
         }
     }
 
+    /// Whether `cond`, which a join, leave or disconnect that just returned should make
+    /// true, holds: at once where the change is applied on return, within [`SETTLES`]
+    /// otherwise.
+    pub async fn applied(&self, mut cond: impl FnMut() -> bool) -> bool {
+        if self.applies_on_return() {
+            cond()
+        } else {
+            wait_until(SETTLES, cond).await
+        }
+    }
+
     /// `"gossip"` or `"redis"`.
     pub fn name(&self) -> &'static str {
         match self {
