@@ -1,8 +1,10 @@
-//! The floor: one-way 108-byte messages over one bare quinn stream, and over loopback TCP,
-//! in this process. Each round writes one message and waits until the other side has read it
-//! in full; the latency is from before the write to after the read.
+//! The floor: one-way 108-byte messages over one bare quinn stream and over loopback TCP in
+//! this process, and over one bare quinn stream to another process (this binary started as
+//! the floor's server), the hop a mesh frame takes between two nodes. Each round writes one
+//! message and waits until the other side has read it in full; the latency is from before
+//! the write to after the read.
 
-use std::{sync::Arc, time::Instant};
+use std::{path::Path, sync::Arc, time::Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -11,31 +13,46 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::node::BoxError;
+use crate::node::{BoxError, now_ns};
+use crate::procs::Node;
 
 /// Size of one message, as the issue of the figures fixed it.
 pub const MESSAGE: usize = 108;
 
-/// Latencies (ns) of `rounds` one-way messages over one quinn unidirectional stream.
-pub async fn quinn_hop(rounds: usize) -> Result<Vec<u64>, BoxError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server's quinn settings with a fresh self-signed certificate, and that certificate.
+fn server_config() -> Result<(quinn::ServerConfig, CertificateDer<'static>), BoxError> {
     let key = rcgen::generate_simple_self_signed(vec!["floor".to_string()])?;
     let cert = CertificateDer::from(key.cert.der().to_vec());
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
-    let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![cert.clone()], der)?;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    Ok((config, cert))
+}
+
+/// A client's quinn settings that trust `cert` only.
+fn client_config(cert: CertificateDer<'static>) -> Result<quinn::ClientConfig, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert)?;
-    let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server_cfg =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
-    let client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
+    Ok(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls)?,
+    )))
+}
 
+/// Latencies (ns) of `rounds` one-way messages over one quinn unidirectional stream.
+pub async fn quinn_hop(rounds: usize) -> Result<Vec<u64>, BoxError> {
+    let (server_cfg, cert) = server_config()?;
+    let client_cfg = client_config(cert)?;
     let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
     let addr = server.local_addr()?;
     let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -95,4 +112,70 @@ where
     }
     reader.abort();
     Ok(samples)
+}
+
+/// The node backend that makes this binary the floor's server in another process.
+pub const BETWEEN_PROCESSES: &str = "quinn-floor";
+
+/// Latencies (ns) of `rounds` one-way messages over one quinn stream to another process:
+/// `exe` started as the floor's server. Each message carries the wall clock at its write;
+/// the server answers each with the wall clock at its read less that.
+pub async fn quinn_hop_between_processes(exe: &Path, rounds: usize) -> Result<Vec<u64>, BoxError> {
+    let server = Node::start(exe, BETWEEN_PROCESSES, "", "floor", 0).await?;
+    let cert = server
+        .extra
+        .as_deref()
+        .ok_or("the floor's server gave no certificate")?;
+    let cert = (0..cert.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = cert.get(i..i + 2).ok_or("odd certificate hex")?;
+            Ok::<_, BoxError>(u8::from_str_radix(pair, 16)?)
+        })
+        .collect::<Result<Vec<u8>, _>>()?;
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let addr = format!("127.0.0.1:{}", server.port).parse()?;
+    let conn = client
+        .connect_with(client_config(CertificateDer::from(cert))?, addr, "floor")?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut msg = [7u8; MESSAGE];
+    let mut answer = [0u8; 8];
+    let mut samples = Vec::with_capacity(rounds);
+    // One round more than measured: the stream is announced to the server by its first bytes.
+    for round in 0..=rounds {
+        msg[..8].copy_from_slice(&now_ns().to_le_bytes());
+        send.write_all(&msg).await?;
+        recv.read_exact(&mut answer).await?;
+        if round > 0 {
+            samples.push(u64::from_le_bytes(answer));
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    Ok(samples)
+}
+
+/// The floor's server, in a process of its own: answers each message of the one stream it
+/// is opened with by how long it took to arrive, by the wall clock (see
+/// [`quinn_hop_between_processes`]). Announces its port and certificate (hex) on stdout.
+pub async fn serve_between_processes() -> Result<(), BoxError> {
+    use tokio::io::AsyncWriteExt as _;
+    let (config, cert) = server_config()?;
+    let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    let hex: String = cert.iter().map(|b| format!("{b:02x}")).collect();
+    let ready = format!("READY {} {hex}\n", server.local_addr()?.port());
+    let mut out = tokio::io::stdout();
+    out.write_all(ready.as_bytes()).await?;
+    out.flush().await?;
+    let conn = server.accept().await.ok_or("no connection")?.await?;
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut msg = [0u8; MESSAGE];
+    while recv.read_exact(&mut msg).await.is_ok() {
+        let read = now_ns();
+        let sent = u64::from_le_bytes(msg[..8].try_into()?);
+        send.write_all(&read.saturating_sub(sent).to_le_bytes())
+            .await?;
+    }
+    Ok(())
 }

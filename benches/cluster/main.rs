@@ -198,6 +198,7 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
         return Err(format!("CLUSTER_BENCH_BASELINE names no file: {}", b.display()).into());
     }
     let quinn = floor::quinn_hop(plan.floor).await?;
+    let quinn_apart = floor::quinn_hop_between_processes(&this, plan.floor).await?;
     let tcp = floor::tcp_hop(plan.floor).await?;
     let singles = [
         ("single node (c)", "local", this.as_path()),
@@ -221,7 +222,7 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
     if redis_columns.iter().any(|(_, b)| wanted(b)) {
         let Some(redis) = RedisServer::start() else {
             eprintln!("redis-server not found: the Redis columns are skipped");
-            report::print(&columns, &quinn, &tcp, plan);
+            report::print(&columns, [&quinn[..], &quinn_apart[..], &tcp[..]], plan);
             return Ok(());
         };
         for (name, backend) in redis_columns.into_iter().filter(|(_, b)| wanted(b)) {
@@ -229,7 +230,7 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
             columns.extend(measure(&setup, Some(&redis), plan).await?);
         }
     }
-    report::print(&columns, &quinn, &tcp, plan);
+    report::print(&columns, [&quinn[..], &quinn_apart[..], &tcp[..]], plan);
     Ok(())
 }
 
@@ -288,7 +289,7 @@ impl<'r> Setup<'r> {
         for _ in 0..count {
             let peer = match (redis, nodes.first()) {
                 (Some(r), _) => r.url(),
-                (None, Some(first)) => first.gossip.clone().unwrap_or_default(),
+                (None, Some(first)) => first.extra.clone().unwrap_or_default(),
                 (None, None) => String::new(),
             };
             nodes.push(Node::start(exe, backend, &peer, &cluster, BUFFER).await?);

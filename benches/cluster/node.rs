@@ -61,6 +61,9 @@ pub fn main() -> Result<(), BoxError> {
 
 async fn run() -> Result<(), BoxError> {
     let backend = std::env::var(ENV_BACKEND)?;
+    if backend == crate::floor::BETWEEN_PROCESSES {
+        return crate::floor::serve_between_processes().await;
+    }
     let peer = std::env::var(ENV_PEER).unwrap_or_default();
     let cluster = std::env::var(ENV_CLUSTER).unwrap_or_else(|_| "bench".into());
     let buffer: usize = std::env::var(ENV_BUFFER)?.parse()?;

@@ -19,8 +19,9 @@ pub struct Node {
     stdout: Lines<BufReader<ChildStdout>>,
     /// Its HTTP port.
     pub port: u16,
-    /// Its gossip address, for the gossip backend.
-    pub gossip: Option<String>,
+    /// What its READY line gives after the port: a gossip node's gossip address, the
+    /// floor server's certificate.
+    pub extra: Option<String>,
     /// Its process id.
     pub pid: u32,
 }
@@ -54,13 +55,13 @@ impl Node {
             .ok_or("node exited before READY")?;
         let mut words = ready.split_whitespace().skip(1);
         let port = words.next().ok_or("no port")?.parse()?;
-        let gossip = words.next().filter(|g| *g != "-").map(String::from);
+        let extra = words.next().filter(|g| *g != "-").map(String::from);
         Ok(Self {
             child,
             stdin,
             stdout,
             port,
-            gossip,
+            extra,
             pid,
         })
     }

@@ -40,8 +40,9 @@ fn row(title: &str, cells: impl Iterator<Item = String>) {
     println!("| {title} | {} |", cells.join(" | "));
 }
 
-/// Print everything.
-pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
+/// Print everything; the floors are the quinn hop in one process, the quinn hop between two
+/// processes and the TCP hop in one process.
+pub fn print(cols: &[Figures], [quinn, quinn_apart, tcp]: [&[u64]; 3], plan: Plan) {
     let ceiling = &cols[0];
     let c_same = pcts(&ceiling.same);
     // What a backend adds: a client on another node against a client of the single node,
@@ -133,12 +134,14 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
         }),
     );
     let q = pcts(quinn);
+    let q_apart = pcts(quinn_apart);
     let t = pcts(tcp);
     println!();
     println!(
-        "floor, one-way {} B messages in one process: quinn stream {} µs, loopback TCP {} µs",
+        "floor, one-way {} B messages: quinn stream in one process {} µs, between two processes {} µs; loopback TCP in one process {} µs",
         crate::floor::MESSAGE,
         us3(q),
+        us3(q_apart),
         us3(t)
     );
 
@@ -177,15 +180,18 @@ pub fn print(cols: &[Figures], quinn: &[u64], tcp: &[u64], plan: Plan) {
             );
         }
     }
-    goal(
-        "added latency p50 / quinn hop p50",
-        g_added[0] / q[0],
-        AtMost(2.0),
-    );
-    println!(
-        "  added latency p99 / quinn hop p99: {:.2}",
-        g_added[1] / q[1]
-    );
+    // Nodes are processes: the hop between two of them also wakes the receiving one.
+    for (hop, floor) in [("in one process", q), ("between two processes", q_apart)] {
+        goal(
+            &format!("added latency p50 / quinn hop {hop} p50"),
+            g_added[0] / floor[0],
+            AtMost(2.0),
+        );
+        println!(
+            "  added latency p99 / quinn hop {hop} p99: {:.2}",
+            g_added[1] / floor[1]
+        );
+    }
     // A smoke run's floods are too short for the CPU clock's ticks.
     if gossip.cpu_s[0] > 0.0 && ceiling.cpu_s[0] > 0.0 {
         goal(
