@@ -74,21 +74,29 @@ async fn oversized_messages_are_refused_and_the_link_survives() {
     tokio::time::timeout(Duration::from_secs(5), rb.recv())
         .await
         .unwrap();
+    let (_ta, mut ra) = a.new_dummy_sock("/", ()).await;
+    tokio::time::timeout(Duration::from_secs(5), ra.recv())
+        .await
+        .unwrap();
 
     let big = "x".repeat(4096);
     let err = a.emit("big", &big).await.unwrap_err();
     assert!(err.to_string().contains("maximum frame size"), "{err}");
 
     a.emit("small", &1).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), rb.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        String::from(got),
-        r#"42["small",1]"#,
-        "the link to b still works"
-    );
+    for (node, rx) in [("b", &mut rb), ("a", &mut ra)] {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // The refused emit reached no socket, not even one of the emitting node: an emit
+        // is refused whole, or goes everywhere.
+        assert_eq!(
+            String::from(got),
+            r#"42["small",1]"#,
+            "{node}: the refused message reached no socket, and the link to b still works"
+        );
+    }
 }
 
 /// Nodes with different maximum frame sizes, which the README asks to avoid ("every node
