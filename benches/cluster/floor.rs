@@ -126,13 +126,7 @@ pub async fn quinn_hop_between_processes(exe: &Path, rounds: usize) -> Result<Ve
         .extra
         .as_deref()
         .ok_or("the floor's server gave no certificate")?;
-    let cert = (0..cert.len())
-        .step_by(2)
-        .map(|i| {
-            let pair = cert.get(i..i + 2).ok_or("odd certificate hex")?;
-            Ok::<_, BoxError>(u8::from_str_radix(pair, 16)?)
-        })
-        .collect::<Result<Vec<u8>, _>>()?;
+    let cert = data_encoding::HEXLOWER.decode(cert.as_bytes())?;
     let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let addr = format!("127.0.0.1:{}", server.port).parse()?;
     let conn = client
@@ -163,7 +157,7 @@ pub async fn serve_between_processes() -> Result<(), BoxError> {
     use tokio::io::AsyncWriteExt as _;
     let (config, cert) = server_config()?;
     let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
-    let hex: String = cert.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = data_encoding::HEXLOWER.encode(&cert);
     let ready = format!("READY {} {hex}\n", server.local_addr()?.port());
     let mut out = tokio::io::stdout();
     out.write_all(ready.as_bytes()).await?;
