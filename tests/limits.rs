@@ -70,21 +70,22 @@ async fn oversized_messages_are_refused_and_the_link_survives() {
         ca.members(),
         cb.members()
     );
-    let (_tb, mut rb) = b.new_dummy_sock("/", ()).await;
-    tokio::time::timeout(Duration::from_secs(5), rb.recv())
-        .await
-        .unwrap();
-    let (_ta, mut ra) = a.new_dummy_sock("/", ()).await;
-    tokio::time::timeout(Duration::from_secs(5), ra.recv())
-        .await
-        .unwrap();
+    // A socket on each node, connected.
+    let mut sockets = Vec::new();
+    for (node, io) in [("b", &b), ("a", &a)] {
+        let (tx, mut rx) = io.new_dummy_sock("/", ()).await;
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap();
+        sockets.push((node, tx, rx));
+    }
 
     let big = "x".repeat(4096);
     let err = a.emit("big", &big).await.unwrap_err();
     assert!(err.to_string().contains("maximum frame size"), "{err}");
 
     a.emit("small", &1).await.unwrap();
-    for (node, rx) in [("b", &mut rb), ("a", &mut ra)] {
+    for (node, _tx, rx) in &mut sockets {
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
