@@ -2,19 +2,29 @@
 //! this process, and over one bare quinn stream to another process (this binary started as
 //! the floor's server), the hop a mesh frame takes between two nodes. Each round writes one
 //! message and waits until the other side has read it in full; the latency is from before
-//! the write to after the read.
+//! the write to after the read. And the CPU floor: the CPU seconds a process spends to carry
+//! the floods' payloads to as many other processes as node A has peers, over one bare quinn
+//! stream each.
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Stdout},
     sync::mpsc,
 };
 
 use crate::node::{BoxError, now_ns};
-use crate::procs::Node;
+use crate::procs::{Node, cpu_seconds};
 
 /// Size of one message, as the issue of the figures fixed it.
 pub const MESSAGE: usize = 108;
@@ -154,14 +164,10 @@ pub async fn quinn_hop_between_processes(exe: &Path, rounds: usize) -> Result<Ve
 /// is opened with by how long it took to arrive, by the wall clock (see
 /// [`quinn_hop_between_processes`]). Announces its port and certificate (hex) on stdout.
 pub async fn serve_between_processes() -> Result<(), BoxError> {
-    use tokio::io::AsyncWriteExt as _;
     let (config, cert) = server_config()?;
     let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
     let hex = data_encoding::HEXLOWER.encode(&cert);
-    let ready = format!("READY {} {hex}\n", server.local_addr()?.port());
-    let mut out = tokio::io::stdout();
-    out.write_all(ready.as_bytes()).await?;
-    out.flush().await?;
+    let _commands = announce(server.local_addr()?.port(), &hex).await?;
     let conn = server.accept().await.ok_or("no connection")?.await?;
     let (mut send, mut recv) = conn.accept_bi().await?;
     let mut msg = [0u8; MESSAGE];
@@ -170,6 +176,160 @@ pub async fn serve_between_processes() -> Result<(), BoxError> {
         let sent = u64::from_le_bytes(msg[..8].try_into()?);
         send.write_all(&read.saturating_sub(sent).to_le_bytes())
             .await?;
+    }
+    Ok(())
+}
+
+/// The node backend that makes this binary a sink of the CPU floor: a quinn server that
+/// reads every stream it is opened with and counts the bytes.
+pub const SINK: &str = "quinn-sink";
+/// The node backend that makes this binary the source of the CPU floor: it connects to
+/// sinks and writes the floods' payloads to each of them.
+pub const SOURCE: &str = "quinn-source";
+
+/// Largest buffer the source hands quinn in one write, as the mesh's writer coalesces.
+const CHUNK: usize = 64 * 1024;
+
+/// CPU seconds a process spends carrying the payloads of `floods` (`n` messages of `size`
+/// bytes each) to `peers` other processes, over one bare quinn stream each, in writes of
+/// [`CHUNK`] bytes: what quinn itself costs node A to send the floods to its peers, with
+/// no framing and nothing per message. The process's CPU is read once every sink has read
+/// every byte.
+pub async fn quinn_cpu(exe: &Path, floods: &[(usize, u64)], peers: usize) -> Result<f64, BoxError> {
+    let mut source = Node::start(exe, SOURCE, "", "floor", 0).await?;
+    let mut sinks = Vec::with_capacity(peers);
+    for _ in 0..peers {
+        let sink = Node::start(exe, SINK, "", "floor", 0).await?;
+        let cert = sink.extra.as_deref().ok_or("a sink gave no certificate")?;
+        source.cmd(&format!("connect {} {cert}", sink.port)).await?;
+        sinks.push(sink);
+    }
+    let before = cpu_seconds(source.pid);
+    let mut total = 0;
+    for (size, n) in floods {
+        source.cmd(&format!("flood {n} {size}")).await?;
+        total += *size as u64 * n;
+        for sink in &mut sinks {
+            sink.cmd(&format!("wait {total}")).await?;
+        }
+    }
+    let cpu = cpu_seconds(source.pid) - before;
+    source.stop().await;
+    for sink in sinks {
+        sink.stop().await;
+    }
+    Ok(cpu)
+}
+
+/// Announce this process on stdout (`READY <port> <extra>`): the command lines of stdin,
+/// and stdout to [`answer`] them on.
+async fn announce(port: u16, extra: &str) -> Result<(Commands, Stdout), BoxError> {
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("READY {port} {extra}\n").as_bytes())
+        .await?;
+    out.flush().await?;
+    Ok((BufReader::new(tokio::io::stdin()).lines(), out))
+}
+
+type Commands = tokio::io::Lines<BufReader<tokio::io::Stdin>>;
+
+/// Answer a command: `ok`, or `err` and why.
+async fn answer(out: &mut Stdout, done: Result<(), BoxError>) -> Result<(), BoxError> {
+    let reply = match done {
+        Ok(()) => "ok\n".to_string(),
+        Err(e) => format!("err {e}\n"),
+    };
+    out.write_all(reply.as_bytes()).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+/// A sink of the CPU floor, in a process of its own (see [`quinn_cpu`]). Command
+/// `wait <bytes>` answers once that many bytes were read in all (within 60 s).
+pub async fn serve_sink() -> Result<(), BoxError> {
+    let (config, cert) = server_config()?;
+    let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    let port = server.local_addr()?.port();
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = read.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let read = counter.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok(mut recv) = conn.accept_uni().await {
+                    while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                        read.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let (mut lines, mut out) = announce(port, &data_encoding::HEXLOWER.encode(&cert)).await?;
+    while let Some(line) = lines.next_line().await? {
+        let waited = async {
+            let want: u64 = line.strip_prefix("wait ").ok_or("not a wait")?.parse()?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while read.load(Ordering::Relaxed) < want {
+                if Instant::now() > deadline {
+                    let got = read.load(Ordering::Relaxed);
+                    return Err(format!("{got} of {want} bytes read").into());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(())
+        };
+        answer(&mut out, waited.await).await?;
+    }
+    Ok(())
+}
+
+/// The source of the CPU floor, in a process of its own (see [`quinn_cpu`]). Commands:
+/// `connect <port> <certificate>` opens a stream to a sink; `flood <n> <size>` writes `n`
+/// times `size` bytes to each sink, all of them at once, and answers once quinn took them.
+pub async fn serve_source() -> Result<(), BoxError> {
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut streams = Vec::new();
+    let (mut lines, mut out) = announce(0, "-").await?;
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let done = match words[..] {
+            ["connect", port, cert] => {
+                async {
+                    let cert =
+                        CertificateDer::from(data_encoding::HEXLOWER.decode(cert.as_bytes())?);
+                    let addr = format!("127.0.0.1:{port}").parse()?;
+                    let conn = client
+                        .connect_with(client_config(cert)?, addr, "floor")?
+                        .await?;
+                    streams.push(conn.open_uni().await?);
+                    Ok(())
+                }
+                .await
+            }
+            ["flood", n, size] => {
+                async {
+                    let total = n.parse::<usize>()? * size.parse::<usize>()?;
+                    let chunk = Bytes::from(vec![7u8; CHUNK]);
+                    let writes = streams.iter_mut().map(|stream| {
+                        let chunk = chunk.clone();
+                        async move {
+                            let mut left = total;
+                            while left > 0 {
+                                let len = left.min(CHUNK);
+                                stream.write_chunk(chunk.slice(..len)).await?;
+                                left -= len;
+                            }
+                            Ok::<_, BoxError>(())
+                        }
+                    });
+                    futures_util::future::try_join_all(writes).await.map(drop)
+                }
+                .await
+            }
+            _ => Err(format!("unknown command {line:?}").into()),
+        };
+        answer(&mut out, done).await?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Side by side, in one run on this machine: (a) the gossip adapter, (b) socketioxide-redis on
 //! a local `redis-server` (and this crate's Redis backend), (c) one node with the local adapter
-//! (the ceiling), plus the floor: one bare quinn stream hop and one loopback TCP hop. The
+//! (the ceiling), plus the floors: one bare quinn stream hop and one loopback TCP hop, and the
+//! CPU bare quinn takes to carry the floods' payloads to node A's peers. The
 //! ceiling is measured twice, in turns: with the clients of one node of the cluster, and
 //! with as many clients as the whole cluster has (c6), the same deliveries as a cluster's on
 //! the same cores.
@@ -41,7 +42,7 @@ use procs::{Node, cpu_seconds, memory_mib};
 /// Real WebSocket clients on every node.
 const CLIENTS_PER_NODE: usize = 2;
 /// Nodes of a cluster.
-const CLUSTER_NODES: usize = 3;
+pub const CLUSTER_NODES: usize = 3;
 /// Per-socket buffer (`max_buffer_size`) and Redis subscriber queue, in every setup: larger
 /// than any burst, so that a socket's or Redis's queue is not what is measured. The mesh's
 /// send queues keep their defaults (bounded in bytes), which hold every burst of the plan.
@@ -197,9 +198,12 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
     if let Some(b) = baseline.as_deref().filter(|b| !b.is_file()) {
         return Err(format!("CLUSTER_BENCH_BASELINE names no file: {}", b.display()).into());
     }
-    let quinn = floor::quinn_hop(plan.floor).await?;
-    let quinn_apart = floor::quinn_hop_between_processes(&this, plan.floor).await?;
-    let tcp = floor::tcp_hop(plan.floor).await?;
+    let floors = report::Floors {
+        quinn: floor::quinn_hop(plan.floor).await?,
+        quinn_apart: floor::quinn_hop_between_processes(&this, plan.floor).await?,
+        tcp: floor::tcp_hop(plan.floor).await?,
+        quinn_cpu: floor::quinn_cpu(&this, &plan.floods, CLUSTER_NODES - 1).await?,
+    };
     let singles = [
         ("single node (c)", "local", this.as_path()),
         (SINGLE_ALL, "local-all", this.as_path()),
@@ -222,7 +226,7 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
     if redis_columns.iter().any(|(_, b)| wanted(b)) {
         let Some(redis) = RedisServer::start() else {
             eprintln!("redis-server not found: the Redis columns are skipped");
-            report::print(&columns, [&quinn[..], &quinn_apart[..], &tcp[..]], plan);
+            report::print(&columns, &floors, plan);
             return Ok(());
         };
         for (name, backend) in redis_columns.into_iter().filter(|(_, b)| wanted(b)) {
@@ -230,7 +234,7 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
             columns.extend(measure(&setup, Some(&redis), plan).await?);
         }
     }
-    report::print(&columns, [&quinn[..], &quinn_apart[..], &tcp[..]], plan);
+    report::print(&columns, &floors, plan);
     Ok(())
 }
 

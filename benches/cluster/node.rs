@@ -61,8 +61,11 @@ pub fn main() -> Result<(), BoxError> {
 
 async fn run() -> Result<(), BoxError> {
     let backend = std::env::var(ENV_BACKEND)?;
-    if backend == crate::floor::BETWEEN_PROCESSES {
-        return crate::floor::serve_between_processes().await;
+    match backend.as_str() {
+        crate::floor::BETWEEN_PROCESSES => return crate::floor::serve_between_processes().await,
+        crate::floor::SINK => return crate::floor::serve_sink().await,
+        crate::floor::SOURCE => return crate::floor::serve_source().await,
+        _ => {}
     }
     let peer = std::env::var(ENV_PEER).unwrap_or_default();
     let cluster = std::env::var(ENV_CLUSTER).unwrap_or_else(|_| "bench".into());
