@@ -167,7 +167,8 @@ pub async fn serve_between_processes() -> Result<(), BoxError> {
     let (config, cert) = server_config()?;
     let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
     let hex = data_encoding::HEXLOWER.encode(&cert);
-    let _commands = announce(server.local_addr()?.port(), &hex).await?;
+    // It takes no commands: it answers the one stream it is opened with.
+    let _ = announce(server.local_addr()?.port(), &hex).await?;
     let conn = server.accept().await.ok_or("no connection")?.await?;
     let (mut send, mut recv) = conn.accept_bi().await?;
     let mut msg = [0u8; MESSAGE];
