@@ -192,11 +192,16 @@ pub const SOURCE: &str = "quinn-source";
 const CHUNK: usize = 64 * 1024;
 
 /// CPU seconds a process spends carrying the payloads of `floods` (`n` messages of `size`
-/// bytes each) to `peers` other processes, over one bare quinn stream each, in writes of
-/// [`CHUNK`] bytes: what quinn itself costs node A to send the floods to its peers, with
-/// no framing and nothing per message. The process's CPU is read once every sink has read
-/// every byte.
-pub async fn quinn_cpu(exe: &Path, floods: &[(usize, u64)], peers: usize) -> Result<f64, BoxError> {
+/// bytes each), `rounds` times, to `peers` other processes, over one bare quinn stream
+/// each, in writes of [`CHUNK`] bytes: what quinn itself costs node A to send the floods to
+/// its peers, with no framing and nothing per message. The process's CPU is read once every
+/// sink has read every byte.
+pub async fn quinn_cpu(
+    exe: &Path,
+    floods: &[(usize, u64)],
+    rounds: u64,
+    peers: usize,
+) -> Result<f64, BoxError> {
     let mut source = Node::start(exe, SOURCE, "", "floor", 0).await?;
     let mut sinks = Vec::with_capacity(peers);
     for _ in 0..peers {
@@ -207,7 +212,7 @@ pub async fn quinn_cpu(exe: &Path, floods: &[(usize, u64)], peers: usize) -> Res
     }
     let before = cpu_seconds(source.pid);
     let mut total = 0;
-    for (size, n) in floods {
+    for (size, n) in (0..rounds).flat_map(|_| floods) {
         source.cmd(&format!("flood {n} {size}")).await?;
         total += *size as u64 * n;
         for sink in &mut sinks {

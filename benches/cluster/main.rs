@@ -1,21 +1,21 @@
 //! Side by side, in one run on this machine: (a) the gossip adapter, (b) socketioxide-redis on
 //! a local `redis-server` (and this crate's Redis backend), (c) one node with the local adapter
 //! (the ceiling), plus the floors: one bare quinn stream hop and one loopback TCP hop, and the
-//! CPU bare quinn takes to carry the floods' payloads to node A's peers. The
-//! ceiling is measured twice, in turns: with the clients of one node of the cluster, and
-//! with as many clients as the whole cluster has (c6), the same deliveries as a cluster's on
-//! the same cores.
+//! CPU bare quinn takes to carry the floods' payloads to node A's peers. The ceiling is
+//! measured twice: with the clients of one node of the cluster, and with as many clients as
+//! the whole cluster has (c6), the same deliveries as a cluster's on the same cores. Every
+//! column is up at once, and they take turns at every step of the plan, so that a ratio of
+//! two columns compares measurements taken side by side; each throughput run is made
+//! [`Plan::flood_rounds`] times per column.
 //!
 //! `cargo bench --all-features --bench cluster` (needs `redis-server` on the `PATH` for the
 //! Redis columns). `CLUSTER_BENCH_SMOKE=1` runs a few rounds of everything only.
 //! `CLUSTER_BENCH_BASELINE=<another build of this bench binary>` adds a column "gossip
-//! (baseline)" whose nodes run that build: both gossip clusters are up at once and take turns
-//! at every step of the plan with the same clients, and the report gives this build / the
-//! baseline for latency, throughput and requests.
-//! `CLUSTER_BENCH_METRICS=1` adds a column "gossip + metrics" whose nodes record the
-//! library's metrics into a Prometheus recorder (the gossip mesh column records into none),
-//! measured in turns with the gossip mesh in the same way, and the report gives recording on
-//! / off.
+//! (baseline)" whose nodes run that build, taking turns with the others with the same
+//! clients, and the report gives this build / the baseline for latency, throughput and
+//! requests. `CLUSTER_BENCH_METRICS=1` adds a column "gossip + metrics" whose nodes record
+//! the library's metrics into a Prometheus recorder (the gossip mesh column records into
+//! none), and the report gives recording on / off.
 //!
 //! Every node is a separate process (this binary, started again as a node), so CPU time and
 //! memory are per node; the driver holds real WebSocket clients (Engine.IO v4 / Socket.IO
@@ -55,6 +55,9 @@ pub struct Plan {
     pub rounds: u64,
     /// Messages of each throughput run, by payload size.
     pub floods: [(usize, u64); 2],
+    /// Throughput runs of each size, in turns with the other columns: the report gives the
+    /// median rate, and the CPU of them all.
+    pub flood_rounds: u64,
     /// In-process sockets per node for `fetch_sockets` and `broadcast_with_ack`.
     pub sockets: u64,
     /// Rounds of each request.
@@ -66,6 +69,7 @@ pub struct Plan {
 const FULL: Plan = Plan {
     rounds: 5_000,
     floods: [(100, 50_000), (10 * 1024, 5_000)],
+    flood_rounds: 3,
     sockets: 1_000,
     requests: 100,
     floor: 5_000,
@@ -73,6 +77,7 @@ const FULL: Plan = Plan {
 const SMOKE: Plan = Plan {
     rounds: 50,
     floods: [(100, 200), (10 * 1024, 20)],
+    flood_rounds: 1,
     sockets: 20,
     requests: 5,
     floor: 50,
@@ -108,7 +113,9 @@ impl Plan {
                 .map(step)
         };
         let mut steps: Vec<_> = sliced(self.rounds, Step::Latency).collect();
-        steps.extend(self.floods.map(|(size, n)| Step::Flood(size, n)));
+        for _ in 0..self.flood_rounds {
+            steps.extend(self.floods.map(|(size, n)| Step::Flood(size, n)));
+        }
         steps.push(Step::Sockets(self.sockets));
         steps.extend(sliced(self.requests, Step::Fetch));
         steps.extend(sliced(self.requests, Step::Ack));
@@ -155,22 +162,44 @@ pub struct Figures {
     pub redis_cpu_s: Option<f64>,
 }
 
-/// One throughput run.
+/// The throughput runs of one payload size.
+#[derive(Default)]
 pub struct Flood {
     /// Payload bytes.
     pub size: usize,
-    /// Messages emitted.
-    pub sent: u64,
-    /// Messages per second delivered to each receiving client.
-    pub rate: f64,
-    /// Messages per second node A emitted at.
-    pub emit_rate: f64,
-    /// Messages not delivered, summed over the receiving clients.
+    /// Messages per second delivered to each receiving client, per run.
+    pub rates: Vec<f64>,
+    /// Messages per second node A emitted at, per run.
+    pub emit_rates: Vec<f64>,
+    /// Messages not delivered, summed over the receiving clients and the runs.
     pub lost: u64,
     /// Messages received out of order, summed.
     pub out_of_order: u64,
     /// Emits that returned an error.
     pub errors: u64,
+}
+
+impl Flood {
+    /// The median of the runs' rates per receiving client.
+    pub fn rate(&self) -> f64 {
+        median(&self.rates)
+    }
+
+    /// The median of the runs' emit rates of node A.
+    pub fn emit_rate(&self) -> f64 {
+        median(&self.emit_rates)
+    }
+}
+
+/// The median of `values` (the mean of the middle two of an even count); 0 for none.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn main() -> Result<(), BoxError> {
@@ -202,38 +231,41 @@ async fn drive(plan: Plan) -> Result<(), BoxError> {
         quinn: floor::quinn_hop(plan.floor).await?,
         quinn_apart: floor::quinn_hop_between_processes(&this, plan.floor).await?,
         tcp: floor::tcp_hop(plan.floor).await?,
-        quinn_cpu: floor::quinn_cpu(&this, &plan.floods, CLUSTER_NODES - 1).await?,
+        quinn_cpu: floor::quinn_cpu(&this, &plan.floods, plan.flood_rounds, CLUSTER_NODES - 1)
+            .await?,
     };
-    let singles = [
+    // Every column is up at once and they take turns at every step of the plan, so that a
+    // ratio between two columns compares measurements taken side by side.
+    let mut setups = vec![
         ("single node (c)", "local", this.as_path()),
         (SINGLE_ALL, "local-all", this.as_path()),
     ];
-    let mut columns = measure(&singles, None, plan).await?;
     if wanted("gossip") {
-        let mut setups = vec![(GOSSIP, "gossip", this.as_path())];
+        setups.push((GOSSIP, "gossip", this.as_path()));
         if let Some(b) = &baseline {
             setups.push((GOSSIP_BASELINE, "gossip", b));
         }
         if std::env::var_os("CLUSTER_BENCH_METRICS").is_some() {
             setups.push((GOSSIP_METRICS, "gossip-metrics", this.as_path()));
         }
-        columns.extend(measure(&setups, None, plan).await?);
     }
-    let redis_columns = [
+    let redis_columns: Vec<_> = [
         ("socketioxide-redis (b)", "redis"),
         ("this crate on Redis", "cluster-redis"),
-    ];
-    if redis_columns.iter().any(|(_, b)| wanted(b)) {
-        let Some(redis) = RedisServer::start() else {
-            eprintln!("redis-server not found: the Redis columns are skipped");
-            report::print(&columns, &floors, plan);
-            return Ok(());
-        };
-        for (name, backend) in redis_columns.into_iter().filter(|(_, b)| wanted(b)) {
-            let setup = [(name, backend, this.as_path())];
-            columns.extend(measure(&setup, Some(&redis), plan).await?);
-        }
+    ]
+    .into_iter()
+    .filter(|(_, b)| wanted(b))
+    .collect();
+    let redis = (!redis_columns.is_empty())
+        .then(RedisServer::start)
+        .flatten();
+    if redis.is_some() {
+        setups
+            .extend((redis_columns.iter()).map(|&(name, backend)| (name, backend, this.as_path())));
+    } else if !redis_columns.is_empty() {
+        eprintln!("redis-server not found: the Redis columns are skipped");
     }
+    let columns = measure(&setups, redis.as_ref(), plan).await?;
     report::print(&columns, &floors, plan);
     Ok(())
 }
@@ -247,6 +279,7 @@ async fn measure(
 ) -> Result<Vec<Figures>, BoxError> {
     let mut running = Vec::new();
     for (i, &(name, backend, exe)) in setups.iter().enumerate() {
+        let redis = redis.filter(|_| backend.ends_with("redis"));
         running.push(Setup::start(name, backend, exe, i, redis).await?);
     }
     let n = running.len();
@@ -404,15 +437,25 @@ impl<'r> Setup<'r> {
         let received: u64 = seen.iter().map(|s| s.received).sum();
         let last = seen.iter().map(|s| s.last_ns).max().unwrap_or(first_ns);
         let secs = (last.saturating_sub(first_ns)) as f64 / 1e9;
-        self.fig.floods.push(Flood {
-            size,
-            sent: n,
-            rate: received as f64 / receivers.len() as f64 / secs,
-            emit_rate: n as f64 / (last_emit_ns.saturating_sub(first_ns) as f64 / 1e9),
-            lost: n * receivers.len() as u64 - received.min(n * receivers.len() as u64),
-            out_of_order: seen.iter().map(|s| s.out_of_order).sum(),
-            errors,
-        });
+        let flood = match self.fig.floods.iter().position(|f| f.size == size) {
+            Some(i) => &mut self.fig.floods[i],
+            None => {
+                self.fig.floods.push(Flood {
+                    size,
+                    ..Default::default()
+                });
+                self.fig.floods.last_mut().ok_or("no flood")?
+            }
+        };
+        flood
+            .rates
+            .push(received as f64 / receivers.len() as f64 / secs);
+        flood
+            .emit_rates
+            .push(n as f64 / (last_emit_ns.saturating_sub(first_ns) as f64 / 1e9));
+        flood.lost += n * receivers.len() as u64 - received.min(n * receivers.len() as u64);
+        flood.out_of_order += seen.iter().map(|s| s.out_of_order).sum::<u64>();
+        flood.errors += errors;
         for ((cpu, n), before) in self.fig.cpu_s.iter_mut().zip(&self.nodes).zip(cpu_before) {
             *cpu += cpu_seconds(n.pid) - before;
         }

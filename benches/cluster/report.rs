@@ -99,15 +99,19 @@ pub fn print(cols: &[Figures], floors: &Floors, plan: Plan) {
     );
     for (i, (size, n)) in plan.floods.iter().enumerate() {
         row(
-            &format!("throughput {size} B, msg/s per receiving client ({n} sent; lost, reordered)"),
+            &format!(
+                "throughput {size} B, msg/s per receiving client, median of {} × {n} sent \
+                 (lost, reordered in all)",
+                plan.flood_rounds
+            ),
             cols.iter().map(|f| {
                 let fl = &f.floods[i];
                 format!(
                     "{:.0} ({}, {}; A emitted {:.0}/s)",
-                    fl.rate,
+                    fl.rate(),
                     fl.lost + fl.errors,
                     fl.out_of_order,
-                    fl.emit_rate
+                    fl.emit_rate()
                 )
             }),
         );
@@ -163,12 +167,14 @@ pub fn print(cols: &[Figures], floors: &Floors, plan: Plan) {
     );
     println!(
         "floor, CPU: a bare quinn stream to each of {} other processes, carrying the floods' \
-         payloads ({}) in writes of 64 KiB, took {quinn_cpu:.2} s of its process",
+         payloads ({}, each {} times) in writes of 64 KiB, took {quinn_cpu:.2} s of its \
+         process",
         crate::CLUSTER_NODES - 1,
         (plan.floods.iter())
             .map(|(size, n)| format!("{n} × {size} B"))
             .collect::<Vec<_>>()
             .join(" and "),
+        plan.flood_rounds,
     );
 
     let Some(gossip) = cols.iter().find(|f| f.name == crate::GOSSIP) else {
@@ -201,7 +207,7 @@ pub fn print(cols: &[Figures], floors: &Floors, plan: Plan) {
         for (g, r) in gossip.floods.iter().zip(&redis.floods) {
             goal(
                 &format!("throughput {} B, gossip / redis", g.size),
-                g.rate / r.rate,
+                g.rate() / r.rate(),
                 AtLeast(2.0),
             );
         }
@@ -237,7 +243,7 @@ pub fn print(cols: &[Figures], floors: &Floors, plan: Plan) {
     for (g, c) in gossip.floods.iter().zip(&ceiling.floods) {
         goal(
             &format!("throughput {} B, gossip / single node", g.size),
-            g.rate / c.rate,
+            g.rate() / c.rate(),
             AtLeast(0.6),
         );
         goal(
@@ -255,7 +261,7 @@ pub fn print(cols: &[Figures], floors: &Floors, plan: Plan) {
                     "throughput {} B, gossip / single node serving as many clients",
                     g.size
                 ),
-                g.rate / c.rate,
+                g.rate() / c.rate(),
                 AtLeast(0.6),
             );
         }
@@ -292,7 +298,7 @@ fn against_baseline(this: &Figures, base: &Figures, ratio: &str) {
     latency("emit → client on the same node", &this.same, &base.same);
     latency("emit → client on another node", &this.remote, &base.remote);
     for (t, b) in this.floods.iter().zip(&base.floods) {
-        println!("  throughput {} B: {:.2}", t.size, t.rate / b.rate);
+        println!("  throughput {} B: {:.2}", t.size, t.rate() / b.rate());
     }
     // Both columns flood the same messages: on a CPU-bound node, throughput goes as the
     // inverse of this, which the scheduling noise of one flood does not blur.
