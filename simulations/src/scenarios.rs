@@ -505,3 +505,43 @@ pub fn presence_partition(
         w.trace(),
     ))
 }
+
+/// `burst`: a burst of broadcasts from one node after a quiet spell, as a chat room's catch-up
+/// or a game's state sync sends.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    /// Broadcasts in the burst.
+    pub sent: u64,
+    /// From the burst until every node's client had all of it.
+    pub delivered: Duration,
+}
+
+/// Broadcasts of a [`burst`]: more bytes than a quiet QUIC connection's congestion window
+/// (quinn's initial one, 12,000 bytes) holds, so that the burst goes in several flights.
+pub const BURST: u64 = 300;
+
+/// `n` nodes formed, quiet for five seconds (keep-alives only), then node 0 broadcasts
+/// [`BURST`] messages at once.
+pub fn burst(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(Burst, Vec<String>)> {
+    let (mut w, _) = formed(n, seed, timings)?;
+    w.run_for(Duration::from_secs(5))?;
+    for id in 1..=BURST {
+        anyhow::ensure!(w.broadcast(0, id), "node 0 took no broadcast command");
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let delivered = w
+        .run_until(DELIVERY_LIMIT, |w| {
+            (1..=BURST).all(|id| covers(&w.received_by(id), &all))
+        })?
+        .ok_or_else(|| anyhow::anyhow!("the burst was not delivered in {DELIVERY_LIMIT:?}"))?;
+    w.log(format!(
+        "{BURST} broadcasts delivered everywhere after {delivered:?}"
+    ));
+    Ok((
+        Burst {
+            sent: BURST,
+            delivered,
+        },
+        w.trace(),
+    ))
+}

@@ -120,3 +120,20 @@ fn presence_replicas_are_equal_after_a_partition_heals() {
         assert!(p.entries > 0, "seed {seed}: something was tracked");
     }
 }
+
+/// A burst of broadcasts after a quiet spell goes in several flights of a congestion window;
+/// the receivers acknowledge each flight as it arrives, not after QUIC's acknowledgement
+/// delay (25 ms), which would hold the sender that long per flight.
+#[test]
+fn a_burst_after_a_quiet_spell_is_not_held_by_delayed_acknowledgements() {
+    // Seed 8 was held for one delay (32 ms); the others took 7 to 11 ms either way.
+    for seed in [7, 8] {
+        let (b, trace) =
+            run_seeded(seed, move || scenarios::burst(3, seed, Timings::default())).unwrap();
+        let trace = trace.join("\n");
+        assert!(
+            b.delivered < Duration::from_millis(25),
+            "seed {seed}: {b:?}\n{trace}"
+        );
+    }
+}

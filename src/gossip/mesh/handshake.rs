@@ -25,8 +25,14 @@ const STREAM_WINDOW: u32 = 1_250_000;
 /// Packets the peer may receive without acknowledging them at once (QUIC's ack-frequency
 /// extension; QUIC's default, 1, acknowledges every second packet): fewer
 /// acknowledgements, fewer wake-ups of both sides per frame. The peer still acknowledges
-/// within its ack delay, and at once when packets go missing.
+/// within [`ACK_DELAY`], and at once when packets go missing.
 const ACK_ELICITING_THRESHOLD: u32 = 10;
+
+/// The longest the peer may hold an acknowledgement back when fewer packets came (QUIC's
+/// default is 25 ms). A sender whose congestion window is full waits for it, and a quiet
+/// link's window is quinn's initial one (12,000 bytes): with 25 ms, a burst larger than that
+/// went in flights 25 ms apart. 1 ms is the least quinn takes (its timer granularity).
+const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// Unidirectional streams a verified peer may have open at once (its frame stream, and the
 /// next one while the previous finishes).
@@ -57,6 +63,7 @@ fn base_transport(peer_timeout: Duration) -> TransportConfig {
     t.datagram_receive_buffer_size(None);
     let mut acks = quinn::AckFrequencyConfig::default();
     acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+    acks.max_ack_delay(Some(ACK_DELAY));
     t.ack_frequency_config(Some(acks));
     t
 }
