@@ -189,7 +189,7 @@ pub const SINK: &str = "quinn-sink";
 pub const SOURCE: &str = "quinn-source";
 
 /// Largest buffer the source hands quinn in one write, as the mesh's writer coalesces.
-const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 
 /// CPU seconds a process spends carrying the payloads of `floods` (`n` messages of `size`
 /// bytes each), `rounds` times, to `peers` other processes, over one bare quinn stream

@@ -167,7 +167,7 @@ pub fn print(cols: &[Figures], floors: &Floors, plan: Plan) {
     );
     println!(
         "floor, CPU: a bare quinn stream to each of {} other processes, carrying the floods' \
-         payloads ({}, each {} times) in writes of 64 KiB, took {quinn_cpu:.2} s of its \
+         payloads ({}, each {} times) in writes of {} KiB, took {quinn_cpu:.2} s of its \
          process",
         crate::CLUSTER_NODES - 1,
         (plan.floods.iter())
@@ -175,6 +175,7 @@ pub fn print(cols: &[Figures], floors: &Floors, plan: Plan) {
             .collect::<Vec<_>>()
             .join(" and "),
         plan.flood_rounds,
+        crate::floor::CHUNK / 1024,
     );
 
     let Some(gossip) = cols.iter().find(|f| f.name == crate::GOSSIP) else {
