@@ -32,7 +32,7 @@ const ACK_ELICITING_THRESHOLD: u32 = 10;
 /// default is 25 ms). A sender whose congestion window is full waits for it, and a quiet
 /// link's window is quinn's initial one (12,000 bytes): with 25 ms, a burst larger than that
 /// went in flights 25 ms apart. 1 ms is the least quinn takes (its timer granularity).
-const ACK_DELAY: Duration = Duration::from_millis(1);
+pub(super) const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// Unidirectional streams a verified peer may have open at once (its frame stream, and the
 /// next one while the previous finishes).
