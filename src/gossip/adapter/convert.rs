@@ -99,7 +99,7 @@ pub(crate) fn rooms_from(rooms: Vec<String>) -> Vec<Room> {
 pub(crate) fn value(v: &Value) -> wire::Value {
     match v {
         Value::Str(s, bins) => wire::Value::Str(
-            s.as_str().to_string(),
+            s.clone(),
             bins.as_ref().map(|b| b.iter().cloned().collect()),
         ),
         Value::Bytes(b) => wire::Value::Bytes(b.clone()),
@@ -108,7 +108,7 @@ pub(crate) fn value(v: &Value) -> wire::Value {
 
 pub(crate) fn value_from(v: wire::Value) -> Value {
     match v {
-        wire::Value::Str(s, bins) => Value::Str(Str::from(s), bins.map(VecDeque::from)),
+        wire::Value::Str(s, bins) => Value::Str(s, bins.map(VecDeque::from)),
         wire::Value::Bytes(b) => Value::Bytes(b),
     }
 }
@@ -223,6 +223,29 @@ mod tests {
             (Packet::connect_error("/", "nope"), MsgPack),
         ] {
             assert_eq!(packet_from(packet(&p), parser).unwrap(), p);
+        }
+    }
+
+    /// A broadcast's payload goes to the peers without being copied: the request holds the
+    /// emit's own bytes, text or binary.
+    #[test]
+    fn a_packet_shares_its_payload_with_the_request() {
+        let text = Value::Str(Str::from("[\"e\",1]".to_string()), None);
+        let binary = Value::Bytes(Bytes::from(vec![0x92, 0xa1, 0x65]));
+        for v in [text, binary] {
+            let ours = match &v {
+                Value::Str(s, _) => s.as_bytes().as_ptr(),
+                Value::Bytes(b) => b.as_ptr(),
+            };
+            let p = Packet::event("/", v);
+            let wire::PacketData::Event(sent, _) = packet(&p).data else {
+                panic!("an event");
+            };
+            let theirs = match &sent {
+                wire::Value::Str(s, _) => s.as_bytes().as_ptr(),
+                wire::Value::Bytes(b) => b.as_ptr(),
+            };
+            assert_eq!(theirs, ours, "{sent:?} copied");
         }
     }
 

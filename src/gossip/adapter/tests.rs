@@ -99,7 +99,7 @@ async fn a_payload_of_another_parser_closes_the_link_without_a_panic() {
     // Re-sent until it arrives: the frames right after the bad one die with its link.
     let mut got = None;
     for i in 0..100 {
-        let text = Value::Str(format!("[\"ok\",{i}]"), None);
+        let text = Value::Str(format!("[\"ok\",{i}]").into(), None);
         b.send(
             To::Peers(&to_a),
             &broadcast(PacketData::Event(text, None)),

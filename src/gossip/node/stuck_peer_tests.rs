@@ -89,7 +89,7 @@ fn broadcast(body: String) -> Frame {
         origin: Id([b'o'; 16]),
         kind: RequestKind::Broadcast(WirePacket {
             ns: "/".into(),
-            data: PacketData::Event(Value::Str(body, None), None),
+            data: PacketData::Event(Value::Str(body.into(), None), None),
         }),
         opts: Opts::default(),
         ack_timeout_ms: None,

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use socketioxide_core::Str;
 
 #[cfg(doc)]
 use super::{Frame, MAX_ACK_TIMEOUT_MS, encode_body};
@@ -126,9 +127,11 @@ pub enum PacketData {
 /// A payload already encoded by the socket.io parser.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Value {
-    /// A text payload with optional binary attachments.
+    /// A text payload with optional binary attachments. The text is socketioxide's own
+    /// (reference-counted) string, encoded as a plain string: a broadcast's payload goes to
+    /// its frame without a copy of its own.
     Str(
-        String,
+        Str,
         #[serde(with = "bounded::attachments")] Option<Vec<Bytes>>,
     ),
     /// A binary payload (msgpack parser).

@@ -38,7 +38,7 @@ fn arb_value() -> impl Strategy<Value = Value> {
             ".{0,8}",
             proptest::option::of(proptest::collection::vec(arb_bytes(), 0..3))
         )
-            .prop_map(|(s, b)| Value::Str(s, b)),
+            .prop_map(|(s, b)| Value::Str(s.into(), b)),
         arb_bytes().prop_map(Value::Bytes),
     ]
 }
