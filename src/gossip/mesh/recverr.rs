@@ -177,11 +177,8 @@ impl AsyncUdpSocket for RecvErrSocket {
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         match self.inner.try_send(transmit) {
             Ok(()) => {
-                // Each segment of a batch is a datagram of its own.
-                let size = transmit.segment_size.unwrap_or(transmit.contents.len());
-                for datagram in transmit.contents.chunks(size.max(1)) {
-                    self.sent.record(transmit.destination, datagram);
-                }
+                let (dest, segment) = (transmit.destination, transmit.segment_size);
+                self.sent.record(dest, transmit.contents, segment);
                 Ok(())
             }
             // The datagram is lost, as any datagram may be: QUIC sends it again.

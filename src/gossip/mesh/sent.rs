@@ -77,15 +77,17 @@ impl Sent {
         }
     }
 
-    /// A datagram was sent to `dest`.
-    pub(crate) fn record(&self, dest: SocketAddr, datagram: &[u8]) {
-        let Some(start) = datagram.get(..QUOTED) else {
+    /// Datagrams were sent to `dest`: one, or a batch of several, each `segment` bytes long
+    /// but the last (what the socket sends at once with segmentation offload).
+    pub(crate) fn record(&self, dest: SocketAddr, contents: &[u8], segment: Option<usize>) {
+        let size = segment.unwrap_or(contents.len()).max(1);
+        let watched = self.watched.read().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = watched.get(&key(dest)) else {
             return;
         };
-        let watched = self.watched.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = watched.get(&key(dest)) {
+        let mut ring = w.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for start in contents.chunks(size).filter_map(|d| d.get(..QUOTED)) {
             let print = self.hasher.hash_one(start);
-            let mut ring = w.recent.lock().unwrap_or_else(|p| p.into_inner());
             if ring.prints.len() < KEPT {
                 ring.prints.push(print);
             } else {
@@ -141,11 +143,11 @@ mod tests {
             "127.0.0.1:7".parse().unwrap(),
             "127.0.0.1:8".parse().unwrap(),
         );
-        sent.record(peer, &datagram(0));
+        sent.record(peer, &datagram(0), None);
         assert!(!sent.quotes_one(peer, &datagram(0)), "not watched then");
         sent.watch(peer);
-        sent.record(peer, &datagram(1));
-        sent.record(other, &datagram(2));
+        sent.record(peer, &datagram(1), None);
+        sent.record(other, &datagram(2), None);
         // A quote holds the datagram's start, maybe more of it, maybe all of it.
         assert!(sent.quotes_one(peer, &datagram(1)));
         assert!(sent.quotes_one(peer, &datagram(1)[..QUOTED]));
@@ -159,13 +161,37 @@ mod tests {
     }
 
     #[test]
+    fn every_datagram_of_a_batch_is_recorded() {
+        let sent = Sent::default();
+        let peer: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        sent.watch(peer);
+        // Three datagrams of 40 bytes and a last one too short to be quoted in full.
+        let mut batch: Vec<u8> = (1..=3).flat_map(datagram).collect();
+        batch.extend_from_slice(&datagram(4)[..QUOTED - 1]);
+        sent.record(peer, &batch, Some(40));
+        for n in 1..=3 {
+            assert!(sent.quotes_one(peer, &datagram(n)), "datagram {n}");
+        }
+        assert!(!sent.quotes_one(peer, &datagram(4)));
+        assert_eq!(
+            sent.watched.read().unwrap()[&key(peer)]
+                .recent
+                .lock()
+                .unwrap()
+                .prints
+                .len(),
+            3
+        );
+    }
+
+    #[test]
     fn the_last_datagrams_are_kept_while_the_address_is_watched() {
         let sent = Sent::default();
         let peer: SocketAddr = "127.0.0.1:7".parse().unwrap();
         sent.watch(peer);
         sent.watch(peer);
         for n in 0..KEPT as u32 + 10 {
-            sent.record(peer, &datagram(n));
+            sent.record(peer, &datagram(n), None);
         }
         assert!(!sent.quotes_one(peer, &datagram(9)), "pushed out");
         assert!(sent.quotes_one(peer, &datagram(10)));
