@@ -280,7 +280,7 @@ async fn measure(
     let mut running = Vec::new();
     for (i, &(name, backend, exe)) in setups.iter().enumerate() {
         let redis = redis.filter(|_| backend.ends_with("redis"));
-        running.push(Setup::start(name, backend, exe, i, redis).await?);
+        running.push(Setup::start(name, backend, exe, i, redis, &plan.floods).await?);
     }
     let n = running.len();
     for (i, step) in plan.steps().into_iter().enumerate() {
@@ -306,13 +306,15 @@ struct Setup<'r> {
 }
 
 impl<'r> Setup<'r> {
-    /// Start the nodes from `exe`, connect the clients, warm up, note the memory at rest.
+    /// Start the nodes from `exe`, connect the clients, warm up, note the memory at rest;
+    /// the figures get an entry for each of the plan's `floods`.
     async fn start(
         name: &'static str,
         backend: &str,
         exe: &Path,
         index: usize,
         redis: Option<&'r RedisServer>,
+        floods: &[(usize, u64)],
     ) -> Result<Self, BoxError> {
         eprintln!("measuring {name} ...");
         let cluster = format!("bench-{}-{backend}-{index}", std::process::id());
@@ -346,6 +348,12 @@ impl<'r> Setup<'r> {
             redis_cpu_s: redis.map(|_| 0.0),
             fetch: (Vec::new(), u64::MAX),
             ack: (Vec::new(), u64::MAX),
+            floods: (floods.iter())
+                .map(|&(size, _)| Flood {
+                    size,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         Ok(Self {
@@ -437,16 +445,9 @@ impl<'r> Setup<'r> {
         let received: u64 = seen.iter().map(|s| s.received).sum();
         let last = seen.iter().map(|s| s.last_ns).max().unwrap_or(first_ns);
         let secs = (last.saturating_sub(first_ns)) as f64 / 1e9;
-        let flood = match self.fig.floods.iter().position(|f| f.size == size) {
-            Some(i) => &mut self.fig.floods[i],
-            None => {
-                self.fig.floods.push(Flood {
-                    size,
-                    ..Default::default()
-                });
-                self.fig.floods.last_mut().ok_or("no flood")?
-            }
-        };
+        let flood = (self.fig.floods.iter_mut())
+            .find(|f| f.size == size)
+            .ok_or("a flood of a size not in the plan")?;
         flood
             .rates
             .push(received as f64 / receivers.len() as f64 / secs);
