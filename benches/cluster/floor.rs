@@ -8,10 +8,7 @@
 
 use std::{
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -256,16 +253,16 @@ pub async fn serve_sink() -> Result<(), BoxError> {
     let (config, cert) = server_config()?;
     let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
     let port = server.local_addr()?.port();
-    let read = Arc::new(AtomicU64::new(0));
-    let counter = read.clone();
+    // Bytes read in all, over every connection.
+    let (count, mut read) = tokio::sync::watch::channel(0u64);
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
-            let read = counter.clone();
+            let count = count.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok(mut recv) = conn.accept_uni().await {
                     while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
-                        read.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                        count.send_modify(|n| *n += chunk.bytes.len() as u64);
                     }
                 }
             });
@@ -275,15 +272,15 @@ pub async fn serve_sink() -> Result<(), BoxError> {
     while let Some(line) = lines.next_line().await? {
         let waited = async {
             let want: u64 = line.strip_prefix("wait ").ok_or("not a wait")?.parse()?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while read.load(Ordering::Relaxed) < want {
-                if Instant::now() > deadline {
-                    let got = read.load(Ordering::Relaxed);
-                    return Err(format!("{got} of {want} bytes read").into());
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            let all_read = read.wait_for(|&n| n >= want);
+            let in_time = tokio::time::timeout(Duration::from_secs(60), all_read)
+                .await
+                .map(|done| done.is_ok());
+            match in_time {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the sink's server stopped".into()),
+                Err(_) => Err(format!("{} of {want} bytes read", *read.borrow()).into()),
             }
-            Ok(())
         };
         answer(&mut out, waited.await).await?;
     }
