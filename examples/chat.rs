@@ -68,6 +68,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[path = "shared/client_js.rs"]
 mod client_js;
+#[path = "shared/listen.rs"]
+mod listen;
 #[path = "shared/prometheus.rs"]
 mod prometheus;
 
@@ -335,8 +337,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(client_js::router())
         .layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let listener = tokio::net::TcpListener::bind(&bind).await?;
-    println!("{node} listening on http://{}", listener.local_addr()?);
+    let (listener, addr) = listen::bind(&bind).await?;
+    println!("{node} listening on http://{addr}");
     tokio::select! {
         res = axum::serve(listener, app) => res?,
         _ = tokio::signal::ctrl_c() => {}

@@ -66,6 +66,8 @@ use socketioxide_cluster::{
 
 #[path = "shared/client_js.rs"]
 mod client_js;
+#[path = "shared/listen.rs"]
+mod listen;
 
 /// HTTP ports of the three nodes, unless `DEMO_PORTS` says otherwise.
 const DEFAULT_PORTS: [u16; 3] = [3001, 3002, 3003];
@@ -265,8 +267,7 @@ async fn start_node(
         )
         .merge(client_js::router())
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = listen::bind(("127.0.0.1", port)).await?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((cluster, addr))
 }

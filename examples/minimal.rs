@@ -28,6 +28,8 @@
 
 use std::convert::Infallible;
 
+#[path = "shared/listen.rs"]
+mod listen;
 #[path = "shared/prometheus.rs"]
 mod prometheus;
 
@@ -83,8 +85,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = prometheus::router(metrics).layer(layer);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0:3000".into());
-    let listener = tokio::net::TcpListener::bind(&bind).await?;
-    println!("{name} listening on http://{}", listener.local_addr()?);
+    let (listener, addr) = listen::bind(&bind).await?;
+    println!("{name} listening on http://{addr}");
     // Not axum's graceful shutdown: it would wait for every WebSocket to close.
     tokio::select! {
         res = axum::serve(listener, app) => res?,

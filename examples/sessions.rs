@@ -30,6 +30,9 @@
 
 use std::{io::Write, net::SocketAddr};
 
+#[path = "shared/listen.rs"]
+mod listen;
+
 use axum::{
     Json, Router,
     extract::Query,
@@ -114,8 +117,8 @@ async fn main() -> Result<(), BoxError> {
         )
         .layer(io_layer);
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    let port = listener.local_addr()?.port();
+    let (listener, addr) = listen::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let port = addr.port();
     writeln!(std::io::stdout(), "READY {port}")?;
     axum::serve(listener, app).await?;
     Ok(())
