@@ -188,17 +188,25 @@ pub const SOURCE: &str = "quinn-source";
 /// Largest buffer the source hands quinn in one write, as the mesh's writer coalesces.
 pub const CHUNK: usize = 64 * 1024;
 
+/// CPU seconds of the processes of [`quinn_cpu`].
+pub struct QuinnCpu {
+    /// The sender's: what quinn itself costs node A to send the floods to its peers.
+    pub source: f64,
+    /// The receivers', together: what quinn itself costs the peers to receive them.
+    pub sinks: f64,
+}
+
 /// CPU seconds a process spends carrying the payloads of `floods` (`n` messages of `size`
 /// bytes each), `rounds` times, to `peers` other processes, over one bare quinn stream
-/// each, in writes of [`CHUNK`] bytes: what quinn itself costs node A to send the floods to
-/// its peers, with no framing and nothing per message. The process's CPU is read once every
-/// sink has read every byte.
+/// each, in writes of [`CHUNK`] bytes, and those the receiving processes spend: what quinn
+/// itself costs a cluster's nodes to carry the floods from node A to its peers, with no
+/// framing and nothing per message. The CPU is read once every sink has read every byte.
 pub async fn quinn_cpu(
     exe: &Path,
     floods: &[(usize, u64)],
     rounds: u64,
     peers: usize,
-) -> Result<f64, BoxError> {
+) -> Result<QuinnCpu, BoxError> {
     let mut source = Node::start(exe, SOURCE, "", "floor", 0).await?;
     let mut sinks = Vec::with_capacity(peers);
     for _ in 0..peers {
@@ -207,7 +215,8 @@ pub async fn quinn_cpu(
         source.cmd(&format!("connect {} {cert}", sink.port)).await?;
         sinks.push(sink);
     }
-    let before = cpu_seconds(source.pid);
+    let sinks_cpu = |sinks: &[Node]| sinks.iter().map(|s| cpu_seconds(s.pid)).sum::<f64>();
+    let before = (cpu_seconds(source.pid), sinks_cpu(&sinks));
     let mut total = 0;
     for (size, n) in (0..rounds).flat_map(|_| floods) {
         source.cmd(&format!("flood {n} {size}")).await?;
@@ -216,7 +225,10 @@ pub async fn quinn_cpu(
             sink.cmd(&format!("wait {total}")).await?;
         }
     }
-    let cpu = cpu_seconds(source.pid) - before;
+    let cpu = QuinnCpu {
+        source: cpu_seconds(source.pid) - before.0,
+        sinks: sinks_cpu(&sinks) - before.1,
+    };
     source.stop().await;
     for sink in sinks {
         sink.stop().await;
