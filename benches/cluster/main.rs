@@ -24,6 +24,8 @@
 
 mod client;
 mod floor;
+#[path = "../../examples/shared/listen.rs"]
+mod listen;
 mod node;
 mod procs;
 mod report;

@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use axum::serve::ListenerExt;
 use futures_util::StreamExt;
 use socketioxide::{
     SocketIo, SocketIoBuilder,
@@ -169,15 +168,9 @@ async fn serve<A: Adapter>(
     let app = axum::Router::new()
         .fallback(async || "bench node")
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    // As a latency-minded deployment serves: without it, a frame written while the one before
-    // is unacknowledged waits for the client's delayed acknowledgement (up to 40 ms on Linux).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            eprintln!("TCP_NODELAY not set: {e}");
-        }
-    });
+    // With TCP_NODELAY, as a latency-minded deployment serves.
+    let (listener, addr) = crate::listen::bind("127.0.0.1:0").await?;
+    let port = addr.port();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut out = tokio::io::stdout();

@@ -48,7 +48,8 @@ pub struct Floors {
     pub quinn_apart: Vec<u64>,
     /// Latencies (ns) of the TCP hop in one process.
     pub tcp: Vec<u64>,
-    /// CPU seconds bare quinn takes to carry the floods' payloads to node A's peers.
+    /// CPU seconds bare quinn takes to carry the floods' payloads from node A to its peers,
+    /// at both ends.
     pub quinn_cpu: crate::floor::QuinnCpu,
 }
 

@@ -1,6 +1,7 @@
-//! The examples' HTTP listener, with Nagle's algorithm off on every connection it accepts
-//! (docs/deploying.md, "TCP_NODELAY on the HTTP port"): a node writes what other nodes
-//! send to its clients in many small writes, which Nagle would hold back up to 40 ms.
+//! The HTTP listener of the examples and of the benchmark's nodes, with Nagle's algorithm
+//! off on every connection it accepts (docs/deploying.md, "TCP_NODELAY on the HTTP port"):
+//! a node writes what other nodes send to its clients in many small writes, which Nagle
+//! would hold back up to 40 ms.
 
 use std::net::SocketAddr;
 
