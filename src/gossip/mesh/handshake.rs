@@ -26,7 +26,7 @@ const STREAM_WINDOW: u32 = 1_250_000;
 /// extension; QUIC's default, 1, acknowledges every second packet): fewer
 /// acknowledgements, fewer wake-ups of both sides per frame. The peer still acknowledges
 /// within [`ACK_DELAY`], and at once when packets go missing.
-const ACK_ELICITING_THRESHOLD: u32 = 10;
+pub(super) const ACK_ELICITING_THRESHOLD: u32 = 10;
 
 /// The longest the peer may hold an acknowledgement back when fewer packets came (QUIC's
 /// default is 25 ms). A sender whose congestion window is full waits for it, and a quiet
