@@ -510,9 +510,7 @@ pub fn presence_partition(
 /// or a game's state sync sends.
 #[derive(Debug, Clone)]
 pub struct Burst {
-    /// Broadcasts in the burst.
-    pub sent: u64,
-    /// From the burst until every node's client had all of it.
+    /// From the burst of [`BURST`] broadcasts until every node's client had all of it.
     pub delivered: Duration,
 }
 
@@ -537,11 +535,5 @@ pub fn burst(n: usize, seed: u64, timings: Timings) -> anyhow::Result<(Burst, Ve
     w.log(format!(
         "{BURST} broadcasts delivered everywhere after {delivered:?}"
     ));
-    Ok((
-        Burst {
-            sent: BURST,
-            delivered,
-        },
-        w.trace(),
-    ))
+    Ok((Burst { delivered }, w.trace()))
 }
