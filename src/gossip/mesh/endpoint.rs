@@ -112,7 +112,7 @@ impl Mesh {
             None => {
                 // quinn's socket, keeping the ICMP errors its datagrams cause: a peer whose
                 // port answers unreachable, quoting what was sent to it, has crashed (see
-                // `links`).
+                // `links`). Its receive buffer holds a burst (`recverr::RECEIVE_BUFFER`).
                 let runtime = Arc::new(quinn::TokioRuntime);
                 recverr::bind(addr, &*runtime, sent).and_then(|(socket, reports)| {
                     let (stop, stopped) = tokio::sync::oneshot::channel();

@@ -1,5 +1,6 @@
 //! The mesh's UDP socket on Linux: quinn's own socket with `IP_RECVERR` (and
-//! `IPV6_RECVERR`) on, and a reader of the socket's error queue.
+//! `IPV6_RECVERR`) on and a receive buffer that holds a burst ([`RECEIVE_BUFFER`]), and a
+//! reader of the socket's error queue.
 //!
 //! An unconnected UDP socket drops the ICMP errors its datagrams cause unless asked to keep
 //! them. With the option on, the kernel queues each one with the destination of the datagram
@@ -31,6 +32,13 @@ use quinn::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::sent::{QUOTED, Sent};
+
+/// Bytes of received datagrams the kernel may hold for the mesh socket until quinn reads
+/// them. Linux's default (`net.core.rmem_default`, about 200 KiB) overflows in a burst of
+/// broadcasts: the kernel drops what does not fit, and QUIC sends it again a round trip
+/// later, with its congestion window halved. 4 MiB holds 3 ms at 10 Gbit/s. The kernel
+/// grants no more than `net.core.rmem_max`.
+pub(crate) const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Most errors read from the queue in one go, before other tasks get a turn.
 const MAX_READ_AT_ONCE: usize = 64;
@@ -117,6 +125,7 @@ pub(crate) fn bind(
     sent: Arc<Sent>,
 ) -> io::Result<(Arc<dyn AsyncUdpSocket>, ErrorQueue)> {
     let socket = std::net::UdpSocket::bind(addr)?;
+    enlarge_receive_buffer(&socket)?;
     let fd = socket.as_raw_fd();
     if addr.is_ipv6() {
         set_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVERR)?;
@@ -135,6 +144,25 @@ pub(crate) fn bind(
     let queue = ErrorQueue(unsafe { AsyncFd::register_with_interest(errors, Interest::ERROR) }?);
     let inner = runtime.wrap_udp_socket(socket)?;
     Ok((Arc::new(RecvErrSocket { inner, sent }), queue))
+}
+
+/// Ask for a receive buffer of [`RECEIVE_BUFFER`] bytes, and warn when the kernel's cap
+/// leaves it short.
+fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+    // Linux reports twice what it granted (the other half pays for its bookkeeping).
+    let granted = socket.recv_buffer_size()?;
+    if granted / 2 < RECEIVE_BUFFER {
+        tracing::warn!(
+            "the kernel granted the mesh socket a receive buffer of {} bytes of the \
+             {RECEIVE_BUFFER} asked for, as net.core.rmem_max caps it: a burst larger than \
+             the buffer is dropped by the kernel and sent again by QUIC, late. Raise the \
+             cap: sysctl -w net.core.rmem_max={RECEIVE_BUFFER}",
+            granted / 2
+        );
+    }
+    Ok(())
 }
 
 fn set_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
@@ -374,6 +402,35 @@ mod tests {
                 "{origin} {t} {c}"
             );
         }
+    }
+
+    /// The kernel holds up to [`RECEIVE_BUFFER`] bytes of datagrams for the mesh socket, or
+    /// as many as `net.core.rmem_max` lets a process ask for, not its default of about
+    /// 200 KiB: a burst larger than the buffer is dropped by the kernel and sent again by
+    /// QUIC, late, with its congestion window halved.
+    #[tokio::test]
+    async fn the_socket_asks_for_a_receive_buffer_that_holds_a_burst() {
+        let (_socket, queue) = bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &quinn::TokioRuntime,
+            Arc::new(Sent::default()),
+        )
+        .unwrap();
+        // Linux reports twice what it grants (the other half pays for its bookkeeping).
+        let granted = socket2::SockRef::from(queue.0.get_ref())
+            .recv_buffer_size()
+            .unwrap()
+            / 2;
+        let path = "/proc/sys/net/core/rmem_max";
+        let max: usize = (std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")))
+            .trim()
+            .parse()
+            .unwrap();
+        let want = RECEIVE_BUFFER.min(max);
+        assert!(
+            granted >= want,
+            "granted {granted} bytes, asked for {RECEIVE_BUFFER}, rmem_max {max}"
+        );
     }
 
     /// A datagram to a closed port on 127.0.0.1 comes back as a report naming that port
