@@ -25,6 +25,7 @@
 //! | `socketioxide_cluster_request_duration_seconds` | histogram | seconds | `node`, `kind` | from sending a request to its end |
 //! | `socketioxide_cluster_requests_ended_early_total` | counter | requests | `node`, `kind` | requests that stopped waiting for a peer found gone |
 //! | `socketioxide_cluster_peer_rtt_seconds` | gauge | seconds | `node`, `peer` | QUIC's smoothed round-trip time to the peer, sampled every second |
+//! | `socketioxide_cluster_socket_drops_total` | counter | datagrams | `node` | datagrams the kernel dropped for want of room in the mesh socket's receive buffer (Linux), sampled every second |
 //! | `socketioxide_cluster_gossip_datagrams_total` | counter | datagrams | `node`, `outcome` (`sealed`, `opened`, `refused`) | sealed gossip datagrams |
 //! | `socketioxide_cluster_session_records` | gauge | records | `node` | live sessions held by the shared session store (feature `sessions`) |
 //! | `socketioxide_cluster_session_tombstones` | gauge | records | `node` | deleted sessions it still remembers |
@@ -86,6 +87,10 @@ pub const REQUEST_DURATION: &str = "socketioxide_cluster_request_duration_second
 pub const REQUESTS_ENDED_EARLY: &str = "socketioxide_cluster_requests_ended_early_total";
 /// QUIC's smoothed round-trip time to a peer (gauge, seconds; label `peer`).
 pub const PEER_RTT: &str = "socketioxide_cluster_peer_rtt_seconds";
+/// Datagrams the kernel dropped for want of room in the mesh socket's receive buffer
+/// (counter; Linux). QUIC sends what they carried again, late: see `net.core.rmem_max` in
+/// the deployment guide.
+pub const SOCKET_DROPS: &str = "socketioxide_cluster_socket_drops_total";
 /// Sealed gossip datagrams (counter; label `outcome`: `sealed`, `opened`, `refused`).
 pub const GOSSIP_DATAGRAMS: &str = "socketioxide_cluster_gossip_datagrams_total";
 /// Live sessions held by the shared session store (gauge).
@@ -234,6 +239,13 @@ pub const ALL: &[Metric] = &[
         Unit::Seconds,
         &["node", "peer"],
         "Smoothed QUIC round-trip time to a peer",
+    ),
+    m(
+        SOCKET_DROPS,
+        C,
+        Unit::Count,
+        &["node"],
+        "Datagrams the kernel dropped for want of room in the mesh socket's receive buffer",
     ),
     m(
         GOSSIP_DATAGRAMS,
@@ -468,6 +480,7 @@ pub(crate) struct MeshMetrics {
     pub(crate) links_in: Gauge,
     pub(crate) links_out: Gauge,
     pub(crate) drops: Drops,
+    pub(crate) socket_drops: Counter,
 }
 
 #[cfg(feature = "cluster-gossip")]
@@ -480,6 +493,7 @@ impl MeshMetrics {
             links_in: gauge!(LINKS_UP, "node" => node.clone(), "direction" => "in"),
             links_out: gauge!(LINKS_UP, "node" => node.clone(), "direction" => "out"),
             drops: Drops::new(node.clone()),
+            socket_drops: counter!(SOCKET_DROPS, "node" => node.clone()),
             node,
         }
     }

@@ -64,6 +64,10 @@ pub(crate) struct Mesh {
     pub(super) links: Arc<links::Links>,
     /// Stops the reader of the socket's error reports when the mesh goes.
     pub(super) _stop_reports: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The count of datagrams the kernel dropped for the socket (Linux, the operating
+    /// system's socket).
+    #[cfg(target_os = "linux")]
+    pub(super) socket_drops: Option<recverr::SocketDrops>,
 }
 
 /// A UDP socket that does not come from the operating system, with what drives it.
@@ -107,6 +111,8 @@ impl Mesh {
         client.transport_config(Arc::new(client_transport(peer_timeout)));
         let sent = Arc::new(sent::Sent::default());
         let links = Arc::new(links::Links::new(sent.clone()));
+        #[cfg(target_os = "linux")]
+        let mut socket_drops = None;
         let (endpoint, stop_reports) = match socket {
             #[cfg(target_os = "linux")]
             None => {
@@ -114,7 +120,8 @@ impl Mesh {
                 // port answers unreachable, quoting what was sent to it, has crashed (see
                 // `links`). Its receive buffer holds a burst (`recverr::RECEIVE_BUFFER`).
                 let runtime = Arc::new(quinn::TokioRuntime);
-                recverr::bind(addr, &*runtime, sent).and_then(|(socket, reports)| {
+                recverr::bind(addr, &*runtime, sent).and_then(|(socket, reports, drops)| {
+                    socket_drops = Some(drops);
                     let (stop, stopped) = tokio::sync::oneshot::channel();
                     tokio::spawn(links::watch(reports, links.clone(), stopped));
                     let endpoint = Endpoint::new_with_abstract_socket(
@@ -166,6 +173,8 @@ impl Mesh {
             span: tracing::Span::none(),
             links,
             _stop_reports: stop_reports,
+            #[cfg(target_os = "linux")]
+            socket_drops,
         })
     }
 
@@ -194,6 +203,30 @@ impl Mesh {
     /// The span that names this node, for the tasks of the layers above.
     pub(crate) fn span(&self) -> tracing::Span {
         self.span.clone()
+    }
+
+    /// Count the datagrams the kernel dropped for this node's socket since the last call
+    /// ([`crate::metrics::SOCKET_DROPS`]), and warn of them.
+    pub(crate) fn record_socket_drops(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(drops) = &self.socket_drops {
+            match drops.since_last() {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    self.counters
+                        .metrics
+                        .socket_drops
+                        .increment(u64::from(dropped));
+                    tracing::warn!(
+                        parent: &self.span, dropped,
+                        "the kernel dropped datagrams for the mesh socket, its receive buffer \
+                         full: QUIC sends what they carried again, late (raise \
+                         net.core.rmem_max, see the deployment guide)"
+                    );
+                }
+                Err(e) => tracing::debug!(parent: &self.span, "socket drops not read: {e}"),
+            }
+        }
     }
 
     /// What the mesh records.

@@ -21,7 +21,10 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd, RawFd},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -118,12 +121,13 @@ impl fmt::Display for Kind {
 }
 
 /// Bind the mesh socket at `addr` with error reports on: the socket for quinn, which
-/// records what it sends in `sent`, and the reader of its error queue.
+/// records what it sends in `sent`, the reader of its error queue, and the reader of the
+/// count of datagrams the kernel dropped for it.
 pub(crate) fn bind(
     addr: SocketAddr,
     runtime: &dyn Runtime,
     sent: Arc<Sent>,
-) -> io::Result<(Arc<dyn AsyncUdpSocket>, ErrorQueue)> {
+) -> io::Result<(Arc<dyn AsyncUdpSocket>, ErrorQueue, SocketDrops)> {
     let socket = std::net::UdpSocket::bind(addr)?;
     enlarge_receive_buffer(&socket)?;
     let fd = socket.as_raw_fd();
@@ -142,8 +146,56 @@ pub(crate) fn bind(
     // SAFETY: the std socket owns its descriptor, which stays open and the same until the
     // `AsyncFd` drops it.
     let queue = ErrorQueue(unsafe { AsyncFd::register_with_interest(errors, Interest::ERROR) }?);
+    let drops = SocketDrops::new(socket.try_clone()?)?;
     let inner = runtime.wrap_udp_socket(socket)?;
-    Ok((Arc::new(RecvErrSocket { inner, sent }), queue))
+    Ok((Arc::new(RecvErrSocket { inner, sent }), queue, drops))
+}
+
+/// Reads, through a descriptor of its own, how many datagrams the kernel dropped for the
+/// mesh socket: for want of room in its receive buffer, nearly always (`SO_MEMINFO`).
+pub(crate) struct SocketDrops {
+    socket: std::net::UdpSocket,
+    /// The kernel's count when last read.
+    seen: AtomicU32,
+}
+
+impl SocketDrops {
+    fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+        let seen = AtomicU32::new(kernel_drops(socket.as_raw_fd())?);
+        Ok(Self { socket, seen })
+    }
+
+    /// Datagrams dropped since the last call (or since the socket was bound).
+    pub(crate) fn since_last(&self) -> io::Result<u32> {
+        let now = kernel_drops(self.socket.as_raw_fd())?;
+        // The kernel's count is 32 bits wide, and wraps.
+        Ok(now.wrapping_sub(self.seen.swap(now, Ordering::Relaxed)))
+    }
+}
+
+/// The kernel's count of datagrams dropped for the socket `fd`.
+fn kernel_drops(fd: RawFd) -> io::Result<u32> {
+    const DROPS: usize = libc::SK_MEMINFO_DROPS as usize;
+    let mut info = [0u32; DROPS + 1];
+    let mut len = mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `fd` is an open socket; the kernel writes at most `len` bytes into `info`,
+    // which is that long, and sets `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < mem::size_of_val(&info) {
+        return Err(io::Error::other("SO_MEMINFO without the count of drops"));
+    }
+    Ok(info[DROPS])
 }
 
 /// Ask for a receive buffer of [`RECEIVE_BUFFER`] bytes, and warn when the kernel's cap
@@ -410,7 +462,7 @@ mod tests {
     /// QUIC, late, with its congestion window halved.
     #[tokio::test]
     async fn the_socket_asks_for_a_receive_buffer_that_holds_a_burst() {
-        let (_socket, queue) = bind(
+        let (_socket, queue, _) = bind(
             "127.0.0.1:0".parse().unwrap(),
             &quinn::TokioRuntime,
             Arc::new(Sent::default()),
@@ -439,7 +491,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_port_is_reported_with_its_address_and_the_datagram() {
         let sent = Arc::new(Sent::default());
-        let (socket, queue) = bind(
+        let (socket, queue, _) = bind(
             "127.0.0.1:0".parse().unwrap(),
             &quinn::TokioRuntime,
             sent.clone(),

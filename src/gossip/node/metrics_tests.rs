@@ -149,3 +149,33 @@ async fn a_node_records_members_links_frames_requests_drops_gossip_and_rtt() {
     );
     a.shutdown().await;
 }
+
+/// Datagrams the kernel drops for want of room in a node's mesh socket are counted: a
+/// burst sent at the socket while the node cannot read it (this test's thread is its
+/// runtime's only one, and sends without yielding) overflows the socket's buffer, and the
+/// next sample counts what the kernel dropped.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_counts_the_datagrams_the_kernel_dropped_for_its_mesh_socket() {
+    let recorder = recorder();
+    let cluster = format!("metrics-socket-{}", std::process::id());
+    let a = Node::start(&config(&cluster, "metrics-socket", None))
+        .await
+        .unwrap();
+    let on_a = [("node", "metrics-socket")];
+    assert_eq!(recorder.value(m::SOCKET_DROPS, &on_a), 0.0);
+    // 12 MB: more than the kernel holds for the 4 MiB asked for (twice that, with its
+    // bookkeeping), whatever net.core.rmem_max allows.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagram = [0u8; 1200];
+    for _ in 0..10_000 {
+        let _ = junk.send_to(&datagram, a.addrs().1);
+    }
+    assert!(
+        until(Duration::from_secs(10), || recorder
+            .value(m::SOCKET_DROPS, &on_a)
+            > 0.0)
+        .await,
+        "no dropped datagram counted"
+    );
+}

@@ -10,8 +10,9 @@ use crate::gossip::{
     peer::PeerId,
 };
 
-/// How often round-trip times are recorded as [`crate::metrics::PEER_RTT`].
-pub(super) const RTT_EVERY: Duration = Duration::from_secs(1);
+/// How often round-trip times ([`crate::metrics::PEER_RTT`]) and the datagrams the kernel
+/// dropped ([`crate::metrics::SOCKET_DROPS`]) are recorded.
+pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// One member as this node sees it (see [`Cluster::peer_stats`](super::Cluster::peer_stats)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,8 +72,10 @@ impl Node {
         self.peek(peer).1.filter(|l| l.is_open())
     }
 
-    /// Record the round-trip time to every member this node has a connection to.
-    pub(super) fn record_rtts(&self) {
+    /// Record the datagrams the kernel dropped for the mesh socket, and the round-trip time
+    /// to every member this node has a connection to.
+    pub(super) fn record_samples(&self) {
+        self.mesh.record_socket_drops();
         for member in self.members() {
             let peer = member.peer_id();
             let (_, link) = self.peek(&peer);

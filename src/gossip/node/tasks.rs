@@ -49,7 +49,7 @@ pub(super) async fn watch_membership(
     // New nodes are connected to on the next tick: gossip tells only of changes in the
     // live set, which it judges once a gossip round.
     let mut tick = tokio::time::interval(GOSSIP_POLL);
-    let mut rtt_tick = tokio::time::interval(stats::RTT_EVERY);
+    let mut sample_tick = tokio::time::interval(stats::SAMPLE_EVERY);
     let mut gossip_stopped = std::pin::pin!(gossip_stopped);
     loop {
         {
@@ -66,7 +66,7 @@ pub(super) async fn watch_membership(
                 }
             }
             _ = tick.tick() => {}
-            _ = rtt_tick.tick() => node.upgrade().iter().for_each(|n| n.record_rtts()),
+            _ = sample_tick.tick() => node.upgrade().iter().for_each(|n| n.record_samples()),
             why = &mut gossip_stopped => {
                 if let Some(node) = node.upgrade()
                 {
