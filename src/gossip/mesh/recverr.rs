@@ -201,20 +201,23 @@ fn kernel_drops(fd: RawFd) -> io::Result<u32> {
 /// Ask for a receive buffer of [`RECEIVE_BUFFER`] bytes, and warn when the kernel's cap
 /// leaves it short.
 fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> io::Result<()> {
-    let socket = socket2::SockRef::from(socket);
-    socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
-    // Linux reports twice what it granted (the other half pays for its bookkeeping).
-    let granted = socket.recv_buffer_size()?;
-    if granted / 2 < RECEIVE_BUFFER {
+    socket2::SockRef::from(socket).set_recv_buffer_size(RECEIVE_BUFFER)?;
+    let granted = receive_buffer(socket)?;
+    if granted < RECEIVE_BUFFER {
         tracing::warn!(
-            "the kernel granted the mesh socket a receive buffer of {} bytes of the \
+            "the kernel granted the mesh socket a receive buffer of {granted} bytes of the \
              {RECEIVE_BUFFER} asked for, as net.core.rmem_max caps it: a burst larger than \
              the buffer is dropped by the kernel and sent again by QUIC, late. Raise the \
-             cap: sysctl -w net.core.rmem_max={RECEIVE_BUFFER}",
-            granted / 2
+             cap: sysctl -w net.core.rmem_max={RECEIVE_BUFFER}"
         );
     }
     Ok(())
+}
+
+/// The receive buffer the kernel granted `socket`, in bytes of datagrams: Linux reports
+/// twice what it granted (the other half pays for its bookkeeping).
+fn receive_buffer(socket: &std::net::UdpSocket) -> io::Result<usize> {
+    Ok(socket2::SockRef::from(socket).recv_buffer_size()? / 2)
 }
 
 fn set_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
@@ -468,11 +471,7 @@ mod tests {
             Arc::new(Sent::default()),
         )
         .unwrap();
-        // Linux reports twice what it grants (the other half pays for its bookkeeping).
-        let granted = socket2::SockRef::from(queue.0.get_ref())
-            .recv_buffer_size()
-            .unwrap()
-            / 2;
+        let granted = receive_buffer(queue.0.get_ref()).unwrap();
         let path = "/proc/sys/net/core/rmem_max";
         let max: usize = (std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")))
             .trim()

@@ -178,4 +178,5 @@ async fn a_node_counts_the_datagrams_the_kernel_dropped_for_its_mesh_socket() {
         .await,
         "no dropped datagram counted"
     );
+    a.shutdown().await;
 }
