@@ -384,6 +384,10 @@ pub use gossip::config::{
 };
 #[cfg(feature = "cluster-gossip")]
 pub use gossip::membership::Member;
+/// quinn set up as the mesh sets it up, for the benchmark's floor. Not part of the API.
+#[cfg(feature = "cluster-gossip")]
+#[doc(hidden)]
+pub use gossip::mesh::floor as mesh_floor;
 #[cfg(feature = "custom-network")]
 pub use gossip::network;
 #[cfg(feature = "cluster-gossip")]

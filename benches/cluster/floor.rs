@@ -4,7 +4,9 @@
 //! message and waits until the other side has read it in full; the latency is from before
 //! the write to after the read. And the CPU floor: the CPU seconds a process spends to carry
 //! the floods' payloads to as many other processes as node A has peers, over one bare quinn
-//! stream each.
+//! stream each. quinn is set up as the mesh sets it up (its transport: windows,
+//! acknowledgement frequency, keep-alives; its socket's receive buffer), so that the floor
+//! differs from the mesh only in what the mesh adds.
 
 use std::{
     path::Path,
@@ -22,6 +24,7 @@ use tokio::{
 
 use crate::node::{BoxError, now_ns};
 use crate::procs::{Node, cpu_seconds};
+use socketioxide_cluster::mesh_floor;
 
 /// Size of one message, as the issue of the figures fixed it.
 pub const MESSAGE: usize = 108;
@@ -39,7 +42,8 @@ fn server_config() -> Result<(quinn::ServerConfig, CertificateDer<'static>), Box
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![cert.clone()], der)?;
-    let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(Arc::new(mesh_floor::transport()));
     Ok((config, cert))
 }
 
@@ -51,18 +55,31 @@ fn client_config(cert: CertificateDer<'static>) -> Result<quinn::ClientConfig, B
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls)?,
-    )))
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    config.transport_config(Arc::new(mesh_floor::transport()));
+    Ok(config)
+}
+
+/// An endpoint on loopback (a server with `server`), on a socket with the mesh's receive
+/// buffer.
+fn endpoint(server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, BoxError> {
+    let socket = mesh_floor::socket("127.0.0.1:0".parse()?)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    Ok(quinn::Endpoint::new(
+        Default::default(),
+        server,
+        socket,
+        runtime,
+    )?)
 }
 
 /// Latencies (ns) of `rounds` one-way messages over one quinn unidirectional stream.
 pub async fn quinn_hop(rounds: usize) -> Result<Vec<u64>, BoxError> {
     let (server_cfg, cert) = server_config()?;
     let client_cfg = client_config(cert)?;
-    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
+    let server = endpoint(Some(server_cfg))?;
     let addr = server.local_addr()?;
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let client = endpoint(None)?;
     let connecting = client.connect_with(client_cfg, addr, "floor")?;
     let accepting = async {
         let incoming = server.accept().await.ok_or("no incoming connection")?;
@@ -134,7 +151,7 @@ pub async fn quinn_hop_between_processes(exe: &Path, rounds: usize) -> Result<Ve
         .as_deref()
         .ok_or("the floor's server gave no certificate")?;
     let cert = data_encoding::HEXLOWER.decode(cert.as_bytes())?;
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let client = endpoint(None)?;
     let addr = format!("127.0.0.1:{}", server.port).parse()?;
     let conn = client
         .connect_with(client_config(CertificateDer::from(cert))?, addr, "floor")?
@@ -162,7 +179,7 @@ pub async fn quinn_hop_between_processes(exe: &Path, rounds: usize) -> Result<Ve
 /// [`quinn_hop_between_processes`]). Announces its port and certificate (hex) on stdout.
 pub async fn serve_between_processes() -> Result<(), BoxError> {
     let (config, cert) = server_config()?;
-    let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    let server = endpoint(Some(config))?;
     let hex = data_encoding::HEXLOWER.encode(&cert);
     // It takes no commands: it answers the one stream it is opened with.
     let _ = announce(server.local_addr()?.port(), &hex).await?;
@@ -263,7 +280,7 @@ async fn answer(out: &mut Stdout, done: Result<(), BoxError>) -> Result<(), BoxE
 /// `wait <bytes>` answers once that many bytes were read in all (within 60 s).
 pub async fn serve_sink() -> Result<(), BoxError> {
     let (config, cert) = server_config()?;
-    let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    let server = endpoint(Some(config))?;
     let port = server.local_addr()?.port();
     // Bytes read in all, over every connection.
     let (count, mut read) = tokio::sync::watch::channel(0u64);
@@ -303,7 +320,7 @@ pub async fn serve_sink() -> Result<(), BoxError> {
 /// `connect <port> <certificate>` opens a stream to a sink; `flood <n> <size>` writes `n`
 /// times `size` bytes to each sink, all of them at once, and answers once quinn took them.
 pub async fn serve_source() -> Result<(), BoxError> {
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let client = endpoint(None)?;
     let mut streams = Vec::new();
     let (mut lines, mut out) = announce(0, "-").await?;
     while let Some(line) = lines.next_line().await? {

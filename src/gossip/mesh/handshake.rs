@@ -52,7 +52,7 @@ impl Mesh {
 
 /// What both sides of a mesh connection share: a peer silent for `peer_timeout` is gone;
 /// keep-alives keep healthy idle links open; no datagrams.
-fn base_transport(peer_timeout: Duration) -> TransportConfig {
+pub(super) fn base_transport(peer_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(peer_timeout).ok());
     t.keep_alive_interval(Some(peer_timeout / 4));

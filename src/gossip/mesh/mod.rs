@@ -23,7 +23,8 @@
 //!   reads a peer's frames;
 //! - [`close`]: the close codes, and why a connection closed ([`Closed`]);
 //! - [`admission`], [`auth`], [`tls`]: who may connect and how a peer proves the secret;
-//!   [`links`], [`recverr`], [`sent`]: a crashed peer seen from the ICMP errors it causes.
+//!   [`links`], [`recverr`], [`sent`]: a crashed peer seen from the ICMP errors it causes;
+//! - [`floor`]: quinn set up as the mesh sets it up, for the benchmark's floor.
 
 mod accept;
 pub(crate) mod admission;
@@ -31,6 +32,8 @@ pub(crate) mod auth;
 mod close;
 mod dial;
 mod endpoint;
+#[doc(hidden)]
+pub mod floor;
 mod handshake;
 mod link;
 mod links;

@@ -200,7 +200,7 @@ fn kernel_drops(fd: RawFd) -> io::Result<u32> {
 
 /// Ask for a receive buffer of [`RECEIVE_BUFFER`] bytes, and warn when the kernel's cap
 /// leaves it short.
-fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> io::Result<()> {
+pub(super) fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> io::Result<()> {
     socket2::SockRef::from(socket).set_recv_buffer_size(RECEIVE_BUFFER)?;
     let granted = receive_buffer(socket)?;
     if granted < RECEIVE_BUFFER {

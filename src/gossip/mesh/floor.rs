@@ -1,0 +1,23 @@
+//! quinn set up as the mesh sets it up, for the benchmark's floor: bare quinn streams
+//! carrying the same bytes, measured against the mesh, must differ from it in what the mesh
+//! adds (frames, routing, queues), not in quinn's settings. Not part of the API.
+
+use std::{io, net::SocketAddr};
+
+use crate::GossipAdapterConfig;
+
+/// The transport of a mesh connection whose peer proved the secret, with the default peer
+/// timeout: its receive windows, acknowledgement frequency and keep-alives.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = super::handshake::base_transport(GossipAdapterConfig::new().peer_timeout);
+    t.receive_window(quinn::VarInt::from_u32(super::handshake::PEER_WINDOW));
+    t
+}
+
+/// A UDP socket bound to `addr`, with the receive buffer the mesh socket asks for (Linux).
+pub fn socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    #[cfg(target_os = "linux")]
+    super::recverr::enlarge_receive_buffer(&socket)?;
+    Ok(socket)
+}
