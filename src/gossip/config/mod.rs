@@ -97,7 +97,7 @@ impl Default for GossipAdapterConfig {
             node_queue_bytes: DEFAULT_NODE_QUEUE_BYTES,
             gossip_interval: Duration::from_millis(500),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-            peer_timeout: Duration::from_secs(2),
+            peer_timeout: crate::gossip::mesh::DEFAULT_PEER_TIMEOUT,
             handshake_timeout: crate::gossip::mesh::HANDSHAKE_TIMEOUT,
             tls: None,
             join_timeout: Duration::from_secs(3),

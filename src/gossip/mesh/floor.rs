@@ -4,12 +4,10 @@
 
 use std::{io, net::SocketAddr};
 
-use crate::GossipAdapterConfig;
-
 /// The transport of a mesh connection whose peer proved the secret, with the default peer
 /// timeout: its receive windows, acknowledgement frequency and keep-alives.
 pub fn transport() -> quinn::TransportConfig {
-    let mut t = super::handshake::base_transport(GossipAdapterConfig::new().peer_timeout);
+    let mut t = super::handshake::base_transport(super::DEFAULT_PEER_TIMEOUT);
     t.receive_window(quinn::VarInt::from_u32(super::handshake::PEER_WINDOW));
     t
 }

@@ -50,6 +50,10 @@ impl Mesh {
     }
 }
 
+/// How long a peer may stay silent before its connections are found dead, by default
+/// (`GossipAdapterConfig::with_peer_timeout`).
+pub(crate) const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What both sides of a mesh connection share: a peer silent for `peer_timeout` is gone;
 /// keep-alives keep healthy idle links open; no datagrams.
 pub(super) fn base_transport(peer_timeout: Duration) -> TransportConfig {

@@ -57,6 +57,7 @@ pub(crate) use close::{
     CLOSE_AUTH, CLOSE_LEAVING, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_SLOW, CLOSE_UNUSED, Closed,
 };
 pub(crate) use endpoint::{Clock, CustomSocket, Mesh};
+pub(crate) use handshake::DEFAULT_PEER_TIMEOUT;
 #[cfg(any(test, doc))]
 pub(crate) use handshake::HANDSHAKE_WINDOW;
 pub(crate) use link::{Link, Queue};
