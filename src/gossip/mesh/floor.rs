@@ -12,10 +12,11 @@ pub fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// A UDP socket bound to `addr`, with the receive buffer the mesh socket asks for (Linux).
+/// A UDP socket bound to `addr`, as the mesh binds its own: with the receive buffer it
+/// asks for on Linux.
 pub fn socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(addr)?;
     #[cfg(target_os = "linux")]
-    super::recverr::enlarge_receive_buffer(&socket)?;
-    Ok(socket)
+    return super::recverr::udp_socket(addr);
+    #[cfg(not(target_os = "linux"))]
+    std::net::UdpSocket::bind(addr)
 }

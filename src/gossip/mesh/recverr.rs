@@ -128,8 +128,7 @@ pub(crate) fn bind(
     runtime: &dyn Runtime,
     sent: Arc<Sent>,
 ) -> io::Result<(Arc<dyn AsyncUdpSocket>, ErrorQueue, SocketDrops)> {
-    let socket = std::net::UdpSocket::bind(addr)?;
-    enlarge_receive_buffer(&socket)?;
+    let socket = udp_socket(addr)?;
     let fd = socket.as_raw_fd();
     if addr.is_ipv6() {
         set_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVERR)?;
@@ -198,9 +197,18 @@ fn kernel_drops(fd: RawFd) -> io::Result<u32> {
     Ok(info[DROPS])
 }
 
+/// A UDP socket bound to `addr` with a receive buffer of [`RECEIVE_BUFFER`] bytes: the
+/// operating system's socket of the mesh (and of the benchmark's floor, see
+/// [`super::floor`]).
+pub(super) fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    enlarge_receive_buffer(&socket)?;
+    Ok(socket)
+}
+
 /// Ask for a receive buffer of [`RECEIVE_BUFFER`] bytes, and warn when the kernel's cap
 /// leaves it short.
-pub(super) fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> io::Result<()> {
+fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> io::Result<()> {
     socket2::SockRef::from(socket).set_recv_buffer_size(RECEIVE_BUFFER)?;
     let granted = receive_buffer(socket)?;
     if granted < RECEIVE_BUFFER {
